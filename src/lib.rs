@@ -1,0 +1,19 @@
+//! # unicell
+//!
+//! A compute scheduler in the style of OpenStack Nova and Placement whose whole state lives
+//! in one datastore behind one trait, [`store::Store`]. Claims are compare-and-set writes
+//! made by the scheduler at the moment it selects a host; global queries such as the paged
+//! list of every instance are one query against one store.
+//!
+//! * [`model`]: the domain types (providers, inventories, claims, hosts, flavors, instances).
+//! * [`store`]: the storage contract, [`store::open`] by URL, the embedded
+//!   [`store::memory`] backend and (feature `conformance`) the shared conformance suite.
+//! * [`Error`]: the one semantic error enum every backend maps into.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod model;
+pub mod store;
+
+pub use error::{Error, Result};

@@ -1,0 +1,265 @@
+//! The storage seam: one trait, one contract, one conformance suite.
+//!
+//! Every backend (the embedded [`memory`] store, Redis, CQL and the SQL baseline) implements
+//! [`Store`] and runs the whole [`conformance`] suite. Open one by URL with [`open`].
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::model::{
+    Aggregate, AggregateId, Cell, CellId, ChangeCursor, Changes, Claim, ClaimRequest, ConsumerId,
+    Flavor, FlavorId, GroupId, Host, Instance, InstanceId, InstancePage, InstancePatch, Inventory,
+    InventoryWrite, ListQuery, NewProvider, ProviderId, ProviderTree, Released, RequestSpec,
+    ResourceClass, ServerGroup, Trait, TreeAllocation,
+};
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod memory;
+mod url;
+
+pub use self::url::StoreUrl;
+
+/// The one storage contract of unicell. Object safe; used as `Arc<dyn Store>`.
+///
+/// # Claims (the invariant everything else serves)
+///
+/// 1. **Atomic and isolated per provider tree.** [`claim`](Store::claim) writes every amount
+///    of one consumer on one tree, or none. Two claims that together exceed a provider's
+///    capacity can never both succeed, whatever the number of schedulers, processes or
+///    backend nodes. After any interleaving of claims and releases, every provider's usage
+///    of every class equals the sum of the allocations held on it and never exceeds its
+///    capacity (unless inventory shrank underneath, see below).
+/// 2. **Fit rule** (Placement's): an amount `A` of class `C` on provider `P` fits when `P` has
+///    an inventory of `C`, `min_unit <= A <= max_unit`, `A % step_size == 0` and
+///    `used + A <= floor((total - reserved) * allocation_ratio)`. Decisions are exactly those
+///    of [`ClaimRequest::evaluate`], including which error wins.
+/// 3. **Idempotent per consumer.** Replaying a claim the consumer already holds on that tree
+///    (same amounts) succeeds with `replayed = true` and changes nothing; a claim with
+///    different amounts on a tree where the consumer already holds some fails with
+///    [`Conflict::ConsumerMismatch`](crate::error::Conflict::ConsumerMismatch). A consumer
+///    may hold allocations on several trees (one claim each).
+/// 4. **Release** ([`release`](Store::release)) removes everything the consumer holds on
+///    every tree and is idempotent: releasing a consumer that holds nothing succeeds with no
+///    roots. A crash between any two steps of a claim or release must never leave an
+///    allocation that `allocations`/`release` cannot find.
+/// 5. **Failures say why:** [`Error::Capacity`](crate::Error::Capacity) names the provider and
+///    class that did not fit; [`Error::NotFound`](crate::Error::NotFound) an unknown provider
+///    (kind `Provider`) or a class the provider has no inventory of (kind `Inventory`);
+///    [`Error::InvalidInput`](crate::Error::InvalidInput) an amount that is not positive, off
+///    `step_size`, outside `min_unit..=max_unit`, or providers spanning trees;
+///    [`Conflict::GroupLimit`](crate::error::Conflict::GroupLimit) a server group full on
+///    that tree. A failed claim writes nothing.
+/// 6. **Server groups in claims:** a claim naming a [`GroupClaim`](crate::model::GroupClaim)
+///    records the consumer as a member on that tree (visible in [`ProviderTree::groups`]) and
+///    enforces `max_per_host` atomically with the amounts.
+///
+/// # Generations and inventories
+///
+/// 7. Every write to a tree (claim, release, inventory, traits, aggregates, new child)
+///    changes its generation; a replayed claim or an empty release does not.
+/// 8. [`set_inventories`](Store::set_inventories), [`set_traits`](Store::set_traits) and
+///    [`set_aggregates`](Store::set_aggregates) take the generation the caller read and fail
+///    with [`Conflict::Generation`](crate::error::Conflict::Generation) when it moved
+///    (optimistic read-modify-write, as Placement's `PUT .../inventories`).
+/// 9. Shrinking an inventory below its usage is accepted, as in Placement, and reported in
+///    [`InventoryWrite::over_capacity`]; claims of that class then fail until usage drops
+///    (an allocation write may leave a provider over capacity only if it does not make it
+///    worse). Removing a class that has allocations fails with
+///    [`Conflict::InventoryInUse`](crate::error::Conflict::InventoryInUse).
+///
+/// # Scheduler reads
+///
+/// 10. [`provider_tree`](Store::provider_tree) and [`list_provider_trees`](Store::list_provider_trees)
+///     return trees with inventories, usages, traits, aggregates and group counts, each tree
+///     read consistently (one generation).
+/// 11. [`change_cursor`](Store::change_cursor) and [`changes_since`](Store::changes_since) are
+///     the cheap change check: take a cursor, load everything, then ask for the trees that
+///     changed since the cursor; the answer costs in proportion to the changes, may name a
+///     tree that did not change, never omits one that did, and says
+///     [`Changes::Resync`] when the feed no longer reaches back that far.
+///
+/// # Catalog
+///
+/// 12. Cells, hosts, flavors and aggregates are upserted by id (`put_*`); server groups are
+///     created once ([`Error::AlreadyExists`](crate::Error::AlreadyExists) otherwise); request
+///     specs are stored per instance. Reads of missing ids give `NotFound`.
+///
+/// # Instances
+///
+/// 13. [`create_instance`](Store::create_instance) fails with `AlreadyExists` for a known uuid;
+///     [`update_instance`](Store::update_instance) applies an [`InstancePatch`] atomically
+///     and bumps `updated_at`; soft delete is a patch (`deleted: Some(true)`);
+///     [`delete_instance`](Store::delete_instance) removes the record for good.
+/// 14. [`list_instances`](Store::list_instances) has Nova's semantics: order `created_at`
+///     descending then uuid descending (a total order); `limit` defaults to and is clamped
+///     at [`MAX_LIMIT`](crate::model::MAX_LIMIT); `marker` is the uuid of the previous
+///     page's last instance and an unknown marker is `NotFound` of kind `Marker` (never an
+///     empty page); filters as [`InstanceFilters::matches`](crate::model::InstanceFilters::matches);
+///     `next_marker` is set exactly when more instances remain. Paging never skips or
+///     repeats an instance that existed when the first page was read, while other instances
+///     are created concurrently.
+///
+/// # Errors and secrets
+///
+/// 15. Every failure is an [`Error`](crate::Error) variant with its meaning; `Unavailable` and
+///     `Timeout` are [retryable](crate::Error::is_retryable). Nothing panics on bad input.
+/// 16. Credentials in URLs never appear in `Debug`, `Display`, errors or logs (see
+///     [`StoreUrl`]).
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// The backend's short name (`memory`, `redis`, `cql`, `sql`).
+    fn backend(&self) -> &'static str;
+
+    /// A description safe to log: backend and URL with credentials redacted.
+    fn describe(&self) -> String;
+
+    // ---- provider trees -------------------------------------------------------------
+
+    /// Creates a provider: a new tree when `parent` is `None`, else a child added to the
+    /// parent's tree (bumping its generation). Returns the tree's generation. Fails with
+    /// `AlreadyExists` for a known id, `Conflict::DuplicateName` for a taken name,
+    /// `NotFound` for an unknown parent.
+    async fn create_provider(&self, provider: &NewProvider) -> Result<u64>;
+
+    /// Deletes a provider with no children and no allocations (a root deletes its tree).
+    async fn delete_provider(&self, provider: ProviderId) -> Result<()>;
+
+    /// The tree containing `provider` (any provider of it, not only the root).
+    async fn provider_tree(&self, provider: ProviderId) -> Result<ProviderTree>;
+
+    /// Every tree, or those of one cell.
+    async fn list_provider_trees(&self, cell: Option<CellId>) -> Result<Vec<ProviderTree>>;
+
+    /// Replaces the provider's whole inventory if the tree is still at `generation`.
+    async fn set_inventories(
+        &self,
+        provider: ProviderId,
+        generation: u64,
+        inventories: &std::collections::BTreeMap<ResourceClass, Inventory>,
+    ) -> Result<InventoryWrite>;
+
+    /// Replaces the provider's traits if the tree is still at `generation`; returns the new one.
+    async fn set_traits(
+        &self,
+        provider: ProviderId,
+        generation: u64,
+        traits: &BTreeSet<Trait>,
+    ) -> Result<u64>;
+
+    /// Replaces the provider's aggregates if the tree is still at `generation`; returns the new one.
+    async fn set_aggregates(
+        &self,
+        provider: ProviderId,
+        generation: u64,
+        aggregates: &BTreeSet<AggregateId>,
+    ) -> Result<u64>;
+
+    /// A cursor at "now": every tree change that completes after this call returns is
+    /// reported by a later [`changes_since`](Store::changes_since).
+    async fn change_cursor(&self) -> Result<ChangeCursor>;
+
+    /// The trees changed since `cursor` (see the contract, line 11).
+    async fn changes_since(&self, cursor: &ChangeCursor) -> Result<Changes>;
+
+    // ---- claims ---------------------------------------------------------------------
+
+    /// Claims the request's amounts atomically on one tree (contract lines 1 to 6).
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim>;
+
+    /// Releases everything `consumer` holds (idempotent).
+    async fn release(&self, consumer: ConsumerId) -> Result<Released>;
+
+    /// What `consumer` holds, one entry per tree (empty when nothing).
+    async fn allocations(&self, consumer: ConsumerId) -> Result<Vec<TreeAllocation>>;
+
+    /// Every consumer's allocations on the tree containing `provider` (for audits).
+    async fn tree_allocations(&self, provider: ProviderId) -> Result<Vec<TreeAllocation>>;
+
+    // ---- catalog --------------------------------------------------------------------
+
+    /// Creates or replaces a cell.
+    async fn put_cell(&self, cell: &Cell) -> Result<()>;
+    /// A cell by id.
+    async fn get_cell(&self, id: CellId) -> Result<Cell>;
+    /// All cells.
+    async fn list_cells(&self) -> Result<Vec<Cell>>;
+
+    /// Creates or replaces a host (keyed by name).
+    async fn put_host(&self, host: &Host) -> Result<()>;
+    /// A host by name.
+    async fn get_host(&self, name: &str) -> Result<Host>;
+    /// All hosts, or those of one cell.
+    async fn list_hosts(&self, cell: Option<CellId>) -> Result<Vec<Host>>;
+
+    /// Creates or replaces a flavor.
+    async fn put_flavor(&self, flavor: &Flavor) -> Result<()>;
+    /// A flavor by id.
+    async fn get_flavor(&self, id: &FlavorId) -> Result<Flavor>;
+    /// All flavors.
+    async fn list_flavors(&self) -> Result<Vec<Flavor>>;
+
+    /// Creates or replaces an aggregate.
+    async fn put_aggregate(&self, aggregate: &Aggregate) -> Result<()>;
+    /// An aggregate by id.
+    async fn get_aggregate(&self, id: AggregateId) -> Result<Aggregate>;
+    /// All aggregates.
+    async fn list_aggregates(&self) -> Result<Vec<Aggregate>>;
+
+    /// Creates a server group (`AlreadyExists` if the id is taken).
+    async fn create_server_group(&self, group: &ServerGroup) -> Result<()>;
+    /// A server group by id.
+    async fn get_server_group(&self, id: GroupId) -> Result<ServerGroup>;
+    /// Deletes a server group (`NotFound` if missing).
+    async fn delete_server_group(&self, id: GroupId) -> Result<()>;
+
+    /// Stores (or replaces) the request spec of `spec.instance_uuid`.
+    async fn put_request_spec(&self, spec: &RequestSpec) -> Result<()>;
+    /// The request spec of an instance.
+    async fn get_request_spec(&self, instance: InstanceId) -> Result<RequestSpec>;
+    /// Deletes a request spec (idempotent).
+    async fn delete_request_spec(&self, instance: InstanceId) -> Result<()>;
+
+    // ---- instances ------------------------------------------------------------------
+
+    /// Creates an instance (`AlreadyExists` for a known uuid).
+    async fn create_instance(&self, instance: &Instance) -> Result<()>;
+    /// An instance by uuid (soft-deleted ones included).
+    async fn get_instance(&self, id: InstanceId) -> Result<Instance>;
+    /// Applies `patch` atomically and returns the updated instance.
+    async fn update_instance(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance>;
+    /// Removes an instance for good (`NotFound` if missing).
+    async fn delete_instance(&self, id: InstanceId) -> Result<()>;
+    /// One page of the instance listing (contract line 14).
+    async fn list_instances(&self, query: &ListQuery) -> Result<InstancePage>;
+}
+
+/// Opens a store by URL:
+///
+/// | URL | backend |
+/// |---|---|
+/// | `memory://` | the embedded in-process store (the default) |
+///
+/// Backends added by later features register their schemes here. An unknown scheme is
+/// [`Error::InvalidInput`](crate::Error::InvalidInput) naming the schemes this build knows.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    let parsed = StoreUrl::parse(url)?;
+    match parsed.scheme() {
+        "memory" => Ok(Arc::new(memory::MemoryStore::new())),
+        other => Err(crate::Error::invalid(
+            "store url",
+            format!(
+                "unknown scheme {other:?} in {parsed}; this build knows: {}",
+                known_schemes().join(", ")
+            ),
+        )),
+    }
+}
+
+/// The URL schemes [`open`] understands in this build.
+pub fn known_schemes() -> Vec<&'static str> {
+    vec!["memory"]
+}
