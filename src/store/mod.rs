@@ -19,6 +19,8 @@ use crate::model::{
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod url;
 
 pub use self::url::StoreUrl;
@@ -242,6 +244,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// | URL | backend |
 /// |---|---|
 /// | `memory://` | the embedded in-process store (the default) |
+/// | `redis://host:port[/db]`, `redis+cluster://host:port?seeds=...` | [`redis`] (feature `redis`) |
 ///
 /// Backends added by later features register their schemes here. An unknown scheme is
 /// [`Error::InvalidInput`](crate::Error::InvalidInput) naming the schemes this build knows.
@@ -249,6 +252,8 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     let parsed = StoreUrl::parse(url)?;
     match parsed.scheme() {
         "memory" => Ok(Arc::new(memory::MemoryStore::new())),
+        #[cfg(feature = "redis")]
+        "redis" | "redis+cluster" => Ok(Arc::new(redis::RedisStore::open(&parsed).await?)),
         other => Err(crate::Error::invalid(
             "store url",
             format!(
@@ -261,5 +266,9 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 
 /// The URL schemes [`open`] understands in this build.
 pub fn known_schemes() -> Vec<&'static str> {
-    vec!["memory"]
+    #[allow(unused_mut)]
+    let mut v = vec!["memory"];
+    #[cfg(feature = "redis")]
+    v.extend(["redis", "redis+cluster"]);
+    v
 }

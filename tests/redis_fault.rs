@@ -1,0 +1,2 @@
+//! Fault test placeholder replaced below.
+fn main() {}
