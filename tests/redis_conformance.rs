@@ -25,9 +25,7 @@ enum Guard {
     Cluster(redis_server::Cluster),
     Container(
         tokio::runtime::Runtime,
-        testcontainers_modules::testcontainers::ContainerAsync<
-            testcontainers_modules::redis::Redis,
-        >,
+        testcontainers_modules::testcontainers::ContainerAsync<testcontainers_modules::redis::Redis>,
     ),
 }
 
@@ -50,9 +48,7 @@ fn single_target() -> (Result<String, String>, Guard) {
     };
     if !docker_answers() {
         return (
-            Err(format!(
-                "no REDIS_URL, no usable redis-server ({binary_reason}), and no Docker daemon answers"
-            )),
+            Err(format!("no REDIS_URL, no usable redis-server ({binary_reason}), and no Docker daemon answers")),
             Guard::None,
         );
     }
@@ -60,25 +56,17 @@ fn single_target() -> (Result<String, String>, Guard) {
         use testcontainers_modules::testcontainers::runners::AsyncRunner;
         let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
         let (c, url) = rt.block_on(async {
-            let c = testcontainers_modules::redis::Redis::default()
-                .start()
-                .await
-                .map_err(|e| e.to_string())?;
+            let c = testcontainers_modules::redis::Redis::default().start().await.map_err(|e| e.to_string())?;
             let host = c.get_host().await.map_err(|e| e.to_string())?;
-            let port = c
-                .get_host_port_ipv4(testcontainers_modules::redis::REDIS_PORT)
-                .await
-                .map_err(|e| e.to_string())?;
+            let port =
+                c.get_host_port_ipv4(testcontainers_modules::redis::REDIS_PORT).await.map_err(|e| e.to_string())?;
             Ok::<_, String>((c, format!("redis://{host}:{port}")))
         })?;
         Ok((url, Guard::Container(rt, c)))
     })();
     match started {
         Ok((url, g)) => (Ok(url), g),
-        Err(e) => (
-            Err(format!("testcontainers Redis failed: {e}")),
-            Guard::None,
-        ),
+        Err(e) => (Err(format!("testcontainers Redis failed: {e}")), Guard::None),
     }
 }
 
@@ -88,12 +76,7 @@ fn cluster_target() -> (Result<String, String>, Guard) {
     }
     match redis_server::Cluster::start(3) {
         Ok(c) => (Ok(c.url()), Guard::Cluster(c)),
-        Err(e) => (
-            Err(format!(
-                "no REDIS_CLUSTER_URL and no cluster could be started: {e}"
-            )),
-            Guard::None,
-        ),
+        Err(e) => (Err(format!("no REDIS_CLUSTER_URL and no cluster could be started: {e}")), Guard::None),
     }
 }
 
@@ -110,13 +93,10 @@ fn factory(target: Result<String, String>, run: &str) -> Factory {
         Box::pin(async move {
             let url = target.map_err(Skip)?;
             let store = RedisStore::open(
-                &unicell::store::StoreUrl::parse(&with_prefix(&url, &prefix))
-                    .map_err(|e| Skip(e.to_string()))?,
+                &unicell::store::StoreUrl::parse(&with_prefix(&url, &prefix)).map_err(|e| Skip(e.to_string()))?,
             )
             .await
-            .unwrap_or_else(|e| {
-                panic!("the redis server at {url} is set up but the store does not open: {e}")
-            });
+            .unwrap_or_else(|e| panic!("the redis server at {url} is set up but the store does not open: {e}"));
             Ok(Arc::new(store) as Arc<dyn Store>)
         })
     })
@@ -141,10 +121,7 @@ fn purge(url: &str, run: &str) {
 
 fn main() {
     let args = libtest_mimic::Arguments::from_args();
-    let run = format!(
-        "unicell-conf-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let run = format!("unicell-conf-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let (single, single_guard) = single_target();
     let (cluster, cluster_guard) = cluster_target();
     let mut trials = conformance_trials("redis", factory(single.clone(), &run));

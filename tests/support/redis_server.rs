@@ -38,8 +38,7 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     /// Creates `unicell-redis-<random>` under the system temp dir.
     pub fn new(tag: &str) -> Result<Self, String> {
-        let p =
-            std::env::temp_dir().join(format!("unicell-{tag}-{}", uuid::Uuid::new_v4().simple()));
+        let p = std::env::temp_dir().join(format!("unicell-{tag}-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&p).map_err(|e| format!("mkdir {}: {e}", p.display()))?;
         Ok(TempDir(p))
     }
@@ -53,11 +52,8 @@ impl Drop for TempDir {
 
 /// Sends one inline command and returns the raw reply text (enough for PING and INFO).
 pub fn raw_command(port: u16, cmd: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(
-        &format!("127.0.0.1:{port}").parse().ok()?,
-        Duration::from_millis(300),
-    )
-    .ok()?;
+    let mut s =
+        TcpStream::connect_timeout(&format!("127.0.0.1:{port}").parse().ok()?, Duration::from_millis(300)).ok()?;
     s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
     s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
     let mut buf = vec![0u8; 16384];
@@ -108,25 +104,12 @@ impl Server {
         .collect();
         if cluster {
             args.extend(
-                [
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "2000",
-                ]
-                .iter()
-                .map(|s| s.to_string()),
+                ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]
+                    .iter()
+                    .map(|s| s.to_string()),
             );
         }
-        let mut s = Server {
-            child: None,
-            port,
-            dir: dir.to_path_buf(),
-            args,
-            binary,
-        };
+        let mut s = Server { child: None, port, dir: dir.to_path_buf(), args, binary };
         s.spawn()?;
         Ok(s)
     }
@@ -240,9 +223,11 @@ impl Cluster {
     pub fn wait_ok(&self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.nodes.iter().all(|n| {
-                raw_command(n.port, "CLUSTER INFO").is_some_and(|r| r.contains("cluster_state:ok"))
-            }) {
+            if self
+                .nodes
+                .iter()
+                .all(|n| raw_command(n.port, "CLUSTER INFO").is_some_and(|r| r.contains("cluster_state:ok")))
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -252,14 +237,7 @@ impl Cluster {
 
     /// `redis+cluster://first?seeds=others`.
     pub fn url(&self) -> String {
-        let seeds: Vec<String> = self.nodes[1..]
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        format!(
-            "redis+cluster://127.0.0.1:{}?seeds={}",
-            self.nodes[0].port,
-            seeds.join(",")
-        )
+        let seeds: Vec<String> = self.nodes[1..].iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        format!("redis+cluster://127.0.0.1:{}?seeds={}", self.nodes[0].port, seeds.join(","))
     }
 }

@@ -31,36 +31,24 @@ pub fn parse_inv(s: &str) -> Result<Inventory> {
     if f.len() != 7 {
         return Err(corrupt(format!("inventory {s:?}")));
     }
-    let int = |x: &str| {
-        x.parse::<i64>()
-            .map_err(|_| corrupt(format!("inventory {s:?}")))
-    };
+    let int = |x: &str| x.parse::<i64>().map_err(|_| corrupt(format!("inventory {s:?}")));
     Ok(Inventory {
         min_unit: int(f[1])?,
         max_unit: int(f[2])?,
         step_size: int(f[3])?,
         total: int(f[4])?,
         reserved: int(f[5])?,
-        allocation_ratio: f[6]
-            .parse()
-            .map_err(|_| corrupt(format!("inventory {s:?}")))?,
+        allocation_ratio: f[6].parse().map_err(|_| corrupt(format!("inventory {s:?}")))?,
     })
 }
 
 /// Comma-joined set (traits and aggregates never contain commas).
 pub fn csv<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
-    items
-        .into_iter()
-        .map(|t| t.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
+    items.into_iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",")
 }
 
 fn parse_csv<T: FromStr + Ord>(s: &str) -> Result<BTreeSet<T>> {
-    s.split(',')
-        .filter(|x| !x.is_empty())
-        .map(|x| x.parse().map_err(|_| corrupt(format!("list item {x:?}"))))
-        .collect()
+    s.split(',').filter(|x| !x.is_empty()).map(|x| x.parse().map_err(|_| corrupt(format!("list item {x:?}")))).collect()
 }
 
 /// The canonical text of an allocation map: `provider=CLASS=amount` items joined by commas,
@@ -105,36 +93,23 @@ pub struct AllocMeta {
 }
 
 /// Parses an allocation record `token \n group \n signature \n meta-json`.
-pub fn parse_alloc(
-    consumer: &str,
-    root: ProviderId,
-    rec: &str,
-) -> Result<(String, TreeAllocation)> {
+pub fn parse_alloc(consumer: &str, root: ProviderId, rec: &str) -> Result<(String, TreeAllocation)> {
     let mut it = rec.splitn(4, '\n');
-    let (Some(token), Some(group), Some(sig), Some(meta)) =
-        (it.next(), it.next(), it.next(), it.next())
-    else {
+    let (Some(token), Some(group), Some(sig), Some(meta)) = (it.next(), it.next(), it.next(), it.next()) else {
         return Err(corrupt(format!("allocation record of {consumer}")));
     };
-    let meta: AllocMeta =
-        serde_json::from_str(meta).map_err(|e| corrupt(format!("allocation meta: {e}")))?;
+    let meta: AllocMeta = serde_json::from_str(meta).map_err(|e| corrupt(format!("allocation meta: {e}")))?;
     Ok((
         token.to_string(),
         TreeAllocation {
-            consumer: consumer
-                .parse()
-                .map_err(|_| corrupt(format!("consumer {consumer:?}")))?,
+            consumer: consumer.parse().map_err(|_| corrupt(format!("consumer {consumer:?}")))?,
             root,
             project_id: meta.p,
             user_id: meta.u,
             group: if group.is_empty() {
                 None
             } else {
-                Some(
-                    group
-                        .parse()
-                        .map_err(|_| corrupt(format!("group {group:?}")))?,
-                )
+                Some(group.parse().map_err(|_| corrupt(format!("group {group:?}")))?)
             },
             allocations: parse_signature(sig)?,
         },
@@ -177,17 +152,11 @@ impl Reply {
     }
     /// Element `i` as text.
     pub fn s(&self, i: usize) -> Result<String> {
-        self.0
-            .get(i)
-            .and_then(text)
-            .ok_or_else(|| corrupt(format!("script reply element {i}")))
+        self.0.get(i).and_then(text).ok_or_else(|| corrupt(format!("script reply element {i}")))
     }
     /// Element `i` as an integer.
     pub fn i(&self, i: usize) -> Result<i64> {
-        self.0
-            .get(i)
-            .and_then(int)
-            .ok_or_else(|| corrupt(format!("script reply element {i}")))
+        self.0.get(i).and_then(int).ok_or_else(|| corrupt(format!("script reply element {i}")))
     }
     /// Element `i` as a u64.
     pub fn u(&self, i: usize) -> Result<u64> {
@@ -212,10 +181,7 @@ pub fn pairs(v: Value) -> Result<Vec<(String, String)>> {
         Value::Map(m) => m
             .into_iter()
             .map(|(k, v)| {
-                Ok((
-                    text(&k).ok_or_else(|| corrupt("hash field"))?,
-                    text(&v).ok_or_else(|| corrupt("hash value"))?,
-                ))
+                Ok((text(&k).ok_or_else(|| corrupt("hash field"))?, text(&v).ok_or_else(|| corrupt("hash value"))?))
             })
             .collect(),
         Value::Nil => Ok(Vec::new()),
@@ -226,10 +192,9 @@ pub fn pairs(v: Value) -> Result<Vec<(String, String)>> {
 /// Members of a SMEMBERS/ZRANGE reply.
 pub fn members(v: Value) -> Result<Vec<String>> {
     match v {
-        Value::Array(items) | Value::Set(items) => items
-            .iter()
-            .map(|x| text(x).ok_or_else(|| corrupt("set member")))
-            .collect(),
+        Value::Array(items) | Value::Set(items) => {
+            items.iter().map(|x| text(x).ok_or_else(|| corrupt("set member"))).collect()
+        }
         Value::Nil => Ok(Vec::new()),
         other => Err(corrupt(format!("set reply {other:?}"))),
     }
@@ -247,10 +212,7 @@ struct NodeParts {
 }
 
 /// Decodes a tree hash (HGETALL) into a tree; `None` when the hash is empty (no tree).
-pub fn decode_tree(
-    root: ProviderId,
-    fields: Vec<(String, String)>,
-) -> Result<Option<ProviderTree>> {
+pub fn decode_tree(root: ProviderId, fields: Vec<(String, String)>) -> Result<Option<ProviderTree>> {
     if fields.is_empty() {
         return Ok(None);
     }
@@ -258,9 +220,7 @@ pub fn decode_tree(
     let mut cell = None;
     let mut nodes: BTreeMap<ProviderId, NodeParts> = BTreeMap::new();
     let mut groups = BTreeMap::new();
-    let pid = |s: &str| -> Result<ProviderId> {
-        s.parse().map_err(|_| corrupt(format!("provider {s:?}")))
-    };
+    let pid = |s: &str| -> Result<ProviderId> { s.parse().map_err(|_| corrupt(format!("provider {s:?}"))) };
     for (f, v) in fields {
         if f == "gen" {
             generation = Some(v.parse::<u64>().map_err(|_| corrupt("generation"))?);
@@ -275,11 +235,7 @@ pub fn decode_tree(
             };
             let n = nodes.entry(pid(p)?).or_default();
             n.seq = seq.parse().map_err(|_| corrupt("provider seq"))?;
-            n.parent = if parent.is_empty() {
-                None
-            } else {
-                Some(pid(parent)?)
-            };
+            n.parent = if parent.is_empty() { None } else { Some(pid(parent)?) };
             n.name = name.to_string();
         } else if let Some(p) = f.strip_prefix("t:") {
             nodes.entry(pid(p)?).or_default().traits = parse_csv(&v)?;
@@ -288,11 +244,7 @@ pub fn decode_tree(
         } else if let Some(rest) = f.strip_prefix("inv:") {
             let (p, c) = rest.split_once(':').ok_or_else(|| corrupt(&f))?;
             let c = ResourceClass::parse(c).map_err(|_| corrupt(&f))?;
-            nodes
-                .entry(pid(p)?)
-                .or_default()
-                .inventories
-                .insert(c, parse_inv(&v)?);
+            nodes.entry(pid(p)?).or_default().inventories.insert(c, parse_inv(&v)?);
         } else if let Some(rest) = f.strip_prefix("u:") {
             let (p, c) = rest.split_once(':').ok_or_else(|| corrupt(&f))?;
             let c = ResourceClass::parse(c).map_err(|_| corrupt(&f))?;
@@ -303,20 +255,14 @@ pub fn decode_tree(
         } else if let Some(g) = f.strip_prefix("g:") {
             let n: i64 = v.parse().map_err(|_| corrupt(&f))?;
             if n > 0 {
-                groups.insert(
-                    g.parse().map_err(|_| corrupt(&f))?,
-                    u32::try_from(n).unwrap_or(u32::MAX),
-                );
+                groups.insert(g.parse().map_err(|_| corrupt(&f))?, u32::try_from(n).unwrap_or(u32::MAX));
             }
         }
     }
     let Some(generation) = generation else {
         return Ok(None);
     };
-    let mut ordered: Vec<(ProviderId, NodeParts)> = nodes
-        .into_iter()
-        .filter(|(_, n)| !n.name.is_empty())
-        .collect();
+    let mut ordered: Vec<(ProviderId, NodeParts)> = nodes.into_iter().filter(|(_, n)| !n.name.is_empty()).collect();
     ordered.sort_by_key(|(id, n)| (n.seq, *id));
     Ok(Some(ProviderTree {
         root,
@@ -364,10 +310,7 @@ mod tests {
         for t in [5i64, 5, 7, 1_795_000_000_000_000, 0] {
             let id = InstanceId::new_v4();
             keys.push((
-                SortKey {
-                    created_at: Timestamp::from_micros(t),
-                    uuid: id,
-                },
+                SortKey { created_at: Timestamp::from_micros(t), uuid: id },
                 index_member(Timestamp::from_micros(t), id),
             ));
         }
@@ -383,20 +326,12 @@ mod tests {
 
     #[test]
     fn inventories_and_signatures_round_trip() {
-        let inv = Inventory {
-            total: 10,
-            reserved: 3,
-            allocation_ratio: 1.5,
-            step_size: 2,
-            ..Inventory::default()
-        };
+        let inv = Inventory { total: 10, reserved: 3, allocation_ratio: 1.5, step_size: 2, ..Inventory::default() };
         assert_eq!(parse_inv(&inv_string(&inv)).unwrap(), inv);
         let p = ProviderId::new_v4();
         let mut a = AllocationMap::new();
         a.entry(p).or_default().insert(ResourceClass::Vcpu, 2);
-        a.entry(p)
-            .or_default()
-            .insert(ResourceClass::parse("CUSTOM_X").unwrap(), 7);
+        a.entry(p).or_default().insert(ResourceClass::parse("CUSTOM_X").unwrap(), 7);
         assert_eq!(parse_signature(&signature(&a)).unwrap(), a);
     }
 }

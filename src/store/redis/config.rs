@@ -79,12 +79,9 @@ where
     match url.param(key) {
         None => Ok(default),
         Some(v) => {
-            let n: T = v.parse().map_err(|_| {
-                Error::invalid(
-                    format!("store url option {key}"),
-                    format!("{v:?} is not a number"),
-                )
-            })?;
+            let n: T = v
+                .parse()
+                .map_err(|_| Error::invalid(format!("store url option {key}"), format!("{v:?} is not a number")))?;
             if n < min || n > max {
                 return Err(Error::invalid(
                     format!("store url option {key}"),
@@ -96,16 +93,8 @@ where
     }
 }
 
-const OPTIONS: &[&str] = &[
-    "prefix",
-    "timeout_ms",
-    "connect_timeout_ms",
-    "pool",
-    "retries",
-    "tree_shards",
-    "instance_shards",
-    "seeds",
-];
+const OPTIONS: &[&str] =
+    &["prefix", "timeout_ms", "connect_timeout_ms", "pool", "retries", "tree_shards", "instance_shards", "seeds"];
 
 impl RedisConfig {
     /// Parses a `redis://` or `redis+cluster://` URL.
@@ -114,10 +103,7 @@ impl RedisConfig {
             "redis" => false,
             "redis+cluster" => true,
             other => {
-                return Err(Error::invalid(
-                    "store url",
-                    format!("scheme {other:?} is not redis or redis+cluster"),
-                ));
+                return Err(Error::invalid("store url", format!("scheme {other:?} is not redis or redis+cluster")));
             }
         };
         let u = url.expose();
@@ -125,10 +111,7 @@ impl RedisConfig {
             if !OPTIONS.contains(&k.as_ref()) {
                 return Err(Error::invalid(
                     "store url",
-                    format!(
-                        "unknown option {k:?} in {url}; known: {}",
-                        OPTIONS.join(", ")
-                    ),
+                    format!("unknown option {k:?} in {url}; known: {}", OPTIONS.join(", ")),
                 ));
             }
         }
@@ -139,18 +122,12 @@ impl RedisConfig {
         let port = u.port().unwrap_or(6379);
         let db: i64 = match u.path().trim_matches('/') {
             "" => 0,
-            p => p.parse().map_err(|_| {
-                Error::invalid(
-                    "store url",
-                    format!("database {p:?} in {url} is not a number"),
-                )
-            })?,
+            p => p
+                .parse()
+                .map_err(|_| Error::invalid("store url", format!("database {p:?} in {url} is not a number")))?,
         };
         if cluster && db != 0 {
-            return Err(Error::invalid(
-                "store url",
-                "Redis Cluster has only database 0",
-            ));
+            return Err(Error::invalid("store url", "Redis Cluster has only database 0"));
         }
         let auth = match (u.username(), u.password()) {
             ("", None) => String::new(),
@@ -174,10 +151,7 @@ impl RedisConfig {
                 }
             }
         } else if url.param("seeds").is_some() {
-            return Err(Error::invalid(
-                "store url option seeds",
-                "seeds is only for redis+cluster:// URLs",
-            ));
+            return Err(Error::invalid("store url option seeds", "seeds is only for redis+cluster:// URLs"));
         }
         let prefix = url.param("prefix").unwrap_or_else(|| "unicell".to_string());
         if prefix.is_empty()
@@ -196,23 +170,11 @@ impl RedisConfig {
             url: url.clone(),
             prefix,
             timeout: Duration::from_millis(num(url, "timeout_ms", 5000, 1, 3_600_000)?),
-            connect_timeout: Duration::from_millis(num(
-                url,
-                "connect_timeout_ms",
-                2000,
-                1,
-                3_600_000,
-            )?),
+            connect_timeout: Duration::from_millis(num(url, "connect_timeout_ms", 2000, 1, 3_600_000)?),
             pool: num(url, "pool", 4, 1, 64)?,
             retries: num(url, "retries", 2, 0, 100)?,
             tree_shards: num(url, "tree_shards", if cluster { 64 } else { 16 }, 1, 4096)?,
-            instance_shards: num(
-                url,
-                "instance_shards",
-                if cluster { 16 } else { 1 },
-                1,
-                1024,
-            )?,
+            instance_shards: num(url, "instance_shards", if cluster { 16 } else { 1 }, 1, 1024)?,
         })
     }
 }
@@ -224,8 +186,7 @@ mod tests {
     #[test]
     fn single_and_cluster_urls() {
         let c = RedisConfig::parse(
-            &StoreUrl::parse("redis://u:hunter2@127.0.0.1:6380/3?prefix=t1&pool=2&timeout_ms=900")
-                .unwrap(),
+            &StoreUrl::parse("redis://u:hunter2@127.0.0.1:6380/3?prefix=t1&pool=2&timeout_ms=900").unwrap(),
         )
         .unwrap();
         assert!(!c.cluster);
@@ -234,8 +195,7 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_millis(900));
         assert!(!format!("{c:?}").contains("hunter2"));
         let c = RedisConfig::parse(
-            &StoreUrl::parse("redis+cluster://10.0.0.1:7000?seeds=10.0.0.2:7001,10.0.0.3:7002")
-                .unwrap(),
+            &StoreUrl::parse("redis+cluster://10.0.0.1:7000?seeds=10.0.0.2:7001,10.0.0.3:7002").unwrap(),
         )
         .unwrap();
         assert!(c.cluster);
@@ -248,10 +208,7 @@ mod tests {
             "redis://h:1/x",
             "redis://h:1?seeds=a:1",
         ] {
-            assert!(
-                RedisConfig::parse(&StoreUrl::parse(bad).unwrap()).is_err(),
-                "{bad} accepted"
-            );
+            assert!(RedisConfig::parse(&StoreUrl::parse(bad).unwrap()).is_err(), "{bad} accepted");
         }
     }
 }

@@ -25,11 +25,7 @@ pub struct Lua {
 
 impl Lua {
     fn new(name: &'static str, source: &'static str) -> Self {
-        Lua {
-            name,
-            source,
-            sha: redis::Script::new(source).get_hash().to_string(),
-        }
+        Lua { name, source, sha: redis::Script::new(source).get_hash().to_string() }
     }
 
     /// The script's SHA1 (for EVALSHA, e.g. from redis-benchmark).
@@ -96,10 +92,7 @@ scripts! {
 pub fn map_err(e: RedisError) -> Error {
     let message = e.to_string();
     if e.is_timeout() {
-        return Error::Timeout {
-            backend: BACKEND,
-            message,
-        };
+        return Error::Timeout { backend: BACKEND, message };
     }
     let unavailable = e.is_io_error()
         || e.is_connection_dropped()
@@ -115,10 +108,7 @@ pub fn map_err(e: RedisError) -> Error {
                 | ErrorKind::Server(ServerErrorKind::TryAgain)
         );
     if unavailable {
-        return Error::Unavailable {
-            backend: BACKEND,
-            message,
-        };
+        return Error::Unavailable { backend: BACKEND, message };
     }
     Error::backend(BACKEND, e)
 }
@@ -156,10 +146,7 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool")
-            .field("connections", &self.conns.len())
-            .field("cluster", &self.cluster)
-            .finish()
+        f.debug_struct("Pool").field("connections", &self.conns.len()).field("cluster", &self.cluster).finish()
     }
 }
 
@@ -177,15 +164,10 @@ impl Pool {
                 .build()
                 .map_err(map_err)?;
             for _ in 0..cfg.pool {
-                conns.push(Conn::Cluster(
-                    client.get_async_connection().await.map_err(map_err)?,
-                ));
+                conns.push(Conn::Cluster(client.get_async_connection().await.map_err(map_err)?));
             }
         } else {
-            let node = cfg
-                .nodes
-                .first()
-                .ok_or_else(|| Error::invalid("store url", "no node"))?;
+            let node = cfg.nodes.first().ok_or_else(|| Error::invalid("store url", "no node"))?;
             let client = redis::Client::open(node.as_str()).map_err(map_err)?;
             let mc = redis::aio::ConnectionManagerConfig::new()
                 .set_response_timeout(Some(cfg.timeout))
@@ -194,18 +176,11 @@ impl Pool {
                 .set_max_delay(std::time::Duration::from_millis(500));
             for _ in 0..cfg.pool {
                 conns.push(Conn::Single(
-                    ConnectionManager::new_with_config(client.clone(), mc.clone())
-                        .await
-                        .map_err(map_err)?,
+                    ConnectionManager::new_with_config(client.clone(), mc.clone()).await.map_err(map_err)?,
                 ));
             }
         }
-        let pool = Pool {
-            conns,
-            next: AtomicUsize::new(0),
-            cluster: cfg.cluster,
-            scripts: Scripts::new(),
-        };
+        let pool = Pool { conns, next: AtomicUsize::new(0), cluster: cfg.cluster, scripts: Scripts::new() };
         pool.load_scripts().await?;
         Ok(pool)
     }
@@ -224,10 +199,7 @@ impl Pool {
     pub async fn load_scripts(&self) -> Result<()> {
         let mut c = self.pick();
         for s in self.scripts.all() {
-            let sha: String = c
-                .query(redis::cmd("SCRIPT").arg("LOAD").arg(s.source))
-                .await
-                .map_err(map_err)?;
+            let sha: String = c.query(redis::cmd("SCRIPT").arg("LOAD").arg(s.source)).await.map_err(map_err)?;
             if sha != s.sha {
                 return Err(corrupt(format!("SCRIPT LOAD of {} gave {sha}", s.name)));
             }

@@ -31,11 +31,7 @@ fn crc16(data: &[u8]) -> u16 {
     for &b in data {
         crc ^= (b as u16) << 8;
         for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
         }
     }
     crc
@@ -204,9 +200,6 @@ mod tests {
         }
         let keys = Keys::new("p", 64, 16);
         let root = Uuid::new_v4();
-        assert_eq!(
-            slot(keys.tree(root).as_bytes()),
-            slot(keys.chg(keys.tree_shard(root)).as_bytes())
-        );
+        assert_eq!(slot(keys.tree(root).as_bytes()), slot(keys.chg(keys.tree_shard(root)).as_bytes()));
     }
 }

@@ -87,10 +87,7 @@ const MAX_SCAN_BATCH: usize = 2000;
 const ROOT_CACHE_MAX: usize = 1 << 20;
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn age(ms: u64) -> Duration {
@@ -124,12 +121,7 @@ fn parse_member(raw: String) -> Option<IndexMember> {
     let root = it.next()?.parse().ok()?;
     let token = it.next()?.to_string();
     let ms = it.next()?.parse().ok()?;
-    Some(IndexMember {
-        raw,
-        root,
-        token,
-        ms,
-    })
+    Some(IndexMember { raw, root, token, ms })
 }
 
 /// The store. Cheap to share (`Arc<dyn Store>`); all methods take `&self`.
@@ -145,10 +137,7 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore")
-            .field("url", &self.cfg.url)
-            .field("pool", &self.pool)
-            .finish_non_exhaustive()
+        f.debug_struct("RedisStore").field("url", &self.cfg.url).field("pool", &self.pool).finish_non_exhaustive()
     }
 }
 
@@ -170,33 +159,14 @@ impl RedisStore {
         let cfg = RedisConfig::parse(url)?;
         let pool = Pool::connect(&cfg).await?;
         let meta = Keys::meta(&cfg.prefix);
-        for (field, v) in [
-            ("tree_shards", cfg.tree_shards),
-            ("instance_shards", cfg.instance_shards),
-        ] {
-            pool.query::<Value>(redis::cmd("HSETNX").arg(&meta).arg(field).arg(v))
-                .await?;
+        for (field, v) in [("tree_shards", cfg.tree_shards), ("instance_shards", cfg.instance_shards)] {
+            pool.query::<Value>(redis::cmd("HSETNX").arg(&meta).arg(field).arg(v)).await?;
         }
-        let (t, i): (Option<u32>, Option<u32>) = pool
-            .query(
-                redis::cmd("HMGET")
-                    .arg(&meta)
-                    .arg("tree_shards")
-                    .arg("instance_shards"),
-            )
-            .await?;
-        let keys = Keys::new(
-            &cfg.prefix,
-            t.unwrap_or(cfg.tree_shards),
-            i.unwrap_or(cfg.instance_shards),
-        );
+        let (t, i): (Option<u32>, Option<u32>) =
+            pool.query(redis::cmd("HMGET").arg(&meta).arg("tree_shards").arg("instance_shards")).await?;
+        let keys = Keys::new(&cfg.prefix, t.unwrap_or(cfg.tree_shards), i.unwrap_or(cfg.instance_shards));
         tracing::debug!(url = %cfg.url, cluster = cfg.cluster, "redis store open");
-        Ok(RedisStore {
-            cfg,
-            pool,
-            keys,
-            roots: RwLock::new(HashMap::new()),
-        })
+        Ok(RedisStore { cfg, pool, keys, roots: RwLock::new(HashMap::new()) })
     }
 
     /// The parsed configuration.
@@ -215,30 +185,17 @@ impl RedisStore {
     /// of one test run. For tests and benchmarks.
     pub async fn purge_matching(&self, pattern: &str) -> Result<u64> {
         if self.pool.is_cluster() {
-            return Err(Error::invalid(
-                "purge",
-                "purging a prefix is only supported on a single node",
-            ));
+            return Err(Error::invalid("purge", "purging a prefix is only supported on a single node"));
         }
         let mut cursor: u64 = 0;
         let mut removed = 0u64;
         loop {
             let (next, keys): (u64, Vec<String>) = self
                 .pool
-                .query(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(1000),
-                )
+                .query(redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000))
                 .await?;
             if !keys.is_empty() {
-                removed += self
-                    .pool
-                    .query::<u64>(redis::cmd("UNLINK").arg(&keys))
-                    .await?;
+                removed += self.pool.query::<u64>(redis::cmd("UNLINK").arg(&keys)).await?;
             }
             if next == 0 {
                 return Ok(removed);
@@ -250,11 +207,7 @@ impl RedisStore {
     // ---- provider lookups -----------------------------------------------------------
 
     fn cached_root(&self, p: ProviderId) -> Option<ProviderId> {
-        self.roots
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&p)
-            .copied()
+        self.roots.read().unwrap_or_else(|e| e.into_inner()).get(&p).copied()
     }
 
     fn cache_root(&self, p: ProviderId, root: ProviderId) {
@@ -266,22 +219,13 @@ impl RedisStore {
     }
 
     fn forget_root(&self, p: ProviderId) {
-        self.roots
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&p);
+        self.roots.write().unwrap_or_else(|e| e.into_inner()).remove(&p);
     }
 
     /// The roots of `providers` (None for unknown ones), from the cache unless `fresh`.
-    async fn roots_of(
-        &self,
-        providers: &[ProviderId],
-        fresh: bool,
-    ) -> Result<Vec<Option<ProviderId>>> {
-        let mut out: Vec<Option<ProviderId>> = providers
-            .iter()
-            .map(|p| if fresh { None } else { self.cached_root(*p) })
-            .collect();
+    async fn roots_of(&self, providers: &[ProviderId], fresh: bool) -> Result<Vec<Option<ProviderId>>> {
+        let mut out: Vec<Option<ProviderId>> =
+            providers.iter().map(|p| if fresh { None } else { self.cached_root(*p) }).collect();
         let missing: Vec<usize> = (0..providers.len()).filter(|i| out[*i].is_none()).collect();
         if missing.is_empty() {
             return Ok(out);
@@ -316,42 +260,22 @@ impl RedisStore {
     }
 
     async fn read_tree(&self, root: ProviderId) -> Result<Option<ProviderTree>> {
-        let v: Value = self
-            .pool
-            .query(redis::cmd("HGETALL").arg(self.keys.tree(root.0)))
-            .await?;
+        let v: Value = self.pool.query(redis::cmd("HGETALL").arg(self.keys.tree(root.0))).await?;
         decode_tree(root, pairs(v)?)
     }
 
     /// Whether `p` exists (its mapping names a tree that contains it).
     async fn provider_live(&self, p: ProviderId) -> Result<bool> {
-        let Some(root) = self
-            .roots_of(&[p], true)
-            .await?
-            .into_iter()
-            .next()
-            .flatten()
-        else {
+        let Some(root) = self.roots_of(&[p], true).await?.into_iter().next().flatten() else {
             return Ok(false);
         };
-        let n: i64 = self
-            .pool
-            .query(
-                redis::cmd("HEXISTS")
-                    .arg(self.keys.tree(root.0))
-                    .arg(format!("p:{p}")),
-            )
-            .await?;
+        let n: i64 = self.pool.query(redis::cmd("HEXISTS").arg(self.keys.tree(root.0)).arg(format!("p:{p}"))).await?;
         Ok(n == 1)
     }
 
     fn tree_keys(&self, root: ProviderId) -> (String, String, String) {
         let shard = self.keys.tree_shard(root.0);
-        (
-            self.keys.tree(root.0),
-            self.keys.chg(shard),
-            self.keys.feed(shard),
-        )
+        (self.keys.tree(root.0), self.keys.chg(shard), self.keys.feed(shard))
     }
 
     /// Releases a reservation this call made (`Some`), best effort.
@@ -374,28 +298,19 @@ impl RedisStore {
         let key = self.keys.pname(name);
         let value = format!("{id} {}", now_ms());
         for _ in 0..2 {
-            let set: Option<String> = self
-                .pool
-                .query(redis::cmd("SET").arg(&key).arg(&value).arg("NX"))
-                .await?;
+            let set: Option<String> = self.pool.query(redis::cmd("SET").arg(&key).arg(&value).arg("NX")).await?;
             if set.is_some() {
                 return Ok(Some(value));
             }
-            let Some(cur): Option<String> = self.pool.query(redis::cmd("GET").arg(&key)).await?
-            else {
+            let Some(cur): Option<String> = self.pool.query(redis::cmd("GET").arg(&key)).await? else {
                 continue;
             };
-            let (holder, ms) =
-                parse_reservation(&cur).ok_or_else(|| corrupt("name reservation"))?;
+            let (holder, ms) = parse_reservation(&cur).ok_or_else(|| corrupt("name reservation"))?;
             if holder == id.to_string() {
                 return Ok(None);
             }
             let holder_id: ProviderId = holder.parse().map_err(|_| corrupt("name reservation"))?;
-            let duplicate = || {
-                Error::Conflict(Conflict::DuplicateName {
-                    name: name.to_string(),
-                })
-            };
+            let duplicate = || Error::Conflict(Conflict::DuplicateName { name: name.to_string() });
             if age(ms) < INDEX_GRACE || self.provider_live(holder_id).await? {
                 return Err(duplicate());
             }
@@ -406,19 +321,14 @@ impl RedisStore {
             }
             return Err(duplicate());
         }
-        Err(Error::Conflict(Conflict::DuplicateName {
-            name: name.to_string(),
-        }))
+        Err(Error::Conflict(Conflict::DuplicateName { name: name.to_string() }))
     }
 
     /// Reserves the id -> root mapping of a new provider. Ok(Some(value)) when newly written.
     async fn reserve_id(&self, id: ProviderId, root: ProviderId) -> Result<Option<String>> {
         let key = self.keys.prov(id.0);
         let value = format!("{root} {}", now_ms());
-        let set: Option<String> = self
-            .pool
-            .query(redis::cmd("SET").arg(&key).arg(&value).arg("NX"))
-            .await?;
+        let set: Option<String> = self.pool.query(redis::cmd("SET").arg(&key).arg(&value).arg("NX")).await?;
         if set.is_some() {
             return Ok(Some(value));
         }
@@ -450,42 +360,24 @@ impl RedisStore {
         let shard = self.keys.tree_shard(root.0);
         let token = format!("{:016x}", rand_u64());
         let member = format!("{root}|{token}|{}", now_ms());
-        let mut keys = vec![
-            self.keys.tree(root.0),
-            self.keys.alloc(root.0),
-            self.keys.chg(shard),
-            self.keys.feed(shard),
-        ];
+        let mut keys =
+            vec![self.keys.tree(root.0), self.keys.alloc(root.0), self.keys.chg(shard), self.keys.feed(shard)];
         let single = !self.pool.is_cluster();
         if single {
             keys.push(self.keys.consumer(request.consumer.0));
         }
         let allocations = normalized(&request.allocations);
-        let meta = serde_json::to_string(&AllocMeta {
-            p: request.project_id.clone(),
-            u: request.user_id.clone(),
-        })
-        .unwrap_or_default();
+        let meta = serde_json::to_string(&AllocMeta { p: request.project_id.clone(), u: request.user_id.clone() })
+            .unwrap_or_default();
         let mut args = vec![
             request.consumer.to_string(),
             token,
-            request
-                .group
-                .map(|g| g.group.to_string())
-                .unwrap_or_default(),
-            request
-                .group
-                .and_then(|g| g.max_per_host)
-                .map(|m| m.to_string())
-                .unwrap_or_default(),
+            request.group.map(|g| g.group.to_string()).unwrap_or_default(),
+            request.group.and_then(|g| g.max_per_host).map(|m| m.to_string()).unwrap_or_default(),
             signature(&allocations),
             meta,
             root.to_string(),
-            if single {
-                member.clone()
-            } else {
-                String::new()
-            },
+            if single { member.clone() } else { String::new() },
             request.allocations.len().to_string(),
         ];
         args.extend(request.allocations.keys().map(|p| p.to_string()));
@@ -496,23 +388,17 @@ impl RedisStore {
                 args.push(a.to_string());
             }
         }
-        (
-            ClaimEval {
-                sha: self.pool.scripts.claim.sha().to_string(),
-                keys,
-                args,
-            },
-            member,
-        )
+        (ClaimEval { sha: self.pool.scripts.claim.sha().to_string(), keys, args }, member)
     }
 
     /// The exact EVALSHA this store sends to claim `request` on the tree of its first
     /// provider (for benchmarks that measure the server's own ceiling with the same script).
     pub async fn claim_command(&self, request: &ClaimRequest) -> Result<ClaimEval> {
-        let first =
-            *request.allocations.keys().next().ok_or_else(|| {
-                Error::invalid("allocations", "a claim needs at least one amount")
-            })?;
+        let first = *request
+            .allocations
+            .keys()
+            .next()
+            .ok_or_else(|| Error::invalid("allocations", "a claim needs at least one amount"))?;
         let root = self.root_of(first, false).await?;
         Ok(self.claim_eval(request, root).0)
     }
@@ -521,53 +407,30 @@ impl RedisStore {
         if members.is_empty() {
             return;
         }
-        if let Err(e) = self
-            .pool
-            .query::<Value>(redis::cmd("SREM").arg(key).arg(members))
-            .await
-        {
+        if let Err(e) = self.pool.query::<Value>(redis::cmd("SREM").arg(key).arg(members)).await {
             tracing::debug!(error = %e, "could not remove consumer index members (left for later cleanup)");
         }
     }
 
     /// The members of a consumer's index.
     async fn index_members(&self, consumer: ConsumerId) -> Result<Vec<IndexMember>> {
-        let v: Value = self
-            .pool
-            .query(redis::cmd("SMEMBERS").arg(self.keys.consumer(consumer.0)))
-            .await?;
+        let v: Value = self.pool.query(redis::cmd("SMEMBERS").arg(self.keys.consumer(consumer.0))).await?;
         Ok(members(v)?.into_iter().filter_map(parse_member).collect())
     }
 
-    async fn set_field(
-        &self,
-        provider: ProviderId,
-        generation: u64,
-        prefix: &str,
-        value: String,
-    ) -> Result<u64> {
+    async fn set_field(&self, provider: ProviderId, generation: u64, prefix: &str, value: String) -> Result<u64> {
         for fresh in [false, true] {
             let root = self.root_of(provider, fresh).await?;
             let (tree, chg, feed) = self.tree_keys(root);
             let cmd = self.pool.scripts.set_field.cmd(
                 &[tree, chg, feed],
-                &[
-                    provider.to_string(),
-                    generation.to_string(),
-                    root.to_string(),
-                    prefix.to_string(),
-                    value.clone(),
-                ],
+                &[provider.to_string(), generation.to_string(), root.to_string(), prefix.to_string(), value.clone()],
             );
             let r = Reply::from(self.pool.eval(&cmd).await?)?;
             match r.status().as_str() {
                 "ok" => return r.u(1),
                 "generation" => {
-                    return Err(Error::Conflict(Conflict::Generation {
-                        root,
-                        expected: generation,
-                        actual: r.u(1)?,
-                    }));
+                    return Err(Error::Conflict(Conflict::Generation { root, expected: generation, actual: r.u(1)? }));
                 }
                 "no_tree" | "not_found" if !fresh => self.forget_root(provider),
                 "no_tree" | "not_found" => return Err(Error::not_found(Kind::Provider, provider)),
@@ -579,42 +442,23 @@ impl RedisStore {
 
     async fn hash_put(&self, what: &str, field: String, value: String) -> Result<()> {
         self.pool
-            .query::<Value>(
-                redis::cmd("HSET")
-                    .arg(self.keys.catalog(what))
-                    .arg(field)
-                    .arg(value),
-            )
+            .query::<Value>(redis::cmd("HSET").arg(self.keys.catalog(what)).arg(field).arg(value))
             .await
             .map(|_| ())
     }
 
-    async fn hash_get<T: serde::de::DeserializeOwned>(
-        &self,
-        what: &str,
-        field: String,
-        kind: Kind,
-    ) -> Result<T> {
-        let v: Option<String> = self
-            .pool
-            .query(redis::cmd("HGET").arg(self.keys.catalog(what)).arg(&field))
-            .await?;
+    async fn hash_get<T: serde::de::DeserializeOwned>(&self, what: &str, field: String, kind: Kind) -> Result<T> {
+        let v: Option<String> = self.pool.query(redis::cmd("HGET").arg(self.keys.catalog(what)).arg(&field)).await?;
         from_json(&v.ok_or_else(|| Error::not_found(kind, &field))?)
     }
 
     async fn hash_values<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<Vec<T>> {
-        let v: Vec<String> = self
-            .pool
-            .query(redis::cmd("HVALS").arg(self.keys.catalog(what)))
-            .await?;
+        let v: Vec<String> = self.pool.query(redis::cmd("HVALS").arg(self.keys.catalog(what))).await?;
         v.iter().map(|s| from_json(s)).collect()
     }
 
     async fn read_instance(&self, id: InstanceId) -> Result<Option<(String, Instance)>> {
-        let v: Option<String> = self
-            .pool
-            .query(redis::cmd("GET").arg(self.keys.instance(id.0)))
-            .await?;
+        let v: Option<String> = self.pool.query(redis::cmd("GET").arg(self.keys.instance(id.0))).await?;
         match v {
             None => Ok(None),
             Some(s) => {
@@ -660,22 +504,14 @@ fn merge(lists: Vec<Vec<String>>, n: usize) -> Vec<String> {
     let mut heap = BinaryHeap::new();
     for (shard, l) in lists.iter().enumerate() {
         if let Some(m) = l.first() {
-            heap.push(Head {
-                member: m.clone(),
-                shard,
-                index: 0,
-            });
+            heap.push(Head { member: m.clone(), shard, index: 0 });
         }
     }
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let Some(h) = heap.pop() else { break };
         if let Some(next) = lists[h.shard].get(h.index + 1) {
-            heap.push(Head {
-                member: next.clone(),
-                shard: h.shard,
-                index: h.index + 1,
-            });
+            heap.push(Head { member: next.clone(), shard: h.shard, index: h.index + 1 });
         }
         out.push(h.member);
     }
@@ -726,9 +562,7 @@ impl Store for RedisStore {
         }
         let cmd = match p.parent {
             None => {
-                let cell_key = self
-                    .keys
-                    .cell(shard, p.cell.map(|c| c.0).unwrap_or_default());
+                let cell_key = self.keys.cell(shard, p.cell.map(|c| c.0).unwrap_or_default());
                 let mut args = vec![
                     p.id.to_string(),
                     p.cell.map(|c| c.to_string()).unwrap_or_default(),
@@ -759,10 +593,7 @@ impl Store for RedisStore {
                 ];
                 args.extend(invs);
                 let (tree, chg, feed) = self.tree_keys(root);
-                self.pool
-                    .scripts
-                    .create_child
-                    .cmd(&[tree, chg, feed], &args)
+                self.pool.scripts.create_child.cmd(&[tree, chg, feed], &args)
             }
         };
         let reply = match self.pool.eval(&cmd).await {
@@ -800,12 +631,7 @@ impl Store for RedisStore {
                 self.keys.feed(shard),
                 self.keys.dead(shard),
             ],
-            &[
-                provider.to_string(),
-                root.to_string(),
-                self.keys.cell_prefix(shard),
-                TOMBSTONES_KEPT.to_string(),
-            ],
+            &[provider.to_string(), root.to_string(), self.keys.cell_prefix(shard), TOMBSTONES_KEPT.to_string()],
         );
         let r = Reply::from(self.pool.eval(&cmd).await?)?;
         match r.status().as_str() {
@@ -813,19 +639,13 @@ impl Store for RedisStore {
                 let name = r.s(2)?;
                 self.forget_root(provider);
                 let prov_key = self.keys.prov(provider.0);
-                if let Some(v) = self
-                    .pool
-                    .query::<Option<String>>(redis::cmd("GET").arg(&prov_key))
-                    .await?
+                if let Some(v) = self.pool.query::<Option<String>>(redis::cmd("GET").arg(&prov_key)).await?
                     && v.starts_with(&format!("{root} "))
                 {
                     self.cas_del(&prov_key, &v).await?;
                 }
                 let name_key = self.keys.pname(&name);
-                if let Some(v) = self
-                    .pool
-                    .query::<Option<String>>(redis::cmd("GET").arg(&name_key))
-                    .await?
+                if let Some(v) = self.pool.query::<Option<String>>(redis::cmd("GET").arg(&name_key)).await?
                     && v.starts_with(&format!("{provider} "))
                 {
                     self.cas_del(&name_key, &v).await?;
@@ -868,10 +688,7 @@ impl Store for RedisStore {
         let mut roots = Vec::new();
         for v in self.pool.bulk(sets).await? {
             for m in members(v)? {
-                roots.push(
-                    m.parse::<ProviderId>()
-                        .map_err(|_| corrupt("tree set member"))?,
-                );
+                roots.push(m.parse::<ProviderId>().map_err(|_| corrupt("tree set member"))?);
             }
         }
         roots.sort();
@@ -904,20 +721,12 @@ impl Store for RedisStore {
         for fresh in [false, true] {
             let root = self.root_of(provider, fresh).await?;
             let (tree, chg, feed) = self.tree_keys(root);
-            let mut args = vec![
-                provider.to_string(),
-                generation.to_string(),
-                root.to_string(),
-            ];
+            let mut args = vec![provider.to_string(), generation.to_string(), root.to_string()];
             for (c, inv) in inventories {
                 args.push(c.to_string());
                 args.push(inv_string(inv));
             }
-            let cmd = self
-                .pool
-                .scripts
-                .set_inventories
-                .cmd(&[tree, chg, feed], &args);
+            let cmd = self.pool.scripts.set_inventories.cmd(&[tree, chg, feed], &args);
             let r = Reply::from(self.pool.eval(&cmd).await?)?;
             match r.status().as_str() {
                 "ok" => {
@@ -938,25 +747,15 @@ impl Store for RedisStore {
                     });
                 }
                 "generation" => {
-                    return Err(Error::Conflict(Conflict::Generation {
-                        root,
-                        expected: generation,
-                        actual: r.u(1)?,
-                    }));
+                    return Err(Error::Conflict(Conflict::Generation { root, expected: generation, actual: r.u(1)? }));
                 }
                 "in_use" => {
                     let mut classes = Vec::new();
                     for i in 1..r.0.len() {
                         classes.push(ResourceClass::parse(&r.s(i)?).map_err(|_| corrupt("class"))?);
                     }
-                    let class = classes
-                        .into_iter()
-                        .min()
-                        .ok_or_else(|| corrupt("in_use without class"))?;
-                    return Err(Error::Conflict(Conflict::InventoryInUse {
-                        provider,
-                        class,
-                    }));
+                    let class = classes.into_iter().min().ok_or_else(|| corrupt("in_use without class"))?;
+                    return Err(Error::Conflict(Conflict::InventoryInUse { provider, class }));
                 }
                 "no_tree" | "not_found" if !fresh => self.forget_root(provider),
                 "no_tree" | "not_found" => return Err(Error::not_found(Kind::Provider, provider)),
@@ -966,14 +765,8 @@ impl Store for RedisStore {
         Err(Error::not_found(Kind::Provider, provider))
     }
 
-    async fn set_traits(
-        &self,
-        provider: ProviderId,
-        generation: u64,
-        traits: &BTreeSet<Trait>,
-    ) -> Result<u64> {
-        self.set_field(provider, generation, "t:", csv(traits))
-            .await
+    async fn set_traits(&self, provider: ProviderId, generation: u64, traits: &BTreeSet<Trait>) -> Result<u64> {
+        self.set_field(provider, generation, "t:", csv(traits)).await
     }
 
     async fn set_aggregates(
@@ -982,8 +775,7 @@ impl Store for RedisStore {
         generation: u64,
         aggregates: &BTreeSet<AggregateId>,
     ) -> Result<u64> {
-        self.set_field(provider, generation, "ag:", csv(aggregates))
-            .await
+        self.set_field(provider, generation, "ag:", csv(aggregates)).await
     }
 
     async fn change_cursor(&self) -> Result<ChangeCursor> {
@@ -994,23 +786,12 @@ impl Store for RedisStore {
                 c
             })
             .collect();
-        let seqs: Vec<String> = self
-            .pool
-            .bulk(cmds)
-            .await?
-            .iter()
-            .map(|v| int(v).unwrap_or(0).to_string())
-            .collect();
+        let seqs: Vec<String> = self.pool.bulk(cmds).await?.iter().map(|v| int(v).unwrap_or(0).to_string()).collect();
         Ok(ChangeCursor(format!("r1:{}", seqs.join(","))))
     }
 
     async fn changes_since(&self, cursor: &ChangeCursor) -> Result<Changes> {
-        let bad = || {
-            Error::invalid(
-                "change cursor",
-                format!("{:?} was not issued by this redis store", cursor.0),
-            )
-        };
+        let bad = || Error::invalid("change cursor", format!("{:?} was not issued by this redis store", cursor.0));
         let since: Vec<i64> = cursor
             .0
             .strip_prefix("r1:")
@@ -1024,12 +805,7 @@ impl Store for RedisStore {
         let cmds = since
             .iter()
             .enumerate()
-            .map(|(s, n)| {
-                self.pool
-                    .scripts
-                    .feed_read
-                    .cmd(&[self.keys.chg(s), self.keys.feed(s)], &[n.to_string()])
-            })
+            .map(|(s, n)| self.pool.scripts.feed_read.cmd(&[self.keys.chg(s), self.keys.feed(s)], &[n.to_string()]))
             .collect();
         let mut roots = BTreeSet::new();
         let mut next = Vec::with_capacity(since.len());
@@ -1040,26 +816,18 @@ impl Store for RedisStore {
                 return Ok(Changes::Resync);
             }
             for i in 2..r.0.len() {
-                roots.insert(
-                    r.s(i)?
-                        .parse::<ProviderId>()
-                        .map_err(|_| corrupt("feed root"))?,
-                );
+                roots.insert(r.s(i)?.parse::<ProviderId>().map_err(|_| corrupt("feed root"))?);
             }
             next.push(seq.max(since[s]).to_string());
         }
-        Ok(Changes::Trees {
-            roots: roots.into_iter().collect(),
-            next: ChangeCursor(format!("r1:{}", next.join(","))),
-        })
+        Ok(Changes::Trees { roots: roots.into_iter().collect(), next: ChangeCursor(format!("r1:{}", next.join(","))) })
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim> {
         request.validate()?;
         let providers: Vec<ProviderId> = request.allocations.keys().copied().collect();
-        let first = *providers
-            .first()
-            .ok_or_else(|| Error::invalid("allocations", "a claim needs at least one amount"))?;
+        let first =
+            *providers.first().ok_or_else(|| Error::invalid("allocations", "a claim needs at least one amount"))?;
         for fresh in [false, true] {
             let roots = self.roots_of(&providers, fresh).await?;
             for (p, r) in providers.iter().zip(&roots) {
@@ -1074,9 +842,7 @@ impl Store for RedisStore {
             if cluster {
                 // Index first: a crash after this leaves a harmless member, never an
                 // allocation nobody can find.
-                self.pool
-                    .query::<Value>(redis::cmd("SADD").arg(&index_key).arg(&member))
-                    .await?;
+                self.pool.query::<Value>(redis::cmd("SADD").arg(&index_key).arg(&member)).await?;
             }
             let cmd = self.pool.scripts.claim.cmd(&eval.keys, &eval.args);
             let r = Reply::from(self.pool.eval(&cmd).await?)?;
@@ -1087,11 +853,7 @@ impl Store for RedisStore {
             }
             match status.as_str() {
                 "ok" => {
-                    return Ok(Claim {
-                        root,
-                        generation: r.u(1)?,
-                        replayed: r.i(2)? == 1,
-                    });
+                    return Ok(Claim { root, generation: r.u(1)?, replayed: r.i(2)? == 1 });
                 }
                 "no_tree" | "not_in_tree" if !fresh => {
                     for p in &providers {
@@ -1107,30 +869,18 @@ impl Store for RedisStore {
                     }
                     return Err(Error::invalid(
                         "allocations",
-                        format!(
-                            "provider {p} is not in tree {root}: a claim covers one provider tree"
-                        ),
+                        format!("provider {p} is not in tree {root}: a claim covers one provider tree"),
                     ));
                 }
                 "mismatch" => {
-                    return Err(Error::Conflict(Conflict::ConsumerMismatch {
-                        consumer: request.consumer,
-                        root,
-                    }));
+                    return Err(Error::Conflict(Conflict::ConsumerMismatch { consumer: request.consumer, root }));
                 }
                 "no_inventory" => {
-                    return Err(Error::not_found(
-                        Kind::Inventory,
-                        format!("{} on provider {}", r.s(2)?, r.s(1)?),
-                    ));
+                    return Err(Error::not_found(Kind::Inventory, format!("{} on provider {}", r.s(2)?, r.s(1)?)));
                 }
                 "units" => {
-                    let inv = Inventory {
-                        min_unit: r.i(4)?,
-                        max_unit: r.i(5)?,
-                        step_size: r.i(6)?,
-                        ..Inventory::default()
-                    };
+                    let inv =
+                        Inventory { min_unit: r.i(4)?, max_unit: r.i(5)?, step_size: r.i(6)?, ..Inventory::default() };
                     inv.check_units(&format!("{} on provider {}", r.s(2)?, r.s(1)?), r.i(3)?)?;
                     return Err(corrupt("units failure the inventory accepts"));
                 }
@@ -1166,19 +916,12 @@ impl Store for RedisStore {
             .iter()
             .map(|root| {
                 let shard = self.keys.tree_shard(root.0);
-                let mut keys = vec![
-                    self.keys.tree(root.0),
-                    self.keys.alloc(root.0),
-                    self.keys.chg(shard),
-                    self.keys.feed(shard),
-                ];
+                let mut keys =
+                    vec![self.keys.tree(root.0), self.keys.alloc(root.0), self.keys.chg(shard), self.keys.feed(shard)];
                 if single {
                     keys.push(index_key.clone());
                 }
-                self.pool
-                    .scripts
-                    .release
-                    .cmd(&keys, &[consumer.to_string(), root.to_string()])
+                self.pool.scripts.release.cmd(&keys, &[consumer.to_string(), root.to_string()])
             })
             .collect();
         let replies = self.pool.bulk(cmds).await?;
@@ -1244,9 +987,7 @@ impl Store for RedisStore {
         for fresh in [false, true] {
             let root = self.root_of(provider, fresh).await?;
             let mut exists = redis::cmd("HEXISTS");
-            exists
-                .arg(self.keys.tree(root.0))
-                .arg(format!("p:{provider}"));
+            exists.arg(self.keys.tree(root.0)).arg(format!("p:{provider}"));
             let mut all = redis::cmd("HGETALL");
             all.arg(self.keys.alloc(root.0));
             let mut v = self.pool.bulk(vec![exists, all]).await?.into_iter();
@@ -1273,8 +1014,7 @@ impl Store for RedisStore {
         if cell.name.is_empty() {
             return Err(Error::invalid("cell.name", "must not be empty"));
         }
-        self.hash_put("cells", cell.id.to_string(), json(cell)?)
-            .await
+        self.hash_put("cells", cell.id.to_string(), json(cell)?).await
     }
 
     async fn get_cell(&self, id: CellId) -> Result<Cell> {
@@ -1307,8 +1047,7 @@ impl Store for RedisStore {
 
     async fn put_flavor(&self, flavor: &Flavor) -> Result<()> {
         flavor.validate()?;
-        self.hash_put("flavors", flavor.id.to_string(), json(flavor)?)
-            .await
+        self.hash_put("flavors", flavor.id.to_string(), json(flavor)?).await
     }
 
     async fn get_flavor(&self, id: &FlavorId) -> Result<Flavor> {
@@ -1322,13 +1061,11 @@ impl Store for RedisStore {
     }
 
     async fn put_aggregate(&self, aggregate: &Aggregate) -> Result<()> {
-        self.hash_put("aggregates", aggregate.id.to_string(), json(aggregate)?)
-            .await
+        self.hash_put("aggregates", aggregate.id.to_string(), json(aggregate)?).await
     }
 
     async fn get_aggregate(&self, id: AggregateId) -> Result<Aggregate> {
-        self.hash_get("aggregates", id.to_string(), Kind::Aggregate)
-            .await
+        self.hash_get("aggregates", id.to_string(), Kind::Aggregate).await
     }
 
     async fn list_aggregates(&self) -> Result<Vec<Aggregate>> {
@@ -1341,12 +1078,7 @@ impl Store for RedisStore {
         group.validate()?;
         let n: i64 = self
             .pool
-            .query(
-                redis::cmd("HSETNX")
-                    .arg(self.keys.catalog("groups"))
-                    .arg(group.id.to_string())
-                    .arg(json(group)?),
-            )
+            .query(redis::cmd("HSETNX").arg(self.keys.catalog("groups")).arg(group.id.to_string()).arg(json(group)?))
             .await?;
         if n == 0 {
             return Err(Error::already_exists(Kind::ServerGroup, group.id));
@@ -1355,19 +1087,11 @@ impl Store for RedisStore {
     }
 
     async fn get_server_group(&self, id: GroupId) -> Result<ServerGroup> {
-        self.hash_get("groups", id.to_string(), Kind::ServerGroup)
-            .await
+        self.hash_get("groups", id.to_string(), Kind::ServerGroup).await
     }
 
     async fn delete_server_group(&self, id: GroupId) -> Result<()> {
-        let n: i64 = self
-            .pool
-            .query(
-                redis::cmd("HDEL")
-                    .arg(self.keys.catalog("groups"))
-                    .arg(id.to_string()),
-            )
-            .await?;
+        let n: i64 = self.pool.query(redis::cmd("HDEL").arg(self.keys.catalog("groups")).arg(id.to_string())).await?;
         if n == 0 {
             return Err(Error::not_found(Kind::ServerGroup, id));
         }
@@ -1376,28 +1100,18 @@ impl Store for RedisStore {
 
     async fn put_request_spec(&self, spec: &RequestSpec) -> Result<()> {
         self.pool
-            .query::<Value>(
-                redis::cmd("SET")
-                    .arg(self.keys.spec(spec.instance_uuid.0))
-                    .arg(json(spec)?),
-            )
+            .query::<Value>(redis::cmd("SET").arg(self.keys.spec(spec.instance_uuid.0)).arg(json(spec)?))
             .await
             .map(|_| ())
     }
 
     async fn get_request_spec(&self, instance: InstanceId) -> Result<RequestSpec> {
-        let v: Option<String> = self
-            .pool
-            .query(redis::cmd("GET").arg(self.keys.spec(instance.0)))
-            .await?;
+        let v: Option<String> = self.pool.query(redis::cmd("GET").arg(self.keys.spec(instance.0))).await?;
         from_json(&v.ok_or_else(|| Error::not_found(Kind::RequestSpec, instance))?)
     }
 
     async fn delete_request_spec(&self, instance: InstanceId) -> Result<()> {
-        self.pool
-            .query::<Value>(redis::cmd("DEL").arg(self.keys.spec(instance.0)))
-            .await
-            .map(|_| ())
+        self.pool.query::<Value>(redis::cmd("DEL").arg(self.keys.spec(instance.0))).await.map(|_| ())
     }
 
     // ---- instances ------------------------------------------------------------------
@@ -1411,10 +1125,7 @@ impl Store for RedisStore {
                 self.keys.inst_index(shard),
                 self.keys.inst_project(shard, &instance.project_id),
             ],
-            &[
-                json(instance)?,
-                index_member(instance.created_at, instance.uuid),
-            ],
+            &[json(instance)?, index_member(instance.created_at, instance.uuid)],
         );
         if self.pool.eval::<i64>(&cmd).await? == 0 {
             return Err(Error::already_exists(Kind::Instance, instance.uuid));
@@ -1423,26 +1134,16 @@ impl Store for RedisStore {
     }
 
     async fn get_instance(&self, id: InstanceId) -> Result<Instance> {
-        self.read_instance(id)
-            .await?
-            .map(|(_, i)| i)
-            .ok_or_else(|| Error::not_found(Kind::Instance, id))
+        self.read_instance(id).await?.map(|(_, i)| i).ok_or_else(|| Error::not_found(Kind::Instance, id))
     }
 
     async fn update_instance(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance> {
         let key = self.keys.instance(id.0);
         for _ in 0..CAS_ATTEMPTS {
-            let (old, mut inst) = self
-                .read_instance(id)
-                .await?
-                .ok_or_else(|| Error::not_found(Kind::Instance, id))?;
+            let (old, mut inst) = self.read_instance(id).await?.ok_or_else(|| Error::not_found(Kind::Instance, id))?;
             inst.apply(patch, Timestamp::now());
             let new = json(&inst)?;
-            let cmd = self
-                .pool
-                .scripts
-                .cas
-                .cmd(&[&key], &[old.as_str(), new.as_str(), "set"]);
+            let cmd = self.pool.scripts.cas.cmd(&[&key], &[old.as_str(), new.as_str(), "set"]);
             match self.pool.eval::<i64>(&cmd).await? {
                 1 => return Ok(inst),
                 -1 => return Err(Error::not_found(Kind::Instance, id)),
@@ -1457,10 +1158,7 @@ impl Store for RedisStore {
 
     async fn delete_instance(&self, id: InstanceId) -> Result<()> {
         for _ in 0..CAS_ATTEMPTS {
-            let (old, inst) = self
-                .read_instance(id)
-                .await?
-                .ok_or_else(|| Error::not_found(Kind::Instance, id))?;
+            let (old, inst) = self.read_instance(id).await?.ok_or_else(|| Error::not_found(Kind::Instance, id))?;
             let shard = self.keys.instance_shard(id.0);
             let cmd = self.pool.scripts.instance_delete.cmd(
                 &[
@@ -1485,10 +1183,7 @@ impl Store for RedisStore {
     async fn list_instances(&self, query: &ListQuery) -> Result<InstancePage> {
         let mut pos = match query.marker {
             Some(m) => {
-                let (_, i) = self
-                    .read_instance(m)
-                    .await?
-                    .ok_or_else(|| Error::not_found(Kind::Marker, m))?;
+                let (_, i) = self.read_instance(m).await?.ok_or_else(|| Error::not_found(Kind::Marker, m))?;
                 Some(index_member(i.created_at, i.uuid))
             }
             None => None,
@@ -1523,21 +1218,12 @@ impl Store for RedisStore {
                     c
                 })
                 .collect();
-            let lists = self
-                .pool
-                .bulk(cmds)
-                .await?
-                .into_iter()
-                .map(members)
-                .collect::<Result<Vec<_>>>()?;
+            let lists = self.pool.bulk(cmds).await?.into_iter().map(members).collect::<Result<Vec<_>>>()?;
             let merged = merge(lists, batch);
             let Some(last) = merged.last().cloned() else {
                 break;
             };
-            let ids = merged
-                .iter()
-                .map(|m| member_uuid(m))
-                .collect::<Result<Vec<_>>>()?;
+            let ids = merged.iter().map(|m| member_uuid(m)).collect::<Result<Vec<_>>>()?;
             let cmds = ids
                 .iter()
                 .map(|id| {
@@ -1569,9 +1255,6 @@ impl Store for RedisStore {
         } else {
             None
         };
-        Ok(InstancePage {
-            instances: found,
-            next_marker,
-        })
+        Ok(InstancePage { instances: found, next_marker })
     }
 }
