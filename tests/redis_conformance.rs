@@ -24,8 +24,10 @@ enum Guard {
     Single(redis_server::Single),
     Cluster(redis_server::Cluster),
     Container(
-        tokio::runtime::Runtime,
-        testcontainers_modules::testcontainers::ContainerAsync<testcontainers_modules::redis::Redis>,
+        Box<(
+            tokio::runtime::Runtime,
+            testcontainers_modules::testcontainers::ContainerAsync<testcontainers_modules::redis::Redis>,
+        )>,
     ),
 }
 
@@ -62,7 +64,7 @@ fn single_target() -> (Result<String, String>, Guard) {
                 c.get_host_port_ipv4(testcontainers_modules::redis::REDIS_PORT).await.map_err(|e| e.to_string())?;
             Ok::<_, String>((c, format!("redis://{host}:{port}")))
         })?;
-        Ok((url, Guard::Container(rt, c)))
+        Ok((url, Guard::Container(Box::new((rt, c)))))
     })();
     match started {
         Ok((url, g)) => (Ok(url), g),

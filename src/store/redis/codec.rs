@@ -315,7 +315,7 @@ mod tests {
             ));
         }
         let mut by_key = keys.clone();
-        by_key.sort_by(|a, b| a.0.cmp(&b.0));
+        by_key.sort_by_key(|a| a.0);
         let mut by_member = keys.clone();
         by_member.sort_by(|a, b| a.1.cmp(&b.1));
         assert_eq!(by_key, by_member);

@@ -72,9 +72,9 @@ impl std::fmt::Debug for RedisConfig {
     }
 }
 
-fn num<T: std::str::FromStr>(url: &StoreUrl, key: &str, default: T, min: T, max: T) -> Result<T>
+fn num<T>(url: &StoreUrl, key: &str, default: T, min: T, max: T) -> Result<T>
 where
-    T: PartialOrd + Copy + std::fmt::Display,
+    T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display,
 {
     match url.param(key) {
         None => Ok(default),
