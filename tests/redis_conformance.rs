@@ -121,13 +121,179 @@ fn purge(url: &str, run: &str) {
     });
 }
 
+/// Raw access to the server, for planting the leftovers a crash would leave.
+fn raw_sadd(url: &str, key: &str, member: &str) -> Result<(), String> {
+    let u = unicell::store::StoreUrl::parse(url).map_err(|e| e.to_string())?;
+    let e = u.expose();
+    let first = format!("redis://{}:{}", e.host_str().unwrap_or("127.0.0.1"), e.port().unwrap_or(6379));
+    let mut cmd = redis::cmd("SADD");
+    cmd.arg(key).arg(member);
+    if u.scheme() == "redis+cluster" {
+        let mut nodes = vec![first];
+        for seed in u.param("seeds").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+            nodes.push(format!("redis://{seed}"));
+        }
+        let client = redis::cluster::ClusterClient::new(nodes).map_err(|e| e.to_string())?;
+        let mut c = client.get_connection().map_err(|e| e.to_string())?;
+        cmd.query::<i64>(&mut c).map_err(|e| e.to_string())?;
+    } else {
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        let mut c = client.get_connection().map_err(|e| e.to_string())?;
+        cmd.query::<i64>(&mut c).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn new_root(name: &str) -> unicell::model::NewProvider {
+    use unicell::model::*;
+    NewProvider {
+        id: ProviderId::new_v4(),
+        name: format!("{name}-{}", uuid::Uuid::new_v4().simple()),
+        parent: None,
+        cell: None,
+        inventories: std::collections::BTreeMap::from([(ResourceClass::Vcpu, Inventory::with_total(8))]),
+        traits: Default::default(),
+        aggregates: Default::default(),
+    }
+}
+
+type Check = fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+/// Redis-specific checks beyond the shared suite, on each target.
+fn backend_trials(target: &str, url: Result<String, String>, run: &str) -> Vec<libtest_mimic::Trial> {
+    let checks: Vec<(&str, Check)> = vec![
+        ("feed_resync_after_trim", |u| Box::pin(feed_resync_after_trim(u))),
+        ("stale_index_member_ignored_then_cleaned", |u| Box::pin(stale_index_member(u))),
+    ];
+    checks
+        .into_iter()
+        .map(|(name, check)| {
+            let url = url.clone();
+            let run = run.to_string();
+            libtest_mimic::Trial::ignorable_test(format!("backend::{target}::{name}"), move || {
+                let url = match url {
+                    Ok(u) => u,
+                    Err(reason) => return Ok(libtest_mimic::Completion::ignored_with(reason)),
+                };
+                let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+                let prefixed = with_prefix(&url, &format!("{run}-{}", uuid::Uuid::new_v4().simple()));
+                rt.block_on(check(prefixed))?;
+                Ok(libtest_mimic::Completion::Completed)
+            })
+        })
+        .collect()
+}
+
+async fn open_store(url: &str) -> Result<RedisStore, String> {
+    RedisStore::open(&unicell::store::StoreUrl::parse(url).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())
+}
+
+/// With one tombstone kept per shard, deleting two trees trims the feed: a cursor from before
+/// must get `Resync`, a cursor from after must not.
+async fn feed_resync_after_trim(url: String) -> Result<(), String> {
+    use unicell::model::Changes;
+    let store = open_store(&format!("{url}&tombstones=1&tree_shards=1")).await?;
+    let before = store.change_cursor().await.map_err(|e| e.to_string())?;
+    for _ in 0..3 {
+        let p = new_root("trim");
+        store.create_provider(&p).await.map_err(|e| e.to_string())?;
+        store.delete_provider(p.id).await.map_err(|e| e.to_string())?;
+    }
+    match store.changes_since(&before).await.map_err(|e| e.to_string())? {
+        Changes::Resync => {}
+        other => return Err(format!("a cursor older than trimmed tombstones must resync, got {other:?}")),
+    }
+    let after = store.change_cursor().await.map_err(|e| e.to_string())?;
+    let p = new_root("trim");
+    store.create_provider(&p).await.map_err(|e| e.to_string())?;
+    match store.changes_since(&after).await.map_err(|e| e.to_string())? {
+        Changes::Trees { roots, .. } if roots == vec![p.id] => Ok(()),
+        other => Err(format!("expected exactly the new tree, got {other:?}")),
+    }
+}
+
+/// A consumer-index member whose claim never ran (what a crash between the index write and
+/// the claim script leaves in cluster mode) is ignored by readers and removed once older than
+/// the grace period; the consumer's real claims are unaffected.
+async fn stale_index_member(url: String) -> Result<(), String> {
+    use unicell::model::*;
+    let store = open_store(&format!("{url}&grace_ms=0")).await?;
+    let prefix = store.config().prefix.clone();
+    let tree = new_root("stale");
+    store.create_provider(&tree).await.map_err(|e| e.to_string())?;
+    let consumer = ConsumerId::new_v4();
+    let ghost = format!("{}|deadbeef|{}", tree.id, 1);
+    raw_sadd(&url, &format!("{prefix}:cons:{consumer}"), &ghost)?;
+    let held = store.allocations(consumer).await.map_err(|e| e.to_string())?;
+    if !held.is_empty() {
+        return Err(format!("a member without allocation must not be reported: {held:?}"));
+    }
+    let released = store.release(consumer).await.map_err(|e| e.to_string())?;
+    if !released.roots.is_empty() {
+        return Err(format!("nothing was held, yet release reports {released:?}"));
+    }
+    let req = ClaimRequest {
+        consumer,
+        project_id: "p".into(),
+        user_id: "u".into(),
+        allocations: AllocationMap::from([(tree.id, Resources::from([(ResourceClass::Vcpu, 2)]))]),
+        group: None,
+    };
+    store.claim(&req).await.map_err(|e| e.to_string())?;
+    raw_sadd(&url, &format!("{prefix}:cons:{consumer}"), &ghost)?;
+    let held = store.allocations(consumer).await.map_err(|e| e.to_string())?;
+    if held.len() != 1 || held[0].allocations != req.allocations {
+        return Err(format!("the real claim must be found once: {held:?}"));
+    }
+    let released = store.release(consumer).await.map_err(|e| e.to_string())?;
+    if released.roots != vec![tree.id] {
+        return Err(format!("release must free the tree: {released:?}"));
+    }
+    let t = store.provider_tree(tree.id).await.map_err(|e| e.to_string())?;
+    if !t.providers[0].usages.is_empty() {
+        return Err(format!("usage left after release: {:?}", t.providers[0].usages));
+    }
+    Ok(())
+}
+
+/// A server that does not answer is a retryable `Unavailable` (or `Timeout`), and neither the
+/// error nor the store's description ever shows the password.
+fn unreachable_trial() -> libtest_mimic::Trial {
+    libtest_mimic::Trial::test("backend::redis::unreachable_is_retryable_and_redacted", || {
+        let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let port = redis_server::free_port(false).ok_or("no free port")?;
+            for url in [
+                format!("redis://admin:hunter2@127.0.0.1:{port}?connect_timeout_ms=300"),
+                format!("redis+cluster://admin:hunter2@127.0.0.1:{port}?connect_timeout_ms=300&retries=0"),
+            ] {
+                let err = match unicell::store::open(&url).await {
+                    Ok(s) => return Err(format!("{url}: opened {}", s.describe()).into()),
+                    Err(e) => e,
+                };
+                if !err.is_retryable() {
+                    return Err(format!("an unreachable server must be retryable, got {err:?}").into());
+                }
+                let shown = format!("{err} {err:?}");
+                if shown.contains("hunter2") {
+                    return Err(format!("password leaked: {shown}").into());
+                }
+            }
+            Ok(())
+        })
+    })
+}
+
 fn main() {
     let args = libtest_mimic::Arguments::from_args();
     let run = format!("unicell-conf-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let (single, single_guard) = single_target();
     let (cluster, cluster_guard) = cluster_target();
     let mut trials = conformance_trials("redis", factory(single.clone(), &run));
-    trials.extend(conformance_trials("redis-cluster", factory(cluster, &run)));
+    trials.extend(conformance_trials("redis-cluster", factory(cluster.clone(), &run)));
+    trials.extend(backend_trials("redis", single.clone(), &run));
+    trials.extend(backend_trials("redis-cluster", cluster, &run));
+    trials.push(unreachable_trial());
     let conclusion = libtest_mimic::run(&args, trials);
     if let (Ok(url), Guard::None) = (&single, &single_guard) {
         purge(url, &run);

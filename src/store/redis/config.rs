@@ -20,6 +20,8 @@
 //! | `retries` | 2 | cluster mode: redirections/reconnections the cluster client tries before failing |
 //! | `tree_shards` | 16 single / 64 cluster | hash-tag shards of provider trees and of the change feed |
 //! | `instance_shards` | 1 single / 16 cluster | hash-tag shards of the instance listing indexes |
+//! | `grace_ms` | 300000 | age after which an index member or reservation without its object is a leftover (must exceed any request's lifetime) |
+//! | `tombstones` | 4096 | deleted-tree tombstones kept per change-feed shard before old cursors get `Resync` |
 //!
 //! Shard counts are fixed by the first store that opens a prefix (they are recorded in the
 //! prefix's `meta` hash); later opens use the recorded values.
@@ -53,6 +55,10 @@ pub struct RedisConfig {
     pub tree_shards: u32,
     /// Instance-index shards requested (the prefix's recorded value wins).
     pub instance_shards: u32,
+    /// Age after which an index member or a reservation without its object is a leftover.
+    pub grace: Duration,
+    /// Tombstones kept per change-feed shard.
+    pub tombstones: u32,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -68,6 +74,8 @@ impl std::fmt::Debug for RedisConfig {
             .field("retries", &self.retries)
             .field("tree_shards", &self.tree_shards)
             .field("instance_shards", &self.instance_shards)
+            .field("grace", &self.grace)
+            .field("tombstones", &self.tombstones)
             .finish()
     }
 }
@@ -93,8 +101,18 @@ where
     }
 }
 
-const OPTIONS: &[&str] =
-    &["prefix", "timeout_ms", "connect_timeout_ms", "pool", "retries", "tree_shards", "instance_shards", "seeds"];
+const OPTIONS: &[&str] = &[
+    "prefix",
+    "timeout_ms",
+    "connect_timeout_ms",
+    "pool",
+    "retries",
+    "tree_shards",
+    "instance_shards",
+    "seeds",
+    "grace_ms",
+    "tombstones",
+];
 
 impl RedisConfig {
     /// Parses a `redis://` or `redis+cluster://` URL.
@@ -175,6 +193,8 @@ impl RedisConfig {
             retries: num(url, "retries", 2, 0, 100)?,
             tree_shards: num(url, "tree_shards", if cluster { 64 } else { 16 }, 1, 4096)?,
             instance_shards: num(url, "instance_shards", if cluster { 16 } else { 1 }, 1, 1024)?,
+            grace: Duration::from_millis(num(url, "grace_ms", 300_000, 0, 86_400_000)?),
+            tombstones: num(url, "tombstones", 4096, 1, 10_000_000)?,
         })
     }
 }

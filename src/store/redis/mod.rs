@@ -24,9 +24,9 @@
 //! member, and [`release`](Store::release) and [`allocations`](Store::allocations) find it.
 //! The opposite leftover (a member whose claim failed, timed out or never ran) is harmless:
 //! readers ignore members whose token is not the tree's record, and remove them once older
-//! than [`INDEX_GRACE`] (a member that young may belong to a claim still in flight, which must
-//! not lose its index entry). A claim that fails for sure or is a replay removes its own
-//! member at once.
+//! than the grace period (URL option `grace_ms`, default 5 minutes): a younger member may
+//! belong to a claim still in flight, which must not lose its index entry. A claim that
+//! fails for sure or is a replay removes its own member at once.
 //!
 //! # Change feed
 //!
@@ -36,7 +36,7 @@
 //! atomically, the counter and the roots whose score is above the cursor. No clock is
 //! involved, so concurrent writers and clock skew cannot hide a change, and the cost is one
 //! small read per shard plus the changed roots. Deleted trees leave tombstones; when more
-//! than [`TOMBSTONES_KEPT`] accumulate in a shard the oldest are dropped and cursors older
+//! than `tombstones` (URL option, default 4,096) accumulate in a shard the oldest are dropped and cursors older
 //! than them get [`Changes::Resync`].
 //!
 //! # Instances
@@ -68,14 +68,6 @@ use self::keys::Keys;
 use crate::error::{Conflict, Error, Kind, Result};
 use crate::model::*;
 use crate::store::{Store, StoreUrl};
-
-/// How long an index member or a name/id reservation without its object is presumed to
-/// belong to a write still in flight. Older leftovers (of a crash or a lost reply) are
-/// cleaned up or taken over. Far above any response timeout.
-pub const INDEX_GRACE: Duration = Duration::from_secs(300);
-
-/// Tombstones of deleted trees kept per change-feed shard.
-pub const TOMBSTONES_KEPT: usize = 4096;
 
 /// Attempts of an instance read-modify-write before giving up under contention.
 const CAS_ATTEMPTS: usize = 64;
@@ -311,7 +303,7 @@ impl RedisStore {
             }
             let holder_id: ProviderId = holder.parse().map_err(|_| corrupt("name reservation"))?;
             let duplicate = || Error::Conflict(Conflict::DuplicateName { name: name.to_string() });
-            if age(ms) < INDEX_GRACE || self.provider_live(holder_id).await? {
+            if age(ms) < self.cfg.grace || self.provider_live(holder_id).await? {
                 return Err(duplicate());
             }
             // A leftover of a create or delete that crashed long ago: take it over.
@@ -344,7 +336,7 @@ impl RedisStore {
             // Same tree: the create script itself refuses a provider the tree already has.
             return Ok(None);
         }
-        if age(ms) < INDEX_GRACE || self.provider_live(id).await? {
+        if age(ms) < self.cfg.grace || self.provider_live(id).await? {
             return Err(Error::already_exists(Kind::Provider, id));
         }
         let cmd = self.pool.scripts.cas.cmd(&[&key], &[&cur, &value, "set"]);
@@ -631,7 +623,7 @@ impl Store for RedisStore {
                 self.keys.feed(shard),
                 self.keys.dead(shard),
             ],
-            &[provider.to_string(), root.to_string(), self.keys.cell_prefix(shard), TOMBSTONES_KEPT.to_string()],
+            &[provider.to_string(), root.to_string(), self.keys.cell_prefix(shard), self.cfg.tombstones.to_string()],
         );
         let r = Reply::from(self.pool.eval(&cmd).await?)?;
         match r.status().as_str() {
@@ -812,7 +804,9 @@ impl Store for RedisStore {
         for (s, v) in self.pool.bulk(cmds).await?.into_iter().enumerate() {
             let r = Reply::from(v)?;
             let (seq, trimmed) = (r.i(0)?, r.i(1)?);
-            if since[s] < trimmed {
+            // Trimmed past the cursor, or the counter went backwards (data lost, e.g. a
+            // server restarted without persistence): the feed cannot vouch for the gap.
+            if since[s] < trimmed || since[s] > seq {
                 return Ok(Changes::Resync);
             }
             for i in 2..r.0.len() {
@@ -938,7 +932,7 @@ impl Store for RedisStore {
                 other => return Err(corrupt(format!("release status {other}"))),
             };
             for m in members.iter().filter(|m| m.root == *root) {
-                if Some(&m.token) == token.as_ref() || age(m.ms) > INDEX_GRACE {
+                if Some(&m.token) == token.as_ref() || age(m.ms) > self.cfg.grace {
                     remove.push(m.raw.clone());
                 }
             }
@@ -975,7 +969,7 @@ impl Store for RedisStore {
                 members
                     .iter()
                     .filter(|m| m.root == *root && Some(&m.token) != token.as_ref())
-                    .filter(|m| age(m.ms) > INDEX_GRACE)
+                    .filter(|m| age(m.ms) > self.cfg.grace)
                     .map(|m| m.raw.clone()),
             );
         }
