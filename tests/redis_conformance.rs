@@ -165,6 +165,7 @@ fn backend_trials(target: &str, url: Result<String, String>, run: &str) -> Vec<l
     let checks: Vec<(&str, Check)> = vec![
         ("feed_resync_after_trim", |u| Box::pin(feed_resync_after_trim(u))),
         ("stale_index_member_ignored_then_cleaned", |u| Box::pin(stale_index_member(u))),
+        ("sharded_listing_matches_memory_store", |u| Box::pin(sharded_listing(u))),
     ];
     checks
         .into_iter()
@@ -321,6 +322,67 @@ fn differential_trial(target: &str, url: Result<String, String>, run: &str) -> l
             .map_err(|e| e.to_string())?;
         Ok(libtest_mimic::Completion::Completed)
     })
+}
+
+/// 400 instances (many sharing a `created_at`) over 16 index shards: every page of every
+/// listing, filtered or not, at several page sizes, equals the memory store's.
+async fn sharded_listing(url: String) -> Result<(), String> {
+    use unicell::model::*;
+    use unicell::store::memory::MemoryStore;
+    let redis = open_store(&format!("{url}&instance_shards=16")).await?;
+    let memory = MemoryStore::new();
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let projects = [format!("pa-{tag}"), format!("pb-{tag}"), format!("pc-{tag}")];
+    let base = Timestamp::now().as_micros();
+    for n in 0..400i64 {
+        let mut i = Instance::new_building(
+            InstanceId::new_v4(),
+            &format!("vm-{tag}-{n}"),
+            &projects[(n % 3) as usize],
+            "u",
+            FlavorId::new("m1").map_err(|e| e.to_string())?,
+        );
+        i.created_at = Timestamp::from_micros(base + (n * 7919) % 97);
+        i.updated_at = i.created_at;
+        i.vm_state = if n % 5 == 0 { VmState::Active } else { VmState::Building };
+        i.deleted = n % 11 == 0;
+        if n % 4 == 0 {
+            i.tags.insert(format!("t-{tag}"));
+        }
+        redis.create_instance(&i).await.map_err(|e| e.to_string())?;
+        memory.create_instance(&i).await.map_err(|e| e.to_string())?;
+    }
+    let name = |s: &str| Some(format!("vm-{tag}-{s}"));
+    let queries = vec![
+        InstanceFilters { name: name(""), ..Default::default() },
+        InstanceFilters { project_id: Some(projects[1].clone()), ..Default::default() },
+        InstanceFilters { name: name("1"), vm_states: vec![VmState::Active], ..Default::default() },
+        InstanceFilters { project_id: Some(projects[2].clone()), tags: vec![format!("t-{tag}")], ..Default::default() },
+        InstanceFilters { name: name(""), deleted: Some(true), ..Default::default() },
+        InstanceFilters { name: name("39"), ..Default::default() },
+    ];
+    for filters in queries {
+        for limit in [1u32, 7, 50, 1000] {
+            let (mut a, mut b) = (None, None);
+            let mut pages = 0;
+            loop {
+                let qa = ListQuery { filters: filters.clone(), limit: Some(limit), marker: a };
+                let qb = ListQuery { filters: filters.clone(), limit: Some(limit), marker: b };
+                let pa = redis.list_instances(&qa).await.map_err(|e| e.to_string())?;
+                let pb = memory.list_instances(&qb).await.map_err(|e| e.to_string())?;
+                let ids = |p: &InstancePage| p.instances.iter().map(|i| i.uuid).collect::<Vec<_>>();
+                if ids(&pa) != ids(&pb) || pa.next_marker != pb.next_marker {
+                    return Err(format!("page {pages} of {filters:?} limit {limit} differs from the reference"));
+                }
+                pages += 1;
+                if pa.next_marker.is_none() {
+                    break;
+                }
+                (a, b) = (pa.next_marker, pb.next_marker);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn main() {

@@ -36,17 +36,19 @@
 //! atomically, the counter and the roots whose score is above the cursor. No clock is
 //! involved, so concurrent writers and clock skew cannot hide a change, and the cost is one
 //! small read per shard plus the changed roots. Deleted trees leave tombstones; when more
-//! than `tombstones` (URL option, default 4,096) accumulate in a shard the oldest are dropped and cursors older
-//! than them get [`Changes::Resync`].
+//! than `tombstones` (URL option, default 4,096) accumulate in a shard the oldest are
+//! dropped and cursors older than them get [`Changes::Resync`].
 //!
 //! # Instances
 //!
 //! A JSON record per instance and, per instance shard, a global and a per-project sorted set
-//! of members that sort (ZRANGEBYLEX) in listing order (see [`codec::index_member`]). A page
-//! reads `limit + 1` members from each shard after the marker, merges the shard lists
-//! (k-way), and fetches the records in one pipelined round trip. Filters other than the
-//! project are applied to the records read; when they reject records the page keeps reading
-//! further batches (doubling, up to 2,000 members a batch) until it is full or the index
+//! of members that sort (ZRANGEBYLEX) in listing order (`hex(u64::MAX - created_at) ++ hex(!uuid)`). A page
+//! resolves the marker with one read of its record, then merges the shards (k-way) reading
+//! each lazily: first a share of the page with some slack from every shard in one concurrent
+//! round, further chunks only from shards that run dry; the page's records are fetched in one
+//! pipelined round. Filters other than the project are applied to the records read; when
+//! they reject records the page keeps reading further batches (doubling, up to 2,000 members
+//! a batch) until it is full or the index
 //! ends, so a selective filter costs in proportion to the instances it skips.
 
 mod codec;
@@ -54,7 +56,7 @@ mod config;
 mod conn;
 mod keys;
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -466,48 +468,85 @@ fn rand_u64() -> u64 {
     (u >> 64) as u64 ^ u as u64
 }
 
-/// One shard's sorted list of index members for a k-way merge.
-struct Head {
-    member: String,
-    shard: usize,
-    index: usize,
+/// One shard of a listing index being read in listing order, a chunk at a time.
+struct ShardReader {
+    key: String,
+    buf: std::collections::VecDeque<String>,
+    /// The last member read from the server (exclusive start of the next chunk).
+    after: Option<String>,
+    /// Members to ask for next time (doubles as the shard keeps being drained).
+    chunk: usize,
+    done: bool,
 }
 
-impl PartialEq for Head {
-    fn eq(&self, o: &Self) -> bool {
-        self.member == o.member
-    }
-}
-impl Eq for Head {}
-impl PartialOrd for Head {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Head {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        // BinaryHeap is a max-heap: reverse for the smallest member first.
-        o.member.cmp(&self.member)
-    }
+/// A k-way merge over the shards of a listing index: pops members in global listing order,
+/// reading each shard lazily in chunks (all shards that ran dry in one concurrent round).
+struct MergedIndex {
+    shards: Vec<ShardReader>,
 }
 
-/// Merges sorted shard lists into the first `n` members overall.
-fn merge(lists: Vec<Vec<String>>, n: usize) -> Vec<String> {
-    let mut heap = BinaryHeap::new();
-    for (shard, l) in lists.iter().enumerate() {
-        if let Some(m) = l.first() {
-            heap.push(Head { member: m.clone(), shard, index: 0 });
+impl MergedIndex {
+    fn new(keys: Vec<String>, after: Option<String>, first_chunk: usize) -> Self {
+        MergedIndex {
+            shards: keys
+                .into_iter()
+                .map(|key| ShardReader {
+                    key,
+                    buf: Default::default(),
+                    after: after.clone(),
+                    chunk: first_chunk,
+                    done: false,
+                })
+                .collect(),
         }
     }
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let Some(h) = heap.pop() else { break };
-        if let Some(next) = lists[h.shard].get(h.index + 1) {
-            heap.push(Head { member: next.clone(), shard: h.shard, index: h.index + 1 });
+
+    async fn refill(&mut self, pool: &Pool) -> Result<()> {
+        let dry: Vec<usize> =
+            (0..self.shards.len()).filter(|i| self.shards[*i].buf.is_empty() && !self.shards[*i].done).collect();
+        if dry.is_empty() {
+            return Ok(());
         }
-        out.push(h.member);
+        let cmds = dry
+            .iter()
+            .map(|i| {
+                let sh = &self.shards[*i];
+                let start = match &sh.after {
+                    Some(m) => format!("({m}"),
+                    None => "-".to_string(),
+                };
+                let mut c = redis::cmd("ZRANGEBYLEX");
+                c.arg(&sh.key).arg(start).arg("+").arg("LIMIT").arg(0).arg(sh.chunk);
+                c
+            })
+            .collect();
+        for (i, v) in dry.into_iter().zip(pool.bulk(cmds).await?) {
+            let got = members(v)?;
+            let sh = &mut self.shards[i];
+            sh.done = got.len() < sh.chunk;
+            sh.chunk = (sh.chunk * 2).min(MAX_SCAN_BATCH);
+            if let Some(last) = got.last() {
+                sh.after = Some(last.clone());
+            }
+            sh.buf.extend(got);
+        }
+        Ok(())
     }
-    out
+
+    /// Up to `n` next members in listing order (fewer only at the end of the index).
+    async fn next(&mut self, pool: &Pool, n: usize) -> Result<Vec<String>> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            self.refill(pool).await?;
+            let best =
+                (0..self.shards.len()).filter_map(|i| self.shards[i].buf.front().map(|m| (m, i))).min().map(|(_, i)| i);
+            let Some(i) = best else { break };
+            if let Some(m) = self.shards[i].buf.pop_front() {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[async_trait]
@@ -1197,27 +1236,15 @@ impl Store for RedisStore {
         let mut only_project = query.filters.clone();
         only_project.project_id = None;
         let exact = only_project == InstanceFilters::default();
+        // Each shard is asked first for a share of the page with some slack; a shard that
+        // runs dry before the page is complete is read further (doubling chunks).
         let mut batch = if exact { want } else { want.max(100) };
+        let first_chunk = if shards == 1 { batch } else { (batch * 3 / 2 / shards).max(16) + 1 };
+        let mut merged = MergedIndex::new(index, pos.take(), first_chunk);
         let mut found: Vec<Instance> = Vec::with_capacity(want);
         'scan: loop {
-            let start = match &pos {
-                Some(m) => format!("({m}"),
-                None => "-".to_string(),
-            };
-            let cmds = index
-                .iter()
-                .map(|k| {
-                    let mut c = redis::cmd("ZRANGEBYLEX");
-                    c.arg(k).arg(&start).arg("+").arg("LIMIT").arg(0).arg(batch);
-                    c
-                })
-                .collect();
-            let lists = self.pool.bulk(cmds).await?.into_iter().map(members).collect::<Result<Vec<_>>>()?;
-            let merged = merge(lists, batch);
-            let Some(last) = merged.last().cloned() else {
-                break;
-            };
-            let ids = merged.iter().map(|m| member_uuid(m)).collect::<Result<Vec<_>>>()?;
+            let page = merged.next(&self.pool, batch).await?;
+            let ids = page.iter().map(|m| member_uuid(m)).collect::<Result<Vec<_>>>()?;
             let cmds = ids
                 .iter()
                 .map(|id| {
@@ -1237,10 +1264,9 @@ impl Store for RedisStore {
                     }
                 }
             }
-            if merged.len() < batch {
+            if page.len() < batch {
                 break;
             }
-            pos = Some(last);
             batch = (batch * 2).min(MAX_SCAN_BATCH.max(want));
         }
         let next_marker = if found.len() > limit {
