@@ -60,8 +60,8 @@ pub struct SchedulerConfig {
     /// A compute whose last heartbeat is older than this is down (`service_down_time`, 60 s).
     pub service_down_time: Duration,
     /// How often host records, aggregates, cells and building counts are re-read (they are
-    /// not in the store's tree change feed). A tree without a known host also triggers a
-    /// re-read (at most once per second).
+    /// not in the store's tree change feed). A new tree without a known host also triggers
+    /// a re-read (once per such tree).
     pub catalog_refresh_interval: Duration,
     /// Count BUILDING instances per host from the store at each catalog refresh (input of
     /// the IoOps weigher and filter). Costs one listing of building instances.
@@ -94,6 +94,11 @@ pub struct SchedulerConfig {
     pub seed: Option<u64>,
     /// Concurrent tree reads during a refresh.
     pub refresh_concurrency: usize,
+    /// `select_destinations` refreshes the snapshot through the change feed first unless
+    /// the last refresh is younger than this (zero, the default: every request). A larger
+    /// value trades fresher state for fewer store reads; claims stay correct either way,
+    /// only more of them are refused.
+    pub min_refresh_interval: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -122,6 +127,7 @@ impl Default for SchedulerConfig {
             candidate_search_budget: 10_000,
             seed: None,
             refresh_concurrency: 16,
+            min_refresh_interval: Duration::ZERO,
         }
     }
 }
@@ -201,6 +207,7 @@ impl SplitMix64 {
 struct RefreshState {
     cursor: ChangeCursor,
     last_catalog: Instant,
+    last_refresh: Instant,
 }
 
 /// A scheduler: owns a snapshot of host state read from the store and places instances by
@@ -262,6 +269,7 @@ impl Scheduler {
             refresh_state: tokio::sync::Mutex::new(RefreshState {
                 cursor: ChangeCursor(String::new()),
                 last_catalog: Instant::now(),
+                last_refresh: Instant::now(),
             }),
             rng: Mutex::new(SplitMix64::new(seed)),
             counters: Counters::default(),
@@ -442,15 +450,18 @@ impl Scheduler {
             .await
     }
 
-    /// Applies freshly read trees to the snapshot; returns true when a tree has no known
-    /// host record.
+    /// Applies freshly read trees to the snapshot; returns true when a tree not seen before
+    /// has no known host record (a new compute: the catalog should be re-read).
     fn apply_trees(&self, trees: Vec<(ProviderId, Option<ProviderTree>)>) -> bool {
         bump(&self.counters.trees_reread, trees.len() as u64);
         let mut unknown = false;
         let mut snap = self.write_snapshot();
         for (root, tree) in trees {
             match tree {
-                Some(t) if self.in_scope(t.cell) => unknown |= !snap.put_tree(t),
+                Some(t) if self.in_scope(t.cell) => {
+                    let seen = snap.unhosted.contains_key(&root);
+                    unknown |= !snap.put_tree(t) && !seen;
+                }
                 _ => snap.remove_tree(root),
             }
         }
@@ -463,10 +474,26 @@ impl Scheduler {
     /// `select_destinations` calls this first; callers may call it to pre-warm.
     pub async fn refresh(&self) -> Result<()> {
         let mut st = self.refresh_state.lock().await;
+        self.refresh_locked(&mut st).await
+    }
+
+    /// Refreshes unless the last refresh is younger than `min_refresh_interval`.
+    pub(crate) async fn maybe_refresh(&self) -> Result<()> {
+        let mut st = self.refresh_state.lock().await;
+        if !self.config.min_refresh_interval.is_zero()
+            && st.last_refresh.elapsed() < self.config.min_refresh_interval
+        {
+            return Ok(());
+        }
+        self.refresh_locked(&mut st).await
+    }
+
+    async fn refresh_locked(&self, st: &mut RefreshState) -> Result<()> {
+        st.last_refresh = Instant::now();
         match self.store.changes_since(&st.cursor).await? {
             Changes::Resync => {
                 tracing::info!("change feed answered Resync: full reload");
-                return self.full_reload(&mut st).await;
+                return self.full_reload(st).await;
             }
             Changes::Trees { roots, next } => {
                 bump(&self.counters.refreshes, 1);
@@ -477,11 +504,8 @@ impl Scheduler {
                     self.apply_trees(trees)
                 };
                 st.cursor = next;
-                let elapsed = st.last_catalog.elapsed();
-                if elapsed >= self.config.catalog_refresh_interval
-                    || (unknown && elapsed >= Duration::from_secs(1))
-                {
-                    self.reload_catalog(&mut st).await?;
+                if unknown || st.last_catalog.elapsed() >= self.config.catalog_refresh_interval {
+                    self.reload_catalog(st).await?;
                 }
             }
         }

@@ -470,7 +470,7 @@ impl Scheduler {
             )));
         }
         let plan = self.plan(spec).await?;
-        self.refresh().await?;
+        self.maybe_refresh().await?;
 
         let span = tracing::Span::current();
         let mut placed: Vec<(InstanceId, Ranked, Vec<Ranked>)> = Vec::new();
