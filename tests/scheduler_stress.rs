@@ -30,15 +30,10 @@ fn main() {
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-async fn many_schedulers_thousands_of_requests_then_audit(
-    store: Arc<dyn Store>,
-) -> Result<(), String> {
+async fn many_schedulers_thousands_of_requests_then_audit(store: Arc<dyn Store>) -> Result<(), String> {
     let requests = env_usize("STRESS_REQUESTS", 2000);
     let hosts = env_usize("STRESS_HOSTS", 100);
     let conductors_n = 4;
@@ -47,61 +42,34 @@ async fn many_schedulers_thousands_of_requests_then_audit(
     let mut cloud = Cloud::new(store.clone()).await?;
     for i in 0..hosts {
         cloud
-            .add_host(HostSpec {
-                vcpu: 32,
-                mem_mb: 65536,
-                disk_gb: 1000,
-                nested: i % 10 == 0,
-                ..Default::default()
-            })
+            .add_host(HostSpec { vcpu: 32, mem_mb: 65536, disk_gb: 1000, nested: i % 10 == 0, ..Default::default() })
             .await?;
     }
     let mut groups = Vec::new();
     for _ in 0..8 {
         groups.push(cloud.group(GroupPolicy::AntiAffinity, Some(2)).await?);
     }
-    let mut flavors = vec![
-        flavor(1, 1024, 10),
-        flavor(2, 4096, 20),
-        flavor(4, 8192, 40),
-    ];
+    let mut flavors = vec![flavor(1, 1024, 10), flavor(2, 4096, 20), flavor(4, 8192, 40)];
     let mut pinned = flavor(2, 2048, 20);
     pinned.id = FlavorId::new("pinned").map_err(e)?;
-    pinned
-        .extra_specs
-        .insert("hw:cpu_policy".into(), "dedicated".into());
-    pinned
-        .extra_specs
-        .insert("resources1:SRIOV_NET_VF".into(), "1".into());
-    pinned
-        .extra_specs
-        .insert("trait1:CUSTOM_PHYSNET_A".into(), "required".into());
+    pinned.extra_specs.insert("hw:cpu_policy".into(), "dedicated".into());
+    pinned.extra_specs.insert("resources1:SRIOV_NET_VF".into(), "1".into());
+    pinned.extra_specs.insert("trait1:CUSTOM_PHYSNET_A".into(), "required".into());
     flavors.push(pinned);
 
     let compute = Arc::new(
-        SimulatedCompute::new(99)
-            .with_latency(Duration::ZERO, Duration::from_millis(2))
-            .with_failure_rate(0.05, 0.7),
+        SimulatedCompute::new(99).with_latency(Duration::ZERO, Duration::from_millis(2)).with_failure_rate(0.05, 0.7),
     );
     let mut conductors = Vec::new();
     for k in 0..conductors_n {
         let config = SchedulerConfig {
             host_subset_size: 1 + k,
-            min_refresh_interval: if k % 2 == 1 {
-                Duration::from_millis(50)
-            } else {
-                Duration::ZERO
-            },
+            min_refresh_interval: if k % 2 == 1 { Duration::from_millis(50) } else { Duration::ZERO },
             seed: Some(k as u64 + 1),
             ..cloud.config()
         };
         let s = cloud.scheduler_with(config).await?;
-        conductors.push(Arc::new(Conductor::new(
-            store.clone(),
-            s,
-            compute.clone(),
-            ConductorConfig::default(),
-        )));
+        conductors.push(Arc::new(Conductor::new(store.clone(), s, compute.clone(), ConductorConfig::default())));
     }
 
     let next = Arc::new(AtomicUsize::new(0));
@@ -111,8 +79,7 @@ async fn many_schedulers_thousands_of_requests_then_audit(
     let mut tasks = Vec::new();
     for c in &conductors {
         for _ in 0..workers_per_conductor {
-            let (c, next, flavors, groups) =
-                (c.clone(), next.clone(), flavors.clone(), groups.clone());
+            let (c, next, flavors, groups) = (c.clone(), next.clone(), flavors.clone(), groups.clone());
             tasks.push(tokio::spawn(async move {
                 let mut ids = Vec::new();
                 let mut outcomes = Vec::new();
@@ -151,11 +118,7 @@ async fn many_schedulers_thousands_of_requests_then_audit(
     // Audit the providers.
     let allocations = audit(&store, cloud.cell).await?;
     // Every instance ACTIVE with exactly its allocation, or ERROR with a fault and none.
-    let roots: BTreeMap<String, ProviderId> = cloud
-        .hosts
-        .iter()
-        .map(|h| (h.name.clone(), h.root))
-        .collect();
+    let roots: BTreeMap<String, ProviderId> = cloud.hosts.iter().map(|h| (h.name.clone(), h.root)).collect();
     let (mut active, mut error) = (0usize, 0usize);
     for id in &ids {
         let rec = store.get_instance(*id).await.map_err(e)?;
@@ -190,10 +153,7 @@ async fn many_schedulers_thousands_of_requests_then_audit(
             check!(n <= 2, "group {} has {n} members on {}", g.id, h.name);
         }
     }
-    check!(
-        active > 0 && error > 0,
-        "the run both placed and overflowed: {active} active, {error} error"
-    );
+    check!(active > 0 && error > 0, "the run both placed and overflowed: {active} active, {error} error");
 
     let reschedules: u32 = outcomes.iter().map(|o| o.reschedules).sum();
     let skipped: u32 = outcomes.iter().map(|o| o.alternates_skipped).sum();

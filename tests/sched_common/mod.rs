@@ -35,10 +35,7 @@ macro_rules! check {
 /// `case!(path)` turns an async fn into a named case.
 macro_rules! case {
     ($f:path) => {
-        (
-            stringify!($f),
-            (|s| Box::pin($f(s))) as $crate::sched_common::CaseFn,
-        )
+        (stringify!($f), (|s| Box::pin($f(s))) as $crate::sched_common::CaseFn)
     };
 }
 
@@ -60,28 +57,19 @@ pub fn trials(cases: Vec<(&'static str, CaseFn)>) -> Vec<Trial> {
     for (name, f) in &cases {
         let f = *f;
         out.push(Trial::test(format!("memory::{name}"), move || {
-            run(
-                async move { Ok(Arc::new(MemoryStore::new()) as Arc<dyn Store>) },
-                f,
-            )
-            .map(|_| ())
+            run(async move { Ok(Arc::new(MemoryStore::new()) as Arc<dyn Store>) }, f).map(|_| ())
         }));
         for url in &urls {
             let url = url.clone();
             let label = url.split("://").next().unwrap_or("store").to_string();
-            out.push(Trial::ignorable_test(
-                format!("{label}::{name}"),
-                move || {
-                    run(
-                        async move {
-                            unicell::store::open(&url)
-                                .await
-                                .map_err(|err| format!("cannot open store {label}: {err}"))
-                        },
-                        f,
-                    )
-                },
-            ));
+            out.push(Trial::ignorable_test(format!("{label}::{name}"), move || {
+                run(
+                    async move {
+                        unicell::store::open(&url).await.map_err(|err| format!("cannot open store {label}: {err}"))
+                    },
+                    f,
+                )
+            }));
         }
     }
     out
@@ -156,12 +144,7 @@ impl Default for HostSpec {
 impl HostSpec {
     /// A host with these sizes and defaults for the rest.
     pub fn sized(vcpu: i64, mem_mb: i64, disk_gb: i64) -> Self {
-        HostSpec {
-            vcpu,
-            mem_mb,
-            disk_gb,
-            ..Default::default()
-        }
+        HostSpec { vcpu, mem_mb, disk_gb, ..Default::default() }
     }
 }
 
@@ -178,20 +161,8 @@ impl Cloud {
     pub async fn new(store: Arc<dyn Store>) -> Result<Cloud, String> {
         let cell = CellId::new_v4();
         let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-        store
-            .put_cell(&Cell {
-                id: cell,
-                name: format!("cell-{tag}"),
-                disabled: false,
-            })
-            .await
-            .map_err(e)?;
-        Ok(Cloud {
-            store,
-            cell,
-            tag,
-            hosts: Vec::new(),
-        })
+        store.put_cell(&Cell { id: cell, name: format!("cell-{tag}"), disabled: false }).await.map_err(e)?;
+        Ok(Cloud { store, cell, tag, hosts: Vec::new() })
     }
 
     /// Adds a host; its name is `<tag>-h<index>` so hosts sort by creation order.
@@ -247,10 +218,7 @@ impl Cloud {
                     name: format!("{name}-pf0"),
                     parent: Some(numa[0]),
                     cell: Some(self.cell),
-                    inventories: BTreeMap::from([(
-                        ResourceClass::SriovNetVf,
-                        Inventory::with_total(4),
-                    )]),
+                    inventories: BTreeMap::from([(ResourceClass::SriovNetVf, Inventory::with_total(4))]),
                     traits: BTreeSet::from([Trait::new("CUSTOM_PHYSNET_A").map_err(e)?]),
                     aggregates: BTreeSet::new(),
                 })
@@ -266,23 +234,13 @@ impl Cloud {
                 node: format!("{name}.node"),
                 enabled: spec.enabled,
                 disabled_reason: (!spec.enabled).then(|| "test".to_string()),
-                last_heartbeat: Timestamp::now()
-                    .minus(std::time::Duration::from_secs(spec.heartbeat_age_s)),
+                last_heartbeat: Timestamp::now().minus(std::time::Duration::from_secs(spec.heartbeat_age_s)),
                 availability_zone: spec.az.clone(),
-                capabilities: spec
-                    .capabilities
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
+                capabilities: spec.capabilities.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             })
             .await
             .map_err(e)?;
-        let info = HostInfo {
-            name,
-            root,
-            numa,
-            pf,
-        };
+        let info = HostInfo { name, root, numa, pf };
         self.hosts.push(info.clone());
         Ok(info)
     }
@@ -297,11 +255,7 @@ impl Cloud {
 
     /// A scheduler configuration scoped to this cell, deterministic.
     pub fn config(&self) -> SchedulerConfig {
-        SchedulerConfig {
-            cells: vec![self.cell],
-            seed: Some(7),
-            ..Default::default()
-        }
+        SchedulerConfig { cells: vec![self.cell], seed: Some(7), ..Default::default() }
     }
 
     /// A scheduler scoped to this cell.
@@ -311,11 +265,7 @@ impl Cloud {
 
     /// A scheduler with a custom configuration.
     pub async fn scheduler_with(&self, config: SchedulerConfig) -> Result<Arc<Scheduler>, String> {
-        Ok(Arc::new(
-            Scheduler::new(self.store.clone(), config)
-                .await
-                .map_err(e)?,
-        ))
+        Ok(Arc::new(Scheduler::new(self.store.clone(), config).await.map_err(e)?))
     }
 
     /// The host named `name`.
@@ -324,11 +274,7 @@ impl Cloud {
     }
 
     /// Creates a server group.
-    pub async fn group(
-        &self,
-        policy: GroupPolicy,
-        max_per_host: Option<u32>,
-    ) -> Result<ServerGroup, String> {
+    pub async fn group(&self, policy: GroupPolicy, max_per_host: Option<u32>) -> Result<ServerGroup, String> {
         let g = ServerGroup {
             id: GroupId::new_v4(),
             name: format!("g-{}", self.tag),
@@ -404,12 +350,18 @@ pub fn instance(flavor: &Flavor) -> Instance {
 /// Checks every tree of `cell`: usage equals the sum of its allocations, none over
 /// capacity, group member counts equal the allocations naming the group. Returns the
 /// allocations by consumer.
-pub async fn audit(
-    store: &Arc<dyn Store>,
-    cell: CellId,
-) -> Result<BTreeMap<ConsumerId, TreeAllocation>, String> {
+pub async fn audit(store: &Arc<dyn Store>, cell: CellId) -> Result<BTreeMap<ConsumerId, TreeAllocation>, String> {
+    let trees = store.list_provider_trees(Some(cell)).await.map_err(e)?;
+    // The crate's own audit first (the one operators and benchmarks run) ...
+    let roots: Vec<ProviderId> = trees.iter().map(|t| t.root).collect();
+    let report = unicell::store::audit::audit_trees(&**store, Some(&roots)).await.map_err(e)?;
+    if !report.is_clean() {
+        let v: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
+        return Err(format!("audit found violations: {}", v.join("; ")));
+    }
+    // ... then the same checks written independently, plus one tree per consumer.
     let mut by_consumer = BTreeMap::new();
-    for tree in store.list_provider_trees(Some(cell)).await.map_err(e)? {
+    for tree in trees {
         let allocs = store.tree_allocations(tree.root).await.map_err(e)?;
         let mut sums: BTreeMap<(ProviderId, ResourceClass), i64> = BTreeMap::new();
         let mut groups: BTreeMap<GroupId, u32> = BTreeMap::new();
@@ -423,21 +375,14 @@ pub async fn audit(
                 *groups.entry(g).or_insert(0) += 1;
             }
             if by_consumer.insert(a.consumer, a.clone()).is_some() {
-                return Err(format!(
-                    "consumer {} holds allocations on two trees",
-                    a.consumer
-                ));
+                return Err(format!("consumer {} holds allocations on two trees", a.consumer));
             }
         }
         for p in &tree.providers {
             for (class, inv) in &p.inventories {
                 let used = p.used(class);
                 let sum = sums.get(&(p.id, class.clone())).copied().unwrap_or(0);
-                check!(
-                    used == sum,
-                    "provider {} {class}: usage {used} but allocations sum to {sum}",
-                    p.name
-                );
+                check!(used == sum, "provider {} {class}: usage {used} but allocations sum to {sum}", p.name);
                 check!(
                     used <= inv.capacity(),
                     "provider {} {class}: usage {used} over capacity {}",
