@@ -36,6 +36,7 @@ fn main() {
         case!(pack_or_spread_by_multiplier_sign),
         case!(build_failures_push_a_host_down),
         case!(invalid_requests_are_rejected),
+        case!(io_ops_counted_from_building_instances),
     ];
     libtest_mimic::run(&args, sched_common::trials(cases)).exit();
 }
@@ -634,5 +635,41 @@ async fn invalid_requests_are_rejected(store: Arc<dyn Store>) -> R {
         .is_err(),
         "unknown filter"
     );
+    Ok(())
+}
+
+async fn io_ops_counted_from_building_instances(store: Arc<dyn Store>) -> R {
+    let mut cloud = Cloud::new(store.clone()).await?;
+    cloud.add_hosts(2, HostSpec::default()).await?;
+    let busy = cloud.hosts[0].name.clone();
+    let f = flavor(1, 512, 1);
+    for _ in 0..3 {
+        let mut i = sched_common::instance(&f);
+        i.host = Some(busy.clone());
+        i.cell = Some(cloud.cell);
+        store.create_instance(&i).await.map_err(e)?;
+    }
+    let mut done = sched_common::instance(&f);
+    done.host = Some(busy.clone());
+    done.cell = Some(cloud.cell);
+    done.vm_state = VmState::Active;
+    store.create_instance(&done).await.map_err(e)?;
+    let s = cloud
+        .scheduler_with(SchedulerConfig {
+            count_building_from_store: true,
+            enabled_filters: vec!["ComputeFilter".into(), "IoOpsFilter".into()],
+            max_io_ops_per_host: 3,
+            ..cloud.config()
+        })
+        .await?;
+    let hs = s.host_state(&busy).ok_or("host")?;
+    check!(hs.io_ops == 3, "three building instances, the active one not counted: {}", hs.io_ops);
+    let out = s.select_destinations(&spec(f.clone()), &[InstanceId::new_v4()], 1).await.map_err(e)?;
+    check!(out[0][0].host != busy && out[0].len() == 1, "IoOpsFilter: {out:?}");
+    // Without the store count, io_ops counts this scheduler's own claims.
+    let local = cloud.scheduler().await?;
+    let out = local.select_destinations(&spec(f), &[InstanceId::new_v4()], 0).await.map_err(e)?;
+    let hs = local.host_state(&out[0][0].host).ok_or("host")?;
+    check!(hs.io_ops == 1, "own claim counted: {}", hs.io_ops);
     Ok(())
 }

@@ -36,14 +36,11 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
 use crate::model::{
-    Aggregate, Cell, CellId, ChangeCursor, Changes, Host, InstanceFilters, ListQuery, ProviderId,
-    ProviderTree, VmState,
+    Aggregate, Cell, CellId, ChangeCursor, Changes, Host, InstanceFilters, ListQuery, ProviderId, ProviderTree, VmState,
 };
 use crate::store::Store;
 
-pub use error::{
-    ClaimFailure, ClaimFailureCause, NoValidHostReason, Rejection, ScheduleError, StageCount,
-};
+pub use error::{ClaimFailure, ClaimFailureCause, NoValidHostReason, Rejection, ScheduleError, StageCount};
 pub use host_state::{HostState, Snapshot};
 
 /// Scheduler configuration, with Nova's defaults where Nova has the option.
@@ -64,7 +61,11 @@ pub struct SchedulerConfig {
     /// a re-read (once per such tree).
     pub catalog_refresh_interval: Duration,
     /// Count BUILDING instances per host from the store at each catalog refresh (input of
-    /// the IoOps weigher and filter). Costs one listing of building instances.
+    /// the IoOps weigher and filter, Nova's `num_io_ops`). Off by default: it costs a
+    /// listing of building instances per refresh, which is a scan on backends that do not
+    /// index `vm_state`. Without it, `io_ops` counts this scheduler's own claims since the
+    /// last catalog refresh (Nova's `consume_from_request` increment), which spreads
+    /// bursts the same way.
     pub count_building_from_store: bool,
     /// Filters to run, in order (see [`filters::ALL_FILTERS`]).
     pub enabled_filters: Vec<String>,
@@ -109,11 +110,8 @@ impl Default for SchedulerConfig {
             shuffle_best_same_weighed_hosts: false,
             service_down_time: Duration::from_secs(60),
             catalog_refresh_interval: Duration::from_secs(10),
-            count_building_from_store: true,
-            enabled_filters: filters::DEFAULT_FILTERS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            count_building_from_store: false,
+            enabled_filters: filters::DEFAULT_FILTERS.iter().map(|s| s.to_string()).collect(),
             ram_weight_multiplier: 1.0,
             cpu_weight_multiplier: 1.0,
             disk_weight_multiplier: 1.0,
@@ -245,22 +243,14 @@ impl Scheduler {
             fs.push(filters::by_name(name).ok_or_else(|| {
                 Error::invalid(
                     "scheduler.enabled_filters",
-                    format!(
-                        "unknown filter {name:?}; known: {}",
-                        filters::ALL_FILTERS.join(", ")
-                    ),
+                    format!("unknown filter {name:?}; known: {}", filters::ALL_FILTERS.join(", ")),
                 )
             })?);
         }
         if config.host_subset_size == 0 {
-            return Err(Error::invalid(
-                "scheduler.host_subset_size",
-                "must be at least 1",
-            ));
+            return Err(Error::invalid("scheduler.host_subset_size", "must be at least 1"));
         }
-        let seed = config
-            .seed
-            .unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0);
+        let seed = config.seed.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0);
         let scheduler = Scheduler {
             store,
             filters: fs,
@@ -318,11 +308,7 @@ impl Scheduler {
 
     /// A copy of one host's state, by name (for inspection and tests).
     pub fn host_state(&self, name: &str) -> Option<HostState> {
-        self.read_snapshot()
-            .hosts
-            .values()
-            .find(|h| h.host.name == name)
-            .cloned()
+        self.read_snapshot().hosts.values().find(|h| h.host.name == name).cloned()
     }
 
     /// Records the result of a build on `host` (the conductor calls this): consecutive
@@ -346,16 +332,10 @@ impl Scheduler {
     }
 
     fn scopes(&self) -> Vec<Option<CellId>> {
-        if self.config.cells.is_empty() {
-            vec![None]
-        } else {
-            self.config.cells.iter().copied().map(Some).collect()
-        }
+        if self.config.cells.is_empty() { vec![None] } else { self.config.cells.iter().copied().map(Some).collect() }
     }
 
-    async fn load_catalog(
-        &self,
-    ) -> Result<(Vec<Host>, Vec<Aggregate>, Vec<Cell>, HashMap<String, u32>)> {
+    async fn load_catalog(&self) -> Result<(Vec<Host>, Vec<Aggregate>, Vec<Cell>, HashMap<String, u32>)> {
         let mut hosts = Vec::new();
         for scope in self.scopes() {
             hosts.extend(self.store.list_hosts(scope).await?);
@@ -404,10 +384,7 @@ impl Scheduler {
         let (hosts, aggregates, cells, building) = self.load_catalog().await?;
         let mut snap = self.write_snapshot();
         let failures = std::mem::take(&mut snap.build_failures);
-        let mut fresh = Snapshot {
-            build_failures: failures,
-            ..Snapshot::default()
-        };
+        let mut fresh = Snapshot { build_failures: failures, ..Snapshot::default() };
         for t in trees {
             fresh.unhosted.insert(t.root, t);
         }
@@ -426,16 +403,12 @@ impl Scheduler {
 
     async fn reload_catalog(&self, st: &mut RefreshState) -> Result<()> {
         let (hosts, aggregates, cells, building) = self.load_catalog().await?;
-        self.write_snapshot()
-            .set_catalog(hosts, aggregates, cells, building);
+        self.write_snapshot().set_catalog(hosts, aggregates, cells, building);
         st.last_catalog = Instant::now();
         Ok(())
     }
 
-    async fn read_trees(
-        &self,
-        roots: Vec<ProviderId>,
-    ) -> Result<Vec<(ProviderId, Option<ProviderTree>)>> {
+    async fn read_trees(&self, roots: Vec<ProviderId>) -> Result<Vec<(ProviderId, Option<ProviderTree>)>> {
         let store = &self.store;
         futures::stream::iter(roots)
             .map(|root| async move {
@@ -480,9 +453,7 @@ impl Scheduler {
     /// Refreshes unless the last refresh is younger than `min_refresh_interval`.
     pub(crate) async fn maybe_refresh(&self) -> Result<()> {
         let mut st = self.refresh_state.lock().await;
-        if !self.config.min_refresh_interval.is_zero()
-            && st.last_refresh.elapsed() < self.config.min_refresh_interval
-        {
+        if !self.config.min_refresh_interval.is_zero() && st.last_refresh.elapsed() < self.config.min_refresh_interval {
             return Ok(());
         }
         self.refresh_locked(&mut st).await
