@@ -189,6 +189,45 @@ impl<'a> Search<'a> {
 /// The first allocation (in tree order: root first) that satisfies `req` on `tree` given its
 /// current usage, or why there is none.
 pub fn allocation_candidate(tree: &ProviderTree, req: &CandidateRequest) -> Result<AllocationMap, Rejection> {
+    if let [root] = tree.providers.as_slice()
+        && let Some(a) = single_provider(root, req)
+    {
+        return Ok(a);
+    }
+    search(tree, req)
+}
+
+/// The common case, a tree of one provider, without the search machinery: every amount of
+/// every group on the root. `None` when that does not fit (the general search then says
+/// why, so both paths give the same answers).
+fn single_provider(p: &ProviderNode, req: &CandidateRequest) -> Option<AllocationMap> {
+    let in_agg = |a: &AggregateId| p.aggregates.contains(a);
+    if !req.member_of.iter().all(|set| set.iter().any(in_agg)) || req.forbidden_aggregates.iter().any(in_agg) {
+        return None;
+    }
+    if req.isolate && req.groups.iter().filter(|g| g.suffix.is_some()).count() > 1 {
+        return None;
+    }
+    let mut sums = crate::model::Resources::new();
+    for g in &req.groups {
+        if !g.required.iter().all(|t| p.traits.contains(t)) || g.forbidden.iter().any(|t| p.traits.contains(t)) {
+            return None;
+        }
+        for (c, a) in &g.resources {
+            if !fits(p, c, *a) {
+                return None;
+            }
+            *sums.entry(c.clone()).or_insert(0) += a;
+        }
+    }
+    if !sums.iter().all(|(c, a)| fits(p, c, *a)) {
+        return None;
+    }
+    Some(AllocationMap::from([(p.id, sums)]))
+}
+
+/// The general depth-first search over the providers of the tree.
+fn search(tree: &ProviderTree, req: &CandidateRequest) -> Result<AllocationMap, Rejection> {
     let root_aggs: BTreeSet<AggregateId> = tree.providers.first().map(|r| r.aggregates.clone()).unwrap_or_default();
     let agg_ok: Vec<bool> = tree
         .providers
@@ -448,6 +487,54 @@ mod tests {
             allocation_candidate(&t, &req(vec![group(None, &[(MemoryMb, 512)])])),
             Err(Rejection::NotEnough(MemoryMb))
         );
+    }
+
+    #[test]
+    fn single_provider_fast_path_agrees_with_the_search() {
+        let mut rng = crate::scheduler::SplitMix64::new(11);
+        let traits = ["CUSTOM_A", "CUSTOM_B"];
+        let agg = AggregateId::new_v4();
+        let (mut ok, mut rejected) = (0, 0);
+        for _ in 0..3000 {
+            let mut root =
+                node(None, &[(Vcpu, 1 + rng.below(8) as i64), (MemoryMb, 512 * (1 + rng.below(4) as i64))], &[]);
+            if rng.below(2) == 0 {
+                root.usages.insert(Vcpu, rng.below(4) as i64);
+            }
+            if rng.below(3) == 0 {
+                root.inventories.get_mut(&MemoryMb).unwrap().step_size = 256;
+            }
+            if rng.below(2) == 0 {
+                root.traits.insert(Trait::new(traits[rng.below(2)]).unwrap());
+            }
+            if rng.below(2) == 0 {
+                root.aggregates.insert(agg);
+            }
+            let t = tree(vec![root]);
+            let mut g0 = group(None, &[(Vcpu, 1 + rng.below(4) as i64), (MemoryMb, 128 * (1 + rng.below(8) as i64))]);
+            match rng.below(4) {
+                0 => {
+                    g0.required.insert(Trait::new(traits[rng.below(2)]).unwrap());
+                }
+                1 => {
+                    g0.forbidden.insert(Trait::new(traits[rng.below(2)]).unwrap());
+                }
+                _ => {}
+            }
+            let mut groups = vec![g0];
+            for k in 0..rng.below(3) {
+                groups.push(group(Some(&(k + 1).to_string()), &[(Vcpu, 1 + rng.below(2) as i64)]));
+            }
+            let mut r = req(groups);
+            r.isolate = rng.below(2) == 0;
+            if rng.below(3) == 0 {
+                r.member_of = vec![BTreeSet::from([agg])];
+            }
+            let fast = allocation_candidate(&t, &r);
+            assert_eq!(fast, search(&t, &r), "{t:?} {r:?}");
+            if fast.is_ok() { ok += 1 } else { rejected += 1 }
+        }
+        assert!(ok > 100 && rejected > 100, "both outcomes exercised: {ok} / {rejected}");
     }
 
     #[test]

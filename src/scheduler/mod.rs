@@ -19,6 +19,22 @@
 //!
 //! Many schedulers (tasks or processes) may run against one store; they share nothing but
 //! the store. `Scheduler` itself is `Sync`: one instance may serve concurrent requests.
+//!
+//! # Limits of the store contract, and what this module does about them
+//! * Host records, aggregates and cells are not in the store's change feed (only provider
+//!   trees are): they are re-read every
+//!   [`catalog_refresh_interval`](SchedulerConfig::catalog_refresh_interval) and whenever a
+//!   tree with no known host appears. A feed entry for catalog writes would remove the delay.
+//! * Recent build failures (BuildFailureWeigher) are reported by the conductor to its own
+//!   scheduler ([`Scheduler::report_build`]); the store has no field for them, so another
+//!   scheduler learns of a failing host only through its own conductor.
+//! * Hard affinity is a filter, not part of the claim ([`GroupClaim`](crate::model::GroupClaim)
+//!   carries only a per-host maximum): two *first* members of an affinity group placed at
+//!   the same moment by different schedulers may land on different hosts, as in Nova.
+//!   Anti-affinity has no such gap.
+//! * Snapshot updates after a claim assume generations grow (the memory store adds one per
+//!   write); with any other scheme the snapshot is merely conservative until the change feed
+//!   brings the tree again.
 
 pub mod candidates;
 pub mod error;

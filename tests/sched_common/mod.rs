@@ -59,9 +59,12 @@ pub fn trials(cases: Vec<(&'static str, CaseFn)>) -> Vec<Trial> {
         out.push(Trial::test(format!("memory::{name}"), move || {
             run(async move { Ok(Arc::new(MemoryStore::new()) as Arc<dyn Store>) }, f).map(|_| ())
         }));
-        for url in &urls {
+        for (i, url) in urls.iter().enumerate() {
             let url = url.clone();
-            let label = url.split("://").next().unwrap_or("store").to_string();
+            // `redis::case`, or `redis#2::case` when a scheme repeats (memory is always first).
+            let scheme = url.split("://").next().unwrap_or("store").to_string();
+            let repeats = scheme == "memory" || urls[..i].iter().any(|u| u.starts_with(&format!("{scheme}://")));
+            let label = if repeats { format!("{scheme}#{}", i + 1) } else { scheme };
             out.push(Trial::ignorable_test(format!("{label}::{name}"), move || {
                 run(
                     async move {
