@@ -37,6 +37,7 @@ fn main() {
         case!(build_failures_push_a_host_down),
         case!(invalid_requests_are_rejected),
         case!(io_ops_counted_from_building_instances),
+        case!(tracing_spans_describe_each_request),
     ];
     libtest_mimic::run(&args, sched_common::trials(cases)).exit();
 }
@@ -671,5 +672,99 @@ async fn io_ops_counted_from_building_instances(store: Arc<dyn Store>) -> R {
     let out = local.select_destinations(&spec(f), &[InstanceId::new_v4()], 0).await.map_err(e)?;
     let hs = local.host_state(&out[0][0].host).ok_or("host")?;
     check!(hs.io_ops == 1, "own claim counted: {}", hs.io_ops);
+    Ok(())
+}
+
+type Spans = Arc<std::sync::Mutex<Vec<(String, BTreeMap<String, String>)>>>;
+
+/// A tracing layer that keeps every closed span with its fields.
+struct Capture(Spans);
+
+#[derive(Default)]
+struct Fields(BTreeMap<String, String>);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_string(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_string(), value.to_string());
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for Capture
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut f = Fields::default();
+        attrs.record(&mut f);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(f);
+        }
+    }
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if let Some(span) = ctx.span(id)
+            && let Some(f) = span.extensions_mut().get_mut::<Fields>()
+        {
+            values.record(f);
+        }
+    }
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if let Some(span) = ctx.span(&id) {
+            let fields = span.extensions_mut().remove::<Fields>().unwrap_or_default();
+            if let Ok(mut v) = self.0.lock() {
+                v.push((span.name().to_string(), fields.0));
+            }
+        }
+    }
+}
+
+fn captured_spans() -> Spans {
+    static SPANS: std::sync::OnceLock<Spans> = std::sync::OnceLock::new();
+    SPANS
+        .get_or_init(|| {
+            use tracing_subscriber::layer::SubscriberExt;
+            let spans = Spans::default();
+            let subscriber = tracing_subscriber::registry().with(Capture(spans.clone()));
+            // Only this test binary's process: other cases running meanwhile are captured
+            // too, so the case looks only at its own request ids.
+            let _ = tracing::subscriber::set_global_default(subscriber);
+            spans
+        })
+        .clone()
+}
+
+async fn tracing_spans_describe_each_request(store: Arc<dyn Store>) -> R {
+    let spans = captured_spans();
+    let mut cloud = Cloud::new(store.clone()).await?;
+    cloud.add_hosts(3, HostSpec::sized(2, 4096, 40)).await?;
+    let s = cloud.scheduler().await?;
+    let ok = spec(flavor(2, 2048, 10));
+    s.select_destinations(&ok, &[InstanceId::new_v4()], 2).await.map_err(e)?;
+    let too_big = spec(flavor(4, 2048, 10));
+    let _ = s.select_destinations(&too_big, &[InstanceId::new_v4()], 2).await;
+    let find = |id: InstanceId| -> Option<BTreeMap<String, String>> {
+        let v = spans.lock().ok()?;
+        v.iter()
+            .find(|(name, f)| name == "select_destinations" && f.get("request") == Some(&id.to_string()))
+            .map(|(_, f)| f.clone())
+    };
+    let placed = find(ok.instance_uuid).ok_or("no span for the placed request")?;
+    check!(placed.get("outcome").map(String::as_str) == Some("placed"), "{placed:?}");
+    check!(placed.get("claims_tried").map(String::as_str) == Some("1"), "{placed:?}");
+    check!(placed.get("alternates").map(String::as_str) == Some("2"), "{placed:?}");
+    let failed = find(too_big.instance_uuid).ok_or("no span for the failed request")?;
+    check!(failed.get("outcome").map(String::as_str) == Some("no_valid_host"), "{failed:?}");
     Ok(())
 }
