@@ -19,6 +19,8 @@ use crate::model::{
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod memory;
+#[cfg(feature = "sql")]
+pub mod sql;
 mod url;
 
 pub use self::url::StoreUrl;
@@ -249,6 +251,10 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     let parsed = StoreUrl::parse(url)?;
     match parsed.scheme() {
         "memory" => Ok(Arc::new(memory::MemoryStore::new())),
+        #[cfg(feature = "sql")]
+        "mysql" | "mariadb" | "postgres" | "postgresql" => {
+            Ok(Arc::new(sql::SqlStore::open(&parsed).await?))
+        }
         other => Err(crate::Error::invalid(
             "store url",
             format!(
@@ -261,5 +267,9 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 
 /// The URL schemes [`open`] understands in this build.
 pub fn known_schemes() -> Vec<&'static str> {
-    vec!["memory"]
+    #[allow(unused_mut)]
+    let mut v = vec!["memory"];
+    #[cfg(feature = "sql")]
+    v.extend(["mysql", "mariadb", "postgres", "postgresql"]);
+    v
 }
