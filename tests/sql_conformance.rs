@@ -26,40 +26,16 @@ struct Config {
 }
 
 const CONFIGS: &[Config] = &[
-    Config {
-        name: "mariadb-cells",
-        flavor: Flavor::MariaDb,
-        query: "cells=4",
-    },
-    Config {
-        name: "mariadb-single",
-        flavor: Flavor::MariaDb,
-        query: "mode=single",
-    },
-    Config {
-        name: "postgres-cells",
-        flavor: Flavor::Postgres,
-        query: "cells=4",
-    },
-    Config {
-        name: "postgres-single",
-        flavor: Flavor::Postgres,
-        query: "mode=single",
-    },
+    Config { name: "mariadb-cells", flavor: Flavor::MariaDb, query: "cells=4" },
+    Config { name: "mariadb-single", flavor: Flavor::MariaDb, query: "mode=single" },
+    Config { name: "postgres-cells", flavor: Flavor::Postgres, query: "cells=4" },
+    Config { name: "postgres-single", flavor: Flavor::Postgres, query: "mode=single" },
 ];
 
 fn main() {
     let args = libtest_mimic::Arguments::from_args();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let run_id = format!(
-        "uct_{}_{}",
-        std::process::id(),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let run_id = format!("uct_{}_{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
     // Servers (and containers) live until the end of main.
     let mut servers: Vec<(Flavor, Result<Server, String>)> = Vec::new();
     for flavor in [Flavor::MariaDb, Flavor::Postgres] {
@@ -69,11 +45,7 @@ fn main() {
     let mut trials: Vec<Trial> = Vec::new();
     let mut created: Vec<StoreUrl> = Vec::new();
     for cfg in CONFIGS {
-        let server = servers
-            .iter()
-            .find(|(f, _)| *f == cfg.flavor)
-            .map(|(_, s)| s)
-            .expect("server probed");
+        let server = servers.iter().find(|(f, _)| *f == cfg.flavor).map(|(_, s)| s).expect("server probed");
         let prepared: Result<String, String> = match server {
             Err(reason) => Err(reason.clone()),
             Ok(server) => {
@@ -82,9 +54,8 @@ fn main() {
                 rt.block_on(async {
                     let parsed = StoreUrl::parse(&url).map_err(|e| e.to_string())?;
                     created.push(parsed.clone());
-                    let store = SqlStore::open(&parsed)
-                        .await
-                        .map_err(|e| format!("{} ({}): {e}", cfg.name, server.origin))?;
+                    let store =
+                        SqlStore::open(&parsed).await.map_err(|e| format!("{} ({}): {e}", cfg.name, server.origin))?;
                     store.close().await;
                     Ok(format!("{url}&create=false"))
                 })
@@ -104,8 +75,7 @@ fn main() {
                 Arc::new(move || {
                     let url = url.clone();
                     Box::pin(async move {
-                        let parsed =
-                            StoreUrl::parse(&url).map_err(|e| Skip(format!("bad url: {e}")))?;
+                        let parsed = StoreUrl::parse(&url).map_err(|e| Skip(format!("bad url: {e}")))?;
                         match SqlStore::open(&parsed).await {
                             Ok(s) => Ok(Arc::new(s) as Arc<dyn Store>),
                             // The databases were created at start-up: failing now is a

@@ -43,11 +43,7 @@ fn strip_path(url: &str) -> String {
 
 async fn answers(host: &str, port: u16) -> bool {
     matches!(
-        tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect((host, port))
-        )
-        .await,
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect((host, port))).await,
         Ok(Ok(_))
     )
 }
@@ -63,26 +59,11 @@ fn docker_answers() -> bool {
 /// Finds a server or says why not.
 pub async fn find(flavor: Flavor) -> Result<Server, String> {
     let (env, host, port, local) = match flavor {
-        Flavor::MariaDb => (
-            "MYSQL_URL",
-            "127.0.0.1",
-            3306,
-            "mysql://root@127.0.0.1:3306",
-        ),
-        Flavor::Postgres => (
-            "DATABASE_URL",
-            "127.0.0.1",
-            5432,
-            "postgres://postgres@127.0.0.1:5432",
-        ),
+        Flavor::MariaDb => ("MYSQL_URL", "127.0.0.1", 3306, "mysql://root@127.0.0.1:3306"),
+        Flavor::Postgres => ("DATABASE_URL", "127.0.0.1", 5432, "postgres://postgres@127.0.0.1:5432"),
     };
     if let Ok(url) = std::env::var(env) {
-        return Ok(Server {
-            base: strip_path(&url),
-            origin: format!("${env}"),
-            _mariadb: None,
-            _postgres: None,
-        });
+        return Ok(Server { base: strip_path(&url), origin: format!("${env}"), _mariadb: None, _postgres: None });
     }
     if answers(host, port).await {
         return Ok(Server {
@@ -103,10 +84,7 @@ pub async fn find(flavor: Flavor) -> Result<Server, String> {
                 .start()
                 .await
                 .map_err(|e| format!("testcontainers could not start MariaDB: {e}"))?;
-            let port = c
-                .get_host_port_ipv4(3306)
-                .await
-                .map_err(|e| format!("MariaDB container port: {e}"))?;
+            let port = c.get_host_port_ipv4(3306).await.map_err(|e| format!("MariaDB container port: {e}"))?;
             Ok(Server {
                 base: format!("mysql://root@127.0.0.1:{port}"),
                 origin: "testcontainers mariadb".into(),
@@ -120,10 +98,7 @@ pub async fn find(flavor: Flavor) -> Result<Server, String> {
                 .start()
                 .await
                 .map_err(|e| format!("testcontainers could not start PostgreSQL: {e}"))?;
-            let port = c
-                .get_host_port_ipv4(5432)
-                .await
-                .map_err(|e| format!("PostgreSQL container port: {e}"))?;
+            let port = c.get_host_port_ipv4(5432).await.map_err(|e| format!("PostgreSQL container port: {e}"))?;
             Ok(Server {
                 base: format!("postgres://postgres@127.0.0.1:{port}"),
                 origin: "testcontainers postgres".into(),

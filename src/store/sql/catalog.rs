@@ -9,11 +9,7 @@ use crate::store::sql::db::{Row, is_unique_violation, map_err};
 use crate::store::sql::{SqlStore, from_json, to_json};
 
 fn cell_from(r: &Row) -> Result<Cell> {
-    Ok(Cell {
-        id: CellId(r.uuid(0)?),
-        name: r.opt_str(1)?.unwrap_or_default(),
-        disabled: r.bool(2)?,
-    })
+    Ok(Cell { id: CellId(r.uuid(0)?), name: r.opt_str(1)?.unwrap_or_default(), disabled: r.bool(2)? })
 }
 
 fn host_from(r: &Row) -> Result<Host> {
@@ -71,10 +67,7 @@ fn policy_from(s: &str) -> Result<GroupPolicy> {
         "soft-affinity" => GroupPolicy::SoftAffinity,
         "soft-anti-affinity" => GroupPolicy::SoftAntiAffinity,
         other => {
-            return Err(Error::backend(
-                "sql",
-                format!("unknown server group policy {other:?} in the database"),
-            ));
+            return Err(Error::backend("sql", format!("unknown server group policy {other:?} in the database")));
         }
     })
 }
@@ -115,10 +108,7 @@ impl SqlStore {
 
     pub(crate) async fn list_cells_impl(&self) -> Result<Vec<Cell>> {
         self.api
-            .fetch_all(
-                "SELECT uuid, name, disabled FROM cell_mappings WHERE registered = TRUE ORDER BY uuid",
-                vec![],
-            )
+            .fetch_all("SELECT uuid, name, disabled FROM cell_mappings WHERE registered = TRUE ORDER BY uuid", vec![])
             .await?
             .iter()
             .map(cell_from)
@@ -132,10 +122,7 @@ impl SqlStore {
         let slot = self.slot_of(host.cell).await?;
         let old = self
             .api
-            .fetch_optional(
-                "SELECT cell_uuid FROM host_mappings WHERE host = ?",
-                sql_args![&host.name],
-            )
+            .fetch_optional("SELECT cell_uuid FROM host_mappings WHERE host = ?", sql_args![&host.name])
             .await?;
         let args = sql_args![
             &host.name,
@@ -188,10 +175,7 @@ impl SqlStore {
                 if old_slot != slot {
                     self.cells[old_slot]
                         .pool
-                        .execute(
-                            "DELETE FROM compute_nodes WHERE host = ?",
-                            sql_args![&host.name],
-                        )
+                        .execute("DELETE FROM compute_nodes WHERE host = ?", sql_args![&host.name])
                         .await?;
                 }
             }
@@ -202,10 +186,7 @@ impl SqlStore {
     pub(crate) async fn get_host_impl(&self, name: &str) -> Result<Host> {
         let m = self
             .api
-            .fetch_optional(
-                "SELECT cell_uuid FROM host_mappings WHERE host = ?",
-                sql_args![name],
-            )
+            .fetch_optional("SELECT cell_uuid FROM host_mappings WHERE host = ?", sql_args![name])
             .await?
             .ok_or_else(|| Error::not_found(Kind::Host, name))?;
         let slot = self.slot_of(CellId(m.uuid(0)?)).await?;
@@ -213,11 +194,7 @@ impl SqlStore {
             .pool
             .fetch_optional(
                 crate::store::sql::db::Sql::Dynamic(
-                    self.stmts
-                        .adapt(&format!(
-                            "SELECT {HOST_COLS} FROM compute_nodes WHERE host = ?"
-                        ))
-                        .into(),
+                    self.stmts.adapt(&format!("SELECT {HOST_COLS} FROM compute_nodes WHERE host = ?")).into(),
                 ),
                 sql_args![name],
             )
@@ -231,15 +208,12 @@ impl SqlStore {
         match cell {
             Some(c) => {
                 let slot = self.slot_of(c).await?;
-                let sql = self.stmts.adapt(&format!(
-                    "SELECT {HOST_COLS} FROM compute_nodes WHERE cell_uuid = ? ORDER BY host"
-                ));
+                let sql = self
+                    .stmts
+                    .adapt(&format!("SELECT {HOST_COLS} FROM compute_nodes WHERE cell_uuid = ? ORDER BY host"));
                 for r in self.cells[slot]
                     .pool
-                    .fetch_all(
-                        crate::store::sql::db::Sql::Dynamic(sql.into()),
-                        sql_args![c.to_string()],
-                    )
+                    .fetch_all(crate::store::sql::db::Sql::Dynamic(sql.into()), sql_args![c.to_string()])
                     .await?
                 {
                     hosts.push(host_from(&r)?);
@@ -247,17 +221,11 @@ impl SqlStore {
             }
             None => {
                 // Every cell, concurrently (Nova's HostManager scatters over all cells too).
-                let sql: std::sync::Arc<str> = self
-                    .stmts
-                    .adapt(&format!("SELECT {HOST_COLS} FROM compute_nodes"))
-                    .into();
+                let sql: std::sync::Arc<str> =
+                    self.stmts.adapt(&format!("SELECT {HOST_COLS} FROM compute_nodes")).into();
                 let futs = self.cells.iter().map(|c| {
                     let sql = sql.clone();
-                    async move {
-                        c.pool
-                            .fetch_all(crate::store::sql::db::Sql::Dynamic(sql), vec![])
-                            .await
-                    }
+                    async move { c.pool.fetch_all(crate::store::sql::db::Sql::Dynamic(sql), vec![]).await }
                 });
                 for rows in futures::future::join_all(futs).await {
                     for r in rows? {
@@ -336,12 +304,7 @@ impl SqlStore {
                      ON CONFLICT (uuid) DO UPDATE SET name = EXCLUDED.name, \
                      availability_zone = EXCLUDED.availability_zone, metadata = EXCLUDED.metadata",
                 ),
-                sql_args![
-                    a.id.to_string(),
-                    &a.name,
-                    a.availability_zone.clone(),
-                    to_json(&a.metadata)?
-                ],
+                sql_args![a.id.to_string(), &a.name, a.availability_zone.clone(), to_json(&a.metadata)?],
             )
             .await?;
         Ok(())
@@ -361,10 +324,7 @@ impl SqlStore {
 
     pub(crate) async fn list_aggregates_impl(&self) -> Result<Vec<Aggregate>> {
         self.api
-            .fetch_all(
-                "SELECT uuid, name, availability_zone, metadata FROM aggregates ORDER BY uuid",
-                vec![],
-            )
+            .fetch_all("SELECT uuid, name, availability_zone, metadata FROM aggregates ORDER BY uuid", vec![])
             .await?
             .iter()
             .map(aggregate_from)
@@ -390,9 +350,7 @@ impl SqlStore {
             .await;
         match r {
             Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => {
-                Err(Error::already_exists(Kind::ServerGroup, g.id))
-            }
+            Err(e) if is_unique_violation(&e) => Err(Error::already_exists(Kind::ServerGroup, g.id)),
             Err(e) => Err(map_err(e)),
         }
     }
@@ -417,13 +375,7 @@ impl SqlStore {
     }
 
     pub(crate) async fn delete_server_group_impl(&self, id: GroupId) -> Result<()> {
-        let n = self
-            .api
-            .execute(
-                "DELETE FROM instance_groups WHERE uuid = ?",
-                sql_args![id.to_string()],
-            )
-            .await?;
+        let n = self.api.execute("DELETE FROM instance_groups WHERE uuid = ?", sql_args![id.to_string()]).await?;
         if n == 0 {
             return Err(Error::not_found(Kind::ServerGroup, id));
         }
@@ -448,22 +400,14 @@ impl SqlStore {
     pub(crate) async fn get_request_spec_impl(&self, instance: InstanceId) -> Result<RequestSpec> {
         let r = self
             .api
-            .fetch_optional(
-                "SELECT spec FROM request_specs WHERE instance_uuid = ?",
-                sql_args![instance.to_string()],
-            )
+            .fetch_optional("SELECT spec FROM request_specs WHERE instance_uuid = ?", sql_args![instance.to_string()])
             .await?
             .ok_or_else(|| Error::not_found(Kind::RequestSpec, instance))?;
         from_json(&r.str(0)?)
     }
 
     pub(crate) async fn delete_request_spec_impl(&self, instance: InstanceId) -> Result<()> {
-        self.api
-            .execute(
-                "DELETE FROM request_specs WHERE instance_uuid = ?",
-                sql_args![instance.to_string()],
-            )
-            .await?;
+        self.api.execute("DELETE FROM request_specs WHERE instance_uuid = ?", sql_args![instance.to_string()]).await?;
         Ok(())
     }
 }

@@ -142,18 +142,11 @@ pub fn to_pg(sql: &str) -> String {
 
 fn pg_text(sql: &'static str) -> Arc<str> {
     let key = sql.as_ptr() as usize;
-    if let Some(s) = pg_cache()
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&key)
-    {
+    if let Some(s) = pg_cache().read().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return s.clone();
     }
     let s: Arc<str> = to_pg(sql).into();
-    pg_cache()
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key, s.clone());
+    pg_cache().write().unwrap_or_else(|e| e.into_inner()).insert(key, s.clone());
     s
 }
 
@@ -241,22 +234,12 @@ pub fn is_unique_violation(e: &sqlx::Error) -> bool {
 /// password in its messages; URLs are redacted by the caller).
 pub fn map_err(e: sqlx::Error) -> Error {
     match e {
-        sqlx::Error::Io(io) => Error::Unavailable {
-            backend: BACKEND,
-            message: io.to_string(),
-        },
-        sqlx::Error::PoolTimedOut => Error::Timeout {
-            backend: BACKEND,
-            message: "timed out waiting for a pooled connection".into(),
-        },
-        sqlx::Error::PoolClosed => Error::Unavailable {
-            backend: BACKEND,
-            message: "connection pool closed".into(),
-        },
-        sqlx::Error::Tls(t) => Error::Unavailable {
-            backend: BACKEND,
-            message: format!("tls: {t}"),
-        },
+        sqlx::Error::Io(io) => Error::Unavailable { backend: BACKEND, message: io.to_string() },
+        sqlx::Error::PoolTimedOut => {
+            Error::Timeout { backend: BACKEND, message: "timed out waiting for a pooled connection".into() }
+        }
+        sqlx::Error::PoolClosed => Error::Unavailable { backend: BACKEND, message: "connection pool closed".into() },
+        sqlx::Error::Tls(t) => Error::Unavailable { backend: BACKEND, message: format!("tls: {t}") },
         other => Error::backend(BACKEND, other),
     }
 }
@@ -283,18 +266,8 @@ impl Pool {
     ) -> std::result::Result<Vec<Row>, sqlx::Error> {
         let sql = sql.into();
         Ok(match self {
-            Pool::My(p) => bind_all!(my_query(&sql), args)
-                .fetch_all(p)
-                .await?
-                .into_iter()
-                .map(Row::My)
-                .collect(),
-            Pool::Pg(p) => bind_all!(pg_query(&sql), args)
-                .fetch_all(p)
-                .await?
-                .into_iter()
-                .map(Row::Pg)
-                .collect(),
+            Pool::My(p) => bind_all!(my_query(&sql), args).fetch_all(p).await?.into_iter().map(Row::My).collect(),
+            Pool::Pg(p) => bind_all!(pg_query(&sql), args).fetch_all(p).await?.into_iter().map(Row::Pg).collect(),
         })
     }
 
@@ -302,16 +275,8 @@ impl Pool {
     pub async fn fetch_optional(&self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<Option<Row>> {
         let sql = sql.into();
         Ok(match self {
-            Pool::My(p) => bind_all!(my_query(&sql), args)
-                .fetch_optional(p)
-                .await
-                .map_err(map_err)?
-                .map(Row::My),
-            Pool::Pg(p) => bind_all!(pg_query(&sql), args)
-                .fetch_optional(p)
-                .await
-                .map_err(map_err)?
-                .map(Row::Pg),
+            Pool::My(p) => bind_all!(my_query(&sql), args).fetch_optional(p).await.map_err(map_err)?.map(Row::My),
+            Pool::Pg(p) => bind_all!(pg_query(&sql), args).fetch_optional(p).await.map_err(map_err)?.map(Row::Pg),
         })
     }
 
@@ -321,21 +286,11 @@ impl Pool {
     }
 
     /// As [`execute`](Self::execute) with the raw sqlx error (to recognise duplicates).
-    pub async fn execute_raw(
-        &self,
-        sql: impl Into<Sql>,
-        args: Vec<Arg>,
-    ) -> std::result::Result<u64, sqlx::Error> {
+    pub async fn execute_raw(&self, sql: impl Into<Sql>, args: Vec<Arg>) -> std::result::Result<u64, sqlx::Error> {
         let sql = sql.into();
         Ok(match self {
-            Pool::My(p) => bind_all!(my_query(&sql), args)
-                .execute(p)
-                .await?
-                .rows_affected(),
-            Pool::Pg(p) => bind_all!(pg_query(&sql), args)
-                .execute(p)
-                .await?
-                .rows_affected(),
+            Pool::My(p) => bind_all!(my_query(&sql), args).execute(p).await?.rows_affected(),
+            Pool::Pg(p) => bind_all!(pg_query(&sql), args).execute(p).await?.rows_affected(),
         })
     }
 
@@ -366,14 +321,8 @@ impl Pool {
     /// whole provider trees consistently).
     pub async fn begin_snapshot(&self) -> std::result::Result<Tx, sqlx::Error> {
         Ok(match self {
-            Pool::My(p) => Tx::My(
-                p.begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-                    .await?,
-            ),
-            Pool::Pg(p) => Tx::Pg(
-                p.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    .await?,
-            ),
+            Pool::My(p) => Tx::My(p.begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY").await?),
+            Pool::Pg(p) => Tx::Pg(p.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?),
         })
     }
 
@@ -395,18 +344,8 @@ impl Tx {
     ) -> std::result::Result<Vec<Row>, sqlx::Error> {
         let sql = sql.into();
         Ok(match self {
-            Tx::My(t) => bind_all!(my_query(&sql), args)
-                .fetch_all(&mut **t)
-                .await?
-                .into_iter()
-                .map(Row::My)
-                .collect(),
-            Tx::Pg(t) => bind_all!(pg_query(&sql), args)
-                .fetch_all(&mut **t)
-                .await?
-                .into_iter()
-                .map(Row::Pg)
-                .collect(),
+            Tx::My(t) => bind_all!(my_query(&sql), args).fetch_all(&mut **t).await?.into_iter().map(Row::My).collect(),
+            Tx::Pg(t) => bind_all!(pg_query(&sql), args).fetch_all(&mut **t).await?.into_iter().map(Row::Pg).collect(),
         })
     }
 
@@ -418,33 +357,17 @@ impl Tx {
     ) -> std::result::Result<Option<Row>, sqlx::Error> {
         let sql = sql.into();
         Ok(match self {
-            Tx::My(t) => bind_all!(my_query(&sql), args)
-                .fetch_optional(&mut **t)
-                .await?
-                .map(Row::My),
-            Tx::Pg(t) => bind_all!(pg_query(&sql), args)
-                .fetch_optional(&mut **t)
-                .await?
-                .map(Row::Pg),
+            Tx::My(t) => bind_all!(my_query(&sql), args).fetch_optional(&mut **t).await?.map(Row::My),
+            Tx::Pg(t) => bind_all!(pg_query(&sql), args).fetch_optional(&mut **t).await?.map(Row::Pg),
         })
     }
 
     /// Runs a statement inside the transaction; returns the rows affected.
-    pub async fn execute(
-        &mut self,
-        sql: impl Into<Sql>,
-        args: Vec<Arg>,
-    ) -> std::result::Result<u64, sqlx::Error> {
+    pub async fn execute(&mut self, sql: impl Into<Sql>, args: Vec<Arg>) -> std::result::Result<u64, sqlx::Error> {
         let sql = sql.into();
         Ok(match self {
-            Tx::My(t) => bind_all!(my_query(&sql), args)
-                .execute(&mut **t)
-                .await?
-                .rows_affected(),
-            Tx::Pg(t) => bind_all!(pg_query(&sql), args)
-                .execute(&mut **t)
-                .await?
-                .rows_affected(),
+            Tx::My(t) => bind_all!(my_query(&sql), args).execute(&mut **t).await?.rows_affected(),
+            Tx::Pg(t) => bind_all!(pg_query(&sql), args).execute(&mut **t).await?.rows_affected(),
         })
     }
 
@@ -480,10 +403,7 @@ impl Tx {
 }
 
 fn decode_err(col: usize, e: sqlx::Error) -> Error {
-    Error::backend(
-        BACKEND,
-        format!("cannot decode column {col} of a result row: {e}"),
-    )
+    Error::backend(BACKEND, format!("cannot decode column {col} of a result row: {e}"))
 }
 
 impl Row {
@@ -544,8 +464,7 @@ impl Row {
     /// A uuid stored as `CHAR(36)` text.
     pub fn uuid(&self, col: usize) -> Result<uuid::Uuid> {
         let s = self.str(col)?;
-        uuid::Uuid::parse_str(&s)
-            .map_err(|e| Error::backend(BACKEND, format!("column {col} holds {s:?}: {e}")))
+        uuid::Uuid::parse_str(&s).map_err(|e| Error::backend(BACKEND, format!("column {col} holds {s:?}: {e}")))
     }
 
     /// A nullable uuid column.

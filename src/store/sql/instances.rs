@@ -22,9 +22,7 @@ use std::sync::Arc;
 use crate::error::{Error, Kind, Result};
 use crate::model::*;
 use crate::sql_args;
-use crate::store::sql::db::{
-    Arg, Dialect, Pool, Row, Sql, Tx, is_unique_violation, map_err, to_pg,
-};
+use crate::store::sql::db::{Arg, Dialect, Pool, Row, Sql, Tx, is_unique_violation, map_err, to_pg};
 use crate::store::sql::{DownCell, ListStrategy, SqlStore, from_json, to_json};
 
 const COLS: &str = "uuid, display_name, project_id, user_id, cell_uuid, host, node, instance_type_id, \
@@ -52,11 +50,7 @@ pub(crate) struct Statements {
 }
 
 fn table(i: usize) -> &'static str {
-    if i == 0 {
-        "build_requests"
-    } else {
-        "instances"
-    }
+    if i == 0 { "build_requests" } else { "instances" }
 }
 
 impl Statements {
@@ -73,9 +67,7 @@ impl Statements {
         Statements {
             dialect,
             insert: mk(&|t| {
-                format!(
-                    "INSERT INTO {t} ({COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                )
+                format!("INSERT INTO {t} ({COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             }),
             select: mk(&|t| format!("SELECT {COLS} FROM {t} WHERE uuid = ?")),
             select_for_update: mk(&|t| format!("SELECT {COLS} FROM {t} WHERE uuid = ? FOR UPDATE")),
@@ -212,10 +204,7 @@ impl SqlStore {
     async fn read_at(&self, loc: Loc, id: InstanceId) -> Result<Option<Instance>> {
         let r = self
             .pool_of(loc)
-            .fetch_optional(
-                Sql::Dynamic(self.stmts.select[idx(loc)].clone()),
-                sql_args![id.to_string()],
-            )
+            .fetch_optional(Sql::Dynamic(self.stmts.select[idx(loc)].clone()), sql_args![id.to_string()])
             .await?;
         r.map(|r| instance_from(&r)).transpose()
     }
@@ -233,12 +222,7 @@ impl SqlStore {
         Ok(None)
     }
 
-    async fn insert_at(
-        &self,
-        tx: &mut Tx,
-        loc: Loc,
-        i: &Instance,
-    ) -> std::result::Result<(), sqlx::Error> {
+    async fn insert_at(&self, tx: &mut Tx, loc: Loc, i: &Instance) -> std::result::Result<(), sqlx::Error> {
         tx.execute(
             Sql::Dynamic(self.stmts.insert[idx(loc)].clone()),
             row_args(i).map_err(|e| sqlx::Error::Protocol(e.to_string()))?,
@@ -276,10 +260,7 @@ impl SqlStore {
         if let Err(e) = r {
             let _ = self
                 .api
-                .execute(
-                    "DELETE FROM instance_mappings WHERE instance_uuid = ?",
-                    sql_args![i.uuid.to_string()],
-                )
+                .execute("DELETE FROM instance_mappings WHERE instance_uuid = ?", sql_args![i.uuid.to_string()])
                 .await;
             if is_unique_violation(&e) {
                 return Err(Error::already_exists(Kind::Instance, i.uuid));
@@ -300,11 +281,7 @@ impl SqlStore {
             for i in chunk {
                 i.validate()?;
                 values.push("(?, ?, ?)");
-                args.extend(sql_args![
-                    i.uuid.to_string(),
-                    i.cell.map(|c| c.to_string()),
-                    &i.project_id
-                ]);
+                args.extend(sql_args![i.uuid.to_string(), i.cell.map(|c| c.to_string()), &i.project_id]);
                 let loc = self.loc_of_cell(i.cell).await?;
                 let k = match loc {
                     Loc::Build => usize::MAX,
@@ -326,11 +303,7 @@ impl SqlStore {
                 )
                 .await?;
             for (k, list) in by_loc {
-                let loc = if k == usize::MAX {
-                    Loc::Build
-                } else {
-                    Loc::Cell(k)
-                };
+                let loc = if k == usize::MAX { Loc::Build } else { Loc::Cell(k) };
                 let ph = format!("({})", vec!["?"; 18].join(", "));
                 let mut args = Vec::new();
                 let mut tag_values = Vec::new();
@@ -360,10 +333,7 @@ impl SqlStore {
                     pool.execute(
                         Sql::Dynamic(
                             self.stmts
-                                .adapt(&format!(
-                                    "INSERT INTO tags (resource_id, tag) VALUES {}",
-                                    tag_values.join(", ")
-                                ))
+                                .adapt(&format!("INSERT INTO tags (resource_id, tag) VALUES {}", tag_values.join(", ")))
                                 .into(),
                         ),
                         tag_args,
@@ -376,27 +346,17 @@ impl SqlStore {
     }
 
     pub(crate) async fn get_instance_impl(&self, id: InstanceId) -> Result<Instance> {
-        self.find(id)
-            .await?
-            .map(|(_, i)| i)
-            .ok_or_else(|| Error::not_found(Kind::Instance, id))
+        self.find(id).await?.map(|(_, i)| i).ok_or_else(|| Error::not_found(Kind::Instance, id))
     }
 
-    pub(crate) async fn update_instance_impl(
-        &self,
-        id: InstanceId,
-        patch: &InstancePatch,
-    ) -> Result<Instance> {
+    pub(crate) async fn update_instance_impl(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance> {
         for _ in 0..10 {
             let Some(loc) = self.mapping(id).await? else {
                 return Err(Error::not_found(Kind::Instance, id));
             };
             let mut tx = self.pool_of(loc).begin().await.map_err(map_err)?;
             let Some(row) = tx
-                .fetch_optional(
-                    Sql::Dynamic(self.stmts.select_for_update[idx(loc)].clone()),
-                    sql_args![id.to_string()],
-                )
+                .fetch_optional(Sql::Dynamic(self.stmts.select_for_update[idx(loc)].clone()), sql_args![id.to_string()])
                 .await
                 .map_err(map_err)?
             else {
@@ -409,19 +369,13 @@ impl SqlStore {
             inst.apply(patch, Timestamp::now());
             let new_loc = self.loc_of_cell(inst.cell).await?;
             if new_loc == loc {
-                tx.execute(
-                    Sql::Dynamic(self.stmts.update[idx(loc)].clone()),
-                    update_args(&inst)?,
-                )
-                .await
-                .map_err(map_err)?;
-                if loc != Loc::Build && inst.tags != tags_before {
-                    tx.execute(
-                        "DELETE FROM tags WHERE resource_id = ?",
-                        sql_args![id.to_string()],
-                    )
+                tx.execute(Sql::Dynamic(self.stmts.update[idx(loc)].clone()), update_args(&inst)?)
                     .await
                     .map_err(map_err)?;
+                if loc != Loc::Build && inst.tags != tags_before {
+                    tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![id.to_string()])
+                        .await
+                        .map_err(map_err)?;
                     write_tags(&mut tx, &inst).await.map_err(map_err)?;
                 }
                 if inst.cell != row.opt_uuid(4)?.map(CellId) {
@@ -452,27 +406,18 @@ impl SqlStore {
                     sql_args![inst.cell.map(|c| c.to_string()), id.to_string()],
                 )
                 .await?;
-            tx.execute(
-                Sql::Dynamic(self.stmts.delete[idx(loc)].clone()),
-                sql_args![id.to_string()],
-            )
-            .await
-            .map_err(map_err)?;
-            if loc != Loc::Build {
-                tx.execute(
-                    "DELETE FROM tags WHERE resource_id = ?",
-                    sql_args![id.to_string()],
-                )
+            tx.execute(Sql::Dynamic(self.stmts.delete[idx(loc)].clone()), sql_args![id.to_string()])
                 .await
                 .map_err(map_err)?;
+            if loc != Loc::Build {
+                tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![id.to_string()])
+                    .await
+                    .map_err(map_err)?;
             }
             tx.commit().await.map_err(map_err)?;
             return Ok(inst);
         }
-        Err(Error::Timeout {
-            backend: "sql",
-            message: format!("instance {id} kept moving while being updated"),
-        })
+        Err(Error::Timeout { backend: "sql", message: format!("instance {id} kept moving while being updated") })
     }
 
     pub(crate) async fn delete_instance_impl(&self, id: InstanceId) -> Result<()> {
@@ -480,27 +425,14 @@ impl SqlStore {
             return Err(Error::not_found(Kind::Instance, id));
         };
         let mut tx = self.pool_of(loc).begin().await.map_err(map_err)?;
-        tx.execute(
-            Sql::Dynamic(self.stmts.delete[idx(loc)].clone()),
-            sql_args![id.to_string()],
-        )
-        .await
-        .map_err(map_err)?;
-        if loc != Loc::Build {
-            tx.execute(
-                "DELETE FROM tags WHERE resource_id = ?",
-                sql_args![id.to_string()],
-            )
+        tx.execute(Sql::Dynamic(self.stmts.delete[idx(loc)].clone()), sql_args![id.to_string()])
             .await
             .map_err(map_err)?;
+        if loc != Loc::Build {
+            tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![id.to_string()]).await.map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)?;
-        self.api
-            .execute(
-                "DELETE FROM instance_mappings WHERE instance_uuid = ?",
-                sql_args![id.to_string()],
-            )
-            .await?;
+        self.api.execute("DELETE FROM instance_mappings WHERE instance_uuid = ?", sql_args![id.to_string()]).await?;
         Ok(())
     }
 
@@ -515,22 +447,14 @@ impl SqlStore {
                 .pool_of(loc)
                 .fetch_optional(
                     Sql::Dynamic(
-                        self.stmts
-                            .adapt(&format!(
-                                "SELECT created_at FROM {} WHERE uuid = ?",
-                                table(idx(loc))
-                            ))
-                            .into(),
+                        self.stmts.adapt(&format!("SELECT created_at FROM {} WHERE uuid = ?", table(idx(loc)))).into(),
                     ),
                     sql_args![marker.to_string()],
                 )
                 .await;
             match r {
                 Ok(Some(r)) => {
-                    return Ok(SortKey {
-                        created_at: Timestamp::from_micros(r.i64(0)?),
-                        uuid: marker,
-                    });
+                    return Ok(SortKey { created_at: Timestamp::from_micros(r.i64(0)?), uuid: marker });
                 }
                 Ok(None) => continue,
                 Err(e) => {
@@ -544,13 +468,7 @@ impl SqlStore {
 
     /// One batch of a stream: the next `batch` rows after the stream's position, in listing
     /// order, with the filters Nova applies in SQL.
-    fn batch_sql(
-        &self,
-        loc: Loc,
-        f: &InstanceFilters,
-        after: Option<SortKey>,
-        batch: usize,
-    ) -> (Sql, Vec<Arg>) {
+    fn batch_sql(&self, loc: Loc, f: &InstanceFilters, after: Option<SortKey>, batch: usize) -> (Sql, Vec<Arg>) {
         let t = table(idx(loc));
         let mut w: Vec<String> = Vec::new();
         let mut a: Vec<Arg> = Vec::new();
@@ -574,10 +492,7 @@ impl SqlStore {
             a.push(u.into());
         }
         if !f.vm_states.is_empty() {
-            w.push(format!(
-                "i.vm_state IN ({})",
-                vec!["?"; f.vm_states.len()].join(", ")
-            ));
+            w.push(format!("i.vm_state IN ({})", vec!["?"; f.vm_states.len()].join(", ")));
             a.extend(f.vm_states.iter().map(|s| Arg::from(s.as_str())));
         }
         if let Some(h) = &f.host {
@@ -589,10 +504,7 @@ impl SqlStore {
             a.push(c.to_string().into());
         }
         if let Some(n) = &f.name {
-            let escaped = n
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
+            let escaped = n.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
             w.push("i.display_name LIKE ?".into());
             a.push(format!("%{escaped}%").into());
         }
@@ -602,10 +514,7 @@ impl SqlStore {
         }
         if loc != Loc::Build {
             for tag in &f.tags {
-                w.push(
-                    "EXISTS (SELECT 1 FROM tags t WHERE t.resource_id = i.uuid AND t.tag = ?)"
-                        .into(),
-                );
+                w.push("EXISTS (SELECT 1 FROM tags t WHERE t.resource_id = i.uuid AND t.tag = ?)".into());
                 a.push(tag.into());
             }
             if !f.tags_any.is_empty() {
@@ -622,11 +531,7 @@ impl SqlStore {
                 // index ranges (it does not range-scan row-value comparisons).
                 Dialect::MySql => {
                     w.push("(i.created_at < ? OR (i.created_at = ? AND i.uuid < ?))".into());
-                    a.extend(sql_args![
-                        k.created_at.as_micros(),
-                        k.created_at.as_micros(),
-                        k.uuid.to_string()
-                    ]);
+                    a.extend(sql_args![k.created_at.as_micros(), k.created_at.as_micros(), k.uuid.to_string()]);
                 }
                 Dialect::Postgres => {
                     w.push("(i.created_at, i.uuid) < (?, ?)".into());
@@ -634,19 +539,11 @@ impl SqlStore {
                 }
             }
         }
-        let where_ = if w.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", w.join(" AND "))
-        };
-        let cols = COLS
-            .split(", ")
-            .map(|c| format!("i.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "SELECT {cols} FROM {t} i{where_} ORDER BY i.created_at DESC, i.uuid DESC LIMIT {batch}"
-        );
+        let where_ = if w.is_empty() { String::new() } else { format!(" WHERE {}", w.join(" AND ")) };
+        let cols = COLS.split(", ").map(|c| format!("i.{}", c.trim())).collect::<Vec<_>>().join(", ");
+        // LIMIT is bound too, so one statement per filter shape is prepared and reused.
+        a.push(Arg::I64(batch as i64));
+        let sql = format!("SELECT {cols} FROM {t} i{where_} ORDER BY i.created_at DESC, i.uuid DESC LIMIT ?");
         (Sql::Dynamic(self.stmts.adapt(&sql).into()), a)
     }
 
@@ -655,23 +552,20 @@ impl SqlStore {
         let pool = self.pool_of(s.loc);
         let rows = match s.loc {
             Loc::Build => pool.fetch_all(sql, args).await?,
-            Loc::Cell(slot) => {
-                match tokio::time::timeout(self.opts.cell_timeout, pool.fetch_all(sql, args)).await
-                {
-                    Ok(Ok(rows)) => rows,
-                    Ok(Err(e)) => return self.cell_failed(s, slot, e),
-                    Err(_) => {
-                        let e = Error::Timeout {
-                            backend: "sql",
-                            message: format!(
-                                "cell database {} did not answer within {:?}",
-                                self.cells[slot].label, self.opts.cell_timeout
-                            ),
-                        };
-                        return self.cell_failed(s, slot, e);
-                    }
+            Loc::Cell(slot) => match tokio::time::timeout(self.opts.cell_timeout, pool.fetch_all(sql, args)).await {
+                Ok(Ok(rows)) => rows,
+                Ok(Err(e)) => return self.cell_failed(s, slot, e),
+                Err(_) => {
+                    let e = Error::Timeout {
+                        backend: "sql",
+                        message: format!(
+                            "cell database {} did not answer within {:?}",
+                            self.cells[slot].label, self.opts.cell_timeout
+                        ),
+                    };
+                    return self.cell_failed(s, slot, e);
                 }
-            }
+            },
         };
         s.exhausted = rows.len() < batch;
         for r in &rows {
@@ -721,23 +615,13 @@ impl SqlStore {
         let mut streams: Vec<Stream> = Vec::with_capacity(slots.len() + 1);
         // Build requests first (completed before any cell is read: see the module docs).
         if f.cell.is_none() {
-            let mut s = Stream {
-                loc: Loc::Build,
-                buf: VecDeque::new(),
-                after,
-                exhausted: false,
-            };
+            let mut s = Stream { loc: Loc::Build, buf: VecDeque::new(), after, exhausted: false };
             self.fill(&mut s, f, want).await?;
             streams.push(s);
         }
         let mut cells: Vec<Stream> = slots
             .iter()
-            .map(|slot| Stream {
-                loc: Loc::Cell(*slot),
-                buf: VecDeque::new(),
-                after,
-                exhausted: false,
-            })
+            .map(|slot| Stream { loc: Loc::Cell(*slot), buf: VecDeque::new(), after, exhausted: false })
             .collect();
         match self.opts.list_strategy {
             ListStrategy::Concurrent => {
@@ -794,20 +678,13 @@ impl SqlStore {
         } else {
             None
         };
-        Ok(InstancePage {
-            instances: out,
-            next_marker,
-        })
+        Ok(InstancePage { instances: out, next_marker })
     }
 }
 
 async fn write_tags(tx: &mut Tx, i: &Instance) -> std::result::Result<(), sqlx::Error> {
     for t in &i.tags {
-        tx.execute(
-            "INSERT INTO tags (resource_id, tag) VALUES (?, ?)",
-            sql_args![i.uuid.to_string(), t],
-        )
-        .await?;
+        tx.execute("INSERT INTO tags (resource_id, tag) VALUES (?, ?)", sql_args![i.uuid.to_string(), t]).await?;
     }
     Ok(())
 }

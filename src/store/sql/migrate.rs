@@ -32,22 +32,14 @@ struct Migration {
     sql: &'static str,
 }
 
-const MYSQL_API: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("../../../schema/sql/mysql/api/0001_api.sql"),
-}];
-const MYSQL_CELL: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("../../../schema/sql/mysql/cell/0001_cell.sql"),
-}];
-const PG_API: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("../../../schema/sql/postgres/api/0001_api.sql"),
-}];
-const PG_CELL: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("../../../schema/sql/postgres/cell/0001_cell.sql"),
-}];
+const MYSQL_API: &[Migration] =
+    &[Migration { version: 1, sql: include_str!("../../../schema/sql/mysql/api/0001_api.sql") }];
+const MYSQL_CELL: &[Migration] =
+    &[Migration { version: 1, sql: include_str!("../../../schema/sql/mysql/cell/0001_cell.sql") }];
+const PG_API: &[Migration] =
+    &[Migration { version: 1, sql: include_str!("../../../schema/sql/postgres/api/0001_api.sql") }];
+const PG_CELL: &[Migration] =
+    &[Migration { version: 1, sql: include_str!("../../../schema/sql/postgres/cell/0001_cell.sql") }];
 
 /// Applies every migration of `part` that `pool`'s database lacks.
 pub async fn migrate(pool: &Pool, part: Part) -> Result<()> {
@@ -61,14 +53,10 @@ pub async fn migrate(pool: &Pool, part: Part) -> Result<()> {
     let mut tx = pool.begin().await.map_err(map_err)?;
     match dialect {
         Dialect::MySql => {
-            tx.execute("SELECT GET_LOCK('unicell_migrate', 60)", vec![])
-                .await
-                .map_err(map_err)?;
+            tx.execute("SELECT GET_LOCK('unicell_migrate', 60)", vec![]).await.map_err(map_err)?;
         }
         Dialect::Postgres => {
-            tx.execute("SELECT pg_advisory_xact_lock(727274)", vec![])
-                .await
-                .map_err(map_err)?;
+            tx.execute("SELECT pg_advisory_xact_lock(727274)", vec![]).await.map_err(map_err)?;
         }
     }
     tx.execute_unprepared(
@@ -78,10 +66,7 @@ pub async fn migrate(pool: &Pool, part: Part) -> Result<()> {
     .await
     .map_err(map_err)?;
     let done = tx
-        .fetch_all(
-            "SELECT version FROM unicell_migrations WHERE part = ?",
-            crate::sql_args![part.name()],
-        )
+        .fetch_all("SELECT version FROM unicell_migrations WHERE part = ?", crate::sql_args![part.name()])
         .await
         .map_err(map_err)?;
     let mut applied = Vec::new();
@@ -92,11 +77,7 @@ pub async fn migrate(pool: &Pool, part: Part) -> Result<()> {
         if applied.contains(&m.version) {
             continue;
         }
-        tracing::info!(
-            part = part.name(),
-            version = m.version,
-            "applying SQL migration"
-        );
+        tracing::info!(part = part.name(), version = m.version, "applying SQL migration");
         tx.execute_unprepared(m.sql).await.map_err(map_err)?;
         tx.execute(
             "INSERT INTO unicell_migrations (part, version) VALUES (?, ?)",
@@ -106,9 +87,7 @@ pub async fn migrate(pool: &Pool, part: Part) -> Result<()> {
         .map_err(map_err)?;
     }
     if dialect == Dialect::MySql {
-        tx.execute("SELECT RELEASE_LOCK('unicell_migrate')", vec![])
-            .await
-            .map_err(map_err)?;
+        tx.execute("SELECT RELEASE_LOCK('unicell_migrate')", vec![]).await.map_err(map_err)?;
     }
     tx.commit().await.map_err(map_err)?;
     Ok(())

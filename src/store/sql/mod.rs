@@ -150,10 +150,7 @@ fn param_bool(url: &StoreUrl, key: &str, default: bool) -> Result<bool> {
         None => Ok(default),
         Some("true" | "1" | "yes") => Ok(true),
         Some("false" | "0" | "no") => Ok(false),
-        Some(other) => Err(Error::invalid(
-            format!("store url {key}"),
-            format!("{other:?} is not a boolean"),
-        )),
+        Some(other) => Err(Error::invalid(format!("store url {key}"), format!("{other:?} is not a boolean"))),
     }
 }
 
@@ -162,10 +159,7 @@ fn param_u32(url: &StoreUrl, key: &str, default: u32, min: u32) -> Result<u32> {
         None => Ok(default),
         Some(s) => match s.parse::<u32>() {
             Ok(v) if v >= min => Ok(v),
-            _ => Err(Error::invalid(
-                format!("store url {key}"),
-                format!("{s:?} must be an integer >= {min}"),
-            )),
+            _ => Err(Error::invalid(format!("store url {key}"), format!("{s:?} must be an integer >= {min}"))),
         },
     }
 }
@@ -197,17 +191,12 @@ impl Target {
             "mysql" | "mariadb" => Dialect::MySql,
             "postgres" | "postgresql" => Dialect::Postgres,
             other => {
-                return Err(Error::invalid(
-                    "store url",
-                    format!("scheme {other:?} is not a SQL scheme"),
-                ));
+                return Err(Error::invalid("store url", format!("scheme {other:?} is not a SQL scheme")));
             }
         };
         let database = url.path().trim_start_matches('/').to_string();
         if database.is_empty()
-            || !database
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || !database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             || database.len() > 48
         {
             return Err(Error::invalid(
@@ -228,11 +217,7 @@ impl Target {
         if !kept.is_empty() {
             clean.query_pairs_mut().extend_pairs(kept);
         }
-        Ok(Target {
-            dialect,
-            url: clean,
-            database,
-        })
+        Ok(Target { dialect, url: clean, database })
     }
 
     fn with_database(&self, database: String) -> Target {
@@ -243,9 +228,7 @@ impl Target {
     }
 
     fn label(&self) -> String {
-        StoreUrl::parse(self.url.as_str())
-            .map(|u| u.redacted())
-            .unwrap_or_else(|_| "<unparsable url>".into())
+        StoreUrl::parse(self.url.as_str()).map(|u| u.redacted()).unwrap_or_else(|_| "<unparsable url>".into())
     }
 
     fn my_options(&self, database: Option<&str>) -> MySqlConnectOptions {
@@ -285,10 +268,9 @@ impl Target {
     async fn ensure_database(&self) -> Result<()> {
         let label = self.label();
         let unavailable = |e: sqlx::Error| match map_err(e) {
-            Error::Backend { source, .. } => Error::Unavailable {
-                backend: db::BACKEND,
-                message: format!("{label}: {source}"),
-            },
+            Error::Backend { source, .. } => {
+                Error::Unavailable { backend: db::BACKEND, message: format!("{label}: {source}") }
+            }
             other => other,
         };
         match self.dialect {
@@ -315,19 +297,15 @@ impl Target {
                     .connect_with(self.pg_options("postgres"))
                     .await
                     .map_err(unavailable)?;
-                let exists: Option<(i32,)> =
-                    sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
-                        .bind(&self.database)
-                        .fetch_optional(&pool)
-                        .await
-                        .map_err(map_err)?;
+                let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
+                    .bind(&self.database)
+                    .fetch_optional(&pool)
+                    .await
+                    .map_err(map_err)?;
                 if exists.is_none() {
-                    let r = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                        "CREATE DATABASE \"{}\"",
-                        self.database
-                    )))
-                    .execute(&pool)
-                    .await;
+                    let r = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{}\"", self.database)))
+                        .execute(&pool)
+                        .await;
                     // 42P04: created concurrently by someone else.
                     if let Err(e) = r
                         && !matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42P04"))
@@ -351,12 +329,9 @@ impl Target {
                     .connect_with(self.my_options(None))
                     .await
                     .map_err(map_err)?;
-                let r = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS `{}`",
-                    self.database
-                )))
-                .execute(&pool)
-                .await;
+                let r = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{}`", self.database)))
+                    .execute(&pool)
+                    .await;
                 pool.close().await;
                 r.map_err(map_err)?;
             }
@@ -433,39 +408,27 @@ fn targets(url: &StoreUrl) -> Result<(Target, Vec<Target>, Mode)> {
         None | Some("cells") => Mode::Cells,
         Some("single") => Mode::Single,
         Some(other) => {
-            return Err(Error::invalid(
-                "store url mode",
-                format!("{other:?} must be cells or single"),
-            ));
+            return Err(Error::invalid("store url mode", format!("{other:?} must be cells or single")));
         }
     };
     if mode == Mode::Single {
         return Ok((api.clone(), vec![api], mode));
     }
-    let explicit: Vec<String> = url
-        .expose()
-        .query_pairs()
-        .filter(|(k, _)| k == "cell_url")
-        .map(|(_, v)| v.into_owned())
-        .collect();
+    let explicit: Vec<String> =
+        url.expose().query_pairs().filter(|(k, _)| k == "cell_url").map(|(_, v)| v.into_owned()).collect();
     let cells = if explicit.is_empty() {
         let n = param_u32(url, "cells", 2, 1)?;
         if n > 256 {
             return Err(Error::invalid("store url cells", "at most 256 cells"));
         }
-        (0..n)
-            .map(|i| api.with_database(format!("{}_cell{i}", api.database)))
-            .collect()
+        (0..n).map(|i| api.with_database(format!("{}_cell{i}", api.database))).collect()
     } else {
         let mut v = Vec::new();
         for s in &explicit {
             let u = StoreUrl::parse(s)?;
             let t = Target::parse(u.expose())?;
             if t.dialect != api.dialect {
-                return Err(Error::invalid(
-                    "store url cell_url",
-                    format!("{u} is not the API database's dialect"),
-                ));
+                return Err(Error::invalid("store url cell_url", format!("{u} is not the API database's dialect")));
             }
             v.push(t);
         }
@@ -494,10 +457,7 @@ impl SqlStore {
                 None | Some("skip") => DownCell::Skip,
                 Some("fail") => DownCell::Fail,
                 Some(o) => {
-                    return Err(Error::invalid(
-                        "store url down_cell",
-                        format!("{o:?} must be skip or fail"),
-                    ));
+                    return Err(Error::invalid("store url down_cell", format!("{o:?} must be skip or fail")));
                 }
             },
             cell_timeout: match url.param("cell_timeout") {
@@ -519,30 +479,18 @@ impl SqlStore {
             }
         }
         let api = api_t.pool(opts.pool_size);
-        migrate::migrate(&api, migrate::Part::Api)
-            .await
-            .map_err(|e| annotate(e, &api_t.label()))?;
+        migrate::migrate(&api, migrate::Part::Api).await.map_err(|e| annotate(e, &api_t.label()))?;
         let cells = match mode {
             Mode::Single => {
-                migrate::migrate(&api, migrate::Part::Cell)
-                    .await
-                    .map_err(|e| annotate(e, &api_t.label()))?;
-                vec![CellDb {
-                    pool: api.clone(),
-                    label: api_t.label(),
-                }]
+                migrate::migrate(&api, migrate::Part::Cell).await.map_err(|e| annotate(e, &api_t.label()))?;
+                vec![CellDb { pool: api.clone(), label: api_t.label() }]
             }
             Mode::Cells => {
                 let mut v = Vec::new();
                 for t in &cell_ts {
                     let pool = t.pool(opts.cell_pool_size);
-                    migrate::migrate(&pool, migrate::Part::Cell)
-                        .await
-                        .map_err(|e| annotate(e, &t.label()))?;
-                    v.push(CellDb {
-                        pool,
-                        label: t.label(),
-                    });
+                    migrate::migrate(&pool, migrate::Part::Cell).await.map_err(|e| annotate(e, &t.label()))?;
+                    v.push(CellDb { pool, label: t.label() });
                 }
                 v
             }
@@ -597,12 +545,7 @@ impl SqlStore {
         if self.cells.len() == 1 {
             return Ok(0);
         }
-        if let Some(s) = self
-            .slots
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&cell)
-        {
+        if let Some(s) = self.slots.read().unwrap_or_else(|e| e.into_inner()).get(&cell) {
             return Ok(*s);
         }
         let n = self.cells.len() as i64;
@@ -629,28 +572,20 @@ impl SqlStore {
                         crate::sql_args![cell.to_string(), n],
                     )
                     .await?;
-                read().await?.ok_or_else(|| {
-                    Error::backend(db::BACKEND, format!("cell mapping of {cell} vanished"))
-                })?
+                read().await?.ok_or_else(|| Error::backend(db::BACKEND, format!("cell mapping of {cell} vanished")))?
             }
         };
-        let slot = usize::try_from(row.i64(0)?)
-            .ok()
-            .filter(|s| *s < self.cells.len())
-            .ok_or_else(|| {
-                Error::backend(
-                    db::BACKEND,
-                    format!(
-                        "cell {cell} is mapped to a database slot this URL does not configure \
+        let slot = usize::try_from(row.i64(0)?).ok().filter(|s| *s < self.cells.len()).ok_or_else(|| {
+            Error::backend(
+                db::BACKEND,
+                format!(
+                    "cell {cell} is mapped to a database slot this URL does not configure \
                          ({} cell databases)",
-                        self.cells.len()
-                    ),
-                )
-            })?;
-        self.slots
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(cell, slot);
+                    self.cells.len()
+                ),
+            )
+        })?;
+        self.slots.write().unwrap_or_else(|e| e.into_inner()).insert(cell, slot);
         Ok(slot)
     }
 }
@@ -667,9 +602,7 @@ pub fn redact(url: &StoreUrl) -> String {
         .query_pairs()
         .map(|(k, v)| {
             let v = if k == "cell_url" {
-                StoreUrl::parse(&v)
-                    .map(|c| c.redacted())
-                    .unwrap_or_else(|_| crate::store::url::redact_str(&v))
+                StoreUrl::parse(&v).map(|c| c.redacted()).unwrap_or_else(|_| crate::store::url::redact_str(&v))
             } else if k.to_ascii_lowercase().contains("password") {
                 "***".to_string()
             } else {
@@ -687,10 +620,9 @@ pub fn redact(url: &StoreUrl) -> String {
 
 fn annotate(e: Error, label: &str) -> Error {
     match e {
-        Error::Unavailable { backend, message } => Error::Unavailable {
-            backend,
-            message: format!("{label}: {message}"),
-        },
+        Error::Unavailable { backend, message } => {
+            Error::Unavailable { backend, message: format!("{label}: {message}") }
+        }
         other => other,
     }
 }
@@ -707,12 +639,7 @@ impl Store for SqlStore {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "sql {} ({:?} mode, {} cell database(s))",
-            redact(&self.url),
-            self.opts.mode,
-            self.cells.len()
-        )
+        format!("sql {} ({:?} mode, {} cell database(s))", redact(&self.url), self.opts.mode, self.cells.len())
     }
 
     async fn create_provider(&self, provider: &NewProvider) -> Result<u64> {
@@ -733,8 +660,7 @@ impl Store for SqlStore {
         generation: u64,
         inventories: &std::collections::BTreeMap<ResourceClass, Inventory>,
     ) -> Result<InventoryWrite> {
-        self.set_inventories_impl(provider, generation, inventories)
-            .await
+        self.set_inventories_impl(provider, generation, inventories).await
     }
     async fn set_traits(
         &self,
@@ -750,8 +676,7 @@ impl Store for SqlStore {
         generation: u64,
         aggregates: &std::collections::BTreeSet<AggregateId>,
     ) -> Result<u64> {
-        self.set_aggregates_impl(provider, generation, aggregates)
-            .await
+        self.set_aggregates_impl(provider, generation, aggregates).await
     }
     async fn change_cursor(&self) -> Result<ChangeCursor> {
         self.change_cursor_impl().await
@@ -866,8 +791,7 @@ mod tests {
 
     #[test]
     fn urls_parse_and_redact() {
-        let u = StoreUrl::parse("mysql://root:hunter2@127.0.0.1:3306/nova?cells=3&pool_size=2")
-            .unwrap();
+        let u = StoreUrl::parse("mysql://root:hunter2@127.0.0.1:3306/nova?cells=3&pool_size=2").unwrap();
         let (api, cells, mode) = targets(&u).unwrap();
         assert_eq!(mode, Mode::Cells);
         assert_eq!(api.database, "nova");
@@ -887,8 +811,7 @@ mod tests {
         assert!(!cells[0].label().contains("s3cret"));
         assert!(!redact(&u).contains("s3cret"), "{}", redact(&u));
         assert!(redact(&u).contains("h2"));
-        let (_, cells, mode) =
-            targets(&StoreUrl::parse("mariadb://root@h/x?mode=single").unwrap()).unwrap();
+        let (_, cells, mode) = targets(&StoreUrl::parse("mariadb://root@h/x?mode=single").unwrap()).unwrap();
         assert_eq!((cells.len(), mode), (1, Mode::Single));
         assert!(targets(&StoreUrl::parse("mysql://root@h/bad-name").unwrap()).is_err());
         assert!(targets(&StoreUrl::parse("mysql://root@h/x?mode=weird").unwrap()).is_err());

@@ -15,9 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::error::{Conflict, Error, Kind, Result};
 use crate::model::*;
 use crate::sql_args;
-use crate::store::sql::db::{
-    Arg, Dialect, Sql, Tx, is_retryable_tx_error, is_unique_violation, map_err,
-};
+use crate::store::sql::db::{Arg, Dialect, Sql, Tx, is_retryable_tx_error, is_unique_violation, map_err};
 use crate::store::sql::{SqlStore, backoff};
 
 /// Shards of the change feed (rows of `change_shards`).
@@ -35,11 +33,7 @@ pub(crate) enum Fail {
 
 impl From<sqlx::Error> for Fail {
     fn from(e: sqlx::Error) -> Self {
-        if is_retryable_tx_error(&e) {
-            Fail::Retry
-        } else {
-            Fail::Err(map_err(e))
-        }
+        if is_retryable_tx_error(&e) { Fail::Retry } else { Fail::Err(map_err(e)) }
     }
 }
 
@@ -126,22 +120,8 @@ impl SqlStore {
             let uuid = ProviderId(r.uuid(1)?);
             let root_id = r.opt_i64(4)?.unwrap_or(id);
             by_id.insert(id, (uuid, root_id));
-            prow.insert(
-                uuid,
-                ProviderRow {
-                    id,
-                    generation: r.i64(5)?,
-                },
-            );
-            pending.push((
-                id,
-                uuid,
-                r.str(2)?,
-                r.opt_i64(3)?,
-                root_id,
-                r.i64(6)?,
-                r.opt_uuid(7)?,
-            ));
+            prow.insert(uuid, ProviderRow { id, generation: r.i64(5)? });
+            pending.push((id, uuid, r.str(2)?, r.opt_i64(3)?, root_id, r.i64(6)?, r.opt_uuid(7)?));
         }
         for (id, uuid, name, parent, root_id, tree_gen, cell) in pending {
             let parent = parent.and_then(|p| by_id.get(&p).map(|x| x.0));
@@ -168,10 +148,7 @@ impl SqlStore {
             });
         }
         if trees.is_empty() {
-            return Ok(Loaded {
-                trees: vec![],
-                rows: prow,
-            });
+            return Ok(Loaded { trees: vec![], rows: prow });
         }
         let inv = tx
             .fetch_all(
@@ -280,10 +257,7 @@ impl SqlStore {
         }
         let mut out: Vec<ProviderTree> = trees.into_values().collect();
         out.sort_by_key(|t| t.root);
-        Ok(Loaded {
-            trees: out,
-            rows: prow,
-        })
+        Ok(Loaded { trees: out, rows: prow })
     }
 
     /// `(provider id, root id, root uuid)` of a provider, or `NotFound`.
@@ -306,11 +280,8 @@ impl SqlStore {
         let shard = shard_of(root);
         match self.dialect {
             Dialect::MySql => {
-                tx.execute(
-                    "UPDATE change_shards SET seq = LAST_INSERT_ID(seq + 1) WHERE shard = ?",
-                    sql_args![shard],
-                )
-                .await?;
+                tx.execute("UPDATE change_shards SET seq = LAST_INSERT_ID(seq + 1) WHERE shard = ?", sql_args![shard])
+                    .await?;
                 tx.execute(
                     "INSERT INTO tree_changes (shard, seq, root_uuid) VALUES (?, LAST_INSERT_ID(), ?)",
                     sql_args![shard, root.to_string()],
@@ -361,12 +332,7 @@ impl SqlStore {
         }
     }
 
-    async fn insert_provider_details(
-        &self,
-        tx: &mut Tx,
-        id: i64,
-        p: &NewProvider,
-    ) -> Result<(), Fail> {
+    async fn insert_provider_details(&self, tx: &mut Tx, id: i64, p: &NewProvider) -> Result<(), Fail> {
         for (class, inv) in &p.inventories {
             tx.execute(
                 "INSERT INTO inventories (resource_provider_id, resource_class, total, reserved, \
@@ -407,23 +373,11 @@ impl SqlStore {
             Ok::<bool, Error>(self.api.fetch_optional(sql, sql_args![v]).await?.is_some())
         };
         let check_dups = || async {
-            if exists(
-                "SELECT 1 FROM resource_providers WHERE uuid = ?",
-                p.id.to_string(),
-            )
-            .await?
-            {
+            if exists("SELECT 1 FROM resource_providers WHERE uuid = ?", p.id.to_string()).await? {
                 return Err(Error::already_exists(Kind::Provider, p.id));
             }
-            if exists(
-                "SELECT 1 FROM resource_providers WHERE name = ?",
-                p.name.clone(),
-            )
-            .await?
-            {
-                return Err(Error::Conflict(Conflict::DuplicateName {
-                    name: p.name.clone(),
-                }));
+            if exists("SELECT 1 FROM resource_providers WHERE name = ?", p.name.clone()).await? {
+                return Err(Error::Conflict(Conflict::DuplicateName { name: p.name.clone() }));
             }
             Ok(())
         };
@@ -480,10 +434,7 @@ impl SqlStore {
                 }
             };
             let id = tx
-                .fetch_optional(
-                    "SELECT id FROM resource_providers WHERE uuid = ?",
-                    sql_args![p.id.to_string()],
-                )
+                .fetch_optional("SELECT id FROM resource_providers WHERE uuid = ?", sql_args![p.id.to_string()])
                 .await?
                 .ok_or_else(|| Error::backend("sql", "inserted provider vanished"))?
                 .i64(0)?;
@@ -496,19 +447,15 @@ impl SqlStore {
         match result {
             Ok(g) => Ok(g),
             Err(Fail::Err(Error::Backend { source, .. }))
-                if source
-                    .downcast_ref::<sqlx::Error>()
-                    .is_some_and(is_unique_violation) =>
+                if source.downcast_ref::<sqlx::Error>().is_some_and(is_unique_violation) =>
             {
                 check_dups().await?;
-                Err(Error::Conflict(Conflict::DuplicateName {
-                    name: p.name.clone(),
-                }))
+                Err(Error::Conflict(Conflict::DuplicateName { name: p.name.clone() }))
             }
             Err(Fail::Err(e)) => Err(e),
-            Err(Fail::Retry) => Err(Error::Conflict(Conflict::DuplicateName {
-                name: p.name.clone(),
-            })),
+            Err(Fail::Retry) => {
+                Err(Error::Timeout { backend: "sql", message: format!("creating provider {} deadlocked; retry", p.id) })
+            }
         }
     }
 
@@ -517,11 +464,7 @@ impl SqlStore {
         let r: Result<(), Fail> = async {
             let mut tx = self.api.begin().await?;
             // Lock the root row: deletes and claims on the tree serialize on it.
-            tx.fetch_optional(
-                "SELECT id FROM resource_providers WHERE id = ? FOR UPDATE",
-                sql_args![root_id],
-            )
-            .await?;
+            tx.fetch_optional("SELECT id FROM resource_providers WHERE id = ? FOR UPDATE", sql_args![root_id]).await?;
             let in_use = tx
                 .fetch_optional(
                     "SELECT 1 FROM resource_providers WHERE parent_provider_id = ? \
@@ -547,8 +490,7 @@ impl SqlStore {
                 )
                 .await?;
             }
-            tx.execute("DELETE FROM resource_providers WHERE id = ?", sql_args![id])
-                .await?;
+            tx.execute("DELETE FROM resource_providers WHERE id = ?", sql_args![id]).await?;
             self.log_change(&mut tx, root_uuid).await?;
             tx.commit().await?;
             Ok(())
@@ -557,7 +499,10 @@ impl SqlStore {
         match r {
             Ok(()) => Ok(()),
             Err(Fail::Err(e)) => Err(e),
-            Err(Fail::Retry) => Err(Error::Conflict(Conflict::ProviderInUse { provider })),
+            Err(Fail::Retry) => Err(Error::Timeout {
+                backend: "sql",
+                message: format!("deleting provider {provider} deadlocked; retry"),
+            }),
         }
     }
 
@@ -571,23 +516,13 @@ impl SqlStore {
         }
         .await;
         match r {
-            Ok(l) => l
-                .trees
-                .into_iter()
-                .next()
-                .ok_or_else(|| Error::not_found(Kind::Provider, provider)),
+            Ok(l) => l.trees.into_iter().next().ok_or_else(|| Error::not_found(Kind::Provider, provider)),
             Err(Fail::Err(e)) => Err(e),
-            Err(Fail::Retry) => Err(Error::Timeout {
-                backend: "sql",
-                message: "tree read kept conflicting".into(),
-            }),
+            Err(Fail::Retry) => Err(Error::Timeout { backend: "sql", message: "tree read kept conflicting".into() }),
         }
     }
 
-    pub(crate) async fn list_provider_trees_impl(
-        &self,
-        cell: Option<CellId>,
-    ) -> Result<Vec<ProviderTree>> {
+    pub(crate) async fn list_provider_trees_impl(&self, cell: Option<CellId>) -> Result<Vec<ProviderTree>> {
         let cell_s = cell.map(|c| c.to_string());
         let sel = match &cell_s {
             Some(c) => Sel::Cell(c),
@@ -603,10 +538,7 @@ impl SqlStore {
         match r {
             Ok(l) => Ok(l.trees),
             Err(Fail::Err(e)) => Err(e),
-            Err(Fail::Retry) => Err(Error::Timeout {
-                backend: "sql",
-                message: "tree read kept conflicting".into(),
-            }),
+            Err(Fail::Retry) => Err(Error::Timeout { backend: "sql", message: "tree read kept conflicting".into() }),
         }
     }
 
@@ -623,39 +555,23 @@ impl SqlStore {
         if let Some(p) = touched
             && p != root_id
         {
-            tx.execute(
-                "UPDATE resource_providers SET generation = generation + 1 WHERE id = ?",
-                sql_args![p],
-            )
-            .await?;
+            tx.execute("UPDATE resource_providers SET generation = generation + 1 WHERE id = ?", sql_args![p]).await?;
         }
         let n = tx
             .execute(
                 "UPDATE resource_providers SET tree_generation = tree_generation + 1, \
                  generation = generation + ? WHERE id = ? AND tree_generation = ?",
-                sql_args![
-                    i64::from(touched == Some(root_id)),
-                    root_id,
-                    expected as i64
-                ],
+                sql_args![i64::from(touched == Some(root_id)), root_id, expected as i64],
             )
             .await?;
         if n == 0 {
             let actual = tx
-                .fetch_optional(
-                    "SELECT tree_generation FROM resource_providers WHERE id = ?",
-                    sql_args![root_id],
-                )
+                .fetch_optional("SELECT tree_generation FROM resource_providers WHERE id = ?", sql_args![root_id])
                 .await?
                 .map(|r| r.i64(0))
                 .transpose()?
                 .unwrap_or(0);
-            return Err(Error::Conflict(Conflict::Generation {
-                root,
-                expected,
-                actual: gen_u64(actual),
-            })
-            .into());
+            return Err(Error::Conflict(Conflict::Generation { root, expected, actual: gen_u64(actual) }).into());
         }
         Ok(())
     }
@@ -670,10 +586,7 @@ impl SqlStore {
         let r: Result<T, Fail> = async {
             let mut tx = self.api.begin().await?;
             let current = tx
-                .fetch_optional(
-                    "SELECT tree_generation FROM resource_providers WHERE id = ?",
-                    sql_args![root_id],
-                )
+                .fetch_optional("SELECT tree_generation FROM resource_providers WHERE id = ?", sql_args![root_id])
                 .await?
                 .ok_or_else(|| Error::not_found(Kind::Provider, provider))?
                 .i64(0)?;
@@ -686,8 +599,7 @@ impl SqlStore {
                 .into());
             }
             let v = body(&mut tx, id).await?;
-            self.cas_tree(&mut tx, root_id, root, generation, Some(id))
-                .await?;
+            self.cas_tree(&mut tx, root_id, root, generation, Some(id)).await?;
             self.log_change(&mut tx, root).await?;
             tx.commit().await?;
             Ok(v)
@@ -701,11 +613,7 @@ impl SqlStore {
             Err(Fail::Err(e)) => Err(e),
             Err(Fail::Retry) => {
                 let actual = self.provider_tree_impl(provider).await?.generation;
-                Err(Error::Conflict(Conflict::Generation {
-                    root,
-                    expected: generation,
-                    actual,
-                }))
+                Err(Error::Conflict(Conflict::Generation { root, expected: generation, actual }))
             }
         }
     }
@@ -739,17 +647,9 @@ impl SqlStore {
                     }
                 }
                 if let Some(class) = used.keys().find(|c| !inventories.contains_key(*c)) {
-                    return Err(Error::Conflict(Conflict::InventoryInUse {
-                        provider,
-                        class: class.clone(),
-                    })
-                    .into());
+                    return Err(Error::Conflict(Conflict::InventoryInUse { provider, class: class.clone() }).into());
                 }
-                tx.execute(
-                    "DELETE FROM inventories WHERE resource_provider_id = ?",
-                    sql_args![id],
-                )
-                .await?;
+                tx.execute("DELETE FROM inventories WHERE resource_provider_id = ?", sql_args![id]).await?;
                 for (class, inv) in inventories {
                     tx.execute(
                         "INSERT INTO inventories (resource_provider_id, resource_class, total, reserved, \
@@ -774,10 +674,7 @@ impl SqlStore {
                     .collect::<Vec<_>>())
             })
             .await?;
-        Ok(InventoryWrite {
-            generation: g,
-            over_capacity: over,
-        })
+        Ok(InventoryWrite { generation: g, over_capacity: over })
     }
 
     pub(crate) async fn set_traits_impl(
@@ -788,11 +685,8 @@ impl SqlStore {
     ) -> Result<u64> {
         let ((), g) = self
             .generation_write(provider, generation, async |tx: &mut Tx, id: i64| {
-                tx.execute(
-                    "DELETE FROM resource_provider_traits WHERE resource_provider_id = ?",
-                    sql_args![id],
-                )
-                .await?;
+                tx.execute("DELETE FROM resource_provider_traits WHERE resource_provider_id = ?", sql_args![id])
+                    .await?;
                 for t in traits {
                     tx.execute(
                         "INSERT INTO resource_provider_traits (resource_provider_id, trait) VALUES (?, ?)",
@@ -814,11 +708,8 @@ impl SqlStore {
     ) -> Result<u64> {
         let ((), g) = self
             .generation_write(provider, generation, async |tx: &mut Tx, id: i64| {
-                tx.execute(
-                    "DELETE FROM resource_provider_aggregates WHERE resource_provider_id = ?",
-                    sql_args![id],
-                )
-                .await?;
+                tx.execute("DELETE FROM resource_provider_aggregates WHERE resource_provider_id = ?", sql_args![id])
+                    .await?;
                 for a in aggregates {
                     tx.execute(
                         "INSERT INTO resource_provider_aggregates (resource_provider_id, aggregate_uuid) VALUES (?, ?)",
@@ -833,38 +724,18 @@ impl SqlStore {
     }
 
     pub(crate) async fn change_cursor_impl(&self) -> Result<ChangeCursor> {
-        let rows = self
-            .api
-            .fetch_all(
-                "SELECT shard, seq FROM change_shards ORDER BY shard",
-                vec![],
-            )
-            .await?;
+        let rows = self.api.fetch_all("SELECT shard, seq FROM change_shards ORDER BY shard", vec![]).await?;
         let mut seqs = vec![0i64; CHANGE_SHARDS];
         for r in &rows {
-            if let Some(s) = usize::try_from(r.i64(0)?)
-                .ok()
-                .filter(|s| *s < CHANGE_SHARDS)
-            {
+            if let Some(s) = usize::try_from(r.i64(0)?).ok().filter(|s| *s < CHANGE_SHARDS) {
                 seqs[s] = r.i64(1)?;
             }
         }
-        Ok(ChangeCursor(format!(
-            "sql:{}",
-            seqs.iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        )))
+        Ok(ChangeCursor(format!("sql:{}", seqs.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","))))
     }
 
     pub(crate) async fn changes_since_impl(&self, cursor: &ChangeCursor) -> Result<Changes> {
-        let bad = || {
-            Error::invalid(
-                "change cursor",
-                format!("{:?} was not issued by a sql store", cursor.0),
-            )
-        };
+        let bad = || Error::invalid("change cursor", format!("{:?} was not issued by a sql store", cursor.0));
         let since: Vec<i64> = cursor
             .0
             .strip_prefix("sql:")
@@ -888,17 +759,11 @@ impl SqlStore {
         let rows = self
             .api
             .fetch_all(
-                self.sql(format!(
-                    "SELECT DISTINCT root_uuid FROM tree_changes WHERE {}",
-                    cond.join(" OR ")
-                )),
+                self.sql(format!("SELECT DISTINCT root_uuid FROM tree_changes WHERE {}", cond.join(" OR "))),
                 args,
             )
             .await?;
-        let pruned = self
-            .api
-            .fetch_all("SELECT shard, pruned_upto FROM change_shards", vec![])
-            .await?;
+        let pruned = self.api.fetch_all("SELECT shard, pruned_upto FROM change_shards", vec![]).await?;
         for r in &pruned {
             let shard = usize::try_from(r.i64(0)?).unwrap_or(usize::MAX);
             if let Some(s) = since.get(shard)
@@ -911,10 +776,7 @@ impl SqlStore {
         for r in &rows {
             roots.insert(ProviderId(r.uuid(0)?));
         }
-        Ok(Changes::Trees {
-            roots: roots.into_iter().collect(),
-            next,
-        })
+        Ok(Changes::Trees { roots: roots.into_iter().collect(), next })
     }
 
     /// Placement's `_set_allocations` for one consumer on one tree (module docs).
@@ -941,9 +803,7 @@ impl SqlStore {
                 return Err(Error::not_found(Kind::Provider, u));
             }
         }
-        let first = uuids
-            .first()
-            .ok_or_else(|| Error::invalid("allocations", "empty"))?;
+        let first = uuids.first().ok_or_else(|| Error::invalid("allocations", "empty"))?;
         let root_id = roots[first];
         let allocations = normalized(&request.allocations);
         let mut tried = 0u64;
@@ -951,10 +811,7 @@ impl SqlStore {
             if attempt > 0 {
                 backoff(attempt).await;
             }
-            match self
-                .claim_attempt(request, &allocations, root_id, &mut tried)
-                .await
-            {
+            match self.claim_attempt(request, &allocations, root_id, &mut tried).await {
                 Ok(claim) => {
                     if !claim.replayed {
                         self.maybe_prune(claim.root).await;
@@ -968,11 +825,7 @@ impl SqlStore {
             }
         }
         let tree = self.provider_tree_impl(*first).await?;
-        Err(Error::Conflict(Conflict::Generation {
-            root: tree.root,
-            expected: tried,
-            actual: tree.generation,
-        }))
+        Err(Error::Conflict(Conflict::Generation { root: tree.root, expected: tried, actual: tree.generation }))
     }
 
     async fn claim_attempt(
@@ -986,11 +839,7 @@ impl SqlStore {
         let loaded = self.load_trees(&mut tx, Sel::Root(root_id)).await?;
         let Some(tree) = loaded.trees.into_iter().next() else {
             let first = request.allocations.keys().next().copied();
-            return Err(Error::not_found(
-                Kind::Provider,
-                first.map(|p| p.to_string()).unwrap_or_default(),
-            )
-            .into());
+            return Err(Error::not_found(Kind::Provider, first.map(|p| p.to_string()).unwrap_or_default()).into());
         };
         *tried = tree.generation;
         let consumer = request.consumer.to_string();
@@ -1004,29 +853,19 @@ impl SqlStore {
             .await?;
         let mut held = AllocationMap::new();
         for r in &held_rows {
-            *held
-                .entry(ProviderId(r.uuid(0)?))
-                .or_default()
-                .entry(ResourceClass::parse(&r.str(1)?)?)
-                .or_insert(0) += r.i64(2)?;
+            *held.entry(ProviderId(r.uuid(0)?)).or_default().entry(ResourceClass::parse(&r.str(1)?)?).or_insert(0) +=
+                r.i64(2)?;
         }
         let held = (!held_rows.is_empty()).then_some(&held);
         if request.evaluate(&tree, held)? {
             tx.rollback().await?;
-            return Ok(Claim {
-                root: tree.root,
-                generation: tree.generation,
-                replayed: true,
-            });
+            return Ok(Claim { root: tree.root, generation: tree.generation, replayed: true });
         }
         // Insert the allocations (one multi-row INSERT).
         let mut values = Vec::new();
         let mut args = Vec::new();
         for (provider, resources) in allocations {
-            let row = loaded
-                .rows
-                .get(provider)
-                .ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
+            let row = loaded.rows.get(provider).ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
             for (class, amount) in resources {
                 values.push("(?, ?, ?, ?)");
                 args.extend(sql_args![row.id, &consumer, class.as_str(), *amount]);
@@ -1041,12 +880,8 @@ impl SqlStore {
         )
         .await?;
         // The consumer: created, or its generation bumped (generation-checked).
-        let existing = tx
-            .fetch_optional(
-                "SELECT generation FROM consumers WHERE uuid = ?",
-                sql_args![&consumer],
-            )
-            .await?;
+        let existing =
+            tx.fetch_optional("SELECT generation FROM consumers WHERE uuid = ?", sql_args![&consumer]).await?;
         match existing {
             None => {
                 let r = tx
@@ -1078,11 +913,7 @@ impl SqlStore {
         let r = tx
             .execute(
                 "INSERT INTO tree_consumers (root_provider_id, consumer_id, group_uuid) VALUES (?, ?, ?)",
-                sql_args![
-                    root_id,
-                    &consumer,
-                    request.group.map(|g| g.group.to_string())
-                ],
+                sql_args![root_id, &consumer, request.group.map(|g| g.group.to_string())],
             )
             .await;
         match r {
@@ -1091,11 +922,7 @@ impl SqlStore {
             Err(e) => return Err(e.into()),
         }
         // Generations: every touched provider, then the tree (on the root row).
-        let root_row = loaded
-            .rows
-            .get(&tree.root)
-            .ok_or_else(|| Error::not_found(Kind::Provider, tree.root))?
-            .clone();
+        let root_row = loaded.rows.get(&tree.root).ok_or_else(|| Error::not_found(Kind::Provider, tree.root))?.clone();
         for provider in allocations.keys() {
             if *provider == tree.root {
                 continue;
@@ -1116,12 +943,7 @@ impl SqlStore {
             .execute(
                 "UPDATE resource_providers SET tree_generation = tree_generation + 1, \
                  generation = generation + ? WHERE id = ? AND tree_generation = ? AND generation = ?",
-                sql_args![
-                    i64::from(root_touched),
-                    root_row.id,
-                    tree.generation as i64,
-                    root_row.generation
-                ],
+                sql_args![i64::from(root_touched), root_row.id, tree.generation as i64, root_row.generation],
             )
             .await?;
         if n == 0 {
@@ -1129,11 +951,7 @@ impl SqlStore {
         }
         self.log_change(&mut tx, tree.root).await?;
         tx.commit().await?;
-        Ok(Claim {
-            root: tree.root,
-            generation: tree.generation + 1,
-            replayed: false,
-        })
+        Ok(Claim { root: tree.root, generation: tree.generation + 1, replayed: false })
     }
 
     pub(crate) async fn release_impl(&self, consumer: ConsumerId) -> Result<Released> {
@@ -1165,9 +983,7 @@ impl SqlStore {
                     Err(Fail::Retry) if attempt == self.opts.claim_retries => {
                         return Err(Error::Timeout {
                             backend: "sql",
-                            message: format!(
-                                "release of {consumer} on tree {root} kept deadlocking"
-                            ),
+                            message: format!("release of {consumer} on tree {root} kept deadlocking"),
                         });
                     }
                     Err(Fail::Retry) => {}
@@ -1183,10 +999,7 @@ impl SqlStore {
     async fn release_attempt(&self, c: &str, root_id: i64, root: ProviderId) -> Result<bool, Fail> {
         let mut tx = self.api.begin().await?;
         let n = tx
-            .execute(
-                "DELETE FROM tree_consumers WHERE root_provider_id = ? AND consumer_id = ?",
-                sql_args![root_id, c],
-            )
+            .execute("DELETE FROM tree_consumers WHERE root_provider_id = ? AND consumer_id = ?", sql_args![root_id, c])
             .await?;
         if n == 0 {
             tx.rollback().await?;
@@ -1202,33 +1015,16 @@ impl SqlStore {
             .await?;
         for r in &touched {
             let id = r.i64(0)?;
-            tx.execute(
-                "DELETE FROM allocations WHERE consumer_id = ? AND resource_provider_id = ?",
-                sql_args![c, id],
-            )
-            .await?;
-            tx.execute(
-                "UPDATE resource_providers SET generation = generation + 1 WHERE id = ?",
-                sql_args![id],
-            )
-            .await?;
+            tx.execute("DELETE FROM allocations WHERE consumer_id = ? AND resource_provider_id = ?", sql_args![c, id])
+                .await?;
+            tx.execute("UPDATE resource_providers SET generation = generation + 1 WHERE id = ?", sql_args![id]).await?;
         }
         // Placement deletes a consumer with no allocations left, else bumps its generation.
-        let left = tx
-            .fetch_optional(
-                "SELECT 1 FROM tree_consumers WHERE consumer_id = ?",
-                sql_args![c],
-            )
-            .await?;
+        let left = tx.fetch_optional("SELECT 1 FROM tree_consumers WHERE consumer_id = ?", sql_args![c]).await?;
         if left.is_none() {
-            tx.execute("DELETE FROM consumers WHERE uuid = ?", sql_args![c])
-                .await?;
+            tx.execute("DELETE FROM consumers WHERE uuid = ?", sql_args![c]).await?;
         } else {
-            tx.execute(
-                "UPDATE consumers SET generation = generation + 1 WHERE uuid = ?",
-                sql_args![c],
-            )
-            .await?;
+            tx.execute("UPDATE consumers SET generation = generation + 1 WHERE uuid = ?", sql_args![c]).await?;
         }
         // The tree generation last, as claims do (same lock order: children, then root).
         tx.execute(
@@ -1270,10 +1066,7 @@ impl SqlStore {
             Ok(x) => x,
             Err(Fail::Err(e)) => return Err(e),
             Err(Fail::Retry) => {
-                return Err(Error::Timeout {
-                    backend: "sql",
-                    message: "allocation read conflicted".into(),
-                });
+                return Err(Error::Timeout { backend: "sql", message: "allocation read conflicted".into() });
             }
         };
         let mut out: BTreeMap<(ProviderId, ConsumerId), (i64, TreeAllocation)> = BTreeMap::new();
@@ -1317,21 +1110,13 @@ impl SqlStore {
         Ok(v)
     }
 
-    pub(crate) async fn allocations_impl(
-        &self,
-        consumer: ConsumerId,
-    ) -> Result<Vec<TreeAllocation>> {
-        let mut v = self
-            .tree_allocs("consumer", Arg::Str(consumer.to_string()))
-            .await?;
+    pub(crate) async fn allocations_impl(&self, consumer: ConsumerId) -> Result<Vec<TreeAllocation>> {
+        let mut v = self.tree_allocs("consumer", Arg::Str(consumer.to_string())).await?;
         v.sort_by_key(|t| t.root);
         Ok(v)
     }
 
-    pub(crate) async fn tree_allocations_impl(
-        &self,
-        provider: ProviderId,
-    ) -> Result<Vec<TreeAllocation>> {
+    pub(crate) async fn tree_allocations_impl(&self, provider: ProviderId) -> Result<Vec<TreeAllocation>> {
         let (_, root_id, _) = self.locate(provider).await?;
         self.tree_allocs("tree", Arg::I64(root_id)).await
     }
