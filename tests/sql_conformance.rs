@@ -7,6 +7,8 @@
 //! dropped when the run ends. A server that cannot be found is reported as ignored with the
 //! reason (see `support/sql_server.rs`).
 
+#[path = "support/sql_extra.rs"]
+mod extra;
 #[path = "support/sql_server.rs"]
 mod sql_server;
 mod support;
@@ -31,6 +33,12 @@ const CONFIGS: &[Config] = &[
     Config { name: "postgres-cells", flavor: Flavor::Postgres, query: "cells=4" },
     Config { name: "postgres-single", flavor: Flavor::Postgres, query: "mode=single" },
 ];
+
+/// The URL (without `create=false`) a config's databases were created with, if any.
+fn prepared_url(created: &[StoreUrl], cfg: &Config) -> Option<String> {
+    let suffix = cfg.name.replace('-', "_");
+    created.iter().find(|u| u.expose().path().ends_with(&suffix)).map(|u| u.expose().to_string())
+}
 
 fn main() {
     let args = libtest_mimic::Arguments::from_args();
@@ -87,7 +95,8 @@ fn main() {
                 })
             }
         };
-        trials.extend(conformance_trials(cfg.name, factory));
+        trials.extend(conformance_trials(cfg.name, factory.clone()));
+        trials.extend(extra::trials(cfg.name, factory, prepared_url(&created, cfg)));
     }
     let conclusion = libtest_mimic::run(&args, trials);
     rt.block_on(async {

@@ -100,6 +100,13 @@ impl SqlStore {
     /// Loads whole trees (providers, inventories, usages, traits, aggregates, group counts)
     /// inside `tx`. The providers (and so the generations) are read first.
     async fn load_trees(&self, tx: &mut Tx, sel: Sel<'_>) -> Result<Loaded, Fail> {
+        self.load_trees_with(tx, sel, true, true).await
+    }
+
+    /// As [`load_trees`](Self::load_trees); a claim reads only what Placement's
+    /// `_set_allocations` reads (providers, inventories, usage) plus group counts when it
+    /// names a group, not traits or aggregates.
+    async fn load_trees_with(&self, tx: &mut Tx, sel: Sel<'_>, labels: bool, groups: bool) -> Result<Loaded, Fail> {
         let w = sel.clause("rp");
         let rows = tx
             .fetch_all(
@@ -200,15 +207,18 @@ impl SqlStore {
                 n.usages.insert(class, used);
             }
         }
-        let traits = tx
-            .fetch_all(
+        let traits = if !labels {
+            vec![]
+        } else {
+            tx.fetch_all(
                 self.sql(format!(
                     "SELECT t.resource_provider_id, t.trait FROM resource_provider_traits t \
                      JOIN resource_providers rp ON rp.id = t.resource_provider_id{w}"
                 )),
                 sel.args(),
             )
-            .await?;
+            .await?
+        };
         for r in &traits {
             let Some((uuid, root)) = by_id.get(&r.i64(0)?) else {
                 continue;
@@ -218,15 +228,18 @@ impl SqlStore {
                 n.traits.insert(t);
             }
         }
-        let aggs = tx
-            .fetch_all(
+        let aggs = if !labels {
+            vec![]
+        } else {
+            tx.fetch_all(
                 self.sql(format!(
                     "SELECT a.resource_provider_id, a.aggregate_uuid FROM resource_provider_aggregates a \
                      JOIN resource_providers rp ON rp.id = a.resource_provider_id{w}"
                 )),
                 sel.args(),
             )
-            .await?;
+            .await?
+        };
         for r in &aggs {
             let Some((uuid, root)) = by_id.get(&r.i64(0)?) else {
                 continue;
@@ -236,8 +249,10 @@ impl SqlStore {
                 n.aggregates.insert(a);
             }
         }
-        let groups = tx
-            .fetch_all(
+        let groups = if !groups {
+            vec![]
+        } else {
+            tx.fetch_all(
                 self.sql(format!(
                     "SELECT tc.root_provider_id, tc.group_uuid, COUNT(*) FROM tree_consumers tc \
                      JOIN resource_providers rp ON rp.id = tc.root_provider_id{w}{} \
@@ -246,7 +261,8 @@ impl SqlStore {
                 )),
                 sel.args(),
             )
-            .await?;
+            .await?
+        };
         for r in &groups {
             let root = r.i64(0)?;
             let g = GroupId(r.uuid(1)?);
@@ -725,7 +741,7 @@ impl SqlStore {
 
     pub(crate) async fn change_cursor_impl(&self) -> Result<ChangeCursor> {
         let rows = self.api.fetch_all("SELECT shard, seq FROM change_shards ORDER BY shard", vec![]).await?;
-        let mut seqs = vec![0i64; CHANGE_SHARDS];
+        let mut seqs = [0i64; CHANGE_SHARDS];
         for r in &rows {
             if let Some(s) = usize::try_from(r.i64(0)?).ok().filter(|s| *s < CHANGE_SHARDS) {
                 seqs[s] = r.i64(1)?;
@@ -836,7 +852,7 @@ impl SqlStore {
         tried: &mut u64,
     ) -> Result<Claim, Fail> {
         let mut tx = self.api.begin().await?;
-        let loaded = self.load_trees(&mut tx, Sel::Root(root_id)).await?;
+        let loaded = self.load_trees_with(&mut tx, Sel::Root(root_id), false, request.group.is_some()).await?;
         let Some(tree) = loaded.trees.into_iter().next() else {
             let first = request.allocations.keys().next().copied();
             return Err(Error::not_found(Kind::Provider, first.map(|p| p.to_string()).unwrap_or_default()).into());
