@@ -96,6 +96,8 @@ macro_rules! draw_panel {
             .configure_mesh()
             .x_desc(panel.x_label.as_str())
             .y_desc(panel.y_label.as_str())
+            .x_label_formatter(&|v: &f64| tick(*v))
+            .y_label_formatter(&|v: &f64| tick(*v))
             .label_style(("sans-serif", 12))
             .draw()?;
         for s in &panel.series {
@@ -233,6 +235,20 @@ pub fn bars(dir: &Path, name: &str, title: &str, y_label: &str, bars: &[Bar]) ->
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(path)
+}
+
+/// Axis tick text: no needless decimals.
+fn tick(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 || (a - a.round()).abs() < 1e-9 {
+        format!("{v:.0}")
+    } else if a >= 1.0 {
+        format!("{v:.1}")
+    } else if a >= 0.01 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
 }
 
 fn format_value(v: f64) -> String {

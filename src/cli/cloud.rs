@@ -39,6 +39,9 @@ pub struct CloudSpec {
     pub vfs: i64,
     /// Anti-affinity and affinity server groups to create.
     pub server_groups: usize,
+    /// Add a rarely requested flavor no host can hold (the demo shows NoValidHost with
+    /// its reason).
+    pub oversized_flavor: bool,
     /// The seed.
     pub seed: u64,
 }
@@ -57,6 +60,7 @@ impl CloudSpec {
             disk_gb: 2_000,
             vfs: 16,
             server_groups: 8,
+            oversized_flavor: false,
             seed,
         }
     }
@@ -218,7 +222,7 @@ impl Cloud {
                 .with_context(|| format!("generated flavor {id} is invalid"))?;
             Ok(f)
         };
-        let flavors = vec![
+        let mut flavors = vec![
             (flavor("m1.small", 1, 2048, 20, &[])?, 40),
             (flavor("m1.medium", 2, 4096, 40, &[])?, 30),
             (flavor("m1.large", 4, 8192, 80, &[])?, 10),
@@ -244,6 +248,9 @@ impl Cloud {
                 5,
             ),
         ];
+        if spec.oversized_flavor {
+            flavors.push((flavor("x1.huge", spec.vcpus * 8, 4096, 40, &[])?, 1));
+        }
         let groups = (0..spec.server_groups)
             .map(|i| {
                 let policy = if i % 2 == 0 {

@@ -1,6 +1,6 @@
 //! Logging through `tracing`, to stderr, sharing the terminal with the progress bars.
 //!
-//! `RUST_LOG` chooses what is printed (default `warn,unicell=info`). Progress bars are
+//! `RUST_LOG` chooses what is printed (default `warn,unicell::cli=info`: warnings from everything, progress notes from the command itself). Progress bars are
 //! `tracing` spans carrying the `indicatif.pb_show` field (see [`super::progress`]); they are
 //! drawn by `tracing-indicatif` whatever `RUST_LOG` says, and log lines are written through
 //! its writer so that a log line never tears a bar. When stderr is not a terminal the bars
@@ -18,7 +18,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// The filter used when `RUST_LOG` is unset.
-pub const DEFAULT_FILTER: &str = "warn,unicell=info";
+pub const DEFAULT_FILTER: &str = "warn,unicell::cli=info";
 
 /// Keeps logging alive; dropping it is a no-op today but marks where logging ends.
 pub struct Logging;

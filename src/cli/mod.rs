@@ -8,7 +8,7 @@ pub mod cloud;
 //pub mod demo;
 pub mod logging;
 pub mod progress;
-//pub mod proxy;
+pub mod proxy;
 pub mod report;
 pub mod stats;
 
@@ -36,6 +36,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             match b {
                 BenchCommand::List(a) => bench::list::run(&cli.store, a).await?,
                 BenchCommand::Claims(a) => bench::claims::run(&cli.store, a).await?,
+                BenchCommand::Sites(a) => bench::sites::run(&cli.store, a).await?,
                 _ => todo!(),
             }
             Ok(ExitCode::SUCCESS)
@@ -46,11 +47,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
 /// Checks that `url` parses and names a scheme this build knows, with a message that names
 /// the bad URL (its password masked) and the known schemes.
 pub fn check_store_url(url: &str) -> Result<StoreUrl> {
-    let parsed = StoreUrl::parse(url).map_err(|e| anyhow::anyhow!("bad --store: {e}"))?;
+    let parsed = StoreUrl::parse(url).map_err(|e| anyhow::anyhow!("bad store URL: {e}"))?;
     let known = store::known_schemes();
     if !known.contains(&parsed.scheme()) {
         anyhow::bail!(
-            "bad --store {parsed}: unknown scheme {:?}; this build knows: {}",
+            "bad store URL {parsed}: unknown scheme {:?}; this build knows: {}",
             parsed.scheme(),
             known.join(", ")
         );

@@ -181,6 +181,6 @@ mod tests {
     fn table_aligns() {
         let mut t = Table::new(["a", "bb"]);
         t.row(["xxx", "1"]);
-        assert_eq!(t.render(), "a     bb\n-------\nxxx    1");
+        assert_eq!(t.render(), "a    bb\n-------\nxxx   1");
     }
 }

@@ -5,7 +5,7 @@
 pub mod claims;
 pub mod list;
 //pub mod schedule;
-//pub mod sites;
+pub mod sites;
 #[cfg(feature = "sql")]
 mod sql_ceiling;
 
