@@ -1,7 +1,8 @@
 //! The storage seam: one trait, one contract, one conformance suite.
 //!
 //! Every backend (the embedded [`memory`] store, Redis, CQL and the SQL baseline) implements
-//! [`Store`] and runs the whole [`conformance`] suite. Open one by URL with [`open`].
+//! [`Store`] and runs the whole conformance suite (module `conformance`, feature
+//! `conformance`). Open one by URL with [`open`].
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

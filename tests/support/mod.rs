@@ -7,6 +7,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub mod ops;
+
 use libtest_mimic::{Completion, Failed, Trial};
 use unicell::store::Store;
 use unicell::store::conformance;
