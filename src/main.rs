@@ -11,17 +11,11 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::args::Cli::parse();
-    let logging = match cli::logging::init() {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    if let Err(e) = cli::logging::init() {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -29,7 +23,6 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(cli::run(args));
-    drop(logging);
     match result {
         Ok(code) => code,
         Err(e) => {

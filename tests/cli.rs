@@ -15,10 +15,7 @@ fn run(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
 /// A fresh, empty directory under the system temp dir, removed on drop.
@@ -96,11 +93,7 @@ fn garbage_store_url_is_a_clear_error() {
 
 #[test]
 fn store_from_the_environment_is_checked_too() {
-    let o = unicell()
-        .env("UNICELL_STORE", "bogus://x")
-        .args(["conformance"])
-        .output()
-        .unwrap();
+    let o = unicell().env("UNICELL_STORE", "bogus://x").args(["conformance"]).output().unwrap();
     assert!(!o.status.success());
     assert!(text(&o).1.contains("bogus"));
 }
@@ -118,11 +111,7 @@ fn passwords_are_never_printed() {
         assert!(!out.contains("hunter2") && !err.contains("hunter2"), "{out}\n{err}");
     }
     // Nor in --help, even when the store comes from the environment.
-    let o = unicell()
-        .env("UNICELL_STORE", "redis://admin:hunter2@h/")
-        .arg("--help")
-        .output()
-        .unwrap();
+    let o = unicell().env("UNICELL_STORE", "redis://admin:hunter2@h/").arg("--help").output().unwrap();
     assert!(!text(&o).0.contains("hunter2"));
 }
 
@@ -182,30 +171,18 @@ fn bench_list_quick_writes_report_and_chart() {
 #[test]
 fn bench_list_quick_compares_two_candidates() {
     let d = TempDir::new("list2");
-    let o = run(&[
-        "bench",
-        "list",
-        "--quick",
-        "--stores",
-        "memory://,memory://",
-        "--out",
-        d.path().to_str().unwrap(),
-    ]);
+    let o = run(&["bench", "list", "--quick", "--stores", "memory://,memory://", "--out", d.path().to_str().unwrap()]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("memory:// #2"), "{out}");
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(d.path().join("list.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("list.json")).unwrap()).unwrap();
     let runs = report["results"]["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 4, "2 candidates x 2 cell counts");
     for r in runs {
         assert_eq!(r["listed"], report["parameters"]["instances"]);
     }
-    assert!(!report["results"]["ratios_vs_best_single_store"]
-        .as_array()
-        .unwrap()
-        .is_empty());
+    assert!(!report["results"]["ratios_vs_best_single_store"].as_array().unwrap().is_empty());
 }
 
 #[test]
@@ -218,4 +195,29 @@ fn bench_sites_quick_writes_report_and_chart() {
     // memory:// has no network: it is skipped with a message (or the local Redis is used
     // when this build has the Redis backend and one answers on 127.0.0.1:6379).
     quick_bench("sites", &[]);
+}
+
+#[test]
+fn bench_schedule_quick_writes_report_and_chart() {
+    quick_bench("schedule", &["--hosts", "40", "--requests", "120"]);
+}
+
+#[test]
+fn demo_places_lists_and_audits() {
+    let d = TempDir::new("demo");
+    let o =
+        run(&["demo", "--hosts", "24", "--instances", "80", "--schedulers", "2", "--out", d.path().to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    for needle in ["placed", "rescheduled", "failed", "claims", "global list", "audit OK"] {
+        assert!(out.contains(needle), "demo output lacks {needle:?}:\n{out}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("demo.json")).unwrap()).unwrap();
+    let r = &report["results"];
+    let built = r["build"]["instances"].as_u64().unwrap();
+    assert_eq!(r["listing"]["instances"].as_u64().unwrap(), built);
+    assert_eq!(r["build"]["active"].as_u64().unwrap() + r["build"]["failed"].as_u64().unwrap(), built);
+    assert!(r["build"]["active"].as_u64().unwrap() > 0);
+    assert!(std::fs::read_to_string(d.path().join("demo.svg")).unwrap().contains("</svg>"));
 }

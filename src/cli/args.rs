@@ -12,13 +12,7 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     /// The store to use, as a URL (`unicell stores` lists the schemes of this build).
     /// Passwords in it are never printed.
-    #[arg(
-        long,
-        global = true,
-        env = "UNICELL_STORE",
-        hide_env_values = true,
-        default_value = "memory://"
-    )]
+    #[arg(long, global = true, env = "UNICELL_STORE", hide_env_values = true, default_value = "memory://")]
     pub store: String,
 
     /// What to do.

@@ -109,19 +109,14 @@ macro_rules! draw_panel {
                 .filter(|(x, y)| x.is_finite() && y.is_finite() && (!panel.log_y || *y > 0.0))
                 .collect();
             let style = c.stroke_width(2);
-            let legend = move |(x, y): (i32, i32)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-            };
+            let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2));
             if s.dashed {
                 chart
                     .draw_series(DashedLineSeries::new(pts.clone(), 6, 4, style))?
                     .label(s.name.as_str())
                     .legend(legend);
             } else {
-                chart
-                    .draw_series(LineSeries::new(pts.clone(), style))?
-                    .label(s.name.as_str())
-                    .legend(legend);
+                chart.draw_series(LineSeries::new(pts.clone(), style))?.label(s.name.as_str()).legend(legend);
             }
             chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))?;
         }
@@ -137,8 +132,7 @@ macro_rules! draw_panel {
 
 /// Draws `panels` side by side under `title` into `dir/<name>.svg`; returns the path.
 pub fn lines(dir: &Path, name: &str, title: &str, panels: &[Panel]) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create output directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
     let path = dir.join(format!("{name}.svg"));
     let n = panels.len().max(1);
     let width = (560 * n as u32).max(640);
@@ -154,8 +148,7 @@ pub fn lines(dir: &Path, name: &str, title: &str, panels: &[Panel]) -> Result<Pa
                 draw_panel!(area, panel, x0..x1, y0..y1);
             }
         }
-        root.present()
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        root.present().with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(path)
 }
@@ -175,20 +168,13 @@ pub struct Bar {
 
 /// Draws a bar chart into `dir/<name>.svg`; returns the path.
 pub fn bars(dir: &Path, name: &str, title: &str, y_label: &str, bars: &[Bar]) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create output directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
     let path = dir.join(format!("{name}.svg"));
     let width = (140 * bars.len() as u32 + 160).max(640);
     {
         let root = SVGBackend::new(&path, (width, 480)).into_drawing_area();
         root.fill(&WHITE)?;
-        let top = bars
-            .iter()
-            .map(|b| b.value)
-            .filter(|v| v.is_finite())
-            .fold(0.0f64, f64::max)
-            .max(1e-9)
-            * 1.15;
+        let top = bars.iter().map(|b| b.value).filter(|v| v.is_finite()).fold(0.0f64, f64::max).max(1e-9) * 1.15;
         let n = bars.len().max(1) as f64;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
@@ -217,22 +203,13 @@ pub fn bars(dir: &Path, name: &str, title: &str, y_label: &str, bars: &[Bar]) ->
             let x = i as f64;
             Rectangle::new(
                 [(x + 0.15, 0.0), (x + 0.85, b.value.max(0.0))],
-                if b.light {
-                    color(b.color).mix(0.4).filled()
-                } else {
-                    color(b.color).filled()
-                },
+                if b.light { color(b.color).mix(0.4).filled() } else { color(b.color).filled() },
             )
         }))?;
         chart.draw_series(bars.iter().enumerate().map(|(i, b)| {
-            Text::new(
-                format_value(b.value),
-                (i as f64 + 0.2, b.value.max(0.0) + top * 0.02),
-                ("sans-serif", 12),
-            )
+            Text::new(format_value(b.value), (i as f64 + 0.2, b.value.max(0.0) + top * 0.02), ("sans-serif", 12))
         }))?;
-        root.present()
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        root.present().with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(path)
 }

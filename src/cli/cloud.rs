@@ -78,8 +78,6 @@ pub struct GenHost {
 /// A generated cloud.
 #[derive(Debug, Clone)]
 pub struct Cloud {
-    /// The spec it was generated from.
-    pub spec: CloudSpec,
     /// Cells.
     pub cells: Vec<Cell>,
     /// Availability-zone aggregates.
@@ -111,11 +109,7 @@ impl Cloud {
     pub fn generate(spec: CloudSpec) -> Result<Self> {
         let mut rng = StdRng::seed_from_u64(spec.seed);
         let cells: Vec<Cell> = (0..spec.cells)
-            .map(|i| Cell {
-                id: CellId(uuid_from(&mut rng)),
-                name: format!("cell{i}"),
-                disabled: false,
-            })
+            .map(|i| Cell { id: CellId(uuid_from(&mut rng)), name: format!("cell{i}"), disabled: false })
             .collect();
         let aggregates: Vec<Aggregate> = (0..spec.azs.max(1))
             .map(|i| Aggregate {
@@ -140,10 +134,7 @@ impl Cloud {
             if rng.random_bool(0.25) {
                 root_traits.insert(avx.clone());
             }
-            let inv = |total: i64, ratio: f64| Inventory {
-                allocation_ratio: ratio,
-                ..Inventory::with_total(total)
-            };
+            let inv = |total: i64, ratio: f64| Inventory { allocation_ratio: ratio, ..Inventory::with_total(total) };
             let mut providers = vec![NewProvider {
                 id: root,
                 name: name.clone(),
@@ -153,10 +144,7 @@ impl Cloud {
                     (ResourceClass::Vcpu, inv(spec.vcpus, 4.0)),
                     (
                         ResourceClass::MemoryMb,
-                        Inventory {
-                            reserved: 4096.min(spec.memory_mb - 1),
-                            ..inv(spec.memory_mb, 1.0)
-                        },
+                        Inventory { reserved: 4096.min(spec.memory_mb - 1), ..inv(spec.memory_mb, 1.0) },
                     ),
                     (ResourceClass::DiskGb, inv(spec.disk_gb, 1.0)),
                 ]),
@@ -169,10 +157,7 @@ impl Cloud {
                     name: format!("{name}-numa{n}"),
                     parent: Some(root),
                     cell: Some(cell.id),
-                    inventories: BTreeMap::from([(
-                        ResourceClass::Pcpu,
-                        inv(spec.pcpus_per_numa, 1.0),
-                    )]),
+                    inventories: BTreeMap::from([(ResourceClass::Pcpu, inv(spec.pcpus_per_numa, 1.0))]),
                     traits: BTreeSet::from([numa_root.clone()]),
                     aggregates: BTreeSet::new(),
                 });
@@ -213,51 +198,34 @@ impl Cloud {
                 root_gb,
                 ephemeral_gb: 0,
                 swap_mb: 0,
-                extra_specs: specs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
+                extra_specs: specs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             };
-            f.validate()
-                .with_context(|| format!("generated flavor {id} is invalid"))?;
+            f.validate().with_context(|| format!("generated flavor {id} is invalid"))?;
             Ok(f)
         };
         let mut flavors = vec![
             (flavor("m1.small", 1, 2048, 20, &[])?, 40),
             (flavor("m1.medium", 2, 4096, 40, &[])?, 30),
             (flavor("m1.large", 4, 8192, 80, &[])?, 10),
-            (
-                flavor("c1.avx2", 4, 8192, 40, &[("trait:HW_CPU_X86_AVX2", "required")])?,
-                5,
-            ),
+            (flavor("c1.avx2", 4, 8192, 40, &[("trait:HW_CPU_X86_AVX2", "required")])?, 5),
             (
                 flavor(
                     "n1.sriov",
                     2,
                     4096,
                     40,
-                    &[
-                        ("resources1:SRIOV_NET_VF", "1"),
-                        ("trait1:CUSTOM_PHYSNET_PUBLIC", "required"),
-                    ],
+                    &[("resources1:SRIOV_NET_VF", "1"), ("trait1:CUSTOM_PHYSNET_PUBLIC", "required")],
                 )?,
                 10,
             ),
-            (
-                flavor("d1.dedicated", 2, 4096, 40, &[("hw:cpu_policy", "dedicated")])?,
-                5,
-            ),
+            (flavor("d1.dedicated", 2, 4096, 40, &[("hw:cpu_policy", "dedicated")])?, 5),
         ];
         if spec.oversized_flavor {
             flavors.push((flavor("x1.huge", spec.vcpus * 8, 4096, 40, &[])?, 1));
         }
         let groups = (0..spec.server_groups)
             .map(|i| {
-                let policy = if i % 2 == 0 {
-                    GroupPolicy::AntiAffinity
-                } else {
-                    GroupPolicy::SoftAntiAffinity
-                };
+                let policy = if i % 2 == 0 { GroupPolicy::AntiAffinity } else { GroupPolicy::SoftAntiAffinity };
                 ServerGroup {
                     id: GroupId(uuid_from(&mut rng)),
                     name: format!("group{i}"),
@@ -268,14 +236,7 @@ impl Cloud {
                 }
             })
             .collect();
-        Ok(Cloud {
-            spec,
-            cells,
-            aggregates,
-            hosts,
-            flavors,
-            groups,
-        })
+        Ok(Cloud { cells, aggregates, hosts, flavors, groups })
     }
 
     /// Writes the whole cloud into `store`: cells, aggregates, flavors and server groups,
@@ -292,25 +253,16 @@ impl Cloud {
             store.put_flavor(f).await.context("put_flavor")?;
         }
         for g in &self.groups {
-            store
-                .create_server_group(g)
-                .await
-                .context("create_server_group")?;
+            store.create_server_group(g).await.context("create_server_group")?;
         }
         let bar = progress::bar("creating hosts", self.hosts.len() as u64);
         let mut results = futures::stream::iter(self.hosts.iter().map(|h| {
             let bar = bar.clone();
             async move {
                 for p in &h.providers {
-                    store
-                        .create_provider(p)
-                        .await
-                        .with_context(|| format!("create_provider {}", p.name))?;
+                    store.create_provider(p).await.with_context(|| format!("create_provider {}", p.name))?;
                 }
-                store
-                    .put_host(&h.host)
-                    .await
-                    .with_context(|| format!("put_host {}", h.host.name))?;
+                store.put_host(&h.host).await.with_context(|| format!("put_host {}", h.host.name))?;
                 progress::inc(&bar, 1);
                 anyhow::Ok(())
             }
@@ -350,15 +302,8 @@ pub fn list_cells(seed: u64, n: usize) -> Vec<Cell> {
         .map(|i| {
             let a = mix(seed ^ 0xCE11 ^ (i as u64).wrapping_mul(0x1000_0001));
             let b = mix(a);
-            let id = uuid::Builder::from_random_bytes(
-                (u128::from(a) << 64 | u128::from(b)).to_be_bytes(),
-            )
-            .into_uuid();
-            Cell {
-                id: CellId(id),
-                name: format!("cell{i}"),
-                disabled: false,
-            }
+            let id = uuid::Builder::from_random_bytes((u128::from(a) << 64 | u128::from(b)).to_be_bytes()).into_uuid();
+            Cell { id: CellId(id), name: format!("cell{i}"), disabled: false }
         })
         .collect()
 }
@@ -371,8 +316,7 @@ pub fn list_cells(seed: u64, n: usize) -> Vec<Cell> {
 pub fn list_instance(seed: u64, i: u64, cells: &[Cell], flavor: &FlavorId) -> Instance {
     let a = mix(seed ^ i.wrapping_mul(0xA24B_AED4_963E_E407));
     let b = mix(a ^ 0x5851_F42D_4C95_7F2D);
-    let uuid = uuid::Builder::from_random_bytes((u128::from(a) << 64 | u128::from(b)).to_be_bytes())
-        .into_uuid();
+    let uuid = uuid::Builder::from_random_bytes((u128::from(a) << 64 | u128::from(b)).to_be_bytes()).into_uuid();
     let cell = &cells[(a % cells.len().max(1) as u64) as usize];
     // 2026-01-01T00:00:00Z plus one millisecond per group of four.
     let created = Timestamp::from_micros(1_767_225_600_000_000 + (i / 4) as i64 * 1000);

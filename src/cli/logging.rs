@@ -20,18 +20,15 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// The filter used when `RUST_LOG` is unset.
 pub const DEFAULT_FILTER: &str = "warn,unicell::cli=info";
 
-/// Keeps logging alive; dropping it is a no-op today but marks where logging ends.
-pub struct Logging;
-
 /// Installs the global subscriber. Fails on a malformed `RUST_LOG`, naming it.
-pub fn init() -> Result<Logging> {
+pub fn init() -> Result<()> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v)
-            .with_context(|| format!("RUST_LOG={v:?} is not a valid tracing filter"))?,
+        Ok(v) if !v.trim().is_empty() => {
+            EnvFilter::try_new(&v).with_context(|| format!("RUST_LOG={v:?} is not a valid tracing filter"))?
+        }
         _ => EnvFilter::new(DEFAULT_FILTER),
     };
-    let indicatif = IndicatifLayer::new()
-        .with_span_field_formatter(hide_indicatif_span_fields(DefaultFields::new()));
+    let indicatif = IndicatifLayer::new().with_span_field_formatter(hide_indicatif_span_fields(DefaultFields::new()));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(indicatif.get_stderr_writer())
         .with_target(true)
@@ -42,5 +39,5 @@ pub fn init() -> Result<Logging> {
         .with(indicatif.with_filter(IndicatifFilter::new(false)))
         .try_init()
         .context("cannot install the log subscriber")?;
-    Ok(Logging)
+    Ok(())
 }

@@ -2,10 +2,12 @@
 //! benchmarks and their reports and charts.
 
 pub mod args;
+pub mod audit;
 pub mod bench;
+pub mod build;
 pub mod chart;
 pub mod cloud;
-//pub mod demo;
+pub mod demo;
 pub mod logging;
 pub mod progress;
 pub mod proxy;
@@ -31,13 +33,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Conformance(a) => conformance(&cli.store, a).await,
-        Command::Demo(_a) => todo!(),
+        Command::Demo(a) => demo::run(&cli.store, a).await,
         Command::Bench(b) => {
             match b {
                 BenchCommand::List(a) => bench::list::run(&cli.store, a).await?,
                 BenchCommand::Claims(a) => bench::claims::run(&cli.store, a).await?,
                 BenchCommand::Sites(a) => bench::sites::run(&cli.store, a).await?,
-                _ => todo!(),
+                BenchCommand::Schedule(a) => bench::schedule::run(&cli.store, a).await?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -62,9 +64,7 @@ pub fn check_store_url(url: &str) -> Result<StoreUrl> {
 /// Opens a store, naming it (redacted) when it fails.
 pub async fn open_store(url: &str) -> Result<std::sync::Arc<dyn store::Store>> {
     let parsed = check_store_url(url)?;
-    store::open(url)
-        .await
-        .with_context(|| format!("cannot open store {parsed}"))
+    store::open(url).await.with_context(|| format!("cannot open store {parsed}"))
 }
 
 async fn conformance(url: &str, a: ConformanceArgs) -> Result<ExitCode> {

@@ -12,10 +12,9 @@ pub fn bar(label: &str, len: u64) -> Span {
         "progress",
         indicatif.pb_show = tracing::field::Empty
     );
-    let style = ProgressStyle::with_template(
-        "{msg:>28} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style =
+        ProgressStyle::with_template("{msg:>28} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
     span.pb_set_style(&style);
     span.pb_set_length(len);
     span.pb_set_message(label);

@@ -49,12 +49,7 @@ impl Environment {
                 .and_then(|kb| kb.parse::<f64>().ok())
                 .map(|kb| (kb / 1024.0 / 1024.0 * 10.0).round() / 10.0)
         });
-        let load_average = read("/proc/loadavg").map(|l| {
-            l.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        });
+        let load_average = read("/proc/loadavg").map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
         let git_rev = std::process::Command::new("git")
             .args(["rev-parse", "--short=12", "HEAD"])
             .stderr(std::process::Stdio::null())
@@ -70,11 +65,7 @@ impl Environment {
             memory_gib,
             load_average,
             os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
-            build: if cfg!(debug_assertions) {
-                "debug"
-            } else {
-                "release"
-            },
+            build: if cfg!(debug_assertions) { "debug" } else { "release" },
             unicell_version: env!("CARGO_PKG_VERSION"),
             git_rev,
             command: redacted_command_line(),
@@ -121,11 +112,9 @@ pub struct Report<P: Serialize, R: Serialize> {
 
 /// Creates `dir` and writes `dir/<name>.json`; returns the path.
 pub fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create output directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
     let path = dir.join(format!("{name}.json"));
     let text = serde_json::to_string_pretty(value).context("cannot serialize the report")?;
-    std::fs::write(&path, text + "\n")
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::write(&path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
 }

@@ -42,11 +42,6 @@ impl Latency {
         }
     }
 
-    /// Number of samples.
-    pub fn count(&self) -> u64 {
-        self.0.as_ref().map_or(0, Histogram::len)
-    }
-
     /// Summary in milliseconds.
     pub fn summary(&self) -> Summary {
         let ms = |ns: u64| ns as f64 / 1e6;
@@ -63,7 +58,6 @@ impl Latency {
         }
     }
 }
-
 
 /// Percentiles of a latency histogram, in milliseconds.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -118,10 +112,7 @@ pub struct Table {
 impl Table {
     /// A table with these column names.
     pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(header: I) -> Self {
-        Table {
-            header: header.into_iter().map(Into::into).collect(),
-            rows: Vec::new(),
-        }
+        Table { header: header.into_iter().map(Into::into).collect(), rows: Vec::new() }
     }
 
     /// Adds a row.

@@ -128,12 +128,13 @@ pub async fn run(global_store: &str, a: ClaimsArgs) -> Result<()> {
     );
     let mut rows = Vec::new();
     for (i, cand) in cands.iter().enumerate() {
-        let url = run_url(cand, &format!("{tag}-claims-{i}"), Some(1))?;
+        let url = run_url(cand, &format!("{tag}_c{i}"), Some(1))?;
         let store = open_store(&url).await?;
         let claims = store_claims(&store, cand, &w, &format!("{tag}-{i}"))
             .await
             .with_context(|| format!("claims on {}", cand.label))?;
         drop(store);
+        super::cleanup(cand, &url).await;
         let (ceiling, unavailable) = match ceiling(cand, &w, &tag).await {
             Ok(c) => (Some(c), None),
             Err(e) => {
@@ -142,9 +143,7 @@ pub async fn run(global_store: &str, a: ClaimsArgs) -> Result<()> {
                 (None, Some(msg))
             }
         };
-        let r = ceiling
-            .as_ref()
-            .and_then(|c| ratio(claims.per_second, c.per_second));
+        let r = ceiling.as_ref().and_then(|c| ratio(claims.per_second, c.per_second));
         println!(
             "  {:<40} {:>10.0} claims/s (p50 {} ms){}",
             cand.label,
@@ -164,9 +163,7 @@ pub async fn run(global_store: &str, a: ClaimsArgs) -> Result<()> {
         });
     }
 
-    let mut t = Table::new([
-        "candidate", "claims/s", "p50 ms", "p99 ms", "ok", "failed", "ceiling ops/s", "ceiling",
-    ]);
+    let mut t = Table::new(["candidate", "claims/s", "p50 ms", "p99 ms", "ok", "failed", "ceiling ops/s", "ceiling"]);
     for r in &rows {
         t.row([
             r.candidate.clone(),
@@ -175,12 +172,8 @@ pub async fn run(global_store: &str, a: ClaimsArgs) -> Result<()> {
             fmt_ms(r.claims.latency.p99_ms),
             r.claims.ok.to_string(),
             (r.claims.ops - r.claims.ok).to_string(),
-            r.ceiling
-                .as_ref()
-                .map_or("-".into(), |c| format!("{:.0}", c.per_second)),
-            r.ceiling
-                .as_ref()
-                .map_or_else(|| r.ceiling_unavailable.clone().unwrap_or_default(), |c| c.what.clone()),
+            r.ceiling.as_ref().map_or("-".into(), |c| format!("{:.0}", c.per_second)),
+            r.ceiling.as_ref().map_or_else(|| r.ceiling_unavailable.clone().unwrap_or_default(), |c| c.what.clone()),
         ]);
     }
     println!("\nclaim throughput\n{}", t.render());
@@ -220,11 +213,7 @@ pub async fn run(global_store: &str, a: ClaimsArgs) -> Result<()> {
     ];
     let rep = report::Report {
         bench: "claims",
-        parameters: Params {
-            workload: w,
-            quick,
-            candidates: cands.iter().map(|c| c.label.clone()).collect(),
-        },
+        parameters: Params { workload: w, quick, candidates: cands.iter().map(|c| c.label.clone()).collect() },
         environment: env,
         results: rows,
         notes,
@@ -233,10 +222,7 @@ pub async fn run(global_store: &str, a: ClaimsArgs) -> Result<()> {
     let svg = chart::bars(
         &a.common.out,
         "claims",
-        &format!(
-            "bench claims: {} claims, {} tasks, {} trees",
-            w.claims, w.tasks, w.trees
-        ),
+        &format!("bench claims: {} claims, {} tasks, {} trees", w.claims, w.tasks, w.trees),
         "operations per second",
         &bars,
     )?;
@@ -249,22 +235,10 @@ fn short(label: &str) -> String {
 }
 
 /// Creates the workload's trees in `store` and makes the claims; returns the outcome.
-async fn store_claims(
-    store: &Arc<dyn Store>,
-    cand: &Candidate,
-    w: &Workload,
-    tag: &str,
-) -> Result<Outcome> {
+async fn store_claims(store: &Arc<dyn Store>, cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
     let per_tree = (w.claims / w.trees + 1) as i64 * 2;
     let cell = CellId::new_v4();
-    store
-        .put_cell(&Cell {
-            id: cell,
-            name: format!("claims-{tag}"),
-            disabled: false,
-        })
-        .await
-        .context("put_cell")?;
+    store.put_cell(&Cell { id: cell, name: format!("claims-{tag}"), disabled: false }).await.context("put_cell")?;
     let bar = progress::bar(&format!("trees {}", short(&cand.label)), w.trees as u64);
     let mut roots = Vec::with_capacity(w.trees);
     for t in 0..w.trees {
@@ -441,46 +415,40 @@ async fn memory_ceiling(w: &Workload) -> Result<Outcome> {
             .collect(),
     );
     let bar = progress::bar("ceiling memory", w.claims as u64);
-    measure(
-        "per-tree mutex update".into(),
-        w,
-        bar,
-        move |tree| {
-            let trees = Arc::clone(&trees);
-            async move {
-                let (root, m) = &trees[tree];
-                let amounts =
-                    BTreeMap::from([(ResourceClass::Vcpu, 1i64), (ResourceClass::MemoryMb, 64)]);
-                let mut t = m.lock().unwrap_or_else(|e| e.into_inner());
-                for (c, a) in &amounts {
-                    let cap = t.capacity.get(c).copied().unwrap_or(0);
-                    let used = t.used.get(c).copied().unwrap_or(0);
-                    if used + a > cap {
-                        return Err(Error::Capacity {
-                            provider: *root,
-                            class: c.clone(),
-                            requested: *a,
-                            used,
-                            capacity: cap,
-                        });
-                    }
+    measure("per-tree mutex update".into(), w, bar, move |tree| {
+        let trees = Arc::clone(&trees);
+        async move {
+            let (root, m) = &trees[tree];
+            let amounts = BTreeMap::from([(ResourceClass::Vcpu, 1i64), (ResourceClass::MemoryMb, 64)]);
+            let mut t = m.lock().unwrap_or_else(|e| e.into_inner());
+            for (c, a) in &amounts {
+                let cap = t.capacity.get(c).copied().unwrap_or(0);
+                let used = t.used.get(c).copied().unwrap_or(0);
+                if used + a > cap {
+                    return Err(Error::Capacity {
+                        provider: *root,
+                        class: c.clone(),
+                        requested: *a,
+                        used,
+                        capacity: cap,
+                    });
                 }
-                for (c, a) in &amounts {
-                    *t.used.entry(c.clone()).or_insert(0) += a;
-                }
-                t.allocations
-                    .insert(ConsumerId::new_v4(), BTreeMap::from([(*root, amounts)]));
-                t.generation += 1;
-                Ok(())
             }
-        },
-    )
+            for (c, a) in &amounts {
+                *t.used.entry(c.clone()).or_insert(0) += a;
+            }
+            t.allocations.insert(ConsumerId::new_v4(), BTreeMap::from([(*root, amounts)]));
+            t.generation += 1;
+            Ok(())
+        }
+    })
     .await
 }
 
 /// Redis's ceiling: `redis-benchmark` running EVALSHA of the backend's own claim script.
+// WIRE-REDIS-CEILING
 async fn redis_ceiling(_cand: &Candidate, _w: &Workload, _tag: &str) -> Result<Outcome> {
-    bail!("the Redis backend's claim script is not in this build yet")
+    bail!("this build has no `redis` feature")
 }
 
 /// SQL's ceiling: a single-row UPDATE loop on a scratch table (see the module docs).

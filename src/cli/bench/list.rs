@@ -124,7 +124,7 @@ pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
     for &c in &cells {
         let cell_list = cloud::list_cells(a.common.seed, c);
         for (i, cand) in cands.iter().enumerate() {
-            let url = run_url(cand, &format!("{tag}-list-c{c}-{i}"), Some(c))?;
+            let url = run_url(cand, &format!("{tag}_l{c}_{i}"), Some(c))?;
             let store = open_store(&url).await?;
             tracing::info!(candidate = %cand.label, cells = c, "loading {n} instances");
             let load_seconds = load(&store, cand, &cell_list, n, a.common.seed, &flavor, a.load_concurrency)
@@ -171,6 +171,7 @@ pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
             );
             runs.push(r);
             drop(store);
+            super::cleanup(cand, &url).await;
         }
     }
 
@@ -181,18 +182,10 @@ pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
         let single: Vec<&Run> = at_c
             .iter()
             .copied()
-            .filter(|r| {
-                cands
-                    .iter()
-                    .find(|x| x.label == r.candidate)
-                    .is_some_and(|x| !x.is_sql_cells())
-            })
+            .filter(|r| cands.iter().find(|x| x.label == r.candidate).is_some_and(|x| !x.is_sql_cells()))
             .collect();
         let pool = if single.is_empty() { &at_c } else { &single };
-        let Some(best) = pool
-            .iter()
-            .min_by(|x, y| x.latency.p50_ms.total_cmp(&y.latency.p50_ms))
-        else {
+        let Some(best) = pool.iter().min_by(|x, y| x.latency.p50_ms.total_cmp(&y.latency.p50_ms)) else {
             continue;
         };
         for r in &at_c {
@@ -210,11 +203,7 @@ pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
         && lo != hi
     {
         for cand in &cands {
-            let p = |c| {
-                runs.iter()
-                    .find(|r| r.candidate == cand.label && r.cells == c)
-                    .map(|r| r.latency.p50_ms)
-            };
+            let p = |c| runs.iter().find(|r| r.candidate == cand.label && r.cells == c).map(|r| r.latency.p50_ms);
             if let (Some(a), Some(b)) = (p(lo), p(hi)) {
                 scaling.push(CellScaling {
                     candidate: cand.label.clone(),
@@ -256,11 +245,7 @@ pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
         bench: "list",
         parameters: params,
         environment: env,
-        results: Results {
-            runs: runs.clone(),
-            ratios_vs_best_single_store: ratio_rows,
-            cell_scaling: scaling,
-        },
+        results: Results { runs: runs.clone(), ratios_vs_best_single_store: ratio_rows, cell_scaling: scaling },
         notes,
     };
     let json = report::write_json(&a.common.out, "list", &rep)?;
@@ -295,13 +280,10 @@ async fn load(
             let mut done = 0u64;
             while i < n {
                 let inst = cloud::list_instance(seed, i as u64, cells, flavor);
-                store
-                    .create_instance(&inst)
-                    .await
-                    .with_context(|| format!("create_instance #{i}"))?;
+                store.create_instance(&inst).await.with_context(|| format!("create_instance #{i}"))?;
                 i += workers;
                 done += 1;
-                if done % 256 == 0 {
+                if done.is_multiple_of(256) {
                     progress::inc(&bar, 256);
                 }
             }
@@ -327,13 +309,7 @@ async fn page_all(
     // Warm-up: the first few pages, not recorded.
     let mut marker: Option<InstanceId> = None;
     for _ in 0..WARMUP_PAGES {
-        let page = store
-            .list_instances(&ListQuery {
-                limit: Some(limit),
-                marker,
-                ..Default::default()
-            })
-            .await?;
+        let page = store.list_instances(&ListQuery { limit: Some(limit), marker, ..Default::default() }).await?;
         marker = page.next_marker;
         if marker.is_none() {
             break;
@@ -344,11 +320,7 @@ async fn page_all(
     let mut lat = Vec::new();
     let mut marker: Option<InstanceId> = None;
     loop {
-        let q = ListQuery {
-            limit: Some(limit),
-            marker,
-            ..Default::default()
-        };
+        let q = ListQuery { limit: Some(limit), marker, ..Default::default() };
         let t = Instant::now();
         let page = store.list_instances(&q).await?;
         lat.push(t.elapsed());
@@ -388,19 +360,22 @@ fn buckets(pages: &[Duration], k: usize) -> Vec<DepthBucket> {
         for p in &pages[from..to] {
             l.record(*p);
         }
-        out.push(DepthBucket {
-            first_page: from + 1,
-            last_page: to,
-            latency: l.summary(),
-        });
+        out.push(DepthBucket { first_page: from + 1, last_page: to, latency: l.summary() });
     }
     out
 }
 
 fn print_tables(runs: &[Run], ratios: &[RatioRow], scaling: &[CellScaling]) {
     let mut t = Table::new([
-        "candidate", "cells", "pages", "p50 ms", "p99 ms", "first p50", "deepest p50",
-        "deep/first", "load/s",
+        "candidate",
+        "cells",
+        "pages",
+        "p50 ms",
+        "p99 ms",
+        "first p50",
+        "deepest p50",
+        "deep/first",
+        "load/s",
     ]);
     for r in runs {
         t.row([
@@ -419,11 +394,7 @@ fn print_tables(runs: &[Run], ratios: &[RatioRow], scaling: &[CellScaling]) {
     if !scaling.is_empty() {
         let mut t = Table::new(["candidate", "cells", "p50 ratio"]);
         for s in scaling {
-            t.row([
-                s.candidate.clone(),
-                format!("{} -> {}", s.from_cells, s.to_cells),
-                fmt_ratio(s.p50_ratio),
-            ]);
+            t.row([s.candidate.clone(), format!("{} -> {}", s.from_cells, s.to_cells), fmt_ratio(s.p50_ratio)]);
         }
         println!("\np50 against cell count\n{}", t.render());
     }
@@ -476,23 +447,10 @@ fn chart_runs(
             });
         }
         let pts = |f: fn(&Summary) -> f64| -> Vec<(f64, f64)> {
-            runs.iter()
-                .filter(|r| &r.candidate == name)
-                .map(|r| (r.cells as f64, f(&r.latency)))
-                .collect()
+            runs.iter().filter(|r| &r.candidate == name).map(|r| (r.cells as f64, f(&r.latency))).collect()
         };
-        by_c.push(Series {
-            name: format!("{name} p50"),
-            points: pts(|s| s.p50_ms),
-            color: ci,
-            dashed: false,
-        });
-        by_c.push(Series {
-            name: format!("{name} p99"),
-            points: pts(|s| s.p99_ms),
-            color: ci,
-            dashed: true,
-        });
+        by_c.push(Series { name: format!("{name} p50"), points: pts(|s| s.p50_ms), color: ci, dashed: false });
+        by_c.push(Series { name: format!("{name} p99"), points: pts(|s| s.p99_ms), color: ci, dashed: true });
     }
     chart::lines(
         dir,

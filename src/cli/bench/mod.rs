@@ -4,8 +4,9 @@
 
 pub mod claims;
 pub mod list;
-//pub mod schedule;
+pub mod schedule;
 pub mod sites;
+// WIRE-REDIS: #[cfg(feature = "redis")] mod redis_ceiling;
 #[cfg(feature = "sql")]
 mod sql_ceiling;
 
@@ -40,11 +41,7 @@ impl Candidate {
     /// Whether this is the SQL baseline in cells mode (one database per cell), the layout
     /// the single-store designs are compared against, as opposed to its single mode.
     pub fn is_sql_cells(&self) -> bool {
-        self.is_sql()
-            && StoreUrl::parse(&self.url)
-                .ok()
-                .and_then(|u| u.param("mode"))
-                .is_none_or(|m| m != "single")
+        self.is_sql() && StoreUrl::parse(&self.url).ok().and_then(|u| u.param("mode")).is_none_or(|m| m != "single")
     }
 }
 
@@ -59,12 +56,7 @@ pub fn candidates(global: &str, common: &BenchCommon) -> Result<Vec<Candidate>> 
     let urls: Vec<String> = if common.stores.is_empty() {
         vec![global.to_string()]
     } else {
-        common
-            .stores
-            .iter()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect()
+        common.stores.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
     };
     if urls.is_empty() {
         bail!("--stores is empty: give at least one store URL");
@@ -77,11 +69,7 @@ pub fn candidates(global: &str, common: &BenchCommon) -> Result<Vec<Candidate>> 
         if same > 0 {
             label = format!("{label} #{}", same + 1);
         }
-        out.push(Candidate {
-            scheme: parsed.scheme().to_string(),
-            url,
-            label,
-        });
+        out.push(Candidate { scheme: parsed.scheme().to_string(), url, label });
     }
     Ok(out)
 }
@@ -97,25 +85,51 @@ pub fn with_param(url: &str, key: &str, value: &str) -> Result<String> {
     Ok(u.to_string())
 }
 
-/// The URL a run uses for `candidate`: a networked store gets a fresh key prefix / namespace
-/// (`prefix=unicell-bench-<run>-<n>`) unless the URL sets one, so that a run only ever sees
-/// its own data on a shared server; the SQL baseline gets `cells=<cells>` unless the URL
-/// sets it (its cells mode needs to know how many cell databases to use).
-pub fn run_url(candidate: &Candidate, run_tag: &str, cells: Option<usize>) -> Result<String> {
+/// The URL a run uses for `candidate`, so that each run starts empty and only ever sees
+/// its own data on a shared server:
+/// * Redis: `prefix=unicell-bench-<tag>` unless the URL sets a prefix;
+/// * SQL baseline: the database named in the path (default `unicell`) becomes
+///   `<name>_<tag>` (its cell databases `<name>_<tag>_cellN`), unless the URL lists explicit
+///   `cell_url=`s; and `cells=<cells>` is added unless the URL sets `cells` (the cells mode
+///   needs to know how many cell databases to use; `mode=single` ignores it).
+///
+/// `tag` must be unique per run and candidate; it is reduced to `[a-z0-9_]`.
+pub fn run_url(candidate: &Candidate, tag: &str, cells: Option<usize>) -> Result<String> {
+    let tag: String =
+        tag.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
     let mut url = candidate.url.clone();
     if candidate.scheme.starts_with("redis") {
-        url = with_param(&url, "prefix", &format!("unicell-bench-{run_tag}"))?;
+        url = with_param(&url, "prefix", &format!("unicell-bench-{tag}"))?;
     }
-    if let (true, Some(c)) = (candidate.is_sql(), cells) {
-        url = with_param(&url, "cells", &c.to_string())?;
+    if candidate.is_sql() {
+        let parsed = StoreUrl::parse(&url)?;
+        if parsed.param("cell_url").is_none() {
+            let mut u = parsed.expose().clone();
+            let db = u.path().trim_matches('/').to_string();
+            let db = if db.is_empty() { "unicell".to_string() } else { db };
+            u.set_path(&format!("/{db}_{tag}"));
+            url = u.to_string();
+        }
+        if let Some(c) = cells {
+            url = with_param(&url, "cells", &c.to_string())?;
+        }
     }
     Ok(url)
+}
+
+/// Removes what a run left on a shared server: the Redis prefix (single node) or the SQL
+/// baseline's databases. Best effort: a failure is logged, not returned, because the
+/// figures are already measured.
+pub async fn cleanup(candidate: &Candidate, url: &str) {
+    // WIRE-REDIS-CLEANUP
+    // WIRE-SQL-CLEANUP
+    let _ = (candidate, url);
 }
 
 /// A short random tag that makes a run's namespaces unique on shared servers.
 pub fn run_tag() -> String {
     let u = uuid::Uuid::new_v4().simple().to_string();
-    u[..10].to_string()
+    u[..8].to_string()
 }
 
 /// Resolves a knob: the explicit value, else the quick or the full default.

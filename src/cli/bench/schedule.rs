@@ -60,13 +60,7 @@ pub async fn run(global_store: &str, a: ScheduleArgs) -> Result<()> {
     let env = report::Environment::capture();
     let tag = run_tag();
     let spec = CloudSpec::new(cells, hosts, a.common.seed);
-    let mix = RequestMix {
-        requests,
-        multi_share: 0.0,
-        group_share: 0.05,
-        az_share: 0.2,
-        seed: a.common.seed,
-    };
+    let mix = RequestMix { requests, multi_share: 0.0, group_share: 0.05, az_share: 0.2, seed: a.common.seed };
     let setup = BuildSetup {
         schedulers,
         alternates: a.alternates,
@@ -86,7 +80,7 @@ pub async fn run(global_store: &str, a: ScheduleArgs) -> Result<()> {
     let cloud = Cloud::generate(spec.clone())?;
     let mut rows = Vec::new();
     for (i, cand) in cands.iter().enumerate() {
-        let url = run_url(cand, &format!("{tag}-sched-{i}"), Some(cells))?;
+        let url = run_url(cand, &format!("{tag}_s{i}"), Some(cells))?;
         let store = open_store(&url).await?;
         let t = std::time::Instant::now();
         cloud.load(&store, 16).await?;
@@ -115,19 +109,25 @@ pub async fn run(global_store: &str, a: ScheduleArgs) -> Result<()> {
             placements_vs_nomad_c1m: None,
         });
         drop(store);
+        super::cleanup(cand, &url).await;
     }
-    let best = rows
-        .iter()
-        .map(|r| r.build.placements_per_second)
-        .fold(0.0, f64::max);
+    let best = rows.iter().map(|r| r.build.placements_per_second).fold(0.0, f64::max);
     for r in &mut rows {
         r.placements_vs_best = ratio(r.build.placements_per_second, best);
         r.placements_vs_nomad_c1m = ratio(r.build.placements_per_second, NOMAD_C1M_PER_SECOND);
     }
 
     let mut t = Table::new([
-        "candidate", "ACTIVE", "ERROR", "placements/s", "conflicts", "reschedules", "NoValidHost",
-        "req p50 ms", "req p99 ms", "audit",
+        "candidate",
+        "ACTIVE",
+        "ERROR",
+        "placements/s",
+        "conflicts",
+        "reschedules",
+        "NoValidHost",
+        "req p50 ms",
+        "req p99 ms",
+        "audit",
     ]);
     for r in &rows {
         t.row([
@@ -157,11 +157,7 @@ pub async fn run(global_store: &str, a: ScheduleArgs) -> Result<()> {
     }
     let mut t = Table::new(["candidate", "placements/s / best", "placements/s / Nomad C1M 3750/s"]);
     for r in &rows {
-        t.row([
-            r.candidate.clone(),
-            fmt_ratio(r.placements_vs_best),
-            fmt_ratio(r.placements_vs_nomad_c1m),
-        ]);
+        t.row([r.candidate.clone(), fmt_ratio(r.placements_vs_best), fmt_ratio(r.placements_vs_nomad_c1m)]);
     }
     println!("\nratios\n{}", t.render());
 

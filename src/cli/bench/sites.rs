@@ -1,9 +1,11 @@
 //! `unicell bench sites`: how each design degrades as sites and inter-site latency grow.
 //!
-//! Model: S sites; the store's endpoint sits in site 0 and clients (API workers, schedulers)
-//! are spread evenly over the S sites. A client in site 0 reaches the store directly; a
-//! client in another site goes through a [`DelayProxy`] adding the one-way delay d in each
-//! direction (so every round trip costs 2d more). For each (S, d) the benchmark measures,
+//! Model: S sites; the store's endpoint (Redis, or the SQL baseline's API database) sits in
+//! site 0, the SQL baseline's cell database i in site i % S (each cell database gets its own
+//! `cell_url=`), and clients (API workers, schedulers) are spread evenly over the S sites. An
+//! endpoint in the client's own site is reached directly; any other goes through a
+//! [`DelayProxy`] adding the one-way delay d in each direction (every round trip costs 2d
+//! more). For each (S, d) the benchmark measures,
 //! from a client in each site in turn, `pages` list pages (limit L, from the top) and
 //! `claims` claims; the samples of all sites are merged (the experience of a random client).
 //! A design that needs more sequential round trips per operation (a SQL cells list queries
@@ -63,8 +65,10 @@ struct Results {
     skipped: Vec<String>,
 }
 
-const MODEL: &str = "store endpoint in site 0; clients spread evenly over the sites; a client \
-                     outside site 0 pays the one-way delay in each direction (delaying TCP proxy)";
+const MODEL: &str = "the store's endpoint (Redis; the SQL API database) is in site 0 and the SQL \
+                     baseline's cell database i in site i % S; clients are spread evenly over \
+                     the sites; an endpoint outside the client's site is reached through a \
+                     delaying TCP proxy (the one-way delay in each direction)";
 const TREES: usize = 16;
 
 /// Runs the benchmark.
@@ -105,16 +109,15 @@ pub async fn run(global_store: &str, a: SitesArgs) -> Result<()> {
             skipped.push(msg);
         }
     }
-    if cands.is_empty() && quick && !explicit {
-        if let Some(c) = local_redis().await {
-            let msg = format!(
-                "--quick without networked stores: using the local Redis at {} (own key prefix)",
-                c.label
-            );
-            println!("{msg}");
-            notes.push(msg);
-            cands.push(c);
-        }
+    if cands.is_empty()
+        && quick
+        && !explicit
+        && let Some(c) = local_redis().await
+    {
+        let msg = format!("--quick without networked stores: using the local Redis at {} (own key prefix)", c.label);
+        println!("{msg}");
+        notes.push(msg);
+        cands.push(c);
     }
     let params = Params {
         sites: sites.clone(),
@@ -138,19 +141,11 @@ pub async fn run(global_store: &str, a: SitesArgs) -> Result<()> {
             bench: "sites",
             parameters: params,
             environment: env,
-            results: Results {
-                points: Vec::new(),
-                skipped,
-            },
+            results: Results { points: Vec::new(), skipped },
             notes,
         };
         let json = report::write_json(&a.common.out, "sites", &rep)?;
-        let svg = chart::lines(
-            &a.common.out,
-            "sites",
-            "bench sites: skipped (no networked store)",
-            &[],
-        )?;
+        let svg = chart::lines(&a.common.out, "sites", "bench sites: skipped (no networked store)", &[])?;
         print_outputs(&json, &svg);
         return Ok(());
     }
@@ -164,9 +159,14 @@ pub async fn run(global_store: &str, a: SitesArgs) -> Result<()> {
     let total_claims = sites.iter().sum::<usize>() * delays.len() * claims;
     let mut points = Vec::new();
     for (i, cand) in cands.iter().enumerate() {
-        let url = run_url(cand, &format!("{tag}-sites-{i}"), Some(cells))?;
-        let endpoint = endpoint_of(&url)
-            .with_context(|| format!("cannot put a proxy in front of {}", cand.label))?;
+        let url = run_url(cand, &format!("{tag}_n{i}"), Some(cells))?;
+        let endpoint = endpoint_of(&url).with_context(|| format!("cannot put a proxy in front of {}", cand.label))?;
+        let url = if cand.is_sql_cells() {
+            // Name every cell database explicitly so that each can be routed on its own.
+            explicit_cells(&url, cells, |_| None)?
+        } else {
+            url
+        };
         let trees = {
             let store = open_store(&url).await?;
             load(&store, cand, a.common.seed, cells, n, total_claims)
@@ -174,28 +174,19 @@ pub async fn run(global_store: &str, a: SitesArgs) -> Result<()> {
                 .with_context(|| format!("loading {}", cand.label))?
         };
         let first = points.len();
-        let bar = progress::bar(
-            &format!("sites {}", cand.scheme),
-            (sites.iter().sum::<usize>() * delays.len()) as u64,
-        );
+        let bar = progress::bar(&format!("sites {}", cand.scheme), (sites.iter().sum::<usize>() * delays.len()) as u64);
         for &s in &sites {
             for &d in &delays {
                 let mut list = Latency::new();
                 let mut claim = Latency::new();
                 for client_site in 0..s {
-                    let delay = if client_site == 0 {
-                        Duration::ZERO
-                    } else {
-                        Duration::from_secs_f64(d / 1000.0)
-                    };
+                    let delay = if client_site == 0 { Duration::ZERO } else { Duration::from_secs_f64(d / 1000.0) };
                     let proxy = DelayProxy::start(&endpoint, delay).await?;
-                    let purl = proxied(&url, proxy.addr())?;
+                    let purl = site_url(cand, &url, cells, s, client_site, proxy.addr())?;
                     let store = open_store(&purl).await?;
-                    measure(&store, limit, pages, claims, &trees, &mut list, &mut claim)
-                        .await
-                        .with_context(|| {
-                            format!("{} with {s} sites, {d} ms, client in site {client_site}", cand.label)
-                        })?;
+                    measure(&store, limit, pages, claims, &trees, &mut list, &mut claim).await.with_context(|| {
+                        format!("{} with {s} sites, {d} ms, client in site {client_site}", cand.label)
+                    })?;
                     drop(store);
                     drop(proxy);
                     progress::inc(&bar, 1);
@@ -220,6 +211,8 @@ pub async fn run(global_store: &str, a: SitesArgs) -> Result<()> {
                 });
             }
         }
+        drop(bar);
+        super::cleanup(cand, &url).await;
         let (bl, bc) = (points[first].list_page.p50_ms, points[first].claim.p50_ms);
         for p in &mut points[first..] {
             p.list_p50_vs_base = ratio(p.list_page.p50_ms, bl);
@@ -228,8 +221,15 @@ pub async fn run(global_store: &str, a: SitesArgs) -> Result<()> {
     }
 
     let mut t = Table::new([
-        "candidate", "sites", "delay ms", "list p50", "list p99", "claim p50", "claim p99",
-        "list/base", "claim/base",
+        "candidate",
+        "sites",
+        "delay ms",
+        "list p50",
+        "list p99",
+        "claim p50",
+        "claim p99",
+        "list/base",
+        "claim/base",
     ]);
     for p in &points {
         t.row([
@@ -269,22 +269,14 @@ pub async fn run(global_store: &str, a: SitesArgs) -> Result<()> {
                 color: ci,
                 dashed: s != max_s,
             });
-            claim_series.push(Series {
-                name,
-                points: pts(|p| p.claim.p50_ms),
-                color: ci,
-                dashed: s != max_s,
-            });
+            claim_series.push(Series { name, points: pts(|p| p.claim.p50_ms), color: ci, dashed: s != max_s });
         }
     }
     let rep = report::Report {
         bench: "sites",
         parameters: params,
         environment: env,
-        results: Results {
-            points: points.clone(),
-            skipped,
-        },
+        results: Results { points: points.clone(), skipped },
         notes,
     };
     let json = report::write_json(&a.common.out, "sites", &rep)?;
@@ -318,12 +310,9 @@ async fn local_redis() -> Option<Candidate> {
     if !unicell::store::known_schemes().contains(&"redis") {
         return None;
     }
-    let reachable = tokio::time::timeout(
-        Duration::from_millis(500),
-        tokio::net::TcpStream::connect("127.0.0.1:6379"),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
+    let reachable = tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect("127.0.0.1:6379"))
+        .await
+        .is_ok_and(|r| r.is_ok());
     reachable.then(|| Candidate {
         url: "redis://127.0.0.1:6379".into(),
         label: "redis://127.0.0.1:6379".into(),
@@ -335,10 +324,7 @@ async fn local_redis() -> Option<Candidate> {
 fn endpoint_of(url: &str) -> Result<String> {
     let u = StoreUrl::parse(url)?;
     let e = u.expose();
-    let host = e
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .with_context(|| format!("{u} names no host"))?;
+    let host = e.host_str().filter(|h| !h.is_empty()).with_context(|| format!("{u} names no host"))?;
     let port = e.port().or(match u.scheme() {
         "redis" | "rediss" => Some(6379),
         "mysql" | "mariadb" => Some(3306),
@@ -355,9 +341,59 @@ fn proxied(url: &str, addr: std::net::SocketAddr) -> Result<String> {
     let mut u = StoreUrl::parse(url)?.expose().clone();
     u.set_host(Some(&addr.ip().to_string()))
         .map_err(|e| anyhow::anyhow!("cannot rewrite the store URL's host: {e}"))?;
-    u.set_port(Some(addr.port()))
-        .map_err(|_| anyhow::anyhow!("cannot rewrite the store URL's port"))?;
+    u.set_port(Some(addr.port())).map_err(|_| anyhow::anyhow!("cannot rewrite the store URL's port"))?;
     Ok(u.to_string())
+}
+
+/// The URL a client in `client_site` uses: endpoints in its own site directly, the others
+/// through `proxy`. The store's single endpoint (Redis, the SQL API database) is in site 0;
+/// the SQL baseline's cell database `i` is in site `i % sites`.
+fn site_url(
+    cand: &Candidate,
+    url: &str,
+    cells: usize,
+    sites: usize,
+    client_site: usize,
+    proxy: std::net::SocketAddr,
+) -> Result<String> {
+    let main = if client_site == 0 { url.to_string() } else { proxied(url, proxy)? };
+    if !cand.is_sql_cells() {
+        return Ok(main);
+    }
+    explicit_cells(&main, cells, |i| (i % sites.max(1) != client_site).then_some(proxy))
+}
+
+/// A SQL cells-mode URL with one explicit `cell_url=` per cell (database `<api db>_cell<i>`,
+/// the names the backend gives with `cells=N`), each pointed at `route(i)` when that is set.
+/// Existing `cell_url`s are kept as they are.
+fn explicit_cells(url: &str, cells: usize, route: impl Fn(usize) -> Option<std::net::SocketAddr>) -> Result<String> {
+    let parsed = StoreUrl::parse(url)?;
+    if parsed.param("cell_url").is_some() {
+        return Ok(url.to_string());
+    }
+    let base = parsed.expose().clone();
+    let db = base.path().trim_matches('/').to_string();
+    let mut out = base.clone();
+    out.set_query(None);
+    {
+        let mut q = out.query_pairs_mut();
+        for (k, v) in base.query_pairs() {
+            if k != "cells" {
+                q.append_pair(&k, &v);
+            }
+        }
+        for i in 0..cells {
+            let mut cell = base.clone();
+            cell.set_query(None);
+            cell.set_path(&format!("/{db}_cell{i}"));
+            let cell = match route(i) {
+                Some(addr) => proxied(cell.as_str(), addr)?,
+                None => cell.to_string(),
+            };
+            q.append_pair("cell_url", &cell);
+        }
+    }
+    Ok(out.to_string())
 }
 
 /// Loads cells, instances and the claim trees; returns the trees' roots.
@@ -378,9 +414,7 @@ async fn load(
     let mut stream = futures::stream::iter((0..n).map(|i| {
         let (store, bar, cell_list, flavor) = (store, &bar, &cell_list, &flavor);
         async move {
-            store
-                .create_instance(&cloud::list_instance(seed, i as u64, cell_list, flavor))
-                .await?;
+            store.create_instance(&cloud::list_instance(seed, i as u64, cell_list, flavor)).await?;
             progress::inc(bar, 1);
             anyhow::Ok(())
         }
@@ -427,13 +461,7 @@ async fn measure(
     let mut marker = None;
     for _ in 0..pages {
         let t = Instant::now();
-        let page = store
-            .list_instances(&ListQuery {
-                limit: Some(limit),
-                marker,
-                ..Default::default()
-            })
-            .await?;
+        let page = store.list_instances(&ListQuery { limit: Some(limit), marker, ..Default::default() }).await?;
         list.record(t.elapsed());
         marker = page.next_marker;
         if marker.is_none() {

@@ -62,32 +62,25 @@ pub async fn run(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
                         .await?;
                 }
                 let bar = progress::bar("ceiling sql", w.claims as u64);
-                let out = measure(
-                    "single-row UPDATE (autocommit)".into(),
-                    w,
-                    bar,
-                    move |tree| {
-                        let pool = pool.clone();
-                        async move {
-                            sqlx::query(
-                                "UPDATE ceiling SET used = used + 1, generation = generation + 1 \
+                let out = measure("single-row UPDATE (autocommit)".into(), w, bar, move |tree| {
+                    let pool = pool.clone();
+                    async move {
+                        sqlx::query(
+                            "UPDATE ceiling SET used = used + 1, generation = generation + 1 \
                                  WHERE id = ?",
-                            )
-                            .bind(tree as i64)
-                            .execute(&pool)
-                            .await
-                            .map(|_| ())
-                            .map_err(backend_err)
-                        }
-                    },
-                )
+                        )
+                        .bind(tree as i64)
+                        .execute(&pool)
+                        .await
+                        .map(|_| ())
+                        .map_err(backend_err)
+                    }
+                })
                 .await?;
                 anyhow::Ok(out)
             }
             .await;
-            let dropped = sqlx::query(AssertSqlSafe(format!("DROP DATABASE `{name}`")))
-                .execute(&admin)
-                .await;
+            let dropped = sqlx::query(AssertSqlSafe(format!("DROP DATABASE `{name}`"))).execute(&admin).await;
             let out = result?;
             dropped.context("drop scratch database")?;
             Ok(out)
@@ -136,9 +129,7 @@ pub async fn run(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
                 anyhow::Ok(out)
             }
             .await;
-            let dropped = sqlx::query(AssertSqlSafe(format!("DROP TABLE {name}")))
-                .execute(&pool)
-                .await;
+            let dropped = sqlx::query(AssertSqlSafe(format!("DROP TABLE {name}"))).execute(&pool).await;
             let out = result?;
             dropped.context("drop scratch table")?;
             Ok(out)
