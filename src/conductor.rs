@@ -22,8 +22,8 @@ use tracing::Instrument;
 use crate::compute::ComputeDriver;
 use crate::error::{Error, Result};
 use crate::model::{
-    CellId, ClaimRequest, ConsumerId, Fault, GroupClaim, Instance, InstancePatch, RequestSpec,
-    Selection, TaskState, Timestamp, VmState,
+    CellId, ClaimRequest, ConsumerId, Fault, GroupClaim, Instance, InstancePatch, RequestSpec, Selection, TaskState,
+    Timestamp, VmState,
 };
 use crate::scheduler::{ScheduleError, Scheduler};
 
@@ -94,12 +94,7 @@ pub struct Conductor {
 }
 
 fn fault(code: u16, message: impl Into<String>, details: impl Into<String>) -> Fault {
-    Fault {
-        code,
-        message: message.into(),
-        details: details.into(),
-        created_at: Timestamp::now(),
-    }
+    Fault { code, message: message.into(), details: details.into(), created_at: Timestamp::now() }
 }
 
 fn error_patch(f: Fault) -> InstancePatch {
@@ -121,12 +116,7 @@ impl Conductor {
         compute: Arc<dyn ComputeDriver>,
         config: ConductorConfig,
     ) -> Self {
-        Conductor {
-            store,
-            scheduler,
-            compute,
-            config,
-        }
+        Conductor { store, scheduler, compute, config }
     }
 
     /// The scheduler this conductor asks.
@@ -138,11 +128,7 @@ impl Conductor {
     /// Every instance ends ACTIVE on a claimed host, or in ERROR with a fault and no
     /// allocation; the outcomes come back in the order of `instances`. `Err` only when the
     /// store fails in a way that leaves that promise unkept (the error says what).
-    pub async fn build_instances(
-        &self,
-        mut spec: RequestSpec,
-        instances: Vec<Instance>,
-    ) -> Result<Vec<BuildOutcome>> {
+    pub async fn build_instances(&self, mut spec: RequestSpec, instances: Vec<Instance>) -> Result<Vec<BuildOutcome>> {
         let Some(first) = instances.first() else {
             return Ok(Vec::new());
         };
@@ -156,26 +142,17 @@ impl Conductor {
             failed = tracing::field::Empty,
             reschedules = tracing::field::Empty,
         );
-        let outcomes = self
-            .build_inner(spec, instances)
-            .instrument(span.clone())
-            .await?;
+        let outcomes = self.build_inner(spec, instances).instrument(span.clone()).await?;
         span.record("active", outcomes.iter().filter(|o| o.is_active()).count());
         span.record("failed", outcomes.iter().filter(|o| !o.is_active()).count());
-        span.record(
-            "reschedules",
-            outcomes.iter().map(|o| o.reschedules).sum::<u32>(),
-        );
+        span.record("reschedules", outcomes.iter().map(|o| o.reschedules).sum::<u32>());
         Ok(outcomes)
     }
 
-    async fn build_inner(
-        &self,
-        spec: RequestSpec,
-        mut instances: Vec<Instance>,
-    ) -> Result<Vec<BuildOutcome>> {
+    async fn build_inner(&self, spec: RequestSpec, mut instances: Vec<Instance>) -> Result<Vec<BuildOutcome>> {
+        let ids: Vec<_> = instances.iter().map(|i| i.uuid).collect();
         let now = Timestamp::now();
-        for inst in &mut instances {
+        for (k, inst) in instances.iter_mut().enumerate() {
             inst.vm_state = VmState::Building;
             inst.task_state = Some(TaskState::Scheduling);
             inst.cell = None;
@@ -185,17 +162,23 @@ impl Conductor {
             inst.fault = None;
             inst.deleted = false;
             inst.updated_at = inst.updated_at.max(now);
-            self.store.create_instance(inst).await?;
             let mut own = spec.clone();
             own.instance_uuid = inst.uuid;
-            self.store.put_request_spec(&own).await?;
+            let recorded = match self.store.create_instance(inst).await {
+                Ok(()) => self.store.put_request_spec(&own).await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = recorded {
+                // Do not leave the instances already recorded BUILDING forever.
+                let f = fault(500, format!("Build request could not be recorded: {err}"), "");
+                for earlier in &ids[..k] {
+                    let _ = self.store.update_instance(*earlier, &error_patch(f.clone())).await;
+                }
+                return Err(err);
+            }
         }
         let uuids: Vec<_> = instances.iter().map(|i| i.uuid).collect();
-        let lists = match self
-            .scheduler
-            .select_destinations(&spec, &uuids, self.config.num_alternates)
-            .await
-        {
+        let lists = match self.scheduler.select_destinations(&spec, &uuids, self.config.num_alternates).await {
             Ok(lists) => lists,
             Err(e) => return self.bury(instances, e).await,
         };
@@ -203,10 +186,7 @@ impl Conductor {
             Some(g) => Some(self.store.get_server_group(g).await?),
             None => None,
         };
-        let group_claim = group.map(|g| GroupClaim {
-            group: g.id,
-            max_per_host: g.claim_limit(),
-        });
+        let group_claim = group.map(|g| GroupClaim { group: g.id, max_per_host: g.claim_limit() });
         let builds = instances.into_iter().zip(lists).map(|(inst, list)| {
             let span = tracing::info_span!(
                 "build_instance",
@@ -214,8 +194,7 @@ impl Conductor {
                 host = tracing::field::Empty,
                 reschedules = tracing::field::Empty,
             );
-            self.build_one(&spec, inst, list, group_claim)
-                .instrument(span)
+            self.build_one(&spec, inst, list, group_claim).instrument(span)
         });
         let results = futures::future::join_all(builds).await;
         let mut outcomes = Vec::with_capacity(results.len());
@@ -238,16 +217,10 @@ impl Conductor {
     /// in cell0; here the instance simply has no cell).
     async fn bury(&self, instances: Vec<Instance>, e: ScheduleError) -> Result<Vec<BuildOutcome>> {
         let (code, message, details) = match &e {
-            ScheduleError::NoValidHost { reason } => (
-                500,
-                format!("No valid host was found. {}", reason.summary()),
-                reason.to_string(),
-            ),
-            ScheduleError::InvalidRequest(inner) => (
-                400,
-                format!("Invalid build request: {inner}"),
-                String::new(),
-            ),
+            ScheduleError::NoValidHost { reason } => {
+                (500, format!("No valid host was found. {}", reason.summary()), reason.to_string())
+            }
+            ScheduleError::InvalidRequest(inner) => (400, format!("Invalid build request: {inner}"), String::new()),
             ScheduleError::Store(inner) => {
                 // The scheduler released what it could; make sure nothing stays claimed.
                 for i in &instances {
@@ -259,15 +232,10 @@ impl Conductor {
         tracing::info!(%message, "build request failed at scheduling");
         let mut out = Vec::with_capacity(instances.len());
         for i in instances {
-            self.store
-                .update_instance(i.uuid, &error_patch(fault(code, &message, &details)))
-                .await?;
+            self.store.update_instance(i.uuid, &error_patch(fault(code, &message, &details))).await?;
             out.push(BuildOutcome {
                 instance: i.uuid,
-                status: BuildStatus::Failed {
-                    code,
-                    message: message.clone(),
-                },
+                status: BuildStatus::Failed { code, message: message.clone() },
                 reschedules: 0,
                 alternates_skipped: 0,
                 hosts_tried: Vec::new(),
@@ -288,20 +256,14 @@ impl Conductor {
         let mut queue: VecDeque<Selection> = list.into();
         let mut outcome = BuildOutcome {
             instance: instance.uuid,
-            status: BuildStatus::Failed {
-                code: 500,
-                message: String::new(),
-            },
+            status: BuildStatus::Failed { code: 500, message: String::new() },
             reschedules: 0,
             alternates_skipped: 0,
             hosts_tried: Vec::new(),
         };
         let mut history: Vec<String> = Vec::new();
         let Some(mut current) = queue.pop_front() else {
-            return Err(Error::invalid(
-                "selection",
-                format!("the scheduler returned no host for {}", instance.uuid),
-            ));
+            return Err(Error::invalid("selection", format!("the scheduler returned no host for {}", instance.uuid)));
         };
         loop {
             // `current` is claimed for this instance.
@@ -351,10 +313,7 @@ impl Conductor {
             // Nova force-deletes the allocations on any failed build.
             self.store.release(consumer).await?;
             if !failure.reschedulable {
-                let message = format!(
-                    "Build of instance {} aborted: {}",
-                    instance.uuid, failure.message
-                );
+                let message = format!("Build of instance {} aborted: {}", instance.uuid, failure.message);
                 return self.fail(outcome, 500, message, &history).await;
             }
             self.store
@@ -390,10 +349,7 @@ impl Conductor {
                     ) => {
                         tracing::debug!(host = %alt.host, error = %e, "alternate claim refused");
                         outcome.alternates_skipped += 1;
-                        history.push(format!(
-                            "{}: alternate skipped, claim refused: {e}",
-                            alt.host
-                        ));
+                        history.push(format!("{}: alternate skipped, claim refused: {e}", alt.host));
                     }
                     Err(e) => {
                         // Unknown outcome: make sure nothing stays claimed, then give up.
@@ -427,12 +383,7 @@ impl Conductor {
         history: &[String],
     ) -> Result<BuildOutcome> {
         let details = history.join("\n");
-        self.store
-            .update_instance(
-                outcome.instance,
-                &error_patch(fault(code, &message, details)),
-            )
-            .await?;
+        self.store.update_instance(outcome.instance, &error_patch(fault(code, &message, details))).await?;
         outcome.status = BuildStatus::Failed { code, message };
         Ok(outcome)
     }

@@ -20,8 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
-    AggregateId, AllocationMap, ProviderNode, ProviderTree, RequestGroup, ResourceClass,
-    ResourceRequest, Trait,
+    AggregateId, AllocationMap, ProviderNode, ProviderTree, RequestGroup, ResourceClass, ResourceRequest, Trait,
 };
 use crate::scheduler::error::Rejection;
 
@@ -44,12 +43,7 @@ impl CandidateRequest {
     /// From a resource request (flavor and image translated) and the destination's
     /// aggregates. `group_policy` comes from the flavor's extra specs.
     pub fn new(request: ResourceRequest, isolate: bool, budget: usize) -> Self {
-        CandidateRequest {
-            groups: request.groups,
-            isolate,
-            budget: budget.max(1),
-            ..Default::default()
-        }
+        CandidateRequest { groups: request.groups, isolate, budget: budget.max(1), ..Default::default() }
     }
 
     /// True when the request asks for no amount at all (cannot be claimed).
@@ -134,9 +128,7 @@ impl<'a> Search<'a> {
         for ((p, c), sum) in &self.sums {
             let node = &self.tree.providers[*p];
             match node.inventories.get(*c) {
-                Some(inv)
-                    if *sum >= inv.min_unit && *sum <= inv.max_unit && sum % inv.step_size == 0 => {
-                }
+                Some(inv) if *sum >= inv.min_unit && *sum <= inv.max_unit && sum % inv.step_size == 0 => {}
                 _ => return false,
             }
         }
@@ -152,23 +144,13 @@ impl<'a> Search<'a> {
             if g.suffix.is_some() || g.required.is_empty() {
                 continue;
             }
-            let serving: Vec<usize> = self
-                .vars
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| v.group == gi)
-                .map(|(i, _)| self.choice[i])
-                .collect();
+            let serving: Vec<usize> =
+                self.vars.iter().enumerate().filter(|(_, v)| v.group == gi).map(|(i, _)| self.choice[i]).collect();
             for t in &g.required {
                 let on_tree = if serving.is_empty() {
-                    self.tree
-                        .providers
-                        .first()
-                        .is_some_and(|r| r.traits.contains(t))
+                    self.tree.providers.first().is_some_and(|r| r.traits.contains(t))
                 } else {
-                    serving
-                        .iter()
-                        .any(|p| self.tree.providers[*p].traits.contains(t))
+                    serving.iter().any(|p| self.tree.providers[*p].traits.contains(t))
                 };
                 if !on_tree {
                     self.trait_miss.get_or_insert_with(|| t.clone());
@@ -206,33 +188,60 @@ impl<'a> Search<'a> {
 
 /// The first allocation (in tree order: root first) that satisfies `req` on `tree` given its
 /// current usage, or why there is none.
-pub fn allocation_candidate(
-    tree: &ProviderTree,
-    req: &CandidateRequest,
-) -> Result<AllocationMap, Rejection> {
-    let root_aggs: BTreeSet<AggregateId> = tree
-        .providers
-        .first()
-        .map(|r| r.aggregates.clone())
-        .unwrap_or_default();
+pub fn allocation_candidate(tree: &ProviderTree, req: &CandidateRequest) -> Result<AllocationMap, Rejection> {
+    if let [root] = tree.providers.as_slice()
+        && let Some(a) = single_provider(root, req)
+    {
+        return Ok(a);
+    }
+    search(tree, req)
+}
+
+/// The common case, a tree of one provider, without the search machinery: every amount of
+/// every group on the root. `None` when that does not fit (the general search then says
+/// why, so both paths give the same answers).
+fn single_provider(p: &ProviderNode, req: &CandidateRequest) -> Option<AllocationMap> {
+    let in_agg = |a: &AggregateId| p.aggregates.contains(a);
+    if !req.member_of.iter().all(|set| set.iter().any(in_agg)) || req.forbidden_aggregates.iter().any(in_agg) {
+        return None;
+    }
+    if req.isolate && req.groups.iter().filter(|g| g.suffix.is_some()).count() > 1 {
+        return None;
+    }
+    let mut sums = crate::model::Resources::new();
+    for g in &req.groups {
+        if !g.required.iter().all(|t| p.traits.contains(t)) || g.forbidden.iter().any(|t| p.traits.contains(t)) {
+            return None;
+        }
+        for (c, a) in &g.resources {
+            if !fits(p, c, *a) {
+                return None;
+            }
+            *sums.entry(c.clone()).or_insert(0) += a;
+        }
+    }
+    if !sums.iter().all(|(c, a)| fits(p, c, *a)) {
+        return None;
+    }
+    Some(AllocationMap::from([(p.id, sums)]))
+}
+
+/// The general depth-first search over the providers of the tree.
+fn search(tree: &ProviderTree, req: &CandidateRequest) -> Result<AllocationMap, Rejection> {
+    let root_aggs: BTreeSet<AggregateId> = tree.providers.first().map(|r| r.aggregates.clone()).unwrap_or_default();
     let agg_ok: Vec<bool> = tree
         .providers
         .iter()
         .map(|p| {
             let in_agg = |a: &AggregateId| p.aggregates.contains(a) || root_aggs.contains(a);
-            req.member_of.iter().all(|set| set.iter().any(in_agg))
-                && !req.forbidden_aggregates.iter().any(in_agg)
+            req.member_of.iter().all(|set| set.iter().any(in_agg)) && !req.forbidden_aggregates.iter().any(in_agg)
         })
         .collect();
 
     let mut vars: Vec<Var<'_>> = Vec::new();
     for (gi, g) in req.groups.iter().enumerate() {
         if g.suffix.is_none() {
-            if let Some(t) = g
-                .required
-                .iter()
-                .find(|t| !tree.providers.iter().any(|p| p.traits.contains(*t)))
-            {
+            if let Some(t) = g.required.iter().find(|t| !tree.providers.iter().any(|p| p.traits.contains(*t))) {
                 return Err(Rejection::MissingTrait(t.clone()));
             }
             for (class, amount) in &g.resources {
@@ -269,18 +278,12 @@ pub fn allocation_candidate(
                         Rejection::NotEnough(class.clone())
                     });
                 }
-                vars.push(Var {
-                    group: gi,
-                    class: Some(class),
-                    options,
-                });
+                vars.push(Var { group: gi, class: Some(class), options });
             }
             if g.resources.is_empty() {
-                if let Some(t) = g.forbidden.iter().find(|t| {
-                    tree.providers
-                        .first()
-                        .is_some_and(|r| r.traits.contains(*t))
-                }) {
+                if let Some(t) =
+                    g.forbidden.iter().find(|t| tree.providers.first().is_some_and(|r| r.traits.contains(*t)))
+                {
                     return Err(Rejection::ForbiddenTrait(t.clone()));
                 }
                 if (!req.member_of.is_empty() || !req.forbidden_aggregates.is_empty())
@@ -304,35 +307,21 @@ pub fn allocation_candidate(
                 .collect();
             if options.is_empty() {
                 let first = g.resources.keys().next();
-                let any_inventory = first
-                    .is_none_or(|c| tree.providers.iter().any(|p| p.inventories.contains_key(c)));
+                let any_inventory = first.is_none_or(|c| tree.providers.iter().any(|p| p.inventories.contains_key(c)));
                 return Err(match first {
                     Some(c) if !any_inventory => Rejection::NoInventory(c.clone()),
                     _ => Rejection::NumberedGroup(g.suffix.clone().unwrap_or_default()),
                 });
             }
-            vars.push(Var {
-                group: gi,
-                class: None,
-                options,
-            });
+            vars.push(Var { group: gi, class: None, options });
         }
     }
-    let mut search = Search {
-        tree,
-        req,
-        choice: vec![0; vars.len()],
-        vars,
-        sums: BTreeMap::new(),
-        steps: 0,
-        trait_miss: None,
-    };
+    let mut search =
+        Search { tree, req, choice: vec![0; vars.len()], vars, sums: BTreeMap::new(), steps: 0, trait_miss: None };
     if search.dfs(0) {
         let mut out = AllocationMap::new();
         for ((p, c), sum) in &search.sums {
-            out.entry(tree.providers[*p].id)
-                .or_default()
-                .insert((*c).clone(), *sum);
+            out.entry(tree.providers[*p].id).or_default().insert((*c).clone(), *sum);
         }
         Ok(out)
     } else if let Some(t) = search.trait_miss {
@@ -348,33 +337,20 @@ mod tests {
     use crate::model::{Inventory, ProviderId, Resources};
     use std::collections::BTreeMap;
 
-    fn node(
-        parent: Option<ProviderId>,
-        inv: &[(ResourceClass, i64)],
-        traits: &[&str],
-    ) -> ProviderNode {
+    fn node(parent: Option<ProviderId>, inv: &[(ResourceClass, i64)], traits: &[&str]) -> ProviderNode {
         ProviderNode {
             id: ProviderId::new_v4(),
             name: "n".into(),
             parent,
             traits: traits.iter().map(|t| Trait::new(*t).unwrap()).collect(),
             aggregates: BTreeSet::new(),
-            inventories: inv
-                .iter()
-                .map(|(c, t)| (c.clone(), Inventory::with_total(*t)))
-                .collect(),
+            inventories: inv.iter().map(|(c, t)| (c.clone(), Inventory::with_total(*t))).collect(),
             usages: Resources::new(),
         }
     }
 
     fn tree(nodes: Vec<ProviderNode>) -> ProviderTree {
-        ProviderTree {
-            root: nodes[0].id,
-            generation: 1,
-            cell: None,
-            providers: nodes,
-            groups: BTreeMap::new(),
-        }
+        ProviderTree { root: nodes[0].id, generation: 1, cell: None, providers: nodes, groups: BTreeMap::new() }
     }
 
     fn group(suffix: Option<&str>, res: &[(ResourceClass, i64)]) -> RequestGroup {
@@ -386,11 +362,7 @@ mod tests {
     }
 
     fn req(groups: Vec<RequestGroup>) -> CandidateRequest {
-        CandidateRequest {
-            groups,
-            budget: 1000,
-            ..Default::default()
-        }
+        CandidateRequest { groups, budget: 1000, ..Default::default() }
     }
 
     use ResourceClass::*;
@@ -401,8 +373,7 @@ mod tests {
         let numa = node(Some(root.id), &[(Pcpu, 4)], &[]);
         let (r, n) = (root.id, numa.id);
         let t = tree(vec![root, numa]);
-        let a = allocation_candidate(&t, &req(vec![group(None, &[(Pcpu, 2), (MemoryMb, 512)])]))
-            .unwrap();
+        let a = allocation_candidate(&t, &req(vec![group(None, &[(Pcpu, 2), (MemoryMb, 512)])])).unwrap();
         assert_eq!(a[&r][&MemoryMb], 512);
         assert_eq!(a[&n][&Pcpu], 2);
     }
@@ -412,14 +383,8 @@ mod tests {
         let root = node(None, &[(Vcpu, 2)], &[]);
         let numa = node(Some(root.id), &[(Vcpu, 2)], &[]);
         let t = tree(vec![root, numa]);
-        assert_eq!(
-            allocation_candidate(&t, &req(vec![group(None, &[(Vcpu, 3)])])),
-            Err(Rejection::NotEnough(Vcpu))
-        );
-        assert_eq!(
-            allocation_candidate(&t, &req(vec![group(None, &[(Vgpu, 1)])])),
-            Err(Rejection::NoInventory(Vgpu))
-        );
+        assert_eq!(allocation_candidate(&t, &req(vec![group(None, &[(Vcpu, 3)])])), Err(Rejection::NotEnough(Vcpu)));
+        assert_eq!(allocation_candidate(&t, &req(vec![group(None, &[(Vgpu, 1)])])), Err(Rejection::NoInventory(Vgpu)));
     }
 
     #[test]
@@ -431,8 +396,7 @@ mod tests {
         let t = tree(vec![root, pf_a, pf_b]);
         let mut g1 = group(Some("1"), &[(SriovNetVf, 2)]);
         g1.required.insert(Trait::new("CUSTOM_PHYSNET_B").unwrap());
-        let a =
-            allocation_candidate(&t, &req(vec![group(None, &[(Vcpu, 1)]), g1.clone()])).unwrap();
+        let a = allocation_candidate(&t, &req(vec![group(None, &[(Vcpu, 1)]), g1.clone()])).unwrap();
         assert_eq!(a[&b][&SriovNetVf], 2);
         g1.resources.insert(SriovNetVf, 9);
         assert_eq!(
@@ -446,18 +410,9 @@ mod tests {
         let root = node(None, &[(Vcpu, 4)], &[]);
         let pf = node(Some(root.id), &[(SriovNetVf, 3)], &[]);
         let t = tree(vec![root, pf]);
-        let g = vec![
-            group(Some("1"), &[(SriovNetVf, 2)]),
-            group(Some("2"), &[(SriovNetVf, 2)]),
-        ];
-        assert_eq!(
-            allocation_candidate(&t, &req(g.clone())),
-            Err(Rejection::NoCombination)
-        );
-        let g = vec![
-            group(Some("1"), &[(SriovNetVf, 1)]),
-            group(Some("2"), &[(SriovNetVf, 1)]),
-        ];
+        let g = vec![group(Some("1"), &[(SriovNetVf, 2)]), group(Some("2"), &[(SriovNetVf, 2)])];
+        assert_eq!(allocation_candidate(&t, &req(g.clone())), Err(Rejection::NoCombination));
+        let g = vec![group(Some("1"), &[(SriovNetVf, 1)]), group(Some("2"), &[(SriovNetVf, 1)])];
         let a = allocation_candidate(&t, &req(g.clone())).unwrap();
         assert_eq!(a.values().next().unwrap()[&SriovNetVf], 2, "amounts add up");
         let mut r = req(g);
@@ -467,11 +422,7 @@ mod tests {
 
     #[test]
     fn traits_required_and_forbidden() {
-        let root = node(
-            None,
-            &[(Vcpu, 4)],
-            &["HW_CPU_X86_AVX2", "COMPUTE_STATUS_DISABLED"],
-        );
+        let root = node(None, &[(Vcpu, 4)], &["HW_CPU_X86_AVX2", "COMPUTE_STATUS_DISABLED"]);
         let t = tree(vec![root]);
         let mut g = group(None, &[(Vcpu, 1)]);
         g.required.insert(Trait::new("HW_CPU_X86_AVX2").unwrap());
@@ -482,13 +433,10 @@ mod tests {
             Err(Rejection::MissingTrait(Trait::new("CUSTOM_GOLD").unwrap()))
         );
         let mut g = group(None, &[(Vcpu, 1)]);
-        g.forbidden
-            .insert(Trait::new("COMPUTE_STATUS_DISABLED").unwrap());
+        g.forbidden.insert(Trait::new("COMPUTE_STATUS_DISABLED").unwrap());
         assert_eq!(
             allocation_candidate(&t, &req(vec![g])),
-            Err(Rejection::ForbiddenTrait(
-                Trait::new("COMPUTE_STATUS_DISABLED").unwrap()
-            ))
+            Err(Rejection::ForbiddenTrait(Trait::new("COMPUTE_STATUS_DISABLED").unwrap()))
         );
     }
 
@@ -542,6 +490,54 @@ mod tests {
     }
 
     #[test]
+    fn single_provider_fast_path_agrees_with_the_search() {
+        let mut rng = crate::scheduler::SplitMix64::new(11);
+        let traits = ["CUSTOM_A", "CUSTOM_B"];
+        let agg = AggregateId::new_v4();
+        let (mut ok, mut rejected) = (0, 0);
+        for _ in 0..3000 {
+            let mut root =
+                node(None, &[(Vcpu, 1 + rng.below(8) as i64), (MemoryMb, 512 * (1 + rng.below(4) as i64))], &[]);
+            if rng.below(2) == 0 {
+                root.usages.insert(Vcpu, rng.below(4) as i64);
+            }
+            if rng.below(3) == 0 {
+                root.inventories.get_mut(&MemoryMb).unwrap().step_size = 256;
+            }
+            if rng.below(2) == 0 {
+                root.traits.insert(Trait::new(traits[rng.below(2)]).unwrap());
+            }
+            if rng.below(2) == 0 {
+                root.aggregates.insert(agg);
+            }
+            let t = tree(vec![root]);
+            let mut g0 = group(None, &[(Vcpu, 1 + rng.below(4) as i64), (MemoryMb, 128 * (1 + rng.below(8) as i64))]);
+            match rng.below(4) {
+                0 => {
+                    g0.required.insert(Trait::new(traits[rng.below(2)]).unwrap());
+                }
+                1 => {
+                    g0.forbidden.insert(Trait::new(traits[rng.below(2)]).unwrap());
+                }
+                _ => {}
+            }
+            let mut groups = vec![g0];
+            for k in 0..rng.below(3) {
+                groups.push(group(Some(&(k + 1).to_string()), &[(Vcpu, 1 + rng.below(2) as i64)]));
+            }
+            let mut r = req(groups);
+            r.isolate = rng.below(2) == 0;
+            if rng.below(3) == 0 {
+                r.member_of = vec![BTreeSet::from([agg])];
+            }
+            let fast = allocation_candidate(&t, &r);
+            assert_eq!(fast, search(&t, &r), "{t:?} {r:?}");
+            if fast.is_ok() { ok += 1 } else { rejected += 1 }
+        }
+        assert!(ok > 100 && rejected > 100, "both outcomes exercised: {ok} / {rejected}");
+    }
+
+    #[test]
     fn wide_tree_search_is_bounded() {
         let root = node(None, &[(Vcpu, 64)], &[]);
         let mut nodes = vec![root.clone()];
@@ -551,9 +547,7 @@ mod tests {
         let t = tree(nodes);
         // 9 groups of one PGPU each on 8 one-unit providers: impossible, and the search
         // must stop at the budget instead of exploring 8^9 combinations.
-        let groups: Vec<_> = (1..=9)
-            .map(|i| group(Some(&i.to_string()), &[(Pgpu, 1)]))
-            .collect();
+        let groups: Vec<_> = (1..=9).map(|i| group(Some(&i.to_string()), &[(Pgpu, 1)])).collect();
         let mut r = req(groups.clone());
         r.budget = 5000;
         assert_eq!(allocation_candidate(&t, &r), Err(Rejection::NoCombination));

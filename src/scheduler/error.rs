@@ -60,9 +60,7 @@ impl fmt::Display for Rejection {
             Rejection::NumberedGroup(s) => {
                 write!(f, "no single provider satisfies request group {s:?}")
             }
-            Rejection::NoCombination => {
-                f.write_str("no combination of providers satisfies the whole request")
-            }
+            Rejection::NoCombination => f.write_str("no combination of providers satisfies the whole request"),
         }
     }
 }
@@ -117,23 +115,13 @@ pub enum ClaimFailureCause {
 impl fmt::Display for ClaimFailureCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClaimFailureCause::Capacity {
-                provider,
-                class,
-                requested,
-                used,
-                capacity,
-            } => write!(
+            ClaimFailureCause::Capacity { provider, class, requested, used, capacity } => write!(
                 f,
                 "not enough {class} on provider {provider} (requested {requested}, used {used} of {capacity})"
             ),
-            ClaimFailureCause::GroupLimit {
-                group,
-                max_per_host,
-            } => write!(
-                f,
-                "server group {group} already has {max_per_host} member(s) there"
-            ),
+            ClaimFailureCause::GroupLimit { group, max_per_host } => {
+                write!(f, "server group {group} already has {max_per_host} member(s) there")
+            }
             ClaimFailureCause::ConsumerMismatch => {
                 f.write_str("the instance already holds different allocations there")
             }
@@ -212,22 +200,13 @@ impl NoValidHostReason {
             }
             return "no host passed".into();
         }
-        format!(
-            "{} host(s) passed the filters but {} claim(s) failed",
-            self.hosts_passed,
-            self.claim_failures.len()
-        )
+        format!("{} host(s) passed the filters but {} claim(s) failed", self.hosts_passed, self.claim_failures.len())
     }
 }
 
 impl fmt::Display for NoValidHostReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "No valid host was found for instance {} of {}",
-            self.instance_index + 1,
-            self.num_instances
-        )?;
+        write!(f, "No valid host was found for instance {} of {}", self.instance_index + 1, self.num_instances)?;
         if let Some(i) = self.instance {
             write!(f, " ({i})")?;
         }
@@ -247,12 +226,7 @@ impl fmt::Display for NoValidHostReason {
                 write!(f, " [{}]", parts.join("; "))?;
             }
         }
-        write!(
-            f,
-            "\n  claims: {} tried, {} failed",
-            self.claims_tried,
-            self.claim_failures.len()
-        )?;
+        write!(f, "\n  claims: {} tried, {} failed", self.claims_tried, self.claim_failures.len())?;
         if self.claim_budget_exhausted {
             f.write_str(" (claim budget exhausted)")?;
         }
@@ -263,11 +237,7 @@ impl fmt::Display for NoValidHostReason {
             write!(f, "\n    ... {} more", self.claim_failures.len() - 20)?;
         }
         if self.released_claims > 0 {
-            write!(
-                f,
-                "\n  released {} claim(s) made for earlier instances (all or nothing)",
-                self.released_claims
-            )?;
+            write!(f, "\n  released {} claim(s) made for earlier instances (all or nothing)", self.released_claims)?;
         }
         Ok(())
     }

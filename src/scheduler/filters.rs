@@ -105,9 +105,7 @@ impl HostFilter for AvailabilityZoneFilter {
     fn host_passes(&self, host: &HostState, ctx: &FilterContext<'_>) -> bool {
         match &ctx.spec.availability_zone {
             None => true,
-            Some(az) => {
-                host.availability_zone(ctx.aggregates, &ctx.config.default_availability_zone) == *az
-            }
+            Some(az) => host.availability_zone(ctx.aggregates, &ctx.config.default_availability_zone) == *az,
         }
     }
 }
@@ -124,9 +122,7 @@ impl HostFilter for ServerGroupAntiAffinityFilter {
     }
     fn host_passes(&self, host: &HostState, ctx: &FilterContext<'_>) -> bool {
         match ctx.group {
-            Some(g) if g.policy == GroupPolicy::AntiAffinity => {
-                host.group_members(g.id) < g.claim_limit().unwrap_or(1)
-            }
+            Some(g) if g.policy == GroupPolicy::AntiAffinity => host.group_members(g.id) < g.claim_limit().unwrap_or(1),
             _ => true,
         }
     }
@@ -159,8 +155,7 @@ impl HostFilter for SameHostFilter {
         "SameHostFilter"
     }
     fn host_passes(&self, host: &HostState, ctx: &FilterContext<'_>) -> bool {
-        ctx.same_host
-            .is_none_or(|hosts| hosts.contains(host.name()))
+        ctx.same_host.is_none_or(|hosts| hosts.contains(host.name()))
     }
 }
 
@@ -278,9 +273,7 @@ impl HostFilter for ImagePropertiesFilter {
         for (prop, cap, canon) in checks {
             if let Some(want) = props.get(prop) {
                 let want = canon(want);
-                let ok = caps
-                    .get(cap)
-                    .is_some_and(|have| have.split(',').any(|h| canon(h) == want));
+                let ok = caps.get(cap).is_some_and(|have| have.split(',').any(|h| canon(h) == want));
                 if !ok {
                     return false;
                 }
@@ -501,10 +494,7 @@ pub(crate) mod tests {
         assert!(SameHostFilter.host_passes(&a, &env.ctx()));
         assert!(!SameHostFilter.host_passes(&b, &env.ctx()));
         env.same = Some(BTreeSet::new());
-        assert!(
-            !SameHostFilter.host_passes(&a, &env.ctx()),
-            "hinted instances nowhere"
-        );
+        assert!(!SameHostFilter.host_passes(&a, &env.ctx()), "hinted instances nowhere");
         env.different = BTreeSet::from(["a".to_string()]);
         assert!(!DifferentHostFilter.host_passes(&a, &env.ctx()));
         assert!(DifferentHostFilter.host_passes(&b, &env.ctx()));
@@ -540,12 +530,9 @@ pub(crate) mod tests {
         ]);
         assert!(ImagePropertiesFilter.host_passes(&h, &env.ctx()));
         assert!(!ImagePropertiesFilter.host_passes(&bare, &env.ctx()));
-        env.spec
-            .image_properties
-            .insert("img_hv_requested_version".into(), "<6000".into());
+        env.spec.image_properties.insert("img_hv_requested_version".into(), "<6000".into());
         assert!(!ImagePropertiesFilter.host_passes(&h, &env.ctx()));
-        env.spec.image_properties =
-            BTreeMap::from([("hw_architecture".to_string(), "aarch64".to_string())]);
+        env.spec.image_properties = BTreeMap::from([("hw_architecture".to_string(), "aarch64".to_string())]);
         assert!(!ImagePropertiesFilter.host_passes(&h, &env.ctx()));
     }
 

@@ -11,8 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::model::{
-    Aggregate, AggregateId, AllocationMap, Cell, CellId, GroupId, Host, ProviderId, ProviderTree,
-    ResourceClass,
+    Aggregate, AggregateId, AllocationMap, Cell, CellId, GroupId, Host, ProviderId, ProviderTree, ResourceClass,
 };
 
 /// One compute host as the scheduler sees it: its service record and its provider tree.
@@ -32,12 +31,7 @@ pub struct HostState {
 impl HostState {
     /// A host state from a service record and its tree.
     pub fn new(host: Host, tree: ProviderTree) -> Self {
-        HostState {
-            host,
-            tree,
-            io_ops: 0,
-            failed_builds: 0,
-        }
+        HostState { host, tree, io_ops: 0, failed_builds: 0 }
     }
 
     /// The service host name.
@@ -53,11 +47,7 @@ impl HostState {
     /// Free amount of `class` over the whole tree (capacity minus usage, summed over the
     /// providers that have it; may be negative after an inventory shrink).
     pub fn free(&self, class: &ResourceClass) -> i64 {
-        self.tree
-            .providers
-            .iter()
-            .filter_map(|p| p.free(class))
-            .sum()
+        self.tree.providers.iter().filter_map(|p| p.free(class)).sum()
     }
 
     /// Members of `group` on this host.
@@ -67,19 +57,12 @@ impl HostState {
 
     /// The aggregates of the root provider (they span the whole tree).
     pub fn aggregates(&self) -> impl Iterator<Item = &AggregateId> {
-        self.tree
-            .root_node()
-            .into_iter()
-            .flat_map(|n| n.aggregates.iter())
+        self.tree.root_node().into_iter().flat_map(|n| n.aggregates.iter())
     }
 
     /// The host's availability zone: the service record's, else the first aggregate of the
     /// root that defines one, else `default`.
-    pub fn availability_zone(
-        &self,
-        aggregates: &HashMap<AggregateId, Aggregate>,
-        default: &str,
-    ) -> String {
+    pub fn availability_zone(&self, aggregates: &HashMap<AggregateId, Aggregate>, default: &str) -> String {
         if let Some(az) = &self.host.availability_zone {
             return az.clone();
         }
@@ -91,11 +74,7 @@ impl HostState {
 
     /// The smallest value of aggregate metadata `key` parsed as a number over the host's
     /// aggregates (Nova's per-aggregate weight multipliers: the minimum wins).
-    pub fn aggregate_number(
-        &self,
-        aggregates: &HashMap<AggregateId, Aggregate>,
-        key: &str,
-    ) -> Option<f64> {
+    pub fn aggregate_number(&self, aggregates: &HashMap<AggregateId, Aggregate>, key: &str) -> Option<f64> {
         self.aggregates()
             .filter_map(|a| aggregates.get(a))
             .filter_map(|a| a.metadata.get(key))
@@ -137,11 +116,7 @@ impl Snapshot {
         if let Some(host) = self.treeless.remove(&root) {
             let mut state = HostState::new(host, tree);
             state.io_ops = self.building.get(&state.host.name).copied().unwrap_or(0);
-            state.failed_builds = self
-                .build_failures
-                .get(&state.host.name)
-                .copied()
-                .unwrap_or(0);
+            state.failed_builds = self.build_failures.get(&state.host.name).copied().unwrap_or(0);
             self.hosts.insert(root, state);
             return true;
         }
@@ -227,10 +202,6 @@ impl Snapshot {
 
     /// Roots of every known tree (hosted or not).
     pub fn roots(&self) -> BTreeSet<ProviderId> {
-        self.hosts
-            .keys()
-            .chain(self.unhosted.keys())
-            .copied()
-            .collect()
+        self.hosts.keys().chain(self.unhosted.keys()).copied().collect()
     }
 }

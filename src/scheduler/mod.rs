@@ -19,6 +19,22 @@
 //!
 //! Many schedulers (tasks or processes) may run against one store; they share nothing but
 //! the store. `Scheduler` itself is `Sync`: one instance may serve concurrent requests.
+//!
+//! # Limits of the store contract, and what this module does about them
+//! * Host records, aggregates and cells are not in the store's change feed (only provider
+//!   trees are): they are re-read every
+//!   [`catalog_refresh_interval`](SchedulerConfig::catalog_refresh_interval) and whenever a
+//!   tree with no known host appears. A feed entry for catalog writes would remove the delay.
+//! * Recent build failures (BuildFailureWeigher) are reported by the conductor to its own
+//!   scheduler ([`Scheduler::report_build`]); the store has no field for them, so another
+//!   scheduler learns of a failing host only through its own conductor.
+//! * Hard affinity is a filter, not part of the claim ([`GroupClaim`](crate::model::GroupClaim)
+//!   carries only a per-host maximum): two *first* members of an affinity group placed at
+//!   the same moment by different schedulers may land on different hosts, as in Nova.
+//!   Anti-affinity has no such gap.
+//! * Snapshot updates after a claim assume generations grow (the memory store adds one per
+//!   write); with any other scheme the snapshot is merely conservative until the change feed
+//!   brings the tree again.
 
 pub mod candidates;
 pub mod error;
@@ -36,14 +52,11 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
 use crate::model::{
-    Aggregate, Cell, CellId, ChangeCursor, Changes, Host, InstanceFilters, ListQuery, ProviderId,
-    ProviderTree, VmState,
+    Aggregate, Cell, CellId, ChangeCursor, Changes, Host, InstanceFilters, ListQuery, ProviderId, ProviderTree, VmState,
 };
 use crate::store::Store;
 
-pub use error::{
-    ClaimFailure, ClaimFailureCause, NoValidHostReason, Rejection, ScheduleError, StageCount,
-};
+pub use error::{ClaimFailure, ClaimFailureCause, NoValidHostReason, Rejection, ScheduleError, StageCount};
 pub use host_state::{HostState, Snapshot};
 
 /// Scheduler configuration, with Nova's defaults where Nova has the option.
@@ -60,11 +73,15 @@ pub struct SchedulerConfig {
     /// A compute whose last heartbeat is older than this is down (`service_down_time`, 60 s).
     pub service_down_time: Duration,
     /// How often host records, aggregates, cells and building counts are re-read (they are
-    /// not in the store's tree change feed). A tree without a known host also triggers a
-    /// re-read (at most once per second).
+    /// not in the store's tree change feed). A new tree without a known host also triggers
+    /// a re-read (once per such tree).
     pub catalog_refresh_interval: Duration,
     /// Count BUILDING instances per host from the store at each catalog refresh (input of
-    /// the IoOps weigher and filter). Costs one listing of building instances.
+    /// the IoOps weigher and filter, Nova's `num_io_ops`). Off by default: it costs a
+    /// listing of building instances per refresh, which is a scan on backends that do not
+    /// index `vm_state`. Without it, `io_ops` counts this scheduler's own claims since the
+    /// last catalog refresh (Nova's `consume_from_request` increment), which spreads
+    /// bursts the same way.
     pub count_building_from_store: bool,
     /// Filters to run, in order (see [`filters::ALL_FILTERS`]).
     pub enabled_filters: Vec<String>,
@@ -94,6 +111,11 @@ pub struct SchedulerConfig {
     pub seed: Option<u64>,
     /// Concurrent tree reads during a refresh.
     pub refresh_concurrency: usize,
+    /// `select_destinations` refreshes the snapshot through the change feed first unless
+    /// the last refresh is younger than this (zero, the default: every request). A larger
+    /// value trades fresher state for fewer store reads; claims stay correct either way,
+    /// only more of them are refused.
+    pub min_refresh_interval: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -104,11 +126,8 @@ impl Default for SchedulerConfig {
             shuffle_best_same_weighed_hosts: false,
             service_down_time: Duration::from_secs(60),
             catalog_refresh_interval: Duration::from_secs(10),
-            count_building_from_store: true,
-            enabled_filters: filters::DEFAULT_FILTERS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            count_building_from_store: false,
+            enabled_filters: filters::DEFAULT_FILTERS.iter().map(|s| s.to_string()).collect(),
             ram_weight_multiplier: 1.0,
             cpu_weight_multiplier: 1.0,
             disk_weight_multiplier: 1.0,
@@ -122,6 +141,7 @@ impl Default for SchedulerConfig {
             candidate_search_budget: 10_000,
             seed: None,
             refresh_concurrency: 16,
+            min_refresh_interval: Duration::ZERO,
         }
     }
 }
@@ -201,6 +221,7 @@ impl SplitMix64 {
 struct RefreshState {
     cursor: ChangeCursor,
     last_catalog: Instant,
+    last_refresh: Instant,
 }
 
 /// A scheduler: owns a snapshot of host state read from the store and places instances by
@@ -238,22 +259,14 @@ impl Scheduler {
             fs.push(filters::by_name(name).ok_or_else(|| {
                 Error::invalid(
                     "scheduler.enabled_filters",
-                    format!(
-                        "unknown filter {name:?}; known: {}",
-                        filters::ALL_FILTERS.join(", ")
-                    ),
+                    format!("unknown filter {name:?}; known: {}", filters::ALL_FILTERS.join(", ")),
                 )
             })?);
         }
         if config.host_subset_size == 0 {
-            return Err(Error::invalid(
-                "scheduler.host_subset_size",
-                "must be at least 1",
-            ));
+            return Err(Error::invalid("scheduler.host_subset_size", "must be at least 1"));
         }
-        let seed = config
-            .seed
-            .unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0);
+        let seed = config.seed.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0);
         let scheduler = Scheduler {
             store,
             filters: fs,
@@ -262,6 +275,7 @@ impl Scheduler {
             refresh_state: tokio::sync::Mutex::new(RefreshState {
                 cursor: ChangeCursor(String::new()),
                 last_catalog: Instant::now(),
+                last_refresh: Instant::now(),
             }),
             rng: Mutex::new(SplitMix64::new(seed)),
             counters: Counters::default(),
@@ -310,11 +324,7 @@ impl Scheduler {
 
     /// A copy of one host's state, by name (for inspection and tests).
     pub fn host_state(&self, name: &str) -> Option<HostState> {
-        self.read_snapshot()
-            .hosts
-            .values()
-            .find(|h| h.host.name == name)
-            .cloned()
+        self.read_snapshot().hosts.values().find(|h| h.host.name == name).cloned()
     }
 
     /// Records the result of a build on `host` (the conductor calls this): consecutive
@@ -338,16 +348,10 @@ impl Scheduler {
     }
 
     fn scopes(&self) -> Vec<Option<CellId>> {
-        if self.config.cells.is_empty() {
-            vec![None]
-        } else {
-            self.config.cells.iter().copied().map(Some).collect()
-        }
+        if self.config.cells.is_empty() { vec![None] } else { self.config.cells.iter().copied().map(Some).collect() }
     }
 
-    async fn load_catalog(
-        &self,
-    ) -> Result<(Vec<Host>, Vec<Aggregate>, Vec<Cell>, HashMap<String, u32>)> {
+    async fn load_catalog(&self) -> Result<(Vec<Host>, Vec<Aggregate>, Vec<Cell>, HashMap<String, u32>)> {
         let mut hosts = Vec::new();
         for scope in self.scopes() {
             hosts.extend(self.store.list_hosts(scope).await?);
@@ -396,10 +400,7 @@ impl Scheduler {
         let (hosts, aggregates, cells, building) = self.load_catalog().await?;
         let mut snap = self.write_snapshot();
         let failures = std::mem::take(&mut snap.build_failures);
-        let mut fresh = Snapshot {
-            build_failures: failures,
-            ..Snapshot::default()
-        };
+        let mut fresh = Snapshot { build_failures: failures, ..Snapshot::default() };
         for t in trees {
             fresh.unhosted.insert(t.root, t);
         }
@@ -418,16 +419,12 @@ impl Scheduler {
 
     async fn reload_catalog(&self, st: &mut RefreshState) -> Result<()> {
         let (hosts, aggregates, cells, building) = self.load_catalog().await?;
-        self.write_snapshot()
-            .set_catalog(hosts, aggregates, cells, building);
+        self.write_snapshot().set_catalog(hosts, aggregates, cells, building);
         st.last_catalog = Instant::now();
         Ok(())
     }
 
-    async fn read_trees(
-        &self,
-        roots: Vec<ProviderId>,
-    ) -> Result<Vec<(ProviderId, Option<ProviderTree>)>> {
+    async fn read_trees(&self, roots: Vec<ProviderId>) -> Result<Vec<(ProviderId, Option<ProviderTree>)>> {
         let store = &self.store;
         futures::stream::iter(roots)
             .map(|root| async move {
@@ -442,15 +439,18 @@ impl Scheduler {
             .await
     }
 
-    /// Applies freshly read trees to the snapshot; returns true when a tree has no known
-    /// host record.
+    /// Applies freshly read trees to the snapshot; returns true when a tree not seen before
+    /// has no known host record (a new compute: the catalog should be re-read).
     fn apply_trees(&self, trees: Vec<(ProviderId, Option<ProviderTree>)>) -> bool {
         bump(&self.counters.trees_reread, trees.len() as u64);
         let mut unknown = false;
         let mut snap = self.write_snapshot();
         for (root, tree) in trees {
             match tree {
-                Some(t) if self.in_scope(t.cell) => unknown |= !snap.put_tree(t),
+                Some(t) if self.in_scope(t.cell) => {
+                    let seen = snap.unhosted.contains_key(&root);
+                    unknown |= !snap.put_tree(t) && !seen;
+                }
                 _ => snap.remove_tree(root),
             }
         }
@@ -463,10 +463,24 @@ impl Scheduler {
     /// `select_destinations` calls this first; callers may call it to pre-warm.
     pub async fn refresh(&self) -> Result<()> {
         let mut st = self.refresh_state.lock().await;
+        self.refresh_locked(&mut st).await
+    }
+
+    /// Refreshes unless the last refresh is younger than `min_refresh_interval`.
+    pub(crate) async fn maybe_refresh(&self) -> Result<()> {
+        let mut st = self.refresh_state.lock().await;
+        if !self.config.min_refresh_interval.is_zero() && st.last_refresh.elapsed() < self.config.min_refresh_interval {
+            return Ok(());
+        }
+        self.refresh_locked(&mut st).await
+    }
+
+    async fn refresh_locked(&self, st: &mut RefreshState) -> Result<()> {
+        st.last_refresh = Instant::now();
         match self.store.changes_since(&st.cursor).await? {
             Changes::Resync => {
                 tracing::info!("change feed answered Resync: full reload");
-                return self.full_reload(&mut st).await;
+                return self.full_reload(st).await;
             }
             Changes::Trees { roots, next } => {
                 bump(&self.counters.refreshes, 1);
@@ -477,11 +491,8 @@ impl Scheduler {
                     self.apply_trees(trees)
                 };
                 st.cursor = next;
-                let elapsed = st.last_catalog.elapsed();
-                if elapsed >= self.config.catalog_refresh_interval
-                    || (unknown && elapsed >= Duration::from_secs(1))
-                {
-                    self.reload_catalog(&mut st).await?;
+                if unknown || st.last_catalog.elapsed() >= self.config.catalog_refresh_interval {
+                    self.reload_catalog(st).await?;
                 }
             }
         }

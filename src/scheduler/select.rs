@@ -6,8 +6,8 @@ use tracing::Instrument;
 
 use crate::error::{Conflict, Error};
 use crate::model::{
-    AllocationMap, CellId, ClaimRequest, ConsumerId, GroupClaim, InstanceId, ProviderId,
-    RequestSpec, Selection, ServerGroup, Timestamp, Trait,
+    AllocationMap, CellId, ClaimRequest, ConsumerId, GroupClaim, InstanceId, ProviderId, RequestSpec, Selection,
+    ServerGroup, Timestamp, Trait,
 };
 use crate::scheduler::candidates::{CandidateRequest, allocation_candidate};
 use crate::scheduler::error::{
@@ -65,27 +65,12 @@ enum ClaimOutcome {
 
 fn classify(e: Error) -> Result<ClaimFailureCause, Error> {
     Ok(match e {
-        Error::Capacity {
-            provider,
-            class,
-            requested,
-            used,
-            capacity,
-        } => ClaimFailureCause::Capacity {
-            provider,
-            class,
-            requested,
-            used,
-            capacity,
-        },
-        Error::Conflict(Conflict::GroupLimit {
-            group,
-            max_per_host,
-            ..
-        }) => ClaimFailureCause::GroupLimit {
-            group,
-            max_per_host,
-        },
+        Error::Capacity { provider, class, requested, used, capacity } => {
+            ClaimFailureCause::Capacity { provider, class, requested, used, capacity }
+        }
+        Error::Conflict(Conflict::GroupLimit { group, max_per_host, .. }) => {
+            ClaimFailureCause::GroupLimit { group, max_per_host }
+        }
         Error::Conflict(Conflict::ConsumerMismatch { .. }) => ClaimFailureCause::ConsumerMismatch,
         Error::Conflict(c) => ClaimFailureCause::Other(c.to_string()),
         e @ Error::NotFound { .. } => ClaimFailureCause::Gone(e.to_string()),
@@ -124,10 +109,7 @@ impl Scheduler {
             outcome = tracing::field::Empty,
         );
         bump(&self.counters.requests, 1);
-        let result = self
-            .select_inner(spec, instance_uuids, num_alternates)
-            .instrument(span.clone())
-            .await;
+        let result = self.select_inner(spec, instance_uuids, num_alternates).instrument(span.clone()).await;
         match &result {
             Ok(_) => span.record("outcome", "placed"),
             Err(ScheduleError::NoValidHost { .. }) => {
@@ -140,10 +122,7 @@ impl Scheduler {
     }
 
     async fn plan(&self, spec: &RequestSpec) -> Result<Plan, ScheduleError> {
-        let mut request = spec
-            .flavor
-            .resource_request(spec.is_bfv)
-            .map_err(ScheduleError::InvalidRequest)?;
+        let mut request = spec.flavor.resource_request(spec.is_bfv).map_err(ScheduleError::InvalidRequest)?;
         if let Some(list) = spec.image_properties.get("traits_required") {
             let traits: Vec<Trait> = list
                 .split(',')
@@ -165,12 +144,7 @@ impl Scheduler {
                 g.required.extend(traits);
             }
         }
-        let isolate = match spec
-            .flavor
-            .extra_specs
-            .get("group_policy")
-            .map(String::as_str)
-        {
+        let isolate = match spec.flavor.extra_specs.get("group_policy").map(String::as_str) {
             None | Some("none") => false,
             Some("isolate") => true,
             Some(other) => {
@@ -188,12 +162,8 @@ impl Scheduler {
             )));
         }
         if let Some(d) = &spec.requested_destination {
-            cand.member_of = d
-                .aggregates
-                .iter()
-                .filter(|g| !g.is_empty())
-                .map(|g| g.iter().copied().collect())
-                .collect();
+            cand.member_of =
+                d.aggregates.iter().filter(|g| !g.is_empty()).map(|g| g.iter().copied().collect()).collect();
             cand.forbidden_aggregates = d.forbidden_aggregates.iter().copied().collect();
         }
         let group = match spec.hints.group {
@@ -208,13 +178,7 @@ impl Scheduler {
             same_host = Some(self.hosts_of(&spec.hints.same_host).await?);
         }
         let different_host = self.hosts_of(&spec.hints.different_host).await?;
-        Ok(Plan {
-            cand,
-            group,
-            same_host,
-            different_host,
-            forced: !spec.force_hosts.is_empty(),
-        })
+        Ok(Plan { cand, group, same_host, different_host, forced: !spec.force_hosts.is_empty() })
     }
 
     /// Hosts currently running these instances (unknown or unplaced ones are skipped).
@@ -239,8 +203,7 @@ impl Scheduler {
             && (d.host.is_some() || d.node.is_some())
         {
             let exists = snap.hosts.values().any(|h| {
-                d.host.as_ref().is_none_or(|n| &h.host.name == n)
-                    && d.node.as_ref().is_none_or(|n| &h.host.node == n)
+                d.host.as_ref().is_none_or(|n| &h.host.name == n) && d.node.as_ref().is_none_or(|n| &h.host.node == n)
             });
             if !exists {
                 message = Some(format!(
@@ -250,16 +213,8 @@ impl Scheduler {
                 ));
             }
         }
-        if plan.forced
-            && !spec
-                .force_hosts
-                .iter()
-                .any(|f| snap.hosts.values().any(|h| &h.host.name == f))
-        {
-            message = Some(format!(
-                "No such host - host: {}",
-                spec.force_hosts.join(", ")
-            ));
+        if plan.forced && !spec.force_hosts.iter().any(|f| snap.hosts.values().any(|h| &h.host.name == f)) {
+            message = Some(format!("No such host - host: {}", spec.force_hosts.join(", ")));
         }
 
         // Stage 1: scope.
@@ -271,8 +226,7 @@ impl Scheduler {
             } else if snap.cells.get(&h.host.cell).is_some_and(|c| c.disabled) {
                 Some(Rejection::CellDisabled)
             } else if dest.is_some_and(|d| {
-                d.host.as_ref().is_some_and(|n| n != &h.host.name)
-                    || d.node.as_ref().is_some_and(|n| n != &h.host.node)
+                d.host.as_ref().is_some_and(|n| n != &h.host.name) || d.node.as_ref().is_some_and(|n| n != &h.host.node)
             }) {
                 Some(Rejection::NotRequestedHost)
             } else if spec.ignore_hosts.iter().any(|n| n == &h.host.name) {
@@ -288,12 +242,8 @@ impl Scheduler {
             }
         }
         let known = snap.hosts.len();
-        let mut stages = vec![StageCount {
-            stage: "scope".into(),
-            before: known,
-            removed: known - in_scope.len(),
-            why: scope_why,
-        }];
+        let mut stages =
+            vec![StageCount { stage: "scope".into(), before: known, removed: known - in_scope.len(), why: scope_why }];
 
         // Stage 2: resources, traits, aggregates (Placement's part).
         let mut res_why: BTreeMap<Rejection, usize> = BTreeMap::new();
@@ -313,12 +263,7 @@ impl Scheduler {
 
         // Stage 3: filters (skipped for forced hosts, as in Nova).
         let group_hosts: BTreeSet<String> = match &plan.group {
-            Some(g) => snap
-                .hosts
-                .values()
-                .filter(|h| h.group_members(g.id) > 0)
-                .map(|h| h.host.name.clone())
-                .collect(),
+            Some(g) => snap.hosts.values().filter(|h| h.group_members(g.id) > 0).map(|h| h.host.name.clone()).collect(),
             None => BTreeSet::new(),
         };
         let ctx = FilterContext {
@@ -362,11 +307,7 @@ impl Scheduler {
                 weight,
             })
             .collect();
-        hosts.sort_by(|a, b| {
-            b.weight
-                .total_cmp(&a.weight)
-                .then_with(|| a.host.cmp(&b.host))
-        });
+        hosts.sort_by(|a, b| b.weight.total_cmp(&a.weight).then_with(|| a.host.cmp(&b.host)));
         if !hosts.is_empty() {
             let mut rng = lock(&self.rng);
             if self.config.shuffle_best_same_weighed_hosts {
@@ -384,12 +325,7 @@ impl Scheduler {
                 hosts.insert(0, chosen);
             }
         }
-        Ranking {
-            hosts,
-            stages,
-            known,
-            message,
-        }
+        Ranking { hosts, stages, known, message }
     }
 
     async fn try_claim(
@@ -404,17 +340,11 @@ impl Scheduler {
             project_id: spec.project_id.clone(),
             user_id: spec.user_id.clone(),
             allocations: r.allocation.clone(),
-            group: plan.group.as_ref().map(|g| GroupClaim {
-                group: g.id,
-                max_per_host: g.claim_limit(),
-            }),
+            group: plan.group.as_ref().map(|g| GroupClaim { group: g.id, max_per_host: g.claim_limit() }),
         };
         bump(&self.counters.claims_tried, 1);
         match self.store.claim(&req).await {
-            Ok(c) => Ok(ClaimOutcome::Claimed {
-                replayed: c.replayed,
-                generation: c.generation,
-            }),
+            Ok(c) => Ok(ClaimOutcome::Claimed { replayed: c.replayed, generation: c.generation }),
             Err(e) => {
                 let cause = classify(e)?;
                 bump(&self.counters.claim_conflicts, 1);
@@ -470,7 +400,7 @@ impl Scheduler {
             )));
         }
         let plan = self.plan(spec).await?;
-        self.refresh().await?;
+        self.maybe_refresh().await?;
 
         let span = tracing::Span::current();
         let mut placed: Vec<(InstanceId, Ranked, Vec<Ranked>)> = Vec::new();
@@ -502,11 +432,7 @@ impl Scheduler {
                 if failed_roots.contains(&r.root) {
                     continue;
                 }
-                if self
-                    .config
-                    .max_claim_attempts
-                    .is_some_and(|m| attempts >= m)
-                {
+                if self.config.max_claim_attempts.is_some_and(|m| attempts >= m) {
                     budget_exhausted = true;
                     break;
                 }
@@ -523,10 +449,7 @@ impl Scheduler {
                     }
                 };
                 match outcome {
-                    ClaimOutcome::Claimed {
-                        replayed,
-                        generation,
-                    } => {
+                    ClaimOutcome::Claimed { replayed, generation } => {
                         if !replayed {
                             self.write_snapshot().apply_claim(
                                 r.root,
@@ -540,12 +463,7 @@ impl Scheduler {
                     }
                     ClaimOutcome::Refused(cause) => {
                         tracing::debug!(host = %r.host, %cause, "claim refused");
-                        failures.push(ClaimFailure {
-                            instance,
-                            host: r.host.clone(),
-                            root: r.root,
-                            cause,
-                        });
+                        failures.push(ClaimFailure { instance, host: r.host.clone(), root: r.root, cause });
                         failed_roots.insert(r.root);
                         if let Err(e) = self.refresh_tree(r.root).await {
                             let all: Vec<_> = placed.iter().map(|(i, r, _)| (*i, r.root)).collect();
@@ -562,11 +480,8 @@ impl Scheduler {
                 }
                 None => {
                     let all: Vec<_> = placed.iter().map(|(i, r, _)| (*i, r.root)).collect();
-                    let released = if all.is_empty() {
-                        0
-                    } else {
-                        self.release_all(&all).await.map_err(ScheduleError::Store)?
-                    };
+                    let released =
+                        if all.is_empty() { 0 } else { self.release_all(&all).await.map_err(ScheduleError::Store)? };
                     span.record("claims_tried", claims_tried);
                     span.record("claims_failed", failures.len());
                     let reason = NoValidHostReason {
@@ -588,9 +503,7 @@ impl Scheduler {
                             .unwrap_or_default(),
                     };
                     tracing::info!(reason = %reason, "no valid host");
-                    return Err(ScheduleError::NoValidHost {
-                        reason: Box::new(reason),
-                    });
+                    return Err(ScheduleError::NoValidHost { reason: Box::new(reason) });
                 }
             }
         }
@@ -604,12 +517,9 @@ impl Scheduler {
             let snap = self.read_snapshot();
             let now = Timestamp::now();
             let group_hosts: BTreeSet<String> = match &plan.group {
-                Some(g) => snap
-                    .hosts
-                    .values()
-                    .filter(|h| h.group_members(g.id) > 0)
-                    .map(|h| h.host.name.clone())
-                    .collect(),
+                Some(g) => {
+                    snap.hosts.values().filter(|h| h.group_members(g.id) > 0).map(|h| h.host.name.clone()).collect()
+                }
                 None => BTreeSet::new(),
             };
             let ctx = FilterContext {
@@ -628,10 +538,7 @@ impl Scheduler {
                     if list.len() > num_alternates {
                         break;
                     }
-                    if r.cell != chosen.cell
-                        || chosen_roots.contains(&r.root)
-                        || failed_roots.contains(&r.root)
-                    {
+                    if r.cell != chosen.cell || chosen_roots.contains(&r.root) || failed_roots.contains(&r.root) {
                         continue;
                     }
                     let Some(h) = snap.hosts.get(&r.root) else {

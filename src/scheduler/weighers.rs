@@ -32,9 +32,7 @@ pub trait HostWeigher: Send + Sync + std::fmt::Debug {
     /// The multiplier for `host`: aggregate override (minimum) or configured, negated when
     /// [`negate`](Self::negate).
     fn multiplier(&self, host: &HostState, ctx: &FilterContext<'_>) -> f64 {
-        let m = host
-            .aggregate_number(ctx.aggregates, self.metadata_key())
-            .unwrap_or_else(|| self.configured(ctx));
+        let m = host.aggregate_number(ctx.aggregates, self.metadata_key()).unwrap_or_else(|| self.configured(ctx));
         if self.negate() { -m } else { m }
     }
 }
@@ -70,11 +68,7 @@ pub fn normalize(values: &[f64], minval: Option<f64>) -> Vec<f64> {
 }
 
 /// The combined weight of each host (same order as `hosts`).
-pub fn weigh(
-    weighers: &[Box<dyn HostWeigher>],
-    hosts: &[&HostState],
-    ctx: &FilterContext<'_>,
-) -> Vec<f64> {
+pub fn weigh(weighers: &[Box<dyn HostWeigher>], hosts: &[&HostState], ctx: &FilterContext<'_>) -> Vec<f64> {
     let mut total = vec![0.0; hosts.len()];
     for w in weighers {
         let raw: Vec<f64> = hosts.iter().map(|h| w.raw(h, ctx)).collect();
@@ -255,8 +249,7 @@ mod tests {
     fn sized(name: &str, class: ResourceClass, total: i64, used: i64) -> HostState {
         let mut h = host(name);
         let n = &mut h.tree.providers[0];
-        n.inventories
-            .insert(class.clone(), Inventory::with_total(total));
+        n.inventories.insert(class.clone(), Inventory::with_total(total));
         if used > 0 {
             n.usages.insert(class, used);
         }
@@ -333,20 +326,12 @@ mod tests {
         env.group = Some(g.clone());
         let w = weigh(&only(Box::new(SoftAffinityWeigher)), &[&a, &b], &env.ctx());
         assert!(w[0] > w[1]);
-        let w = weigh(
-            &only(Box::new(SoftAntiAffinityWeigher)),
-            &[&a, &b],
-            &env.ctx(),
-        );
+        let w = weigh(&only(Box::new(SoftAntiAffinityWeigher)), &[&a, &b], &env.ctx());
         assert_eq!(w, vec![0.0, 0.0], "policy does not match: no effect");
         let mut g2 = g;
         g2.policy = crate::model::GroupPolicy::SoftAntiAffinity;
         env.group = Some(g2);
-        let w = weigh(
-            &only(Box::new(SoftAntiAffinityWeigher)),
-            &[&a, &b],
-            &env.ctx(),
-        );
+        let w = weigh(&only(Box::new(SoftAntiAffinityWeigher)), &[&a, &b], &env.ctx());
         assert!(w[1] > w[0]);
     }
 
