@@ -18,7 +18,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// The filter used when `RUST_LOG` is unset.
-pub const DEFAULT_FILTER: &str = "warn,unicell::cli=info";
+pub const DEFAULT_FILTER: &str = "warn,sqlx=error,unicell::cli=info";
 
 /// Installs the global subscriber. Fails on a malformed `RUST_LOG`, naming it.
 pub fn init() -> Result<()> {

@@ -173,7 +173,14 @@ pub async fn run(global_store: &str, a: ClaimsArgs) -> Result<()> {
             r.claims.ok.to_string(),
             (r.claims.ops - r.claims.ok).to_string(),
             r.ceiling.as_ref().map_or("-".into(), |c| format!("{:.0}", c.per_second)),
-            r.ceiling.as_ref().map_or_else(|| r.ceiling_unavailable.clone().unwrap_or_default(), |c| c.what.clone()),
+            r.ceiling.as_ref().map_or_else(
+                || {
+                    let why = r.ceiling_unavailable.clone().unwrap_or_default();
+                    let short: String = why.chars().take(60).collect();
+                    if short.len() < why.len() { format!("none: {short}...") } else { format!("none: {short}") }
+                },
+                |c| c.what.clone(),
+            ),
         ]);
     }
     println!("\nclaim throughput\n{}", t.render());
@@ -446,7 +453,12 @@ async fn memory_ceiling(w: &Workload) -> Result<Outcome> {
 }
 
 /// Redis's ceiling: `redis-benchmark` running EVALSHA of the backend's own claim script.
-// WIRE-REDIS-CEILING
+#[cfg(feature = "redis")]
+async fn redis_ceiling(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
+    super::redis_ceiling::run(cand, w, tag).await
+}
+
+#[cfg(not(feature = "redis"))]
 async fn redis_ceiling(_cand: &Candidate, _w: &Workload, _tag: &str) -> Result<Outcome> {
     bail!("this build has no `redis` feature")
 }

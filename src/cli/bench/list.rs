@@ -73,6 +73,10 @@ struct RatioRow {
     /// The same for p99.
     p99_over_reference: Option<f64>,
     reference: String,
+    /// This candidate's p50 / the best networked single store's (Redis, CQL, SQL single
+    /// mode: not the in-process memory store) at the same C, when there is one.
+    p50_over_networked: Option<f64>,
+    networked_reference: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -188,6 +192,10 @@ pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
         let Some(best) = pool.iter().min_by(|x, y| x.latency.p50_ms.total_cmp(&y.latency.p50_ms)) else {
             continue;
         };
+        let networked = single
+            .iter()
+            .filter(|r| cands.iter().find(|x| x.label == r.candidate).is_some_and(Candidate::is_networked))
+            .min_by(|x, y| x.latency.p50_ms.total_cmp(&y.latency.p50_ms));
         for r in &at_c {
             ratio_rows.push(RatioRow {
                 candidate: r.candidate.clone(),
@@ -195,6 +203,8 @@ pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
                 p50_over_reference: ratio(r.latency.p50_ms, best.latency.p50_ms),
                 p99_over_reference: ratio(r.latency.p99_ms, best.latency.p99_ms),
                 reference: best.candidate.clone(),
+                p50_over_networked: networked.and_then(|n| ratio(r.latency.p50_ms, n.latency.p50_ms)),
+                networked_reference: networked.map(|n| n.candidate.clone()),
             });
         }
     }
@@ -398,17 +408,31 @@ fn print_tables(runs: &[Run], ratios: &[RatioRow], scaling: &[CellScaling]) {
         }
         println!("\np50 against cell count\n{}", t.render());
     }
-    let mut t = Table::new(["candidate", "cells", "p50 / best", "p99 / best", "best single store"]);
+    let networked = ratios.iter().any(|r| r.networked_reference.is_some());
+    let mut header = vec!["candidate", "cells", "p50 / best", "p99 / best", "best single store"];
+    if networked {
+        header.extend(["p50 / best networked", "best networked single store"]);
+    }
+    let mut t = Table::new(header);
     for r in ratios {
-        t.row([
+        let mut row = vec![
             r.candidate.clone(),
             r.cells.to_string(),
             fmt_ratio(r.p50_over_reference),
             fmt_ratio(r.p99_over_reference),
             r.reference.clone(),
-        ]);
+        ];
+        if networked {
+            row.push(fmt_ratio(r.p50_over_networked));
+            row.push(r.networked_reference.clone().unwrap_or_default());
+        }
+        t.row(row);
     }
-    println!("\nratios (page latency / best single store's at the same cell count)\n{}", t.render());
+    println!(
+        "\nratios (page latency / the best single store's at the same cell count; single store = any \
+         candidate but the SQL cells layout)\n{}",
+        t.render()
+    );
 }
 
 fn chart_runs(

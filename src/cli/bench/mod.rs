@@ -4,9 +4,10 @@
 
 pub mod claims;
 pub mod list;
+#[cfg(feature = "redis")]
+mod redis_ceiling;
 pub mod schedule;
 pub mod sites;
-// WIRE-REDIS: #[cfg(feature = "redis")] mod redis_ceiling;
 #[cfg(feature = "sql")]
 mod sql_ceiling;
 
@@ -121,8 +122,22 @@ pub fn run_url(candidate: &Candidate, tag: &str, cells: Option<usize>) -> Result
 /// baseline's databases. Best effort: a failure is logged, not returned, because the
 /// figures are already measured.
 pub async fn cleanup(candidate: &Candidate, url: &str) {
-    // WIRE-REDIS-CLEANUP
-    // WIRE-SQL-CLEANUP
+    #[cfg(feature = "redis")]
+    if candidate.scheme == "redis"
+        && let Err(e) = redis_ceiling::purge(url).await
+    {
+        tracing::warn!("could not remove the run's Redis keys: {e:#}");
+    }
+    #[cfg(feature = "sql")]
+    if candidate.is_sql() {
+        let dropped = match unicell::store::StoreUrl::parse(url) {
+            Ok(u) => unicell::store::sql::SqlStore::drop_databases(&u).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = dropped {
+            tracing::warn!("could not drop the run's SQL databases: {e}");
+        }
+    }
     let _ = (candidate, url);
 }
 

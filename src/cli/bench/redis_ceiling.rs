@@ -45,8 +45,7 @@ pub async fn run(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
     if parsed.scheme() != "redis" {
         bail!("the redis-benchmark ceiling needs a single-node redis:// URL");
     }
-    let exe = which("redis-benchmark")
-        .context("redis-benchmark is not installed (Debian package redis-tools)")?;
+    let exe = which("redis-benchmark").context("redis-benchmark is not installed (Debian package redis-tools)")?;
     let store = RedisStore::open(&parsed).await?;
     let result = measure(&store, &parsed, &exe, w).await;
     if let Err(e) = store.purge().await {
@@ -55,12 +54,7 @@ pub async fn run(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
     result
 }
 
-async fn measure(
-    store: &RedisStore,
-    parsed: &StoreUrl,
-    exe: &std::path::Path,
-    w: &Workload,
-) -> Result<Outcome> {
+async fn measure(store: &RedisStore, parsed: &StoreUrl, exe: &std::path::Path, w: &Workload) -> Result<Outcome> {
     let per = w.claims as i64 * 2 + 10;
     let root = ProviderId::new_v4();
     store
@@ -133,23 +127,14 @@ async fn measure(
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        bail!(
-            "redis-benchmark failed ({}): {}",
-            out.status,
-            stderr.lines().next().unwrap_or("")
-        );
+        bail!("redis-benchmark failed ({}): {}", out.status, stderr.lines().next().unwrap_or(""));
     }
     let row = parse_csv(&stdout).with_context(|| {
-        format!(
-            "cannot read redis-benchmark's output: {}",
-            stdout.lines().chain(stderr.lines()).next().unwrap_or("")
-        )
+        format!("cannot read redis-benchmark's output: {}", stdout.lines().chain(stderr.lines()).next().unwrap_or(""))
     })?;
     // Prove the script really claimed: usage on the tree counts successful claims.
     let tree = store.provider_tree(root).await?;
-    let used = tree
-        .root_node()
-        .map_or(0, |n| n.used(&ResourceClass::Vcpu));
+    let used = tree.root_node().map_or(0, |n| n.used(&ResourceClass::Vcpu));
     if (used as f64) < w.claims as f64 * 0.99 {
         bail!(
             "redis-benchmark ran {} EVALSHA calls but the tree shows only {used} claims: the \
@@ -184,17 +169,18 @@ async fn measure(
 /// Parses redis-benchmark's `--csv` output (a header line and one row) into name -> value.
 fn parse_csv(s: &str) -> Option<BTreeMap<String, f64>> {
     let mut lines = s.lines().filter(|l| l.starts_with('"'));
-    let header: Vec<String> = lines
-        .next()?
-        .split(',')
-        .map(|f| f.trim_matches('"').to_string())
-        .collect();
+    let header: Vec<String> = lines.next()?.split(',').map(|f| f.trim_matches('"').to_string()).collect();
     let row = lines.next()?;
-    let values: Vec<&str> = row.split("\",\"").map(|f| f.trim_matches('"')).collect();
+    // The first field is the command line, which may itself contain quotes and commas (the
+    // claim's JSON metadata); the figures are the last fields and contain neither.
+    let fields: Vec<&str> = row.split(',').collect();
+    let numeric = header.len().checked_sub(1)?;
+    let values = fields.get(fields.len().checked_sub(numeric)?..)?;
     let map: BTreeMap<String, f64> = header
         .into_iter()
+        .skip(1)
         .zip(values)
-        .filter_map(|(k, v)| v.parse().ok().map(|v| (k, v)))
+        .filter_map(|(k, v)| v.trim_matches('"').parse().ok().map(|v| (k, v)))
         .collect();
     map.contains_key("rps").then_some(map)
 }
@@ -221,18 +207,14 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    })
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn reads_redis_benchmark_csv() {
-        let out = "\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\",\"p50_latency_ms\",\"p95_latency_ms\",\"p99_latency_ms\",\"max_latency_ms\"\n\"EVALSHA abc 5 k1 k2\",\"116279.07\",\"0.301\",\"0.080\",\"0.287\",\"0.455\",\"0.631\",\"2.007\"\n";
+        let out = "\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\",\"p50_latency_ms\",\"p95_latency_ms\",\"p99_latency_ms\",\"max_latency_ms\"\n\"EVALSHA abc 5 k1 {\"p\":\"x\",\"u\":\"y\"} a,b\",\"116279.07\",\"0.301\",\"0.080\",\"0.287\",\"0.455\",\"0.631\",\"2.007\"\n";
         let m = super::parse_csv(out).unwrap();
         assert_eq!(super::percent_decode("a%40b+c%2"), "a@b+c%2");
         assert_eq!(m["rps"], 116279.07);

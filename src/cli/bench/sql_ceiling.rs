@@ -86,6 +86,9 @@ pub async fn run(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
             Ok(out)
         }
         "postgres" | "postgresql" => {
+            // The scratch table goes into the server's maintenance database: the URL's own
+            // database may not exist yet (the SQL store creates it).
+            base.set_path("/postgres");
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(conns)
                 .connect(base.as_str())
