@@ -292,7 +292,7 @@ impl Scheduler {
         // Stage 4: weighers, then host_subset_size.
         let weights = weighers::weigh(&self.weighers, &fitting, &ctx);
         let mut order: Vec<(f64, &HostState)> = weights.into_iter().zip(fitting).collect();
-        order.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.host.name.cmp(&b.1.host.name)));
+        order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.host.name.cmp(&b.1.host.name)));
         let mut hosts: Vec<Ranked> =
             order.into_iter().map(|(weight, h)| Ranked { root: h.root(), cell: h.host.cell, weight }).collect();
         if !hosts.is_empty() {
