@@ -48,9 +48,7 @@ fn parse() -> anyhow::Result<Args> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let v = it
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
+        let v = it.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
         match flag.as_str() {
             "--store" => a.store = v,
             "--hosts" => a.hosts = v.parse()?,
@@ -83,13 +81,7 @@ fn flavor() -> Flavor {
 async fn make_cloud(store: &Arc<dyn Store>, hosts: usize) -> anyhow::Result<CellId> {
     let cell = CellId::new_v4();
     let tag = uuid::Uuid::new_v4().simple().to_string();
-    store
-        .put_cell(&Cell {
-            id: cell,
-            name: format!("bench-{tag}"),
-            disabled: false,
-        })
-        .await?;
+    store.put_cell(&Cell { id: cell, name: format!("bench-{tag}"), disabled: false }).await?;
     for i in 0..hosts {
         let root = ProviderId::new_v4();
         let name = format!("bench-{}-{i:05}", &tag[..8]);
@@ -100,13 +92,7 @@ async fn make_cloud(store: &Arc<dyn Store>, hosts: usize) -> anyhow::Result<Cell
                 parent: None,
                 cell: Some(cell),
                 inventories: BTreeMap::from([
-                    (
-                        ResourceClass::Vcpu,
-                        Inventory {
-                            allocation_ratio: 4.0,
-                            ..Inventory::with_total(32)
-                        },
-                    ),
+                    (ResourceClass::Vcpu, Inventory { allocation_ratio: 4.0, ..Inventory::with_total(32) }),
                     (ResourceClass::MemoryMb, Inventory::with_total(65536)),
                     (ResourceClass::DiskGb, Inventory::with_total(1000)),
                 ]),
@@ -122,10 +108,7 @@ async fn make_cloud(store: &Arc<dyn Store>, hosts: usize) -> anyhow::Result<Cell
                         name: format!("{name}-numa{n}"),
                         parent: Some(root),
                         cell: Some(cell),
-                        inventories: BTreeMap::from([(
-                            ResourceClass::Pcpu,
-                            Inventory::with_total(8),
-                        )]),
+                        inventories: BTreeMap::from([(ResourceClass::Pcpu, Inventory::with_total(8))]),
                         traits: BTreeSet::new(),
                         aggregates: BTreeSet::new(),
                     })
@@ -206,14 +189,7 @@ async fn main() -> anyhow::Result<()> {
     let mut schedulers = Vec::new();
     for k in 0..a.schedulers {
         schedulers.push(Arc::new(
-            Scheduler::new(
-                store.clone(),
-                SchedulerConfig {
-                    seed: Some(k as u64),
-                    ..config.clone()
-                },
-            )
-            .await?,
+            Scheduler::new(store.clone(), SchedulerConfig { seed: Some(k as u64), ..config.clone() }).await?,
         ));
     }
     let compute = Arc::new(SimulatedCompute::new(1));
@@ -228,37 +204,24 @@ async fn main() -> anyhow::Result<()> {
             store.clone(),
             s.clone(),
             compute.clone(),
-            ConductorConfig {
-                num_alternates: a.alternates,
-            },
+            ConductorConfig { num_alternates: a.alternates },
         ));
         for _ in 0..a.concurrency {
-            let (s, conductor, next, placed, failed, f) = (
-                s.clone(),
-                conductor.clone(),
-                next.clone(),
-                placed.clone(),
-                failed.clone(),
-                f.clone(),
-            );
+            let (s, conductor, next, placed, failed, f) =
+                (s.clone(), conductor.clone(), next.clone(), placed.clone(), failed.clone(), f.clone());
             let (requests, alternates, build) = (a.requests, a.alternates, a.mode == "build");
             tasks.push(tokio::spawn(async move {
                 while next.fetch_add(1, Ordering::Relaxed) < requests {
                     let id = InstanceId::new_v4();
                     if build {
-                        let out = conductor
-                            .build_instances(new_spec(&f), vec![new_instance(&f, id)])
-                            .await?;
+                        let out = conductor.build_instances(new_spec(&f), vec![new_instance(&f, id)]).await?;
                         if out.iter().all(|o| o.is_active()) {
                             placed.fetch_add(1, Ordering::Relaxed);
                         } else {
                             failed.fetch_add(1, Ordering::Relaxed);
                         }
                     } else {
-                        match s
-                            .select_destinations(&new_spec(&f), &[id], alternates)
-                            .await
-                        {
+                        match s.select_destinations(&new_spec(&f), &[id], alternates).await {
                             Ok(_) => {
                                 placed.fetch_add(1, Ordering::Relaxed);
                             }

@@ -47,12 +47,7 @@ pub struct BuildBehaviour {
 impl Default for BuildBehaviour {
     /// Instant builds that always succeed.
     fn default() -> Self {
-        BuildBehaviour {
-            latency: Duration::ZERO,
-            jitter: Duration::ZERO,
-            failure_rate: 0.0,
-            reschedulable_rate: 1.0,
-        }
+        BuildBehaviour { latency: Duration::ZERO, jitter: Duration::ZERO, failure_rate: 0.0, reschedulable_rate: 1.0 }
     }
 }
 
@@ -153,22 +148,14 @@ impl ComputeDriver for SimulatedCompute {
         self.builds.fetch_add(1, Ordering::Relaxed);
         let b = self.hosts.get(&host.host).copied().unwrap_or(self.default);
         let mut rng = self.rolls(&host.host, instance);
-        let extra = if b.jitter.is_zero() {
-            Duration::ZERO
-        } else {
-            b.jitter.mul_f64(rng.unit())
-        };
+        let extra = if b.jitter.is_zero() { Duration::ZERO } else { b.jitter.mul_f64(rng.unit()) };
         let wait = b.latency + extra;
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
         if rng.unit() < b.failure_rate {
             let reschedulable = rng.unit() < b.reschedulable_rate;
-            let counter = if reschedulable {
-                &self.reschedulable
-            } else {
-                &self.fatal
-            };
+            let counter = if reschedulable { &self.reschedulable } else { &self.fatal };
             counter.fetch_add(1, Ordering::Relaxed);
             return Err(BuildFailure {
                 reschedulable,
