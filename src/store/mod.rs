@@ -20,6 +20,10 @@ pub mod audit;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(feature = "sql")]
+pub mod sql;
 mod url;
 
 pub use self::url::StoreUrl;
@@ -238,6 +242,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// | URL | backend |
 /// |---|---|
 /// | `memory://` | the embedded in-process store (the default) |
+/// | `redis://host:port[/db]`, `redis+cluster://host:port?seeds=...` | [`redis`] (feature `redis`) |
 ///
 /// Backends added by later features register their schemes here. An unknown scheme is
 /// [`Error::InvalidInput`](crate::Error::InvalidInput) naming the schemes this build knows.
@@ -245,6 +250,10 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     let parsed = StoreUrl::parse(url)?;
     match parsed.scheme() {
         "memory" => Ok(Arc::new(memory::MemoryStore::new())),
+        #[cfg(feature = "redis")]
+        "redis" | "redis+cluster" => Ok(Arc::new(redis::RedisStore::open(&parsed).await?)),
+        #[cfg(feature = "sql")]
+        "mysql" | "mariadb" | "postgres" | "postgresql" => Ok(Arc::new(sql::SqlStore::open(&parsed).await?)),
         other => Err(crate::Error::invalid(
             "store url",
             format!("unknown scheme {other:?} in {parsed}; this build knows: {}", known_schemes().join(", ")),
@@ -254,5 +263,11 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 
 /// The URL schemes [`open`] understands in this build.
 pub fn known_schemes() -> Vec<&'static str> {
-    vec!["memory"]
+    #[allow(unused_mut)]
+    let mut v = vec!["memory"];
+    #[cfg(feature = "redis")]
+    v.extend(["redis", "redis+cluster"]);
+    #[cfg(feature = "sql")]
+    v.extend(["mysql", "mariadb", "postgres", "postgresql"]);
+    v
 }
