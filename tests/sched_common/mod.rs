@@ -68,7 +68,19 @@ pub fn trials(cases: Vec<(&'static str, CaseFn)>) -> Vec<Trial> {
             out.push(Trial::ignorable_test(format!("{label}::{name}"), move || {
                 run(
                     async move {
-                        unicell::store::open(&url).await.map_err(|err| format!("cannot open store {label}: {err}"))
+                        // Trials open the same store concurrently; a backend whose first
+                        // open races on creating its database gets two more tries.
+                        let mut attempt = 0;
+                        loop {
+                            match unicell::store::open(&url).await {
+                                Ok(s) => return Ok(s),
+                                Err(err) if attempt == 2 => return Err(format!("cannot open store {label}: {err}")),
+                                Err(_) => {
+                                    attempt += 1;
+                                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                                }
+                            }
+                        }
                     },
                     f,
                 )
