@@ -3,7 +3,8 @@
 //! ```text
 //! cargo run --release --example schedule_throughput -- \
 //!     [--store memory://] [--hosts 1000] [--requests 10000] [--schedulers 4] \
-//!     [--concurrency 8] [--subset 1] [--stale-ms 0] [--alternates 2] [--mode select|build]
+//!     [--concurrency 8] [--subset 1] [--stale-ms 0] [--alternates 2] [--mode select|build] \
+//!     [--max-placement-results 1000 (0: no limit)]
 //! ```
 //!
 //! `select` measures `select_destinations` alone (claim included, one instance per request,
@@ -32,6 +33,7 @@ struct Args {
     stale_ms: u64,
     alternates: usize,
     mode: String,
+    max_placement_results: usize,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -45,6 +47,7 @@ fn parse() -> anyhow::Result<Args> {
         stale_ms: 0,
         alternates: 2,
         mode: "select".into(),
+        max_placement_results: 1000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,6 +61,7 @@ fn parse() -> anyhow::Result<Args> {
             "--subset" => a.subset = v.parse()?,
             "--stale-ms" => a.stale_ms = v.parse()?,
             "--alternates" => a.alternates = v.parse()?,
+            "--max-placement-results" => a.max_placement_results = v.parse()?,
             "--mode" => a.mode = v,
             other => anyhow::bail!("unknown flag {other}"),
         }
@@ -184,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
         cells: vec![cell],
         host_subset_size: a.subset,
         min_refresh_interval: Duration::from_millis(a.stale_ms),
+        max_placement_results: (a.max_placement_results > 0).then_some(a.max_placement_results),
         ..Default::default()
     };
     let mut schedulers = Vec::new();
@@ -249,7 +254,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let placed = placed.load(Ordering::Relaxed);
     println!(
-        "store={} mode={} hosts={} schedulers={} concurrency={} subset={} stale_ms={}: \
+        "store={} mode={} hosts={} schedulers={} concurrency={} subset={} stale_ms={} max_placement_results={}: \
          {placed} placed, {} no valid host in {:.2?} => {:.0} placements/s; \
          claims tried {tried}, refused {refused} ({:.1}%), trees re-read {reread}; setup {:.2?}",
         store.backend(),
@@ -259,6 +264,7 @@ async fn main() -> anyhow::Result<()> {
         a.concurrency,
         a.subset,
         a.stale_ms,
+        a.max_placement_results,
         failed.load(Ordering::Relaxed),
         elapsed,
         placed as f64 / elapsed.as_secs_f64(),

@@ -38,6 +38,7 @@ fn main() {
         case!(invalid_requests_are_rejected),
         case!(io_ops_counted_from_building_instances),
         case!(tracing_spans_describe_each_request),
+        case!(max_placement_results_samples_and_is_lifted_for_hints),
     ];
     libtest_mimic::run(&args, sched_common::trials(cases)).exit();
 }
@@ -766,5 +767,40 @@ async fn tracing_spans_describe_each_request(store: Arc<dyn Store>) -> R {
     check!(placed.get("alternates").map(String::as_str) == Some("2"), "{placed:?}");
     let failed = find(too_big.instance_uuid).ok_or("no span for the failed request")?;
     check!(failed.get("outcome").map(String::as_str) == Some("no_valid_host"), "{failed:?}");
+    Ok(())
+}
+
+async fn max_placement_results_samples_and_is_lifted_for_hints(store: Arc<dyn Store>) -> R {
+    let mut cloud = Cloud::new(store.clone()).await?;
+    cloud.add_hosts(12, HostSpec::default()).await?;
+    let s = cloud.scheduler_with(SchedulerConfig { max_placement_results: Some(1), ..cloud.config() }).await?;
+    let f = flavor(1, 512, 1);
+    // Plain requests: one random fitting host is ranked, so no alternate, and the samples
+    // differ from request to request.
+    let mut chosen = BTreeSet::new();
+    for _ in 0..8 {
+        let out = s.select_destinations(&spec(f.clone()), &[InstanceId::new_v4()], 3).await.map_err(e)?;
+        check!(out[0].len() == 1, "limit 1 leaves no alternate: {out:?}");
+        chosen.insert(out[0][0].host.clone());
+    }
+    check!(chosen.len() > 1, "the sample is random, not always the same host: {chosen:?}");
+    // same_host: the limit is lifted, so the anchor's host is always found (a sample of 1
+    // of 12 would miss it most of the time).
+    let mut anchor = sched_common::instance(&f);
+    anchor.host = Some(cloud.hosts[5].name.clone());
+    anchor.cell = Some(cloud.cell);
+    store.create_instance(&anchor).await.map_err(e)?;
+    for _ in 0..4 {
+        let mut sp = spec(f.clone());
+        sp.hints.same_host = vec![anchor.uuid];
+        let out = s.select_destinations(&sp, &[InstanceId::new_v4()], 2).await.map_err(e)?;
+        check!(out[0][0].host == cloud.hosts[5].name, "same_host with the limit lifted: {out:?}");
+    }
+    // different_host: lifted too, so alternates come from the whole cloud again.
+    let mut sp = spec(f.clone());
+    sp.hints.different_host = vec![anchor.uuid];
+    let out = s.select_destinations(&sp, &[InstanceId::new_v4()], 3).await.map_err(e)?;
+    check!(out[0].len() == 4, "different_host lifts the limit: {out:?}");
+    check!(out[0].iter().all(|sel| sel.host != cloud.hosts[5].name), "different_host: {out:?}");
     Ok(())
 }

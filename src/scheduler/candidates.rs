@@ -212,7 +212,34 @@ pub fn fits_request(tree: &ProviderTree, req: &CandidateRequest) -> Result<(), R
             return Ok(());
         }
     }
+    if unsuffixed_fits(tree, req) {
+        return Ok(());
+    }
     allocation_candidate(tree, req).map(|_| ())
+}
+
+/// The common nested case (a host with NUMA or NIC children and a plain flavor): one
+/// unsuffixed group with no required traits. Each class then comes whole from one
+/// provider and no two classes share a provider's running sum, so the search succeeds
+/// exactly when every class has a provider that fits it, is not forbidden by a trait and
+/// is in the requested aggregates (the search's first pick for each class never needs
+/// backtracking, and takes one step per class). `false` means "ask the search", which
+/// also says why not.
+fn unsuffixed_fits(tree: &ProviderTree, req: &CandidateRequest) -> bool {
+    let [g] = req.groups.as_slice() else {
+        return false;
+    };
+    if g.suffix.is_some() || !g.required.is_empty() || g.resources.is_empty() || req.budget < g.resources.len() {
+        return false;
+    }
+    let root_aggs = tree.providers.first().map(|r| &r.aggregates);
+    let agg_ok = |p: &ProviderNode| {
+        let in_agg = |a: &AggregateId| p.aggregates.contains(a) || root_aggs.is_some_and(|r| r.contains(a));
+        req.member_of.iter().all(|set| set.iter().any(in_agg)) && !req.forbidden_aggregates.iter().any(in_agg)
+    };
+    g.resources.iter().all(|(c, a)| {
+        tree.providers.iter().any(|p| fits(p, c, *a) && !g.forbidden.iter().any(|t| p.traits.contains(t)) && agg_ok(p))
+    })
 }
 
 /// The common case, a tree of one provider, without the search machinery: every amount of
@@ -554,6 +581,71 @@ mod tests {
             if fast.is_ok() { ok += 1 } else { rejected += 1 }
         }
         assert!(ok > 100 && rejected > 100, "both outcomes exercised: {ok} / {rejected}");
+    }
+
+    #[test]
+    fn unsuffixed_nested_fast_path_agrees_with_the_search() {
+        let mut rng = crate::scheduler::SplitMix64::new(23);
+        let traits = ["CUSTOM_A", "CUSTOM_B"];
+        let (agg, agg2) = (AggregateId::new_v4(), AggregateId::new_v4());
+        let (mut ok, mut rejected, mut fast_hits) = (0, 0, 0);
+        for _ in 0..3000 {
+            let root = node(None, &[(DiskGb, 10 + rng.below(40) as i64)], &[]);
+            let mut nodes = vec![root.clone()];
+            for _ in 0..1 + rng.below(3) {
+                let mut n = node(
+                    Some(root.id),
+                    &[(Vcpu, 1 + rng.below(8) as i64), (MemoryMb, 512 * (1 + rng.below(4) as i64))],
+                    &[],
+                );
+                if rng.below(2) == 0 {
+                    n.usages.insert(Vcpu, rng.below(4) as i64);
+                }
+                if rng.below(3) == 0 {
+                    n.inventories.get_mut(&MemoryMb).unwrap().step_size = 256;
+                }
+                if rng.below(2) == 0 {
+                    n.traits.insert(Trait::new(traits[rng.below(2)]).unwrap());
+                }
+                if rng.below(3) == 0 {
+                    n.aggregates.insert(agg2);
+                }
+                nodes.push(n);
+            }
+            if rng.below(2) == 0 {
+                nodes[0].aggregates.insert(agg);
+            }
+            let t = tree(nodes);
+            let mut g0 = group(
+                None,
+                &[(Vcpu, 1 + rng.below(4) as i64), (MemoryMb, 128 * (1 + rng.below(8) as i64)), (DiskGb, 20)],
+            );
+            if rng.below(3) == 0 {
+                g0.forbidden.insert(Trait::new(traits[rng.below(2)]).unwrap());
+            }
+            if rng.below(5) == 0 {
+                g0.required.insert(Trait::new(traits[rng.below(2)]).unwrap());
+            }
+            let mut r = req(vec![g0]);
+            match rng.below(4) {
+                0 => r.member_of = vec![BTreeSet::from([agg])],
+                1 => r.member_of = vec![BTreeSet::from([agg2])],
+                2 => r.forbidden_aggregates = BTreeSet::from([agg2]),
+                _ => {}
+            }
+            if rng.below(10) == 0 {
+                r.budget = 1 + rng.below(3);
+            }
+            let full = search(&t, &r);
+            fast_hits += usize::from(unsuffixed_fits(&t, &r));
+            assert!(
+                !(unsuffixed_fits(&t, &r) && full.is_err()),
+                "fast path accepted what the search refuses: {t:?} {r:?}"
+            );
+            assert_eq!(fits_request(&t, &r), full.as_ref().map(|_| ()).map_err(Clone::clone), "{t:?} {r:?}");
+            if full.is_ok() { ok += 1 } else { rejected += 1 }
+        }
+        assert!(ok > 100 && rejected > 100 && fast_hits > 100, "exercised: {ok} / {rejected} / {fast_hits}");
     }
 
     #[test]

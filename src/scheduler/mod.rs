@@ -116,6 +116,16 @@ pub struct SchedulerConfig {
     /// value trades fresher state for fewer store reads; claims stay correct either way,
     /// only more of them are refused.
     pub min_refresh_interval: Duration,
+    /// How many hosts that fit the request's resources, traits and aggregates go on to the
+    /// filters and weighers (`[scheduler]max_placement_results`, 1000; `None`: all). The
+    /// hosts kept are a random sample (seeded by [`seed`](Self::seed)), as Placement's
+    /// `randomize_allocation_candidates=True` does, so no host is systematically left out.
+    /// As in Nova, the limit is lifted when the request names a server group, `same_host`
+    /// or `different_host` hints, forced hosts or a requested host or node (bugs 1777591
+    /// and 1827628: a truncated list made those fail with NoValidHost). Why it exists:
+    /// ranking cost grows with the hosts ranked, and a thousand random fitting hosts is
+    /// plenty to choose from.
+    pub max_placement_results: Option<usize>,
 }
 
 impl Default for SchedulerConfig {
@@ -142,6 +152,7 @@ impl Default for SchedulerConfig {
             seed: None,
             refresh_concurrency: 16,
             min_refresh_interval: Duration::ZERO,
+            max_placement_results: Some(1000),
         }
     }
 }
@@ -262,6 +273,9 @@ impl Scheduler {
                     format!("unknown filter {name:?}; known: {}", filters::ALL_FILTERS.join(", ")),
                 )
             })?);
+        }
+        if config.max_placement_results == Some(0) {
+            return Err(Error::invalid("scheduler.max_placement_results", "must be at least 1 (None: no limit)"));
         }
         if config.host_subset_size == 0 {
             return Err(Error::invalid("scheduler.host_subset_size", "must be at least 1"));

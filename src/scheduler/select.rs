@@ -15,7 +15,7 @@ use crate::scheduler::error::{
 };
 use crate::scheduler::filters::FilterContext;
 use crate::scheduler::host_state::{HostState, Snapshot};
-use crate::scheduler::{Scheduler, bump, lock, weighers};
+use crate::scheduler::{Scheduler, SplitMix64, bump, lock, weighers};
 
 /// What a request needs, prepared once.
 struct Plan {
@@ -24,6 +24,8 @@ struct Plan {
     same_host: Option<BTreeSet<String>>,
     different_host: BTreeSet<String>,
     forced: bool,
+    /// `max_placement_results` for this request (`None`: lifted or unlimited).
+    limit: Option<usize>,
 }
 
 /// A host that passed every stage (names and allocation are resolved only for the hosts
@@ -48,6 +50,33 @@ fn resolve(snap: &Snapshot, root: ProviderId, cand: &CandidateRequest, default_a
         allocation,
         availability_zone: Some(h.availability_zone(&snap.aggregates, default_az)),
     })
+}
+
+/// The request's `max_placement_results`, lifted as Nova lifts it
+/// (`nova/scheduler/utils.py → resources_from_request_spec`): for server groups,
+/// `same_host`/`different_host` hints, and forced or requested hosts and nodes, where a
+/// truncated candidate list gave false NoValidHosts (bugs 1777591, 1827628).
+fn placement_limit(configured: Option<usize>, spec: &RequestSpec) -> Option<usize> {
+    let requested_host = spec.requested_destination.as_ref().is_some_and(|d| d.host.is_some() || d.node.is_some());
+    let lifted = spec.hints.group.is_some()
+        || !spec.hints.same_host.is_empty()
+        || !spec.hints.different_host.is_empty()
+        || !spec.force_hosts.is_empty()
+        || requested_host;
+    if lifted { None } else { configured }
+}
+
+/// Keeps a uniform random sample of `k` items of `v` (partial Fisher-Yates), in place.
+fn sample_in_place<T>(v: &mut Vec<T>, k: usize, rng: &mut SplitMix64) {
+    let n = v.len();
+    if k >= n {
+        return;
+    }
+    for i in 0..k {
+        let j = i + rng.below(n - i);
+        v.swap(i, j);
+    }
+    v.truncate(k);
 }
 
 struct Ranking {
@@ -177,7 +206,9 @@ impl Scheduler {
             same_host = Some(self.hosts_of(&spec.hints.same_host).await?);
         }
         let different_host = self.hosts_of(&spec.hints.different_host).await?;
-        Ok(Plan { cand, group, same_host, different_host, forced: !spec.force_hosts.is_empty() })
+        let forced = !spec.force_hosts.is_empty();
+        let limit = placement_limit(self.config.max_placement_results, spec);
+        Ok(Plan { cand, group, same_host, different_host, forced, limit })
     }
 
     /// Hosts currently running these instances (unknown or unplaced ones are skipped).
@@ -259,6 +290,24 @@ impl Scheduler {
             removed: in_scope.len() - fitting.len(),
             why: res_why,
         });
+
+        // Stage 2b: max_placement_results, a seeded random sample (Placement's
+        // randomize_allocation_candidates) of the fitting hosts.
+        if let Some(limit) = plan.limit
+            && fitting.len() > limit
+        {
+            let before = fitting.len();
+            // Sorted first so that a given seed and snapshot give the same sample
+            // whatever the hash map's iteration order.
+            fitting.sort_unstable_by_key(|h| h.root());
+            sample_in_place(&mut fitting, limit, &mut lock(&self.rng));
+            stages.push(StageCount {
+                stage: "max_placement_results".into(),
+                before,
+                removed: before - limit,
+                why: BTreeMap::new(),
+            });
+        }
 
         // Stage 3: filters (skipped for forced hosts, as in Nova).
         let group_hosts: BTreeSet<String> = match &plan.group {
@@ -562,5 +611,70 @@ impl Scheduler {
             "placed"
         );
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Destination, GroupId};
+    use crate::scheduler::filters::tests::spec;
+
+    #[test]
+    fn placement_limit_applies_to_plain_requests() {
+        assert_eq!(placement_limit(Some(1000), &spec()), Some(1000));
+        assert_eq!(placement_limit(None, &spec()), None);
+        // A cell or aggregates alone do not lift it (Nova keeps the limit for them).
+        let mut s = spec();
+        s.requested_destination = Some(Destination { cell: Some(CellId::new_v4()), ..Default::default() });
+        assert_eq!(placement_limit(Some(10), &s), Some(10));
+    }
+
+    #[test]
+    fn placement_limit_is_lifted_for_group_hints_and_forced_or_requested_hosts() {
+        let mut s = spec();
+        s.hints.group = Some(GroupId::new_v4());
+        assert_eq!(placement_limit(Some(1000), &s), None, "server group");
+        let mut s = spec();
+        s.hints.same_host = vec![InstanceId::new_v4()];
+        assert_eq!(placement_limit(Some(1000), &s), None, "same_host");
+        let mut s = spec();
+        s.hints.different_host = vec![InstanceId::new_v4()];
+        assert_eq!(placement_limit(Some(1000), &s), None, "different_host");
+        let mut s = spec();
+        s.force_hosts = vec!["h1".into()];
+        assert_eq!(placement_limit(Some(1000), &s), None, "forced host");
+        let mut s = spec();
+        s.requested_destination = Some(Destination { host: Some("h1".into()), ..Default::default() });
+        assert_eq!(placement_limit(Some(1000), &s), None, "requested host");
+        let mut s = spec();
+        s.requested_destination = Some(Destination { node: Some("n1".into()), ..Default::default() });
+        assert_eq!(placement_limit(Some(1000), &s), None, "requested node");
+    }
+
+    fn sample(seed: u64, n: usize, k: usize) -> Vec<usize> {
+        let mut v: Vec<usize> = (0..n).collect();
+        sample_in_place(&mut v, k, &mut SplitMix64::new(seed));
+        v
+    }
+
+    #[test]
+    fn sample_is_seeded_distinct_and_random() {
+        let a = sample(42, 5000, 1000);
+        assert_eq!(a.len(), 1000);
+        let distinct: HashSet<_> = a.iter().collect();
+        assert_eq!(distinct.len(), 1000, "no host twice");
+        assert_eq!(a, sample(42, 5000, 1000), "same seed, same sample");
+        assert_ne!(a, sample(43, 5000, 1000), "another seed, another sample");
+        // Random, not the first N: many sampled items come from beyond the first 1000,
+        // and every region of the input is represented.
+        assert!(a.iter().filter(|&&i| i >= 1000).count() > 600);
+        for region in 0..5 {
+            let hits = a.iter().filter(|&&i| i / 1000 == region).count();
+            assert!(hits > 100, "region {region} got {hits} of 1000");
+        }
+        // A limit at or above the length keeps everything, in order.
+        assert_eq!(sample(1, 10, 10), (0..10).collect::<Vec<_>>());
+        assert_eq!(sample(1, 10, 50), (0..10).collect::<Vec<_>>());
     }
 }
