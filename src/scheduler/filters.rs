@@ -105,7 +105,7 @@ impl HostFilter for AvailabilityZoneFilter {
     fn host_passes(&self, host: &HostState, ctx: &FilterContext<'_>) -> bool {
         match &ctx.spec.availability_zone {
             None => true,
-            Some(az) => host.availability_zone(ctx.aggregates, &ctx.config.default_availability_zone) == *az,
+            Some(az) => host.availability_zone_ref(ctx.aggregates, &ctx.config.default_availability_zone) == az,
         }
     }
 }

@@ -68,13 +68,23 @@ impl HostState {
     /// The host's availability zone: the service record's, else the first aggregate of the
     /// root that defines one, else `default`.
     pub fn availability_zone(&self, aggregates: &HashMap<AggregateId, Aggregate>, default: &str) -> String {
+        self.availability_zone_ref(aggregates, default).to_string()
+    }
+
+    /// [`availability_zone`](Self::availability_zone) without a copy (the
+    /// AvailabilityZoneFilter compares it for every ranked host).
+    pub fn availability_zone_ref<'a>(
+        &'a self,
+        aggregates: &'a HashMap<AggregateId, Aggregate>,
+        default: &'a str,
+    ) -> &'a str {
         if let Some(az) = &self.host.availability_zone {
-            return az.clone();
+            return az;
         }
         self.aggregates()
             .filter_map(|a| aggregates.get(a))
-            .find_map(|a| a.availability_zone.clone())
-            .unwrap_or_else(|| default.to_string())
+            .find_map(|a| a.availability_zone.as_deref())
+            .unwrap_or(default)
     }
 
     /// The smallest value of aggregate metadata `key` parsed as a number over the host's

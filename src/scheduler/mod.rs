@@ -233,6 +233,9 @@ struct RefreshState {
     cursor: ChangeCursor,
     last_catalog: Instant,
     last_refresh: Instant,
+    /// Start of the last refresh that completed: the snapshot holds every change the store
+    /// had committed before this instant.
+    fresh_as_of: Option<Instant>,
 }
 
 /// A scheduler: owns a snapshot of host state read from the store and places instances by
@@ -290,6 +293,7 @@ impl Scheduler {
                 cursor: ChangeCursor(String::new()),
                 last_catalog: Instant::now(),
                 last_refresh: Instant::now(),
+                fresh_as_of: None,
             }),
             rng: Mutex::new(SplitMix64::new(seed)),
             counters: Counters::default(),
@@ -481,8 +485,18 @@ impl Scheduler {
     }
 
     /// Refreshes unless the last refresh is younger than `min_refresh_interval`.
+    ///
+    /// Concurrent requests of one scheduler share refreshes: a request that waited for the
+    /// refresh lock while another refresh ran skips its own when that refresh *started*
+    /// after the request arrived, since the snapshot then already holds every change
+    /// committed before the request arrived (what its own refresh would have read). Under
+    /// load this turns N queued change-feed reads into one.
     pub(crate) async fn maybe_refresh(&self) -> Result<()> {
+        let arrived = Instant::now();
         let mut st = self.refresh_state.lock().await;
+        if st.fresh_as_of.is_some_and(|t| t >= arrived) {
+            return Ok(());
+        }
         if !self.config.min_refresh_interval.is_zero() && st.last_refresh.elapsed() < self.config.min_refresh_interval {
             return Ok(());
         }
@@ -490,7 +504,14 @@ impl Scheduler {
     }
 
     async fn refresh_locked(&self, st: &mut RefreshState) -> Result<()> {
-        st.last_refresh = Instant::now();
+        let started = Instant::now();
+        st.last_refresh = started;
+        self.refresh_feed(st).await?;
+        st.fresh_as_of = Some(started);
+        Ok(())
+    }
+
+    async fn refresh_feed(&self, st: &mut RefreshState) -> Result<()> {
         match self.store.changes_since(&st.cursor).await? {
             Changes::Resync => {
                 tracing::info!("change feed answered Resync: full reload");
