@@ -186,30 +186,6 @@ fn reason_of(code: u16, message: &str) -> String {
     format!("{code} {}", words.join(" "))
 }
 
-/// Stops the heartbeat task however `run` ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Writes a fresh heartbeat on every host record (what each nova-compute does for itself).
-async fn heartbeat(store: &Arc<dyn Store>) -> Result<()> {
-    use futures::{StreamExt, TryStreamExt};
-    let now = Timestamp::now();
-    futures::stream::iter(store.list_hosts(None).await?)
-        .map(|mut h| async move {
-            h.last_heartbeat = now;
-            store.put_host(&h).await
-        })
-        .buffer_unordered(16)
-        .try_collect::<()>()
-        .await?;
-    Ok(())
-}
-
 /// Runs `reqs` through `setup.schedulers` scheduler+conductor pairs against `store`.
 pub async fn run(
     store: &Arc<dyn Store>,
@@ -219,22 +195,6 @@ pub async fn run(
 ) -> Result<BuildReport> {
     let compute =
         Arc::new(SimulatedCompute::new(setup.seed).with_failure_rate(setup.failure_rate, setup.reschedulable_share));
-    // The simulated computes report their heartbeat as nova-compute does (every
-    // `report_interval`, 10 s): without it every host looks down to the ComputeFilter once
-    // `service_down_time` (60 s) has passed since the cloud was loaded, and the rest of a
-    // long run (or all of it, when loading took longer) ends in NoValidHost.
-    heartbeat(store).await.context("reporting compute heartbeats")?;
-    let beats = {
-        let store = Arc::clone(store);
-        AbortOnDrop(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-                if let Err(e) = heartbeat(&store).await {
-                    tracing::warn!("compute heartbeat failed: {e}");
-                }
-            }
-        }))
-    };
     let started = Instant::now();
     let mut conductors = Vec::new();
     for s in 0..setup.schedulers.max(1) {
@@ -330,7 +290,6 @@ pub async fn run(
         all.merge(w);
     }
     let seconds = t0.elapsed().as_secs_f64();
-    drop(beats);
     let mut timeline = std::mem::take(&mut *timeline.lock().unwrap_or_else(|e| e.into_inner()));
     timeline.push((seconds, placed.load(Ordering::Relaxed)));
     // Keep the report small: at most ~300 points, evenly strided, last one kept.
