@@ -164,8 +164,13 @@ async fn listing(base: &str, run: &str, n: usize, cells: usize) -> anyhow::Resul
                 }
                 if pass == 1 {
                     lat.sort_by(|a, b| a.total_cmp(b));
+                    let shape = if label == "cells" {
+                        format!("{cells} cell databases, {strategy}")
+                    } else {
+                        format!("one database, {cells} cell ids")
+                    };
                     println!(
-                        "list[{label}, {cells} cells, {strategy}]: {total} instances in {} pages of 1000: \
+                        "list[{label}, {shape}]: {total} instances in {} pages of 1000: \
                          p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
                         lat.len(),
                         pct(&lat, 0.5),

@@ -52,20 +52,36 @@ fn main() {
     }
     let mut trials: Vec<Trial> = Vec::new();
     let mut created: Vec<StoreUrl> = Vec::new();
+    let mut failed: Vec<(Flavor, String)> = Vec::new();
     for cfg in CONFIGS {
         let server = servers.iter().find(|(f, _)| *f == cfg.flavor).map(|(_, s)| s).expect("server probed");
-        let prepared: Result<String, String> = match server {
-            Err(reason) => Err(reason.clone()),
-            Ok(server) => {
+        let earlier_failure = failed.iter().find(|(f, _)| *f == cfg.flavor).map(|(_, r)| r.clone());
+        let prepared: Result<String, String> = match (server, earlier_failure) {
+            (Err(reason), _) => Err(reason.clone()),
+            (Ok(_), Some(reason)) => Err(reason),
+            (Ok(server), None) => {
                 let db = format!("{run_id}_{}", cfg.name.replace('-', "_"));
                 let url = format!("{}/{db}?{}", server.base, cfg.query);
                 rt.block_on(async {
                     let parsed = StoreUrl::parse(&url).map_err(|e| e.to_string())?;
-                    created.push(parsed.clone());
-                    let store =
-                        SqlStore::open(&parsed).await.map_err(|e| format!("{} ({}): {e}", cfg.name, server.origin))?;
-                    store.close().await;
-                    Ok(format!("{url}&create=false"))
+                    match SqlStore::open(&parsed).await {
+                        Ok(store) => {
+                            created.push(parsed.clone());
+                            store.close().await;
+                            Ok(format!("{url}&create=false"))
+                        }
+                        Err(e) => {
+                            let reason = format!("{} ({}): {e}", cfg.name, server.origin);
+                            // An unreachable server is not tried again for the other mode,
+                            // and only databases that may exist are dropped at the end.
+                            if e.is_retryable() {
+                                failed.push((cfg.flavor, reason.clone()));
+                            } else {
+                                created.push(parsed.clone());
+                            }
+                            Err(reason)
+                        }
+                    }
                 })
             }
         };

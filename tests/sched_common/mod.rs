@@ -44,6 +44,24 @@ pub fn e<E: std::fmt::Display>(err: E) -> String {
     format!("unexpected error: {err}")
 }
 
+/// A URL whose key prefix (Redis) is unique to one case, so that cases running at the same
+/// time do not see each other's trees in the change feed (the feed reports every change
+/// under a prefix, correctly). Stores without a `prefix` option are shared as given.
+fn isolated(url: &str) -> String {
+    let Ok(mut u) = url::Url::parse(url) else { return url.to_string() };
+    let pairs: Vec<(String, String)> = u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    if !pairs.iter().any(|(k, _)| k == "prefix") {
+        return url.to_string();
+    }
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let pairs: Vec<(String, String)> = pairs
+        .into_iter()
+        .map(|(k, v)| if k == "prefix" { (k, format!("{v}-{}", &suffix[..8])) } else { (k, v) })
+        .collect();
+    u.query_pairs_mut().clear().extend_pairs(pairs);
+    u.to_string()
+}
+
 /// The trials of one binary: every case on a fresh memory store, then on each URL of
 /// `UNICELL_TEST_STORES`.
 pub fn trials(cases: Vec<(&'static str, CaseFn)>) -> Vec<Trial> {
@@ -68,6 +86,7 @@ pub fn trials(cases: Vec<(&'static str, CaseFn)>) -> Vec<Trial> {
             out.push(Trial::ignorable_test(format!("{label}::{name}"), move || {
                 run(
                     async move {
+                        let url = isolated(&url);
                         unicell::store::open(&url).await.map_err(|err| format!("cannot open store {label}: {err}"))
                     },
                     f,
