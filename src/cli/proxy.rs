@@ -6,8 +6,9 @@
 //! `delay` later; chunks are pipelined (a chunk read while an earlier one waits is not
 //! delayed twice), so the link behaves like latency, not like a slow link. A request/response
 //! exchange therefore pays `2 * delay` (one round trip). Tokio's timer has millisecond
-//! granularity, so sub-millisecond delays round up to about a millisecond; a zero delay
-//! forwards at once.
+//! granularity: a chunk is delivered between one millisecond early and one millisecond late
+//! (a chunk due within the next tick is written at once, so that a large response read in
+//! many chunks does not pay a tick per chunk); a zero delay forwards at once.
 //!
 //! Bounded: at most [`MAX_CONNECTIONS`] connections at a time (more are refused by closing
 //! them) and at most [`QUEUE_CHUNKS`] chunks in flight per direction (the reader waits).
@@ -29,6 +30,8 @@ pub const MAX_CONNECTIONS: usize = 512;
 /// Chunks queued per direction of a connection before the reader waits.
 pub const QUEUE_CHUNKS: usize = 256;
 const CHUNK: usize = 64 * 1024;
+/// The timer's granularity: chunks due sooner than this are written at once.
+const TICK: Duration = Duration::from_millis(1);
 
 /// A running proxy. Dropping it shuts it down.
 #[derive(Debug)]
@@ -147,7 +150,10 @@ where
     };
     let writer = async move {
         while let Some((due, chunk)) = rx.recv().await {
-            if due > Instant::now() {
+            // Tokio's timer rounds every sleep up to its next millisecond tick; sleeping
+            // for each of the many chunks of a large response, read microseconds apart,
+            // would add up to a tick per chunk. A chunk due within one tick goes out now.
+            if due > Instant::now() + TICK {
                 tokio::time::sleep_until(due).await;
             }
             to.write_all(&chunk).await?;

@@ -126,6 +126,7 @@ pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
     );
     let flavor = FlavorId::new("m1.small")?;
     let mut runs = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
     for &c in &cells {
         let cell_list = cloud::list_cells(a.common.seed, c);
         // Load every candidate first, then page through all of them in turn, one page each,
@@ -133,14 +134,27 @@ pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
         let mut pagers = Vec::new();
         for (i, cand) in cands.iter().enumerate() {
             let url = run_url(cand, &format!("{tag}_l{c}_{i}"), Some(c))?;
-            let store = open_store(&url).await?;
             tracing::info!(candidate = %cand.label, cells = c, "loading {n} instances");
-            let load_seconds = load(&store, cand, &cell_list, n, a.common.seed, &flavor, a.load_concurrency)
-                .await
-                .with_context(|| format!("loading {} with {c} cells", cand.label))?;
-            let mut pager = Pager::new(store, limit);
-            pager.warm_up().await.with_context(|| format!("paging {} with {c} cells", cand.label))?;
-            pagers.push((cand, url, load_seconds, pager));
+            // A candidate that fails to load is reported and left out of this cell count;
+            // the others still run (their figures are still comparable with each other).
+            let loaded = async {
+                let store = open_store(&url).await?;
+                let load_seconds =
+                    load(&store, cand, &cell_list, n, a.common.seed, &flavor, a.load_concurrency).await?;
+                let mut pager = Pager::new(store, limit);
+                pager.warm_up().await?;
+                anyhow::Ok((load_seconds, pager))
+            }
+            .await;
+            match loaded {
+                Ok((load_seconds, pager)) => pagers.push((cand, url, load_seconds, pager)),
+                Err(e) => {
+                    let msg = format!("{} with {c} cells: FAILED to load, left out: {e:#}", cand.label);
+                    println!("  {msg}");
+                    failures.push(msg);
+                    super::cleanup(cand, &url).await;
+                }
+            }
         }
         let bar = progress::bar(&format!("page C={c}"), (pagers.len() * n.div_ceil(limit as usize)) as u64);
         loop {
@@ -265,6 +279,7 @@ pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
          namespace loaded with the same seeded instances."
             .to_string(),
     ];
+    notes.extend(failures.iter().cloned());
     if cands.iter().any(Candidate::is_sql) {
         notes.push(
             "SQL baseline URLs got cells=<C> appended unless they set it; mode=single selects \
@@ -282,6 +297,9 @@ pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
     let json = report::write_json(&a.common.out, "list", &rep)?;
     let svg = chart_runs(&a.common.out, &runs, &cells, n, limit)?;
     print_outputs(&json, &svg);
+    if !failures.is_empty() {
+        bail!("{} candidate run(s) failed (recorded in the report): {}", failures.len(), failures.join("; "));
+    }
     Ok(())
 }
 
