@@ -6,9 +6,9 @@
 //! `delay` later; chunks are pipelined (a chunk read while an earlier one waits is not
 //! delayed twice), so the link behaves like latency, not like a slow link. A request/response
 //! exchange therefore pays `2 * delay` (one round trip). Tokio's timer has millisecond
-//! granularity: a chunk is delivered between one millisecond early and one millisecond late
-//! (a chunk due within the next tick is written at once, so that a large response read in
-//! many chunks does not pay a tick per chunk); a zero delay forwards at once.
+//! granularity: the first chunk of a burst is delivered up to about a millisecond late, and
+//! the chunks read right after it (due within one tick of it) go out with it rather than each
+//! paying a tick; a zero delay forwards at once.
 //!
 //! Bounded: at most [`MAX_CONNECTIONS`] connections at a time (more are refused by closing
 //! them) and at most [`QUEUE_CHUNKS`] chunks in flight per direction (the reader waits).
@@ -149,12 +149,16 @@ where
         anyhow::Ok(())
     };
     let writer = async move {
+        // Tokio's timer rounds every sleep up to its next millisecond tick; sleeping for
+        // each of the many chunks of a large response, read microseconds apart, would add a
+        // tick per chunk. So the writer sleeps until the first chunk of a burst is due and
+        // then writes every chunk due within one tick of that deadline without sleeping again.
+        let mut woke_for: Option<Instant> = None;
         while let Some((due, chunk)) = rx.recv().await {
-            // Tokio's timer rounds every sleep up to its next millisecond tick; sleeping
-            // for each of the many chunks of a large response, read microseconds apart,
-            // would add up to a tick per chunk. A chunk due within one tick goes out now.
-            if due > Instant::now() + TICK {
+            let same_burst = woke_for.is_some_and(|w| due <= w + TICK);
+            if !same_burst && due > Instant::now() {
                 tokio::time::sleep_until(due).await;
+                woke_for = Some(due);
             }
             to.write_all(&chunk).await?;
         }
