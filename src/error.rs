@@ -102,34 +102,17 @@ pub enum Conflict {
 impl fmt::Display for Conflict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Conflict::Generation {
-                root,
-                expected,
-                actual,
-            } => {
+            Conflict::Generation { root, expected, actual } => {
                 write!(f, "generation of tree {root} is {actual}, not {expected}")
             }
             Conflict::ConsumerMismatch { consumer, root } => {
-                write!(
-                    f,
-                    "consumer {consumer} already holds different allocations on tree {root}"
-                )
+                write!(f, "consumer {consumer} already holds different allocations on tree {root}")
             }
-            Conflict::GroupLimit {
-                group,
-                root,
-                max_per_host,
-            } => {
-                write!(
-                    f,
-                    "server group {group} already has {max_per_host} member(s) on tree {root}"
-                )
+            Conflict::GroupLimit { group, root, max_per_host } => {
+                write!(f, "server group {group} already has {max_per_host} member(s) on tree {root}")
             }
             Conflict::InventoryInUse { provider, class } => {
-                write!(
-                    f,
-                    "inventory {class} on provider {provider} has allocations"
-                )
+                write!(f, "inventory {class} on provider {provider} has allocations")
             }
             Conflict::ProviderInUse { provider } => {
                 write!(f, "provider {provider} has allocations or children")
@@ -161,9 +144,7 @@ pub enum Error {
         id: String,
     },
     /// A claim did not fit: names the first provider and class in key order that lacked room.
-    #[error(
-        "not enough {class} on provider {provider}: requested {requested}, used {used} of capacity {capacity}"
-    )]
+    #[error("not enough {class} on provider {provider}: requested {requested}, used {used} of capacity {capacity}")]
     Capacity {
         /// The provider.
         provider: ProviderId,
@@ -219,48 +200,28 @@ pub enum Error {
 impl Error {
     /// `InvalidInput` for `field`.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::InvalidInput {
-            field: field.into(),
-            message: message.into(),
-        }
+        Error::InvalidInput { field: field.into(), message: message.into() }
     }
 
     /// `NotFound` of `kind`.
     pub fn not_found(kind: Kind, id: impl fmt::Display) -> Self {
-        Error::NotFound {
-            kind,
-            id: id.to_string(),
-        }
+        Error::NotFound { kind, id: id.to_string() }
     }
 
     /// `AlreadyExists` of `kind`.
     pub fn already_exists(kind: Kind, id: impl fmt::Display) -> Self {
-        Error::AlreadyExists {
-            kind,
-            id: id.to_string(),
-        }
+        Error::AlreadyExists { kind, id: id.to_string() }
     }
 
     /// `Backend` wrapping any error.
-    pub fn backend(
-        backend: &'static str,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
-        Error::Backend {
-            backend,
-            source: source.into(),
-        }
+    pub fn backend(backend: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Error::Backend { backend, source: source.into() }
     }
 
     /// Whether retrying the same call may succeed: the backend was unreachable or slow, or a
     /// generation moved under an optimistic write (re-read first).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::Unavailable { .. }
-                | Error::Timeout { .. }
-                | Error::Conflict(Conflict::Generation { .. })
-        )
+        matches!(self, Error::Unavailable { .. } | Error::Timeout { .. } | Error::Conflict(Conflict::Generation { .. }))
     }
 }
 

@@ -10,7 +10,6 @@ use unicell::store::memory::MemoryStore;
 
 fn main() {
     let args = libtest_mimic::Arguments::from_args();
-    let factory: Factory =
-        Arc::new(|| Box::pin(async { Ok(Arc::new(MemoryStore::new()) as Arc<dyn Store>) }));
+    let factory: Factory = Arc::new(|| Box::pin(async { Ok(Arc::new(MemoryStore::new()) as Arc<dyn Store>) }));
     libtest_mimic::run(&args, conformance_trials("memory", factory)).exit();
 }

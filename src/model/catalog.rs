@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::model::{
-    AggregateId, AllocationMap, CellId, FlavorId, GroupId, InstanceId, ProviderId, ResourceClass,
-    Resources, Timestamp, Trait,
+    AggregateId, AllocationMap, CellId, FlavorId, GroupId, InstanceId, ProviderId, ResourceClass, Resources, Timestamp,
+    Trait,
 };
 
 /// A cell: a failure and scaling domain of hosts. In unicell it is only a label on hosts,
@@ -140,10 +140,7 @@ impl Flavor {
         if self.name.is_empty() || self.name.len() > 255 {
             return Err(Error::invalid("flavor.name", "must be 1 to 255 characters"));
         }
-        for (f, v) in [
-            ("flavor.vcpus", self.vcpus),
-            ("flavor.memory_mb", self.memory_mb),
-        ] {
+        for (f, v) in [("flavor.vcpus", self.vcpus), ("flavor.memory_mb", self.memory_mb)] {
             if v < 1 {
                 return Err(Error::invalid(f, format!("{v} must be at least 1")));
             }
@@ -179,14 +176,10 @@ impl Flavor {
                 ));
             }
         };
-        let disk = if is_bfv { 0 } else { self.root_gb }
-            + self.ephemeral_gb
-            + (self.swap_mb + 1023) / 1024;
-        for (class, amount) in [
-            (cpu_class, self.vcpus),
-            (ResourceClass::MemoryMb, self.memory_mb),
-            (ResourceClass::DiskGb, disk),
-        ] {
+        let disk = if is_bfv { 0 } else { self.root_gb } + self.ephemeral_gb + (self.swap_mb + 1023) / 1024;
+        for (class, amount) in
+            [(cpu_class, self.vcpus), (ResourceClass::MemoryMb, self.memory_mb), (ResourceClass::DiskGb, disk)]
+        {
             if amount > 0 {
                 base.resources.insert(class, amount);
             }
@@ -204,34 +197,17 @@ impl Flavor {
             } else {
                 continue; // other namespaces (hw:, capabilities:, ...) are for filters
             };
-            if !suffix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                || suffix.len() > 64
-            {
-                return Err(Error::invalid(
-                    field(),
-                    format!("bad group suffix {suffix:?}"),
-                ));
+            if !suffix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') || suffix.len() > 64 {
+                return Err(Error::invalid(field(), format!("bad group suffix {suffix:?}")));
             }
             let suffix = (!suffix.is_empty()).then(|| suffix.to_string());
-            let group = groups
-                .entry(suffix.clone())
-                .or_insert_with(|| RequestGroup {
-                    suffix,
-                    ..Default::default()
-                });
+            let group = groups.entry(suffix.clone()).or_insert_with(|| RequestGroup { suffix, ..Default::default() });
             if kind == "resources" {
-                let class = ResourceClass::parse(name)
-                    .map_err(|e| Error::invalid(field(), e.to_string()))?;
-                let amount: i64 = value
-                    .parse()
-                    .map_err(|_| Error::invalid(field(), format!("{value:?} is not an integer")))?;
+                let class = ResourceClass::parse(name).map_err(|e| Error::invalid(field(), e.to_string()))?;
+                let amount: i64 =
+                    value.parse().map_err(|_| Error::invalid(field(), format!("{value:?} is not an integer")))?;
                 if amount < 0 {
-                    return Err(Error::invalid(
-                        field(),
-                        format!("{amount} must not be negative"),
-                    ));
+                    return Err(Error::invalid(field(), format!("{amount} must not be negative")));
                 }
                 if amount == 0 {
                     group.resources.remove(&class);
@@ -244,36 +220,24 @@ impl Flavor {
                     "required" => group.required.insert(t),
                     "forbidden" => group.forbidden.insert(t),
                     other => {
-                        return Err(Error::invalid(
-                            field(),
-                            format!("{other:?} must be required or forbidden"),
-                        ));
+                        return Err(Error::invalid(field(), format!("{other:?} must be required or forbidden")));
                     }
                 };
             }
         }
         for g in groups.values() {
             if let Some(t) = g.required.intersection(&g.forbidden).next() {
-                return Err(Error::invalid(
-                    "flavor.extra_specs",
-                    format!("trait {t} is both required and forbidden"),
-                ));
+                return Err(Error::invalid("flavor.extra_specs", format!("trait {t} is both required and forbidden")));
             }
             if g.suffix.is_some() && g.resources.is_empty() {
                 return Err(Error::invalid(
                     "flavor.extra_specs",
-                    format!(
-                        "group {:?} has traits but no resources",
-                        g.suffix.as_deref().unwrap_or("")
-                    ),
+                    format!("group {:?} has traits but no resources", g.suffix.as_deref().unwrap_or("")),
                 ));
             }
         }
         Ok(ResourceRequest {
-            groups: groups
-                .into_values()
-                .filter(|g| g.suffix.is_none() || !g.resources.is_empty())
-                .collect(),
+            groups: groups.into_values().filter(|g| g.suffix.is_none() || !g.resources.is_empty()).collect(),
         })
     }
 }
@@ -314,10 +278,7 @@ impl ServerGroup {
     /// Checks Nova's rule that only anti-affinity takes `max_server_per_host` (>= 1).
     pub fn validate(&self) -> Result<(), Error> {
         match (self.policy, self.max_per_host) {
-            (_, Some(0)) => Err(Error::invalid(
-                "server_group.max_per_host",
-                "must be at least 1",
-            )),
+            (_, Some(0)) => Err(Error::invalid("server_group.max_per_host", "must be at least 1")),
             (GroupPolicy::AntiAffinity, _) | (_, None) => Ok(()),
             (p, Some(_)) => Err(Error::invalid(
                 "server_group.max_per_host",

@@ -201,13 +201,7 @@ pub struct Instance {
 
 impl Instance {
     /// A new instance in `building`/`scheduling`, created now.
-    pub fn new_building(
-        uuid: InstanceId,
-        name: &str,
-        project_id: &str,
-        user_id: &str,
-        flavor: FlavorId,
-    ) -> Self {
+    pub fn new_building(uuid: InstanceId, name: &str, project_id: &str, user_id: &str, flavor: FlavorId) -> Self {
         let now = Timestamp::now();
         Instance {
             uuid,
@@ -234,15 +228,9 @@ impl Instance {
     /// Checks names and sizes before a create.
     pub fn validate(&self) -> Result<(), Error> {
         if self.name.len() > 255 || self.name.chars().any(char::is_control) {
-            return Err(Error::invalid(
-                "instance.name",
-                "must be at most 255 printable characters",
-            ));
+            return Err(Error::invalid("instance.name", "must be at most 255 printable characters"));
         }
-        for (field, v) in [
-            ("instance.project_id", &self.project_id),
-            ("instance.user_id", &self.user_id),
-        ] {
+        for (field, v) in [("instance.project_id", &self.project_id), ("instance.user_id", &self.user_id)] {
             if v.is_empty() || v.len() > 255 {
                 return Err(Error::invalid(field, "must be 1 to 255 characters"));
             }
@@ -264,10 +252,7 @@ impl Instance {
     /// The listing sort key: created_at descending, then uuid descending. Sorting ascending
     /// by this key gives Nova's default order.
     pub fn sort_key(&self) -> SortKey {
-        SortKey {
-            created_at: self.created_at,
-            uuid: self.uuid,
-        }
+        SortKey { created_at: self.created_at, uuid: self.uuid }
     }
 
     /// Applies a patch and bumps `updated_at` (never backwards).
@@ -322,10 +307,7 @@ pub struct SortKey {
 
 impl Ord for SortKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        other
-            .created_at
-            .cmp(&self.created_at)
-            .then_with(|| other.uuid.cmp(&self.uuid))
+        other.created_at.cmp(&self.created_at).then_with(|| other.uuid.cmp(&self.uuid))
     }
 }
 
@@ -406,15 +388,9 @@ impl InstanceFilters {
             && self.project_id.as_ref().is_none_or(|p| &i.project_id == p)
             && self.user_id.as_ref().is_none_or(|u| &i.user_id == u)
             && (self.vm_states.is_empty() || self.vm_states.contains(&i.vm_state))
-            && self
-                .host
-                .as_ref()
-                .is_none_or(|h| i.host.as_ref() == Some(h))
+            && self.host.as_ref().is_none_or(|h| i.host.as_ref() == Some(h))
             && self.cell.is_none_or(|c| i.cell == Some(c))
-            && self
-                .name
-                .as_ref()
-                .is_none_or(|n| i.name.contains(n.as_str()))
+            && self.name.as_ref().is_none_or(|n| i.name.contains(n.as_str()))
             && self.changes_since.is_none_or(|t| i.updated_at >= t)
             && self.tags.iter().all(|t| i.tags.contains(t))
             && (self.tags_any.is_empty() || self.tags_any.iter().any(|t| i.tags.contains(t)))

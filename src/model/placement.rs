@@ -12,9 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::model::{
-    AggregateId, CellId, ConsumerId, GroupId, Inventory, ProviderId, ResourceClass, Trait,
-};
+use crate::model::{AggregateId, CellId, ConsumerId, GroupId, Inventory, ProviderId, ResourceClass, Trait};
 
 /// Amounts per resource class.
 pub type Resources = BTreeMap<ResourceClass, i64>;
@@ -47,18 +45,14 @@ pub struct NewProvider {
 impl NewProvider {
     /// Checks the name and every inventory.
     pub fn validate(&self) -> Result<(), Error> {
-        if self.name.is_empty() || self.name.len() > 200 || self.name.chars().any(char::is_control)
-        {
+        if self.name.is_empty() || self.name.len() > 200 || self.name.chars().any(char::is_control) {
             return Err(Error::invalid(
                 "provider.name",
                 format!("{:?} must be 1 to 200 printable characters", self.name),
             ));
         }
         if self.parent == Some(self.id) {
-            return Err(Error::invalid(
-                "provider.parent",
-                "a provider cannot be its own parent",
-            ));
+            return Err(Error::invalid("provider.parent", "a provider cannot be its own parent"));
         }
         for (class, inv) in &self.inventories {
             inv.validate(&format!("{class} on {}", self.id))?;
@@ -95,9 +89,7 @@ impl ProviderNode {
     /// `capacity - used` for `class`, or `None` when the provider has no such inventory.
     /// Negative when inventory shrank under existing allocations.
     pub fn free(&self, class: &ResourceClass) -> Option<i64> {
-        self.inventories
-            .get(class)
-            .map(|inv| inv.capacity() - self.used(class))
+        self.inventories.get(class).map(|inv| inv.capacity() - self.used(class))
     }
 }
 
@@ -185,20 +177,14 @@ impl ClaimRequest {
     /// and user present.
     pub fn validate(&self) -> Result<(), Error> {
         if self.allocations.is_empty() || self.allocations.values().all(|r| r.is_empty()) {
-            return Err(Error::invalid(
-                "allocations",
-                "a claim needs at least one amount",
-            ));
+            return Err(Error::invalid("allocations", "a claim needs at least one amount"));
         }
         for (provider, resources) in &self.allocations {
             for (class, amount) in resources {
                 if !(1..=crate::model::MAX_AMOUNT).contains(amount) {
                     return Err(Error::invalid(
                         format!("allocations[{provider}][{class}]"),
-                        format!(
-                            "amount {amount} must be between 1 and {}",
-                            crate::model::MAX_AMOUNT
-                        ),
+                        format!("amount {amount} must be between 1 and {}", crate::model::MAX_AMOUNT),
                     ));
                 }
             }
@@ -224,20 +210,13 @@ impl ClaimRequest {
     /// class in key order that does not fit), then the group limit.
     ///
     /// [`Conflict::ConsumerMismatch`]: crate::error::Conflict::ConsumerMismatch
-    pub fn evaluate(
-        &self,
-        tree: &ProviderTree,
-        held: Option<&AllocationMap>,
-    ) -> Result<bool, Error> {
+    pub fn evaluate(&self, tree: &ProviderTree, held: Option<&AllocationMap>) -> Result<bool, Error> {
         use crate::error::{Conflict, Kind};
         for provider in self.allocations.keys() {
             if tree.node(*provider).is_none() {
                 return Err(Error::invalid(
                     "allocations",
-                    format!(
-                        "provider {provider} is not in tree {}: a claim covers one provider tree",
-                        tree.root
-                    ),
+                    format!("provider {provider} is not in tree {}: a claim covers one provider tree", tree.root),
                 ));
             }
         }
@@ -245,32 +224,22 @@ impl ClaimRequest {
             if normalized(held) == normalized(&self.allocations) {
                 return Ok(true);
             }
-            return Err(Error::Conflict(Conflict::ConsumerMismatch {
-                consumer: self.consumer,
-                root: tree.root,
-            }));
+            return Err(Error::Conflict(Conflict::ConsumerMismatch { consumer: self.consumer, root: tree.root }));
         }
         for (provider, resources) in &self.allocations {
-            let node = tree
-                .node(*provider)
-                .ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
+            let node = tree.node(*provider).ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
             for (class, amount) in resources {
-                let inv = node.inventories.get(class).ok_or_else(|| {
-                    Error::not_found(Kind::Inventory, format!("{class} on provider {provider}"))
-                })?;
+                let inv = node
+                    .inventories
+                    .get(class)
+                    .ok_or_else(|| Error::not_found(Kind::Inventory, format!("{class} on provider {provider}")))?;
                 inv.check_units(&format!("{class} on provider {provider}"), *amount)?;
             }
         }
         for (provider, resources) in &self.allocations {
-            let node = tree
-                .node(*provider)
-                .ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
+            let node = tree.node(*provider).ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
             for (class, amount) in resources {
-                let capacity = node
-                    .inventories
-                    .get(class)
-                    .map(Inventory::capacity)
-                    .unwrap_or(0);
+                let capacity = node.inventories.get(class).map(Inventory::capacity).unwrap_or(0);
                 let used = node.used(class);
                 if used + amount > capacity {
                     return Err(Error::Capacity {
@@ -283,18 +252,10 @@ impl ClaimRequest {
                 }
             }
         }
-        if let Some(GroupClaim {
-            group,
-            max_per_host: Some(max),
-        }) = self.group
-        {
+        if let Some(GroupClaim { group, max_per_host: Some(max) }) = self.group {
             let members = tree.groups.get(&group).copied().unwrap_or(0);
             if members >= max {
-                return Err(Error::Conflict(Conflict::GroupLimit {
-                    group,
-                    root: tree.root,
-                    max_per_host: max,
-                }));
+                return Err(Error::Conflict(Conflict::GroupLimit { group, root: tree.root, max_per_host: max }));
             }
         }
         Ok(false)
@@ -303,10 +264,7 @@ impl ClaimRequest {
 
 /// Drops empty per-provider maps so that `{p: {}}` and `{}` compare equal.
 pub fn normalized(a: &AllocationMap) -> AllocationMap {
-    a.iter()
-        .filter(|(_, r)| !r.is_empty())
-        .map(|(p, r)| (*p, r.clone()))
-        .collect()
+    a.iter().filter(|(_, r)| !r.is_empty()).map(|(p, r)| (*p, r.clone())).collect()
 }
 
 /// The result of a successful claim.

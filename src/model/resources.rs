@@ -83,14 +83,9 @@ fn validate_custom_name(field: &str, s: &str) -> Result<(), Error> {
     let rest = &s["CUSTOM_".len()..];
     if rest.is_empty()
         || s.len() > 255
-        || !rest
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        || !rest.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
     {
-        return Err(Error::invalid(
-            field,
-            format!("{s:?} must match CUSTOM_[A-Z0-9_]+ and be at most 255 characters"),
-        ));
+        return Err(Error::invalid(field, format!("{s:?} must match CUSTOM_[A-Z0-9_]+ and be at most 255 characters")));
     }
     Ok(())
 }
@@ -128,14 +123,7 @@ impl<'de> Deserialize<'de> for ResourceClass {
 }
 
 /// Namespaces of the `os-traits` library. A trait outside them must be `CUSTOM_`.
-const STANDARD_TRAIT_PREFIXES: &[&str] = &[
-    "COMPUTE_",
-    "HW_",
-    "STORAGE_",
-    "MISC_",
-    "OWNER_",
-    "ACCELERATOR_",
-];
+const STANDARD_TRAIT_PREFIXES: &[&str] = &["COMPUTE_", "HW_", "STORAGE_", "MISC_", "OWNER_", "ACCELERATOR_"];
 
 /// A trait: a qualitative property of a provider (`HW_CPU_X86_AVX2`, `CUSTOM_GOLD`).
 ///
@@ -157,11 +145,8 @@ impl Trait {
         }
         let well_formed = !s.is_empty()
             && s.len() <= 255
-            && s.bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-        let known_namespace = STANDARD_TRAIT_PREFIXES
-            .iter()
-            .any(|p| s.starts_with(p) && s.len() > p.len());
+            && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        let known_namespace = STANDARD_TRAIT_PREFIXES.iter().any(|p| s.starts_with(p) && s.len() > p.len());
         if !(well_formed && known_namespace) {
             return Err(Error::invalid(
                 "trait",
@@ -233,34 +218,20 @@ pub struct Inventory {
 impl Default for Inventory {
     /// Placement's `INVENTORY_DEFAULTS` with `total = 1`.
     fn default() -> Self {
-        Inventory {
-            total: 1,
-            reserved: 0,
-            min_unit: 1,
-            max_unit: MAX_AMOUNT,
-            step_size: 1,
-            allocation_ratio: 1.0,
-        }
+        Inventory { total: 1, reserved: 0, min_unit: 1, max_unit: MAX_AMOUNT, step_size: 1, allocation_ratio: 1.0 }
     }
 }
 
 impl Inventory {
     /// An inventory of `total` with Placement's defaults for everything else.
     pub fn with_total(total: i64) -> Self {
-        Inventory {
-            total,
-            ..Inventory::default()
-        }
+        Inventory { total, ..Inventory::default() }
     }
 
     /// `floor((total - reserved) * allocation_ratio)`, Placement's capacity rule.
     pub fn capacity(&self) -> i64 {
         let c = ((self.total - self.reserved) as f64 * self.allocation_ratio).floor();
-        if c.is_finite() {
-            c.max(0.0).min(i64::MAX as f64) as i64
-        } else {
-            0
-        }
+        if c.is_finite() { c.max(0.0).min(i64::MAX as f64) as i64 } else { 0 }
     }
 
     /// Checks the inventory the way Placement's inventory schema and handlers do.
@@ -269,22 +240,13 @@ impl Inventory {
         let field = format!("inventory {what}");
         let bad = |m: String| Err(Error::invalid(field.clone(), m));
         if !(1..=MAX_AMOUNT).contains(&self.total) {
-            return bad(format!(
-                "total {} must be between 1 and {MAX_AMOUNT}",
-                self.total
-            ));
+            return bad(format!("total {} must be between 1 and {MAX_AMOUNT}", self.total));
         }
         if self.reserved < 0 || self.reserved > self.total {
-            return bad(format!(
-                "reserved {} must be between 0 and total {}",
-                self.reserved, self.total
-            ));
+            return bad(format!("reserved {} must be between 0 and total {}", self.reserved, self.total));
         }
         if !(1..=MAX_AMOUNT).contains(&self.min_unit) {
-            return bad(format!(
-                "min_unit {} must be between 1 and {MAX_AMOUNT}",
-                self.min_unit
-            ));
+            return bad(format!("min_unit {} must be between 1 and {MAX_AMOUNT}", self.min_unit));
         }
         if !(1..=MAX_AMOUNT).contains(&self.max_unit) || self.max_unit < self.min_unit {
             return bad(format!(
@@ -293,16 +255,10 @@ impl Inventory {
             ));
         }
         if !(1..=MAX_AMOUNT).contains(&self.step_size) {
-            return bad(format!(
-                "step_size {} must be between 1 and {MAX_AMOUNT}",
-                self.step_size
-            ));
+            return bad(format!("step_size {} must be between 1 and {MAX_AMOUNT}", self.step_size));
         }
         if !(self.allocation_ratio.is_finite() && self.allocation_ratio > 0.0) {
-            return bad(format!(
-                "allocation_ratio {} must be a finite number above 0",
-                self.allocation_ratio
-            ));
+            return bad(format!("allocation_ratio {} must be a finite number above 0", self.allocation_ratio));
         }
         Ok(())
     }
@@ -314,19 +270,13 @@ impl Inventory {
         if amount < self.min_unit || amount > self.max_unit {
             return Err(Error::invalid(
                 format!("allocation {what}"),
-                format!(
-                    "amount {amount} is outside min_unit {} .. max_unit {}",
-                    self.min_unit, self.max_unit
-                ),
+                format!("amount {amount} is outside min_unit {} .. max_unit {}", self.min_unit, self.max_unit),
             ));
         }
         if amount % self.step_size != 0 {
             return Err(Error::invalid(
                 format!("allocation {what}"),
-                format!(
-                    "amount {amount} is not a multiple of step_size {}",
-                    self.step_size
-                ),
+                format!("amount {amount} is not a multiple of step_size {}", self.step_size),
             ));
         }
         Ok(())
@@ -342,23 +292,9 @@ mod tests {
         for c in ResourceClass::STANDARD {
             assert_eq!(&ResourceClass::parse(c.as_str()).unwrap(), c);
         }
-        assert_eq!(
-            ResourceClass::parse("CUSTOM_GPU_A100").unwrap(),
-            ResourceClass::Custom("CUSTOM_GPU_A100".into())
-        );
-        for bad in [
-            "",
-            "vcpu",
-            "CUSTOM_",
-            "CUSTOM_lower",
-            "CUSTOM_A-B",
-            "RAM",
-            "CUSTOM_Ä",
-        ] {
-            assert!(
-                matches!(ResourceClass::parse(bad), Err(Error::InvalidInput { .. })),
-                "{bad:?} accepted"
-            );
+        assert_eq!(ResourceClass::parse("CUSTOM_GPU_A100").unwrap(), ResourceClass::Custom("CUSTOM_GPU_A100".into()));
+        for bad in ["", "vcpu", "CUSTOM_", "CUSTOM_lower", "CUSTOM_A-B", "RAM", "CUSTOM_Ä"] {
+            assert!(matches!(ResourceClass::parse(bad), Err(Error::InvalidInput { .. })), "{bad:?} accepted");
         }
     }
 
@@ -366,33 +302,16 @@ mod tests {
     fn traits_validate() {
         assert!(Trait::new("HW_CPU_X86_AVX2").is_ok());
         assert!(Trait::new("CUSTOM_GOLD").is_ok());
-        for bad in [
-            "",
-            "HW_",
-            "hw_cpu",
-            "GOLD",
-            "CUSTOM_",
-            "CUSTOM_a",
-            "COMPUTE_STATUS DISABLED",
-        ] {
+        for bad in ["", "HW_", "hw_cpu", "GOLD", "CUSTOM_", "CUSTOM_a", "COMPUTE_STATUS DISABLED"] {
             assert!(Trait::new(bad).is_err(), "{bad:?} accepted");
         }
     }
 
     #[test]
     fn capacity_is_floor_of_ratio() {
-        let inv = Inventory {
-            total: 10,
-            reserved: 3,
-            allocation_ratio: 1.5,
-            ..Inventory::default()
-        };
+        let inv = Inventory { total: 10, reserved: 3, allocation_ratio: 1.5, ..Inventory::default() };
         assert_eq!(inv.capacity(), 10); // floor(7 * 1.5) = floor(10.5)
-        let inv = Inventory {
-            total: 4,
-            reserved: 4,
-            ..Inventory::default()
-        };
+        let inv = Inventory { total: 4, reserved: 4, ..Inventory::default() };
         assert_eq!(inv.capacity(), 0);
     }
 
@@ -401,35 +320,13 @@ mod tests {
         assert!(Inventory::with_total(1).validate("x").is_ok());
         let bad = [
             Inventory::with_total(0),
-            Inventory {
-                reserved: 2,
-                ..Inventory::with_total(1)
-            },
-            Inventory {
-                reserved: -1,
-                ..Inventory::with_total(1)
-            },
-            Inventory {
-                min_unit: 0,
-                ..Inventory::with_total(1)
-            },
-            Inventory {
-                min_unit: 5,
-                max_unit: 4,
-                ..Inventory::with_total(8)
-            },
-            Inventory {
-                step_size: 0,
-                ..Inventory::with_total(1)
-            },
-            Inventory {
-                allocation_ratio: 0.0,
-                ..Inventory::with_total(1)
-            },
-            Inventory {
-                allocation_ratio: f64::NAN,
-                ..Inventory::with_total(1)
-            },
+            Inventory { reserved: 2, ..Inventory::with_total(1) },
+            Inventory { reserved: -1, ..Inventory::with_total(1) },
+            Inventory { min_unit: 0, ..Inventory::with_total(1) },
+            Inventory { min_unit: 5, max_unit: 4, ..Inventory::with_total(8) },
+            Inventory { step_size: 0, ..Inventory::with_total(1) },
+            Inventory { allocation_ratio: 0.0, ..Inventory::with_total(1) },
+            Inventory { allocation_ratio: f64::NAN, ..Inventory::with_total(1) },
         ];
         for inv in bad {
             assert!(inv.validate("x").is_err(), "{inv:?} accepted");
@@ -438,12 +335,7 @@ mod tests {
 
     #[test]
     fn units() {
-        let inv = Inventory {
-            min_unit: 2,
-            max_unit: 8,
-            step_size: 2,
-            ..Inventory::with_total(16)
-        };
+        let inv = Inventory { min_unit: 2, max_unit: 8, step_size: 2, ..Inventory::with_total(16) };
         assert!(inv.check_units("x", 4).is_ok());
         assert!(inv.check_units("x", 3).is_err());
         assert!(inv.check_units("x", 10).is_err());

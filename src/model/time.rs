@@ -21,9 +21,7 @@ impl Timestamp {
 
     /// Now, from the system clock.
     pub fn now() -> Self {
-        let d = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO);
+        let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
         Self(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
     }
 
@@ -39,28 +37,20 @@ impl Timestamp {
 
     /// This time plus `d` (saturating).
     pub fn plus(&self, d: Duration) -> Self {
-        Self(
-            self.0
-                .saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
-        )
+        Self(self.0.saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)))
     }
 
     /// This time minus `d` (saturating at the epoch).
     pub fn minus(&self, d: Duration) -> Self {
-        Self::from_micros(
-            self.0
-                .saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
-        )
+        Self::from_micros(self.0.saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)))
     }
 
     /// Parses RFC 3339 text such as `2026-11-20T23:06:43.123456Z`.
     pub fn parse_rfc3339(s: &str) -> Result<Self, Error> {
-        let t = humantime::parse_rfc3339_weak(s).map_err(|e| {
-            Error::invalid("timestamp", format!("{s:?} is not an RFC 3339 time: {e}"))
-        })?;
-        let d = t
-            .duration_since(UNIX_EPOCH)
-            .map_err(|_| Error::invalid("timestamp", format!("{s:?} is before 1970")))?;
+        let t = humantime::parse_rfc3339_weak(s)
+            .map_err(|e| Error::invalid("timestamp", format!("{s:?} is not an RFC 3339 time: {e}")))?;
+        let d =
+            t.duration_since(UNIX_EPOCH).map_err(|_| Error::invalid("timestamp", format!("{s:?} is before 1970")))?;
         Ok(Self(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)))
     }
 

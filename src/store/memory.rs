@@ -18,6 +18,7 @@
 //! counter read first is a safe next cursor: nothing below it can be missed. Each shard keeps
 //! the last [`SHARD_CAPACITY`] entries; an older cursor gets [`Changes::Resync`].
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::ops::Bound;
@@ -72,10 +73,7 @@ struct ChangeLog {
 
 impl ChangeLog {
     fn new() -> Self {
-        ChangeLog {
-            seq: AtomicU64::new(0),
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-        }
+        ChangeLog { seq: AtomicU64::new(0), shards: (0..SHARDS).map(|_| Mutex::default()).collect() }
     }
 
     fn record(&self, root: ProviderId) {
@@ -94,16 +92,9 @@ impl ChangeLog {
     }
 
     fn since(&self, cursor: &ChangeCursor) -> Result<Changes> {
-        let since: u64 = cursor
-            .0
-            .strip_prefix("mem:")
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| {
-                Error::invalid(
-                    "change cursor",
-                    format!("{:?} was not issued by a memory store", cursor.0),
-                )
-            })?;
+        let since: u64 = cursor.0.strip_prefix("mem:").and_then(|s| s.parse().ok()).ok_or_else(|| {
+            Error::invalid("change cursor", format!("{:?} was not issued by a memory store", cursor.0))
+        })?;
         let next = self.seq.load(Ordering::SeqCst);
         let mut roots = BTreeSet::new();
         for shard in &self.shards {
@@ -114,10 +105,7 @@ impl ChangeLog {
             let start = shard.entries.partition_point(|(s, _)| *s <= since);
             roots.extend(shard.entries.range(start..).map(|(_, r)| *r));
         }
-        Ok(Changes::Trees {
-            roots: roots.into_iter().collect(),
-            next: ChangeCursor(format!("mem:{next}")),
-        })
+        Ok(Changes::Trees { roots: roots.into_iter().collect(), next: ChangeCursor(format!("mem:{next}")) })
     }
 }
 
@@ -153,9 +141,7 @@ pub struct MemoryStore {
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryStore")
-            .field("trees", &read(&self.trees).len())
-            .finish_non_exhaustive()
+        f.debug_struct("MemoryStore").field("trees", &read(&self.trees).len()).finish_non_exhaustive()
     }
 }
 
@@ -180,34 +166,21 @@ impl MemoryStore {
     }
 
     fn root_of(&self, provider: ProviderId) -> Result<ProviderId> {
-        read(&self.provider_root)
-            .get(&provider)
-            .copied()
-            .ok_or_else(|| Error::not_found(Kind::Provider, provider))
+        read(&self.provider_root).get(&provider).copied().ok_or_else(|| Error::not_found(Kind::Provider, provider))
     }
 
     fn tree_of(&self, provider: ProviderId) -> Result<Arc<Mutex<TreeState>>> {
         let root = self.root_of(provider)?;
-        read(&self.trees)
-            .get(&root)
-            .cloned()
-            .ok_or_else(|| Error::not_found(Kind::Provider, provider))
+        read(&self.trees).get(&root).cloned().ok_or_else(|| Error::not_found(Kind::Provider, provider))
     }
 
-    fn consumer_shard(
-        &self,
-        consumer: ConsumerId,
-    ) -> MutexGuard<'_, HashMap<ConsumerId, BTreeSet<ProviderId>>> {
+    fn consumer_shard(&self, consumer: ConsumerId) -> MutexGuard<'_, HashMap<ConsumerId, BTreeSet<ProviderId>>> {
         lock(&self.consumers[shard_of(&consumer, SHARDS)])
     }
 
     /// Runs `f` on the locked, live tree of `provider`, recording a change when `f` says it
     /// wrote (returns `(value, true)`) and bumping the generation.
-    fn with_tree<T>(
-        &self,
-        provider: ProviderId,
-        f: impl FnOnce(&mut TreeState) -> Result<(T, bool)>,
-    ) -> Result<T> {
+    fn with_tree<T>(&self, provider: ProviderId, f: impl FnOnce(&mut TreeState) -> Result<(T, bool)>) -> Result<T> {
         let tree = self.tree_of(provider)?;
         let mut state = lock(&tree);
         if state.deleted {
@@ -252,9 +225,7 @@ impl Store for MemoryStore {
         {
             let mut names = lock(&self.names);
             if names.contains_key(&p.name) {
-                return Err(Error::Conflict(Conflict::DuplicateName {
-                    name: p.name.clone(),
-                }));
+                return Err(Error::Conflict(Conflict::DuplicateName { name: p.name.clone() }));
             }
             names.insert(p.name.clone(), p.id);
         }
@@ -273,35 +244,33 @@ impl Store for MemoryStore {
         let result = match p.parent {
             None => {
                 let mut roots = write(&self.provider_root);
-                if roots.contains_key(&p.id) {
-                    Err(Error::already_exists(Kind::Provider, p.id))
-                } else {
-                    roots.insert(p.id, p.id);
-                    let tree = ProviderTree {
-                        root: p.id,
-                        generation: 1,
-                        cell: p.cell,
-                        providers: vec![node],
-                        groups: BTreeMap::new(),
-                    };
-                    write(&self.trees).insert(
-                        p.id,
-                        Arc::new(Mutex::new(TreeState {
-                            tree,
-                            allocations: HashMap::new(),
-                            deleted: false,
-                        })),
-                    );
-                    self.changes.record(p.id);
-                    Ok(1)
+                match roots.entry(p.id) {
+                    Entry::Occupied(_) => Err(Error::already_exists(Kind::Provider, p.id)),
+                    Entry::Vacant(slot) => {
+                        let tree = ProviderTree {
+                            root: p.id,
+                            generation: 1,
+                            cell: p.cell,
+                            providers: vec![node],
+                            groups: BTreeMap::new(),
+                        };
+                        // The tree exists before its id resolves, so a reader that finds the
+                        // id always finds the tree.
+                        write(&self.trees).insert(
+                            p.id,
+                            Arc::new(Mutex::new(TreeState { tree, allocations: HashMap::new(), deleted: false })),
+                        );
+                        slot.insert(p.id);
+                        self.changes.record(p.id);
+                        Ok(1)
+                    }
                 }
             }
             Some(parent) => self.with_tree(parent, |state| {
-                let mut roots = write(&self.provider_root);
-                if roots.contains_key(&p.id) {
-                    return Err(Error::already_exists(Kind::Provider, p.id));
-                }
-                roots.insert(p.id, state.tree.root);
+                match write(&self.provider_root).entry(p.id) {
+                    Entry::Occupied(_) => return Err(Error::already_exists(Kind::Provider, p.id)),
+                    Entry::Vacant(slot) => slot.insert(state.tree.root),
+                };
                 state.tree.providers.push(node);
                 Ok((state.tree.generation + 1, true))
             }),
@@ -315,18 +284,10 @@ impl Store for MemoryStore {
     async fn delete_provider(&self, provider: ProviderId) -> Result<()> {
         let root = self.root_of(provider)?;
         let name = self.with_tree(provider, |state| {
-            if state
-                .tree
-                .providers
-                .iter()
-                .any(|p| p.parent == Some(provider))
-            {
+            if state.tree.providers.iter().any(|p| p.parent == Some(provider)) {
                 return Err(Error::Conflict(Conflict::ProviderInUse { provider }));
             }
-            let node = state
-                .tree
-                .node(provider)
-                .ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
+            let node = state.tree.node(provider).ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
             if !node.usages.is_empty() || (provider == root && !state.allocations.is_empty()) {
                 return Err(Error::Conflict(Conflict::ProviderInUse { provider }));
             }
@@ -373,44 +334,21 @@ impl Store for MemoryStore {
         }
         self.with_tree(provider, |state| {
             Self::check_generation(state, generation)?;
-            let node = state
-                .tree
-                .node_mut(provider)
-                .ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
+            let node = state.tree.node_mut(provider).ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
             if let Some(class) = node.usages.keys().find(|c| !inventories.contains_key(*c)) {
-                return Err(Error::Conflict(Conflict::InventoryInUse {
-                    provider,
-                    class: class.clone(),
-                }));
+                return Err(Error::Conflict(Conflict::InventoryInUse { provider, class: class.clone() }));
             }
             node.inventories = inventories.clone();
-            let over_capacity = inventories
-                .iter()
-                .filter(|(c, inv)| node.used(c) > inv.capacity())
-                .map(|(c, _)| c.clone())
-                .collect();
-            Ok((
-                InventoryWrite {
-                    generation: generation + 1,
-                    over_capacity,
-                },
-                true,
-            ))
+            let over_capacity =
+                inventories.iter().filter(|(c, inv)| node.used(c) > inv.capacity()).map(|(c, _)| c.clone()).collect();
+            Ok((InventoryWrite { generation: generation + 1, over_capacity }, true))
         })
     }
 
-    async fn set_traits(
-        &self,
-        provider: ProviderId,
-        generation: u64,
-        traits: &BTreeSet<Trait>,
-    ) -> Result<u64> {
+    async fn set_traits(&self, provider: ProviderId, generation: u64, traits: &BTreeSet<Trait>) -> Result<u64> {
         self.with_tree(provider, |state| {
             Self::check_generation(state, generation)?;
-            let node = state
-                .tree
-                .node_mut(provider)
-                .ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
+            let node = state.tree.node_mut(provider).ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
             node.traits = traits.clone();
             Ok((generation + 1, true))
         })
@@ -424,10 +362,7 @@ impl Store for MemoryStore {
     ) -> Result<u64> {
         self.with_tree(provider, |state| {
             Self::check_generation(state, generation)?;
-            let node = state
-                .tree
-                .node_mut(provider)
-                .ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
+            let node = state.tree.node_mut(provider).ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
             node.aggregates = aggregates.clone();
             Ok((generation + 1, true))
         })
@@ -446,25 +381,11 @@ impl Store for MemoryStore {
         for provider in request.allocations.keys() {
             self.root_of(*provider)?;
         }
-        let first = *request
-            .allocations
-            .keys()
-            .next()
-            .ok_or_else(|| Error::invalid("allocations", "empty"))?;
+        let first = *request.allocations.keys().next().ok_or_else(|| Error::invalid("allocations", "empty"))?;
         self.with_tree(first, |state| {
-            let held = state
-                .allocations
-                .get(&request.consumer)
-                .map(|a| &a.allocations);
+            let held = state.allocations.get(&request.consumer).map(|a| &a.allocations);
             if request.evaluate(&state.tree, held)? {
-                return Ok((
-                    Claim {
-                        root: state.tree.root,
-                        generation: state.tree.generation,
-                        replayed: true,
-                    },
-                    false,
-                ));
+                return Ok((Claim { root: state.tree.root, generation: state.tree.generation, replayed: true }, false));
             }
             let allocations = normalized(&request.allocations);
             state.tree.apply(&allocations, 1);
@@ -482,27 +403,14 @@ impl Store for MemoryStore {
                     allocations,
                 },
             );
-            self.consumer_shard(request.consumer)
-                .entry(request.consumer)
-                .or_default()
-                .insert(state.tree.root);
-            Ok((
-                Claim {
-                    root: state.tree.root,
-                    generation: state.tree.generation + 1,
-                    replayed: false,
-                },
-                true,
-            ))
+            self.consumer_shard(request.consumer).entry(request.consumer).or_default().insert(state.tree.root);
+            Ok((Claim { root: state.tree.root, generation: state.tree.generation + 1, replayed: false }, true))
         })
     }
 
     async fn release(&self, consumer: ConsumerId) -> Result<Released> {
-        let roots: Vec<ProviderId> = self
-            .consumer_shard(consumer)
-            .get(&consumer)
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default();
+        let roots: Vec<ProviderId> =
+            self.consumer_shard(consumer).get(&consumer).map(|s| s.iter().copied().collect()).unwrap_or_default();
         let mut released = Vec::new();
         for root in roots {
             let done = self.with_tree(root, |state| {
@@ -537,16 +445,11 @@ impl Store for MemoryStore {
     }
 
     async fn allocations(&self, consumer: ConsumerId) -> Result<Vec<TreeAllocation>> {
-        let roots: Vec<ProviderId> = self
-            .consumer_shard(consumer)
-            .get(&consumer)
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default();
+        let roots: Vec<ProviderId> =
+            self.consumer_shard(consumer).get(&consumer).map(|s| s.iter().copied().collect()).unwrap_or_default();
         let mut out = Vec::new();
         for root in roots {
-            if let Ok(Some(a)) =
-                self.with_tree(root, |s| Ok((s.allocations.get(&consumer).cloned(), false)))
-            {
+            if let Ok(Some(a)) = self.with_tree(root, |s| Ok((s.allocations.get(&consumer).cloned(), false))) {
                 out.push(a);
             }
         }
@@ -570,11 +473,7 @@ impl Store for MemoryStore {
     }
 
     async fn get_cell(&self, id: CellId) -> Result<Cell> {
-        read(&self.catalog)
-            .cells
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| Error::not_found(Kind::Cell, id))
+        read(&self.catalog).cells.get(&id).cloned().ok_or_else(|| Error::not_found(Kind::Cell, id))
     }
 
     async fn list_cells(&self) -> Result<Vec<Cell>> {
@@ -585,43 +484,26 @@ impl Store for MemoryStore {
         if host.name.is_empty() || host.name.len() > 255 {
             return Err(Error::invalid("host.name", "must be 1 to 255 characters"));
         }
-        write(&self.catalog)
-            .hosts
-            .insert(host.name.clone(), host.clone());
+        write(&self.catalog).hosts.insert(host.name.clone(), host.clone());
         Ok(())
     }
 
     async fn get_host(&self, name: &str) -> Result<Host> {
-        read(&self.catalog)
-            .hosts
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::not_found(Kind::Host, name))
+        read(&self.catalog).hosts.get(name).cloned().ok_or_else(|| Error::not_found(Kind::Host, name))
     }
 
     async fn list_hosts(&self, cell: Option<CellId>) -> Result<Vec<Host>> {
-        Ok(read(&self.catalog)
-            .hosts
-            .values()
-            .filter(|h| cell.is_none_or(|c| h.cell == c))
-            .cloned()
-            .collect())
+        Ok(read(&self.catalog).hosts.values().filter(|h| cell.is_none_or(|c| h.cell == c)).cloned().collect())
     }
 
     async fn put_flavor(&self, flavor: &Flavor) -> Result<()> {
         flavor.validate()?;
-        write(&self.catalog)
-            .flavors
-            .insert(flavor.id.clone(), flavor.clone());
+        write(&self.catalog).flavors.insert(flavor.id.clone(), flavor.clone());
         Ok(())
     }
 
     async fn get_flavor(&self, id: &FlavorId) -> Result<Flavor> {
-        read(&self.catalog)
-            .flavors
-            .get(id)
-            .cloned()
-            .ok_or_else(|| Error::not_found(Kind::Flavor, id))
+        read(&self.catalog).flavors.get(id).cloned().ok_or_else(|| Error::not_found(Kind::Flavor, id))
     }
 
     async fn list_flavors(&self) -> Result<Vec<Flavor>> {
@@ -629,18 +511,12 @@ impl Store for MemoryStore {
     }
 
     async fn put_aggregate(&self, aggregate: &Aggregate) -> Result<()> {
-        write(&self.catalog)
-            .aggregates
-            .insert(aggregate.id, aggregate.clone());
+        write(&self.catalog).aggregates.insert(aggregate.id, aggregate.clone());
         Ok(())
     }
 
     async fn get_aggregate(&self, id: AggregateId) -> Result<Aggregate> {
-        read(&self.catalog)
-            .aggregates
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| Error::not_found(Kind::Aggregate, id))
+        read(&self.catalog).aggregates.get(&id).cloned().ok_or_else(|| Error::not_found(Kind::Aggregate, id))
     }
 
     async fn list_aggregates(&self) -> Result<Vec<Aggregate>> {
@@ -658,34 +534,20 @@ impl Store for MemoryStore {
     }
 
     async fn get_server_group(&self, id: GroupId) -> Result<ServerGroup> {
-        read(&self.catalog)
-            .groups
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| Error::not_found(Kind::ServerGroup, id))
+        read(&self.catalog).groups.get(&id).cloned().ok_or_else(|| Error::not_found(Kind::ServerGroup, id))
     }
 
     async fn delete_server_group(&self, id: GroupId) -> Result<()> {
-        write(&self.catalog)
-            .groups
-            .remove(&id)
-            .map(|_| ())
-            .ok_or_else(|| Error::not_found(Kind::ServerGroup, id))
+        write(&self.catalog).groups.remove(&id).map(|_| ()).ok_or_else(|| Error::not_found(Kind::ServerGroup, id))
     }
 
     async fn put_request_spec(&self, spec: &RequestSpec) -> Result<()> {
-        write(&self.catalog)
-            .specs
-            .insert(spec.instance_uuid, spec.clone());
+        write(&self.catalog).specs.insert(spec.instance_uuid, spec.clone());
         Ok(())
     }
 
     async fn get_request_spec(&self, instance: InstanceId) -> Result<RequestSpec> {
-        read(&self.catalog)
-            .specs
-            .get(&instance)
-            .cloned()
-            .ok_or_else(|| Error::not_found(Kind::RequestSpec, instance))
+        read(&self.catalog).specs.get(&instance).cloned().ok_or_else(|| Error::not_found(Kind::RequestSpec, instance))
     }
 
     async fn delete_request_spec(&self, instance: InstanceId) -> Result<()> {
@@ -701,38 +563,25 @@ impl Store for MemoryStore {
         }
         let key = instance.sort_key();
         t.order.insert(key);
-        t.by_project
-            .entry(instance.project_id.clone())
-            .or_default()
-            .insert(key);
+        t.by_project.entry(instance.project_id.clone()).or_default().insert(key);
         t.by_id.insert(instance.uuid, instance.clone());
         Ok(())
     }
 
     async fn get_instance(&self, id: InstanceId) -> Result<Instance> {
-        read(&self.instances)
-            .by_id
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| Error::not_found(Kind::Instance, id))
+        read(&self.instances).by_id.get(&id).cloned().ok_or_else(|| Error::not_found(Kind::Instance, id))
     }
 
     async fn update_instance(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance> {
         let mut t = write(&self.instances);
-        let i = t
-            .by_id
-            .get_mut(&id)
-            .ok_or_else(|| Error::not_found(Kind::Instance, id))?;
+        let i = t.by_id.get_mut(&id).ok_or_else(|| Error::not_found(Kind::Instance, id))?;
         i.apply(patch, Timestamp::now());
         Ok(i.clone())
     }
 
     async fn delete_instance(&self, id: InstanceId) -> Result<()> {
         let mut t = write(&self.instances);
-        let i = t
-            .by_id
-            .remove(&id)
-            .ok_or_else(|| Error::not_found(Kind::Instance, id))?;
+        let i = t.by_id.remove(&id).ok_or_else(|| Error::not_found(Kind::Instance, id))?;
         let key = i.sort_key();
         t.order.remove(&key);
         if let Some(set) = t.by_project.get_mut(&i.project_id) {
@@ -747,12 +596,7 @@ impl Store for MemoryStore {
     async fn list_instances(&self, query: &ListQuery) -> Result<InstancePage> {
         let t = read(&self.instances);
         let start = match query.marker {
-            Some(m) => Bound::Excluded(
-                t.by_id
-                    .get(&m)
-                    .ok_or_else(|| Error::not_found(Kind::Marker, m))?
-                    .sort_key(),
-            ),
+            Some(m) => Bound::Excluded(t.by_id.get(&m).ok_or_else(|| Error::not_found(Kind::Marker, m))?.sort_key()),
             None => Bound::Unbounded,
         };
         let limit = query.effective_limit();
@@ -777,9 +621,6 @@ impl Store for MemoryStore {
         } else {
             None
         };
-        Ok(InstancePage {
-            instances,
-            next_marker,
-        })
+        Ok(InstancePage { instances, next_marker })
     }
 }

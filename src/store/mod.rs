@@ -1,7 +1,8 @@
 //! The storage seam: one trait, one contract, one conformance suite.
 //!
 //! Every backend (the embedded [`memory`] store, Redis, CQL and the SQL baseline) implements
-//! [`Store`] and runs the whole [`conformance`] suite. Open one by URL with [`open`].
+//! [`Store`] and runs the whole conformance suite (module `conformance`, feature
+//! `conformance`). Open one by URL with [`open`].
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -10,12 +11,12 @@ use async_trait::async_trait;
 
 use crate::error::Result;
 use crate::model::{
-    Aggregate, AggregateId, Cell, CellId, ChangeCursor, Changes, Claim, ClaimRequest, ConsumerId,
-    Flavor, FlavorId, GroupId, Host, Instance, InstanceId, InstancePage, InstancePatch, Inventory,
-    InventoryWrite, ListQuery, NewProvider, ProviderId, ProviderTree, Released, RequestSpec,
-    ResourceClass, ServerGroup, Trait, TreeAllocation,
+    Aggregate, AggregateId, Cell, CellId, ChangeCursor, Changes, Claim, ClaimRequest, ConsumerId, Flavor, FlavorId,
+    GroupId, Host, Instance, InstanceId, InstancePage, InstancePatch, Inventory, InventoryWrite, ListQuery,
+    NewProvider, ProviderId, ProviderTree, Released, RequestSpec, ResourceClass, ServerGroup, Trait, TreeAllocation,
 };
 
+pub mod audit;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 #[cfg(feature = "cql")]
@@ -145,12 +146,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<InventoryWrite>;
 
     /// Replaces the provider's traits if the tree is still at `generation`; returns the new one.
-    async fn set_traits(
-        &self,
-        provider: ProviderId,
-        generation: u64,
-        traits: &BTreeSet<Trait>,
-    ) -> Result<u64>;
+    async fn set_traits(&self, provider: ProviderId, generation: u64, traits: &BTreeSet<Trait>) -> Result<u64>;
 
     /// Replaces the provider's aggregates if the tree is still at `generation`; returns the new one.
     async fn set_aggregates(
@@ -259,10 +255,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
         "memory" => Ok(Arc::new(memory::MemoryStore::new())),
         other => Err(crate::Error::invalid(
             "store url",
-            format!(
-                "unknown scheme {other:?} in {parsed}; this build knows: {}",
-                known_schemes().join(", ")
-            ),
+            format!("unknown scheme {other:?} in {parsed}; this build knows: {}", known_schemes().join(", ")),
         )),
     }
 }

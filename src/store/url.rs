@@ -16,12 +16,8 @@ impl StoreUrl {
     /// Parses `s`. A URL that does not parse is `InvalidInput`, and the message repeats the
     /// input only with its password masked.
     pub fn parse(s: &str) -> Result<Self> {
-        let url = url::Url::parse(s).map_err(|e| {
-            Error::invalid(
-                "store url",
-                format!("{:?} is not a URL: {e}", redact_str(s)),
-            )
-        })?;
+        let url = url::Url::parse(s)
+            .map_err(|e| Error::invalid("store url", format!("{:?} is not a URL: {e}", redact_str(s))))?;
         Ok(StoreUrl { url })
     }
 
@@ -37,10 +33,7 @@ impl StoreUrl {
 
     /// A query parameter's value.
     pub fn param(&self, key: &str) -> Option<String> {
-        self.url
-            .query_pairs()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.into_owned())
+        self.url.query_pairs().find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
     }
 
     /// The URL with the password masked.
@@ -49,10 +42,7 @@ impl StoreUrl {
         if u.password().is_some() {
             let _ = u.set_password(Some("***"));
         }
-        let mut pairs: Vec<(String, String)> = u
-            .query_pairs()
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+        let mut pairs: Vec<(String, String)> = u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
         if pairs.iter().any(|(k, _)| is_secret_key(k)) {
             for (k, v) in pairs.iter_mut() {
                 if is_secret_key(k) {
@@ -78,12 +68,7 @@ pub(crate) fn redact_str(s: &str) -> String {
         if let Some(at) = rest.rfind('@') {
             let userinfo = &rest[..at];
             if let Some(colon) = userinfo.find(':') {
-                return format!(
-                    "{}{}:***{}",
-                    &s[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &rest[at..]
-                );
+                return format!("{}{}:***{}", &s[..scheme_end + 3], &userinfo[..colon], &rest[at..]);
             }
         }
     }
@@ -108,8 +93,7 @@ mod tests {
 
     #[test]
     fn passwords_never_print() {
-        let u = StoreUrl::parse("mysql://root:hunter2@127.0.0.1:3306/nova?x=1&password=s3cret")
-            .unwrap();
+        let u = StoreUrl::parse("mysql://root:hunter2@127.0.0.1:3306/nova?x=1&password=s3cret").unwrap();
         for shown in [u.to_string(), format!("{u:?}"), u.redacted()] {
             assert!(!shown.contains("hunter2"), "{shown}");
             assert!(!shown.contains("s3cret"), "{shown}");
@@ -120,9 +104,7 @@ mod tests {
 
     #[test]
     fn unparsable_urls_are_masked_in_errors() {
-        let e = StoreUrl::parse("redis://u:hunter2@[bad")
-            .unwrap_err()
-            .to_string();
+        let e = StoreUrl::parse("redis://u:hunter2@[bad").unwrap_err().to_string();
         assert!(!e.contains("hunter2"), "{e}");
     }
 }
