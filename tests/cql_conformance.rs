@@ -13,6 +13,9 @@
 //! Each path uses one fresh keyspace for the run (cases only touch what they create),
 //! dropped at the end; Cassandra and containers are stopped at the end.
 //!
+//! `differential::<path>::random_ops_match_memory` runs proptest-generated operation
+//! sequences against the backend and the reference memory store side by side.
+//!
 //! `bench::cassandra-2.1::claims_per_second` (ignored unless `--ignored` is given) measures
 //! claim throughput with concurrent tasks and prints it; it asserts nothing about speed.
 
@@ -31,6 +34,7 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use support::{Factory, Skip, conformance_trials};
 use unicell::model::*;
 use unicell::store::Store;
+use unicell::store::conformance::differential;
 use unicell::store::cql::CqlStore;
 
 /// Servers and stores live on this runtime for the whole run (the harness gives each trial
@@ -70,10 +74,7 @@ struct Path {
 }
 
 fn keyspace() -> String {
-    format!(
-        "unicell_test_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
+    format!("unicell_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
 fn with_keyspace(uri: &str, ks: &str) -> String {
@@ -87,18 +88,12 @@ fn with_keyspace(uri: &str, ks: &str) -> String {
 }
 
 async fn open_shared(url: String) -> Shared {
-    CqlStore::open(&url)
-        .await
-        .map_err(|e| Why::Fail(format!("opening {url}: {e}")))
+    CqlStore::open(&url).await.map_err(|e| Why::Fail(format!("opening {url}: {e}")))
 }
 
 impl Path {
     const fn new(name: &'static str) -> Self {
-        Path {
-            name,
-            store: tokio::sync::OnceCell::const_new(),
-            guard: Mutex::new(None),
-        }
+        Path { name, store: tokio::sync::OnceCell::const_new(), guard: Mutex::new(None) }
     }
 
     async fn store(&'static self) -> Result<Arc<dyn Store>, Skip> {
@@ -122,9 +117,7 @@ impl Path {
         match self.name {
             "scylla" => match std::env::var("SCYLLA_URI") {
                 Ok(uri) if !uri.is_empty() => open_shared(with_keyspace(&uri, &keyspace())).await,
-                _ => Err(Why::Skip(
-                    "SCYLLA_URI is not set (e.g. scylla://127.0.0.1:9042)".into(),
-                )),
+                _ => Err(Why::Skip("SCYLLA_URI is not set (e.g. scylla://127.0.0.1:9042)".into())),
             },
             "scylla-testcontainers" => self.start_container().await,
             _ => self.start_cassandra().await,
@@ -134,17 +127,14 @@ impl Path {
     async fn start_cassandra(&'static self) -> Shared {
         let started = tokio::task::spawn_blocking(|| {
             let c = cassandra::Cassandra::start()?;
-            let p = cql_proxy::CqlProxy::start(c.native_addr())
-                .map_err(|e| format!("starting the v3<->v4 proxy: {e}"))?;
+            let p =
+                cql_proxy::CqlProxy::start(c.native_addr()).map_err(|e| format!("starting the v3<->v4 proxy: {e}"))?;
             Ok::<_, String>((c, p))
         })
         .await
         .map_err(|e| Why::Fail(format!("start task: {e}")))??;
-        let url = format!(
-            "cassandra://{}/{}?replication=simple:1&request_timeout_ms=30000",
-            started.1.addr(),
-            keyspace()
-        );
+        let url =
+            format!("cassandra://{}/{}?replication=simple:1&request_timeout_ms=30000", started.1.addr(), keyspace());
         *self.guard.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(started));
         open_shared(url).await
     }
@@ -155,27 +145,12 @@ impl Path {
         use testcontainers_modules::testcontainers::runners::AsyncRunner;
         docker_answers()?;
         let container = ScyllaDB::default()
-            .with_cmd([
-                "--smp",
-                "1",
-                "--memory",
-                "1G",
-                "--overprovisioned",
-                "1",
-                "--developer-mode",
-                "1",
-            ])
+            .with_cmd(["--smp", "1", "--memory", "1G", "--overprovisioned", "1", "--developer-mode", "1"])
             .start()
             .await
             .map_err(|e| Why::Fail(format!("starting the ScyllaDB container: {e}")))?;
-        let host = container
-            .get_host()
-            .await
-            .map_err(|e| Why::Fail(format!("container host: {e}")))?;
-        let port = container
-            .get_host_port_ipv4(9042)
-            .await
-            .map_err(|e| Why::Fail(format!("container port: {e}")))?;
+        let host = container.get_host().await.map_err(|e| Why::Fail(format!("container host: {e}")))?;
+        let port = container.get_host_port_ipv4(9042).await.map_err(|e| Why::Fail(format!("container port: {e}")))?;
         *self.guard.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(container));
         open_shared(format!("scylla://{host}:{port}/{}", keyspace())).await
     }
@@ -184,14 +159,10 @@ impl Path {
     fn finish(&'static self) {
         if let Some(Ok(store)) = self.store.get() {
             let store = store.clone();
-            let dropped = runtime().block_on(async move {
-                tokio::time::timeout(Duration::from_secs(60), store.drop_keyspace()).await
-            });
+            let dropped = runtime()
+                .block_on(async move { tokio::time::timeout(Duration::from_secs(60), store.drop_keyspace()).await });
             if !matches!(dropped, Ok(Ok(()))) {
-                eprintln!(
-                    "{}: dropping the test keyspace failed: {dropped:?}",
-                    self.name
-                );
+                eprintln!("{}: dropping the test keyspace failed: {dropped:?}", self.name);
             }
         }
         let guard = self.guard.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -210,15 +181,10 @@ fn docker_answers() -> Result<(), String> {
     let mut s = std::os::unix::net::UnixStream::connect(&sock)
         .map_err(|e| format!("no Docker daemon answers at {sock}: {e}"))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-    s.write_all(b"GET /_ping HTTP/1.0\r\n\r\n")
-        .map_err(|e| format!("Docker daemon at {sock}: {e}"))?;
+    s.write_all(b"GET /_ping HTTP/1.0\r\n\r\n").map_err(|e| format!("Docker daemon at {sock}: {e}"))?;
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf);
-    if buf.contains("OK") {
-        Ok(())
-    } else {
-        Err(format!("Docker daemon at {sock} did not answer /_ping"))
-    }
+    if buf.contains("OK") { Ok(()) } else { Err(format!("Docker daemon at {sock} did not answer /_ping")) }
 }
 
 static SCYLLA: Path = Path::new("scylla");
@@ -251,10 +217,7 @@ fn claims_per_second(path: &'static Path) -> Trial {
                         name: format!("bench-{}-{n}", id.0.simple()),
                         parent: None,
                         cell: None,
-                        inventories: BTreeMap::from([(
-                            ResourceClass::Vcpu,
-                            Inventory::with_total(1_000_000),
-                        )]),
+                        inventories: BTreeMap::from([(ResourceClass::Vcpu, Inventory::with_total(1_000_000))]),
                         traits: Default::default(),
                         aggregates: Default::default(),
                     })
@@ -269,8 +232,7 @@ fn claims_per_second(path: &'static Path) -> Trial {
             let start = Instant::now();
             let mut handles = Vec::new();
             for t in 0..tasks {
-                let (store, roots, ok, failed) =
-                    (store.clone(), roots.clone(), ok.clone(), failed.clone());
+                let (store, roots, ok, failed) = (store.clone(), roots.clone(), ok.clone(), failed.clone());
                 handles.push(tokio::spawn(async move {
                     let mut n = t;
                     while Instant::now() < deadline {
@@ -280,10 +242,7 @@ fn claims_per_second(path: &'static Path) -> Trial {
                             consumer: ConsumerId::new_v4(),
                             project_id: "bench".into(),
                             user_id: "bench".into(),
-                            allocations: BTreeMap::from([(
-                                root,
-                                BTreeMap::from([(ResourceClass::Vcpu, 1)]),
-                            )]),
+                            allocations: BTreeMap::from([(root, BTreeMap::from([(ResourceClass::Vcpu, 1)]))]),
                             group: None,
                         };
                         match store.claim(&req).await {
@@ -316,11 +275,33 @@ fn claims_per_second(path: &'static Path) -> Trial {
     .with_ignored_flag(true)
 }
 
+/// Random sequences of claims, releases and inventory writes, applied to the backend and to
+/// the reference memory store side by side (`conformance::differential`): every outcome,
+/// error kind and usage must agree. `UNICELL_CQL_DIFF_CASES` sequences (default 24).
+fn differential_trial(path: &'static Path) -> Trial {
+    Trial::ignorable_test(format!("differential::{}::random_ops_match_memory", path.name), move || {
+        use proptest::test_runner::{Config, TestCaseError, TestRunner};
+        let store = match runtime().block_on(path.store()) {
+            Ok(s) => s,
+            Err(Skip(reason)) => return Ok(Completion::ignored_with(reason)),
+        };
+        let mut runner = TestRunner::new(Config {
+            cases: env_num("UNICELL_CQL_DIFF_CASES", 24) as u32,
+            failure_persistence: None,
+            max_shrink_iters: 64,
+            ..Config::default()
+        });
+        runner
+            .run(&support::ops::ops(30), |ops| {
+                runtime().block_on(differential::run(store.clone(), &ops)).map_err(|f| TestCaseError::fail(f.0))
+            })
+            .map_err(|e| Failed::from(e.to_string()))?;
+        Ok(Completion::Completed)
+    })
+}
+
 fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn main() {
@@ -328,6 +309,7 @@ fn main() {
     let mut trials = Vec::new();
     for path in [&SCYLLA, &CONTAINER, &CASSANDRA] {
         trials.extend(conformance_trials(path.name, factory(path)));
+        trials.push(differential_trial(path));
     }
     trials.push(claims_per_second(&CASSANDRA));
     let conclusion = libtest_mimic::run(&args, trials);

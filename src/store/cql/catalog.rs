@@ -12,19 +12,8 @@ use crate::error::{Error, Kind, Result};
 use crate::model::*;
 
 impl CqlStore {
-    async fn put_doc<T: Serialize>(
-        &self,
-        table: &str,
-        key: &str,
-        id: Option<CqlValue>,
-        v: &T,
-    ) -> Result<()> {
-        self.db
-            .exec(
-                &format!("INSERT INTO {table} ({key}, body) VALUES (?, ?)"),
-                vec![id, json(v)?],
-            )
-            .await
+    async fn put_doc<T: Serialize>(&self, table: &str, key: &str, id: Option<CqlValue>, v: &T) -> Result<()> {
+        self.db.exec(&format!("INSERT INTO {table} ({key}, body) VALUES (?, ?)"), vec![id, json(v)?]).await
     }
 
     async fn get_doc<T: DeserializeOwned>(
@@ -35,13 +24,7 @@ impl CqlStore {
         kind: Kind,
         shown: &(dyn std::fmt::Display + Sync),
     ) -> Result<T> {
-        let rows = self
-            .db
-            .query(
-                &format!("SELECT body FROM {table} WHERE {key} = ?"),
-                vec![id],
-            )
-            .await?;
+        let rows = self.db.query(&format!("SELECT body FROM {table} WHERE {key} = ?"), vec![id]).await?;
         match rows.first().and_then(|r| get_text(r, 0)) {
             Some(b) => parse_json(&b),
             None => Err(Error::not_found(kind, shown)),
@@ -49,14 +32,8 @@ impl CqlStore {
     }
 
     async fn list_docs<T: DeserializeOwned>(&self, table: &str) -> Result<Vec<T>> {
-        let rows = self
-            .db
-            .query(&format!("SELECT body FROM {table}"), vec![])
-            .await?;
-        rows.iter()
-            .filter_map(|r| get_text(r, 0))
-            .map(|b| parse_json(&b))
-            .collect()
+        let rows = self.db.query(&format!("SELECT body FROM {table}"), vec![]).await?;
+        rows.iter().filter_map(|r| get_text(r, 0)).map(|b| parse_json(&b)).collect()
     }
 
     pub(crate) async fn do_put_cell(&self, cell: &Cell) -> Result<()> {
@@ -66,8 +43,7 @@ impl CqlStore {
         self.put_doc("cells", "id", uuid(cell.id.0), cell).await
     }
     pub(crate) async fn do_get_cell(&self, id: CellId) -> Result<Cell> {
-        self.get_doc("cells", "id", uuid(id.0), Kind::Cell, &id)
-            .await
+        self.get_doc("cells", "id", uuid(id.0), Kind::Cell, &id).await
     }
     pub(crate) async fn do_list_cells(&self) -> Result<Vec<Cell>> {
         let mut v: Vec<Cell> = self.list_docs("cells").await?;
@@ -87,8 +63,7 @@ impl CqlStore {
             .await
     }
     pub(crate) async fn do_get_host(&self, name: &str) -> Result<Host> {
-        self.get_doc("hosts", "name", text(name), Kind::Host, &name)
-            .await
+        self.get_doc("hosts", "name", text(name), Kind::Host, &name).await
     }
     pub(crate) async fn do_list_hosts(&self, cell: Option<CellId>) -> Result<Vec<Host>> {
         let mut v: Vec<Host> = self.list_docs("hosts").await?;
@@ -99,12 +74,10 @@ impl CqlStore {
 
     pub(crate) async fn do_put_flavor(&self, flavor: &Flavor) -> Result<()> {
         flavor.validate()?;
-        self.put_doc("flavors", "id", text(flavor.id.as_str()), flavor)
-            .await
+        self.put_doc("flavors", "id", text(flavor.id.as_str()), flavor).await
     }
     pub(crate) async fn do_get_flavor(&self, id: &FlavorId) -> Result<Flavor> {
-        self.get_doc("flavors", "id", text(id.as_str()), Kind::Flavor, id)
-            .await
+        self.get_doc("flavors", "id", text(id.as_str()), Kind::Flavor, id).await
     }
     pub(crate) async fn do_list_flavors(&self) -> Result<Vec<Flavor>> {
         let mut v: Vec<Flavor> = self.list_docs("flavors").await?;
@@ -116,8 +89,7 @@ impl CqlStore {
         self.put_doc("aggregates", "id", uuid(a.id.0), a).await
     }
     pub(crate) async fn do_get_aggregate(&self, id: AggregateId) -> Result<Aggregate> {
-        self.get_doc("aggregates", "id", uuid(id.0), Kind::Aggregate, &id)
-            .await
+        self.get_doc("aggregates", "id", uuid(id.0), Kind::Aggregate, &id).await
     }
     pub(crate) async fn do_list_aggregates(&self) -> Result<Vec<Aggregate>> {
         let mut v: Vec<Aggregate> = self.list_docs("aggregates").await?;
@@ -129,10 +101,7 @@ impl CqlStore {
         g.validate()?;
         let cas = self
             .db
-            .cas(
-                "INSERT INTO server_groups (id, body) VALUES (?, ?) IF NOT EXISTS",
-                vec![uuid(g.id.0), json(g)?],
-            )
+            .cas("INSERT INTO server_groups (id, body) VALUES (?, ?) IF NOT EXISTS", vec![uuid(g.id.0), json(g)?])
             .await?;
         if !cas.applied {
             return Err(Error::already_exists(Kind::ServerGroup, g.id));
@@ -140,17 +109,10 @@ impl CqlStore {
         Ok(())
     }
     pub(crate) async fn do_get_server_group(&self, id: GroupId) -> Result<ServerGroup> {
-        self.get_doc("server_groups", "id", uuid(id.0), Kind::ServerGroup, &id)
-            .await
+        self.get_doc("server_groups", "id", uuid(id.0), Kind::ServerGroup, &id).await
     }
     pub(crate) async fn do_delete_server_group(&self, id: GroupId) -> Result<()> {
-        let cas = self
-            .db
-            .cas(
-                "DELETE FROM server_groups WHERE id = ? IF EXISTS",
-                vec![uuid(id.0)],
-            )
-            .await?;
+        let cas = self.db.cas("DELETE FROM server_groups WHERE id = ? IF EXISTS", vec![uuid(id.0)]).await?;
         if !cas.applied {
             return Err(Error::not_found(Kind::ServerGroup, id));
         }
@@ -158,30 +120,12 @@ impl CqlStore {
     }
 
     pub(crate) async fn do_put_request_spec(&self, spec: &RequestSpec) -> Result<()> {
-        self.put_doc(
-            "request_specs",
-            "instance",
-            uuid(spec.instance_uuid.0),
-            spec,
-        )
-        .await
+        self.put_doc("request_specs", "instance", uuid(spec.instance_uuid.0), spec).await
     }
     pub(crate) async fn do_get_request_spec(&self, instance: InstanceId) -> Result<RequestSpec> {
-        self.get_doc(
-            "request_specs",
-            "instance",
-            uuid(instance.0),
-            Kind::RequestSpec,
-            &instance,
-        )
-        .await
+        self.get_doc("request_specs", "instance", uuid(instance.0), Kind::RequestSpec, &instance).await
     }
     pub(crate) async fn do_delete_request_spec(&self, instance: InstanceId) -> Result<()> {
-        self.db
-            .exec(
-                "DELETE FROM request_specs WHERE instance = ?",
-                vec![uuid(instance.0)],
-            )
-            .await
+        self.db.exec("DELETE FROM request_specs WHERE instance = ?", vec![uuid(instance.0)]).await
     }
 }

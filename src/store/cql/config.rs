@@ -103,9 +103,7 @@ impl CqlConfig {
     pub fn parse(url: &str) -> Result<Self> {
         let shown = crate::store::url::redact_str(url);
         let bad = |msg: String| Error::invalid("store url", format!("{shown:?}: {msg}"));
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| bad("missing scheme".into()))?;
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("missing scheme".into()))?;
         let flavor = match scheme {
             "scylla" => Flavor::Scylla,
             "cassandra" => Flavor::Cassandra,
@@ -137,20 +135,12 @@ impl CqlConfig {
         if hosts.is_empty() {
             return Err(bad("no host".into()));
         }
-        let keyspace = if path.is_empty() {
-            "unicell".to_string()
-        } else {
-            path.trim_end_matches('/').to_string()
-        };
+        let keyspace = if path.is_empty() { "unicell".to_string() } else { path.trim_end_matches('/').to_string() };
         let valid_ks = keyspace.len() <= 48
             && keyspace.starts_with(|c: char| c.is_ascii_lowercase())
-            && keyspace
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            && keyspace.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !valid_ks {
-            return Err(bad(format!(
-                "keyspace {keyspace:?} must match [a-z][a-z0-9_]{{0,47}}"
-            )));
+            return Err(bad(format!("keyspace {keyspace:?} must match [a-z][a-z0-9_]{{0,47}}")));
         }
         let mut cfg = CqlConfig {
             flavor,
@@ -171,8 +161,7 @@ impl CqlConfig {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let v = percent_decode(v);
             let num = |v: &str| -> Result<u64> {
-                v.parse::<u64>()
-                    .map_err(|_| bad(format!("option {k}={v:?} is not a number")))
+                v.parse::<u64>().map_err(|_| bad(format!("option {k}={v:?} is not a number")))
             };
             match k {
                 "replication" => cfg.replication = parse_replication(&v).map_err(bad)?,
@@ -182,18 +171,12 @@ impl CqlConfig {
                         "serial" => SerialConsistency::Serial,
                         "local_serial" => SerialConsistency::LocalSerial,
                         _ => {
-                            return Err(bad(format!(
-                                "serial_consistency={v:?}: serial or local_serial"
-                            )));
+                            return Err(bad(format!("serial_consistency={v:?}: serial or local_serial")));
                         }
                     }
                 }
-                "request_timeout_ms" => {
-                    cfg.request_timeout = Duration::from_millis(num(&v)?.max(1))
-                }
-                "connect_timeout_ms" => {
-                    cfg.connect_timeout = Duration::from_millis(num(&v)?.max(1))
-                }
+                "request_timeout_ms" => cfg.request_timeout = Duration::from_millis(num(&v)?.max(1)),
+                "connect_timeout_ms" => cfg.connect_timeout = Duration::from_millis(num(&v)?.max(1)),
                 "create_schema" => {
                     cfg.create_schema = match v.as_str() {
                         "true" | "1" | "yes" => true,
@@ -201,16 +184,11 @@ impl CqlConfig {
                         _ => return Err(bad(format!("create_schema={v:?}: true or false"))),
                     }
                 }
-                "instance_shards" => {
-                    cfg.instance_shards = u32::try_from(num(&v)?.clamp(1, 256)).unwrap_or(4)
-                }
+                "instance_shards" => cfg.instance_shards = u32::try_from(num(&v)?.clamp(1, 256)).unwrap_or(4),
                 "instance_bucket_hours" => {
-                    cfg.instance_bucket_hours =
-                        u32::try_from(num(&v)?.clamp(1, 24 * 366)).unwrap_or(24)
+                    cfg.instance_bucket_hours = u32::try_from(num(&v)?.clamp(1, 24 * 366)).unwrap_or(24)
                 }
-                "claim_attempts" => {
-                    cfg.claim_attempts = u32::try_from(num(&v)?.clamp(1, 10_000)).unwrap_or(64)
-                }
+                "claim_attempts" => cfg.claim_attempts = u32::try_from(num(&v)?.clamp(1, 10_000)).unwrap_or(64),
                 other => return Err(bad(format!("unknown option {other:?}"))),
             }
         }
@@ -227,11 +205,7 @@ impl CqlConfig {
             Some((u, _)) => format!("{u}:***@"),
             None => String::new(),
         };
-        format!(
-            "{scheme}://{user}{}/{}",
-            self.hosts.join(","),
-            self.keyspace
-        )
+        format!("{scheme}://{user}{}/{}", self.hosts.join(","), self.keyspace)
     }
 }
 
@@ -255,9 +229,7 @@ impl fmt::Debug for CqlConfig {
 
 fn with_default_port(h: &str) -> std::result::Result<String, String> {
     if let Some(rest) = h.strip_prefix('[') {
-        let (ip, after) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("bad IPv6 host {h:?}"))?;
+        let (ip, after) = rest.split_once(']').ok_or_else(|| format!("bad IPv6 host {h:?}"))?;
         return Ok(match after.strip_prefix(':') {
             Some(p) => format!("[{ip}]:{}", port(p)?),
             None => format!("[{ip}]:9042"),
@@ -275,9 +247,7 @@ fn port(p: &str) -> std::result::Result<u16, String> {
 
 fn parse_replication(v: &str) -> std::result::Result<Replication, String> {
     if let Some(n) = v.strip_prefix("simple:") {
-        let n: u32 = n
-            .parse()
-            .map_err(|_| format!("replication={v:?}: simple:N"))?;
+        let n: u32 = n.parse().map_err(|_| format!("replication={v:?}: simple:N"))?;
         if n == 0 {
             return Err("replication factor must be at least 1".into());
         }
@@ -286,16 +256,10 @@ fn parse_replication(v: &str) -> std::result::Result<Replication, String> {
     if let Some(dcs) = v.strip_prefix("nts:") {
         let mut out = Vec::new();
         for part in dcs.split(',') {
-            let (dc, n) = part
-                .split_once('=')
-                .ok_or_else(|| format!("replication={v:?}: nts:dc1=3,dc2=3"))?;
-            let n: u32 = n
-                .parse()
-                .map_err(|_| format!("replication={v:?}: bad factor {n:?}"))?;
-            let ok = !dc.is_empty()
-                && dc
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+            let (dc, n) = part.split_once('=').ok_or_else(|| format!("replication={v:?}: nts:dc1=3,dc2=3"))?;
+            let n: u32 = n.parse().map_err(|_| format!("replication={v:?}: bad factor {n:?}"))?;
+            let ok =
+                !dc.is_empty() && dc.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
             if !ok {
                 return Err(format!("replication={v:?}: bad datacenter name {dc:?}"));
             }
@@ -351,16 +315,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.flavor, Flavor::Scylla);
-        assert_eq!(
-            c.hosts,
-            vec!["10.0.0.1:9042", "10.0.0.2:9042", "[::1]:19042"]
-        );
+        assert_eq!(c.hosts, vec!["10.0.0.1:9042", "10.0.0.2:9042", "[::1]:19042"]);
         assert_eq!(c.keyspace, "nova");
         assert_eq!(c.credentials.as_ref().unwrap().1, "s3cr@t");
-        assert_eq!(
-            c.replication,
-            Replication::NetworkTopology(vec![("dc1".into(), 3), ("dc2".into(), 2)])
-        );
+        assert_eq!(c.replication, Replication::NetworkTopology(vec![("dc1".into(), 3), ("dc2".into(), 2)]));
         assert_eq!(c.serial_consistency, SerialConsistency::LocalSerial);
         assert!(!c.create_schema);
         for shown in [c.to_string(), format!("{c:?}")] {

@@ -51,11 +51,7 @@ impl Cas {
 
 impl Db {
     pub(crate) fn new(session: Session, cfg: CqlConfig) -> Self {
-        Db {
-            session,
-            cfg,
-            cache: Mutex::new(HashMap::new()),
-        }
+        Db { session, cfg, cache: Mutex::new(HashMap::new()) }
     }
 
     /// The serial consistency as a read consistency (for reads that must see every
@@ -85,11 +81,7 @@ impl Db {
     /// its rows (empty for writes).
     pub(crate) async fn query(&self, cql: &str, values: Vals) -> Result<Vec<Row>> {
         let p = self.stmt(cql).await?;
-        let r = self
-            .session
-            .execute_unpaged(&p, values)
-            .await
-            .map_err(map_exec)?;
+        let r = self.session.execute_unpaged(&p, values).await.map_err(map_exec)?;
         rows_of(r)
     }
 
@@ -97,11 +89,7 @@ impl Db {
     pub(crate) async fn query_serial(&self, cql: &str, values: Vals) -> Result<Vec<Row>> {
         let mut p = self.stmt(cql).await?;
         p.set_consistency(self.serial_read());
-        let r = self
-            .session
-            .execute_unpaged(&p, values)
-            .await
-            .map_err(map_exec)?;
+        let r = self.session.execute_unpaged(&p, values).await.map_err(map_exec)?;
         rows_of(r)
     }
 
@@ -113,11 +101,7 @@ impl Db {
     /// A conditional statement (`IF ...`).
     pub(crate) async fn cas(&self, cql: &str, values: Vals) -> Result<Cas> {
         let p = self.stmt(cql).await?;
-        let r = self
-            .session
-            .execute_unpaged(&p, values)
-            .await
-            .map_err(map_exec)?;
+        let r = self.session.execute_unpaged(&p, values).await.map_err(map_exec)?;
         cas_of(r)
     }
 
@@ -177,9 +161,7 @@ fn rows_of(r: QueryResult) -> Result<Vec<Row>> {
     if !r.is_rows() {
         return Ok(Vec::new());
     }
-    let rows = r
-        .into_rows_result()
-        .map_err(|e| Error::backend(BACKEND, e))?;
+    let rows = r.into_rows_result().map_err(|e| Error::backend(BACKEND, e))?;
     rows.rows::<Row>()
         .map_err(|e| Error::backend(BACKEND, e))?
         .map(|r| r.map_err(|e| Error::backend(BACKEND, e)))
@@ -187,14 +169,8 @@ fn rows_of(r: QueryResult) -> Result<Vec<Row>> {
 }
 
 fn cas_of(r: QueryResult) -> Result<Cas> {
-    let rows = r
-        .into_rows_result()
-        .map_err(|e| Error::backend(BACKEND, e))?;
-    let columns: Vec<String> = rows
-        .column_specs()
-        .iter()
-        .map(|c| c.name().to_string())
-        .collect();
+    let rows = r.into_rows_result().map_err(|e| Error::backend(BACKEND, e))?;
+    let columns: Vec<String> = rows.column_specs().iter().map(|c| c.name().to_string()).collect();
     let data: Vec<Row> = rows
         .rows::<Row>()
         .map_err(|e| Error::backend(BACKEND, e))?
@@ -204,17 +180,9 @@ fn cas_of(r: QueryResult) -> Result<Cas> {
         .iter()
         .position(|c| c == "[applied]")
         .ok_or_else(|| Error::backend(BACKEND, "conditional statement returned no [applied]"))?;
-    let applied = matches!(
-        data.first()
-            .and_then(|r| r.columns.get(i))
-            .and_then(|c| c.as_ref()),
-        Some(CqlValue::Boolean(true))
-    );
-    Ok(Cas {
-        applied,
-        columns,
-        rows: data,
-    })
+    let applied =
+        matches!(data.first().and_then(|r| r.columns.get(i)).and_then(|c| c.as_ref()), Some(CqlValue::Boolean(true)));
+    Ok(Cas { applied, columns, rows: data })
 }
 
 /// Whether a failed write may nevertheless have been applied (timeouts, lost
@@ -236,34 +204,24 @@ pub(crate) fn outcome_unknown(e: &ExecutionError) -> bool {
 pub(crate) fn map_exec(e: ExecutionError) -> Error {
     let msg = e.to_string();
     match &e {
-        ExecutionError::RequestTimeout(_) => Error::Timeout {
-            backend: BACKEND,
-            message: msg,
-        },
-        ExecutionError::EmptyPlan | ExecutionError::ConnectionPoolError(_) => Error::Unavailable {
-            backend: BACKEND,
-            message: msg,
-        },
+        ExecutionError::RequestTimeout(_) => Error::Timeout { backend: BACKEND, message: msg },
+        ExecutionError::EmptyPlan | ExecutionError::ConnectionPoolError(_) => {
+            Error::Unavailable { backend: BACKEND, message: msg }
+        }
         ExecutionError::LastAttemptError(a) => match a {
             RequestAttemptError::DbError(db, _) => match db {
-                DbError::ReadTimeout { .. } | DbError::WriteTimeout { .. } => Error::Timeout {
-                    backend: BACKEND,
-                    message: msg,
-                },
+                DbError::ReadTimeout { .. } | DbError::WriteTimeout { .. } => {
+                    Error::Timeout { backend: BACKEND, message: msg }
+                }
                 DbError::Unavailable { .. }
                 | DbError::Overloaded
                 | DbError::IsBootstrapping
-                | DbError::RateLimitReached { .. } => Error::Unavailable {
-                    backend: BACKEND,
-                    message: msg,
-                },
+                | DbError::RateLimitReached { .. } => Error::Unavailable { backend: BACKEND, message: msg },
                 _ => Error::backend(BACKEND, e),
             },
-            RequestAttemptError::BrokenConnectionError(_)
-            | RequestAttemptError::UnableToAllocStreamId => Error::Unavailable {
-                backend: BACKEND,
-                message: msg,
-            },
+            RequestAttemptError::BrokenConnectionError(_) | RequestAttemptError::UnableToAllocStreamId => {
+                Error::Unavailable { backend: BACKEND, message: msg }
+            }
             _ => Error::backend(BACKEND, e),
         },
         _ => Error::backend(BACKEND, e),
@@ -272,10 +230,7 @@ pub(crate) fn map_exec(e: ExecutionError) -> Error {
 
 fn map_prepare(e: PrepareError) -> Error {
     match e {
-        PrepareError::ConnectionPoolError(_) => Error::Unavailable {
-            backend: BACKEND,
-            message: e.to_string(),
-        },
+        PrepareError::ConnectionPoolError(_) => Error::Unavailable { backend: BACKEND, message: e.to_string() },
         _ => Error::backend(BACKEND, e),
     }
 }
@@ -304,40 +259,21 @@ pub(crate) fn blob(b: &[u8]) -> Option<CqlValue> {
     Some(CqlValue::Blob(b.to_vec()))
 }
 pub(crate) fn text_set<'a>(items: impl IntoIterator<Item = &'a str>) -> Option<CqlValue> {
-    Some(CqlValue::Set(
-        items
-            .into_iter()
-            .map(|s| CqlValue::Text(s.to_string()))
-            .collect(),
-    ))
+    Some(CqlValue::Set(items.into_iter().map(|s| CqlValue::Text(s.to_string())).collect()))
 }
 pub(crate) fn uuid_set(items: impl IntoIterator<Item = Uuid>) -> Option<CqlValue> {
-    Some(CqlValue::Set(
-        items.into_iter().map(CqlValue::Uuid).collect(),
-    ))
+    Some(CqlValue::Set(items.into_iter().map(CqlValue::Uuid).collect()))
 }
-pub(crate) fn text_map<'a>(
-    items: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Option<CqlValue> {
+pub(crate) fn text_map<'a>(items: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<CqlValue> {
     Some(CqlValue::Map(
-        items
-            .into_iter()
-            .map(|(k, v)| (CqlValue::Text(k.to_string()), CqlValue::Text(v.to_string())))
-            .collect(),
+        items.into_iter().map(|(k, v)| (CqlValue::Text(k.to_string()), CqlValue::Text(v.to_string()))).collect(),
     ))
 }
 pub(crate) fn bigint_map<'a>(items: impl IntoIterator<Item = (&'a str, i64)>) -> Option<CqlValue> {
-    Some(CqlValue::Map(
-        items
-            .into_iter()
-            .map(|(k, v)| (CqlValue::Text(k.to_string()), CqlValue::BigInt(v)))
-            .collect(),
-    ))
+    Some(CqlValue::Map(items.into_iter().map(|(k, v)| (CqlValue::Text(k.to_string()), CqlValue::BigInt(v))).collect()))
 }
 pub(crate) fn json<T: serde::Serialize>(v: &T) -> Result<Option<CqlValue>> {
-    serde_json::to_string(v)
-        .map(|s| Some(CqlValue::Text(s)))
-        .map_err(|e| Error::backend(BACKEND, e))
+    serde_json::to_string(v).map(|s| Some(CqlValue::Text(s))).map_err(|e| Error::backend(BACKEND, e))
 }
 
 // ---- reading untyped rows ------------------------------------------------------------

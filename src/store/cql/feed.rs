@@ -41,22 +41,13 @@ impl CqlStore {
     }
 
     pub(crate) async fn do_change_cursor(&self) -> Result<ChangeCursor> {
-        Ok(ChangeCursor(format!(
-            "{PREFIX}{}",
-            Timestamp::now().as_micros()
-        )))
+        Ok(ChangeCursor(format!("{PREFIX}{}", Timestamp::now().as_micros())))
     }
 
     pub(crate) async fn do_changes_since(&self, cursor: &ChangeCursor) -> Result<Changes> {
-        let since: i64 = cursor
-            .0
-            .strip_prefix(PREFIX)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| {
-                Error::invalid(
-                    "change cursor",
-                    format!("{:?} was not issued by a CQL store", cursor.0),
-                )
+        let since: i64 =
+            cursor.0.strip_prefix(PREFIX).and_then(|s| s.parse().ok()).ok_or_else(|| {
+                Error::invalid("change cursor", format!("{:?} was not issued by a CQL store", cursor.0))
             })?;
         let now = Timestamp::now().as_micros();
         let from = since.saturating_sub(WINDOW_US);
@@ -76,9 +67,6 @@ impl CqlStore {
         for rows in futures::future::try_join_all(reads).await? {
             roots.extend(rows.iter().filter_map(|r| get_uuid(r, 0)).map(ProviderId));
         }
-        Ok(Changes::Trees {
-            roots: roots.into_iter().collect(),
-            next: ChangeCursor(format!("{PREFIX}{now}")),
-        })
+        Ok(Changes::Trees { roots: roots.into_iter().collect(), next: ChangeCursor(format!("{PREFIX}{now}")) })
     }
 }

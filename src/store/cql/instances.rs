@@ -74,21 +74,11 @@ impl CqlStore {
             return Err(Error::already_exists(Kind::Instance, i.uuid));
         }
         let k = self.keys(i);
-        let mut by_time = vec![
-            big(k.bucket),
-            int(k.shard),
-            big(k.created_at),
-            blob(&k.uuid),
-        ];
+        let mut by_time = vec![big(k.bucket), int(k.shard), big(k.created_at), blob(&k.uuid)];
         by_time.extend(vals.iter().cloned());
         by_time.push(text(k.project.clone()));
-        let mut by_project = vec![
-            text(k.project.clone()),
-            big(k.bucket),
-            int(k.shard),
-            big(k.created_at),
-            blob(&k.uuid),
-        ];
+        let mut by_project =
+            vec![text(k.project.clone()), big(k.bucket), int(k.shard), big(k.created_at), blob(&k.uuid)];
         by_project.extend(vals.iter().cloned());
         let stmts = vec![
             (
@@ -118,30 +108,18 @@ impl CqlStore {
     }
 
     pub(crate) async fn do_get_instance(&self, id: InstanceId) -> Result<Instance> {
-        self.read_instance(id)
-            .await?
-            .ok_or_else(|| Error::not_found(Kind::Instance, id))
+        self.read_instance(id).await?.ok_or_else(|| Error::not_found(Kind::Instance, id))
     }
 
     async fn read_instance(&self, id: InstanceId) -> Result<Option<Instance>> {
-        let rows = self
-            .db
-            .query(
-                &format!("SELECT {COLS} FROM instances WHERE uuid = ?"),
-                vec![uuid(id.0)],
-            )
-            .await?;
+        let rows = self.db.query(&format!("SELECT {COLS} FROM instances WHERE uuid = ?"), vec![uuid(id.0)]).await?;
         match rows.first() {
             Some(r) => instance_of(r),
             None => Ok(None),
         }
     }
 
-    pub(crate) async fn do_update_instance(
-        &self,
-        id: InstanceId,
-        patch: &InstancePatch,
-    ) -> Result<Instance> {
+    pub(crate) async fn do_update_instance(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance> {
         let mut i = self.do_get_instance(id).await?;
         i.apply(patch, Timestamp::now());
         let mut cols: Vec<(&str, Option<CqlValue>)> = Vec::new();
@@ -167,16 +145,10 @@ impl CqlStore {
             cols.push(("deleted", boolean(i.deleted)));
         }
         if patch.availability_zone.is_some() {
-            cols.push((
-                "availability_zone",
-                opt_text(i.availability_zone.as_deref()),
-            ));
+            cols.push(("availability_zone", opt_text(i.availability_zone.as_deref())));
         }
         if patch.metadata.is_some() {
-            cols.push((
-                "metadata",
-                text_map(i.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
-            ));
+            cols.push(("metadata", text_map(i.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())))));
         }
         if patch.tags.is_some() {
             cols.push(("tags", text_set(i.tags.iter().map(String::as_str))));
@@ -191,11 +163,7 @@ impl CqlStore {
             ));
         }
         cols.push(("updated_at", big(i.updated_at.as_micros())));
-        let set = cols
-            .iter()
-            .map(|(c, _)| format!("{c} = ?"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let set = cols.iter().map(|(c, _)| format!("{c} = ?")).collect::<Vec<_>>().join(", ");
         let values: Vec<Option<CqlValue>> = cols.into_iter().map(|(_, v)| v).collect();
         let k = self.keys(&i);
         let with = |mut v: Vec<Option<CqlValue>>, keys: Vec<Option<CqlValue>>| {
@@ -203,23 +171,12 @@ impl CqlStore {
             v
         };
         let stmts = vec![
-            (
-                format!("UPDATE instances SET {set} WHERE uuid = ?"),
-                with(values.clone(), vec![uuid(id.0)]),
-            ),
+            (format!("UPDATE instances SET {set} WHERE uuid = ?"), with(values.clone(), vec![uuid(id.0)])),
             (
                 format!(
                     "UPDATE instances_by_time SET {set} WHERE bucket = ? AND shard = ? AND created_at = ? AND uuid = ?"
                 ),
-                with(
-                    values.clone(),
-                    vec![
-                        big(k.bucket),
-                        int(k.shard),
-                        big(k.created_at),
-                        blob(&k.uuid),
-                    ],
-                ),
+                with(values.clone(), vec![big(k.bucket), int(k.shard), big(k.created_at), blob(&k.uuid)]),
             ),
             (
                 format!(
@@ -227,13 +184,7 @@ impl CqlStore {
                 ),
                 with(
                     values,
-                    vec![
-                        text(k.project.clone()),
-                        big(k.bucket),
-                        int(k.shard),
-                        big(k.created_at),
-                        blob(&k.uuid),
-                    ],
+                    vec![text(k.project.clone()), big(k.bucket), int(k.shard), big(k.created_at), blob(&k.uuid)],
                 ),
             ),
         ];
@@ -267,10 +218,7 @@ impl CqlStore {
     pub(crate) async fn do_list_instances(&self, query: &ListQuery) -> Result<InstancePage> {
         let bound = match query.marker {
             Some(m) => {
-                let i = self
-                    .read_instance(m)
-                    .await?
-                    .ok_or_else(|| Error::not_found(Kind::Marker, m))?;
+                let i = self.read_instance(m).await?.ok_or_else(|| Error::not_found(Kind::Marker, m))?;
                 Some((i.created_at.as_micros(), i.uuid.0.as_bytes().to_vec()))
             }
             None => None,
@@ -286,10 +234,7 @@ impl CqlStore {
         };
         let want = limit + 1;
         let mut out: Vec<Instance> = Vec::with_capacity(want.min(1024));
-        let mut bucket_from = bound
-            .as_ref()
-            .map(|(c, _)| c / self.bucket_us)
-            .unwrap_or(i64::MAX);
+        let mut bucket_from = bound.as_ref().map(|(c, _)| c / self.bucket_us).unwrap_or(i64::MAX);
         'buckets: loop {
             let rows = self
                 .db
@@ -303,8 +248,7 @@ impl CqlStore {
                 break;
             }
             for &bucket in &buckets {
-                self.read_bucket(bucket, project.as_deref(), &bound, query, want, &mut out)
-                    .await?;
+                self.read_bucket(bucket, project.as_deref(), &bound, query, want, &mut out).await?;
                 if out.len() >= want {
                     break 'buckets;
                 }
@@ -320,10 +264,7 @@ impl CqlStore {
         } else {
             None
         };
-        Ok(InstancePage {
-            instances: out,
-            next_marker,
-        })
+        Ok(InstancePage { instances: out, next_marker })
     }
 
     /// Merges the shards of one bucket into `out` (in listing order) until `want` rows
@@ -338,12 +279,7 @@ impl CqlStore {
         out: &mut Vec<Instance>,
     ) -> Result<()> {
         let mut cursors: Vec<ShardCursor> = (0..self.shards as i32)
-            .map(|shard| ShardCursor {
-                shard,
-                bound: bound.clone(),
-                buf: VecDeque::new(),
-                exhausted: false,
-            })
+            .map(|shard| ShardCursor { shard, bound: bound.clone(), buf: VecDeque::new(), exhausted: false })
             .collect();
         loop {
             let needed = want.saturating_sub(out.len());
@@ -412,11 +348,7 @@ impl CqlStore {
                 vec![text(p), big(bucket), int(shard)],
                 "project_id = ? AND bucket = ? AND shard = ?".to_string(),
             ),
-            None => (
-                "instances_by_time",
-                vec![big(bucket), int(shard)],
-                "bucket = ? AND shard = ?".to_string(),
-            ),
+            None => ("instances_by_time", vec![big(bucket), int(shard)], "bucket = ? AND shard = ?".to_string()),
         };
         if let Some((c, u)) = &bound {
             cond.push_str(" AND (created_at, uuid) < (?, ?)");
@@ -424,13 +356,7 @@ impl CqlStore {
             keys.push(blob(u));
         }
         keys.push(int(i32::try_from(limit).unwrap_or(1001)));
-        let rows = self
-            .db
-            .query(
-                &format!("SELECT {COLS} FROM {table} WHERE {cond} LIMIT ?"),
-                keys,
-            )
-            .await?;
+        let rows = self.db.query(&format!("SELECT {COLS} FROM {table} WHERE {cond} LIMIT ?"), keys).await?;
         let last = rows.last().and_then(|r| {
             let c = get_i64(r, 10)?;
             match col(r, 0)? {
@@ -479,9 +405,7 @@ fn data_values(i: &Instance) -> Result<Vec<Option<CqlValue>>> {
 
 /// Decodes a row selected with `COLS`; `None` for a fragment.
 fn instance_of(r: &Row) -> Result<Option<Instance>> {
-    let (Some(id), Some(flavor), Some(created_at)) =
-        (get_uuid(r, 0), get_text(r, 7), get_i64(r, 10))
-    else {
+    let (Some(id), Some(flavor), Some(created_at)) = (get_uuid(r, 0), get_text(r, 7), get_i64(r, 10)) else {
         return Ok(None);
     };
     let metadata = get_map(r, 15)

@@ -64,9 +64,7 @@ pub struct CqlStore {
 
 impl std::fmt::Debug for CqlStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CqlStore")
-            .field("url", &self.db.cfg.redacted())
-            .finish_non_exhaustive()
+        f.debug_struct("CqlStore").field("url", &self.db.cfg.redacted()).finish_non_exhaustive()
     }
 }
 
@@ -82,10 +80,10 @@ impl CqlStore {
         if let Some((user, password)) = &cfg.credentials {
             builder = builder.user(user.clone(), password.clone());
         }
-        let session = builder.build().await.map_err(|e| Error::Unavailable {
-            backend: BACKEND,
-            message: format!("connecting to {cfg}: {e}"),
-        })?;
+        let session = builder
+            .build()
+            .await
+            .map_err(|e| Error::Unavailable { backend: BACKEND, message: format!("connecting to {cfg}: {e}") })?;
         if cfg.create_schema {
             let options = match cfg.flavor {
                 ServerFlavor::Scylla => " AND tablets = {'enabled': false}",
@@ -99,43 +97,23 @@ impl CqlStore {
                 .replace("{keyspace}", &cfg.keyspace)
                 .replace("{replication}", &cfg.replication.cql())
                 .replace("{options}", options);
-            session
-                .query_unpaged(ks.trim().trim_end_matches(';'), &[])
-                .await
-                .map_err(db::map_exec)?;
+            session.query_unpaged(ks.trim().trim_end_matches(';'), &[]).await.map_err(db::map_exec)?;
         }
-        session
-            .use_keyspace(&cfg.keyspace, false)
-            .await
-            .map_err(|e| Error::backend(BACKEND, e))?;
+        session.use_keyspace(&cfg.keyspace, false).await.map_err(|e| Error::backend(BACKEND, e))?;
         if cfg.create_schema {
             for stmt in schema_statements(TABLES_CQL) {
-                session
-                    .query_unpaged(stmt, &[])
-                    .await
-                    .map_err(db::map_exec)?;
+                session.query_unpaged(stmt, &[]).await.map_err(db::map_exec)?;
             }
         }
-        let store = CqlStore {
-            db: Db::new(session, cfg),
-            bucket_us: 0,
-            shards: 0,
-        };
+        let store = CqlStore { db: Db::new(session, cfg), bucket_us: 0, shards: 0 };
         let (bucket_us, shards) = store.settings().await?;
-        Ok(Arc::new(CqlStore {
-            bucket_us,
-            shards,
-            ..store
-        }))
+        Ok(Arc::new(CqlStore { bucket_us, shards, ..store }))
     }
 
     /// Reads (and on first use records) the settings fixed at keyspace creation.
     async fn settings(&self) -> Result<(i64, u32)> {
         let wanted = [
-            (
-                "instance_bucket_us",
-                (i64::from(self.db.cfg.instance_bucket_hours) * 3_600_000_000).to_string(),
-            ),
+            ("instance_bucket_us", (i64::from(self.db.cfg.instance_bucket_hours) * 3_600_000_000).to_string()),
             ("instance_shards", self.db.cfg.instance_shards.to_string()),
         ];
         let mut got = BTreeMap::new();
@@ -148,13 +126,7 @@ impl CqlStore {
                     )
                     .await?;
             }
-            let rows = self
-                .db
-                .query_serial(
-                    "SELECT value FROM settings WHERE name = ?",
-                    vec![text(name)],
-                )
-                .await?;
+            let rows = self.db.query_serial("SELECT value FROM settings WHERE name = ?", vec![text(name)]).await?;
             let v = rows.first().and_then(|r| get_text(r, 0)).unwrap_or(value);
             got.insert(name, v);
         }
@@ -182,10 +154,7 @@ impl CqlStore {
     pub async fn drop_keyspace(&self) -> Result<()> {
         self.db
             .session
-            .query_unpaged(
-                format!("DROP KEYSPACE IF EXISTS {}", self.db.cfg.keyspace),
-                &[],
-            )
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", self.db.cfg.keyspace), &[])
             .await
             .map_err(db::map_exec)?;
         Ok(())
@@ -242,15 +211,9 @@ impl Store for CqlStore {
         generation: u64,
         inventories: &BTreeMap<ResourceClass, Inventory>,
     ) -> Result<InventoryWrite> {
-        self.do_set_inventories(provider, generation, inventories)
-            .await
+        self.do_set_inventories(provider, generation, inventories).await
     }
-    async fn set_traits(
-        &self,
-        provider: ProviderId,
-        generation: u64,
-        traits: &BTreeSet<Trait>,
-    ) -> Result<u64> {
+    async fn set_traits(&self, provider: ProviderId, generation: u64, traits: &BTreeSet<Trait>) -> Result<u64> {
         self.do_set_traits(provider, generation, traits).await
     }
     async fn set_aggregates(
@@ -259,8 +222,7 @@ impl Store for CqlStore {
         generation: u64,
         aggregates: &BTreeSet<AggregateId>,
     ) -> Result<u64> {
-        self.do_set_aggregates(provider, generation, aggregates)
-            .await
+        self.do_set_aggregates(provider, generation, aggregates).await
     }
     async fn change_cursor(&self) -> Result<ChangeCursor> {
         self.do_change_cursor().await

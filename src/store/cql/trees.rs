@@ -68,24 +68,14 @@ fn bump(root: ProviderId, g: u64) -> (String, Vals) {
 fn usages_stmt(root: ProviderId, node: &ProviderNode) -> (String, Vals) {
     (
         "UPDATE trees SET usages = ? WHERE root = ? AND kind = 'p' AND id = ?".to_string(),
-        vec![
-            bigint_map(node.usages.iter().map(|(c, a)| (c.as_str(), *a))),
-            uuid(root.0),
-            text(node.id.to_string()),
-        ],
+        vec![bigint_map(node.usages.iter().map(|(c, a)| (c.as_str(), *a))), uuid(root.0), text(node.id.to_string())],
     )
 }
 
 impl CqlStore {
     /// The root of `provider`'s tree, from the provider -> root index.
     pub(crate) async fn root_of(&self, provider: ProviderId) -> Result<ProviderId> {
-        let rows = self
-            .db
-            .query(
-                "SELECT root FROM provider_roots WHERE provider = ?",
-                vec![uuid(provider.0)],
-            )
-            .await?;
+        let rows = self.db.query("SELECT root FROM provider_roots WHERE provider = ?", vec![uuid(provider.0)]).await?;
         rows.first()
             .and_then(|r| get_uuid(r, 0))
             .map(ProviderId)
@@ -121,9 +111,7 @@ impl CqlStore {
         allocations: bool,
         serial: bool,
     ) -> Result<TreeRead> {
-        self.read_tree(root, allocations, serial)
-            .await?
-            .ok_or_else(|| Error::not_found(Kind::Provider, provider))
+        self.read_tree(root, allocations, serial).await?.ok_or_else(|| Error::not_found(Kind::Provider, provider))
     }
 
     async fn backoff(&self, attempt: u32) {
@@ -142,18 +130,25 @@ impl CqlStore {
         {
             return Err(Error::already_exists(Kind::Provider, p.id));
         }
-        self.reserve_name(&p.name, p.id).await?;
+        let fresh = self.reserve_name(&p.name, p.id).await?;
         let result = match p.parent {
             None => self.create_root(p).await,
             Some(parent) => self.create_child(p, parent).await,
         };
-        if result.is_err() {
+        // A concurrent create of the same id shares the reservation: only a failure that
+        // is not "it exists" gives back a name this call reserved.
+        if let Err(e) = &result
+            && fresh
+            && !matches!(e, Error::AlreadyExists { .. })
+        {
             let _ = self.release_name(&p.name, p.id).await;
         }
         result
     }
 
-    async fn reserve_name(&self, name: &str, id: ProviderId) -> Result<()> {
+    /// Reserves `name` for `id`; `true` when this call made the reservation, `false` when
+    /// `id` already held it.
+    async fn reserve_name(&self, name: &str, id: ProviderId) -> Result<bool> {
         let cas = self
             .db
             .cas(
@@ -162,18 +157,16 @@ impl CqlStore {
             )
             .await?;
         if cas.applied {
-            return Ok(());
+            return Ok(true);
         }
         let owner = match cas.get("provider") {
             Some(scylla::value::CqlValue::Uuid(u)) => ProviderId(*u),
             _ => {
-                return Err(Error::Conflict(Conflict::DuplicateName {
-                    name: name.to_string(),
-                }));
+                return Err(Error::Conflict(Conflict::DuplicateName { name: name.to_string() }));
             }
         };
         if owner == id {
-            return Ok(());
+            return Ok(false);
         }
         // A reservation whose provider never came to exist (its creator crashed) is taken
         // over once it is older than the grace period.
@@ -182,10 +175,7 @@ impl CqlStore {
             _ => now_us(),
         };
         let owner_exists = match self.root_of(owner).await {
-            Ok(root) => self
-                .read_tree(root, false, false)
-                .await?
-                .is_some_and(|t| t.tree.node(owner).is_some()),
+            Ok(root) => self.read_tree(root, false, false).await?.is_some_and(|t| t.tree.node(owner).is_some()),
             Err(Error::NotFound { .. }) => false,
             Err(e) => return Err(e),
         };
@@ -198,20 +188,15 @@ impl CqlStore {
                 )
                 .await?;
             if taken.applied {
-                return Ok(());
+                return Ok(true);
             }
         }
-        Err(Error::Conflict(Conflict::DuplicateName {
-            name: name.to_string(),
-        }))
+        Err(Error::Conflict(Conflict::DuplicateName { name: name.to_string() }))
     }
 
     async fn release_name(&self, name: &str, id: ProviderId) -> Result<()> {
         self.db
-            .cas(
-                "DELETE FROM provider_names WHERE name = ? IF provider = ?",
-                vec![text(name), uuid(id.0)],
-            )
+            .cas("DELETE FROM provider_names WHERE name = ? IF provider = ?", vec![text(name), uuid(id.0)])
             .await
             .map(|_| ())
     }
@@ -238,10 +223,7 @@ impl CqlStore {
     async fn create_root(&self, p: &NewProvider) -> Result<u64> {
         let root = p.id;
         self.db
-            .exec(
-                "INSERT INTO provider_roots (provider, root) VALUES (?, ?)",
-                vec![uuid(p.id.0), uuid(root.0)],
-            )
+            .exec("INSERT INTO provider_roots (provider, root) VALUES (?, ?)", vec![uuid(p.id.0), uuid(root.0)])
             .await?;
         let mut dir = vec![(
             "INSERT INTO tree_directory (scope, root) VALUES (?, ?)".to_string(),
@@ -279,17 +261,12 @@ impl CqlStore {
     async fn create_child(&self, p: &NewProvider, parent: ProviderId) -> Result<u64> {
         let root = self.root_of(parent).await?;
         self.db
-            .exec(
-                "INSERT INTO provider_roots (provider, root) VALUES (?, ?)",
-                vec![uuid(p.id.0), uuid(root.0)],
-            )
+            .exec("INSERT INTO provider_roots (provider, root) VALUES (?, ?)", vec![uuid(p.id.0), uuid(root.0)])
             .await?;
         self.record_change(root).await?;
         let result = async {
             for attempt in 0..self.db.cfg.claim_attempts {
-                let t = self
-                    .tree_or_not_found(root, parent, false, attempt > 0)
-                    .await?;
+                let t = self.tree_or_not_found(root, parent, false, attempt > 0).await?;
                 if t.tree.node(parent).is_none() {
                     return Err(Error::not_found(Kind::Provider, parent));
                 }
@@ -307,14 +284,10 @@ impl CqlStore {
             Err(self.exhausted(root).await)
         }
         .await;
-        if result.is_err() {
-            let _ = self
-                .db
-                .exec(
-                    "DELETE FROM provider_roots WHERE provider = ?",
-                    vec![uuid(p.id.0)],
-                )
-                .await;
+        if let Err(e) = &result
+            && !matches!(e, Error::AlreadyExists { .. })
+        {
+            let _ = self.db.exec("DELETE FROM provider_roots WHERE provider = ?", vec![uuid(p.id.0)]).await;
         }
         result
     }
@@ -324,11 +297,7 @@ impl CqlStore {
             Ok(Some(t)) => t.generation(),
             _ => 0,
         };
-        Error::Conflict(Conflict::Generation {
-            root,
-            expected: actual.saturating_sub(1),
-            actual,
-        })
+        Error::Conflict(Conflict::Generation { root, expected: actual.saturating_sub(1), actual })
     }
 
     pub(crate) async fn do_delete_provider(&self, provider: ProviderId) -> Result<()> {
@@ -337,13 +306,8 @@ impl CqlStore {
         let mut cell = None;
         let mut done = false;
         for attempt in 0..self.db.cfg.claim_attempts {
-            let t = self
-                .tree_or_not_found(root, provider, true, attempt > 0)
-                .await?;
-            let node = t
-                .tree
-                .node(provider)
-                .ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
+            let t = self.tree_or_not_found(root, provider, true, attempt > 0).await?;
+            let node = t.tree.node(provider).ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
             if t.tree.providers.iter().any(|p| p.parent == Some(provider))
                 || !node.usages.is_empty()
                 || (provider == root && !t.allocations.is_empty())
@@ -381,12 +345,7 @@ impl CqlStore {
             return Err(self.exhausted(root).await);
         }
         self.record_change(root).await?;
-        self.db
-            .exec(
-                "DELETE FROM provider_roots WHERE provider = ?",
-                vec![uuid(provider.0)],
-            )
-            .await?;
+        self.db.exec("DELETE FROM provider_roots WHERE provider = ?", vec![uuid(provider.0)]).await?;
         if let Some(name) = name {
             self.release_name(&name, provider).await?;
         }
@@ -415,31 +374,22 @@ impl CqlStore {
         Ok(t.tree)
     }
 
-    pub(crate) async fn do_list_provider_trees(
-        &self,
-        cell: Option<CellId>,
-    ) -> Result<Vec<ProviderTree>> {
+    pub(crate) async fn do_list_provider_trees(&self, cell: Option<CellId>) -> Result<Vec<ProviderTree>> {
         let scopes: Vec<String> = match cell {
             Some(c) => vec![format!("cell:{c}")],
             None => (0..DIRECTORY_SHARDS).map(|s| format!("all:{s}")).collect(),
         };
         let mut roots = BTreeSet::new();
-        for rows in futures::future::try_join_all(scopes.into_iter().map(|s| {
-            self.db.query(
-                "SELECT root FROM tree_directory WHERE scope = ?",
-                vec![text(s)],
-            )
-        }))
+        for rows in futures::future::try_join_all(
+            scopes.into_iter().map(|s| self.db.query("SELECT root FROM tree_directory WHERE scope = ?", vec![text(s)])),
+        )
         .await?
         {
             roots.extend(rows.iter().filter_map(|r| get_uuid(r, 0)).map(ProviderId));
         }
         use futures::StreamExt;
-        let trees: Vec<Result<Option<TreeRead>>> = futures::stream::iter(roots)
-            .map(|root| self.read_tree(root, false, false))
-            .buffered(32)
-            .collect()
-            .await;
+        let trees: Vec<Result<Option<TreeRead>>> =
+            futures::stream::iter(roots).map(|root| self.read_tree(root, false, false)).buffered(32).collect().await;
         let mut out = Vec::new();
         for t in trees {
             if let Some(t) = t? {
@@ -465,16 +415,9 @@ impl CqlStore {
         let root = self.root_of(provider).await?;
         let t = self.tree_or_not_found(root, provider, false, false).await?;
         if t.generation() != generation {
-            return Err(Error::Conflict(Conflict::Generation {
-                root,
-                expected: generation,
-                actual: t.generation(),
-            }));
+            return Err(Error::Conflict(Conflict::Generation { root, expected: generation, actual: t.generation() }));
         }
-        let node = t
-            .tree
-            .node(provider)
-            .ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
+        let node = t.tree.node(provider).ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
         check(node)?;
         let stmts = vec![
             bump(root, generation),
@@ -488,17 +431,9 @@ impl CqlStore {
         if !cas.applied {
             let actual = match cas.get("generation") {
                 Some(scylla::value::CqlValue::BigInt(g)) => *g as u64,
-                _ => self
-                    .read_tree(root, false, true)
-                    .await?
-                    .map(|t| t.generation())
-                    .unwrap_or(0),
+                _ => self.read_tree(root, false, true).await?.map(|t| t.generation()).unwrap_or(0),
             };
-            return Err(Error::Conflict(Conflict::Generation {
-                root,
-                expected: generation,
-                actual,
-            }));
+            return Err(Error::Conflict(Conflict::Generation { root, expected: generation, actual }));
         }
         self.record_change(root).await?;
         Ok(generation + 1)
@@ -519,12 +454,8 @@ impl CqlStore {
                 provider,
                 generation,
                 |node| {
-                    if let Some(class) = node.usages.keys().find(|c| !inventories.contains_key(*c))
-                    {
-                        return Err(Error::Conflict(Conflict::InventoryInUse {
-                            provider,
-                            class: class.clone(),
-                        }));
+                    if let Some(class) = node.usages.keys().find(|c| !inventories.contains_key(*c)) {
+                        return Err(Error::Conflict(Conflict::InventoryInUse { provider, class: class.clone() }));
                     }
                     over = inventories
                         .iter()
@@ -537,10 +468,7 @@ impl CqlStore {
                 json(inventories)?,
             )
             .await?;
-        Ok(InventoryWrite {
-            generation: g,
-            over_capacity: over,
-        })
+        Ok(InventoryWrite { generation: g, over_capacity: over })
     }
 
     pub(crate) async fn do_set_traits(
@@ -579,8 +507,7 @@ impl CqlStore {
 
     pub(crate) async fn do_claim(&self, request: &ClaimRequest) -> Result<Claim> {
         request.validate()?;
-        let roots =
-            futures::future::join_all(request.allocations.keys().map(|p| self.root_of(*p))).await;
+        let roots = futures::future::join_all(request.allocations.keys().map(|p| self.root_of(*p))).await;
         let mut root = None;
         for r in roots {
             let r = r?;
@@ -608,8 +535,7 @@ impl CqlStore {
             let t = match self.read_tree(root, true, serial).await? {
                 Some(t) => t,
                 None => {
-                    self.drop_attempt(consumer, root, attempt_id, uncertain)
-                        .await;
+                    self.drop_attempt(consumer, root, attempt_id, uncertain).await;
                     return Err(Error::not_found(
                         Kind::Provider,
                         request.allocations.keys().next().copied().unwrap_or(root),
@@ -621,18 +547,12 @@ impl CqlStore {
             let held = t.allocations.get(&consumer).map(|a| &a.allocations);
             match request.evaluate(&t.tree, held) {
                 Err(e) => {
-                    self.drop_attempt(consumer, root, attempt_id, uncertain)
-                        .await;
+                    self.drop_attempt(consumer, root, attempt_id, uncertain).await;
                     return Err(e);
                 }
                 Ok(true) => {
-                    self.drop_attempt(consumer, root, attempt_id, uncertain)
-                        .await;
-                    return Ok(Claim {
-                        root,
-                        generation: g,
-                        replayed: true,
-                    });
+                    self.drop_attempt(consumer, root, attempt_id, uncertain).await;
+                    return Ok(Claim { root, generation: g, replayed: true });
                 }
                 Ok(false) => {}
             }
@@ -653,9 +573,7 @@ impl CqlStore {
                     text(consumer.to_string()),
                     text(request.project_id.clone()),
                     text(request.user_id.clone()),
-                    request
-                        .group
-                        .map(|g| scylla::value::CqlValue::Uuid(g.group.0)),
+                    request.group.map(|g| scylla::value::CqlValue::Uuid(g.group.0)),
                     json(&allocations)?,
                 ],
             ));
@@ -667,11 +585,7 @@ impl CqlStore {
                 Ok(Ok(cas)) if cas.applied => {
                     self.finish_attempt(consumer, root, attempt_id).await?;
                     self.record_change(root).await?;
-                    return Ok(Claim {
-                        root,
-                        generation: g + 1,
-                        replayed: false,
-                    });
+                    return Ok(Claim { root, generation: g + 1, replayed: false });
                 }
                 Ok(Ok(_)) => {
                     serial = true;
@@ -691,11 +605,7 @@ impl CqlStore {
                     {
                         self.finish_attempt(consumer, root, attempt_id).await?;
                         self.record_change(root).await?;
-                        return Ok(Claim {
-                            root,
-                            generation: g + 1,
-                            replayed: false,
-                        });
+                        return Ok(Claim { root, generation: g + 1, replayed: false });
                     }
                 }
                 Err(e) => return Err(map_exec(e)),
@@ -714,12 +624,7 @@ impl CqlStore {
         }))
     }
 
-    async fn finish_attempt(
-        &self,
-        consumer: ConsumerId,
-        root: ProviderId,
-        attempt: Uuid,
-    ) -> Result<()> {
+    async fn finish_attempt(&self, consumer: ConsumerId, root: ProviderId, attempt: Uuid) -> Result<()> {
         self.db
             .exec(
                 "UPDATE consumer_trees SET done = ? WHERE consumer = ? AND root = ? AND attempt = ?",
@@ -730,13 +635,7 @@ impl CqlStore {
 
     /// Removes this attempt's index row after a definite failure. After an unknown outcome
     /// the row stays: it is reconciled (checked at serial consistency) once it is old.
-    async fn drop_attempt(
-        &self,
-        consumer: ConsumerId,
-        root: ProviderId,
-        attempt: Uuid,
-        uncertain: bool,
-    ) {
+    async fn drop_attempt(&self, consumer: ConsumerId, root: ProviderId, attempt: Uuid, uncertain: bool) {
         if uncertain {
             return;
         }
@@ -753,16 +652,10 @@ impl CqlStore {
     }
 
     /// The consumer's index rows: root -> [(attempt, done, written at)].
-    async fn index_rows(
-        &self,
-        consumer: ConsumerId,
-    ) -> Result<BTreeMap<ProviderId, Vec<(Uuid, bool, i64)>>> {
+    async fn index_rows(&self, consumer: ConsumerId) -> Result<BTreeMap<ProviderId, Vec<(Uuid, bool, i64)>>> {
         let rows = self
             .db
-            .query(
-                "SELECT root, attempt, done, at FROM consumer_trees WHERE consumer = ?",
-                vec![uuid(consumer.0)],
-            )
+            .query("SELECT root, attempt, done, at FROM consumer_trees WHERE consumer = ?", vec![uuid(consumer.0)])
             .await?;
         let mut out: BTreeMap<ProviderId, Vec<(Uuid, bool, i64)>> = BTreeMap::new();
         for r in &rows {
@@ -780,20 +673,14 @@ impl CqlStore {
     /// Deletes the index rows of `root` that can no longer refer to an allocation that
     /// `holds_nothing_serially` has not seen: finished attempts, and attempts older than the
     /// grace period. Young unfinished attempts may be claims in flight: they stay.
-    async fn clean_index(
-        &self,
-        consumer: ConsumerId,
-        root: ProviderId,
-        rows: &[(Uuid, bool, i64)],
-    ) {
+    async fn clean_index(&self, consumer: ConsumerId, root: ProviderId, rows: &[(Uuid, bool, i64)]) {
         let now = now_us();
         let stmts: Vec<(String, Vals)> = rows
             .iter()
             .filter(|(_, done, at)| *done || now - at > INDEX_GRACE_US)
             .map(|(attempt, _, _)| {
                 (
-                    "DELETE FROM consumer_trees WHERE consumer = ? AND root = ? AND attempt = ?"
-                        .to_string(),
+                    "DELETE FROM consumer_trees WHERE consumer = ? AND root = ? AND attempt = ?".to_string(),
                     vec![uuid(consumer.0), uuid(root.0), uuid(*attempt)],
                 )
             })
@@ -808,8 +695,7 @@ impl CqlStore {
 
     fn needs_serial_check(rows: &[(Uuid, bool, i64)]) -> bool {
         let now = now_us();
-        rows.iter()
-            .any(|(_, done, at)| !*done && now - at > INDEX_GRACE_US)
+        rows.iter().any(|(_, done, at)| !*done && now - at > INDEX_GRACE_US)
     }
 
     pub(crate) async fn do_release(&self, consumer: ConsumerId) -> Result<Released> {
@@ -839,13 +725,7 @@ impl CqlStore {
                 }
                 stmts.push(delete_row(root, "a", &consumer.to_string()));
                 if let Some(group) = alloc.group {
-                    let members = t
-                        .tree
-                        .groups
-                        .get(&group)
-                        .copied()
-                        .unwrap_or(1)
-                        .saturating_sub(1);
+                    let members = t.tree.groups.get(&group).copied().unwrap_or(1).saturating_sub(1);
                     if members == 0 {
                         stmts.push(delete_row(root, "g", &group.to_string()));
                     } else {
@@ -891,11 +771,7 @@ impl CqlStore {
             let cql = "SELECT project_id, user_id, group_id, allocations FROM trees \
                        WHERE root = ? AND kind = 'a' AND id = ?";
             let vals = vec![uuid(root.0), text(consumer.to_string())];
-            let found = if serial {
-                self.db.query_serial(cql, vals).await?
-            } else {
-                self.db.query(cql, vals).await?
-            };
+            let found = if serial { self.db.query_serial(cql, vals).await? } else { self.db.query(cql, vals).await? };
             match found.first() {
                 Some(r) => out.push(allocation_of(consumer, root, r, 0)?),
                 None => self.clean_index(consumer, root, &rows).await,
@@ -904,10 +780,7 @@ impl CqlStore {
         Ok(out)
     }
 
-    pub(crate) async fn do_tree_allocations(
-        &self,
-        provider: ProviderId,
-    ) -> Result<Vec<TreeAllocation>> {
+    pub(crate) async fn do_tree_allocations(&self, provider: ProviderId) -> Result<Vec<TreeAllocation>> {
         let root = self.root_of(provider).await?;
         let t = self.tree_or_not_found(root, provider, true, false).await?;
         if t.tree.node(provider).is_none() {
@@ -920,29 +793,17 @@ impl CqlStore {
 }
 
 fn delete_row(root: ProviderId, kind: &str, id: &str) -> (String, Vals) {
-    (
-        "DELETE FROM trees WHERE root = ? AND kind = ? AND id = ?".to_string(),
-        vec![uuid(root.0), text(kind), text(id)],
-    )
+    ("DELETE FROM trees WHERE root = ? AND kind = ? AND id = ?".to_string(), vec![uuid(root.0), text(kind), text(id)])
 }
 
 fn members_stmt(root: ProviderId, group: GroupId, members: u32) -> (String, Vals) {
     (
         "UPDATE trees SET members = ? WHERE root = ? AND kind = 'g' AND id = ?".to_string(),
-        vec![
-            int(i32::try_from(members).unwrap_or(i32::MAX)),
-            uuid(root.0),
-            text(group.to_string()),
-        ],
+        vec![int(i32::try_from(members).unwrap_or(i32::MAX)), uuid(root.0), text(group.to_string())],
     )
 }
 
-fn allocation_of(
-    consumer: ConsumerId,
-    root: ProviderId,
-    r: &Row,
-    at: usize,
-) -> Result<TreeAllocation> {
+fn allocation_of(consumer: ConsumerId, root: ProviderId, r: &Row, at: usize) -> Result<TreeAllocation> {
     Ok(TreeAllocation {
         consumer,
         root,
@@ -980,10 +841,7 @@ fn parse_tree(root: ProviderId, rows: &[Row]) -> Result<Option<TreeRead>> {
                         usages.insert(ResourceClass::parse(&class)?, a);
                     }
                 }
-                let traits = get_text_set(r, 7)
-                    .into_iter()
-                    .map(Trait::new)
-                    .collect::<Result<BTreeSet<_>>>()?;
+                let traits = get_text_set(r, 7).into_iter().map(Trait::new).collect::<Result<BTreeSet<_>>>()?;
                 providers.push((
                     get_i32(r, 4).unwrap_or(0),
                     ProviderNode {
