@@ -70,7 +70,7 @@ struct Path {
     name: &'static str,
     store: tokio::sync::OnceCell<Shared>,
     /// Keeps servers alive until the end of the run.
-    guard: Mutex<Option<Box<dyn Send>>>,
+    guard: Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 fn keyspace() -> String {
@@ -155,8 +155,14 @@ impl Path {
         open_shared(format!("scylla://{host}:{port}/{}", keyspace())).await
     }
 
-    /// Drops the keyspace and stops the servers.
-    fn finish(&'static self) {
+    /// Drops the keyspace and stops the servers; after failures, shows the server's log.
+    fn finish(&'static self, failed: bool) {
+        if failed
+            && let Some(g) = self.guard.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+            && let Some((c, _)) = g.downcast_ref::<(cassandra::Cassandra, cql_proxy::CqlProxy)>()
+        {
+            eprintln!("--- last lines of the Cassandra log ---\n{}", c.log_tail());
+        }
         if let Some(Ok(store)) = self.store.get() {
             let store = store.clone();
             let dropped = runtime()
@@ -314,7 +320,7 @@ fn main() {
     trials.push(claims_per_second(&CASSANDRA));
     let conclusion = libtest_mimic::run(&args, trials);
     for path in [&SCYLLA, &CONTAINER, &CASSANDRA] {
-        path.finish();
+        path.finish(conclusion.has_failed());
     }
     conclusion.exit();
 }

@@ -45,7 +45,7 @@ use async_trait::async_trait;
 use scylla::client::session_builder::SessionBuilder;
 
 pub use self::config::{CqlConfig, Flavor as ServerFlavor, Replication};
-use self::db::{BACKEND, Db, big, get_text, text};
+use self::db::{BACKEND, Db, get_text, text};
 use crate::error::{Error, Result};
 use crate::model::*;
 use crate::store::Store;
@@ -140,7 +140,6 @@ impl CqlStore {
             .and_then(|v| v.parse::<u32>().ok())
             .filter(|v| *v > 0)
             .ok_or_else(|| Error::backend(BACKEND, "bad instance_shards setting"))?;
-        let _ = big;
         Ok((bucket_us, shards))
     }
 

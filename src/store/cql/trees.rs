@@ -302,6 +302,7 @@ impl CqlStore {
 
     pub(crate) async fn do_delete_provider(&self, provider: ProviderId) -> Result<()> {
         let root = self.root_of(provider).await?;
+        self.record_change(root).await?;
         let mut name = None;
         let mut cell = None;
         let mut done = false;
@@ -392,10 +393,10 @@ impl CqlStore {
             futures::stream::iter(roots).map(|root| self.read_tree(root, false, false)).buffered(32).collect().await;
         let mut out = Vec::new();
         for t in trees {
-            if let Some(t) = t? {
-                if cell.is_none_or(|c| t.tree.cell == Some(c)) {
-                    out.push(t.tree);
-                }
+            if let Some(t) = t?
+                && cell.is_none_or(|c| t.tree.cell == Some(c))
+            {
+                out.push(t.tree);
             }
         }
         out.sort_by_key(|t| t.root);
@@ -519,29 +520,50 @@ impl CqlStore {
         // The index row first: whatever happens next, the consumer's allocation on this
         // tree can be found. And the change-feed intent, so a crash after the write cannot
         // hide the change from schedulers.
-        let (idx, _) = futures::join!(
+        let (idx, intent, first) = futures::join!(
             self.db.exec(
                 "INSERT INTO consumer_trees (consumer, root, attempt, done, at) VALUES (?, ?, ?, ?, ?)",
                 vec![uuid(consumer.0), uuid(root.0), uuid(attempt_id), boolean(false), big(now_us())],
             ),
-            self.record_change(root)
+            self.record_change(root),
+            // The first read needs neither write; only the transaction must come after them.
+            self.read_tree(root, true, false)
         );
         idx?;
+        intent?;
+        let mut first = Some(first);
         let mut uncertain = false;
         let mut serial = false;
         let allocations = normalized(&request.allocations);
         let mut last_generation = 0;
+        // A retryable failure (timeout, unavailable) inside the loop is retried like a
+        // lost race; it is returned only when the attempts run out.
+        let mut last_error: Option<Error> = None;
         for attempt in 0..self.db.cfg.claim_attempts {
-            let t = match self.read_tree(root, true, serial).await? {
-                Some(t) => t,
-                None => {
+            if attempt > 0 && last_error.is_some() {
+                self.backoff(attempt).await;
+            }
+            let read = match first.take() {
+                Some(r) => r,
+                None => self.read_tree(root, true, serial).await,
+            };
+            let t = match read {
+                Ok(Some(t)) => t,
+                Ok(None) => {
                     self.drop_attempt(consumer, root, attempt_id, uncertain).await;
                     return Err(Error::not_found(
                         Kind::Provider,
                         request.allocations.keys().next().copied().unwrap_or(root),
                     ));
                 }
+                Err(e) if e.is_retryable() => {
+                    serial = true;
+                    last_error = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
+            last_error = None;
             let g = t.generation();
             last_generation = g;
             let held = t.allocations.get(&consumer).map(|a| &a.allocations);
@@ -549,6 +571,12 @@ impl CqlStore {
                 Err(e) => {
                     self.drop_attempt(consumer, root, attempt_id, uncertain).await;
                     return Err(e);
+                }
+                // After a transaction with an unknown outcome, finding the allocation means
+                // that transaction landed: this call made the claim.
+                Ok(true) if uncertain => {
+                    self.after_claim(consumer, root, attempt_id).await;
+                    return Ok(Claim { root, generation: g, replayed: false });
                 }
                 Ok(true) => {
                     self.drop_attempt(consumer, root, attempt_id, uncertain).await;
@@ -583,8 +611,7 @@ impl CqlStore {
             }
             match self.db.cas_batch_raw(&stmts).await {
                 Ok(Ok(cas)) if cas.applied => {
-                    self.finish_attempt(consumer, root, attempt_id).await?;
-                    self.record_change(root).await?;
+                    self.after_claim(consumer, root, attempt_id).await;
                     return Ok(Claim { root, generation: g + 1, replayed: false });
                 }
                 Ok(Ok(_)) => {
@@ -593,23 +620,26 @@ impl CqlStore {
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(e) if outcome_unknown(&e) => {
-                    // The transaction may or may not have applied: find out at serial
-                    // consistency before answering.
+                    // The transaction may or may not have applied: the next read is at
+                    // serial consistency (which completes an in-progress transaction), and
+                    // the claim answers from what it finds there.
                     tracing::debug!(%root, %consumer, error = %e, "claim outcome unknown; reading at serial consistency");
                     uncertain = true;
                     serial = true;
-                    let t = self.read_tree(root, true, true).await?;
-                    if let Some(t) = t
-                        && let Some(a) = t.allocations.get(&consumer)
-                        && normalized(&a.allocations) == allocations
-                    {
-                        self.finish_attempt(consumer, root, attempt_id).await?;
-                        self.record_change(root).await?;
-                        return Ok(Claim { root, generation: g + 1, replayed: false });
-                    }
+                    last_error = Some(map_exec(e));
                 }
-                Err(e) => return Err(map_exec(e)),
+                Err(e) => {
+                    let e = map_exec(e);
+                    if !e.is_retryable() {
+                        return Err(e);
+                    }
+                    serial = true;
+                    last_error = Some(e);
+                }
             }
+        }
+        if let Some(e) = last_error {
+            return Err(e);
         }
         Err(Error::Conflict(Conflict::Generation {
             root,
@@ -624,13 +654,20 @@ impl CqlStore {
         }))
     }
 
-    async fn finish_attempt(&self, consumer: ConsumerId, root: ProviderId, attempt: Uuid) -> Result<()> {
-        self.db
-            .exec(
+    /// After a claim landed: marks the index row done and records the change. Failures are
+    /// logged, not returned: the allocation is there (an unfinished index row is reconciled
+    /// once old, and the change-feed intent written before the claim covers the change).
+    async fn after_claim(&self, consumer: ConsumerId, root: ProviderId, attempt: Uuid) {
+        let (done, change) = futures::join!(
+            self.db.exec(
                 "UPDATE consumer_trees SET done = ? WHERE consumer = ? AND root = ? AND attempt = ?",
                 vec![boolean(true), uuid(consumer.0), uuid(root.0), uuid(attempt)],
-            )
-            .await
+            ),
+            self.record_change(root)
+        );
+        for e in [done.err(), change.err()].into_iter().flatten() {
+            tracing::warn!(%consumer, %root, error = %e, "claim landed; a follow-up write failed");
+        }
     }
 
     /// Removes this attempt's index row after a definite failure. After an unknown outcome
@@ -705,8 +742,29 @@ impl CqlStore {
             let mut serial = Self::needs_serial_check(&rows);
             let mut removed = false;
             let mut settled = false;
+            let (intent, first) = futures::join!(self.record_change(root), self.read_tree(root, true, serial));
+            intent?;
+            let mut first = Some(first);
+            let mut last_error: Option<Error> = None;
             for attempt in 0..self.db.cfg.claim_attempts {
-                let Some(t) = self.read_tree(root, true, serial).await? else {
+                if attempt > 0 && last_error.is_some() {
+                    self.backoff(attempt).await;
+                }
+                let read = match first.take() {
+                    Some(r) => r,
+                    None => self.read_tree(root, true, serial).await,
+                };
+                let read = match read {
+                    Ok(r) => r,
+                    Err(e) if e.is_retryable() => {
+                        serial = true;
+                        last_error = Some(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                last_error = None;
+                let Some(t) = read else {
                     settled = true;
                     break;
                 };
@@ -747,18 +805,33 @@ impl CqlStore {
                         // Loop: the serial re-read tells whether the allocation is gone.
                         serial = true;
                         removed = true;
+                        last_error = Some(map_exec(e));
                     }
-                    Err(e) => return Err(map_exec(e)),
+                    Err(e) => {
+                        let e = map_exec(e);
+                        if !e.is_retryable() {
+                            return Err(e);
+                        }
+                        serial = true;
+                        last_error = Some(e);
+                    }
                 }
             }
             if !settled {
-                return Err(self.exhausted(root).await);
+                return Err(match last_error {
+                    Some(e) => e,
+                    None => self.exhausted(root).await,
+                });
             }
             if removed {
-                self.record_change(root).await?;
+                let (change, ()) = futures::join!(self.record_change(root), self.clean_index(consumer, root, &rows));
+                if let Err(e) = change {
+                    tracing::warn!(%consumer, %root, error = %e, "release landed; recording the change failed");
+                }
                 released.push(root);
+            } else {
+                self.clean_index(consumer, root, &rows).await;
             }
-            self.clean_index(consumer, root, &rows).await;
         }
         Ok(Released { roots: released })
     }
