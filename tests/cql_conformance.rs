@@ -306,6 +306,40 @@ fn differential_trial(path: &'static Path) -> Trial {
     })
 }
 
+/// Opening by URL: bad input is `InvalidInput`, an unreachable server `Unavailable`, and
+/// neither message carries the password.
+fn url_trial() -> Trial {
+    Trial::test("cql::urls_fail_clearly_without_leaking_passwords", || {
+        let rt = tokio::runtime::Runtime::new().map_err(|e| Failed::from(e.to_string()))?;
+        rt.block_on(async {
+            for (url, invalid) in [
+                ("cassandra://admin:hunter2@127.0.0.1:1/Bad-Keyspace", true),
+                ("scylla://admin:hunter2@127.0.0.1:1/ks?replication=simple:zero", true),
+                ("scylla://admin:hunter2@127.0.0.1:1/ks?no_such_option=1", true),
+                ("cassandra://admin:hunter2@127.0.0.1:1,127.0.0.1:2/ks?connect_timeout_ms=500", false),
+            ] {
+                let err = match unicell::store::open(url).await {
+                    Ok(_) => return Err(Failed::from(format!("{url}: opened?"))),
+                    Err(e) => e,
+                };
+                let ok_kind = match &err {
+                    unicell::Error::InvalidInput { .. } => invalid,
+                    unicell::Error::Unavailable { .. } => !invalid,
+                    _ => false,
+                };
+                if !ok_kind {
+                    return Err(Failed::from(format!("{url}: unexpected error {err:?}")));
+                }
+                let shown = format!("{err} {err:?}");
+                if shown.contains("hunter2") {
+                    return Err(Failed::from(format!("password leaked: {shown}")));
+                }
+            }
+            Ok(())
+        })
+    })
+}
+
 fn env_num(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -317,6 +351,7 @@ fn main() {
         trials.extend(conformance_trials(path.name, factory(path)));
         trials.push(differential_trial(path));
     }
+    trials.push(url_trial());
     trials.push(claims_per_second(&CASSANDRA));
     let conclusion = libtest_mimic::run(&args, trials);
     for path in [&SCYLLA, &CONTAINER, &CASSANDRA] {
