@@ -22,6 +22,8 @@ pub mod conformance;
 #[cfg(feature = "cql")]
 pub mod cql;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod url;
 
 pub use self::url::StoreUrl;
@@ -241,6 +243,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// |---|---|
 /// | `memory://` | the embedded in-process store (the default) |
 /// | `scylla://h1:9042,h2/keyspace?...`, `cassandra://...` | [`cql`] (feature `cql`) |
+/// | `redis://host:port[/db]`, `redis+cluster://host:port?seeds=...` | [`redis`] (feature `redis`) |
 ///
 /// Backends added by later features register their schemes here. An unknown scheme is
 /// [`Error::InvalidInput`](crate::Error::InvalidInput) naming the schemes this build knows.
@@ -253,6 +256,8 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     let parsed = StoreUrl::parse(url)?;
     match parsed.scheme() {
         "memory" => Ok(Arc::new(memory::MemoryStore::new())),
+        #[cfg(feature = "redis")]
+        "redis" | "redis+cluster" => Ok(Arc::new(redis::RedisStore::open(&parsed).await?)),
         other => Err(crate::Error::invalid(
             "store url",
             format!("unknown scheme {other:?} in {parsed}; this build knows: {}", known_schemes().join(", ")),
@@ -263,8 +268,10 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 /// The URL schemes [`open`] understands in this build.
 pub fn known_schemes() -> Vec<&'static str> {
     #[allow(unused_mut)]
-    let mut schemes = vec!["memory"];
+    let mut v = vec!["memory"];
     #[cfg(feature = "cql")]
-    schemes.extend(["scylla", "cassandra"]);
-    schemes
+    v.extend(["scylla", "cassandra"]);
+    #[cfg(feature = "redis")]
+    v.extend(["redis", "redis+cluster"]);
+    v
 }

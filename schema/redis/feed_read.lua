@@ -1,0 +1,13 @@
+-- feed_read.lua: one shard of the change feed since a sequence number, read atomically with
+-- the shard's current sequence (the next cursor) and trim mark.
+-- KEYS[1] change zset  KEYS[2] feed hash   ARGV[1] since
+-- Returns {seq, trimmed, root, ...}; no roots when since < trimmed (the caller resyncs).
+local since = tonumber(ARGV[1])
+local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
+local trimmed = tonumber(redis.call('HGET', KEYS[2], 'trimmed') or '0')
+local out = {seq, trimmed}
+if since < trimmed then return out end
+for _, r in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')) do
+  out[#out + 1] = r
+end
+return out

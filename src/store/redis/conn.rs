@@ -1,0 +1,279 @@
+//! Connections (a round-robin pool of multiplexed connections, single node or cluster),
+//! the Lua scripts, and the mapping of client errors into [`Error`].
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind, Value};
+
+use super::config::RedisConfig;
+use crate::error::{Error, Result};
+
+const BACKEND: &str = "redis";
+
+/// Commands sent per pipeline (single node) or in flight at once (cluster) by bulk reads.
+const BULK_CHUNK: usize = 512;
+
+/// One Lua script of `schema/redis/`, sent by EVALSHA (loaded on first NOSCRIPT).
+#[derive(Debug)]
+pub struct Lua {
+    name: &'static str,
+    source: &'static str,
+    sha: String,
+}
+
+impl Lua {
+    fn new(name: &'static str, source: &'static str) -> Self {
+        Lua { name, source, sha: redis::Script::new(source).get_hash().to_string() }
+    }
+
+    /// The script's SHA1 (for EVALSHA, e.g. from redis-benchmark).
+    pub fn sha(&self) -> &str {
+        &self.sha
+    }
+
+    /// The EVALSHA command for `keys` and `args`.
+    pub fn cmd<K: redis::ToRedisArgs, A: redis::ToRedisArgs>(&self, keys: &[K], args: &[A]) -> Cmd {
+        let mut c = redis::cmd("EVALSHA");
+        c.arg(&self.sha).arg(keys.len());
+        for k in keys {
+            c.arg(k);
+        }
+        for a in args {
+            c.arg(a);
+        }
+        c
+    }
+}
+
+macro_rules! scripts {
+    ($($field:ident => $file:literal),* $(,)?) => {
+        /// Every Lua script of the backend, compiled in from `schema/redis/`.
+        #[derive(Debug)]
+        pub struct Scripts {
+            $(
+                #[doc = concat!("`schema/redis/", $file, "`")]
+                pub $field: Lua,
+            )*
+        }
+
+        impl Scripts {
+            /// All scripts, loaded from `schema/redis/` at compile time.
+            pub fn new() -> Self {
+                Scripts {
+                    $($field: Lua::new($file, include_str!(concat!("../../../schema/redis/", $file))),)*
+                }
+            }
+
+            fn all(&self) -> Vec<&Lua> {
+                vec![$(&self.$field),*]
+            }
+        }
+    };
+}
+
+scripts! {
+    claim => "claim.lua",
+    release => "release.lua",
+    create_root => "create_root.lua",
+    create_child => "create_child.lua",
+    delete_provider => "delete_provider.lua",
+    set_inventories => "set_inventories.lua",
+    set_field => "set_field.lua",
+    feed_read => "feed_read.lua",
+    cas => "cas.lua",
+    instance_create => "instance_create.lua",
+    instance_delete => "instance_delete.lua",
+}
+
+/// Maps a client error into the store's error: connection failures, cluster reconfiguration
+/// and loading are retryable `Unavailable`, timeouts `Timeout`, the rest `Backend`.
+pub fn map_err(e: RedisError) -> Error {
+    let message = e.to_string();
+    if e.is_timeout() {
+        return Error::Timeout { backend: BACKEND, message };
+    }
+    let unavailable = e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(ServerErrorKind::BusyLoading)
+                | ErrorKind::Server(ServerErrorKind::MasterDown)
+                | ErrorKind::Server(ServerErrorKind::ReadOnly)
+                | ErrorKind::Server(ServerErrorKind::ClusterDown)
+                | ErrorKind::Server(ServerErrorKind::TryAgain)
+        );
+    if unavailable {
+        return Error::Unavailable { backend: BACKEND, message };
+    }
+    Error::backend(BACKEND, e)
+}
+
+/// A decoding problem in what the server returned (a corrupt or foreign key).
+pub fn corrupt(what: impl std::fmt::Display) -> Error {
+    Error::backend(BACKEND, format!("unexpected data in redis: {what}"))
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+}
+
+/// A fixed set of multiplexed connections used round-robin. Each connection pipelines the
+/// requests of every task using it, so a few connections carry thousands of concurrent
+/// requests; more than one lets the client spread encoding and decoding over cores.
+pub struct Pool {
+    conns: Vec<Conn>,
+    next: AtomicUsize,
+    cluster: bool,
+    /// The scripts.
+    pub scripts: Scripts,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("connections", &self.conns.len()).field("cluster", &self.cluster).finish()
+    }
+}
+
+impl Pool {
+    /// Connects `cfg.pool` connections and loads the scripts.
+    pub async fn connect(cfg: &RedisConfig) -> Result<Pool> {
+        let mut conns = Vec::with_capacity(cfg.pool);
+        if cfg.cluster {
+            let client = redis::cluster::ClusterClient::builder(cfg.nodes.clone())
+                .connection_timeout(cfg.connect_timeout)
+                .response_timeout(cfg.timeout)
+                .retries(cfg.retries)
+                .min_retry_wait(20)
+                .max_retry_wait(500)
+                .build()
+                .map_err(map_err)?;
+            for _ in 0..cfg.pool {
+                conns.push(Conn::Cluster(client.get_async_connection().await.map_err(map_err)?));
+            }
+        } else {
+            let node = cfg.nodes.first().ok_or_else(|| Error::invalid("store url", "no node"))?;
+            let client = redis::Client::open(node.as_str()).map_err(map_err)?;
+            let mc = redis::aio::ConnectionManagerConfig::new()
+                .set_response_timeout(Some(cfg.timeout))
+                .set_connection_timeout(Some(cfg.connect_timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(std::time::Duration::from_millis(500));
+            for _ in 0..cfg.pool {
+                conns.push(Conn::Single(
+                    ConnectionManager::new_with_config(client.clone(), mc.clone()).await.map_err(map_err)?,
+                ));
+            }
+        }
+        let pool = Pool { conns, next: AtomicUsize::new(0), cluster: cfg.cluster, scripts: Scripts::new() };
+        pool.load_scripts().await?;
+        Ok(pool)
+    }
+
+    /// Whether the deployment is a cluster (keys of one command must share a slot).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    fn pick(&self) -> Conn {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        self.conns[i].clone()
+    }
+
+    /// Loads every script (on every master in cluster mode: SCRIPT LOAD is routed to all).
+    pub async fn load_scripts(&self) -> Result<()> {
+        let mut c = self.pick();
+        for s in self.scripts.all() {
+            let sha: String = c.query(redis::cmd("SCRIPT").arg("LOAD").arg(s.source)).await.map_err(map_err)?;
+            if sha != s.sha {
+                return Err(corrupt(format!("SCRIPT LOAD of {} gave {sha}", s.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one command.
+    pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+        self.pick().query(cmd).await.map_err(map_err)
+    }
+
+    /// Runs one EVALSHA command, loading the scripts once if the server lost them (a
+    /// restarted node). Re-sending is safe: the script did not run.
+    pub async fn eval<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+        let mut c = self.pick();
+        match c.query(cmd).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.load_scripts().await?;
+                c.query(cmd).await.map_err(map_err)
+            }
+            r => r.map_err(map_err),
+        }
+    }
+
+    /// Runs many independent commands with few round trips: pipelines on a single node; on a
+    /// cluster (where a pipeline must stay in one slot) as concurrent requests multiplexed
+    /// over the node connections. Results are in command order.
+    pub async fn bulk(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>> {
+        match self.bulk_once(&cmds).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.load_scripts().await?;
+                self.bulk_once(&cmds).await.map_err(map_err)
+            }
+            r => r.map_err(map_err),
+        }
+    }
+
+    async fn bulk_once(&self, cmds: &[Cmd]) -> redis::RedisResult<Vec<Value>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.cluster {
+            let futs: Vec<_> = cmds
+                .iter()
+                .cloned()
+                .map(|cmd| {
+                    let mut c = self.pick();
+                    async move { c.query::<Value>(&cmd).await }
+                })
+                .collect();
+            futures::future::join_all(futs).await.into_iter().collect()
+        } else {
+            let futs: Vec<_> = cmds
+                .chunks(BULK_CHUNK)
+                .map(|chunk| {
+                    let mut p = redis::pipe();
+                    for c in chunk {
+                        p.add_command(c.clone());
+                    }
+                    let mut conn = self.pick();
+                    async move {
+                        match &mut conn {
+                            Conn::Single(c) => p.query_async::<Vec<Value>>(c).await,
+                            Conn::Cluster(c) => p.query_async::<Vec<Value>>(c).await,
+                        }
+                    }
+                })
+                .collect();
+            let mut out = Vec::with_capacity(cmds.len());
+            for c in futures::future::join_all(futs).await {
+                out.extend(c?);
+            }
+            Ok(out)
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Fault injection on real processes: kill the Redis server (or one master of a three-master
+//! Redis Cluster) with SIGKILL while many tasks claim and release, then restart it.
+//!
+//! Checks: every failed call in flight failed with a retryable error (`Unavailable` or
+//! `Timeout`) or a legitimate claim refusal, never anything else; afterwards, an audit finds
+//! every provider's usage equal to the sum of the allocations on its tree and none over
+//! capacity (no half-written claim); every claim acknowledged and not released is still found
+//! through `allocations(consumer)`; and releasing every consumer ever tried leaves every tree
+//! empty (no allocation stranded outside the consumer index). Servers persist with an
+//! append-only file, as a deployment that expects restarts would.
+//!
+//! Each scenario runs about 8 seconds of load. Ignored with the reason when `redis-server`
+//! (and, for the cluster, `redis-cli`) is not installed.
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Completion, Failed, Trial};
+use rand::{Rng, SeedableRng};
+use unicell::Error;
+use unicell::model::*;
+use unicell::store::redis::RedisStore;
+use unicell::store::{Store, StoreUrl};
+
+const TREES: usize = 12;
+const WORKERS: usize = 32;
+const LOAD: Duration = Duration::from_secs(8);
+const KILL_AT: Duration = Duration::from_millis(2000);
+const DOWN_FOR: Duration = Duration::from_millis(2500);
+
+#[derive(Default)]
+struct Outcome {
+    /// Claims acknowledged and not released since.
+    held: BTreeMap<ConsumerId, ClaimRequest>,
+    /// Every consumer a claim was attempted for.
+    tried: BTreeSet<ConsumerId>,
+}
+
+fn request(consumer: ConsumerId, root: ProviderId, rng: &mut impl Rng) -> ClaimRequest {
+    let mut r = Resources::new();
+    r.insert(ResourceClass::Vcpu, rng.random_range(1..=4));
+    r.insert(ResourceClass::MemoryMb, 512 * rng.random_range(1..=4));
+    ClaimRequest {
+        consumer,
+        project_id: "p-fault".into(),
+        user_id: "u-fault".into(),
+        allocations: AllocationMap::from([(root, r)]),
+        group: None,
+    }
+}
+
+async fn until_available<T, F, Fut>(what: &str, f: F) -> Result<T, Failed>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => return Err(format!("{what}: {e}").into()),
+        }
+    }
+}
+
+async fn scenario(
+    url: String,
+    kill: Box<dyn FnOnce() + Send>,
+    restart: Box<dyn FnOnce() -> Result<(), String> + Send>,
+) -> Result<(), Failed> {
+    let prefix = format!("fault-{}", uuid::Uuid::new_v4().simple());
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{sep}prefix={prefix}&timeout_ms=1000&connect_timeout_ms=300&retries=1");
+    let store: Arc<dyn Store> = Arc::new(
+        RedisStore::open(&StoreUrl::parse(&url).map_err(|e| e.to_string())?).await.map_err(|e| format!("open: {e}"))?,
+    );
+    let mut roots = Vec::new();
+    for i in 0..TREES {
+        let id = ProviderId::new_v4();
+        store
+            .create_provider(&NewProvider {
+                id,
+                name: format!("{prefix}-cn{i}"),
+                parent: None,
+                cell: None,
+                inventories: BTreeMap::from([
+                    (ResourceClass::Vcpu, Inventory::with_total(48)),
+                    (ResourceClass::MemoryMb, Inventory::with_total(24 * 1024)),
+                ]),
+                traits: BTreeSet::new(),
+                aggregates: BTreeSet::new(),
+            })
+            .await
+            .map_err(|e| format!("create tree: {e}"))?;
+        roots.push(id);
+    }
+    let roots = Arc::new(roots);
+    let retryable = Arc::new(AtomicUsize::new(0));
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let (store, roots, retryable, acknowledged) =
+            (store.clone(), roots.clone(), retryable.clone(), acknowledged.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
+            let mut out = Outcome::default();
+            while start.elapsed() < LOAD {
+                if !out.held.is_empty() && rng.random_bool(0.35) {
+                    let c = *out.held.keys().nth(rng.random_range(0..out.held.len())).unwrap();
+                    match tokio::time::timeout(Duration::from_secs(10), store.release(c)).await {
+                        Ok(Ok(_)) => {
+                            out.held.remove(&c);
+                        }
+                        Ok(Err(e)) if e.is_retryable() => {
+                            retryable.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Err(e)) => return Err(format!("release failed with a non-retryable error: {e} ({e:?})")),
+                        Err(_) => return Err("a release hung for 10 s".to_string()),
+                    }
+                    continue;
+                }
+                let c = ConsumerId::new_v4();
+                let req = request(c, roots[rng.random_range(0..roots.len())], &mut rng);
+                out.tried.insert(c);
+                match tokio::time::timeout(Duration::from_secs(10), store.claim(&req)).await {
+                    Ok(Ok(_)) => {
+                        acknowledged.fetch_add(1, Ordering::Relaxed);
+                        out.held.insert(c, req);
+                    }
+                    Ok(Err(Error::Capacity { .. })) => {}
+                    Ok(Err(e)) if e.is_retryable() => {
+                        retryable.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Ok(Err(e)) => return Err(format!("claim failed with a non-retryable error: {e} ({e:?})")),
+                    Err(_) => return Err("a claim hung for 10 s".to_string()),
+                }
+            }
+            Ok(out)
+        }));
+    }
+    tokio::time::sleep(KILL_AT).await;
+    let before_kill = acknowledged.load(Ordering::Relaxed);
+    tokio::task::spawn_blocking(kill).await.map_err(|e| e.to_string())?;
+    tokio::time::sleep(DOWN_FOR).await;
+    tokio::task::spawn_blocking(restart).await.map_err(|e| e.to_string())?.map_err(|e| format!("restart: {e}"))?;
+    let mut held = BTreeMap::new();
+    let mut tried = BTreeSet::new();
+    for t in tasks {
+        let o = t.await.map_err(|e| format!("worker panicked: {e}"))??;
+        held.extend(o.held);
+        tried.extend(o.tried);
+    }
+    let failures = retryable.load(Ordering::Relaxed);
+    let total = acknowledged.load(Ordering::Relaxed);
+    eprintln!(
+        "fault: {total} claims acknowledged ({before_kill} before the kill), {failures} calls failed retryably, {} held",
+        held.len()
+    );
+    if failures == 0 {
+        return Err("no call failed while the node was down: the fault did not bite".into());
+    }
+    if total <= before_kill {
+        return Err("no claim succeeded after the restart".into());
+    }
+    // Audit: usage == sum of allocations, never over capacity.
+    for root in roots.iter() {
+        let tree = until_available("read tree", || store.provider_tree(*root)).await?;
+        let allocs = until_available("tree allocations", || store.tree_allocations(*root)).await?;
+        let mut sum: BTreeMap<(ProviderId, ResourceClass), i64> = BTreeMap::new();
+        for a in &allocs {
+            for (p, r) in &a.allocations {
+                for (c, n) in r {
+                    *sum.entry((*p, c.clone())).or_default() += n;
+                }
+            }
+        }
+        for node in &tree.providers {
+            for (class, inv) in &node.inventories {
+                let used = node.used(class);
+                let want = sum.get(&(node.id, class.clone())).copied().unwrap_or(0);
+                if used != want {
+                    return Err(format!("{class} on {}: usage {used} != sum of allocations {want}", node.id).into());
+                }
+                if used > inv.capacity() {
+                    return Err(format!("{class} on {}: usage {used} over capacity {}", node.id, inv.capacity()).into());
+                }
+            }
+        }
+    }
+    // Every acknowledged, unreleased claim is found through the consumer index.
+    for (c, req) in &held {
+        let found = until_available("allocations", || store.allocations(*c)).await?;
+        if found.len() != 1 || found[0].allocations != req.allocations {
+            return Err(format!("acknowledged claim of {c} not found intact: {found:?}").into());
+        }
+    }
+    // Releasing every consumer ever tried empties every tree: nothing stranded.
+    for c in &tried {
+        until_available("release", || store.release(*c)).await?;
+    }
+    for root in roots.iter() {
+        let allocs = until_available("tree allocations", || store.tree_allocations(*root)).await?;
+        let tree = until_available("read tree", || store.provider_tree(*root)).await?;
+        if !allocs.is_empty() || tree.providers.iter().any(|p| !p.usages.is_empty()) {
+            return Err(format!(
+                "tree {root} still holds {} allocations / usages after releasing every consumer",
+                allocs.len()
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+fn run(f: impl FnOnce() -> Result<Completion, Failed>) -> Result<Completion, Failed> {
+    f()
+}
+
+fn single_trial() -> Trial {
+    Trial::ignorable_test("fault::redis::kill_server_mid_claims", || {
+        run(|| {
+            let single = match redis_server::Single::start() {
+                Ok(s) => s,
+                Err(e) => return Ok(Completion::ignored_with(format!("cannot start redis-server: {e}"))),
+            };
+            let url = single.server.url();
+            let server = Arc::new(std::sync::Mutex::new(single));
+            let (k, r) = (server.clone(), server.clone());
+            let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            rt.block_on(scenario(
+                url,
+                Box::new(move || k.lock().unwrap().server.kill()),
+                Box::new(move || r.lock().unwrap().server.restart()),
+            ))?;
+            Ok(Completion::Completed)
+        })
+    })
+}
+
+fn cluster_trial() -> Trial {
+    Trial::ignorable_test("fault::redis-cluster::kill_master_mid_claims", || {
+        run(|| {
+            let cluster = match redis_server::Cluster::start(3) {
+                Ok(c) => c,
+                Err(e) => return Ok(Completion::ignored_with(format!("cannot start a redis cluster: {e}"))),
+            };
+            let url = cluster.url();
+            let cluster = Arc::new(std::sync::Mutex::new(cluster));
+            let (k, r) = (cluster.clone(), cluster.clone());
+            let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            rt.block_on(scenario(
+                url,
+                Box::new(move || k.lock().unwrap().nodes[1].kill()),
+                Box::new(move || {
+                    let mut c = r.lock().unwrap();
+                    c.nodes[1].restart()?;
+                    c.wait_ok(Duration::from_secs(30))
+                }),
+            ))?;
+            Ok(Completion::Completed)
+        })
+    })
+}
+
+fn main() {
+    let args = libtest_mimic::Arguments::from_args();
+    libtest_mimic::run(&args, vec![single_trial(), cluster_trial()]).exit();
+}
