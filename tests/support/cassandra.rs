@@ -46,14 +46,13 @@ impl Cassandra {
     /// Finds (or fetches) the package and starts the server. `Err` is the reason it cannot
     /// run here (the caller reports the trials as ignored with it).
     pub fn start() -> Result<Cassandra, String> {
-        let java = which("java")
-            .ok_or("java not found on PATH (apt-get install openjdk-17-jre-headless)")?;
+        let java = which("java").ok_or("java not found on PATH (apt-get install openjdk-17-jre-headless)")?;
         let package = package_dir()?;
         let home = package.join("apache-cassandra-2.1.0");
         let defaults = std::fs::read_to_string(package.join("cassandra.json"))
             .map_err(|e| format!("reading {}/cassandra.json: {e}", package.display()))?;
-        let mut config: serde_json::Value = serde_json::from_str(&defaults)
-            .map_err(|e| format!("cassandra.json is not JSON: {e}"))?;
+        let mut config: serde_json::Value =
+            serde_json::from_str(&defaults).map_err(|e| format!("cassandra.json is not JSON: {e}"))?;
 
         let dir = std::env::temp_dir().join(format!(
             "unicell-cassandra-{}-{}",
@@ -61,23 +60,17 @@ impl Cassandra {
             uuid::Uuid::new_v4().simple()
         ));
         for sub in ["data", "commitlog", "saved_caches"] {
-            std::fs::create_dir_all(dir.join(sub))
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         let native_port = port_or_free(9042)?;
         let storage_port = port_or_free(7000)?;
         let ssl_port = free_port()?;
         let d = |s: &str| dir.join(s).display().to_string();
-        let obj = config
-            .as_object_mut()
-            .ok_or("cassandra.json is not an object")?;
+        let obj = config.as_object_mut().ok_or("cassandra.json is not an object")?;
         for (k, v) in [
             ("data_file_directories", serde_json::json!([d("data")])),
             ("commitlog_directory", serde_json::json!(d("commitlog"))),
-            (
-                "saved_caches_directory",
-                serde_json::json!(d("saved_caches")),
-            ),
+            ("saved_caches_directory", serde_json::json!(d("saved_caches"))),
             ("listen_address", serde_json::json!("127.0.0.1")),
             ("rpc_address", serde_json::json!("127.0.0.1")),
             ("start_rpc", serde_json::json!(false)),
@@ -101,11 +94,8 @@ impl Cassandra {
             }]),
         );
         let yaml = dir.join("cassandra.yaml");
-        std::fs::write(
-            &yaml,
-            serde_json::to_string_pretty(&config).unwrap_or_default(),
-        )
-        .map_err(|e| format!("{}: {e}", yaml.display()))?;
+        std::fs::write(&yaml, serde_json::to_string_pretty(&config).unwrap_or_default())
+            .map_err(|e| format!("{}: {e}", yaml.display()))?;
         let logback = dir.join("logback.xml");
         std::fs::write(
             &logback,
@@ -128,17 +118,10 @@ impl Cassandra {
         jars.sort();
         classpath.extend(jars.iter().map(|p| p.display().to_string()));
 
-        let log = std::fs::File::create(dir.join("cassandra.log"))
-            .map_err(|e| format!("log file: {e}"))?;
+        let log = std::fs::File::create(dir.join("cassandra.log")).map_err(|e| format!("log file: {e}"))?;
         let log2 = log.try_clone().map_err(|e| format!("log file: {e}"))?;
         let mut cmd = Command::new(java);
-        cmd.args([
-            "-Xms512m",
-            "-Xmx512m",
-            "-Xmn128m",
-            "-Xss512k",
-            "-XX:+UseParallelGC",
-        ]);
+        cmd.args(["-Xms512m", "-Xmx512m", "-Xmn128m", "-Xss512k", "-XX:+UseParallelGC"]);
         for e in ADD_EXPORTS {
             cmd.arg("--add-exports").arg(format!("{e}=ALL-UNNAMED"));
         }
@@ -156,11 +139,7 @@ impl Cassandra {
             .stdout(log)
             .stderr(log2);
         let child = cmd.spawn().map_err(|e| format!("starting java: {e}"))?;
-        let mut me = Cassandra {
-            child,
-            dir,
-            native: SocketAddr::from(([127, 0, 0, 1], native_port)),
-        };
+        let mut me = Cassandra { child, dir, native: SocketAddr::from(([127, 0, 0, 1], native_port)) };
         me.wait_ready(Duration::from_secs(90))?;
         Ok(me)
     }
@@ -174,21 +153,14 @@ impl Cassandra {
         let start = Instant::now();
         while start.elapsed() < within {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!(
-                    "Cassandra exited with {status} before listening; log tail:\n{}",
-                    self.log_tail()
-                ));
+                return Err(format!("Cassandra exited with {status} before listening; log tail:\n{}", self.log_tail()));
             }
             if TcpStream::connect_timeout(&self.native, Duration::from_millis(200)).is_ok() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        Err(format!(
-            "Cassandra did not listen on {} within {within:?}; log tail:\n{}",
-            self.native,
-            self.log_tail()
-        ))
+        Err(format!("Cassandra did not listen on {} within {within:?}; log tail:\n{}", self.native, self.log_tail()))
     }
 
     /// The last lines of the server's log (for failure messages).
@@ -238,11 +210,7 @@ fn package_dir() -> Result<PathBuf, String> {
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(bin))
-            .find(|p| p.is_file())
-    })
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(bin)).find(|p| p.is_file()))
 }
 
 fn port_or_free(preferred: u16) -> Result<u16, String> {

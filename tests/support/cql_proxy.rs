@@ -73,10 +73,7 @@ impl CqlProxy {
                 });
             }
         });
-        Ok(CqlProxy {
-            addr,
-            runtime: Some(runtime),
-        })
+        Ok(CqlProxy { addr, runtime: Some(runtime) })
     }
 
     /// Where clients connect.
@@ -151,11 +148,7 @@ async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> io::Result<Option<([u
     Ok(Some((header, body)))
 }
 
-async fn write_frame<W: AsyncWriteExt + Unpin>(
-    w: &mut W,
-    header: &[u8; 9],
-    body: &[u8],
-) -> io::Result<()> {
+async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, header: &[u8; 9], body: &[u8]) -> io::Result<()> {
     let mut out = Vec::with_capacity(9 + body.len());
     out.extend_from_slice(&header[..5]);
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -181,11 +174,7 @@ fn translate_request(header: &mut [u8; 9], body: Vec<u8>, state: &Mutex<ConnStat
             let Some((rewritten, index)) = strip_rpc_address(&query) else {
                 return body;
             };
-            let fix = if header[4] == OP_QUERY {
-                Fix::AddColumnToRows(index)
-            } else {
-                Fix::PreparedTopology(index)
-            };
+            let fix = if header[4] == OP_QUERY { Fix::AddColumnToRows(index) } else { Fix::PreparedTopology(index) };
             lock(state).pending.insert(stream, fix);
             let mut out = Vec::with_capacity(body.len());
             out.extend_from_slice(&(rewritten.len() as i32).to_be_bytes());
@@ -206,21 +195,12 @@ fn translate_request(header: &mut [u8; 9], body: Vec<u8>, state: &Mutex<ConnStat
     }
 }
 
-fn translate_response(
-    header: &mut [u8; 9],
-    body: Vec<u8>,
-    state: &Mutex<ConnState>,
-    own_ip: IpAddr,
-) -> Vec<u8> {
+fn translate_response(header: &mut [u8; 9], body: Vec<u8>, state: &Mutex<ConnState>, own_ip: IpAddr) -> Vec<u8> {
     if header[0] & 0x7f == 3 {
         header[0] = (header[0] & 0x80) | 4;
     }
     let stream = stream_id(header);
-    let fix = if stream >= 0 {
-        lock(state).pending.remove(&stream)
-    } else {
-        None
-    };
+    let fix = if stream >= 0 { lock(state).pending.remove(&stream) } else { None };
     match header[4] {
         OP_SUPPORTED => rewrite_supported(&body).unwrap_or(body),
         OP_RESULT => rewrite_result(&body, fix, state, own_ip).unwrap_or(body),
@@ -242,19 +222,9 @@ fn strip_rpc_address(query: &str) -> Option<(String, usize)> {
     let select_end = lower.find("select")? + "select".len();
     let from = lower.find(" from ")?;
     let columns: Vec<&str> = query[select_end..from].split(',').map(str::trim).collect();
-    let index = columns
-        .iter()
-        .position(|c| c.eq_ignore_ascii_case("rpc_address"))?;
-    let kept: Vec<&str> = columns
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != index)
-        .map(|(_, c)| *c)
-        .collect();
-    Some((
-        format!("SELECT {}{}", kept.join(", "), &query[from..]),
-        index,
-    ))
+    let index = columns.iter().position(|c| c.eq_ignore_ascii_case("rpc_address"))?;
+    let kept: Vec<&str> = columns.iter().enumerate().filter(|(i, _)| *i != index).map(|(_, c)| *c).collect();
+    Some((format!("SELECT {}{}", kept.join(", "), &query[from..]), index))
 }
 
 fn rewrite_startup(body: &[u8]) -> Option<Vec<u8>> {
@@ -267,16 +237,8 @@ fn rewrite_startup(body: &[u8]) -> Option<Vec<u8>> {
         pairs.push((k, v));
     }
     let mut out = Vec::new();
-    let kept: Vec<(String, String)> = pairs
-        .into_iter()
-        .map(|(k, v)| {
-            if k == "CQL_VERSION" {
-                (k, "3.0.0".to_string())
-            } else {
-                (k, v)
-            }
-        })
-        .collect();
+    let kept: Vec<(String, String)> =
+        pairs.into_iter().map(|(k, v)| if k == "CQL_VERSION" { (k, "3.0.0".to_string()) } else { (k, v) }).collect();
     out.extend_from_slice(&(kept.len() as u16).to_be_bytes());
     for (k, v) in kept {
         write_string(&mut out, &k);
@@ -312,12 +274,7 @@ fn rewrite_supported(body: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn rewrite_result(
-    body: &[u8],
-    fix: Option<Fix>,
-    state: &Mutex<ConnState>,
-    own_ip: IpAddr,
-) -> Option<Vec<u8>> {
+fn rewrite_result(body: &[u8], fix: Option<Fix>, state: &Mutex<ConnState>, own_ip: IpAddr) -> Option<Vec<u8>> {
     let mut pos = 0;
     let kind = read_i32(body, &mut pos)?;
     match kind {
@@ -383,11 +340,7 @@ fn rewrite_result(
 /// Re-encodes rows metadata starting at `pos` with an `inet` column named `rpc_address`
 /// inserted at `index`. Returns the new metadata and (position after the old metadata,
 /// old column count).
-fn add_column_to_metadata(
-    body: &[u8],
-    mut pos: usize,
-    index: usize,
-) -> Option<(Vec<u8>, (usize, usize))> {
+fn add_column_to_metadata(body: &[u8], mut pos: usize, index: usize) -> Option<(Vec<u8>, (usize, usize))> {
     let flags = read_i32(body, &mut pos)?;
     let count = read_i32(body, &mut pos)?;
     let mut out = Vec::new();
