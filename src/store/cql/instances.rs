@@ -1,8 +1,11 @@
 //! Instances: the record by uuid plus two listing copies, partitioned by time bucket of
 //! `created_at` (and by project), clustered in Nova's order (created_at DESC, uuid DESC).
 //!
-//! * create: `INSERT ... IF NOT EXISTS` on `instances` (uniqueness), then one logged batch
-//!   with the two listing rows and the bucket-directory entries;
+//! * create: reserve the uuid with `INSERT ... IF NOT EXISTS` on `instance_ids`
+//!   (uniqueness; that table is only ever written by lightweight transactions), then ONE
+//!   logged batch with the record, both listing rows and the bucket-directory entries, so
+//!   the record and its listing copies appear together (the batchlog finishes the batch even
+//!   if the client dies); delete removes the rows, then the reservation (`IF EXISTS`);
 //! * update: one logged batch writing only the patched columns (plus `updated_at`) to the
 //!   three rows, so the patch lands everywhere or nowhere; concurrent patches of different
 //!   fields both survive, of the same field the last write wins (as Nova's `save()`);
@@ -26,6 +29,9 @@ use crate::model::*;
 
 const COLS: &str = "uuid, name, project_id, user_id, cell, host, node, flavor, vm_state, \
      task_state, created_at, updated_at, launched_at, deleted, availability_zone, metadata, tags, fault";
+
+/// An `instance_ids` reservation without a record is taken over after this long.
+const RESERVATION_GRACE_US: i64 = 120_000_000;
 
 /// The listing key of an instance.
 struct Keys {
@@ -61,18 +67,7 @@ impl CqlStore {
         main.extend(vals.iter().cloned());
         main.push(opt_big(Some(i.created_at.as_micros())));
         main.push(text(i.project_id.clone()));
-        let cas = self
-            .db
-            .cas(
-                "INSERT INTO instances (uuid, name, user_id, cell, host, node, flavor, vm_state, task_state, \
-                 updated_at, launched_at, deleted, availability_zone, metadata, tags, fault, created_at, project_id) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
-                main,
-            )
-            .await?;
-        if !cas.applied {
-            return Err(Error::already_exists(Kind::Instance, i.uuid));
-        }
+        self.reserve_instance_id(i.uuid).await?;
         let k = self.keys(i);
         let mut by_time = vec![big(k.bucket), int(k.shard), big(k.created_at), blob(&k.uuid)];
         by_time.extend(vals.iter().cloned());
@@ -81,6 +76,13 @@ impl CqlStore {
             vec![text(k.project.clone()), big(k.bucket), int(k.shard), big(k.created_at), blob(&k.uuid)];
         by_project.extend(vals.iter().cloned());
         let stmts = vec![
+            (
+                "INSERT INTO instances (uuid, name, user_id, cell, host, node, flavor, vm_state, task_state, \
+                 updated_at, launched_at, deleted, availability_zone, metadata, tags, fault, created_at, project_id) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    .to_string(),
+                main,
+            ),
             (
                 "INSERT INTO instances_by_time (bucket, shard, created_at, uuid, name, user_id, cell, host, node, flavor, \
                  vm_state, task_state, updated_at, launched_at, deleted, availability_zone, metadata, tags, fault, project_id) \
@@ -105,6 +107,40 @@ impl CqlStore {
             ),
         ];
         self.db.logged_batch(&stmts).await
+    }
+
+    /// Reserves an instance uuid with `INSERT ... IF NOT EXISTS` on `instance_ids` (the only
+    /// lightweight transaction on instances, on a table only ever written by LWT: mixing LWT
+    /// and plain writes on the same cells can order them wrongly). A reservation left by a
+    /// creator that crashed before writing the record is taken over after a grace period.
+    async fn reserve_instance_id(&self, id: InstanceId) -> Result<()> {
+        let owner = uuid::Uuid::new_v4();
+        let now = Timestamp::now().as_micros();
+        let cas = self
+            .db
+            .cas(
+                "INSERT INTO instance_ids (uuid, owner, at) VALUES (?, ?, ?) IF NOT EXISTS",
+                vec![uuid(id.0), uuid(owner), big(now)],
+            )
+            .await?;
+        if cas.applied {
+            return Ok(());
+        }
+        let exists = Error::already_exists(Kind::Instance, id);
+        let (Some(CqlValue::Uuid(old)), Some(CqlValue::BigInt(at))) = (cas.get("owner"), cas.get("at")) else {
+            return Err(exists);
+        };
+        if now - at < RESERVATION_GRACE_US || self.read_instance(id).await?.is_some() {
+            return Err(exists);
+        }
+        let taken = self
+            .db
+            .cas(
+                "UPDATE instance_ids SET owner = ?, at = ? WHERE uuid = ? IF owner = ?",
+                vec![uuid(owner), big(now), uuid(id.0), uuid(*old)],
+            )
+            .await?;
+        if taken.applied { Ok(()) } else { Err(exists) }
     }
 
     pub(crate) async fn do_get_instance(&self, id: InstanceId) -> Result<Instance> {
@@ -212,7 +248,8 @@ impl CqlStore {
                     vec![text(k.project), big(k.bucket), int(k.shard), big(k.created_at), blob(&k.uuid)],
                 ),
             ])
-            .await
+            .await?;
+        self.db.cas("DELETE FROM instance_ids WHERE uuid = ? IF EXISTS", vec![uuid(id.0)]).await.map(|_| ())
     }
 
     pub(crate) async fn do_list_instances(&self, query: &ListQuery) -> Result<InstancePage> {
