@@ -37,6 +37,8 @@ const OP_RESULT: u8 = 0x08;
 const OP_PREPARE: u8 = 0x09;
 const OP_EXECUTE: u8 = 0x0A;
 
+const FLAG_TRACING: u8 = 0x02;
+
 const RESULT_ROWS: i32 = 0x0002;
 const RESULT_PREPARED: i32 = 0x0004;
 
@@ -203,6 +205,13 @@ fn translate_response(header: &mut [u8; 9], body: Vec<u8>, state: &Mutex<ConnSta
     let fix = if stream >= 0 { lock(state).pending.remove(&stream) } else { None };
     match header[4] {
         OP_SUPPORTED => rewrite_supported(&body).unwrap_or(body),
+        // A traced response starts with the 16-byte tracing session id.
+        OP_RESULT if header[1] & FLAG_TRACING != 0 && body.len() >= 16 => {
+            match rewrite_result(&body[16..], fix, state, own_ip) {
+                Some(rest) => [&body[..16], &rest[..]].concat(),
+                None => body,
+            }
+        }
         OP_RESULT => rewrite_result(&body, fix, state, own_ip).unwrap_or(body),
         OP_ERROR => body,
         _ => body,

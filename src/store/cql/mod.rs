@@ -60,6 +60,9 @@ pub struct CqlStore {
     bucket_us: i64,
     /// Shards per instance-listing bucket (from `settings`).
     shards: u32,
+    /// provider -> root, for the claim path (a provider never changes trees; an entry made
+    /// stale by a delete and re-create elsewhere is detected by the claim's tree read).
+    root_cache: std::sync::Mutex<std::collections::HashMap<ProviderId, ProviderId>>,
 }
 
 impl std::fmt::Debug for CqlStore {
@@ -105,7 +108,7 @@ impl CqlStore {
                 session.query_unpaged(stmt, &[]).await.map_err(db::map_exec)?;
             }
         }
-        let store = CqlStore { db: Db::new(session, cfg), bucket_us: 0, shards: 0 };
+        let store = CqlStore { db: Db::new(session, cfg), bucket_us: 0, shards: 0, root_cache: Default::default() };
         let (bucket_us, shards) = store.settings().await?;
         Ok(Arc::new(CqlStore { bucket_us, shards, ..store }))
     }

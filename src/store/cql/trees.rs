@@ -76,10 +76,33 @@ impl CqlStore {
     /// The root of `provider`'s tree, from the provider -> root index.
     pub(crate) async fn root_of(&self, provider: ProviderId) -> Result<ProviderId> {
         let rows = self.db.query("SELECT root FROM provider_roots WHERE provider = ?", vec![uuid(provider.0)]).await?;
-        rows.first()
+        let root = rows
+            .first()
             .and_then(|r| get_uuid(r, 0))
             .map(ProviderId)
-            .ok_or_else(|| Error::not_found(Kind::Provider, provider))
+            .ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
+        let mut cache = self.root_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 200_000 {
+            cache.clear();
+        }
+        cache.insert(provider, root);
+        Ok(root)
+    }
+
+    /// [`root_of`](Self::root_of) through the cache (the claim path).
+    async fn root_cached(&self, provider: ProviderId) -> Result<ProviderId> {
+        let hit = self.root_cache.lock().unwrap_or_else(|e| e.into_inner()).get(&provider).copied();
+        match hit {
+            Some(root) => Ok(root),
+            None => self.root_of(provider).await,
+        }
+    }
+
+    fn forget_roots(&self, providers: impl IntoIterator<Item = ProviderId>) {
+        let mut cache = self.root_cache.lock().unwrap_or_else(|e| e.into_inner());
+        for p in providers {
+            cache.remove(&p);
+        }
     }
 
     /// Reads a tree partition in one page. `allocations`: include the allocation rows (the
@@ -347,6 +370,7 @@ impl CqlStore {
         }
         self.record_change(root).await?;
         self.db.exec("DELETE FROM provider_roots WHERE provider = ?", vec![uuid(provider.0)]).await?;
+        self.forget_roots([provider]);
         if let Some(name) = name {
             self.release_name(&name, provider).await?;
         }
@@ -508,7 +532,25 @@ impl CqlStore {
 
     pub(crate) async fn do_claim(&self, request: &ClaimRequest) -> Result<Claim> {
         request.validate()?;
-        let roots = futures::future::join_all(request.allocations.keys().map(|p| self.root_of(*p))).await;
+        match self.claim_once(request, true).await? {
+            Some(claim) => Ok(claim),
+            None => self
+                .claim_once(request, false)
+                .await?
+                .ok_or_else(|| Error::backend(BACKEND, "provider -> root index changed during the claim")),
+        }
+    }
+
+    /// One claim. With `cached`, provider roots come from the cache, and `Ok(None)` says a
+    /// cached root was stale (the tree read lacks a provider of the claim): retry uncached.
+    async fn claim_once(&self, request: &ClaimRequest, cached: bool) -> Result<Option<Claim>> {
+        let roots = futures::future::join_all(
+            request
+                .allocations
+                .keys()
+                .map(|p| async move { if cached { self.root_cached(*p).await } else { self.root_of(*p).await } }),
+        )
+        .await;
         let mut root = None;
         for r in roots {
             let r = r?;
@@ -547,6 +589,17 @@ impl CqlStore {
                 Some(r) => r,
                 None => self.read_tree(root, true, serial).await,
             };
+            let stale = cached
+                && match &read {
+                    Ok(Some(t)) => request.allocations.keys().any(|p| t.tree.node(*p).is_none()),
+                    Ok(None) => true,
+                    Err(_) => false,
+                };
+            if stale {
+                self.drop_attempt(consumer, root, attempt_id, uncertain).await;
+                self.forget_roots(request.allocations.keys().copied());
+                return Ok(None);
+            }
             let t = match read {
                 Ok(Some(t)) => t,
                 Ok(None) => {
@@ -576,11 +629,11 @@ impl CqlStore {
                 // that transaction landed: this call made the claim.
                 Ok(true) if uncertain => {
                     self.after_claim(consumer, root, attempt_id).await;
-                    return Ok(Claim { root, generation: g, replayed: false });
+                    return Ok(Some(Claim { root, generation: g, replayed: false }));
                 }
                 Ok(true) => {
                     self.drop_attempt(consumer, root, attempt_id, uncertain).await;
-                    return Ok(Claim { root, generation: g, replayed: true });
+                    return Ok(Some(Claim { root, generation: g, replayed: true }));
                 }
                 Ok(false) => {}
             }
@@ -612,7 +665,7 @@ impl CqlStore {
             match self.db.cas_batch_raw(&stmts).await {
                 Ok(Ok(cas)) if cas.applied => {
                     self.after_claim(consumer, root, attempt_id).await;
-                    return Ok(Claim { root, generation: g + 1, replayed: false });
+                    return Ok(Some(Claim { root, generation: g + 1, replayed: false }));
                 }
                 Ok(Ok(_)) => {
                     serial = true;
