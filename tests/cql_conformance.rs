@@ -159,6 +159,21 @@ impl Path {
         open_shared(format!("scylla://{host}:{port}/{}", keyspace())).await
     }
 
+    /// The concrete store (for benchmarks).
+    async fn cql(&'static self) -> Result<Arc<CqlStore>, Skip> {
+        self.store().await?;
+        match self.store.get() {
+            Some(Ok(s)) => Ok(s.clone()),
+            _ => Err(Skip("store not started".into())),
+        }
+    }
+
+    /// The proxy's address, when this path runs Cassandra 2.1 behind the proxy.
+    fn proxy_addr(&self) -> Option<std::net::SocketAddr> {
+        let guard = self.guard.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref()?.downcast_ref::<(cassandra::Cassandra, cql_proxy::CqlProxy)>().map(|(_, p)| p.addr())
+    }
+
     /// Drops the keyspace and stops the servers; after failures, shows the server's log.
     fn finish(&'static self, failed: bool) {
         if failed
@@ -178,6 +193,42 @@ impl Path {
         let guard = self.guard.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(guard);
     }
+}
+
+/// Raw LWT throughput of the server: `tasks` tasks inserting fresh rows `IF NOT EXISTS`.
+async fn lwt_ceiling(addr: std::net::SocketAddr, ks: &str, tasks: usize, seconds: u64) -> Result<String, String> {
+    let session = scylla::client::session_builder::SessionBuilder::new()
+        .known_node_addr(addr)
+        .fetch_schema_metadata(false)
+        .build()
+        .await
+        .map_err(|e| format!("ceiling session: {e}"))?;
+    let stmt = session
+        .prepare(format!("INSERT INTO {ks}.settings (name, value) VALUES (?, 'x') IF NOT EXISTS"))
+        .await
+        .map_err(|e| format!("ceiling prepare: {e}"))?;
+    let session = Arc::new(session);
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (session, stmt, done) = (session.clone(), stmt.clone(), done.clone());
+        handles.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let name = format!("ceiling-{}", uuid::Uuid::new_v4().simple());
+                if session.execute_unpaged(&stmt, (name,)).await.is_ok() {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = done.load(Ordering::Relaxed);
+    Ok(format!("server ceiling: {n} LWT inserts in {secs:.1} s = {:.0} LWT/s ({tasks} tasks)", n as f64 / secs))
 }
 
 /// Whether a Docker daemon answers (testcontainers would otherwise fail slowly).
@@ -217,6 +268,10 @@ fn claims_per_second(path: &'static Path) -> Trial {
         let tasks: usize = env_num("UNICELL_BENCH_TASKS", 32);
         let trees: usize = env_num("UNICELL_BENCH_TREES", 64);
         let seconds: u64 = env_num("UNICELL_BENCH_SECONDS", 20) as u64;
+        let cql = match runtime().block_on(path.cql()) {
+            Ok(s) => s,
+            Err(Skip(reason)) => return Ok(Completion::ignored_with(reason)),
+        };
         let result = runtime().block_on(async move {
             let mut roots = Vec::new();
             for n in 0..trees {
@@ -267,12 +322,19 @@ fn claims_per_second(path: &'static Path) -> Trial {
             }
             let secs = start.elapsed().as_secs_f64();
             let ok = ok.load(Ordering::Relaxed);
-            Ok::<String, String>(format!(
+            let claims = format!(
                 "{}: {ok} claims in {secs:.1} s = {:.0} claims/s ({} failed; {tasks} tasks, {trees} trees)",
                 path.name,
                 ok as f64 / secs,
                 failed.load(Ordering::Relaxed)
-            ))
+            );
+            // The server's own ceiling in the same run: the cheapest lightweight transaction
+            // (INSERT ... IF NOT EXISTS of a fresh row, one Paxos round), same task count.
+            let ceiling = match path.proxy_addr() {
+                Some(addr) => lwt_ceiling(addr, &cql.config().keyspace, tasks, seconds).await?,
+                None => "no ceiling measured for this path".to_string(),
+            };
+            Ok::<String, String>(format!("{claims}\n{ceiling}"))
         });
         match result {
             Ok(line) => {
