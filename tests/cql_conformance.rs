@@ -191,7 +191,15 @@ impl Path {
             }
         }
         let guard = self.guard.lock().unwrap_or_else(|e| e.into_inner()).take();
-        drop(guard);
+        match guard {
+            // Cassandra and the proxy stop synchronously (kill, runtime shutdown): here.
+            Some(g) if g.is::<(cassandra::Cassandra, cql_proxy::CqlProxy)>() => drop(g),
+            // A container removes itself asynchronously: drop it on the runtime.
+            Some(g) => {
+                let _ = runtime().block_on(runtime().spawn(async move { drop(g) }));
+            }
+            None => {}
+        }
     }
 }
 
