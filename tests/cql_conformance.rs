@@ -203,6 +203,123 @@ impl Path {
     }
 }
 
+/// Crash leftovers of the consumer index are reconciled, on the real server: rows are
+/// written raw (as a crashed client would have left them) next to the store's own.
+fn leftovers_trial(path: &'static Path) -> Trial {
+    Trial::ignorable_test(format!("cql::{}::crash_leftovers_are_reconciled", path.name), move || {
+        let cql = match runtime().block_on(path.cql()) {
+            Ok(s) => s,
+            Err(Skip(reason)) => return Ok(Completion::ignored_with(reason)),
+        };
+        let Some(addr) = path.proxy_addr() else {
+            return Ok(Completion::ignored_with("needs the Cassandra 2.1 path's raw session"));
+        };
+        runtime().block_on(leftovers(cql, addr)).map_err(Failed::from)?;
+        Ok(Completion::Completed)
+    })
+}
+
+async fn leftovers(cql: Arc<CqlStore>, addr: std::net::SocketAddr) -> Result<(), String> {
+    use uuid::Uuid;
+    let ks = cql.config().keyspace.clone();
+    let raw = scylla::client::session_builder::SessionBuilder::new()
+        .known_node_addr(addr)
+        .fetch_schema_metadata(false)
+        .build()
+        .await
+        .map_err(|e| format!("raw session: {e}"))?;
+    let store: Arc<dyn Store> = cql.clone();
+    let root = ProviderId::new_v4();
+    store
+        .create_provider(&NewProvider {
+            id: root,
+            name: format!("leftovers-{}", root.0.simple()),
+            parent: None,
+            cell: None,
+            inventories: BTreeMap::from([(ResourceClass::Vcpu, Inventory::with_total(8))]),
+            traits: Default::default(),
+            aggregates: Default::default(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let now = Timestamp::now().as_micros();
+    let index_rows = |consumer: ConsumerId| {
+        let raw = &raw;
+        let ks = ks.clone();
+        async move {
+            let r = raw
+                .query_unpaged(format!("SELECT attempt FROM {ks}.consumer_trees WHERE consumer = ?"), (consumer.0,))
+                .await
+                .map_err(|e| e.to_string())?;
+            let rows = r.into_rows_result().map_err(|e| e.to_string())?;
+            let v: Vec<Uuid> =
+                rows.rows::<(Uuid,)>().map_err(|e| e.to_string())?.filter_map(|r| r.ok().map(|(u,)| u)).collect();
+            Ok::<Vec<Uuid>, String>(v)
+        }
+    };
+    let insert = format!("INSERT INTO {ks}.consumer_trees (consumer, root, attempt, done, at) VALUES (?, ?, ?, ?, ?)");
+
+    // 1. A claim that crashed after writing its index row and before its transaction: an
+    //    old, unfinished row and no allocation. Ignored, then cleaned (after a serial check).
+    let c1 = ConsumerId::new_v4();
+    raw.query_unpaged(insert.clone(), (c1.0, root.0, Uuid::new_v4(), false, now - 600_000_000))
+        .await
+        .map_err(|e| e.to_string())?;
+    let held = store.allocations(c1).await.map_err(|e| e.to_string())?;
+    if !held.is_empty() {
+        return Err(format!("a leftover index row produced allocations: {held:?}"));
+    }
+    if !index_rows(c1).await?.is_empty() {
+        return Err("an old leftover index row was not cleaned up".into());
+    }
+
+    // 2. A claim that crashed after its transaction landed and before marking its row done:
+    //    the allocation is found through the unfinished row, and released.
+    let c2 = ConsumerId::new_v4();
+    let req = ClaimRequest {
+        consumer: c2,
+        project_id: "p".into(),
+        user_id: "u".into(),
+        allocations: BTreeMap::from([(root, BTreeMap::from([(ResourceClass::Vcpu, 2)]))]),
+        group: None,
+    };
+    store.claim(&req).await.map_err(|e| e.to_string())?;
+    for attempt in index_rows(c2).await? {
+        raw.query_unpaged(
+            format!("UPDATE {ks}.consumer_trees SET done = false WHERE consumer = ? AND root = ? AND attempt = ?"),
+            (c2.0, root.0, attempt),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    }
+    let held = store.allocations(c2).await.map_err(|e| e.to_string())?;
+    if held.len() != 1 || held[0].allocations != req.allocations {
+        return Err(format!("the landed claim is not found through its unfinished index row: {held:?}"));
+    }
+    let released = store.release(c2).await.map_err(|e| e.to_string())?;
+    if released.roots != vec![root] {
+        return Err(format!("release found {:?}, not the tree", released.roots));
+    }
+    let tree = store.provider_tree(root).await.map_err(|e| e.to_string())?;
+    if tree.root_node().map(|n| n.used(&ResourceClass::Vcpu)) != Some(0) {
+        return Err(format!("usage not returned: {:?}", tree.root_node()));
+    }
+
+    // 3. A young unfinished row may be a claim in flight: ignored, but never deleted.
+    let c3 = ConsumerId::new_v4();
+    raw.query_unpaged(insert, (c3.0, root.0, Uuid::new_v4(), false, now)).await.map_err(|e| e.to_string())?;
+    if !store.allocations(c3).await.map_err(|e| e.to_string())?.is_empty() {
+        return Err("a young index row produced allocations".into());
+    }
+    if index_rows(c3).await?.len() != 1 {
+        return Err("a young unfinished index row (a claim in flight) was deleted".into());
+    }
+    if !store.release(c3).await.map_err(|e| e.to_string())?.roots.is_empty() {
+        return Err("releasing a consumer that holds nothing released something".into());
+    }
+    Ok(())
+}
+
 /// Raw LWT throughput of the server: `tasks` tasks inserting fresh rows `IF NOT EXISTS`.
 async fn lwt_ceiling(addr: std::net::SocketAddr, ks: &str, tasks: usize, seconds: u64) -> Result<String, String> {
     let session = scylla::client::session_builder::SessionBuilder::new()
@@ -426,6 +543,7 @@ fn main() {
         trials.push(differential_trial(path));
     }
     trials.push(url_trial());
+    trials.push(leftovers_trial(&CASSANDRA));
     trials.push(claims_per_second(&CASSANDRA));
     let conclusion = libtest_mimic::run(&args, trials);
     for path in [&SCYLLA, &CONTAINER, &CASSANDRA] {
