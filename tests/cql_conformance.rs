@@ -320,6 +320,49 @@ async fn leftovers(cql: Arc<CqlStore>, addr: std::net::SocketAddr) -> Result<(),
     Ok(())
 }
 
+/// The change feed's limits: a cursor older than the feed's retention gets `Resync`, a
+/// cursor this backend did not issue is `InvalidInput`, a fresh one reports a change.
+fn feed_trial(path: &'static Path) -> Trial {
+    Trial::ignorable_test(format!("cql::{}::change_feed_resync_and_bad_cursor", path.name), move || {
+        let store = match runtime().block_on(path.store()) {
+            Ok(s) => s,
+            Err(Skip(reason)) => return Ok(Completion::ignored_with(reason)),
+        };
+        runtime()
+            .block_on(async move {
+                let two_hours_ago = Timestamp::now().as_micros() - 7_200_000_000;
+                match store.changes_since(&ChangeCursor(format!("cql1:{two_hours_ago}"))).await {
+                    Ok(Changes::Resync) => {}
+                    other => return Err(format!("an expired cursor gave {other:?}")),
+                }
+                match store.changes_since(&ChangeCursor("mem:12".into())).await {
+                    Err(unicell::Error::InvalidInput { .. }) => {}
+                    other => return Err(format!("a foreign cursor gave {other:?}")),
+                }
+                let cursor = store.change_cursor().await.map_err(|e| e.to_string())?;
+                let root = ProviderId::new_v4();
+                store
+                    .create_provider(&NewProvider {
+                        id: root,
+                        name: format!("feed-{}", root.0.simple()),
+                        parent: None,
+                        cell: None,
+                        inventories: BTreeMap::new(),
+                        traits: Default::default(),
+                        aggregates: Default::default(),
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match store.changes_since(&cursor).await {
+                    Ok(Changes::Trees { roots, .. }) if roots.contains(&root) => Ok(()),
+                    other => Err(format!("a new tree is missing from the feed: {other:?}")),
+                }
+            })
+            .map_err(Failed::from)?;
+        Ok(Completion::Completed)
+    })
+}
+
 /// Raw LWT throughput of the server: `tasks` tasks inserting fresh rows `IF NOT EXISTS`.
 async fn lwt_ceiling(addr: std::net::SocketAddr, ks: &str, tasks: usize, seconds: u64) -> Result<String, String> {
     let session = scylla::client::session_builder::SessionBuilder::new()
@@ -541,6 +584,7 @@ fn main() {
     for path in [&SCYLLA, &CONTAINER, &CASSANDRA] {
         trials.extend(conformance_trials(path.name, factory(path)));
         trials.push(differential_trial(path));
+        trials.push(feed_trial(path));
     }
     trials.push(url_trial());
     trials.push(leftovers_trial(&CASSANDRA));

@@ -54,17 +54,23 @@ impl CqlStore {
         if now.saturating_sub(from) > RETENTION_US {
             return Ok(Changes::Resync);
         }
-        let mut reads = Vec::new();
-        for bucket in (from / BUCKET_US)..=(now.max(from) / BUCKET_US) {
-            for shard in 0..SHARDS {
-                reads.push(self.db.query(
+        let slices: Vec<(i64, i32)> = ((from / BUCKET_US)..=(now.max(from) / BUCKET_US))
+            .flat_map(|bucket| (0..SHARDS).map(move |shard| (bucket, shard)))
+            .collect();
+        // At most 64 slices in flight: an old cursor means many (empty) buckets.
+        use futures::{StreamExt, TryStreamExt};
+        let results: Vec<Vec<scylla::value::Row>> = futures::stream::iter(slices)
+            .map(|(bucket, shard)| {
+                self.db.query(
                     "SELECT root FROM tree_changes WHERE bucket = ? AND shard = ? AND ts >= ?",
                     vec![big(bucket), int(shard), big(from)],
-                ));
-            }
-        }
+                )
+            })
+            .buffer_unordered(64)
+            .try_collect()
+            .await?;
         let mut roots = BTreeSet::new();
-        for rows in futures::future::try_join_all(reads).await? {
+        for rows in results {
             roots.extend(rows.iter().filter_map(|r| get_uuid(r, 0)).map(ProviderId));
         }
         Ok(Changes::Trees { roots: roots.into_iter().collect(), next: ChangeCursor(format!("{PREFIX}{now}")) })
