@@ -35,20 +35,11 @@ struct Args {
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        url: None,
-        secs: 10,
-        tasks: 256,
-        trees: 200,
-        bench_clients: 50,
-        bench_requests: 300_000,
-        pool: 4,
-    };
+    let mut a =
+        Args { url: None, secs: 10, tasks: 256, trees: 200, bench_clients: 50, bench_requests: 300_000, pool: 4 };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
-        let v = it
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("{k} needs a value"))?;
+        let v = it.next().ok_or_else(|| anyhow::anyhow!("{k} needs a value"))?;
         match k.as_str() {
             "--url" => a.url = Some(v),
             "--secs" => a.secs = v.parse()?,
@@ -121,13 +112,8 @@ async fn main() -> anyhow::Result<()> {
     let port = parsed.expose().port().unwrap_or(6379);
     let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let sep = if url.contains('?') { '&' } else { '?' };
-    let store = Arc::new(
-        RedisStore::open(&StoreUrl::parse(&format!(
-            "{url}{sep}prefix={prefix}&pool={}",
-            a.pool
-        ))?)
-        .await?,
-    );
+    let store =
+        Arc::new(RedisStore::open(&StoreUrl::parse(&format!("{url}{sep}prefix={prefix}&pool={}", a.pool))?).await?);
     let mut roots = Vec::new();
     for i in 0..a.trees {
         let id = ProviderId::new_v4();

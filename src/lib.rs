@@ -9,11 +9,16 @@
 //! * [`store`]: the storage contract, [`store::open`] by URL, the embedded
 //!   [`store::memory`] backend and (feature `conformance`) the shared conformance suite.
 //! * [`Error`]: the one semantic error enum every backend maps into.
+//! * [`scheduler`], [`conductor`], [`compute`]: placement with claims at selection,
+//!   caller-chosen alternates and reschedules over them.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod compute;
+pub mod conductor;
 pub mod error;
 pub mod model;
+pub mod scheduler;
 pub mod store;
 
 pub use error::{Error, Result};

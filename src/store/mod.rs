@@ -24,6 +24,8 @@ pub mod cql;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "sql")]
+pub mod sql;
 mod url;
 
 pub use self::url::StoreUrl;
@@ -258,6 +260,8 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
         "memory" => Ok(Arc::new(memory::MemoryStore::new())),
         #[cfg(feature = "redis")]
         "redis" | "redis+cluster" => Ok(Arc::new(redis::RedisStore::open(&parsed).await?)),
+        #[cfg(feature = "sql")]
+        "mysql" | "mariadb" | "postgres" | "postgresql" => Ok(Arc::new(sql::SqlStore::open(&parsed).await?)),
         other => Err(crate::Error::invalid(
             "store url",
             format!("unknown scheme {other:?} in {parsed}; this build knows: {}", known_schemes().join(", ")),
@@ -273,5 +277,7 @@ pub fn known_schemes() -> Vec<&'static str> {
     v.extend(["scylla", "cassandra"]);
     #[cfg(feature = "redis")]
     v.extend(["redis", "redis+cluster"]);
+    #[cfg(feature = "sql")]
+    v.extend(["mysql", "mariadb", "postgres", "postgresql"]);
     v
 }

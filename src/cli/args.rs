@@ -1,0 +1,201 @@
+//! Command-line arguments (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// unicell: a Nova/Placement-style compute scheduler whose whole state lives in one
+/// datastore, with the benchmarks that compare datastores (and Nova's SQL cells layout)
+/// side by side.
+#[derive(Debug, Parser)]
+#[command(name = "unicell", version, about, long_about = None)]
+pub struct Cli {
+    /// The store to use, as a URL (`unicell stores` lists the schemes of this build).
+    /// Passwords in it are never printed.
+    #[arg(long, global = true, env = "UNICELL_STORE", hide_env_values = true, default_value = "memory://")]
+    pub store: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate a cloud, build many instances with concurrent schedulers and injected build
+    /// failures, page through the global instance list, and write a report.
+    Demo(DemoArgs),
+    /// Benchmarks: candidates side by side in one run, same generated data, ratios.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Run the whole store conformance suite against --store and print each case.
+    Conformance(ConformanceArgs),
+    /// List the store URL schemes this build understands.
+    Stores,
+}
+
+/// `unicell bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Page through N instances over C cells; page latency against depth and cell count.
+    List(ListArgs),
+    /// Raw claim throughput per backend beside the backend's own ceiling.
+    Claims(ClaimsArgs),
+    /// Build requests from concurrent schedulers through the conductor; placements/s and audit.
+    Schedule(ScheduleArgs),
+    /// Sites with injected latency (a delaying TCP proxy): list and claim latency.
+    Sites(SitesArgs),
+}
+
+/// Options every benchmark takes.
+#[derive(Debug, Clone, Args)]
+pub struct BenchCommon {
+    /// Candidate stores, comma-separated URLs (default: the global --store). Each candidate
+    /// gets the same generated data.
+    #[arg(long, value_delimiter = ',')]
+    pub stores: Vec<String>,
+    /// Directory for `<bench>.json` and `<bench>.svg` (created if missing).
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+    /// A small size that finishes in seconds (for CI smoke runs). Explicit knobs still win.
+    #[arg(long)]
+    pub quick: bool,
+    /// Seed of the data generator: the same seed gives the same data.
+    #[arg(long, default_value_t = 20261120)]
+    pub seed: u64,
+}
+
+/// `unicell bench list`
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Instances to load into each candidate [default: 100000; quick: 3000].
+    #[arg(long)]
+    pub instances: Option<usize>,
+    /// Cell counts to run, comma-separated [default: 1,4,16,64; quick: 1,4].
+    #[arg(long, value_delimiter = ',')]
+    pub cells: Vec<usize>,
+    /// Page size [default: 1000; quick: 100].
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Concurrent writers while loading.
+    #[arg(long, default_value_t = 32)]
+    pub load_concurrency: usize,
+    /// Number of page-depth buckets in the report.
+    #[arg(long, default_value_t = 10)]
+    pub depth_buckets: usize,
+}
+
+/// `unicell bench claims`
+#[derive(Debug, Clone, Args)]
+pub struct ClaimsArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Claims to make per candidate (and ceiling operations) [default: 100000; quick: 3000].
+    #[arg(long)]
+    pub claims: Option<usize>,
+    /// Concurrent claiming tasks [default: 50; quick: 16].
+    #[arg(long)]
+    pub tasks: Option<usize>,
+    /// Provider trees claims are spread over (1 = everyone on one tiny tree)
+    /// [default: 1000; quick: 50].
+    #[arg(long)]
+    pub trees: Option<usize>,
+}
+
+/// `unicell bench schedule`
+#[derive(Debug, Clone, Args)]
+pub struct ScheduleArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Compute hosts (each a tree with NUMA and SR-IOV children) [default: 5000; quick: 100].
+    #[arg(long)]
+    pub hosts: Option<usize>,
+    /// Cells the hosts are spread over [default: 4; quick: 2].
+    #[arg(long)]
+    pub cells: Option<usize>,
+    /// Build requests (one instance each) [default: 20000; quick: 400].
+    #[arg(long)]
+    pub requests: Option<usize>,
+    /// Concurrent schedulers (each with its own conductor and snapshot) [default: 4; quick: 2].
+    #[arg(long)]
+    pub schedulers: Option<usize>,
+    /// Alternates asked for per instance.
+    #[arg(long, default_value_t = 2)]
+    pub alternates: u32,
+    /// Probability that the simulated compute fails a build (reschedulable).
+    #[arg(long, default_value_t = 0.02)]
+    pub failure_rate: f64,
+}
+
+/// `unicell bench sites`
+#[derive(Debug, Clone, Args)]
+pub struct SitesArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Site counts to run, comma-separated [default: 1,2,4; quick: 1,2].
+    #[arg(long, value_delimiter = ',')]
+    pub sites: Vec<usize>,
+    /// One-way delays between sites in milliseconds, comma-separated
+    /// [default: 0,1,5,20; quick: 0,2].
+    #[arg(long, value_delimiter = ',')]
+    pub delays_ms: Vec<f64>,
+    /// Cells (spread round-robin over the sites) [default: 8; quick: 4].
+    #[arg(long)]
+    pub cells: Option<usize>,
+    /// Instances loaded once per candidate [default: 20000; quick: 1000].
+    #[arg(long)]
+    pub instances: Option<usize>,
+    /// Page size [default: 1000; quick: 100].
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// List pages measured per point [default: 20; quick: 5].
+    #[arg(long)]
+    pub pages: Option<usize>,
+    /// Claims measured per point [default: 200; quick: 30].
+    #[arg(long)]
+    pub claims: Option<usize>,
+}
+
+/// `unicell demo`
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Directory for the report (`demo.json`, `demo.svg`).
+    #[arg(long, default_value = "unicell-demo-out")]
+    pub out: PathBuf,
+    /// Cells.
+    #[arg(long, default_value_t = 4)]
+    pub cells: usize,
+    /// Compute hosts in total (each with 2 NUMA cells and an SR-IOV NIC).
+    #[arg(long, default_value_t = 400)]
+    pub hosts: usize,
+    /// Instances to build.
+    #[arg(long, default_value_t = 3000)]
+    pub instances: usize,
+    /// Concurrent schedulers (each with its own conductor).
+    #[arg(long, default_value_t = 4)]
+    pub schedulers: usize,
+    /// Probability that the simulated compute fails a build.
+    #[arg(long, default_value_t = 0.05)]
+    pub failure_rate: f64,
+    /// Alternates asked for per instance.
+    #[arg(long, default_value_t = 2)]
+    pub alternates: u32,
+    /// Seed of the cloud and request generator.
+    #[arg(long, default_value_t = 20261120)]
+    pub seed: u64,
+}
+
+/// `unicell conformance`
+#[derive(Debug, Clone, Args)]
+pub struct ConformanceArgs {
+    /// Only cases whose name contains this text.
+    #[arg(long)]
+    pub filter: Option<String>,
+}

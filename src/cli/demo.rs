@@ -1,0 +1,211 @@
+//! `unicell demo`: the main job end to end on one store.
+//!
+//! Generates a cloud (cells, availability zones, hosts whose provider trees have NUMA and
+//! SR-IOV children, flavors with extra specs, server groups), builds many instances with
+//! several concurrent schedulers and injected build failures, prints a summary (placed,
+//! rescheduled, failed with their reasons, claim conflicts, placements per second), pages
+//! through the global instance list, audits the store, and writes a report and a chart.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+use unicell::model::{InstanceId, ListQuery};
+
+use super::args::DemoArgs;
+use super::audit::{Audit, audit};
+use super::build::{self, BuildReport, BuildSetup, RequestMix};
+use super::chart::{self, Panel, Series};
+use super::cloud::{Cloud, CloudSpec};
+use super::stats::{Latency, Summary, fmt_ms};
+use super::{open_store, progress, report};
+
+#[derive(Debug, Serialize)]
+struct Listing {
+    instances: usize,
+    pages: usize,
+    limit: u32,
+    page_latency: Summary,
+    seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Results<'a> {
+    store: String,
+    cloud_load_seconds: f64,
+    providers: usize,
+    build: &'a BuildReport,
+    listing: Listing,
+    audit: &'a Audit,
+}
+
+#[derive(Debug, Serialize)]
+struct Params {
+    cloud: CloudSpec,
+    mix: RequestMix,
+    setup: BuildSetup,
+}
+
+/// Runs the demo.
+pub async fn run(store_url: &str, a: DemoArgs) -> Result<ExitCode> {
+    if a.cells == 0 || a.hosts == 0 || a.instances == 0 || a.schedulers == 0 {
+        bail!("--cells, --hosts, --instances and --schedulers must each be at least 1");
+    }
+    if !(0.0..=1.0).contains(&a.failure_rate) {
+        bail!("--failure-rate must be between 0 and 1, got {}", a.failure_rate);
+    }
+    let store = open_store(store_url).await?;
+    let env = report::Environment::capture();
+    let mut spec = CloudSpec::new(a.cells, a.hosts, a.seed);
+    spec.oversized_flavor = true;
+    let cloud = Cloud::generate(spec.clone())?;
+    let providers: usize = cloud.hosts.iter().map(|h| h.providers.len()).sum();
+    println!("unicell demo on {}", store.describe());
+    println!(
+        "cloud: {} cells, {} availability zones, {} hosts ({} providers: each host a compute \
+         node with {} NUMA cells and an SR-IOV NIC), {} flavors, {} server groups",
+        cloud.cells.len(),
+        cloud.aggregates.len(),
+        cloud.hosts.len(),
+        providers,
+        spec.numa_per_host,
+        cloud.flavors.len(),
+        cloud.groups.len()
+    );
+    let t = Instant::now();
+    cloud.load(&store, 16).await?;
+    let cloud_load_seconds = t.elapsed().as_secs_f64();
+
+    // Requests: mostly single instances, some of 2 or 3 (all or nothing), some in server
+    // groups or availability zones; sized so that the requests hold about `instances`.
+    let requests = (a.instances as f64 / 1.1).ceil() as usize;
+    let mix = RequestMix { requests, multi_share: 0.05, group_share: 0.05, az_share: 0.2, seed: a.seed };
+    let reqs = build::requests(&cloud, &mix)?;
+    let setup = BuildSetup {
+        schedulers: a.schedulers,
+        alternates: a.alternates,
+        failure_rate: a.failure_rate,
+        reschedulable_share: 0.8,
+        host_subset_size: 4,
+        seed: a.seed,
+    };
+    let n_instances: usize = reqs.iter().map(|r| r.instances.len()).sum();
+    println!(
+        "building {n_instances} instances ({} requests) with {} concurrent schedulers, {} \
+         alternates each, build failure rate {:.0}% ({:.0}% of failures reschedulable)",
+        reqs.len(),
+        a.schedulers,
+        a.alternates,
+        a.failure_rate * 100.0,
+        setup.reschedulable_share * 100.0
+    );
+    let b = build::run(&store, reqs, &setup, "instances").await?;
+    println!(
+        "\nplaced      {:>7} ACTIVE ({:.0} placements/s over {:.2} s; schedulers started in {:.2} s)",
+        b.active, b.placements_per_second, b.seconds, b.scheduler_start_seconds
+    );
+    println!("rescheduled {:>7} builds retried on an alternate after an injected failure", b.reschedules);
+    println!("failed      {:>7} ERROR, by reason:", b.failed);
+    for (reason, n) in &b.failure_reasons {
+        println!("            {n:>7}  {reason}");
+    }
+    println!(
+        "claims      {:>7} tried, {} conflicts (another scheduler claimed first), {} \
+         alternates skipped",
+        b.claims_tried, b.claim_conflicts, b.alternates_skipped
+    );
+    println!(
+        "requests    p50 {} ms, p99 {} ms (schedule + claim + build + state writes)",
+        fmt_ms(b.request_latency.p50_ms),
+        fmt_ms(b.request_latency.p99_ms)
+    );
+
+    // The global list: every instance of every cell, newest first, one query per page.
+    let limit = 1000;
+    let bar = progress::bar("global list", 0);
+    let mut lat = Latency::new();
+    let mut pages = Vec::new();
+    let mut marker: Option<InstanceId> = None;
+    let mut listed = 0usize;
+    let t = Instant::now();
+    loop {
+        let t1 = Instant::now();
+        let page = store.list_instances(&ListQuery { limit: Some(limit), marker, ..Default::default() }).await?;
+        let d = t1.elapsed();
+        lat.record(d);
+        pages.push(d.as_secs_f64() * 1e3);
+        listed += page.instances.len();
+        progress::inc(&bar, 1);
+        match page.next_marker {
+            Some(m) => marker = Some(m),
+            None => break,
+        }
+    }
+    drop(bar);
+    let listing = Listing {
+        instances: listed,
+        pages: pages.len(),
+        limit,
+        page_latency: lat.summary(),
+        seconds: t.elapsed().as_secs_f64(),
+    };
+    println!(
+        "global list {:>7} instances across {} cells in {} pages of {limit}: page p50 {} ms, \
+         p99 {} ms",
+        listed,
+        cloud.cells.len(),
+        listing.pages,
+        fmt_ms(listing.page_latency.p50_ms),
+        fmt_ms(listing.page_latency.p99_ms)
+    );
+    let au = audit(&store, &b.active_ids, &b.failed_ids).await?;
+    println!("{}", au.line());
+    let mut ok = au.ok();
+    if listed != n_instances {
+        println!("LIST MISMATCH: listed {listed} instances, built {n_instances}");
+        ok = false;
+    }
+
+    let rep = report::Report {
+        bench: "demo",
+        parameters: Params { cloud: spec, mix, setup },
+        environment: env,
+        results: Results { store: store.describe(), cloud_load_seconds, providers, build: &b, listing, audit: &au },
+        notes: Vec::new(),
+    };
+    let json = report::write_json(&a.out, "demo", &rep)?;
+    let svg = chart::lines(
+        &a.out,
+        "demo",
+        &format!("unicell demo: {n_instances} instances, {} schedulers, {} hosts", a.schedulers, a.hosts),
+        &[
+            Panel {
+                title: "instances ACTIVE over time".into(),
+                x_label: "seconds".into(),
+                y_label: "instances".into(),
+                log_y: false,
+                series: vec![Series {
+                    name: "ACTIVE".into(),
+                    points: b.timeline.iter().map(|(t, n)| (*t, *n as f64)).collect(),
+                    color: 0,
+                    dashed: false,
+                }],
+            },
+            Panel {
+                title: format!("global list, limit {limit}"),
+                x_label: "page".into(),
+                y_label: "ms per page".into(),
+                log_y: false,
+                series: vec![Series {
+                    name: "page latency".into(),
+                    points: pages.iter().enumerate().map(|(i, ms)| ((i + 1) as f64, *ms)).collect(),
+                    color: 1,
+                    dashed: false,
+                }],
+            },
+        ],
+    )?;
+    println!("\nreport: {} and {}", json.display(), svg.display());
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

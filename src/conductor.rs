@@ -1,0 +1,390 @@
+//! The conductor: builds instances end to end, retrying over the alternates the scheduler
+//! returned (DESIGN.md section 6, Nova's `schedule_and_build_instances` plus the cell
+//! conductor's reschedule loop).
+//!
+//! For each request it records the instances in the store (BUILDING, task SCHEDULING, no
+//! cell yet), asks the scheduler (which returns hosts already claimed), casts each instance
+//! to its host's compute and writes every state transition. On a reschedulable failure it
+//! releases the claim on that host, claims the next alternate (skipping alternates whose
+//! claim fails: someone else took the room) and casts again; when the list is exhausted
+//! the instance goes to ERROR with a fault and no allocation. A non-reschedulable failure
+//! goes to ERROR at once. Unlike Nova's cell conductor, a reschedule never needs an upcall:
+//! the alternates travel with the request and the claim is a store call.
+//!
+//! Many conductors may run against one store; they share nothing but the store (and, if
+//! the caller wishes, a scheduler).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tracing::Instrument;
+
+use crate::compute::ComputeDriver;
+use crate::error::{Error, Result};
+use crate::model::{
+    CellId, ClaimRequest, ConsumerId, Fault, GroupClaim, Instance, InstancePatch, RequestSpec, Selection, TaskState,
+    Timestamp, VmState,
+};
+use crate::scheduler::{ScheduleError, Scheduler};
+
+/// Conductor configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConductorConfig {
+    /// Alternates asked of the scheduler per instance (Nova's `max_attempts - 1`; 2).
+    pub num_alternates: usize,
+}
+
+impl Default for ConductorConfig {
+    fn default() -> Self {
+        ConductorConfig { num_alternates: 2 }
+    }
+}
+
+/// How one instance's build ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BuildStatus {
+    /// ACTIVE on this host.
+    Active {
+        /// Service host.
+        host: String,
+        /// Node.
+        node: String,
+        /// Cell.
+        cell: CellId,
+    },
+    /// ERROR with this fault code and message.
+    Failed {
+        /// Fault code (500 as Nova for NoValidHost and build failures, 400 for an invalid
+        /// request).
+        code: u16,
+        /// The fault message.
+        message: String,
+    },
+}
+
+/// The outcome of one instance of a build request, for summaries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildOutcome {
+    /// The instance.
+    pub instance: crate::model::InstanceId,
+    /// Active or failed.
+    pub status: BuildStatus,
+    /// Builds retried on an alternate after a reschedulable failure.
+    pub reschedules: u32,
+    /// Alternates skipped because their claim failed.
+    pub alternates_skipped: u32,
+    /// Hosts a build was attempted on, in order.
+    pub hosts_tried: Vec<String>,
+}
+
+impl BuildOutcome {
+    /// True when the instance is ACTIVE.
+    pub fn is_active(&self) -> bool {
+        matches!(self.status, BuildStatus::Active { .. })
+    }
+}
+
+/// Builds instances: scheduler, compute, reschedules, state transitions.
+#[derive(Debug)]
+pub struct Conductor {
+    store: Arc<dyn crate::store::Store>,
+    scheduler: Arc<Scheduler>,
+    compute: Arc<dyn ComputeDriver>,
+    config: ConductorConfig,
+}
+
+fn fault(code: u16, message: impl Into<String>, details: impl Into<String>) -> Fault {
+    Fault { code, message: message.into(), details: details.into(), created_at: Timestamp::now() }
+}
+
+fn error_patch(f: Fault) -> InstancePatch {
+    InstancePatch {
+        vm_state: Some(VmState::Error),
+        task_state: Some(None),
+        host: Some(None),
+        node: Some(None),
+        fault: Some(Some(f)),
+        ..Default::default()
+    }
+}
+
+impl Conductor {
+    /// A conductor over `store`, asking `scheduler` and casting to `compute`.
+    pub fn new(
+        store: Arc<dyn crate::store::Store>,
+        scheduler: Arc<Scheduler>,
+        compute: Arc<dyn ComputeDriver>,
+        config: ConductorConfig,
+    ) -> Self {
+        Conductor { store, scheduler, compute, config }
+    }
+
+    /// The scheduler this conductor asks.
+    pub fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.scheduler
+    }
+
+    /// Builds `instances` (one request: `spec.num_instances` is taken from their number).
+    /// Every instance ends ACTIVE on a claimed host, or in ERROR with a fault and no
+    /// allocation; the outcomes come back in the order of `instances`. `Err` only when the
+    /// store fails in a way that leaves that promise unkept (the error says what).
+    pub async fn build_instances(&self, mut spec: RequestSpec, instances: Vec<Instance>) -> Result<Vec<BuildOutcome>> {
+        let Some(first) = instances.first() else {
+            return Ok(Vec::new());
+        };
+        spec.instance_uuid = first.uuid;
+        spec.num_instances = u32::try_from(instances.len()).unwrap_or(u32::MAX);
+        let span = tracing::info_span!(
+            "build_instances",
+            request = %spec.instance_uuid,
+            instances = instances.len(),
+            active = tracing::field::Empty,
+            failed = tracing::field::Empty,
+            reschedules = tracing::field::Empty,
+        );
+        let outcomes = self.build_inner(spec, instances).instrument(span.clone()).await?;
+        span.record("active", outcomes.iter().filter(|o| o.is_active()).count());
+        span.record("failed", outcomes.iter().filter(|o| !o.is_active()).count());
+        span.record("reschedules", outcomes.iter().map(|o| o.reschedules).sum::<u32>());
+        Ok(outcomes)
+    }
+
+    async fn build_inner(&self, spec: RequestSpec, mut instances: Vec<Instance>) -> Result<Vec<BuildOutcome>> {
+        let ids: Vec<_> = instances.iter().map(|i| i.uuid).collect();
+        let now = Timestamp::now();
+        for (k, inst) in instances.iter_mut().enumerate() {
+            inst.vm_state = VmState::Building;
+            inst.task_state = Some(TaskState::Scheduling);
+            inst.cell = None;
+            inst.host = None;
+            inst.node = None;
+            inst.launched_at = None;
+            inst.fault = None;
+            inst.deleted = false;
+            inst.updated_at = inst.updated_at.max(now);
+            let mut own = spec.clone();
+            own.instance_uuid = inst.uuid;
+            let recorded = match self.store.create_instance(inst).await {
+                Ok(()) => self.store.put_request_spec(&own).await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = recorded {
+                // Do not leave the instances already recorded BUILDING forever.
+                let f = fault(500, format!("Build request could not be recorded: {err}"), "");
+                for earlier in &ids[..k] {
+                    let _ = self.store.update_instance(*earlier, &error_patch(f.clone())).await;
+                }
+                return Err(err);
+            }
+        }
+        let uuids: Vec<_> = instances.iter().map(|i| i.uuid).collect();
+        let lists = match self.scheduler.select_destinations(&spec, &uuids, self.config.num_alternates).await {
+            Ok(lists) => lists,
+            Err(e) => return self.bury(instances, e).await,
+        };
+        let group = match spec.hints.group {
+            Some(g) => Some(self.store.get_server_group(g).await?),
+            None => None,
+        };
+        let group_claim = group.map(|g| GroupClaim { group: g.id, max_per_host: g.claim_limit() });
+        let builds = instances.into_iter().zip(lists).map(|(inst, list)| {
+            let span = tracing::info_span!(
+                "build_instance",
+                instance = %inst.uuid,
+                host = tracing::field::Empty,
+                reschedules = tracing::field::Empty,
+            );
+            self.build_one(&spec, inst, list, group_claim).instrument(span)
+        });
+        let results = futures::future::join_all(builds).await;
+        let mut outcomes = Vec::with_capacity(results.len());
+        let mut first_err = None;
+        for r in results {
+            match r {
+                Ok(o) => outcomes.push(o),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(outcomes),
+        }
+    }
+
+    /// The scheduler failed: every instance goes to ERROR with a fault (Nova buries them
+    /// in cell0; here the instance simply has no cell).
+    async fn bury(&self, instances: Vec<Instance>, e: ScheduleError) -> Result<Vec<BuildOutcome>> {
+        let (code, message, details) = match &e {
+            ScheduleError::NoValidHost { reason } => {
+                (500, format!("No valid host was found. {}", reason.summary()), reason.to_string())
+            }
+            ScheduleError::InvalidRequest(inner) => (400, format!("Invalid build request: {inner}"), String::new()),
+            ScheduleError::Store(inner) => {
+                // The scheduler released what it could; make sure nothing stays claimed.
+                for i in &instances {
+                    self.store.release(ConsumerId::from(i.uuid)).await?;
+                }
+                (500, format!("Scheduling failed: {inner}"), String::new())
+            }
+        };
+        tracing::info!(%message, "build request failed at scheduling");
+        let mut out = Vec::with_capacity(instances.len());
+        for i in instances {
+            self.store.update_instance(i.uuid, &error_patch(fault(code, &message, &details))).await?;
+            out.push(BuildOutcome {
+                instance: i.uuid,
+                status: BuildStatus::Failed { code, message: message.clone() },
+                reschedules: 0,
+                alternates_skipped: 0,
+                hosts_tried: Vec::new(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn build_one(
+        &self,
+        spec: &RequestSpec,
+        instance: Instance,
+        list: Vec<Selection>,
+        group: Option<GroupClaim>,
+    ) -> Result<BuildOutcome> {
+        let span = tracing::Span::current();
+        let consumer = ConsumerId::from(instance.uuid);
+        let mut queue: VecDeque<Selection> = list.into();
+        let mut outcome = BuildOutcome {
+            instance: instance.uuid,
+            status: BuildStatus::Failed { code: 500, message: String::new() },
+            reschedules: 0,
+            alternates_skipped: 0,
+            hosts_tried: Vec::new(),
+        };
+        let mut history: Vec<String> = Vec::new();
+        let Some(mut current) = queue.pop_front() else {
+            return Err(Error::invalid("selection", format!("the scheduler returned no host for {}", instance.uuid)));
+        };
+        loop {
+            // `current` is claimed for this instance.
+            span.record("host", current.host.as_str());
+            outcome.hosts_tried.push(current.host.clone());
+            let inst = self
+                .store
+                .update_instance(
+                    instance.uuid,
+                    &InstancePatch {
+                        cell: Some(Some(current.cell)),
+                        host: Some(Some(current.host.clone())),
+                        node: Some(Some(current.node.clone())),
+                        task_state: Some(Some(TaskState::Spawning)),
+                        availability_zone: Some(current.availability_zone.clone()),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            let failure = match self.compute.build(&current, &inst).await {
+                Ok(()) => {
+                    self.scheduler.report_build(&current.host, true);
+                    self.store
+                        .update_instance(
+                            instance.uuid,
+                            &InstancePatch {
+                                vm_state: Some(VmState::Active),
+                                task_state: Some(None),
+                                launched_at: Some(Some(Timestamp::now())),
+                                ..Default::default()
+                            },
+                        )
+                        .await?;
+                    outcome.status = BuildStatus::Active {
+                        host: current.host.clone(),
+                        node: current.node.clone(),
+                        cell: current.cell,
+                    };
+                    span.record("reschedules", outcome.reschedules);
+                    return Ok(outcome);
+                }
+                Err(f) => f,
+            };
+            tracing::info!(host = %current.host, reschedulable = failure.reschedulable, message = %failure.message, "build failed");
+            self.scheduler.report_build(&current.host, false);
+            history.push(format!("{}: {}", current.host, failure.message));
+            // Nova force-deletes the allocations on any failed build.
+            self.store.release(consumer).await?;
+            if !failure.reschedulable {
+                let message = format!("Build of instance {} aborted: {}", instance.uuid, failure.message);
+                return self.fail(outcome, 500, message, &history).await;
+            }
+            self.store
+                .update_instance(
+                    instance.uuid,
+                    &InstancePatch {
+                        task_state: Some(Some(TaskState::Scheduling)),
+                        host: Some(None),
+                        node: Some(None),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            // Claim the next alternate that still has room.
+            let next = loop {
+                let Some(alt) = queue.pop_front() else {
+                    break None;
+                };
+                let req = ClaimRequest {
+                    consumer,
+                    project_id: spec.project_id.clone(),
+                    user_id: spec.user_id.clone(),
+                    allocations: alt.allocation.clone(),
+                    group,
+                };
+                match self.store.claim(&req).await {
+                    Ok(_) => break Some(alt),
+                    Err(
+                        e @ (Error::Capacity { .. }
+                        | Error::Conflict(_)
+                        | Error::NotFound { .. }
+                        | Error::InvalidInput { .. }),
+                    ) => {
+                        tracing::debug!(host = %alt.host, error = %e, "alternate claim refused");
+                        outcome.alternates_skipped += 1;
+                        history.push(format!("{}: alternate skipped, claim refused: {e}", alt.host));
+                    }
+                    Err(e) => {
+                        // Unknown outcome: make sure nothing stays claimed, then give up.
+                        let _ = self.store.release(consumer).await;
+                        return Err(e);
+                    }
+                }
+            };
+            match next {
+                Some(alt) => {
+                    outcome.reschedules += 1;
+                    current = alt;
+                }
+                None => {
+                    let message = format!(
+                        "Exceeded maximum number of retries. Exhausted all hosts available for retrying build failures for instance {}.",
+                        instance.uuid
+                    );
+                    span.record("reschedules", outcome.reschedules);
+                    return self.fail(outcome, 500, message, &history).await;
+                }
+            }
+        }
+    }
+
+    async fn fail(
+        &self,
+        mut outcome: BuildOutcome,
+        code: u16,
+        message: String,
+        history: &[String],
+    ) -> Result<BuildOutcome> {
+        let details = history.join("\n");
+        self.store.update_instance(outcome.instance, &error_patch(fault(code, &message, details))).await?;
+        outcome.status = BuildStatus::Failed { code, message };
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,488 @@
+//! A thin two-dialect layer over sqlx: one pool, transaction and row type for MariaDB/MySQL
+//! and PostgreSQL, so that every query of the backend is written once.
+//!
+//! Statements are written with MySQL's `?` placeholders; for PostgreSQL they are rewritten
+//! to `$1, $2, ...` once and cached, so both dialects keep using sqlx's per-connection
+//! prepared-statement cache (the SQL text is the cache key). Where the dialects really
+//! differ (upserts, casts) the call site picks one text per dialect with [`Dialect::pick`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+
+use sqlx::mysql::{MySql, MySqlPool, MySqlRow};
+use sqlx::postgres::{PgPool, PgRow, Postgres};
+use sqlx::{AssertSqlSafe, Row as _, Transaction};
+
+use crate::error::{Error, Result};
+
+/// The backend name used in errors.
+pub const BACKEND: &str = "sql";
+
+/// Which SQL dialect a pool speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// MariaDB or MySQL.
+    MySql,
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl Dialect {
+    /// Picks the statement text for this dialect.
+    pub fn pick(self, my: &'static str, pg: &'static str) -> &'static str {
+        match self {
+            Dialect::MySql => my,
+            Dialect::Postgres => pg,
+        }
+    }
+}
+
+/// One bound argument.
+#[derive(Clone, Debug)]
+pub enum Arg {
+    /// A 64-bit integer.
+    I64(i64),
+    /// A nullable 64-bit integer.
+    OptI64(Option<i64>),
+    /// Text.
+    Str(String),
+    /// Nullable text.
+    OptStr(Option<String>),
+    /// A boolean.
+    Bool(bool),
+    /// A double.
+    F64(f64),
+}
+
+impl From<i64> for Arg {
+    fn from(v: i64) -> Self {
+        Arg::I64(v)
+    }
+}
+impl From<Option<i64>> for Arg {
+    fn from(v: Option<i64>) -> Self {
+        Arg::OptI64(v)
+    }
+}
+impl From<String> for Arg {
+    fn from(v: String) -> Self {
+        Arg::Str(v)
+    }
+}
+impl From<&str> for Arg {
+    fn from(v: &str) -> Self {
+        Arg::Str(v.to_string())
+    }
+}
+impl From<&String> for Arg {
+    fn from(v: &String) -> Self {
+        Arg::Str(v.clone())
+    }
+}
+impl From<Option<String>> for Arg {
+    fn from(v: Option<String>) -> Self {
+        Arg::OptStr(v)
+    }
+}
+impl From<bool> for Arg {
+    fn from(v: bool) -> Self {
+        Arg::Bool(v)
+    }
+}
+impl From<f64> for Arg {
+    fn from(v: f64) -> Self {
+        Arg::F64(v)
+    }
+}
+
+/// Builds a `Vec<Arg>` from anything convertible.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! sql_args {
+    ($($e:expr),* $(,)?) => { vec![$($crate::store::sql::db::Arg::from($e)),*] };
+}
+
+/// Statement text: static (written at the call site) or generated (listing queries whose
+/// shape depends on the filters).
+#[derive(Clone, Debug)]
+pub enum Sql {
+    /// A constant statement with `?` placeholders.
+    Static(&'static str),
+    /// A generated statement, already in the pool's dialect.
+    Dynamic(Arc<str>),
+}
+
+impl From<&'static str> for Sql {
+    fn from(s: &'static str) -> Self {
+        Sql::Static(s)
+    }
+}
+
+fn pg_cache() -> &'static RwLock<HashMap<usize, Arc<str>>> {
+    static CACHE: OnceLock<RwLock<HashMap<usize, Arc<str>>>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// Rewrites `?` placeholders to `$n` (no statement of this backend has a `?` in a literal).
+pub fn to_pg(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn pg_text(sql: &'static str) -> Arc<str> {
+    let key = sql.as_ptr() as usize;
+    if let Some(s) = pg_cache().read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return s.clone();
+    }
+    let s: Arc<str> = to_pg(sql).into();
+    pg_cache().write().unwrap_or_else(|e| e.into_inner()).insert(key, s.clone());
+    s
+}
+
+/// A connection pool of either dialect.
+#[derive(Clone, Debug)]
+pub enum Pool {
+    /// MariaDB/MySQL.
+    My(MySqlPool),
+    /// PostgreSQL.
+    Pg(PgPool),
+}
+
+/// An open transaction of either dialect.
+pub enum Tx {
+    /// MariaDB/MySQL.
+    My(Transaction<'static, MySql>),
+    /// PostgreSQL.
+    Pg(Transaction<'static, Postgres>),
+}
+
+/// A result row of either dialect.
+pub enum Row {
+    /// MariaDB/MySQL.
+    My(MySqlRow),
+    /// PostgreSQL.
+    Pg(PgRow),
+}
+
+macro_rules! bind_all {
+    ($q:expr, $args:expr) => {{
+        let mut q = $q;
+        for a in $args {
+            q = match a {
+                Arg::I64(v) => q.bind(v),
+                Arg::OptI64(v) => q.bind(v),
+                Arg::Str(v) => q.bind(v),
+                Arg::OptStr(v) => q.bind(v),
+                Arg::Bool(v) => q.bind(v),
+                Arg::F64(v) => q.bind(v),
+            };
+        }
+        q
+    }};
+}
+
+fn my_query(sql: &Sql) -> sqlx::query::Query<'static, MySql, sqlx::mysql::MySqlArguments> {
+    match sql {
+        Sql::Static(s) => sqlx::query(*s),
+        Sql::Dynamic(s) => sqlx::query(AssertSqlSafe(s.clone())),
+    }
+}
+
+fn pg_query(sql: &Sql) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
+    match sql {
+        Sql::Static(s) => sqlx::query(AssertSqlSafe(pg_text(s))),
+        Sql::Dynamic(s) => sqlx::query(AssertSqlSafe(s.clone())),
+    }
+}
+
+/// What a transient database condition means for the caller.
+pub fn is_retryable_tx_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            // 40001 serialization failure / InnoDB deadlock (1213), 40P01 PG deadlock.
+            if code == "40001" || code == "40P01" {
+                return true;
+            }
+            if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                return matches!(my.number(), 1213 | 1205);
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
+/// Whether the error is a unique-key violation.
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// Maps a sqlx error into the contract's errors: unreachable servers are `Unavailable`,
+/// pool and statement timeouts `Timeout`, anything else `Backend` (sqlx never puts the
+/// password in its messages; URLs are redacted by the caller).
+pub fn map_err(e: sqlx::Error) -> Error {
+    match e {
+        sqlx::Error::Io(io) => Error::Unavailable { backend: BACKEND, message: io.to_string() },
+        sqlx::Error::PoolTimedOut => {
+            Error::Timeout { backend: BACKEND, message: "timed out waiting for a pooled connection".into() }
+        }
+        sqlx::Error::PoolClosed => Error::Unavailable { backend: BACKEND, message: "connection pool closed".into() },
+        sqlx::Error::Tls(t) => Error::Unavailable { backend: BACKEND, message: format!("tls: {t}") },
+        other => Error::backend(BACKEND, other),
+    }
+}
+
+impl Pool {
+    /// The pool's dialect.
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Pool::My(_) => Dialect::MySql,
+            Pool::Pg(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Runs a statement and returns every row.
+    pub async fn fetch_all(&self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<Vec<Row>> {
+        self.fetch_all_raw(sql, args).await.map_err(map_err)
+    }
+
+    /// As [`fetch_all`](Self::fetch_all) with the raw sqlx error.
+    pub async fn fetch_all_raw(
+        &self,
+        sql: impl Into<Sql>,
+        args: Vec<Arg>,
+    ) -> std::result::Result<Vec<Row>, sqlx::Error> {
+        let sql = sql.into();
+        Ok(match self {
+            Pool::My(p) => bind_all!(my_query(&sql), args).fetch_all(p).await?.into_iter().map(Row::My).collect(),
+            Pool::Pg(p) => bind_all!(pg_query(&sql), args).fetch_all(p).await?.into_iter().map(Row::Pg).collect(),
+        })
+    }
+
+    /// Runs a statement and returns the first row, if any.
+    pub async fn fetch_optional(&self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<Option<Row>> {
+        let sql = sql.into();
+        Ok(match self {
+            Pool::My(p) => bind_all!(my_query(&sql), args).fetch_optional(p).await.map_err(map_err)?.map(Row::My),
+            Pool::Pg(p) => bind_all!(pg_query(&sql), args).fetch_optional(p).await.map_err(map_err)?.map(Row::Pg),
+        })
+    }
+
+    /// Runs a statement and returns the number of rows it affected.
+    pub async fn execute(&self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<u64> {
+        self.execute_raw(sql, args).await.map_err(map_err)
+    }
+
+    /// As [`execute`](Self::execute) with the raw sqlx error (to recognise duplicates).
+    pub async fn execute_raw(&self, sql: impl Into<Sql>, args: Vec<Arg>) -> std::result::Result<u64, sqlx::Error> {
+        let sql = sql.into();
+        Ok(match self {
+            Pool::My(p) => bind_all!(my_query(&sql), args).execute(p).await?.rows_affected(),
+            Pool::Pg(p) => bind_all!(pg_query(&sql), args).execute(p).await?.rows_affected(),
+        })
+    }
+
+    /// Runs a statement without preparing it (DDL, `SET`).
+    pub async fn execute_unprepared(&self, sql: &str) -> std::result::Result<(), sqlx::Error> {
+        let sql = AssertSqlSafe(sql.to_string());
+        match self {
+            Pool::My(p) => {
+                sqlx::raw_sql(sql).execute(p).await?;
+            }
+            Pool::Pg(p) => {
+                sqlx::raw_sql(sql).execute(p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Begins a transaction at the database's default isolation (REPEATABLE READ on InnoDB,
+    /// READ COMMITTED on PostgreSQL).
+    pub async fn begin(&self) -> std::result::Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Pool::My(p) => Tx::My(p.begin().await?),
+            Pool::Pg(p) => Tx::Pg(p.begin().await?),
+        })
+    }
+
+    /// Begins a read-only transaction with one snapshot for all its statements (for reading
+    /// whole provider trees consistently).
+    pub async fn begin_snapshot(&self) -> std::result::Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Pool::My(p) => Tx::My(p.begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY").await?),
+            Pool::Pg(p) => Tx::Pg(p.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?),
+        })
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        match self {
+            Pool::My(p) => p.close().await,
+            Pool::Pg(p) => p.close().await,
+        }
+    }
+}
+
+impl Tx {
+    /// Runs a statement inside the transaction and returns every row.
+    pub async fn fetch_all(
+        &mut self,
+        sql: impl Into<Sql>,
+        args: Vec<Arg>,
+    ) -> std::result::Result<Vec<Row>, sqlx::Error> {
+        let sql = sql.into();
+        Ok(match self {
+            Tx::My(t) => bind_all!(my_query(&sql), args).fetch_all(&mut **t).await?.into_iter().map(Row::My).collect(),
+            Tx::Pg(t) => bind_all!(pg_query(&sql), args).fetch_all(&mut **t).await?.into_iter().map(Row::Pg).collect(),
+        })
+    }
+
+    /// Runs a statement inside the transaction and returns the first row, if any.
+    pub async fn fetch_optional(
+        &mut self,
+        sql: impl Into<Sql>,
+        args: Vec<Arg>,
+    ) -> std::result::Result<Option<Row>, sqlx::Error> {
+        let sql = sql.into();
+        Ok(match self {
+            Tx::My(t) => bind_all!(my_query(&sql), args).fetch_optional(&mut **t).await?.map(Row::My),
+            Tx::Pg(t) => bind_all!(pg_query(&sql), args).fetch_optional(&mut **t).await?.map(Row::Pg),
+        })
+    }
+
+    /// Runs a statement inside the transaction; returns the rows affected.
+    pub async fn execute(&mut self, sql: impl Into<Sql>, args: Vec<Arg>) -> std::result::Result<u64, sqlx::Error> {
+        let sql = sql.into();
+        Ok(match self {
+            Tx::My(t) => bind_all!(my_query(&sql), args).execute(&mut **t).await?.rows_affected(),
+            Tx::Pg(t) => bind_all!(pg_query(&sql), args).execute(&mut **t).await?.rows_affected(),
+        })
+    }
+
+    /// Runs (possibly several) statements without preparing them (DDL).
+    pub async fn execute_unprepared(&mut self, sql: &str) -> std::result::Result<(), sqlx::Error> {
+        let sql = AssertSqlSafe(sql.to_string());
+        match self {
+            Tx::My(t) => {
+                sqlx::raw_sql(sql).execute(&mut **t).await?;
+            }
+            Tx::Pg(t) => {
+                sqlx::raw_sql(sql).execute(&mut **t).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits.
+    pub async fn commit(self) -> std::result::Result<(), sqlx::Error> {
+        match self {
+            Tx::My(t) => t.commit().await,
+            Tx::Pg(t) => t.commit().await,
+        }
+    }
+
+    /// Rolls back.
+    pub async fn rollback(self) -> std::result::Result<(), sqlx::Error> {
+        match self {
+            Tx::My(t) => t.rollback().await,
+            Tx::Pg(t) => t.rollback().await,
+        }
+    }
+}
+
+fn decode_err(col: usize, e: sqlx::Error) -> Error {
+    Error::backend(BACKEND, format!("cannot decode column {col} of a result row: {e}"))
+}
+
+impl Row {
+    /// A BIGINT column.
+    pub fn i64(&self, col: usize) -> Result<i64> {
+        match self {
+            Row::My(r) => r.try_get(col),
+            Row::Pg(r) => r.try_get(col),
+        }
+        .map_err(|e| decode_err(col, e))
+    }
+
+    /// A nullable BIGINT column.
+    pub fn opt_i64(&self, col: usize) -> Result<Option<i64>> {
+        match self {
+            Row::My(r) => r.try_get(col),
+            Row::Pg(r) => r.try_get(col),
+        }
+        .map_err(|e| decode_err(col, e))
+    }
+
+    /// A text column.
+    pub fn str(&self, col: usize) -> Result<String> {
+        match self {
+            Row::My(r) => r.try_get(col),
+            Row::Pg(r) => r.try_get(col),
+        }
+        .map_err(|e| decode_err(col, e))
+    }
+
+    /// A nullable text column.
+    pub fn opt_str(&self, col: usize) -> Result<Option<String>> {
+        match self {
+            Row::My(r) => r.try_get(col),
+            Row::Pg(r) => r.try_get(col),
+        }
+        .map_err(|e| decode_err(col, e))
+    }
+
+    /// A boolean column.
+    pub fn bool(&self, col: usize) -> Result<bool> {
+        match self {
+            Row::My(r) => r.try_get(col),
+            Row::Pg(r) => r.try_get(col),
+        }
+        .map_err(|e| decode_err(col, e))
+    }
+
+    /// A double column.
+    pub fn f64(&self, col: usize) -> Result<f64> {
+        match self {
+            Row::My(r) => r.try_get(col),
+            Row::Pg(r) => r.try_get(col),
+        }
+        .map_err(|e| decode_err(col, e))
+    }
+
+    /// A uuid stored as `CHAR(36)` text.
+    pub fn uuid(&self, col: usize) -> Result<uuid::Uuid> {
+        let s = self.str(col)?;
+        uuid::Uuid::parse_str(&s).map_err(|e| Error::backend(BACKEND, format!("column {col} holds {s:?}: {e}")))
+    }
+
+    /// A nullable uuid column.
+    pub fn opt_uuid(&self, col: usize) -> Result<Option<uuid::Uuid>> {
+        match self.opt_str(col)? {
+            None => Ok(None),
+            Some(s) => uuid::Uuid::parse_str(&s)
+                .map(Some)
+                .map_err(|e| Error::backend(BACKEND, format!("column {col} holds {s:?}: {e}"))),
+        }
+    }
+}
+
+/// Connection-pool sizing and timeouts.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolSettings {
+    /// Most connections the pool opens.
+    pub max: u32,
+    /// How long a caller waits for a connection before `Timeout`.
+    pub acquire_timeout: Duration,
+}

@@ -1,0 +1,690 @@
+//! Instances on SQL, as Nova keeps them: an `instance_mappings` row in the API database says
+//! where each instance lives; an instance without a cell is a build request (API database),
+//! one with a cell is a row of that cell database's `instances` table.
+//!
+//! # Moving from build request to cell
+//!
+//! `update_instance` setting a cell (Nova's conductor scheduling an instance) moves the row
+//! in three steps, in this order: (1) insert the row into the cell database (committed),
+//! (2) point the instance mapping at the cell, (3) delete the build request, inside a
+//! transaction that locked it (`SELECT ... FOR UPDATE`) before step 1, so concurrent updates
+//! of the same instance wait and then re-resolve the mapping. A listing reads the build
+//! requests *before* it reads any cell, so for the instance to be missing, the build-request
+//! read would have to follow step 3 while a later cell read preceded step 1, which the order
+//! forbids; it may see both copies, and the merge drops the second (by uuid, as Nova does).
+//! Keyset paging by `(created_at, uuid)` makes a move between two pages harmless: the
+//! sort key does not change.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use crate::error::{Error, Kind, Result};
+use crate::model::*;
+use crate::sql_args;
+use crate::store::sql::db::{Arg, Dialect, Pool, Row, Sql, Tx, is_unique_violation, map_err, to_pg};
+use crate::store::sql::{DownCell, ListStrategy, SqlStore, from_json, to_json};
+
+const COLS: &str = "uuid, display_name, project_id, user_id, cell_uuid, host, node, instance_type_id, \
+                    vm_state, task_state, created_at, updated_at, launched_at, deleted, availability_zone, \
+                    metadata, tags, fault";
+
+/// Where an instance row lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loc {
+    /// `build_requests` in the API database.
+    Build,
+    /// `instances` in cell database `slot`.
+    Cell(usize),
+}
+
+/// Prepared statement texts of both tables, in the store's dialect.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    dialect: Dialect,
+    insert: [Arc<str>; 2],
+    select: [Arc<str>; 2],
+    select_for_update: [Arc<str>; 2],
+    update: [Arc<str>; 2],
+    delete: [Arc<str>; 2],
+}
+
+fn table(i: usize) -> &'static str {
+    if i == 0 { "build_requests" } else { "instances" }
+}
+
+impl Statements {
+    pub(crate) fn new(dialect: Dialect) -> Self {
+        let mk = |f: &dyn Fn(&str) -> String| -> [Arc<str>; 2] {
+            [0, 1].map(|i| {
+                let s = f(table(i));
+                match dialect {
+                    Dialect::MySql => s.into(),
+                    Dialect::Postgres => to_pg(&s).into(),
+                }
+            })
+        };
+        Statements {
+            dialect,
+            insert: mk(&|t| {
+                format!("INSERT INTO {t} ({COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            }),
+            select: mk(&|t| format!("SELECT {COLS} FROM {t} WHERE uuid = ?")),
+            select_for_update: mk(&|t| format!("SELECT {COLS} FROM {t} WHERE uuid = ? FOR UPDATE")),
+            update: mk(&|t| {
+                format!(
+                    "UPDATE {t} SET cell_uuid = ?, host = ?, node = ?, vm_state = ?, task_state = ?, \
+                     updated_at = ?, launched_at = ?, deleted = ?, availability_zone = ?, metadata = ?, \
+                     tags = ?, fault = ? WHERE uuid = ?"
+                )
+            }),
+            delete: mk(&|t| format!("DELETE FROM {t} WHERE uuid = ?")),
+        }
+    }
+
+    /// A statement written with `?` in this store's dialect.
+    pub(crate) fn adapt(&self, s: &str) -> String {
+        match self.dialect {
+            Dialect::MySql => s.to_string(),
+            Dialect::Postgres => to_pg(s),
+        }
+    }
+}
+
+fn idx(loc: Loc) -> usize {
+    match loc {
+        Loc::Build => 0,
+        Loc::Cell(_) => 1,
+    }
+}
+
+fn row_args(i: &Instance) -> Result<Vec<Arg>> {
+    Ok(sql_args![
+        i.uuid.to_string(),
+        &i.name,
+        &i.project_id,
+        &i.user_id,
+        i.cell.map(|c| c.to_string()),
+        i.host.clone(),
+        i.node.clone(),
+        i.flavor.as_str(),
+        i.vm_state.as_str(),
+        i.task_state.map(|t| t.as_str().to_string()),
+        i.created_at.as_micros(),
+        i.updated_at.as_micros(),
+        i.launched_at.map(|t| t.as_micros()),
+        i.deleted,
+        i.availability_zone.clone(),
+        crate::store::sql::to_json(&i.metadata)?,
+        crate::store::sql::to_json(&i.tags)?,
+        i.fault.as_ref().map(to_json).transpose()?
+    ])
+}
+
+fn update_args(i: &Instance) -> Result<Vec<Arg>> {
+    Ok(sql_args![
+        i.cell.map(|c| c.to_string()),
+        i.host.clone(),
+        i.node.clone(),
+        i.vm_state.as_str(),
+        i.task_state.map(|t| t.as_str().to_string()),
+        i.updated_at.as_micros(),
+        i.launched_at.map(|t| t.as_micros()),
+        i.deleted,
+        i.availability_zone.clone(),
+        to_json(&i.metadata)?,
+        to_json(&i.tags)?,
+        i.fault.as_ref().map(to_json).transpose()?,
+        i.uuid.to_string()
+    ])
+}
+
+fn instance_from(r: &Row) -> Result<Instance> {
+    Ok(Instance {
+        uuid: InstanceId(r.uuid(0)?),
+        name: r.str(1)?,
+        project_id: r.str(2)?,
+        user_id: r.str(3)?,
+        cell: r.opt_uuid(4)?.map(CellId),
+        host: r.opt_str(5)?,
+        node: r.opt_str(6)?,
+        flavor: FlavorId::new(r.str(7)?)?,
+        vm_state: VmState::parse(&r.str(8)?)?,
+        task_state: r.opt_str(9)?.map(|s| TaskState::parse(&s)).transpose()?,
+        created_at: Timestamp::from_micros(r.i64(10)?),
+        updated_at: Timestamp::from_micros(r.i64(11)?),
+        launched_at: r.opt_i64(12)?.map(Timestamp::from_micros),
+        deleted: r.bool(13)?,
+        availability_zone: r.opt_str(14)?,
+        metadata: from_json(&r.str(15)?)?,
+        tags: from_json(&r.str(16)?)?,
+        fault: r.opt_str(17)?.map(|s| from_json(&s)).transpose()?,
+    })
+}
+
+/// One sorted input of the merge: the build requests or one cell.
+struct Stream {
+    loc: Loc,
+    buf: VecDeque<Instance>,
+    /// Sort key of the last row read (filtered or not): the keyset position of the next batch.
+    after: Option<SortKey>,
+    exhausted: bool,
+}
+
+impl SqlStore {
+    fn pool_of(&self, loc: Loc) -> &Pool {
+        match loc {
+            Loc::Build => &self.api,
+            Loc::Cell(slot) => &self.cells[slot].pool,
+        }
+    }
+
+    async fn loc_of_cell(&self, cell: Option<CellId>) -> Result<Loc> {
+        Ok(match cell {
+            None => Loc::Build,
+            Some(c) => Loc::Cell(self.slot_of(c).await?),
+        })
+    }
+
+    /// The instance mapping: `None` when the instance is unknown.
+    async fn mapping(&self, id: InstanceId) -> Result<Option<Loc>> {
+        let Some(r) = self
+            .api
+            .fetch_optional(
+                "SELECT cell_uuid FROM instance_mappings WHERE instance_uuid = ?",
+                sql_args![id.to_string()],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(self.loc_of_cell(r.opt_uuid(0)?.map(CellId)).await?))
+    }
+
+    async fn read_at(&self, loc: Loc, id: InstanceId) -> Result<Option<Instance>> {
+        let r = self
+            .pool_of(loc)
+            .fetch_optional(Sql::Dynamic(self.stmts.select[idx(loc)].clone()), sql_args![id.to_string()])
+            .await?;
+        r.map(|r| instance_from(&r)).transpose()
+    }
+
+    /// Resolves and reads an instance; re-resolves when it moved between the two reads.
+    async fn find(&self, id: InstanceId) -> Result<Option<(Loc, Instance)>> {
+        for _ in 0..5 {
+            let Some(loc) = self.mapping(id).await? else {
+                return Ok(None);
+            };
+            if let Some(i) = self.read_at(loc, id).await? {
+                return Ok(Some((loc, i)));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn insert_at(&self, tx: &mut Tx, loc: Loc, i: &Instance) -> std::result::Result<(), sqlx::Error> {
+        tx.execute(
+            Sql::Dynamic(self.stmts.insert[idx(loc)].clone()),
+            row_args(i).map_err(|e| sqlx::Error::Protocol(e.to_string()))?,
+        )
+        .await?;
+        if loc != Loc::Build {
+            write_tags(tx, i).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn create_instance_impl(&self, i: &Instance) -> Result<()> {
+        i.validate()?;
+        let loc = self.loc_of_cell(i.cell).await?;
+        let r = self
+            .api
+            .execute_raw(
+                "INSERT INTO instance_mappings (instance_uuid, cell_uuid, project_id) VALUES (?, ?, ?)",
+                sql_args![i.uuid.to_string(), i.cell.map(|c| c.to_string()), &i.project_id],
+            )
+            .await;
+        match r {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(Error::already_exists(Kind::Instance, i.uuid));
+            }
+            Err(e) => return Err(map_err(e)),
+        }
+        let r: std::result::Result<(), sqlx::Error> = async {
+            let mut tx = self.pool_of(loc).begin().await?;
+            self.insert_at(&mut tx, loc, i).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = r {
+            let _ = self
+                .api
+                .execute("DELETE FROM instance_mappings WHERE instance_uuid = ?", sql_args![i.uuid.to_string()])
+                .await;
+            if is_unique_violation(&e) {
+                return Err(Error::already_exists(Kind::Instance, i.uuid));
+            }
+            return Err(map_err(e));
+        }
+        Ok(())
+    }
+
+    /// Bulk load for benchmarks: inserts many instances with multi-row statements (mapping
+    /// rows in the API database, instance rows in their cells). Not part of the contract;
+    /// instances must be new.
+    pub async fn bulk_create_instances(&self, instances: &[Instance]) -> Result<()> {
+        for chunk in instances.chunks(500) {
+            let mut values = Vec::new();
+            let mut args = Vec::new();
+            let mut by_loc: std::collections::BTreeMap<usize, Vec<&Instance>> = Default::default();
+            for i in chunk {
+                i.validate()?;
+                values.push("(?, ?, ?)");
+                args.extend(sql_args![i.uuid.to_string(), i.cell.map(|c| c.to_string()), &i.project_id]);
+                let loc = self.loc_of_cell(i.cell).await?;
+                let k = match loc {
+                    Loc::Build => usize::MAX,
+                    Loc::Cell(s) => s,
+                };
+                by_loc.entry(k).or_default().push(i);
+            }
+            self.api
+                .execute(
+                    Sql::Dynamic(
+                        self.stmts
+                            .adapt(&format!(
+                                "INSERT INTO instance_mappings (instance_uuid, cell_uuid, project_id) VALUES {}",
+                                values.join(", ")
+                            ))
+                            .into(),
+                    ),
+                    args,
+                )
+                .await?;
+            for (k, list) in by_loc {
+                let loc = if k == usize::MAX { Loc::Build } else { Loc::Cell(k) };
+                let ph = format!("({})", vec!["?"; 18].join(", "));
+                let mut args = Vec::new();
+                let mut tag_values = Vec::new();
+                let mut tag_args = Vec::new();
+                for i in &list {
+                    args.extend(row_args(i)?);
+                    for t in &i.tags {
+                        tag_values.push("(?, ?)");
+                        tag_args.extend(sql_args![i.uuid.to_string(), t]);
+                    }
+                }
+                let pool = self.pool_of(loc);
+                pool.execute(
+                    Sql::Dynamic(
+                        self.stmts
+                            .adapt(&format!(
+                                "INSERT INTO {} ({COLS}) VALUES {}",
+                                table(idx(loc)),
+                                vec![ph.as_str(); list.len()].join(", ")
+                            ))
+                            .into(),
+                    ),
+                    args,
+                )
+                .await?;
+                if loc != Loc::Build && !tag_values.is_empty() {
+                    pool.execute(
+                        Sql::Dynamic(
+                            self.stmts
+                                .adapt(&format!("INSERT INTO tags (resource_id, tag) VALUES {}", tag_values.join(", ")))
+                                .into(),
+                        ),
+                        tag_args,
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn get_instance_impl(&self, id: InstanceId) -> Result<Instance> {
+        self.find(id).await?.map(|(_, i)| i).ok_or_else(|| Error::not_found(Kind::Instance, id))
+    }
+
+    pub(crate) async fn update_instance_impl(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance> {
+        for _ in 0..10 {
+            let Some(loc) = self.mapping(id).await? else {
+                return Err(Error::not_found(Kind::Instance, id));
+            };
+            let mut tx = self.pool_of(loc).begin().await.map_err(map_err)?;
+            let Some(row) = tx
+                .fetch_optional(Sql::Dynamic(self.stmts.select_for_update[idx(loc)].clone()), sql_args![id.to_string()])
+                .await
+                .map_err(map_err)?
+            else {
+                // Moved (or deleted) since the mapping was read: resolve again.
+                let _ = tx.rollback().await;
+                continue;
+            };
+            let mut inst = instance_from(&row)?;
+            let tags_before = inst.tags.clone();
+            inst.apply(patch, Timestamp::now());
+            let new_loc = self.loc_of_cell(inst.cell).await?;
+            if new_loc == loc {
+                tx.execute(Sql::Dynamic(self.stmts.update[idx(loc)].clone()), update_args(&inst)?)
+                    .await
+                    .map_err(map_err)?;
+                if loc != Loc::Build && inst.tags != tags_before {
+                    tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![id.to_string()])
+                        .await
+                        .map_err(map_err)?;
+                    write_tags(&mut tx, &inst).await.map_err(map_err)?;
+                }
+                if inst.cell != row.opt_uuid(4)?.map(CellId) {
+                    self.api
+                        .execute(
+                            "UPDATE instance_mappings SET cell_uuid = ? WHERE instance_uuid = ?",
+                            sql_args![inst.cell.map(|c| c.to_string()), id.to_string()],
+                        )
+                        .await?;
+                }
+                tx.commit().await.map_err(map_err)?;
+                return Ok(inst);
+            }
+            // A move (see the module docs for why this order).
+            let r: std::result::Result<(), sqlx::Error> = async {
+                let mut ntx = self.pool_of(new_loc).begin().await?;
+                self.insert_at(&mut ntx, new_loc, &inst).await?;
+                ntx.commit().await
+            }
+            .await;
+            if let Err(e) = r {
+                let _ = tx.rollback().await;
+                return Err(map_err(e));
+            }
+            self.api
+                .execute(
+                    "UPDATE instance_mappings SET cell_uuid = ? WHERE instance_uuid = ?",
+                    sql_args![inst.cell.map(|c| c.to_string()), id.to_string()],
+                )
+                .await?;
+            tx.execute(Sql::Dynamic(self.stmts.delete[idx(loc)].clone()), sql_args![id.to_string()])
+                .await
+                .map_err(map_err)?;
+            if loc != Loc::Build {
+                tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![id.to_string()])
+                    .await
+                    .map_err(map_err)?;
+            }
+            tx.commit().await.map_err(map_err)?;
+            return Ok(inst);
+        }
+        Err(Error::Timeout { backend: "sql", message: format!("instance {id} kept moving while being updated") })
+    }
+
+    pub(crate) async fn delete_instance_impl(&self, id: InstanceId) -> Result<()> {
+        let Some((loc, _)) = self.find(id).await? else {
+            return Err(Error::not_found(Kind::Instance, id));
+        };
+        let mut tx = self.pool_of(loc).begin().await.map_err(map_err)?;
+        tx.execute(Sql::Dynamic(self.stmts.delete[idx(loc)].clone()), sql_args![id.to_string()])
+            .await
+            .map_err(map_err)?;
+        if loc != Loc::Build {
+            tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![id.to_string()]).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        self.api.execute("DELETE FROM instance_mappings WHERE instance_uuid = ?", sql_args![id.to_string()]).await?;
+        Ok(())
+    }
+
+    /// The marker's sort values, found through its instance mapping as Nova does (unknown
+    /// marker: `NotFound` of kind `Marker`; soft-deleted markers are fine).
+    async fn marker_key(&self, marker: InstanceId) -> Result<SortKey> {
+        for _ in 0..5 {
+            let Some(loc) = self.mapping(marker).await? else {
+                break;
+            };
+            let r = self
+                .pool_of(loc)
+                .fetch_optional(
+                    Sql::Dynamic(
+                        self.stmts.adapt(&format!("SELECT created_at FROM {} WHERE uuid = ?", table(idx(loc)))).into(),
+                    ),
+                    sql_args![marker.to_string()],
+                )
+                .await;
+            match r {
+                Ok(Some(r)) => {
+                    return Ok(SortKey { created_at: Timestamp::from_micros(r.i64(0)?), uuid: marker });
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    // Nova: a marker in a down cell is an error (500), whatever the policy.
+                    return Err(e);
+                }
+            }
+        }
+        Err(Error::not_found(Kind::Marker, marker))
+    }
+
+    /// One batch of a stream: the next `batch` rows after the stream's position, in listing
+    /// order, with the filters Nova applies in SQL.
+    fn batch_sql(&self, loc: Loc, f: &InstanceFilters, after: Option<SortKey>, batch: usize) -> (Sql, Vec<Arg>) {
+        let t = table(idx(loc));
+        let mut w: Vec<String> = Vec::new();
+        let mut a: Vec<Arg> = Vec::new();
+        match f.deleted {
+            Some(d) => {
+                w.push("i.deleted = ?".into());
+                a.push(Arg::Bool(d));
+            }
+            None if f.changes_since.is_none() => {
+                w.push("i.deleted = ?".into());
+                a.push(Arg::Bool(false));
+            }
+            None => {}
+        }
+        if let Some(p) = &f.project_id {
+            w.push("i.project_id = ?".into());
+            a.push(p.into());
+        }
+        if let Some(u) = &f.user_id {
+            w.push("i.user_id = ?".into());
+            a.push(u.into());
+        }
+        if !f.vm_states.is_empty() {
+            w.push(format!("i.vm_state IN ({})", vec!["?"; f.vm_states.len()].join(", ")));
+            a.extend(f.vm_states.iter().map(|s| Arg::from(s.as_str())));
+        }
+        if let Some(h) = &f.host {
+            w.push("i.host = ?".into());
+            a.push(h.into());
+        }
+        if let Some(c) = f.cell {
+            w.push("i.cell_uuid = ?".into());
+            a.push(c.to_string().into());
+        }
+        if let Some(n) = &f.name {
+            let escaped = n.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            w.push("i.display_name LIKE ?".into());
+            a.push(format!("%{escaped}%").into());
+        }
+        if let Some(t) = f.changes_since {
+            w.push("i.updated_at >= ?".into());
+            a.push(t.as_micros().into());
+        }
+        if loc != Loc::Build {
+            for tag in &f.tags {
+                w.push("EXISTS (SELECT 1 FROM tags t WHERE t.resource_id = i.uuid AND t.tag = ?)".into());
+                a.push(tag.into());
+            }
+            if !f.tags_any.is_empty() {
+                w.push(format!(
+                    "EXISTS (SELECT 1 FROM tags t WHERE t.resource_id = i.uuid AND t.tag IN ({}))",
+                    vec!["?"; f.tags_any.len()].join(", ")
+                ));
+                a.extend(f.tags_any.iter().map(Arg::from));
+            }
+        }
+        if let Some(k) = after {
+            match self.dialect {
+                // Spelled out as oslo.db's paginate_query does: MariaDB turns it into two
+                // index ranges (it does not range-scan row-value comparisons).
+                Dialect::MySql => {
+                    w.push("(i.created_at < ? OR (i.created_at = ? AND i.uuid < ?))".into());
+                    a.extend(sql_args![k.created_at.as_micros(), k.created_at.as_micros(), k.uuid.to_string()]);
+                }
+                Dialect::Postgres => {
+                    w.push("(i.created_at, i.uuid) < (?, ?)".into());
+                    a.extend(sql_args![k.created_at.as_micros(), k.uuid.to_string()]);
+                }
+            }
+        }
+        let where_ = if w.is_empty() { String::new() } else { format!(" WHERE {}", w.join(" AND ")) };
+        let cols = COLS.split(", ").map(|c| format!("i.{}", c.trim())).collect::<Vec<_>>().join(", ");
+        // LIMIT is bound too, so one statement per filter shape is prepared and reused.
+        a.push(Arg::I64(batch as i64));
+        let sql = format!("SELECT {cols} FROM {t} i{where_} ORDER BY i.created_at DESC, i.uuid DESC LIMIT ?");
+        (Sql::Dynamic(self.stmts.adapt(&sql).into()), a)
+    }
+
+    async fn fill(&self, s: &mut Stream, f: &InstanceFilters, batch: usize) -> Result<()> {
+        let (sql, args) = self.batch_sql(s.loc, f, s.after, batch);
+        let pool = self.pool_of(s.loc);
+        let rows = match s.loc {
+            Loc::Build => pool.fetch_all(sql, args).await?,
+            Loc::Cell(slot) => match tokio::time::timeout(self.opts.cell_timeout, pool.fetch_all(sql, args)).await {
+                Ok(Ok(rows)) => rows,
+                Ok(Err(e)) => return self.cell_failed(s, slot, e),
+                Err(_) => {
+                    let e = Error::Timeout {
+                        backend: "sql",
+                        message: format!(
+                            "cell database {} did not answer within {:?}",
+                            self.cells[slot].label, self.opts.cell_timeout
+                        ),
+                    };
+                    return self.cell_failed(s, slot, e);
+                }
+            },
+        };
+        s.exhausted = rows.len() < batch;
+        for r in &rows {
+            let i = instance_from(r)?;
+            s.after = Some(i.sort_key());
+            if f.matches(&i) {
+                s.buf.push_back(i);
+            }
+        }
+        Ok(())
+    }
+
+    fn cell_failed(&self, s: &mut Stream, slot: usize, e: Error) -> Result<()> {
+        match self.opts.down_cell {
+            DownCell::Fail => Err(e),
+            DownCell::Skip => {
+                tracing::warn!(cell_database = %self.cells[slot].label, error = %e,
+                    "cell did not respond; skipping it in this listing");
+                s.exhausted = true;
+                s.buf.clear();
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) async fn list_instances_impl(&self, q: &ListQuery) -> Result<InstancePage> {
+        let after = match q.marker {
+            Some(m) => Some(self.marker_key(m).await?),
+            None => None,
+        };
+        let limit = q.effective_limit();
+        if limit == 0 {
+            return Ok(InstancePage::default());
+        }
+        let want = limit + 1;
+        let f = &q.filters;
+        let slots: Vec<usize> = match f.cell {
+            Some(c) => vec![self.slot_of(c).await?],
+            None => (0..self.cells.len()).collect(),
+        };
+        // Nova's 'distributed' batch size: limit / cells * 1.1, at least 100, at most limit.
+        let batch = if slots.len() <= 1 {
+            want
+        } else {
+            ((want as f64 / slots.len() as f64 * 1.1) as usize).clamp(100.min(want), want)
+        };
+        let mut streams: Vec<Stream> = Vec::with_capacity(slots.len() + 1);
+        // Build requests first (completed before any cell is read: see the module docs).
+        if f.cell.is_none() {
+            let mut s = Stream { loc: Loc::Build, buf: VecDeque::new(), after, exhausted: false };
+            self.fill(&mut s, f, want).await?;
+            streams.push(s);
+        }
+        let mut cells: Vec<Stream> = slots
+            .iter()
+            .map(|slot| Stream { loc: Loc::Cell(*slot), buf: VecDeque::new(), after, exhausted: false })
+            .collect();
+        match self.opts.list_strategy {
+            ListStrategy::Concurrent => {
+                let futs = cells.iter_mut().map(|s| self.fill(s, f, batch));
+                for r in futures::future::join_all(futs).await {
+                    r?;
+                }
+            }
+            ListStrategy::Sequential => {
+                for s in cells.iter_mut() {
+                    self.fill(s, f, batch).await?;
+                }
+            }
+        }
+        streams.extend(cells);
+        // Refill streams whose first batch was entirely filtered out, so every live stream
+        // has a head (or is exhausted) before the merge starts.
+        for s in streams.iter_mut() {
+            while s.buf.is_empty() && !s.exhausted {
+                let b = if s.loc == Loc::Build { want } else { batch };
+                self.fill(s, f, b).await?;
+            }
+        }
+        let mut heap: BinaryHeap<Reverse<(SortKey, usize)>> = BinaryHeap::new();
+        for (n, s) in streams.iter().enumerate() {
+            if let Some(i) = s.buf.front() {
+                heap.push(Reverse((i.sort_key(), n)));
+            }
+        }
+        let mut out: Vec<Instance> = Vec::with_capacity(want);
+        let mut seen: HashSet<InstanceId> = HashSet::new();
+        while let Some(Reverse((_, n))) = heap.pop() {
+            let s = &mut streams[n];
+            let Some(i) = s.buf.pop_front() else {
+                continue;
+            };
+            while s.buf.is_empty() && !s.exhausted {
+                let b = if s.loc == Loc::Build { want } else { batch };
+                self.fill(s, f, b).await?;
+            }
+            if let Some(next) = s.buf.front() {
+                heap.push(Reverse((next.sort_key(), n)));
+            }
+            if seen.insert(i.uuid) {
+                out.push(i);
+                if out.len() == want {
+                    break;
+                }
+            }
+        }
+        let next_marker = if out.len() > limit {
+            out.truncate(limit);
+            out.last().map(|i| i.uuid)
+        } else {
+            None
+        };
+        Ok(InstancePage { instances: out, next_marker })
+    }
+}
+
+async fn write_tags(tx: &mut Tx, i: &Instance) -> std::result::Result<(), sqlx::Error> {
+    for t in &i.tags {
+        tx.execute("INSERT INTO tags (resource_id, tag) VALUES (?, ?)", sql_args![i.uuid.to_string(), t]).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! SQL-specific trials beyond the shared suite, named `sql::<config>::<case>`:
+//! the differential checker (random claim/release/inventory sequences compared step by step
+//! with the memory store), an instance moving from build request to a cell while it is
+//! being listed (both list strategies), and a cell database going down during listings
+//! (`down_cell=skip` and `fail`, through a TCP proxy this test kills).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libtest_mimic::{Completion, Failed, Trial};
+use proptest::strategy::{Strategy, ValueTree};
+use proptest::test_runner::TestRunner;
+use unicell::error::Error;
+use unicell::model::*;
+use unicell::store::conformance::differential;
+use unicell::store::sql::SqlStore;
+use unicell::store::{Store, StoreUrl};
+
+use crate::support::{Factory, Skip};
+
+type Case = fn(Arc<dyn Store>, Option<String>) -> futures::future::BoxFuture<'static, Result<(), String>>;
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failed> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(format!("tokio runtime: {e}")))
+}
+
+/// The extra trials of one configuration.
+pub fn trials(config: &str, factory: Factory, url: Option<String>) -> Vec<Trial> {
+    let mut cases: Vec<(&str, Case)> = vec![
+        ("differential", |s, _| Box::pin(differential_case(s))),
+        ("build_request_moves_while_listing", |s, _| Box::pin(move_case(s))),
+    ];
+    if config.ends_with("-cells") {
+        cases.push(("down_cell_skip_and_fail", |_, u| Box::pin(down_cell_case(u))));
+    }
+    cases
+        .into_iter()
+        .map(|(name, case)| {
+            let factory = factory.clone();
+            let url = url.clone();
+            Trial::ignorable_test(format!("sql::{config}::{name}"), move || {
+                runtime()?.block_on(async move {
+                    let store = match factory().await {
+                        Ok(s) => s,
+                        Err(Skip(reason)) => return Ok(Completion::ignored_with(reason)),
+                    };
+                    case(store, url).await.map_err(Failed::from)?;
+                    Ok(Completion::Completed)
+                })
+            })
+        })
+        .collect()
+}
+
+async fn differential_case(store: Arc<dyn Store>) -> Result<(), String> {
+    let mut runner = TestRunner::deterministic();
+    let strategy = crate::support::ops::ops(40);
+    for _ in 0..12 {
+        let ops = strategy.new_tree(&mut runner).map_err(|e| format!("generator: {e}"))?.current();
+        differential::run(store.clone(), &ops).await.map_err(|f| format!("{f} (ops: {ops:?})"))?;
+    }
+    Ok(())
+}
+
+fn building(token: &str, k: usize, created: Timestamp) -> Instance {
+    let mut i = Instance::new_building(
+        InstanceId::new_v4(),
+        &format!("{token}-{k}"),
+        "p-move",
+        "u",
+        FlavorId::new("m1").unwrap_or_else(|_| unreachable!()),
+    );
+    i.created_at = created;
+    i.updated_at = created;
+    i
+}
+
+async fn list_all(store: &dyn Store, token: &str) -> Result<Vec<InstanceId>, String> {
+    let mut out = Vec::new();
+    let mut marker = None;
+    loop {
+        let page = store
+            .list_instances(&ListQuery {
+                filters: InstanceFilters { name: Some(token.to_string()), ..Default::default() },
+                limit: Some(7),
+                marker,
+            })
+            .await
+            .map_err(|e| format!("list: {e}"))?;
+        out.extend(page.instances.iter().map(|i| i.uuid));
+        match page.next_marker {
+            Some(m) => marker = Some(m),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Instances scheduled into cells (moved from build_requests to a cell database) while
+/// other tasks page through the listing: every listing sees every instance exactly once.
+async fn move_case(store: Arc<dyn Store>) -> Result<(), String> {
+    let token = format!("mv{}", uuid::Uuid::new_v4().simple());
+    let cells: Vec<CellId> = (0..4).map(|_| CellId::new_v4()).collect();
+    let t0 = Timestamp::now();
+    let n = 40;
+    let mut ids = Vec::new();
+    for k in 0..n {
+        let i = building(&token, k, t0.plus(Duration::from_micros(k as u64 * 3)));
+        store.create_instance(&i).await.map_err(|e| e.to_string())?;
+        ids.push(i.uuid);
+    }
+    let expected: BTreeSet<InstanceId> = ids.iter().copied().collect();
+    let mover = {
+        let store = store.clone();
+        let ids = ids.clone();
+        let cells = cells.clone();
+        tokio::spawn(async move {
+            for (k, id) in ids.iter().enumerate() {
+                let patch = InstancePatch {
+                    cell: Some(Some(cells[k % cells.len()])),
+                    host: Some(Some(format!("h{k}"))),
+                    vm_state: Some(VmState::Active),
+                    ..Default::default()
+                };
+                store.update_instance(*id, &patch).await?;
+            }
+            Ok::<(), Error>(())
+        })
+    };
+    let mut listings = 0;
+    while !mover.is_finished() || listings < 3 {
+        let seen = list_all(&*store, &token).await?;
+        let set: BTreeSet<InstanceId> = seen.iter().copied().collect();
+        if set.len() != seen.len() {
+            return Err(format!("listing {listings} repeated an instance: {seen:?}"));
+        }
+        if set != expected {
+            return Err(format!("listing {listings} lost {:?}", expected.difference(&set).collect::<Vec<_>>()));
+        }
+        listings += 1;
+    }
+    mover.await.map_err(|e| e.to_string())?.map_err(|e| format!("update_instance: {e}"))?;
+    for (k, id) in ids.iter().enumerate() {
+        let i = store.get_instance(*id).await.map_err(|e| e.to_string())?;
+        if i.cell != Some(cells[k % cells.len()]) {
+            return Err(format!("{id} ended in {:?}", i.cell));
+        }
+    }
+    Ok(())
+}
+
+/// A TCP proxy in front of a database server that the test can cut.
+struct Proxy {
+    port: u16,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(target: (String, u16)) -> Result<Proxy, String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let t2 = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                t2.lock().unwrap_or_else(|e| e.into_inner()).push(h);
+            }
+        });
+        tasks.lock().unwrap_or_else(|e| e.into_inner()).push(accept);
+        Ok(Proxy { port, tasks })
+    }
+
+    fn kill(&self) {
+        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// Two cells, the second behind a proxy; after the proxy dies, `down_cell=skip` lists the
+/// first cell's instances (and warns), `down_cell=fail` fails with a retryable error.
+async fn down_cell_case(url: Option<String>) -> Result<(), String> {
+    let Some(url) = url else {
+        return Err("no database URL for this configuration".into());
+    };
+    let base = StoreUrl::parse(&url).map_err(|e| e.to_string())?;
+    let api = base.expose().clone();
+    let host = api.host_str().unwrap_or("127.0.0.1").to_string();
+    let port = api.port().unwrap_or(if api.scheme().starts_with("postgres") { 5432 } else { 3306 });
+    let proxy = Proxy::start((host.clone(), port)).await?;
+    let db = format!("{}_down", api.path().trim_start_matches('/'));
+    let mut cell0 = api.clone();
+    cell0.set_path(&format!("/{db}_c0"));
+    cell0.set_query(None);
+    let mut cell1 = cell0.clone();
+    cell1.set_path(&format!("/{db}_c1"));
+    cell1.set_port(Some(proxy.port)).map_err(|_| "port")?;
+    let mut u = api.clone();
+    u.set_path(&format!("/{db}"));
+    u.set_query(None);
+    u.query_pairs_mut()
+        .append_pair("cell_url", cell0.as_str())
+        .append_pair("cell_url", cell1.as_str())
+        .append_pair("cell_timeout", "2s");
+    let skip_url = StoreUrl::parse(u.as_str()).map_err(|e| e.to_string())?;
+    let result = async {
+        let store = SqlStore::open(&skip_url).await.map_err(|e| e.to_string())?;
+        let (c0, c1) = (CellId::new_v4(), CellId::new_v4());
+        store.put_cell(&Cell { id: c0, name: "c0".into(), disabled: false }).await.map_err(|e| e.to_string())?;
+        store.put_cell(&Cell { id: c1, name: "c1".into(), disabled: false }).await.map_err(|e| e.to_string())?;
+        let token = format!("dc{}", uuid::Uuid::new_v4().simple());
+        let t0 = Timestamp::now();
+        let mut in_c0 = BTreeSet::new();
+        for k in 0..10 {
+            let mut i = building(&token, k, t0.plus(Duration::from_micros(k as u64)));
+            i.cell = Some(if k % 2 == 0 { c0 } else { c1 });
+            if k % 2 == 0 {
+                in_c0.insert(i.uuid);
+            }
+            store.create_instance(&i).await.map_err(|e| e.to_string())?;
+        }
+        if list_all(&store, &token).await?.len() != 10 {
+            return Err("before the cut, all 10 instances must be listed".to_string());
+        }
+        let mut fail_url = u.clone();
+        fail_url.query_pairs_mut().append_pair("down_cell", "fail").append_pair("create", "false");
+        let failing = SqlStore::open(&StoreUrl::parse(fail_url.as_str()).map_err(|e| e.to_string())?)
+            .await
+            .map_err(|e| e.to_string())?;
+        if list_all(&failing, &token).await?.len() != 10 {
+            return Err("before the cut, the fail store must list all 10".to_string());
+        }
+        proxy.kill();
+        let seen: BTreeSet<InstanceId> = list_all(&store, &token).await?.into_iter().collect();
+        if seen != in_c0 {
+            return Err(format!("down_cell=skip listed {} instances, want the 5 of cell 0", seen.len()));
+        }
+        match failing.list_instances(&ListQuery::default()).await {
+            Err(e) if e.is_retryable() => {}
+            other => return Err(format!("down_cell=fail must fail retryably, got {other:?}")),
+        }
+        failing.close().await;
+        store.close().await;
+        Ok(())
+    }
+    .await;
+    proxy.kill();
+    // Drop the three databases directly (cell 1 through the real port).
+    let mut cleanup = u.clone();
+    cleanup.set_query(None);
+    let mut c1_direct = cell1.clone();
+    c1_direct.set_port(Some(port)).map_err(|_| "port")?;
+    cleanup.query_pairs_mut().append_pair("cell_url", cell0.as_str()).append_pair("cell_url", c1_direct.as_str());
+    if let Ok(c) = StoreUrl::parse(cleanup.as_str()) {
+        let _ = SqlStore::drop_databases(&c).await;
+    }
+    result
+}
