@@ -12,7 +12,8 @@
 //!   errors are exactly the reference's), and write; a lost race re-reads at serial
 //!   consistency and re-evaluates (a bounded loop, `claim_attempts`). A timed-out
 //!   transaction has an unknown outcome: the claim reads at serial consistency and answers
-//!   from what landed. See [`trees`](self) for the consumer index that makes crashes safe.
+//!   from what landed. The consumer index that makes crashes safe is described in `trees.rs`
+//!   and `schema/cql/README.md`.
 //! * **Instances** live in `instances` (by uuid) and in two listing tables partitioned by
 //!   time bucket (and project) and shard, clustered `(created_at DESC, uuid DESC)`: a page
 //!   is a merge of slices, never a scan.
