@@ -57,7 +57,12 @@ impl HostState {
 
     /// The aggregates of the root provider (they span the whole tree).
     pub fn aggregates(&self) -> impl Iterator<Item = &AggregateId> {
-        self.tree.root_node().into_iter().flat_map(|n| n.aggregates.iter())
+        // The store lists the root first; fall back to a search for any other order.
+        let root = match self.tree.providers.first() {
+            Some(p) if p.id == self.tree.root => Some(p),
+            _ => self.tree.root_node(),
+        };
+        root.into_iter().flat_map(|n| n.aggregates.iter())
     }
 
     /// The host's availability zone: the service record's, else the first aggregate of the
@@ -75,6 +80,9 @@ impl HostState {
     /// The smallest value of aggregate metadata `key` parsed as a number over the host's
     /// aggregates (Nova's per-aggregate weight multipliers: the minimum wins).
     pub fn aggregate_number(&self, aggregates: &HashMap<AggregateId, Aggregate>, key: &str) -> Option<f64> {
+        if aggregates.is_empty() {
+            return None;
+        }
         self.aggregates()
             .filter_map(|a| aggregates.get(a))
             .filter_map(|a| a.metadata.get(key))

@@ -6,10 +6,10 @@ use tracing::Instrument;
 
 use crate::error::{Conflict, Error};
 use crate::model::{
-    AllocationMap, CellId, ClaimRequest, ConsumerId, GroupClaim, InstanceId, ProviderId, RequestSpec, Selection,
-    ServerGroup, Timestamp, Trait,
+    CellId, ClaimRequest, ConsumerId, GroupClaim, InstanceId, ProviderId, RequestSpec, Selection, ServerGroup,
+    Timestamp, Trait,
 };
-use crate::scheduler::candidates::{CandidateRequest, allocation_candidate};
+use crate::scheduler::candidates::{CandidateRequest, allocation_candidate, fits_request};
 use crate::scheduler::error::{
     ClaimFailure, ClaimFailureCause, NoValidHostReason, Rejection, ScheduleError, StageCount,
 };
@@ -26,29 +26,28 @@ struct Plan {
     forced: bool,
 }
 
-/// A host that passed every stage, with the allocation that would be claimed.
-#[derive(Clone, Debug)]
+/// A host that passed every stage (names and allocation are resolved only for the hosts
+/// actually tried, against the snapshot of that moment: ranking a thousand hosts then
+/// allocates nothing per host).
+#[derive(Clone, Copy, Debug)]
 struct Ranked {
     root: ProviderId,
-    host: String,
-    node: String,
     cell: CellId,
-    az: String,
-    allocation: AllocationMap,
     weight: f64,
 }
 
-impl Ranked {
-    fn selection(&self) -> Selection {
-        Selection {
-            host: self.host.clone(),
-            node: self.node.clone(),
-            provider: self.root,
-            cell: self.cell,
-            allocation: self.allocation.clone(),
-            availability_zone: Some(self.az.clone()),
-        }
-    }
+/// A ranked host resolved against the current snapshot: what a claim or an alternate needs.
+fn resolve(snap: &Snapshot, root: ProviderId, cand: &CandidateRequest, default_az: &str) -> Option<Selection> {
+    let h = snap.hosts.get(&root)?;
+    let allocation = allocation_candidate(&h.tree, cand).ok()?;
+    Some(Selection {
+        host: h.host.name.clone(),
+        node: h.host.node.clone(),
+        provider: root,
+        cell: h.host.cell,
+        allocation,
+        availability_zone: Some(h.availability_zone(&snap.aggregates, default_az)),
+    })
 }
 
 struct Ranking {
@@ -247,10 +246,10 @@ impl Scheduler {
 
         // Stage 2: resources, traits, aggregates (Placement's part).
         let mut res_why: BTreeMap<Rejection, usize> = BTreeMap::new();
-        let mut fitting: Vec<(&HostState, AllocationMap)> = Vec::with_capacity(in_scope.len());
+        let mut fitting: Vec<&HostState> = Vec::with_capacity(in_scope.len());
         for h in &in_scope {
-            match allocation_candidate(&h.tree, &plan.cand) {
-                Ok(a) => fitting.push((h, a)),
+            match fits_request(&h.tree, &plan.cand) {
+                Ok(()) => fitting.push(h),
                 Err(r) => *res_why.entry(r).or_insert(0) += 1,
             }
         }
@@ -279,7 +278,7 @@ impl Scheduler {
         if !plan.forced {
             for f in &self.filters {
                 let before = fitting.len();
-                fitting.retain(|(h, _)| f.host_passes(h, &ctx));
+                fitting.retain(|h| f.host_passes(h, &ctx));
                 stages.push(StageCount {
                     stage: f.name().to_string(),
                     before,
@@ -291,23 +290,11 @@ impl Scheduler {
         }
 
         // Stage 4: weighers, then host_subset_size.
-        let refs: Vec<&HostState> = fitting.iter().map(|(h, _)| *h).collect();
-        let weights = weighers::weigh(&self.weighers, &refs, &ctx);
-        let default_az = &self.config.default_availability_zone;
-        let mut hosts: Vec<Ranked> = fitting
-            .into_iter()
-            .zip(weights)
-            .map(|((h, allocation), weight)| Ranked {
-                root: h.root(),
-                host: h.host.name.clone(),
-                node: h.host.node.clone(),
-                cell: h.host.cell,
-                az: h.availability_zone(&snap.aggregates, default_az),
-                allocation,
-                weight,
-            })
-            .collect();
-        hosts.sort_by(|a, b| b.weight.total_cmp(&a.weight).then_with(|| a.host.cmp(&b.host)));
+        let weights = weighers::weigh(&self.weighers, &fitting, &ctx);
+        let mut order: Vec<(f64, &HostState)> = weights.into_iter().zip(fitting).collect();
+        order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.host.name.cmp(&b.1.host.name)));
+        let mut hosts: Vec<Ranked> =
+            order.into_iter().map(|(weight, h)| Ranked { root: h.root(), cell: h.host.cell, weight }).collect();
         if !hosts.is_empty() {
             let mut rng = lock(&self.rng);
             if self.config.shuffle_best_same_weighed_hosts {
@@ -333,13 +320,13 @@ impl Scheduler {
         spec: &RequestSpec,
         plan: &Plan,
         instance: InstanceId,
-        r: &Ranked,
+        sel: &Selection,
     ) -> Result<ClaimOutcome, Error> {
         let req = ClaimRequest {
             consumer: ConsumerId::from(instance),
             project_id: spec.project_id.clone(),
             user_id: spec.user_id.clone(),
-            allocations: r.allocation.clone(),
+            allocations: sel.allocation.clone(),
             group: plan.group.as_ref().map(|g| GroupClaim { group: g.id, max_per_host: g.claim_limit() }),
         };
         bump(&self.counters.claims_tried, 1);
@@ -403,7 +390,7 @@ impl Scheduler {
         self.maybe_refresh().await?;
 
         let span = tracing::Span::current();
-        let mut placed: Vec<(InstanceId, Ranked, Vec<Ranked>)> = Vec::new();
+        let mut placed: Vec<(InstanceId, Selection, Vec<Ranked>)> = Vec::new();
         let mut failed_roots: HashSet<ProviderId> = HashSet::new();
         let mut failures: Vec<ClaimFailure> = Vec::new();
         let mut claims_tried = 0usize;
@@ -436,13 +423,22 @@ impl Scheduler {
                     budget_exhausted = true;
                     break;
                 }
+                // Resolve against the snapshot now: earlier instances of this request (and
+                // refused claims) may have changed the tree since ranking.
+                let resolved = {
+                    let snap = self.read_snapshot();
+                    resolve(&snap, r.root, &plan.cand, &self.config.default_availability_zone)
+                };
+                let Some(sel) = resolved else {
+                    continue;
+                };
                 attempts += 1;
                 claims_tried += 1;
-                let outcome = match self.try_claim(spec, &plan, instance, r).await {
+                let outcome = match self.try_claim(spec, &plan, instance, &sel).await {
                     Ok(o) => o,
                     Err(e) => {
                         // Unknown outcome (timeout) or store down: release this instance too.
-                        let mut all: Vec<_> = placed.iter().map(|(i, r, _)| (*i, r.root)).collect();
+                        let mut all: Vec<_> = placed.iter().map(|(i, s, _)| (*i, s.provider)).collect();
                         all.push((instance, r.root));
                         let _ = self.release_all(&all).await;
                         return Err(ScheduleError::Store(e));
@@ -453,20 +449,20 @@ impl Scheduler {
                         if !replayed {
                             self.write_snapshot().apply_claim(
                                 r.root,
-                                &r.allocation,
+                                &sel.allocation,
                                 plan.group.as_ref().map(|g| g.id),
                                 generation,
                             );
                         }
-                        chosen = Some(r.clone());
+                        chosen = Some(sel);
                         break;
                     }
                     ClaimOutcome::Refused(cause) => {
-                        tracing::debug!(host = %r.host, %cause, "claim refused");
-                        failures.push(ClaimFailure { instance, host: r.host.clone(), root: r.root, cause });
+                        tracing::debug!(host = %sel.host, %cause, "claim refused");
+                        failures.push(ClaimFailure { instance, host: sel.host, root: r.root, cause });
                         failed_roots.insert(r.root);
                         if let Err(e) = self.refresh_tree(r.root).await {
-                            let all: Vec<_> = placed.iter().map(|(i, r, _)| (*i, r.root)).collect();
+                            let all: Vec<_> = placed.iter().map(|(i, s, _)| (*i, s.provider)).collect();
                             let _ = self.release_all(&all).await;
                             return Err(ScheduleError::Store(e));
                         }
@@ -479,7 +475,7 @@ impl Scheduler {
                     placed.push((instance, c, ranking.hosts));
                 }
                 None => {
-                    let all: Vec<_> = placed.iter().map(|(i, r, _)| (*i, r.root)).collect();
+                    let all: Vec<_> = placed.iter().map(|(i, s, _)| (*i, s.provider)).collect();
                     let released =
                         if all.is_empty() { 0 } else { self.release_all(&all).await.map_err(ScheduleError::Store)? };
                     span.record("claims_tried", claims_tried);
@@ -510,7 +506,7 @@ impl Scheduler {
 
         // Alternates: same cell as the claimed host, not chosen for any instance, not a
         // host whose claim failed, still fitting and passing the filters now.
-        let chosen_roots: HashSet<ProviderId> = placed.iter().map(|(_, r, _)| r.root).collect();
+        let chosen_roots: HashSet<ProviderId> = placed.iter().map(|(_, s, _)| s.provider).collect();
         let mut out = Vec::with_capacity(placed.len());
         let mut alternates_total = 0usize;
         {
@@ -532,8 +528,9 @@ impl Scheduler {
                 different_host: &plan.different_host,
                 aggregates: &snap.aggregates,
             };
+            let default_az = &self.config.default_availability_zone;
             for (_, chosen, ranked) in &placed {
-                let mut list = vec![chosen.selection()];
+                let mut list = vec![chosen.clone()];
                 for r in ranked {
                     if list.len() > num_alternates {
                         break;
@@ -547,12 +544,9 @@ impl Scheduler {
                     if !plan.forced && !self.filters.iter().all(|f| f.host_passes(h, &ctx)) {
                         continue;
                     }
-                    let Ok(allocation) = allocation_candidate(&h.tree, &plan.cand) else {
-                        continue;
-                    };
-                    let mut alt = r.clone();
-                    alt.allocation = allocation;
-                    list.push(alt.selection());
+                    if let Some(alt) = resolve(&snap, r.root, &plan.cand, default_az) {
+                        list.push(alt);
+                    }
                 }
                 alternates_total += list.len() - 1;
                 out.push(list);
@@ -564,7 +558,7 @@ impl Scheduler {
         span.record("alternates", alternates_total);
         tracing::debug!(
             placed = placed.len(),
-            hosts = ?placed.iter().map(|(_, r, _)| r.host.as_str()).collect::<Vec<_>>(),
+            hosts = ?placed.iter().map(|(_, s, _)| s.host.as_str()).collect::<Vec<_>>(),
             "placed"
         );
         Ok(out)

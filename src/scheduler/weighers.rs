@@ -70,12 +70,15 @@ pub fn normalize(values: &[f64], minval: Option<f64>) -> Vec<f64> {
 /// The combined weight of each host (same order as `hosts`).
 pub fn weigh(weighers: &[Box<dyn HostWeigher>], hosts: &[&HostState], ctx: &FilterContext<'_>) -> Vec<f64> {
     let mut total = vec![0.0; hosts.len()];
+    let mut raw = Vec::with_capacity(hosts.len());
     for w in weighers {
-        let raw: Vec<f64> = hosts.iter().map(|h| w.raw(h, ctx)).collect();
+        raw.clear();
+        raw.extend(hosts.iter().map(|h| w.raw(h, ctx)));
         for (i, n) in normalize(&raw, w.minval()).into_iter().enumerate() {
-            let m = w.multiplier(hosts[i], ctx);
-            if m != 0.0 {
-                total[i] += m * n;
+            // A normalized 0 contributes nothing whatever the multiplier: skip the
+            // per-host multiplier lookup (aggregate metadata) then.
+            if n != 0.0 {
+                total[i] += w.multiplier(hosts[i], ctx) * n;
             }
         }
     }

@@ -306,9 +306,12 @@ impl Target {
                     let r = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{}\"", self.database)))
                         .execute(&pool)
                         .await;
-                    // 42P04: created concurrently by someone else.
+                    // Created concurrently by someone else: 42P04 (duplicate_database) when the
+                    // other creation had committed, 23505 (unique_violation on
+                    // pg_database_datname_index) when both were in flight at once.
                     if let Err(e) = r
-                        && !matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42P04"))
+                        && !matches!(&e, sqlx::Error::Database(d)
+                            if matches!(d.code().as_deref(), Some("42P04") | Some("23505")))
                     {
                         pool.close().await;
                         return Err(map_err(e));
