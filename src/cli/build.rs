@@ -199,6 +199,9 @@ pub async fn run(
     let mut conductors = Vec::new();
     for s in 0..setup.schedulers.max(1) {
         let cfg = SchedulerConfig {
+            // The simulated computes send no heartbeats: without this a run longer than
+            // Nova's 60 s service_down_time would see every host as down.
+            service_down_time: std::time::Duration::from_secs(24 * 3600),
             host_subset_size: setup.host_subset_size.max(1),
             seed: Some(setup.seed.wrapping_add(s as u64 * 7919)),
             ..SchedulerConfig::default()

@@ -166,22 +166,16 @@ pub struct Bar {
     pub light: bool,
 }
 
-/// Draws a bar chart into `dir/<name>.svg`; returns the path.
-pub fn bars(dir: &Path, name: &str, title: &str, y_label: &str, bars: &[Bar]) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
-    let path = dir.join(format!("{name}.svg"));
-    let width = (140 * bars.len() as u32 + 160).max(640);
-    {
-        let root = SVGBackend::new(&path, (width, 480)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let top = bars.iter().map(|b| b.value).filter(|v| v.is_finite()).fold(0.0f64, f64::max).max(1e-9) * 1.15;
+macro_rules! draw_bars {
+    ($root:expr, $title:expr, $y_label:expr, $bars:expr, $y:expr, $bottom:expr, $label_at:expr) => {{
+        let bars = $bars;
         let n = bars.len().max(1) as f64;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
+        let mut chart = ChartBuilder::on($root)
+            .caption($title, ("sans-serif", 20))
             .margin(14)
             .x_label_area_size(70)
             .y_label_area_size(80)
-            .build_cartesian_2d(0f64..n, 0f64..top)?;
+            .build_cartesian_2d(0f64..n, $y)?;
         let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
         chart
             .configure_mesh()
@@ -195,20 +189,45 @@ pub fn bars(dir: &Path, name: &str, title: &str, y_label: &str, bars: &[Bar]) ->
                     String::new()
                 }
             })
-            .y_desc(y_label)
+            .y_desc($y_label)
             .y_label_formatter(&|v: &f64| format_value(*v))
             .label_style(("sans-serif", 11))
             .draw()?;
+        let bottom: f64 = $bottom;
         chart.draw_series(bars.iter().enumerate().map(|(i, b)| {
             let x = i as f64;
             Rectangle::new(
-                [(x + 0.15, 0.0), (x + 0.85, b.value.max(0.0))],
+                [(x + 0.15, bottom), (x + 0.85, b.value.max(bottom))],
                 if b.light { color(b.color).mix(0.4).filled() } else { color(b.color).filled() },
             )
         }))?;
+        let label_at = $label_at;
         chart.draw_series(bars.iter().enumerate().map(|(i, b)| {
-            Text::new(format_value(b.value), (i as f64 + 0.2, b.value.max(0.0) + top * 0.02), ("sans-serif", 12))
+            Text::new(format_value(b.value), (i as f64 + 0.2, label_at(b.value.max(bottom))), ("sans-serif", 12))
         }))?;
+    }};
+}
+
+/// Draws a bar chart into `dir/<name>.svg`; returns the path. `log_y` for values that differ
+/// by orders of magnitude (bars then start at the smallest value's decade).
+pub fn bars(dir: &Path, name: &str, title: &str, y_label: &str, bars: &[Bar], log_y: bool) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
+    let path = dir.join(format!("{name}.svg"));
+    let width = (140 * bars.len() as u32 + 160).max(640);
+    {
+        let root = SVGBackend::new(&path, (width, 480)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let finite = || bars.iter().map(|b| b.value).filter(|v| v.is_finite() && *v > 0.0);
+        let top = finite().fold(0.0f64, f64::max).max(1e-9);
+        if log_y {
+            let low = finite().fold(f64::MAX, f64::min).min(top);
+            let bottom = 10f64.powf(low.log10().floor()).max(1e-9);
+            let top = top * 3.0;
+            draw_bars!(&root, title, y_label, bars, (bottom..top).log_scale(), bottom, |v: f64| v * 1.15);
+        } else {
+            let top = top * 1.15;
+            draw_bars!(&root, title, y_label, bars, 0f64..top, 0.0, |v: f64| v + top * 0.02);
+        }
         root.present().with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(path)

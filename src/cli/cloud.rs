@@ -262,7 +262,10 @@ impl Cloud {
                 for p in &h.providers {
                     store.create_provider(p).await.with_context(|| format!("create_provider {}", p.name))?;
                 }
-                store.put_host(&h.host).await.with_context(|| format!("put_host {}", h.host.name))?;
+                // The host reports now (its service heartbeat), as nova-compute does on start.
+                let mut host = h.host.clone();
+                host.last_heartbeat = Timestamp::now();
+                store.put_host(&host).await.with_context(|| format!("put_host {}", host.name))?;
                 progress::inc(&bar, 1);
                 anyhow::Ok(())
             }

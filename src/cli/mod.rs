@@ -107,7 +107,7 @@ async fn conformance(url: &str, a: ConformanceArgs) -> Result<ExitCode> {
         }
     }
     println!(
-        "\n{} passed, {} failed of {} cases against {parsed} in {:.1} s",
+        "\n{} passed, {} failed of {} cases against {parsed} in {:.2} s",
         passed,
         failed.len(),
         cases.len(),

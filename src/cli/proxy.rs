@@ -6,8 +6,9 @@
 //! `delay` later; chunks are pipelined (a chunk read while an earlier one waits is not
 //! delayed twice), so the link behaves like latency, not like a slow link. A request/response
 //! exchange therefore pays `2 * delay` (one round trip). Tokio's timer has millisecond
-//! granularity, so sub-millisecond delays round up to about a millisecond; a zero delay
-//! forwards at once.
+//! granularity: the first chunk of a burst is delivered up to about a millisecond late, and
+//! the chunks read right after it (due within one tick of it) go out with it rather than each
+//! paying a tick; a zero delay forwards at once.
 //!
 //! Bounded: at most [`MAX_CONNECTIONS`] connections at a time (more are refused by closing
 //! them) and at most [`QUEUE_CHUNKS`] chunks in flight per direction (the reader waits).
@@ -29,6 +30,8 @@ pub const MAX_CONNECTIONS: usize = 512;
 /// Chunks queued per direction of a connection before the reader waits.
 pub const QUEUE_CHUNKS: usize = 256;
 const CHUNK: usize = 64 * 1024;
+/// The timer's granularity: chunks due sooner than this are written at once.
+const TICK: Duration = Duration::from_millis(1);
 
 /// A running proxy. Dropping it shuts it down.
 #[derive(Debug)]
@@ -146,9 +149,16 @@ where
         anyhow::Ok(())
     };
     let writer = async move {
+        // Tokio's timer rounds every sleep up to its next millisecond tick; sleeping for
+        // each of the many chunks of a large response, read microseconds apart, would add a
+        // tick per chunk. So the writer sleeps until the first chunk of a burst is due and
+        // then writes every chunk due within one tick of that deadline without sleeping again.
+        let mut woke_for: Option<Instant> = None;
         while let Some((due, chunk)) = rx.recv().await {
-            if due > Instant::now() {
+            let same_burst = woke_for.is_some_and(|w| due <= w + TICK);
+            if !same_burst && due > Instant::now() {
                 tokio::time::sleep_until(due).await;
+                woke_for = Some(due);
             }
             to.write_all(&chunk).await?;
         }

@@ -27,8 +27,9 @@ pub struct Environment {
     pub build: &'static str,
     /// unicell's version.
     pub unicell_version: &'static str,
-    /// The git commit of the working directory, when it is a git checkout.
-    pub git_rev: Option<String>,
+    /// The git commit of the directory the command ran in, when that is a git checkout
+    /// (the source of the binary only if it was run from its own checkout).
+    pub cwd_git_rev: Option<String>,
     /// The command line, with store URLs' passwords masked.
     pub command: String,
 }
@@ -67,7 +68,7 @@ impl Environment {
             os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
             build: if cfg!(debug_assertions) { "debug" } else { "release" },
             unicell_version: env!("CARGO_PKG_VERSION"),
-            git_rev,
+            cwd_git_rev: git_rev,
             command: redacted_command_line(),
         }
     }

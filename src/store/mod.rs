@@ -19,6 +19,8 @@ use crate::model::{
 pub mod audit;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(feature = "cql")]
+pub mod cql;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -242,11 +244,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// | URL | backend |
 /// |---|---|
 /// | `memory://` | the embedded in-process store (the default) |
+/// | `scylla://h1:9042,h2/keyspace?...`, `cassandra://...` | [`cql`] (feature `cql`) |
 /// | `redis://host:port[/db]`, `redis+cluster://host:port?seeds=...` | [`redis`] (feature `redis`) |
 ///
 /// Backends added by later features register their schemes here. An unknown scheme is
 /// [`Error::InvalidInput`](crate::Error::InvalidInput) naming the schemes this build knows.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    // CQL URLs may list several `host:port`s, which `StoreUrl` cannot parse.
+    #[cfg(feature = "cql")]
+    if url.starts_with("scylla://") || url.starts_with("cassandra://") {
+        return Ok(cql::CqlStore::open(url).await? as Arc<dyn Store>);
+    }
     let parsed = StoreUrl::parse(url)?;
     match parsed.scheme() {
         "memory" => Ok(Arc::new(memory::MemoryStore::new())),
@@ -265,6 +273,8 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 pub fn known_schemes() -> Vec<&'static str> {
     #[allow(unused_mut)]
     let mut v = vec!["memory"];
+    #[cfg(feature = "cql")]
+    v.extend(["scylla", "cassandra"]);
     #[cfg(feature = "redis")]
     v.extend(["redis", "redis+cluster"]);
     #[cfg(feature = "sql")]

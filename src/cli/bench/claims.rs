@@ -230,8 +230,9 @@ pub async fn run(global_store: &str, a: ClaimsArgs) -> Result<()> {
         &a.common.out,
         "claims",
         &format!("bench claims: {} claims, {} tasks, {} trees", w.claims, w.tasks, w.trees),
-        "operations per second",
+        "operations per second (log)",
         &bars,
+        true,
     )?;
     print_outputs(&json, &svg);
     Ok(())

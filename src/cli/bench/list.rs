@@ -2,8 +2,9 @@
 //!
 //! For each cell count C and each candidate: a fresh store (namespace) gets the same N
 //! generated instances spread over C cells (loaded concurrently, with a progress bar); then
-//! the whole list is paged through with limit L, newest first, timing every page. A few
-//! warm-up pages are read first and not recorded. Every run checks that paging returned
+//! the whole list of every candidate is paged through with limit L, newest first, timing
+//! every page, the candidates taking turns page by page so that the shared machine's noise
+//! falls on all of them alike. A few warm-up pages are read first and not recorded. Every run checks that paging returned
 //! exactly N distinct instances, so a fast but wrong store cannot win.
 //!
 //! Figures: p50/p99 page latency overall, per page-depth bucket (is a deep page as cheap as
@@ -125,18 +126,51 @@ pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
     );
     let flavor = FlavorId::new("m1.small")?;
     let mut runs = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
     for &c in &cells {
         let cell_list = cloud::list_cells(a.common.seed, c);
+        // Load every candidate first, then page through all of them in turn, one page each,
+        // so that the machine's noise (it is shared) falls on every candidate alike.
+        let mut pagers = Vec::new();
         for (i, cand) in cands.iter().enumerate() {
             let url = run_url(cand, &format!("{tag}_l{c}_{i}"), Some(c))?;
-            let store = open_store(&url).await?;
             tracing::info!(candidate = %cand.label, cells = c, "loading {n} instances");
-            let load_seconds = load(&store, cand, &cell_list, n, a.common.seed, &flavor, a.load_concurrency)
-                .await
-                .with_context(|| format!("loading {} with {c} cells", cand.label))?;
-            let (pages, listed) = page_all(&store, cand, c, limit)
-                .await
-                .with_context(|| format!("paging {} with {c} cells", cand.label))?;
+            // A candidate that fails to load is reported and left out of this cell count;
+            // the others still run (their figures are still comparable with each other).
+            let loaded = async {
+                let store = open_store(&url).await?;
+                let load_seconds =
+                    load(&store, cand, &cell_list, n, a.common.seed, &flavor, a.load_concurrency).await?;
+                let mut pager = Pager::new(store, limit);
+                pager.warm_up().await?;
+                anyhow::Ok((load_seconds, pager))
+            }
+            .await;
+            match loaded {
+                Ok((load_seconds, pager)) => pagers.push((cand, url, load_seconds, pager)),
+                Err(e) => {
+                    let msg = format!("{} with {c} cells: FAILED to load, left out: {e:#}", cand.label);
+                    println!("  {msg}");
+                    failures.push(msg);
+                    super::cleanup(cand, &url).await;
+                }
+            }
+        }
+        let bar = progress::bar(&format!("page C={c}"), (pagers.len() * n.div_ceil(limit as usize)) as u64);
+        loop {
+            let mut stepped = false;
+            for (cand, _, _, pager) in pagers.iter_mut().filter(|p| !p.3.done) {
+                pager.step().await.with_context(|| format!("paging {} with {c} cells", cand.label))?;
+                progress::inc(&bar, 1);
+                stepped = true;
+            }
+            if !stepped {
+                break;
+            }
+        }
+        drop(bar);
+        for (cand, url, load_seconds, pager) in pagers {
+            let listed = pager.seen.len();
             if listed != n {
                 bail!(
                     "{} listed {listed} instances with {c} cells but {n} were loaded: \
@@ -144,6 +178,8 @@ pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
                     cand.label
                 );
             }
+            let pages = pager.lat;
+            drop(pager.store);
             let mut all = Latency::new();
             for p in &pages {
                 all.record(*p);
@@ -174,7 +210,6 @@ pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
                 fmt_ms(r.latency.p99_ms)
             );
             runs.push(r);
-            drop(store);
             super::cleanup(cand, &url).await;
         }
     }
@@ -244,6 +279,7 @@ pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
          namespace loaded with the same seeded instances."
             .to_string(),
     ];
+    notes.extend(failures.iter().cloned());
     if cands.iter().any(Candidate::is_sql) {
         notes.push(
             "SQL baseline URLs got cells=<C> appended unless they set it; mode=single selects \
@@ -261,6 +297,9 @@ pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
     let json = report::write_json(&a.common.out, "list", &rep)?;
     let svg = chart_runs(&a.common.out, &runs, &cells, n, limit)?;
     print_outputs(&json, &svg);
+    if !failures.is_empty() {
+        bail!("{} candidate run(s) failed (recorded in the report): {}", failures.len(), failures.join("; "));
+    }
     Ok(())
 }
 
@@ -308,47 +347,54 @@ async fn load(
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// Pages through the whole listing; returns each recorded page's latency (in depth order)
-/// and the number of distinct instances listed.
-async fn page_all(
-    store: &Arc<dyn Store>,
-    cand: &Candidate,
-    cells: usize,
+/// Pages through one store's whole listing, one page per [`Pager::step`], checking that no
+/// instance comes twice.
+struct Pager {
+    store: Arc<dyn Store>,
     limit: u32,
-) -> Result<(Vec<Duration>, usize)> {
-    // Warm-up: the first few pages, not recorded.
-    let mut marker: Option<InstanceId> = None;
-    for _ in 0..WARMUP_PAGES {
-        let page = store.list_instances(&ListQuery { limit: Some(limit), marker, ..Default::default() }).await?;
-        marker = page.next_marker;
-        if marker.is_none() {
-            break;
-        }
+    marker: Option<InstanceId>,
+    seen: HashSet<InstanceId>,
+    lat: Vec<Duration>,
+    done: bool,
+}
+
+impl Pager {
+    fn new(store: Arc<dyn Store>, limit: u32) -> Self {
+        Pager { store, limit, marker: None, seen: HashSet::new(), lat: Vec::new(), done: false }
     }
-    let bar = progress::bar(&format!("page {} C={cells}", short(&cand.label)), 0);
-    let mut seen: HashSet<InstanceId> = HashSet::new();
-    let mut lat = Vec::new();
-    let mut marker: Option<InstanceId> = None;
-    loop {
-        let q = ListQuery { limit: Some(limit), marker, ..Default::default() };
+
+    /// Reads the first few pages without recording them (connections, caches).
+    async fn warm_up(&mut self) -> Result<()> {
+        let mut marker = None;
+        for _ in 0..WARMUP_PAGES {
+            let page =
+                self.store.list_instances(&ListQuery { limit: Some(self.limit), marker, ..Default::default() }).await?;
+            marker = page.next_marker;
+            if marker.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and times the next page.
+    async fn step(&mut self) -> Result<()> {
+        let q = ListQuery { limit: Some(self.limit), marker: self.marker, ..Default::default() };
         let t = Instant::now();
-        let page = store.list_instances(&q).await?;
-        lat.push(t.elapsed());
+        let page = self.store.list_instances(&q).await?;
+        self.lat.push(t.elapsed());
         for i in &page.instances {
-            if !seen.insert(i.uuid) {
+            if !self.seen.insert(i.uuid) {
                 bail!("instance {} was listed twice", i.uuid);
             }
         }
-        progress::inc(&bar, 1);
         match page.next_marker {
-            Some(m) => marker = Some(m),
-            None => break,
+            Some(_) if page.instances.is_empty() => bail!("an empty page came with a next marker"),
+            Some(m) => self.marker = Some(m),
+            None => self.done = true,
         }
-        if page.instances.is_empty() {
-            bail!("an empty page came with a next marker");
-        }
+        Ok(())
     }
-    Ok((lat, seen.len()))
 }
 
 fn short(label: &str) -> String {

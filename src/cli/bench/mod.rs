@@ -92,7 +92,9 @@ pub fn with_param(url: &str, key: &str, value: &str) -> Result<String> {
 /// * SQL baseline: the database named in the path (default `unicell`) becomes
 ///   `<name>_<tag>` (its cell databases `<name>_<tag>_cellN`), unless the URL lists explicit
 ///   `cell_url=`s; and `cells=<cells>` is added unless the URL sets `cells` (the cells mode
-///   needs to know how many cell databases to use; `mode=single` ignores it).
+///   needs to know how many cell databases to use; `mode=single` ignores it), and in cells
+///   mode `cell_pool_size=min(4, 96 / cells)` unless set, so that 64 cells stay under
+///   MariaDB's default connection limit.
 ///
 /// `tag` must be unique per run and candidate; it is reduced to `[a-z0-9_]`.
 pub fn run_url(candidate: &Candidate, tag: &str, cells: Option<usize>) -> Result<String> {
@@ -113,6 +115,12 @@ pub fn run_url(candidate: &Candidate, tag: &str, cells: Option<usize>) -> Result
         }
         if let Some(c) = cells {
             url = with_param(&url, "cells", &c.to_string())?;
+            // One pool per cell database: keep the total under MariaDB's default
+            // max_connections (151) at 64 cells, leaving room for other clients.
+            if candidate.is_sql_cells() {
+                let per_cell = (96 / c.max(1)).clamp(1, 4);
+                url = with_param(&url, "cell_pool_size", &per_cell.to_string())?;
+            }
         }
     }
     Ok(url)
