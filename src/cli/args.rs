@@ -131,6 +131,9 @@ pub struct ScheduleArgs {
     /// Probability that the simulated compute fails a build (reschedulable).
     #[arg(long, default_value_t = 0.02)]
     pub failure_rate: f64,
+    /// Builds each scheduler's conductor runs at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    pub builds_per_scheduler: usize,
 }
 
 /// `unicell bench sites`
@@ -184,6 +187,9 @@ pub struct DemoArgs {
     /// Probability that the simulated compute fails a build.
     #[arg(long, default_value_t = 0.05)]
     pub failure_rate: f64,
+    /// Builds each scheduler's conductor runs at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    pub builds_per_scheduler: usize,
     /// Alternates asked for per instance.
     #[arg(long, default_value_t = 2)]
     pub alternates: u32,

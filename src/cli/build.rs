@@ -104,6 +104,9 @@ pub fn requests(cloud: &Cloud, mix: &RequestMix) -> Result<Vec<BuildRequest>> {
 pub struct BuildSetup {
     /// Concurrent schedulers (each with its own conductor).
     pub schedulers: usize,
+    /// Builds each conductor runs at once (a conductor serves many requests concurrently;
+    /// with one at a time the harness, not the scheduler, would set the rate).
+    pub builds_per_scheduler: usize,
     /// Alternates per instance.
     pub alternates: u32,
     /// Probability that a build fails on the simulated compute.
@@ -230,7 +233,7 @@ pub async fn run(
     let timeline = Arc::new(Mutex::new(vec![(0.0, 0u64)]));
     let last_sample_us = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
-    for conductor in &conductors {
+    for conductor in conductors.iter().flat_map(|c| std::iter::repeat_n(c, setup.builds_per_scheduler.max(1))) {
         let (conductor, queue, next, placed, bar, timeline, last_sample_us) = (
             conductor.clone(),
             queue.clone(),

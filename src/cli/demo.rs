@@ -84,6 +84,7 @@ pub async fn run(store_url: &str, a: DemoArgs) -> Result<ExitCode> {
     let reqs = build::requests(&cloud, &mix)?;
     let setup = BuildSetup {
         schedulers: a.schedulers,
+        builds_per_scheduler: a.builds_per_scheduler,
         alternates: a.alternates,
         failure_rate: a.failure_rate,
         reschedulable_share: 0.8,

@@ -63,6 +63,7 @@ pub async fn run(global_store: &str, a: ScheduleArgs) -> Result<()> {
     let mix = RequestMix { requests, multi_share: 0.0, group_share: 0.05, az_share: 0.2, seed: a.common.seed };
     let setup = BuildSetup {
         schedulers,
+        builds_per_scheduler: a.builds_per_scheduler,
         alternates: a.alternates,
         failure_rate: a.failure_rate,
         reschedulable_share: 0.9,
