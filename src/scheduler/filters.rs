@@ -9,7 +9,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::model::{Aggregate, AggregateId, GroupPolicy, RequestSpec, ServerGroup, Timestamp};
 use crate::scheduler::SchedulerConfig;
+#[cfg(test)]
 use crate::scheduler::host_state::HostState;
+use crate::scheduler::host_state::HostView;
 
 /// Everything a filter or weigher may read besides the host: prepared once per request.
 #[derive(Debug)]
@@ -37,7 +39,12 @@ pub trait HostFilter: Send + Sync + std::fmt::Debug {
     /// The filter's name as used in `enabled_filters` and in NoValidHost reasons.
     fn name(&self) -> &'static str;
     /// Whether the host may receive the instance.
-    fn host_passes(&self, host: &HostState, ctx: &FilterContext<'_>) -> bool;
+    fn host_passes(&self, host: &dyn HostView, ctx: &FilterContext<'_>) -> bool;
+    /// True when the verdict depends only on what hosts of one class share (zone,
+    /// capabilities, aggregates, cell): the indexed ranking then asks once per class.
+    fn class_level(&self) -> bool {
+        false
+    }
 }
 
 /// Nova's default filters that apply here, plus the hint filters (no-ops without hints).
@@ -88,8 +95,8 @@ impl HostFilter for ComputeFilter {
     fn name(&self) -> &'static str {
         "ComputeFilter"
     }
-    fn host_passes(&self, host: &HostState, ctx: &FilterContext<'_>) -> bool {
-        host.host.enabled && host.host.is_up(ctx.now, ctx.config.service_down_time)
+    fn host_passes(&self, host: &dyn HostView, ctx: &FilterContext<'_>) -> bool {
+        host.enabled() && host.is_up(ctx.now, ctx.config.service_down_time)
     }
 }
 
@@ -102,11 +109,14 @@ impl HostFilter for AvailabilityZoneFilter {
     fn name(&self) -> &'static str {
         "AvailabilityZoneFilter"
     }
-    fn host_passes(&self, host: &HostState, ctx: &FilterContext<'_>) -> bool {
+    fn host_passes(&self, host: &dyn HostView, ctx: &FilterContext<'_>) -> bool {
         match &ctx.spec.availability_zone {
             None => true,
-            Some(az) => host.availability_zone_ref(ctx.aggregates, &ctx.config.default_availability_zone) == az,
+            Some(az) => host.zone(ctx.aggregates, &ctx.config.default_availability_zone) == az,
         }
+    }
+    fn class_level(&self) -> bool {
+        true
     }
 }
 
@@ -120,7 +130,7 @@ impl HostFilter for ServerGroupAntiAffinityFilter {
     fn name(&self) -> &'static str {
         "ServerGroupAntiAffinityFilter"
     }
-    fn host_passes(&self, host: &HostState, ctx: &FilterContext<'_>) -> bool {
+    fn host_passes(&self, host: &dyn HostView, ctx: &FilterContext<'_>) -> bool {
         match ctx.group {
             Some(g) if g.policy == GroupPolicy::AntiAffinity => host.group_members(g.id) < g.claim_limit().unwrap_or(1),
             _ => true,
@@ -136,7 +146,7 @@ impl HostFilter for ServerGroupAffinityFilter {
     fn name(&self) -> &'static str {
         "ServerGroupAffinityFilter"
     }
-    fn host_passes(&self, host: &HostState, ctx: &FilterContext<'_>) -> bool {
+    fn host_passes(&self, host: &dyn HostView, ctx: &FilterContext<'_>) -> bool {
         match ctx.group {
             Some(g) if g.policy == GroupPolicy::Affinity => {
                 ctx.group_hosts.is_empty() || ctx.group_hosts.contains(host.name())
@@ -154,7 +164,7 @@ impl HostFilter for SameHostFilter {
     fn name(&self) -> &'static str {
         "SameHostFilter"
     }
-    fn host_passes(&self, host: &HostState, ctx: &FilterContext<'_>) -> bool {
+    fn host_passes(&self, host: &dyn HostView, ctx: &FilterContext<'_>) -> bool {
         ctx.same_host.is_none_or(|hosts| hosts.contains(host.name()))
     }
 }
@@ -167,7 +177,7 @@ impl HostFilter for DifferentHostFilter {
     fn name(&self) -> &'static str {
         "DifferentHostFilter"
     }
-    fn host_passes(&self, host: &HostState, ctx: &FilterContext<'_>) -> bool {
+    fn host_passes(&self, host: &dyn HostView, ctx: &FilterContext<'_>) -> bool {
         !ctx.different_host.contains(host.name())
     }
 }
@@ -181,8 +191,8 @@ impl HostFilter for IoOpsFilter {
     fn name(&self) -> &'static str {
         "IoOpsFilter"
     }
-    fn host_passes(&self, host: &HostState, ctx: &FilterContext<'_>) -> bool {
-        host.io_ops < ctx.config.max_io_ops_per_host
+    fn host_passes(&self, host: &dyn HostView, ctx: &FilterContext<'_>) -> bool {
+        host.io_ops() < ctx.config.max_io_ops_per_host
     }
 }
 
@@ -261,9 +271,9 @@ impl HostFilter for ImagePropertiesFilter {
     fn name(&self) -> &'static str {
         "ImagePropertiesFilter"
     }
-    fn host_passes(&self, host: &HostState, ctx: &FilterContext<'_>) -> bool {
+    fn host_passes(&self, host: &dyn HostView, ctx: &FilterContext<'_>) -> bool {
         let props = &ctx.spec.image_properties;
-        let caps = &host.host.capabilities;
+        let caps = host.capabilities();
         type Canon = fn(&str) -> String;
         let checks: [(&str, &str, Canon); 3] = [
             ("hw_architecture", "architecture", canonical_arch),
@@ -285,6 +295,9 @@ impl HostFilter for ImagePropertiesFilter {
                 _ => return false,
             }
         }
+        true
+    }
+    fn class_level(&self) -> bool {
         true
     }
 }

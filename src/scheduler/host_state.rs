@@ -1,18 +1,59 @@
-//! The scheduler's snapshot of host state, fed only by the store.
+//! One host as filters and weighers see it ([`HostView`]), and [`HostState`], a host
+//! materialized from the snapshot (service record and provider tree) for inspection.
 //!
 //! Nova's HostManager copies compute node records out of every cell database and patches
-//! them with instance info sent over RPC. Here a snapshot is a set of [`ProviderTree`]s read
-//! from the store (with usage and server-group member counts, so no instance list is
-//! needed), joined with the [`Host`] service records, aggregates and cells. It is refreshed
-//! through the store's change feed (only trees that changed are re-read), and updated at once
-//! with the scheduler's own successful claims (and only those: a host whose claim failed is
-//! re-read instead).
+//! them with instance info sent over RPC. Here the snapshot
+//! ([`SharedSnapshot`](crate::scheduler::SharedSnapshot)) is read from the store only
+//! (provider trees with usage and server-group member counts, so no instance list is
+//! needed, joined with the host service records, aggregates and cells) and kept in a
+//! compact form; filters and weighers read it through [`HostView`], which both the compact
+//! hosts and a materialized [`HostState`] implement, so there is one implementation of each
+//! filter and weigher.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
-use crate::model::{
-    Aggregate, AggregateId, AllocationMap, Cell, CellId, GroupId, Host, ProviderId, ProviderTree, ResourceClass,
-};
+use crate::model::{Aggregate, AggregateId, GroupId, Host, ProviderId, ProviderTree, ResourceClass, Timestamp};
+
+/// What filters and weighers may read of one host.
+pub trait HostView {
+    /// The service host name.
+    fn name(&self) -> &str;
+    /// Whether the compute service is enabled.
+    fn enabled(&self) -> bool;
+    /// Whether the service reported within `down_after` of `now`.
+    fn is_up(&self, now: Timestamp, down_after: Duration) -> bool;
+    /// The host's availability zone: the service record's, else the first aggregate of
+    /// the root that defines one, else `default`.
+    fn zone<'a>(&'a self, aggregates: &'a HashMap<AggregateId, Aggregate>, default: &'a str) -> &'a str;
+    /// Hypervisor capabilities of the service record.
+    fn capabilities(&self) -> &BTreeMap<String, String>;
+    /// Members of `group` on the host.
+    fn group_members(&self, group: GroupId) -> u32;
+    /// Instances building on the host (Nova's `num_io_ops`).
+    fn io_ops(&self) -> u32;
+    /// Consecutive build failures reported for the host.
+    fn failed_builds(&self) -> u32;
+    /// Free amount of `class` over the whole tree (may be negative after a shrink).
+    fn free(&self, class: &ResourceClass) -> i64;
+    /// The smallest value of aggregate metadata `key` parsed as a finite number over the
+    /// host's (root's) aggregates.
+    fn aggregate_number(&self, aggregates: &HashMap<AggregateId, Aggregate>, key: &str) -> Option<f64>;
+}
+
+/// The smallest finite number under `key` in the metadata of `ids` (Nova's per-aggregate
+/// weight multipliers: the minimum wins).
+pub(crate) fn min_metadata<'a>(
+    ids: impl Iterator<Item = &'a AggregateId>,
+    aggregates: &HashMap<AggregateId, Aggregate>,
+    key: &str,
+) -> Option<f64> {
+    ids.filter_map(|a| aggregates.get(a))
+        .filter_map(|a| a.metadata.get(key))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+        .reduce(f64::min)
+}
 
 /// One compute host as the scheduler sees it: its service record and its provider tree.
 #[derive(Clone, Debug, PartialEq)]
@@ -93,133 +134,39 @@ impl HostState {
         if aggregates.is_empty() {
             return None;
         }
-        self.aggregates()
-            .filter_map(|a| aggregates.get(a))
-            .filter_map(|a| a.metadata.get(key))
-            .filter_map(|v| v.trim().parse::<f64>().ok())
-            .filter(|v| v.is_finite())
-            .reduce(f64::min)
+        min_metadata(self.aggregates(), aggregates, key)
     }
 }
 
-/// The whole snapshot. Held behind a lock by the scheduler; public so filters, weighers and
-/// tests can work on one directly.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    /// Hosts with both a service record and a tree, by root provider.
-    pub hosts: HashMap<ProviderId, HostState>,
-    /// Trees whose host record is not known (yet): not schedulable.
-    pub unhosted: HashMap<ProviderId, ProviderTree>,
-    /// Service records whose tree is not known (yet).
-    pub treeless: HashMap<ProviderId, Host>,
-    /// Aggregates by id (availability zones, weight multipliers).
-    pub aggregates: HashMap<AggregateId, Aggregate>,
-    /// Cells by id (disabled cells take no builds).
-    pub cells: HashMap<CellId, Cell>,
-    /// Building instances per host name, from the store's instance records.
-    pub building: HashMap<String, u32>,
-    /// Consecutive build failures per host name, as reported by conductors.
-    pub build_failures: HashMap<String, u32>,
-}
-
-impl Snapshot {
-    /// Replaces or inserts a tree read from the store. Returns false when no service record
-    /// is known for it (the caller may reload the catalog).
-    pub fn put_tree(&mut self, tree: ProviderTree) -> bool {
-        let root = tree.root;
-        if let Some(h) = self.hosts.get_mut(&root) {
-            h.tree = tree;
-            return true;
-        }
-        if let Some(host) = self.treeless.remove(&root) {
-            let mut state = HostState::new(host, tree);
-            state.io_ops = self.building.get(&state.host.name).copied().unwrap_or(0);
-            state.failed_builds = self.build_failures.get(&state.host.name).copied().unwrap_or(0);
-            self.hosts.insert(root, state);
-            return true;
-        }
-        self.unhosted.insert(root, tree);
-        false
+impl HostView for HostState {
+    fn name(&self) -> &str {
+        &self.host.name
     }
-
-    /// Forgets a tree that no longer exists.
-    pub fn remove_tree(&mut self, root: ProviderId) {
-        if let Some(h) = self.hosts.remove(&root) {
-            self.treeless.insert(root, h.host);
-        }
-        self.unhosted.remove(&root);
+    fn enabled(&self) -> bool {
+        self.host.enabled
     }
-
-    /// Replaces the catalog (hosts, aggregates, cells, building counts) and re-joins hosts
-    /// with trees. Trees are kept.
-    pub fn set_catalog(
-        &mut self,
-        hosts: Vec<Host>,
-        aggregates: Vec<Aggregate>,
-        cells: Vec<Cell>,
-        building: HashMap<String, u32>,
-    ) {
-        let mut trees: HashMap<ProviderId, ProviderTree> = self.unhosted.drain().collect();
-        for (root, h) in self.hosts.drain() {
-            trees.insert(root, h.tree);
-        }
-        self.treeless.clear();
-        self.aggregates = aggregates.into_iter().map(|a| (a.id, a)).collect();
-        self.cells = cells.into_iter().map(|c| (c.id, c)).collect();
-        self.building = building;
-        for host in hosts {
-            self.treeless.insert(host.root_provider, host);
-        }
-        for (_, tree) in trees {
-            self.put_tree(tree);
-        }
+    fn is_up(&self, now: Timestamp, down_after: Duration) -> bool {
+        self.host.is_up(now, down_after)
     }
-
-    /// Records a successful claim of this scheduler at once (Nova's
-    /// `consume_from_request`, but only for a host that was actually claimed): usage, the
-    /// group member count and io_ops. `generation` is the tree generation the store
-    /// reported for the claim; when the snapshot already shows it (a concurrent refresh
-    /// read the tree after the claim), nothing is added twice.
-    pub fn apply_claim(
-        &mut self,
-        root: ProviderId,
-        allocations: &AllocationMap,
-        group: Option<GroupId>,
-        generation: u64,
-    ) {
-        let Some(h) = self.hosts.get_mut(&root) else {
-            return;
-        };
-        if h.tree.generation >= generation {
-            return;
-        }
-        h.tree.apply(allocations, 1);
-        if let Some(g) = group {
-            *h.tree.groups.entry(g).or_insert(0) += 1;
-        }
-        if h.tree.generation + 1 == generation {
-            h.tree.generation = generation;
-        }
-        h.io_ops += 1;
+    fn zone<'a>(&'a self, aggregates: &'a HashMap<AggregateId, Aggregate>, default: &'a str) -> &'a str {
+        self.availability_zone_ref(aggregates, default)
     }
-
-    /// Records a build result reported by a conductor (BuildFailureWeigher input).
-    pub fn record_build(&mut self, host: &str, success: bool) {
-        let n = if success {
-            self.build_failures.remove(host);
-            0
-        } else {
-            let n = self.build_failures.entry(host.to_string()).or_insert(0);
-            *n += 1;
-            *n
-        };
-        for h in self.hosts.values_mut().filter(|h| h.host.name == host) {
-            h.failed_builds = n;
-        }
+    fn capabilities(&self) -> &BTreeMap<String, String> {
+        &self.host.capabilities
     }
-
-    /// Roots of every known tree (hosted or not).
-    pub fn roots(&self) -> BTreeSet<ProviderId> {
-        self.hosts.keys().chain(self.unhosted.keys()).copied().collect()
+    fn group_members(&self, group: GroupId) -> u32 {
+        HostState::group_members(self, group)
+    }
+    fn io_ops(&self) -> u32 {
+        self.io_ops
+    }
+    fn failed_builds(&self) -> u32 {
+        self.failed_builds
+    }
+    fn free(&self, class: &ResourceClass) -> i64 {
+        HostState::free(self, class)
+    }
+    fn aggregate_number(&self, aggregates: &HashMap<AggregateId, Aggregate>, key: &str) -> Option<f64> {
+        HostState::aggregate_number(self, aggregates, key)
     }
 }

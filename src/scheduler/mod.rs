@@ -7,18 +7,26 @@
 //!   tree and moves to the next host. The caller always receives a host already claimed.
 //! * **Caller-chosen alternates**, from the claimed host's cell, never a host whose claim
 //!   just failed, never a host chosen for another instance of the request.
-//! * **One source of truth.** The snapshot ([`host_state::Snapshot`]) is read from the store
-//!   only: a full load at start, then only the trees the store's change feed names
-//!   (`changes_since`), so a refresh costs in proportion to the changes, not to the cloud.
-//!   The scheduler's own successful claims update it at once, and only those.
+//! * **One source of truth, one copy per process.** The snapshot ([`SharedSnapshot`]) is
+//!   read from the store only: a full load at start, then only the trees the store's change
+//!   feed names (`changes_since`), so a refresh costs in proportion to the changes, not to
+//!   the cloud. All the schedulers of a process may share one
+//!   ([`Scheduler::with_snapshot`]), kept fresh by one background task; the claims of the
+//!   process count in it as soon as they are sent.
+//! * **A request costs in proportion to its candidates.** Hosts alike (cell, zone,
+//!   capabilities, tree shape) form a class that gets one verdict per request; per host
+//!   only integer compares remain, and hosts are read best-first from an index
+//!   ([`RankingMode::Indexed`]). The exhaustive pipeline ([`RankingMode::Exhaustive`])
+//!   stays as the yardstick and explains every NoValidHost.
 //! * **Anti-affinity in the claim.** When the request names a server group, the claim
 //!   carries a [`GroupClaim`](crate::model::GroupClaim) with the group's per-host limit, so
 //!   the store enforces it atomically with the amounts: two separate requests scheduled at
 //!   the same moment by different schedulers cannot both put a member on one host.
 //! * **A NoValidHost an operator can read** ([`NoValidHostReason`]).
 //!
-//! Many schedulers (tasks or processes) may run against one store; they share nothing but
-//! the store. `Scheduler` itself is `Sync`: one instance may serve concurrent requests.
+//! Many schedulers (tasks or processes) may run against one store; across processes they
+//! share nothing but the store. `Scheduler` itself is `Sync`: one instance may serve
+//! concurrent requests.
 //!
 //! # Limits of the store contract, and what this module does about them
 //! * Host records, aggregates and cells are not in the store's change feed (only provider
@@ -32,32 +40,43 @@
 //!   carries only a per-host maximum): two *first* members of an affinity group placed at
 //!   the same moment by different schedulers may land on different hosts, as in Nova.
 //!   Anti-affinity has no such gap.
-//! * Snapshot updates after a claim assume generations grow (the memory store adds one per
-//!   write); with any other scheme the snapshot is merely conservative until the change feed
-//!   brings the tree again.
+//! * Snapshot updates after a claim assume generations grow by one per write (the memory
+//!   store's rule); with any other scheme the claim stays counted as in flight until the
+//!   change feed brings the tree again.
 
 pub mod candidates;
 pub mod error;
 pub mod filters;
 pub mod host_state;
 mod select;
+pub mod snapshot;
+mod template;
 pub mod weighers;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
-
-use futures::{StreamExt, TryStreamExt};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::model::{
-    Aggregate, Cell, CellId, ChangeCursor, Changes, Host, InstanceFilters, ListQuery, ProviderId, ProviderTree, VmState,
-};
+use crate::model::CellId;
 use crate::store::Store;
 
 pub use error::{ClaimFailure, ClaimFailureCause, NoValidHostReason, Rejection, ScheduleError, StageCount};
-pub use host_state::{HostState, Snapshot};
+pub use host_state::{HostState, HostView};
+pub use snapshot::{IndexWeights, SharedSnapshot, SnapshotConfig, SnapshotStats};
+
+/// How hosts are ranked (see the module documentation of `select`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RankingMode {
+    /// Read the best hosts first from the snapshot's index, class verdicts and integer
+    /// compares; weigh only [`SchedulerConfig::indexed_candidates`] hosts that pass every
+    /// stage. Falls back to [`Exhaustive`](RankingMode::Exhaustive) before any NoValidHost.
+    #[default]
+    Indexed,
+    /// Nova's filter scheduler: every host of the scope through every stage (with
+    /// `max_placement_results`). The yardstick of placement quality.
+    Exhaustive,
+}
 
 /// Scheduler configuration, with Nova's defaults where Nova has the option.
 #[derive(Clone, Debug, PartialEq)]
@@ -116,6 +135,18 @@ pub struct SchedulerConfig {
     /// value trades fresher state for fewer store reads; claims stay correct either way,
     /// only more of them are refused.
     pub min_refresh_interval: Duration,
+    /// How hosts are ranked ([`RankingMode::Indexed`] by default).
+    pub ranking: RankingMode,
+    /// Indexed ranking: how many hosts that pass every stage are weighed per instance (the
+    /// `k` best by the snapshot's index; `max_placement_results`, when it applies, caps
+    /// it). Larger values cost more per request and come closer to the exhaustive
+    /// ranking; alternates are topped up from the chosen host's cell when these run out.
+    pub indexed_candidates: usize,
+    /// Measure placement quality: before each first claim, weigh every host that passes
+    /// every stage (an exhaustive ranking, so a cost proportional to the cloud) and record
+    /// how the chosen host compares ([`Scheduler::quality`]). For benchmarks; off by
+    /// default.
+    pub measure_quality: bool,
     /// How many hosts that fit the request's resources, traits and aggregates go on to the
     /// filters and weighers (`[scheduler]max_placement_results`, 1000; `None`: all). The
     /// hosts kept are a random sample (seeded by [`seed`](Self::seed)), as Placement's
@@ -153,6 +184,9 @@ impl Default for SchedulerConfig {
             refresh_concurrency: 16,
             min_refresh_interval: Duration::ZERO,
             max_placement_results: Some(1000),
+            ranking: RankingMode::Indexed,
+            indexed_candidates: 16,
+            measure_quality: false,
         }
     }
 }
@@ -174,13 +208,15 @@ pub struct SchedulerStats {
     pub claims_released: u64,
     /// Alternates returned.
     pub alternates_returned: u64,
-    /// Incremental refreshes through the change feed.
+    /// Incremental refreshes through the change feed (of the snapshot: shared by every
+    /// scheduler of a shared snapshot).
     pub refreshes: u64,
-    /// Trees re-read (by the change feed or after a failed claim).
+    /// Trees of the snapshot's scope re-read (by the change feed or after a failed claim;
+    /// of the snapshot).
     pub trees_reread: u64,
-    /// Full reloads (start and `Resync`).
+    /// Full reloads (start and `Resync`; of the snapshot).
     pub full_reloads: u64,
-    /// Catalog (hosts, aggregates, cells) reloads.
+    /// Catalog (hosts, aggregates, cells) reloads (of the snapshot).
     pub catalog_reloads: u64,
 }
 
@@ -193,14 +229,52 @@ struct Counters {
     claim_conflicts: AtomicU64,
     claims_released: AtomicU64,
     alternates_returned: AtomicU64,
-    refreshes: AtomicU64,
-    trees_reread: AtomicU64,
-    full_reloads: AtomicU64,
-    catalog_reloads: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Placement quality of one scheduler's decisions (see
+/// [`SchedulerConfig::measure_quality`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QualityStats {
+    /// Decisions measured.
+    pub decisions: u64,
+    /// Mean of q: the chosen host's weight against the best and worst passing host,
+    /// `(w - worst) / (best - worst)`, weights normalized over every passing host.
+    pub mean_q: f64,
+    /// Smallest q seen.
+    pub min_q: f64,
+    /// Mean rank percentile (share of passing hosts weighing no more than the chosen).
+    pub mean_percentile: f64,
+    /// Decisions with q below 0.9.
+    pub below_0_9: u64,
+}
+
+#[derive(Default)]
+struct Quality {
+    inner: Mutex<(u64, f64, f64, f64, u64)>,
+}
+
+impl Quality {
+    fn record(&self, q: f64, pct: f64) {
+        let mut g = lock(&self.inner);
+        if g.0 == 0 {
+            g.2 = q;
+        }
+        g.0 += 1;
+        g.1 += q;
+        g.2 = g.2.min(q);
+        g.3 += pct;
+        g.4 += u64::from(q < 0.9);
+    }
+
+    fn stats(&self) -> QualityStats {
+        let g = lock(&self.inner);
+        let n = g.0.max(1) as f64;
+        QualityStats { decisions: g.0, mean_q: g.1 / n, min_q: g.2, mean_percentile: g.3 / n, below_0_9: g.4 }
+    }
 }
 
 /// A small, seedable pseudo-random generator (SplitMix64): enough for tie-breaking and
@@ -229,53 +303,69 @@ impl SplitMix64 {
     }
 }
 
-struct RefreshState {
-    cursor: ChangeCursor,
-    last_catalog: Instant,
-    last_refresh: Instant,
-    /// Start of the last refresh that completed: the snapshot holds every change the store
-    /// had committed before this instant.
-    fresh_as_of: Option<Instant>,
-}
-
-/// A scheduler: owns a snapshot of host state read from the store and places instances by
-/// claiming in the store. See the module documentation.
+/// A scheduler: places instances by claiming in the store, ranking hosts from a snapshot
+/// of host state (its own, or one shared by the schedulers of a process). See the module
+/// documentation.
 pub struct Scheduler {
-    store: Arc<dyn Store>,
+    snapshot: Arc<SharedSnapshot>,
     config: SchedulerConfig,
     filters: Vec<Box<dyn filters::HostFilter>>,
     weighers: Vec<Box<dyn weighers::HostWeigher>>,
-    snapshot: RwLock<Snapshot>,
-    refresh_state: tokio::sync::Mutex<RefreshState>,
     rng: Mutex<SplitMix64>,
     counters: Counters,
+    quality: Quality,
 }
 
 impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scheduler")
-            .field("store", &self.store.describe())
-            .field("hosts", &self.read_snapshot().hosts.len())
+            .field("store", &self.snapshot.store().describe())
+            .field("hosts", &self.snapshot.known_hosts())
             .finish_non_exhaustive()
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Scheduler {
-    /// Creates a scheduler and loads its snapshot from the store (every tree, host,
-    /// aggregate and cell of its scope). Fails on an unknown filter name or a store error.
+    /// Creates a scheduler with a snapshot of its own, loaded from the store (every tree,
+    /// host, aggregate and cell of its scope) and refreshed by its requests (see
+    /// [`SchedulerConfig::min_refresh_interval`]). Fails on a bad configuration or a store
+    /// error. Schedulers of one process should rather share a snapshot
+    /// ([`Scheduler::with_snapshot`]).
     pub async fn new(store: Arc<dyn Store>, config: SchedulerConfig) -> Result<Scheduler> {
-        let mut fs = Vec::new();
+        Self::check(&config)?;
+        let snapshot = SharedSnapshot::load(store, SnapshotConfig::from_scheduler(&config, None)).await?;
+        Self::build(Arc::new(snapshot), config)
+    }
+
+    /// Creates a scheduler over a snapshot shared with other schedulers of the process
+    /// ([`SharedSnapshot::open`]). Its cells must be among the snapshot's. Its
+    /// `catalog_refresh_interval`, `count_building_from_store` and `refresh_concurrency`
+    /// are the snapshot's; `min_refresh_interval` still decides whether a request waits
+    /// for a change-feed read (with a tailing snapshot, a non-zero value never waits).
+    pub fn with_snapshot(snapshot: Arc<SharedSnapshot>, config: SchedulerConfig) -> Result<Scheduler> {
+        Self::check(&config)?;
+        let scope = &snapshot.config().cells;
+        if !scope.is_empty() && (config.cells.is_empty() || config.cells.iter().any(|c| !scope.contains(c))) {
+            return Err(Error::invalid(
+                "scheduler.cells",
+                "a scheduler may only serve cells its shared snapshot loads",
+            ));
+        }
+        Self::build(snapshot, config)
+    }
+
+    fn check(config: &SchedulerConfig) -> Result<()> {
         for name in &config.enabled_filters {
-            fs.push(filters::by_name(name).ok_or_else(|| {
-                Error::invalid(
+            if filters::by_name(name).is_none() {
+                return Err(Error::invalid(
                     "scheduler.enabled_filters",
                     format!("unknown filter {name:?}; known: {}", filters::ALL_FILTERS.join(", ")),
-                )
-            })?);
+                ));
+            }
         }
         if config.max_placement_results == Some(0) {
             return Err(Error::invalid("scheduler.max_placement_results", "must be at least 1 (None: no limit)"));
@@ -283,27 +373,24 @@ impl Scheduler {
         if config.host_subset_size == 0 {
             return Err(Error::invalid("scheduler.host_subset_size", "must be at least 1"));
         }
+        if config.indexed_candidates == 0 {
+            return Err(Error::invalid("scheduler.indexed_candidates", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn build(snapshot: Arc<SharedSnapshot>, config: SchedulerConfig) -> Result<Scheduler> {
+        let fs = config.enabled_filters.iter().filter_map(|n| filters::by_name(n)).collect();
         let seed = config.seed.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0);
-        let scheduler = Scheduler {
-            store,
+        Ok(Scheduler {
+            snapshot,
             filters: fs,
             weighers: weighers::all(),
-            snapshot: RwLock::new(Snapshot::default()),
-            refresh_state: tokio::sync::Mutex::new(RefreshState {
-                cursor: ChangeCursor(String::new()),
-                last_catalog: Instant::now(),
-                last_refresh: Instant::now(),
-                fresh_as_of: None,
-            }),
             rng: Mutex::new(SplitMix64::new(seed)),
             counters: Counters::default(),
+            quality: Quality::default(),
             config,
-        };
-        {
-            let mut st = scheduler.refresh_state.lock().await;
-            scheduler.full_reload(&mut st).await?;
-        }
-        Ok(scheduler)
+        })
     }
 
     /// The configuration.
@@ -313,13 +400,19 @@ impl Scheduler {
 
     /// The store this scheduler reads and claims in.
     pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+        self.snapshot.store()
     }
 
-    /// Counters since creation.
+    /// The snapshot this scheduler ranks from.
+    pub fn snapshot(&self) -> &Arc<SharedSnapshot> {
+        &self.snapshot
+    }
+
+    /// Counters since creation (the refresh counters are the snapshot's).
     pub fn stats(&self) -> SchedulerStats {
         let c = &self.counters;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let s = self.snapshot.stats();
         SchedulerStats {
             requests: g(&c.requests),
             instances_placed: g(&c.instances_placed),
@@ -328,223 +421,48 @@ impl Scheduler {
             claim_conflicts: g(&c.claim_conflicts),
             claims_released: g(&c.claims_released),
             alternates_returned: g(&c.alternates_returned),
-            refreshes: g(&c.refreshes),
-            trees_reread: g(&c.trees_reread),
-            full_reloads: g(&c.full_reloads),
-            catalog_reloads: g(&c.catalog_reloads),
+            refreshes: s.refreshes,
+            trees_reread: s.trees_reread,
+            full_reloads: s.full_reloads,
+            catalog_reloads: s.catalog_reloads,
         }
+    }
+
+    /// Placement quality measured so far (empty unless
+    /// [`SchedulerConfig::measure_quality`]).
+    pub fn quality(&self) -> QualityStats {
+        self.quality.stats()
     }
 
     /// Number of schedulable hosts (a host record and a tree) in the snapshot.
     pub fn known_hosts(&self) -> usize {
-        self.read_snapshot().hosts.len()
+        self.snapshot.known_hosts()
     }
 
     /// A copy of one host's state, by name (for inspection and tests).
     pub fn host_state(&self, name: &str) -> Option<HostState> {
-        self.read_snapshot().hosts.values().find(|h| h.host.name == name).cloned()
+        self.snapshot.host_state(name)
     }
 
     /// Records the result of a build on `host` (the conductor calls this): consecutive
     /// failures feed the BuildFailureWeigher, a success resets them, as Nova's compute
-    /// does. The count is this scheduler's own (see the crate notes: the store has no
-    /// field for it).
+    /// does. The count is the snapshot's (see the module notes: the store has no field
+    /// for it).
     pub fn report_build(&self, host: &str, success: bool) {
-        self.write_snapshot().record_build(host, success);
+        self.snapshot.record_build(host, success);
     }
 
-    fn read_snapshot(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
-        self.snapshot.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write_snapshot(&self) -> std::sync::RwLockWriteGuard<'_, Snapshot> {
-        self.snapshot.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn in_scope(&self, cell: Option<CellId>) -> bool {
-        self.config.cells.is_empty() || cell.is_some_and(|c| self.config.cells.contains(&c))
-    }
-
-    fn scopes(&self) -> Vec<Option<CellId>> {
-        if self.config.cells.is_empty() { vec![None] } else { self.config.cells.iter().copied().map(Some).collect() }
-    }
-
-    async fn load_catalog(&self) -> Result<(Vec<Host>, Vec<Aggregate>, Vec<Cell>, HashMap<String, u32>)> {
-        let mut hosts = Vec::new();
-        for scope in self.scopes() {
-            hosts.extend(self.store.list_hosts(scope).await?);
-        }
-        let aggregates = self.store.list_aggregates().await?;
-        let cells = self.store.list_cells().await?;
-        let mut building: HashMap<String, u32> = HashMap::new();
-        if self.config.count_building_from_store {
-            for scope in self.scopes() {
-                let mut marker = None;
-                loop {
-                    let page = self
-                        .store
-                        .list_instances(&ListQuery {
-                            filters: InstanceFilters {
-                                vm_states: vec![VmState::Building],
-                                cell: scope,
-                                ..Default::default()
-                            },
-                            limit: None,
-                            marker,
-                        })
-                        .await?;
-                    for i in &page.instances {
-                        if let Some(h) = &i.host {
-                            *building.entry(h.clone()).or_insert(0) += 1;
-                        }
-                    }
-                    match page.next_marker {
-                        Some(m) => marker = Some(m),
-                        None => break,
-                    }
-                }
-            }
-        }
-        bump(&self.counters.catalog_reloads, 1);
-        Ok((hosts, aggregates, cells, building))
-    }
-
-    async fn full_reload(&self, st: &mut RefreshState) -> Result<()> {
-        let cursor = self.store.change_cursor().await?;
-        let mut trees = Vec::new();
-        for scope in self.scopes() {
-            trees.extend(self.store.list_provider_trees(scope).await?);
-        }
-        let (hosts, aggregates, cells, building) = self.load_catalog().await?;
-        let mut snap = self.write_snapshot();
-        let failures = std::mem::take(&mut snap.build_failures);
-        let mut fresh = Snapshot { build_failures: failures, ..Snapshot::default() };
-        for t in trees {
-            fresh.unhosted.insert(t.root, t);
-        }
-        fresh.set_catalog(hosts, aggregates, cells, building);
-        for h in fresh.hosts.values_mut() {
-            h.failed_builds = fresh.build_failures.get(&h.host.name).copied().unwrap_or(0);
-        }
-        *snap = fresh;
-        drop(snap);
-        st.cursor = cursor;
-        st.last_catalog = Instant::now();
-        bump(&self.counters.full_reloads, 1);
-        tracing::debug!(hosts = self.known_hosts(), "scheduler snapshot loaded");
-        Ok(())
-    }
-
-    async fn reload_catalog(&self, st: &mut RefreshState) -> Result<()> {
-        let (hosts, aggregates, cells, building) = self.load_catalog().await?;
-        self.write_snapshot().set_catalog(hosts, aggregates, cells, building);
-        st.last_catalog = Instant::now();
-        Ok(())
-    }
-
-    async fn read_trees(&self, roots: Vec<ProviderId>) -> Result<Vec<(ProviderId, Option<ProviderTree>)>> {
-        let store = &self.store;
-        futures::stream::iter(roots)
-            .map(|root| async move {
-                match store.provider_tree(root).await {
-                    Ok(t) => Ok((root, Some(t))),
-                    Err(Error::NotFound { .. }) => Ok((root, None)),
-                    Err(e) => Err(e),
-                }
-            })
-            .buffer_unordered(self.config.refresh_concurrency.max(1))
-            .try_collect()
-            .await
-    }
-
-    /// Applies freshly read trees to the snapshot; returns true when a tree not seen before
-    /// has no known host record (a new compute: the catalog should be re-read).
-    fn apply_trees(&self, trees: Vec<(ProviderId, Option<ProviderTree>)>) -> bool {
-        bump(&self.counters.trees_reread, trees.len() as u64);
-        let mut unknown = false;
-        let mut snap = self.write_snapshot();
-        for (root, tree) in trees {
-            match tree {
-                Some(t) if self.in_scope(t.cell) => {
-                    let seen = snap.unhosted.contains_key(&root);
-                    unknown |= !snap.put_tree(t) && !seen;
-                }
-                _ => snap.remove_tree(root),
-            }
-        }
-        unknown
-    }
-
-    /// Brings the snapshot up to date: the trees the store's change feed names since the
-    /// last refresh are re-read (a full reload when the feed answers `Resync`), and the
-    /// catalog is re-read when its interval has passed or an unknown tree appeared.
-    /// `select_destinations` calls this first; callers may call it to pre-warm.
+    /// Brings the snapshot up to date through the change feed (see
+    /// [`SharedSnapshot::refresh`]). `select_destinations` does it first unless
+    /// [`SchedulerConfig::min_refresh_interval`] says otherwise; callers may call it to
+    /// pre-warm.
     pub async fn refresh(&self) -> Result<()> {
-        let mut st = self.refresh_state.lock().await;
-        self.refresh_locked(&mut st).await
-    }
-
-    /// Refreshes unless the last refresh is younger than `min_refresh_interval`.
-    ///
-    /// Concurrent requests of one scheduler share refreshes: a request that waited for the
-    /// refresh lock while another refresh ran skips its own when that refresh *started*
-    /// after the request arrived, since the snapshot then already holds every change
-    /// committed before the request arrived (what its own refresh would have read). Under
-    /// load this turns N queued change-feed reads into one.
-    pub(crate) async fn maybe_refresh(&self) -> Result<()> {
-        let arrived = Instant::now();
-        let mut st = self.refresh_state.lock().await;
-        if st.fresh_as_of.is_some_and(|t| t >= arrived) {
-            return Ok(());
-        }
-        if !self.config.min_refresh_interval.is_zero() && st.last_refresh.elapsed() < self.config.min_refresh_interval {
-            return Ok(());
-        }
-        self.refresh_locked(&mut st).await
-    }
-
-    async fn refresh_locked(&self, st: &mut RefreshState) -> Result<()> {
-        let started = Instant::now();
-        st.last_refresh = started;
-        self.refresh_feed(st).await?;
-        st.fresh_as_of = Some(started);
-        Ok(())
-    }
-
-    async fn refresh_feed(&self, st: &mut RefreshState) -> Result<()> {
-        match self.store.changes_since(&st.cursor).await? {
-            Changes::Resync => {
-                tracing::info!("change feed answered Resync: full reload");
-                return self.full_reload(st).await;
-            }
-            Changes::Trees { roots, next } => {
-                bump(&self.counters.refreshes, 1);
-                let unknown = if roots.is_empty() {
-                    false
-                } else {
-                    let trees = self.read_trees(roots).await?;
-                    self.apply_trees(trees)
-                };
-                st.cursor = next;
-                if unknown || st.last_catalog.elapsed() >= self.config.catalog_refresh_interval {
-                    self.reload_catalog(st).await?;
-                }
-            }
-        }
-        Ok(())
+        self.snapshot.refresh().await
     }
 
     /// Forces a catalog reload (hosts, aggregates, cells, building counts), for example
     /// right after an operator disabled a host.
     pub async fn refresh_catalog(&self) -> Result<()> {
-        let mut st = self.refresh_state.lock().await;
-        self.reload_catalog(&mut st).await
-    }
-
-    /// Re-reads one tree (after a failed claim).
-    async fn refresh_tree(&self, root: ProviderId) -> Result<()> {
-        let trees = self.read_trees(vec![root]).await?;
-        self.apply_trees(trees);
-        Ok(())
+        self.snapshot.refresh_catalog().await
     }
 }

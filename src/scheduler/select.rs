@@ -1,21 +1,41 @@
-//! `select_destinations`: rank, claim, alternates (DESIGN.md section 6).
+//! `select_destinations`: rank, claim, alternates.
+//!
+//! Two rankings over the same snapshot, chosen by
+//! [`SchedulerConfig::ranking`](crate::scheduler::SchedulerConfig::ranking):
+//! * **Indexed** (the default): hosts are read best-first from the snapshot's score index
+//!   (or, for a request only a few classes can serve, from those classes' host lists; for
+//!   requested, forced or same-host hosts and hard affinity, by name or from the group
+//!   index), each checked with its class's compiled template (integer compares) and the
+//!   per-host filters, until `indexed_candidates` pass; class-level filters (zone, image
+//!   properties) and scope are decided once per class. Only those hosts are weighed, with
+//!   Nova's weighers and normalization. The cost follows the candidates, not the cloud.
+//! * **Exhaustive**: every host of the scope through every stage, as Nova's filter
+//!   scheduler does (with `max_placement_results`); the yardstick of placement quality,
+//!   and what explains a NoValidHost (per-stage counts and reasons).
+//!
+//! An indexed ranking that finds nothing, or whose every host refuses the claim, falls
+//! back to the exhaustive one before answering NoValidHost, so the indexed ranking never
+//! fails a request the exhaustive one would place.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
 
 use tracing::Instrument;
 
 use crate::error::{Conflict, Error};
 use crate::model::{
-    CellId, ClaimRequest, ConsumerId, GroupClaim, InstanceId, ProviderId, RequestSpec, Selection, ServerGroup,
-    Timestamp, Trait,
+    CellId, ClaimRequest, ConsumerId, GroupClaim, GroupPolicy, InstanceId, ProviderId, RequestSpec, Selection,
+    ServerGroup, Timestamp, Trait,
 };
-use crate::scheduler::candidates::{CandidateRequest, allocation_candidate, fits_request};
+use crate::scheduler::candidates::CandidateRequest;
 use crate::scheduler::error::{
     ClaimFailure, ClaimFailureCause, NoValidHostReason, Rejection, ScheduleError, StageCount,
 };
 use crate::scheduler::filters::FilterContext;
-use crate::scheduler::host_state::{HostState, Snapshot};
-use crate::scheduler::{Scheduler, SplitMix64, bump, lock, weighers};
+use crate::scheduler::host_state::HostView;
+use crate::scheduler::snapshot::{HostRec, LEVELS, Members, Place, Reservation, Verdicts, View, unordered};
+use crate::scheduler::template::Template;
+use crate::scheduler::{RankingMode, Scheduler, SplitMix64, bump, lock, weighers};
 
 /// What a request needs, prepared once.
 struct Plan {
@@ -28,28 +48,12 @@ struct Plan {
     limit: Option<usize>,
 }
 
-/// A host that passed every stage (names and allocation are resolved only for the hosts
-/// actually tried, against the snapshot of that moment: ranking a thousand hosts then
-/// allocates nothing per host).
+/// A host that passed every stage.
 #[derive(Clone, Copy, Debug)]
 struct Ranked {
+    slot: u32,
     root: ProviderId,
-    cell: CellId,
     weight: f64,
-}
-
-/// A ranked host resolved against the current snapshot: what a claim or an alternate needs.
-fn resolve(snap: &Snapshot, root: ProviderId, cand: &CandidateRequest, default_az: &str) -> Option<Selection> {
-    let h = snap.hosts.get(&root)?;
-    let allocation = allocation_candidate(&h.tree, cand).ok()?;
-    Some(Selection {
-        host: h.host.name.clone(),
-        node: h.host.node.clone(),
-        provider: root,
-        cell: h.host.cell,
-        allocation,
-        availability_zone: Some(h.availability_zone(&snap.aggregates, default_az)),
-    })
 }
 
 /// The request's `max_placement_results`, lifted as Nova lifts it
@@ -107,19 +111,118 @@ fn classify(e: Error) -> Result<ClaimFailureCause, Error> {
     })
 }
 
+/// Reads the score index best-first for one scheduler: the io_ops levels are merged with
+/// the io_ops weigher's contribution (the scheduler's multiplier times io_ops normalized
+/// over the range seen), batch by batch.
+struct Walk<'a> {
+    snap: &'a crate::scheduler::SharedSnapshot,
+    descending: bool,
+    io_step: f64,
+    cursors: [Option<(u64, u32)>; LEVELS],
+    batch: Vec<(u32, u64, u32)>,
+}
+
+impl Walk<'_> {
+    /// The approximate weight of a place under this scheduler's multipliers.
+    fn value(&self, p: Place) -> f64 {
+        let score = unordered(p.key);
+        (if self.descending { score } else { -score }) + self.io_step * f64::from(p.level)
+    }
+
+    /// The next slots, best first (about `k` per io_ops level); `None` when exhausted.
+    fn next(&mut self, k: usize) -> Option<Vec<u32>> {
+        self.batch.clear();
+        let per_level = k.div_ceil(2).max(4);
+        if !self.snap.index.next_batch(&mut self.cursors, per_level, self.descending, &mut self.batch) {
+            return None;
+        }
+        let mut scored: Vec<(f64, u32)> =
+            self.batch.iter().map(|(l, key, slot)| (self.value(Place { level: *l, key: *key }), *slot)).collect();
+        scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        Some(scored.into_iter().map(|(_, s)| s).collect())
+    }
+}
+
+/// A host resolved against the snapshot now: what a claim or an alternate needs.
+struct Resolved {
+    sel: Selection,
+    parts: Vec<(u16, i64)>,
+    rec: Arc<HostRec>,
+}
+
+/// Everything one ranking reads, taken once.
+struct Round<'a> {
+    view: &'a View,
+    config: &'a crate::scheduler::SchedulerConfig,
+    spec: &'a RequestSpec,
+    plan: &'a Plan,
+    verdicts: Arc<Mutex<Verdicts>>,
+    /// The request's group members by slot, and the names of their hosts.
+    members: Option<(crate::model::GroupId, Members)>,
+    group_hosts: BTreeSet<String>,
+    now: Timestamp,
+}
+
+impl Round<'_> {
+    fn ctx(&self) -> FilterContext<'_> {
+        FilterContext {
+            spec: self.spec,
+            config: self.config,
+            now: self.now,
+            group: self.plan.group.as_ref(),
+            group_hosts: &self.group_hosts,
+            same_host: self.plan.same_host.as_ref(),
+            different_host: &self.plan.different_host,
+            aggregates: &self.view.aggregates,
+        }
+    }
+}
+
+impl Round<'_> {
+    fn members_of(&self) -> Option<(crate::model::GroupId, &Members)> {
+        self.members.as_ref().map(|(g, m)| (*g, m))
+    }
+
+    /// Scope by name and cell for one host (the old stage 1), `None` when in scope.
+    fn scope_rejection(&self, rec: &HostRec) -> Option<Rejection> {
+        let class = &self.view.classes[rec.class as usize];
+        let dest = self.spec.requested_destination.as_ref();
+        if dest.and_then(|d| d.cell).is_some_and(|c| c != class.cell) {
+            Some(Rejection::OtherCell)
+        } else if self.view.class_catalog[rec.class as usize].cell_disabled {
+            Some(Rejection::CellDisabled)
+        } else if dest.is_some_and(|d| {
+            d.host.as_ref().is_some_and(|n| n != rec.name()) || d.node.as_ref().is_some_and(|n| n != rec.node())
+        }) {
+            Some(Rejection::NotRequestedHost)
+        } else if self.spec.ignore_hosts.iter().any(|n| n == rec.name()) {
+            Some(Rejection::Ignored)
+        } else if self.plan.forced && !self.spec.force_hosts.iter().any(|n| n == rec.name()) {
+            Some(Rejection::NotForced)
+        } else {
+            None
+        }
+    }
+
+    fn template(&self, class: u32) -> Arc<Template> {
+        self.view.template(&self.verdicts, &self.plan.cand, class)
+    }
+}
+
 impl Scheduler {
     /// Places `instance_uuids` (one instance each, all with `spec`) and returns, for each in
     /// order, the claimed host first, then up to `num_alternates` unclaimed alternates from
     /// the same cell.
     ///
-    /// For each instance the scheduler ranks hosts from its snapshot (candidates, filters,
+    /// For each instance the scheduler ranks hosts from the snapshot (candidates, filters,
     /// weighers, `host_subset_size`), then walks them claiming in the store (the instance
     /// uuid is the consumer; with a server group the claim carries the group's per-host
-    /// limit). A refused claim re-reads that tree and moves on; a success updates the
-    /// snapshot at once so later instances of the request see the consumption. All or
-    /// nothing: if an instance cannot be placed, every claim made for the request is
-    /// released and [`ScheduleError::NoValidHost`] says why. A store failure also releases
-    /// every claim (best effort) and returns [`ScheduleError::Store`].
+    /// limit). A claim counts in the snapshot as soon as it is sent (so concurrent requests
+    /// of the process see it); a refused claim is taken back, that tree is re-read and the
+    /// next host is tried. All or nothing: if an instance cannot be placed, every claim
+    /// made for the request is released and [`ScheduleError::NoValidHost`] says why. A
+    /// store failure also releases every claim (best effort) and returns
+    /// [`ScheduleError::Store`].
     pub async fn select_destinations(
         &self,
         spec: &RequestSpec,
@@ -195,7 +298,7 @@ impl Scheduler {
             cand.forbidden_aggregates = d.forbidden_aggregates.iter().copied().collect();
         }
         let group = match spec.hints.group {
-            Some(g) => Some(self.store.get_server_group(g).await.map_err(|e| match e {
+            Some(g) => Some(self.store().get_server_group(g).await.map_err(|e| match e {
                 Error::NotFound { .. } => ScheduleError::InvalidRequest(e),
                 e => ScheduleError::Store(e),
             })?),
@@ -215,7 +318,7 @@ impl Scheduler {
     async fn hosts_of(&self, ids: &[InstanceId]) -> Result<BTreeSet<String>, ScheduleError> {
         let mut out = BTreeSet::new();
         for id in ids {
-            match self.store.get_instance(*id).await {
+            match self.store().get_instance(*id).await {
                 Ok(i) => out.extend(i.host),
                 Err(Error::NotFound { .. }) => {}
                 Err(e) => return Err(ScheduleError::Store(e)),
@@ -224,17 +327,52 @@ impl Scheduler {
         Ok(out)
     }
 
-    /// Scope, candidates, filters and weighers over the snapshot, for one instance.
-    fn rank(&self, snap: &Snapshot, spec: &RequestSpec, plan: &Plan) -> Ranking {
-        let now = Timestamp::now();
-        let dest = spec.requested_destination.as_ref();
+    fn round<'a>(&'a self, view: &'a View, spec: &'a RequestSpec, plan: &'a Plan) -> Round<'a> {
+        let members = plan.group.as_ref().map(|g| (g.id, self.snapshot.group_members(g.id)));
+        let group_hosts: BTreeSet<String> = match &members {
+            Some((_, m)) => m
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .filter_map(|(slot, _)| view.rec(*slot))
+                .map(|r| r.name().to_string())
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        Round {
+            view,
+            config: &self.config,
+            spec,
+            plan,
+            verdicts: view.verdicts(&plan.cand),
+            members,
+            group_hosts,
+            now: Timestamp::now(),
+        }
+    }
+
+    fn in_my_cells(&self, cell: CellId) -> bool {
+        self.config.cells.is_empty() || self.config.cells.contains(&cell)
+    }
+
+    /// The "No such host" message of a request naming hosts that do not exist.
+    fn missing_host_message(&self, view: &View, spec: &RequestSpec, plan: &Plan) -> Option<String> {
         let mut message = None;
-        if let Some(d) = dest
+        if let Some(d) = &spec.requested_destination
             && (d.host.is_some() || d.node.is_some())
         {
-            let exists = snap.hosts.values().any(|h| {
-                d.host.as_ref().is_none_or(|n| &h.host.name == n) && d.node.as_ref().is_none_or(|n| &h.host.node == n)
-            });
+            let matches = |r: &HostRec| {
+                d.host.as_ref().is_none_or(|n| r.name() == n) && d.node.as_ref().is_none_or(|n| r.node() == n)
+            };
+            let exists = match &d.host {
+                Some(h) => {
+                    view.by_name(h).is_some_and(|r| matches(r) && self.in_my_cells(view.classes[r.class as usize].cell))
+                }
+                None => view
+                    .hosts
+                    .iter()
+                    .flatten()
+                    .any(|r| matches(r) && self.in_my_cells(view.classes[r.class as usize].cell)),
+            };
             if !exists {
                 message = Some(format!(
                     "No such host - host: {} node: {}",
@@ -243,45 +381,96 @@ impl Scheduler {
                 ));
             }
         }
-        if plan.forced && !spec.force_hosts.iter().any(|f| snap.hosts.values().any(|h| &h.host.name == f)) {
+        if plan.forced
+            && !spec
+                .force_hosts
+                .iter()
+                .any(|f| view.by_name(f).is_some_and(|r| self.in_my_cells(view.classes[r.class as usize].cell)))
+        {
             message = Some(format!("No such host - host: {}", spec.force_hosts.join(", ")));
         }
+        message
+    }
+
+    /// Weighs `hosts`, sorts them best first (ties by name) and applies
+    /// `shuffle_best_same_weighed_hosts` and `host_subset_size`. An indexed candidate list
+    /// (`sample`) stands for every host: the io_ops weigher then normalizes over the range
+    /// of io_ops of the whole snapshot, as an exhaustive ranking would (its range moves
+    /// with every claim, and a handful of candidates would magnify it).
+    fn order(&self, round: &Round<'_>, hosts: &[Arc<HostRec>], sample: bool) -> Vec<Ranked> {
+        let ctx = round.ctx();
+        let views: Vec<_> = hosts.iter().map(|r| round.view.compact(r, round.members_of())).collect();
+        let dyns: Vec<&dyn HostView> = views.iter().map(|v| v as &dyn HostView).collect();
+        let io_max = f64::from(self.snapshot.io_max());
+        let reference = |name: &str| (sample && name == "IoOpsWeigher").then_some((0.0, io_max));
+        let weights = weighers::weigh_within(&self.weighers, &dyns, &ctx, &reference);
+        let mut order: Vec<(f64, &Arc<HostRec>)> = weights.into_iter().zip(hosts).collect();
+        order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.name().cmp(b.1.name())));
+        let mut ranked: Vec<Ranked> =
+            order.into_iter().map(|(weight, r)| Ranked { slot: r.slot, root: r.root, weight }).collect();
+        if !ranked.is_empty() {
+            let mut rng = lock(&self.rng);
+            if self.config.shuffle_best_same_weighed_hosts {
+                let best = ranked[0].weight;
+                let tied = ranked.iter().take_while(|h| h.weight == best).count();
+                for i in (1..tied).rev() {
+                    let j = rng.below(i + 1);
+                    ranked.swap(i, j);
+                }
+            }
+            let subset = self.config.host_subset_size.min(ranked.len());
+            if subset > 1 {
+                let pick = rng.below(subset);
+                let chosen = ranked.remove(pick);
+                ranked.insert(0, chosen);
+            }
+        }
+        ranked
+    }
+
+    /// Nova's pipeline over every host of the scope, with per-stage counts and reasons.
+    fn rank_exhaustive(&self, round: &Round<'_>, skip: &HashSet<ProviderId>) -> Ranking {
+        let (hosts, stages, known, message) = self.passing_exhaustive(round, skip, round.plan.limit);
+        let hosts = self.order(round, &hosts, false);
+        Ranking { hosts, stages, known, message }
+    }
+
+    /// The hosts that pass every stage of Nova's pipeline (sampled to `limit`), with the
+    /// per-stage counts.
+    fn passing_exhaustive(
+        &self,
+        round: &Round<'_>,
+        skip: &HashSet<ProviderId>,
+        limit: Option<usize>,
+    ) -> (Vec<Arc<HostRec>>, Vec<StageCount>, usize, Option<String>) {
+        let view = round.view;
+        let message = self.missing_host_message(view, round.spec, round.plan);
+        let mine: Vec<&Arc<HostRec>> =
+            view.hosts.iter().flatten().filter(|r| self.in_my_cells(view.classes[r.class as usize].cell)).collect();
+        let known = mine.len();
 
         // Stage 1: scope.
         let mut scope_why: BTreeMap<Rejection, usize> = BTreeMap::new();
-        let mut in_scope: Vec<&HostState> = Vec::with_capacity(snap.hosts.len());
-        for h in snap.hosts.values() {
-            let rej = if dest.and_then(|d| d.cell).is_some_and(|c| c != h.host.cell) {
-                Some(Rejection::OtherCell)
-            } else if snap.cells.get(&h.host.cell).is_some_and(|c| c.disabled) {
-                Some(Rejection::CellDisabled)
-            } else if dest.is_some_and(|d| {
-                d.host.as_ref().is_some_and(|n| n != &h.host.name) || d.node.as_ref().is_some_and(|n| n != &h.host.node)
-            }) {
-                Some(Rejection::NotRequestedHost)
-            } else if spec.ignore_hosts.iter().any(|n| n == &h.host.name) {
-                Some(Rejection::Ignored)
-            } else if plan.forced && !spec.force_hosts.iter().any(|n| n == &h.host.name) {
-                Some(Rejection::NotForced)
-            } else {
-                None
-            };
-            match rej {
-                Some(r) => *scope_why.entry(r).or_insert(0) += 1,
-                None => in_scope.push(h),
+        let mut in_scope: Vec<&Arc<HostRec>> = Vec::with_capacity(known);
+        for r in mine {
+            match round.scope_rejection(r) {
+                Some(rej) => *scope_why.entry(rej).or_insert(0) += 1,
+                None => in_scope.push(r),
             }
         }
-        let known = snap.hosts.len();
         let mut stages =
             vec![StageCount { stage: "scope".into(), before: known, removed: known - in_scope.len(), why: scope_why }];
 
         // Stage 2: resources, traits, aggregates (Placement's part).
         let mut res_why: BTreeMap<Rejection, usize> = BTreeMap::new();
-        let mut fitting: Vec<&HostState> = Vec::with_capacity(in_scope.len());
-        for h in &in_scope {
-            match fits_request(&h.tree, &plan.cand) {
-                Ok(()) => fitting.push(h),
-                Err(r) => *res_why.entry(r).or_insert(0) += 1,
+        let mut fitting: Vec<&Arc<HostRec>> = Vec::with_capacity(in_scope.len());
+        for r in &in_scope {
+            let t = round.template(r.class);
+            if t.fits(&***r) {
+                fitting.push(r);
+            } else {
+                let why = t.evaluate(&***r).err().unwrap_or(Rejection::NoCombination);
+                *res_why.entry(why).or_insert(0) += 1;
             }
         }
         stages.push(StageCount {
@@ -293,13 +482,11 @@ impl Scheduler {
 
         // Stage 2b: max_placement_results, a seeded random sample (Placement's
         // randomize_allocation_candidates) of the fitting hosts.
-        if let Some(limit) = plan.limit
+        if let Some(limit) = limit
             && fitting.len() > limit
         {
             let before = fitting.len();
-            // Sorted first so that a given seed and snapshot give the same sample
-            // whatever the hash map's iteration order.
-            fitting.sort_unstable_by_key(|h| h.root());
+            fitting.sort_unstable_by_key(|r| r.root);
             sample_in_place(&mut fitting, limit, &mut lock(&self.rng));
             stages.push(StageCount {
                 stage: "max_placement_results".into(),
@@ -310,24 +497,11 @@ impl Scheduler {
         }
 
         // Stage 3: filters (skipped for forced hosts, as in Nova).
-        let group_hosts: BTreeSet<String> = match &plan.group {
-            Some(g) => snap.hosts.values().filter(|h| h.group_members(g.id) > 0).map(|h| h.host.name.clone()).collect(),
-            None => BTreeSet::new(),
-        };
-        let ctx = FilterContext {
-            spec,
-            config: &self.config,
-            now,
-            group: plan.group.as_ref(),
-            group_hosts: &group_hosts,
-            same_host: plan.same_host.as_ref(),
-            different_host: &plan.different_host,
-            aggregates: &snap.aggregates,
-        };
-        if !plan.forced {
+        if !round.plan.forced {
+            let ctx = round.ctx();
             for f in &self.filters {
                 let before = fitting.len();
-                fitting.retain(|h| f.host_passes(h, &ctx));
+                fitting.retain(|r| f.host_passes(&view.compact(r, round.members_of()), &ctx));
                 stages.push(StageCount {
                     stage: f.name().to_string(),
                     before,
@@ -337,31 +511,215 @@ impl Scheduler {
                 tracing::trace!(filter = f.name(), before, after = fitting.len(), "filter");
             }
         }
+        fitting.retain(|r| !skip.contains(&r.root));
+        (fitting.into_iter().cloned().collect(), stages, known, message)
+    }
 
-        // Stage 4: weighers, then host_subset_size.
-        let weights = weighers::weigh(&self.weighers, &fitting, &ctx);
-        let mut order: Vec<(f64, &HostState)> = weights.into_iter().zip(fitting).collect();
-        order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.host.name.cmp(&b.1.host.name)));
-        let mut hosts: Vec<Ranked> =
-            order.into_iter().map(|(weight, h)| Ranked { root: h.root(), cell: h.host.cell, weight }).collect();
-        if !hosts.is_empty() {
-            let mut rng = lock(&self.rng);
-            if self.config.shuffle_best_same_weighed_hosts {
-                let best = hosts[0].weight;
-                let tied = hosts.iter().take_while(|h| h.weight == best).count();
-                for i in (1..tied).rev() {
-                    let j = rng.below(i + 1);
-                    hosts.swap(i, j);
+    /// Placement quality of choosing `slot`: its weight against the best and worst of every
+    /// host that passes every stage (exhaustive, no sampling, weights normalized over all
+    /// of them, as Nova would with an unlimited candidate list): `(q, rank percentile)`,
+    /// where q = (w - worst) / (best - worst) (1 when all weigh the same) and the
+    /// percentile is the share of passing hosts weighing no more than the chosen one.
+    fn quality_of(&self, round: &Round<'_>, slot: u32) -> Option<(f64, f64)> {
+        let (hosts, _, _, _) = self.passing_exhaustive(round, &HashSet::new(), None);
+        let ctx = round.ctx();
+        let views: Vec<_> = hosts.iter().map(|r| round.view.compact(r, round.members_of())).collect();
+        let dyns: Vec<&dyn HostView> = views.iter().map(|v| v as &dyn HostView).collect();
+        let weights = weighers::weigh(&self.weighers, &dyns, &ctx);
+        let i = hosts.iter().position(|r| r.slot == slot)?;
+        let w = weights[i];
+        let best = weights.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let worst = weights.iter().copied().fold(f64::INFINITY, f64::min);
+        let q = if best - worst > 1e-12 { (w - worst) / (best - worst) } else { 1.0 };
+        let pct = weights.iter().filter(|x| **x <= w + 1e-12).count() as f64 / weights.len() as f64;
+        Some((q, pct))
+    }
+
+    /// Which classes may serve the request, with their templates (`None`: not this one).
+    fn eligible_classes(&self, round: &Round<'_>) -> Vec<Option<Arc<Template>>> {
+        let view = round.view;
+        let ctx = round.ctx();
+        let class_filters: Vec<_> =
+            if round.plan.forced { Vec::new() } else { self.filters.iter().filter(|f| f.class_level()).collect() };
+        let dest_cell = round.spec.requested_destination.as_ref().and_then(|d| d.cell);
+        (0..view.classes.len())
+            .map(|c| {
+                let class = &view.classes[c];
+                let first = view.class_hosts[c].first().and_then(|s| view.rec(*s))?;
+                if !self.in_my_cells(class.cell)
+                    || dest_cell.is_some_and(|d| d != class.cell)
+                    || view.class_catalog[c].cell_disabled
+                {
+                    return None;
+                }
+                let t = round.template(c as u32);
+                if t.impossible() {
+                    return None;
+                }
+                let host = view.compact(first, round.members_of());
+                if !class_filters.iter().all(|f| f.host_passes(&host, &ctx)) {
+                    return None;
+                }
+                Some(t)
+            })
+            .collect()
+    }
+
+    /// The per-host part of the indexed ranking: scope by name, fit, host-level filters.
+    fn passes(
+        &self,
+        round: &Round<'_>,
+        ctx: &FilterContext<'_>,
+        eligible: &[Option<Arc<Template>>],
+        rec: &HostRec,
+        skip: &HashSet<ProviderId>,
+    ) -> bool {
+        let Some(Some(t)) = eligible.get(rec.class as usize) else {
+            return false;
+        };
+        if skip.contains(&rec.root) || round.scope_rejection(rec).is_some() || !t.fits(rec) {
+            return false;
+        }
+        if round.plan.forced {
+            return true;
+        }
+        let host = round.view.compact(rec, round.members_of());
+        self.filters.iter().filter(|f| !f.class_level()).all(|f| f.host_passes(&host, ctx))
+    }
+
+    /// The indexed ranking: up to `indexed_candidates` hosts that pass everything, best
+    /// first by the snapshot's score index, then weighed exactly.
+    fn rank_indexed(&self, round: &Round<'_>, skip: &HashSet<ProviderId>) -> Ranking {
+        let view = round.view;
+        let eligible = self.eligible_classes(round);
+        let ctx = round.ctx();
+        let k = match round.plan.limit {
+            Some(l) => l.min(self.config.indexed_candidates),
+            None => self.config.indexed_candidates,
+        }
+        .max(1);
+        let mut chosen: Vec<Arc<HostRec>> = Vec::new();
+        let consider = |rec: &Arc<HostRec>, chosen: &mut Vec<Arc<HostRec>>| {
+            if self.passes(round, &ctx, &eligible, rec, skip) && !chosen.iter().any(|c| c.slot == rec.slot) {
+                chosen.push(rec.clone());
+            }
+        };
+        let named: Option<Vec<&str>> = {
+            let dest_host = round.spec.requested_destination.as_ref().and_then(|d| d.host.as_deref());
+            if round.plan.forced {
+                Some(round.spec.force_hosts.iter().map(String::as_str).collect())
+            } else if let Some(h) = dest_host {
+                Some(vec![h])
+            } else {
+                round.plan.same_host.as_ref().map(|s| s.iter().map(String::as_str).collect())
+            }
+        };
+        let affinity = round.plan.group.as_ref().is_some_and(|g| g.policy == GroupPolicy::Affinity)
+            && !round.group_hosts.is_empty();
+        if let Some(names) = named {
+            for n in names {
+                if let Some(rec) = view.by_name(n) {
+                    consider(rec, &mut chosen);
                 }
             }
-            let subset = self.config.host_subset_size.min(hosts.len());
-            if subset > 1 {
-                let pick = rng.below(subset);
-                let chosen = hosts.remove(pick);
-                hosts.insert(0, chosen);
+        } else if affinity {
+            if let Some((_, m)) = &round.members {
+                for slot in m.keys() {
+                    if let Some(rec) = view.rec(*slot) {
+                        consider(rec, &mut chosen);
+                    }
+                }
+            }
+        } else {
+            // Soft affinity: the group's hosts weigh best, so they are candidates too.
+            if let (Some(g), Some((_, m))) = (&round.plan.group, &round.members)
+                && g.policy == GroupPolicy::SoftAffinity
+            {
+                for slot in m.keys() {
+                    if let Some(rec) = view.rec(*slot) {
+                        consider(rec, &mut chosen);
+                    }
+                }
+            }
+            let eligible_hosts: usize =
+                eligible.iter().enumerate().filter(|(_, t)| t.is_some()).map(|(c, _)| view.class_hosts[c].len()).sum();
+            let soft = chosen.len();
+            if eligible_hosts * 8 < view.live {
+                // Few classes can serve: read their hosts and keep the best keys.
+                let mut all: Vec<&Arc<HostRec>> = eligible
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| t.is_some())
+                    .flat_map(|(c, _)| view.class_hosts[c].iter().filter_map(|s| view.rec(*s)))
+                    .collect();
+                let w = self.walk();
+                all.sort_unstable_by(|a, b| w.value(b.place()).total_cmp(&w.value(a.place())));
+                for rec in all {
+                    if chosen.len() >= soft + k {
+                        break;
+                    }
+                    consider(rec, &mut chosen);
+                }
+            } else {
+                let mut walk = self.walk();
+                while chosen.len() < soft + k {
+                    let Some(batch) = walk.next(k) else {
+                        break;
+                    };
+                    for slot in batch {
+                        if chosen.len() >= soft + k {
+                            break;
+                        }
+                        if let Some(rec) = view.rec(slot) {
+                            consider(rec, &mut chosen);
+                        }
+                    }
+                }
             }
         }
-        Ranking { hosts, stages, known, message }
+        let hosts = self.order(round, &chosen, true);
+        Ranking { hosts, stages: Vec::new(), known: view.live, message: None }
+    }
+
+    /// A best-first walk of the snapshot's index for this scheduler's weights.
+    fn walk(&self) -> Walk<'_> {
+        let w = self.snapshot.config().index_weights;
+        let c = &self.config;
+        // The index orders by the snapshot's resource weights; a scheduler whose weights
+        // point the other way (pack on a spread index) reads it from the other end.
+        let descending =
+            w.ram * c.ram_weight_multiplier + w.cpu * c.cpu_weight_multiplier + w.disk * c.disk_weight_multiplier
+                >= 0.0;
+        let io_max = f64::from(self.snapshot.io_max().max(1));
+        Walk {
+            snap: &self.snapshot,
+            descending,
+            io_step: c.io_ops_weight_multiplier / io_max,
+            cursors: Default::default(),
+            batch: Vec::new(),
+        }
+    }
+
+    /// A ranked host resolved against the snapshot now.
+    fn resolve(&self, view: &View, round: &Round<'_>, slot: u32) -> Option<Resolved> {
+        let rec = view.rec(slot)?.clone();
+        let t = round.template(rec.class);
+        let parts = t.parts(&*rec).ok()?;
+        let class = &view.classes[rec.class as usize];
+        let allocation = t.to_allocation(&parts, &rec.providers);
+        let zone = view.class_catalog[rec.class as usize]
+            .zone
+            .clone()
+            .unwrap_or_else(|| self.config.default_availability_zone.clone());
+        let sel = Selection {
+            host: rec.name().to_string(),
+            node: rec.node().to_string(),
+            provider: rec.root,
+            cell: class.cell,
+            allocation,
+            availability_zone: Some(zone),
+        };
+        Some(Resolved { sel, parts, rec })
     }
 
     async fn try_claim(
@@ -379,7 +737,7 @@ impl Scheduler {
             group: plan.group.as_ref().map(|g| GroupClaim { group: g.id, max_per_host: g.claim_limit() }),
         };
         bump(&self.counters.claims_tried, 1);
-        match self.store.claim(&req).await {
+        match self.snapshot.store().claim(&req).await {
             Ok(c) => Ok(ClaimOutcome::Claimed { replayed: c.replayed, generation: c.generation }),
             Err(e) => {
                 let cause = classify(e)?;
@@ -395,7 +753,7 @@ impl Scheduler {
         let mut first_err = None;
         let mut roots = Vec::new();
         for (i, root) in instances {
-            match self.store.release(ConsumerId::from(*i)).await {
+            match self.snapshot.store().release(ConsumerId::from(*i)).await {
                 Ok(r) => roots.extend(r.roots),
                 Err(e) => {
                     tracing::error!(instance = %i, error = %e, "could not release claim");
@@ -407,8 +765,8 @@ impl Scheduler {
         roots.sort();
         roots.dedup();
         bump(&self.counters.claims_released, instances.len() as u64);
-        if let Ok(trees) = self.read_trees(roots).await {
-            self.apply_trees(trees);
+        if let Err(e) = self.snapshot.refresh_trees(roots).await {
+            tracing::warn!(error = %e, "could not re-read trees after releasing claims");
         }
         match first_err {
             Some(e) => Err(e),
@@ -436,88 +794,115 @@ impl Scheduler {
             )));
         }
         let plan = self.plan(spec).await?;
-        self.maybe_refresh().await?;
+        self.snapshot.maybe_refresh(self.config.min_refresh_interval).await?;
 
         let span = tracing::Span::current();
         let mut placed: Vec<(InstanceId, Selection, Vec<Ranked>)> = Vec::new();
         let mut failed_roots: HashSet<ProviderId> = HashSet::new();
         let mut failures: Vec<ClaimFailure> = Vec::new();
         let mut claims_tried = 0usize;
+        let exhaustive_only = self.config.ranking == RankingMode::Exhaustive
+            || spec.requested_destination.as_ref().is_some_and(|d| d.node.is_some() && d.host.is_none());
 
         for (index, &instance) in instance_uuids.iter().enumerate() {
-            let ranking = {
-                let snap = self.read_snapshot();
-                self.rank(&snap, spec, &plan)
-            };
-            tracing::debug!(
-                instance = %instance,
-                index,
-                hosts_known = ranking.known,
-                passed = ranking.hosts.len(),
-                stages = ?ranking
-                    .stages
-                    .iter()
-                    .map(|s| (s.stage.as_str(), s.removed))
-                    .collect::<Vec<_>>(),
-                "ranked"
-            );
             let mut chosen = None;
             let mut attempts = 0usize;
             let mut budget_exhausted = false;
-            for r in &ranking.hosts {
-                if failed_roots.contains(&r.root) {
-                    continue;
-                }
-                if self.config.max_claim_attempts.is_some_and(|m| attempts >= m) {
-                    budget_exhausted = true;
-                    break;
-                }
-                // Resolve against the snapshot now: earlier instances of this request (and
-                // refused claims) may have changed the tree since ranking.
-                let resolved = {
-                    let snap = self.read_snapshot();
-                    resolve(&snap, r.root, &plan.cand, &self.config.default_availability_zone)
-                };
-                let Some(sel) = resolved else {
-                    continue;
-                };
-                attempts += 1;
-                claims_tried += 1;
-                let outcome = match self.try_claim(spec, &plan, instance, &sel).await {
-                    Ok(o) => o,
-                    Err(e) => {
-                        // Unknown outcome (timeout) or store down: release this instance too.
-                        let mut all: Vec<_> = placed.iter().map(|(i, s, _)| (*i, s.provider)).collect();
-                        all.push((instance, r.root));
-                        let _ = self.release_all(&all).await;
-                        return Err(ScheduleError::Store(e));
+            let mut exhaustive = exhaustive_only;
+            let mut indexed_rounds = 0;
+            let ranking = loop {
+                let view = self.snapshot.view();
+                let ranking = {
+                    let round = self.round(&view, spec, &plan);
+                    if exhaustive {
+                        self.rank_exhaustive(&round, &HashSet::new())
+                    } else {
+                        self.rank_indexed(&round, &failed_roots)
                     }
                 };
-                match outcome {
-                    ClaimOutcome::Claimed { replayed, generation } => {
-                        if !replayed {
-                            self.write_snapshot().apply_claim(
-                                r.root,
-                                &sel.allocation,
-                                plan.group.as_ref().map(|g| g.id),
-                                generation,
-                            );
-                        }
-                        chosen = Some(sel);
+                tracing::debug!(
+                    instance = %instance,
+                    index,
+                    exhaustive,
+                    hosts_known = ranking.known,
+                    passed = ranking.hosts.len(),
+                    stages = ?ranking.stages.iter().map(|s| (s.stage.as_str(), s.removed)).collect::<Vec<_>>(),
+                    "ranked"
+                );
+                if self.config.measure_quality
+                    && let Some(first) = ranking.hosts.iter().find(|r| !failed_roots.contains(&r.root))
+                {
+                    let round = self.round(&view, spec, &plan);
+                    if let Some((q, pct)) = self.quality_of(&round, first.slot) {
+                        self.quality.record(q, pct);
+                    }
+                }
+                let mut tried_any = false;
+                for r in &ranking.hosts {
+                    if failed_roots.contains(&r.root) {
+                        continue;
+                    }
+                    if self.config.max_claim_attempts.is_some_and(|m| attempts >= m) {
+                        budget_exhausted = true;
                         break;
                     }
-                    ClaimOutcome::Refused(cause) => {
-                        tracing::debug!(host = %sel.host, %cause, "claim refused");
-                        failures.push(ClaimFailure { instance, host: sel.host, root: r.root, cause });
-                        failed_roots.insert(r.root);
-                        if let Err(e) = self.refresh_tree(r.root).await {
-                            let all: Vec<_> = placed.iter().map(|(i, s, _)| (*i, s.provider)).collect();
+                    // Resolve against the snapshot now: earlier instances of this request
+                    // (and refused claims) may have changed the tree since ranking.
+                    let view = self.snapshot.view();
+                    let round = self.round(&view, spec, &plan);
+                    let Some(res) = self.resolve(&view, &round, r.slot) else {
+                        continue;
+                    };
+                    drop(round);
+                    tried_any = true;
+                    attempts += 1;
+                    claims_tried += 1;
+                    let reservation: Reservation =
+                        self.snapshot.reserve(&view, &res.rec, &res.parts, plan.group.as_ref().map(|g| g.id));
+                    let outcome = match self.try_claim(spec, &plan, instance, &res.sel).await {
+                        Ok(o) => o,
+                        Err(e) => {
+                            // Unknown outcome (timeout) or store down: release this instance too.
+                            self.snapshot.cancel(&reservation);
+                            let mut all: Vec<_> = placed.iter().map(|(i, s, _)| (*i, s.provider)).collect();
+                            all.push((instance, r.root));
                             let _ = self.release_all(&all).await;
                             return Err(ScheduleError::Store(e));
                         }
+                    };
+                    match outcome {
+                        ClaimOutcome::Claimed { replayed, generation } => {
+                            if replayed {
+                                self.snapshot.cancel(&reservation);
+                            } else {
+                                self.snapshot.confirm(&reservation, generation);
+                            }
+                            chosen = Some(res.sel);
+                            break;
+                        }
+                        ClaimOutcome::Refused(cause) => {
+                            self.snapshot.cancel(&reservation);
+                            tracing::debug!(host = %res.sel.host, %cause, "claim refused");
+                            failures.push(ClaimFailure { instance, host: res.sel.host, root: r.root, cause });
+                            failed_roots.insert(r.root);
+                            if let Err(e) = self.snapshot.refresh_trees(vec![r.root]).await {
+                                let all: Vec<_> = placed.iter().map(|(i, s, _)| (*i, s.provider)).collect();
+                                let _ = self.release_all(&all).await;
+                                return Err(ScheduleError::Store(e));
+                            }
+                        }
                     }
                 }
-            }
+                if chosen.is_some() || budget_exhausted || exhaustive {
+                    break ranking;
+                }
+                // Indexed: rank again without the hosts whose claim failed while that finds
+                // new hosts; then the exhaustive ranking decides.
+                indexed_rounds += 1;
+                if !tried_any || indexed_rounds >= 3 {
+                    exhaustive = true;
+                }
+            };
             match chosen {
                 Some(c) => {
                     bump(&self.counters.instances_placed, 1);
@@ -559,42 +944,52 @@ impl Scheduler {
         let mut out = Vec::with_capacity(placed.len());
         let mut alternates_total = 0usize;
         {
-            let snap = self.read_snapshot();
-            let now = Timestamp::now();
-            let group_hosts: BTreeSet<String> = match &plan.group {
-                Some(g) => {
-                    snap.hosts.values().filter(|h| h.group_members(g.id) > 0).map(|h| h.host.name.clone()).collect()
-                }
-                None => BTreeSet::new(),
-            };
-            let ctx = FilterContext {
-                spec,
-                config: &self.config,
-                now,
-                group: plan.group.as_ref(),
-                group_hosts: &group_hosts,
-                same_host: plan.same_host.as_ref(),
-                different_host: &plan.different_host,
-                aggregates: &snap.aggregates,
-            };
-            let default_az = &self.config.default_availability_zone;
+            let view = self.snapshot.view();
+            let round = self.round(&view, spec, &plan);
+            let ctx = round.ctx();
+            let eligible = if num_alternates > 0 { self.eligible_classes(&round) } else { Vec::new() };
+            let mut skip: HashSet<ProviderId> = failed_roots.clone();
+            skip.extend(chosen_roots.iter().copied());
             for (_, chosen, ranked) in &placed {
                 let mut list = vec![chosen.clone()];
+                let mut taken: HashSet<ProviderId> = HashSet::new();
+                let mut push = |slot: u32, list: &mut Vec<Selection>| {
+                    let Some(rec) = view.rec(slot) else {
+                        return;
+                    };
+                    if view.classes[rec.class as usize].cell != chosen.cell || !taken.insert(rec.root) {
+                        return;
+                    }
+                    if !self.passes(&round, &ctx, &eligible, rec, &skip) {
+                        return;
+                    }
+                    if let Some(alt) = self.resolve(&view, &round, slot) {
+                        list.push(alt.sel);
+                    }
+                };
                 for r in ranked {
                     if list.len() > num_alternates {
                         break;
                     }
-                    if r.cell != chosen.cell || chosen_roots.contains(&r.root) || failed_roots.contains(&r.root) {
-                        continue;
-                    }
-                    let Some(h) = snap.hosts.get(&r.root) else {
-                        continue;
-                    };
-                    if !plan.forced && !self.filters.iter().all(|f| f.host_passes(h, &ctx)) {
-                        continue;
-                    }
-                    if let Some(alt) = resolve(&snap, r.root, &plan.cand, default_az) {
-                        list.push(alt);
+                    push(r.slot, &mut list);
+                }
+                // The indexed ranking keeps few hosts: top up from the chosen cell, within
+                // max_placement_results when it applies (Nova's alternates come from the
+                // limited candidate list).
+                let room = plan.limit.map_or(usize::MAX, |l| l.saturating_sub(ranked.len()));
+                if list.len() <= num_alternates
+                    && room > 0
+                    && !exhaustive_only
+                    && !plan.forced
+                    && plan.same_host.is_none()
+                {
+                    let want = (2 * num_alternates + 2).min(room);
+                    let extra = self.cell_candidates(&round, &eligible, chosen.cell, &skip, want);
+                    for slot in extra {
+                        if list.len() > num_alternates {
+                            break;
+                        }
+                        push(slot, &mut list);
                     }
                 }
                 alternates_total += list.len() - 1;
@@ -611,6 +1006,60 @@ impl Scheduler {
             "placed"
         );
         Ok(out)
+    }
+
+    /// Up to `n` hosts of `cell` that pass, best key first (alternates).
+    fn cell_candidates(
+        &self,
+        round: &Round<'_>,
+        eligible: &[Option<Arc<Template>>],
+        cell: CellId,
+        skip: &HashSet<ProviderId>,
+        n: usize,
+    ) -> Vec<u32> {
+        let view = round.view;
+        let ctx = round.ctx();
+        let mine: Vec<Option<Arc<Template>>> =
+            eligible.iter().enumerate().map(|(c, t)| t.clone().filter(|_| view.classes[c].cell == cell)).collect();
+        let hosts: usize =
+            mine.iter().enumerate().filter(|(_, t)| t.is_some()).map(|(c, _)| view.class_hosts[c].len()).sum();
+        let mut out = Vec::new();
+        if hosts * 8 < view.live {
+            let mut all: Vec<&Arc<HostRec>> = mine
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.is_some())
+                .flat_map(|(c, _)| view.class_hosts[c].iter().filter_map(|s| view.rec(*s)))
+                .collect();
+            let w = self.walk();
+            all.sort_unstable_by(|a, b| w.value(b.place()).total_cmp(&w.value(a.place())));
+            for rec in all {
+                if out.len() >= n {
+                    break;
+                }
+                if self.passes(round, &ctx, &mine, rec, skip) {
+                    out.push(rec.slot);
+                }
+            }
+        } else {
+            let mut walk = self.walk();
+            while out.len() < n {
+                let Some(batch) = walk.next(n) else {
+                    break;
+                };
+                for slot in batch {
+                    if out.len() >= n {
+                        break;
+                    }
+                    if let Some(rec) = view.rec(slot)
+                        && self.passes(round, &ctx, &mine, rec, skip)
+                    {
+                        out.push(rec.slot);
+                    }
+                }
+            }
+        }
+        out
     }
 }
 

@@ -7,7 +7,7 @@
 
 use crate::model::{GroupPolicy, ResourceClass};
 use crate::scheduler::filters::FilterContext;
-use crate::scheduler::host_state::HostState;
+use crate::scheduler::host_state::HostView;
 
 /// A host weigher (Nova's `BaseHostWeigher`).
 pub trait HostWeigher: Send + Sync + std::fmt::Debug {
@@ -27,11 +27,11 @@ pub trait HostWeigher: Send + Sync + std::fmt::Debug {
         None
     }
     /// The raw value for one host.
-    fn raw(&self, host: &HostState, ctx: &FilterContext<'_>) -> f64;
+    fn raw(&self, host: &dyn HostView, ctx: &FilterContext<'_>) -> f64;
 
     /// The multiplier for `host`: aggregate override (minimum) or configured, negated when
     /// [`negate`](Self::negate).
-    fn multiplier(&self, host: &HostState, ctx: &FilterContext<'_>) -> f64 {
+    fn multiplier(&self, host: &dyn HostView, ctx: &FilterContext<'_>) -> f64 {
         let m = host.aggregate_number(ctx.aggregates, self.metadata_key()).unwrap_or_else(|| self.configured(ctx));
         if self.negate() { -m } else { m }
     }
@@ -52,6 +52,12 @@ pub fn all() -> Vec<Box<dyn HostWeigher>> {
 
 /// Nova's `normalize`: min-max to 0..1; when every value is equal, every result is 0.
 pub fn normalize(values: &[f64], minval: Option<f64>) -> Vec<f64> {
+    normalize_within(values, minval, None)
+}
+
+/// [`normalize`] over `values` and, when given, a reference range: the values of hosts
+/// not in `values` that a normalization over every host would also see.
+pub fn normalize_within(values: &[f64], minval: Option<f64>, reference: Option<(f64, f64)>) -> Vec<f64> {
     if values.is_empty() {
         return Vec::new();
     }
@@ -59,7 +65,11 @@ pub fn normalize(values: &[f64], minval: Option<f64>) -> Vec<f64> {
     if let Some(floor) = minval {
         min = min.min(floor);
     }
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if let Some((lo, hi)) = reference {
+        min = min.min(lo);
+        max = max.max(hi);
+    }
     let range = max - min;
     if range <= 0.0 || !range.is_finite() {
         return vec![0.0; values.len()];
@@ -68,13 +78,24 @@ pub fn normalize(values: &[f64], minval: Option<f64>) -> Vec<f64> {
 }
 
 /// The combined weight of each host (same order as `hosts`).
-pub fn weigh(weighers: &[Box<dyn HostWeigher>], hosts: &[&HostState], ctx: &FilterContext<'_>) -> Vec<f64> {
+pub fn weigh(weighers: &[Box<dyn HostWeigher>], hosts: &[&dyn HostView], ctx: &FilterContext<'_>) -> Vec<f64> {
+    weigh_within(weighers, hosts, ctx, &|_| None)
+}
+
+/// [`weigh`] with a reference range per weigher (by name) for the normalization, for
+/// candidate lists that stand for more hosts (see [`normalize_within`]).
+pub fn weigh_within(
+    weighers: &[Box<dyn HostWeigher>],
+    hosts: &[&dyn HostView],
+    ctx: &FilterContext<'_>,
+    reference: &dyn Fn(&str) -> Option<(f64, f64)>,
+) -> Vec<f64> {
     let mut total = vec![0.0; hosts.len()];
     let mut raw = Vec::with_capacity(hosts.len());
     for w in weighers {
         raw.clear();
-        raw.extend(hosts.iter().map(|h| w.raw(h, ctx)));
-        for (i, n) in normalize(&raw, w.minval()).into_iter().enumerate() {
+        raw.extend(hosts.iter().map(|h| w.raw(*h, ctx)));
+        for (i, n) in normalize_within(&raw, w.minval(), reference(w.name())).into_iter().enumerate() {
             // A normalized 0 contributes nothing whatever the multiplier: skip the
             // per-host multiplier lookup (aggregate metadata) then.
             if n != 0.0 {
@@ -102,7 +123,7 @@ impl HostWeigher for RamWeigher {
     fn minval(&self) -> Option<f64> {
         Some(0.0)
     }
-    fn raw(&self, host: &HostState, _: &FilterContext<'_>) -> f64 {
+    fn raw(&self, host: &dyn HostView, _: &FilterContext<'_>) -> f64 {
         host.free(&ResourceClass::MemoryMb) as f64
     }
 }
@@ -124,7 +145,7 @@ impl HostWeigher for CpuWeigher {
     fn minval(&self) -> Option<f64> {
         Some(0.0)
     }
-    fn raw(&self, host: &HostState, _: &FilterContext<'_>) -> f64 {
+    fn raw(&self, host: &dyn HostView, _: &FilterContext<'_>) -> f64 {
         host.free(&ResourceClass::Vcpu) as f64
     }
 }
@@ -146,7 +167,7 @@ impl HostWeigher for DiskWeigher {
     fn minval(&self) -> Option<f64> {
         Some(0.0)
     }
-    fn raw(&self, host: &HostState, _: &FilterContext<'_>) -> f64 {
+    fn raw(&self, host: &dyn HostView, _: &FilterContext<'_>) -> f64 {
         (host.free(&ResourceClass::DiskGb) * 1024) as f64
     }
 }
@@ -166,8 +187,8 @@ impl HostWeigher for IoOpsWeigher {
     fn metadata_key(&self) -> &'static str {
         "io_ops_weight_multiplier"
     }
-    fn raw(&self, host: &HostState, _: &FilterContext<'_>) -> f64 {
-        f64::from(host.io_ops)
+    fn raw(&self, host: &dyn HostView, _: &FilterContext<'_>) -> f64 {
+        f64::from(host.io_ops())
     }
 }
 
@@ -190,12 +211,12 @@ impl HostWeigher for BuildFailureWeigher {
     fn negate(&self) -> bool {
         true
     }
-    fn raw(&self, host: &HostState, _: &FilterContext<'_>) -> f64 {
-        f64::from(host.failed_builds)
+    fn raw(&self, host: &dyn HostView, _: &FilterContext<'_>) -> f64 {
+        f64::from(host.failed_builds())
     }
 }
 
-fn members_if(host: &HostState, ctx: &FilterContext<'_>, policy: GroupPolicy) -> f64 {
+fn members_if(host: &dyn HostView, ctx: &FilterContext<'_>, policy: GroupPolicy) -> f64 {
     match ctx.group {
         Some(g) if g.policy == policy => f64::from(host.group_members(g.id)),
         _ => 0.0,
@@ -217,7 +238,7 @@ impl HostWeigher for SoftAffinityWeigher {
     fn metadata_key(&self) -> &'static str {
         "soft_affinity_weight_multiplier"
     }
-    fn raw(&self, host: &HostState, ctx: &FilterContext<'_>) -> f64 {
+    fn raw(&self, host: &dyn HostView, ctx: &FilterContext<'_>) -> f64 {
         members_if(host, ctx, GroupPolicy::SoftAffinity)
     }
 }
@@ -237,7 +258,7 @@ impl HostWeigher for SoftAntiAffinityWeigher {
     fn metadata_key(&self) -> &'static str {
         "soft_anti_affinity_weight_multiplier"
     }
-    fn raw(&self, host: &HostState, ctx: &FilterContext<'_>) -> f64 {
+    fn raw(&self, host: &dyn HostView, ctx: &FilterContext<'_>) -> f64 {
         -members_if(host, ctx, GroupPolicy::SoftAntiAffinity)
     }
 }
@@ -247,6 +268,7 @@ mod tests {
     use super::*;
     use crate::model::{Aggregate, AggregateId, Inventory};
     use crate::scheduler::filters::tests::{Env, group, host};
+    use crate::scheduler::host_state::HostState;
     use std::collections::BTreeMap;
 
     fn sized(name: &str, class: ResourceClass, total: i64, used: i64) -> HostState {

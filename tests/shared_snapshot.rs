@@ -1,0 +1,337 @@
+//! The shared snapshot: one per process, kept fresh by one background tailer of the change
+//! feed, used by several schedulers at once. Each case gets two *independent* handles on
+//! one store (for a networked store, two connections opened from the URL, as two
+//! processes would have; for the memory store, two handles on the same in-process store)
+//! and writes through the second one what the snapshot of the first must learn from the
+//! feed alone. Runs on the memory store and on every URL of `UNICELL_TEST_STORES` (a store
+//! that cannot be opened makes its trials IGNORED with the reason).
+
+#[macro_use]
+#[allow(unused_macros)]
+mod sched_common;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Completion, Failed, Trial};
+use sched_common::{Cloud, HostSpec, audit, e, flavor, spec};
+use unicell::model::*;
+use unicell::scheduler::{RankingMode, Scheduler, SchedulerConfig, SharedSnapshot, SnapshotConfig};
+use unicell::store::Store;
+use unicell::store::memory::MemoryStore;
+
+type R = Result<(), String>;
+type Case = fn(Arc<dyn Store>, Arc<dyn Store>) -> Pin<Box<dyn Future<Output = R> + Send>>;
+
+macro_rules! case2 {
+    ($f:path) => {
+        (stringify!($f), (|a, b| Box::pin($f(a, b))) as Case)
+    };
+}
+
+fn main() {
+    let args = libtest_mimic::Arguments::from_args();
+    let cases = vec![
+        case2!(tailer_applies_claims_made_through_another_handle),
+        case2!(tailer_follows_hosts_appearing_and_leaving),
+        case2!(schedulers_sharing_a_snapshot_never_overcommit),
+        case2!(indexed_ranking_matches_the_exhaustive_best_weight),
+    ];
+    libtest_mimic::run(&args, trials(cases)).exit();
+}
+
+/// A key prefix unique to one case (Redis), as the shared harness does.
+fn isolated(url: &str) -> String {
+    let Ok(mut u) = url::Url::parse(url) else { return url.to_string() };
+    let pairs: Vec<(String, String)> = u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    if !pairs.iter().any(|(k, _)| k == "prefix") {
+        return url.to_string();
+    }
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let pairs: Vec<(String, String)> = pairs
+        .into_iter()
+        .map(|(k, v)| if k == "prefix" { (k, format!("{v}-{}", &suffix[..8])) } else { (k, v) })
+        .collect();
+    u.query_pairs_mut().clear().extend_pairs(pairs);
+    u.to_string()
+}
+
+fn trials(cases: Vec<(&'static str, Case)>) -> Vec<Trial> {
+    let urls: Vec<String> = std::env::var("UNICELL_TEST_STORES")
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut out = Vec::new();
+    for (name, f) in cases {
+        out.push(Trial::test(format!("memory::{name}"), move || {
+            run(
+                async {
+                    let s: Arc<dyn Store> = Arc::new(MemoryStore::new());
+                    Ok((s.clone(), s))
+                },
+                f,
+            )
+            .map(|_| ())
+        }));
+        for (i, url) in urls.iter().enumerate() {
+            let url = url.clone();
+            let scheme = url.split("://").next().unwrap_or("store").to_string();
+            let repeats = urls[..i].iter().any(|u| u.starts_with(&format!("{scheme}://")));
+            let label = if repeats { format!("{scheme}#{}", i + 1) } else { scheme };
+            out.push(Trial::ignorable_test(format!("{label}::{name}"), move || {
+                run(
+                    async move {
+                        let url = isolated(&url);
+                        let a = unicell::store::open(&url)
+                            .await
+                            .map_err(|err| format!("cannot open store {label}: {err}"))?;
+                        let b = unicell::store::open(&url)
+                            .await
+                            .map_err(|err| format!("cannot open store {label}: {err}"))?;
+                        Ok((a, b))
+                    },
+                    f,
+                )
+            }));
+        }
+    }
+    out
+}
+
+fn run(
+    stores: impl Future<Output = Result<(Arc<dyn Store>, Arc<dyn Store>), String>> + Send + 'static,
+    f: Case,
+) -> Result<Completion, Failed> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(format!("tokio runtime: {e}")))?;
+    rt.block_on(async move {
+        let (a, b) = match stores.await {
+            Ok(s) => s,
+            Err(reason) => return Ok(Completion::ignored_with(reason)),
+        };
+        f(a, b).await.map_err(Failed::from)?;
+        Ok(Completion::Completed)
+    })
+}
+
+/// A snapshot of `cloud`'s cell on `store`, tailing the feed every 5 ms.
+async fn tailing(store: Arc<dyn Store>, cloud: &Cloud) -> Result<Arc<SharedSnapshot>, String> {
+    let config = SnapshotConfig::from_scheduler(&cloud.config(), Some(Duration::from_millis(5)));
+    SharedSnapshot::open(store, config).await.map_err(e)
+}
+
+/// Polls `cond` on the snapshot until it holds (the tailer is asynchronous), for at most
+/// 10 s.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) -> R {
+    let t = Instant::now();
+    while !cond() {
+        if t.elapsed() > Duration::from_secs(10) {
+            return Err(format!("the tailer never applied: {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+fn claim(root: ProviderId, vcpu: i64, group: Option<GroupClaim>) -> ClaimRequest {
+    ClaimRequest {
+        consumer: ConsumerId::new_v4(),
+        project_id: "proj".into(),
+        user_id: "user".into(),
+        allocations: BTreeMap::from([(root, BTreeMap::from([(ResourceClass::Vcpu, vcpu)]))]),
+        group,
+    }
+}
+
+async fn tailer_applies_claims_made_through_another_handle(store: Arc<dyn Store>, other: Arc<dyn Store>) -> R {
+    let mut cloud = Cloud::new(store.clone()).await?;
+    cloud.add_hosts(3, HostSpec::sized(16, 32768, 500)).await?;
+    let g = cloud.group(GroupPolicy::AntiAffinity, Some(3)).await?;
+    let snap = tailing(store.clone(), &cloud).await?;
+    let name = cloud.hosts[1].name.clone();
+    let free = |snap: &SharedSnapshot| snap.host_state(&name).map(|h| h.free(&ResourceClass::Vcpu));
+    check!(free(&snap) == Some(16), "loaded: {:?}", free(&snap));
+    // Claims by "another process": the snapshot learns them from the feed only.
+    let mut consumers = Vec::new();
+    for n in [3, 5] {
+        let c = claim(cloud.hosts[1].root, n, Some(GroupClaim { group: g.id, max_per_host: Some(3) }));
+        other.claim(&c).await.map_err(e)?;
+        consumers.push(c.consumer);
+    }
+    eventually("two claims", || free(&snap) == Some(8)).await?;
+    let hs = snap.host_state(&name).ok_or("host")?;
+    check!(hs.group_members(g.id) == 2, "group members from the feed: {:?}", hs.tree.groups);
+    // A release by the other handle too.
+    other.release(consumers[0]).await.map_err(e)?;
+    eventually("a release", || free(&snap) == Some(11)).await?;
+    check!(snap.host_state(&name).is_some_and(|h| h.group_members(g.id) == 1), "member released");
+    // A scheduler on the snapshot sees the other handle's claims without refreshing itself.
+    let s = Scheduler::with_snapshot(
+        snap.clone(),
+        SchedulerConfig { min_refresh_interval: Duration::from_secs(3600), ..cloud.config() },
+    )
+    .map_err(e)?;
+    other.claim(&claim(cloud.hosts[0].root, 16, None)).await.map_err(e)?;
+    other.claim(&claim(cloud.hosts[2].root, 16, None)).await.map_err(e)?;
+    eventually("full hosts", || {
+        snap.host_state(&cloud.hosts[0].name).is_some_and(|h| h.free(&ResourceClass::Vcpu) == 0)
+            && snap.host_state(&cloud.hosts[2].name).is_some_and(|h| h.free(&ResourceClass::Vcpu) == 0)
+    })
+    .await?;
+    let out = s.select_destinations(&spec(flavor(2, 1024, 10)), &[InstanceId::new_v4()], 2).await.map_err(e)?;
+    check!(out[0][0].host == name && out[0].len() == 1, "only host 1 has room: {out:?}");
+    check!(s.stats().claim_conflicts == 0, "no claim refused: {:?}", s.stats());
+    check!(snap.stats().full_reloads == 1, "no reload: {:?}", snap.stats());
+    audit(&store, cloud.cell).await?;
+    Ok(())
+}
+
+async fn tailer_follows_hosts_appearing_and_leaving(store: Arc<dyn Store>, other: Arc<dyn Store>) -> R {
+    let mut cloud = Cloud::new(store.clone()).await?;
+    cloud.add_hosts(2, HostSpec::default()).await?;
+    let snap = tailing(store.clone(), &cloud).await?;
+    check!(snap.known_hosts() == 2, "loaded {}", snap.known_hosts());
+    // A new compute registered through the other handle.
+    let mut via_other =
+        Cloud { store: other.clone(), cell: cloud.cell, tag: cloud.tag.clone(), hosts: cloud.hosts.clone() };
+    let newcomer = via_other.add_host(HostSpec { nested: true, ..Default::default() }).await?;
+    eventually("a new host", || snap.host_state(&newcomer.name).is_some()).await?;
+    check!(snap.known_hosts() == 3, "known {}", snap.known_hosts());
+    let s = Scheduler::with_snapshot(snap.clone(), cloud.config()).map_err(e)?;
+    let mut f = flavor(2, 1024, 10);
+    f.extra_specs.insert("hw:cpu_policy".into(), "dedicated".into());
+    let out = s.select_destinations(&spec(f), &[InstanceId::new_v4()], 0).await.map_err(e)?;
+    check!(out[0][0].host == newcomer.name, "the only host with PCPU: {out:?}");
+    // Disabled by an operator through the other handle: seen at the next catalog read.
+    let mut h = other.get_host(&cloud.hosts[0].name).await.map_err(e)?;
+    h.enabled = false;
+    other.put_host(&h).await.map_err(e)?;
+    snap.refresh_catalog().await.map_err(e)?;
+    check!(snap.host_state(&h.name).is_some_and(|s| !s.host.enabled), "disabled");
+    // Deleted: forgotten.
+    let gone = cloud.hosts[1].clone();
+    other.delete_provider(gone.root).await.map_err(e)?;
+    eventually("a deleted tree", || snap.known_hosts() == 2 && snap.host_state(&gone.name).is_none()).await?;
+    Ok(())
+}
+
+async fn schedulers_sharing_a_snapshot_never_overcommit(store: Arc<dyn Store>, other: Arc<dyn Store>) -> R {
+    let mut cloud = Cloud::new(store.clone()).await?;
+    for i in 0..12 {
+        cloud
+            .add_host(HostSpec { vcpu: 8, mem_mb: 16384, disk_gb: 200, nested: i % 4 == 0, ..Default::default() })
+            .await?;
+    }
+    let g = cloud.group(GroupPolicy::AntiAffinity, Some(1)).await?;
+    let snap = tailing(store.clone(), &cloud).await?;
+    let shared: Vec<Arc<Scheduler>> = (0..4)
+        .map(|k| {
+            Scheduler::with_snapshot(
+                snap.clone(),
+                SchedulerConfig {
+                    host_subset_size: 1 + k,
+                    seed: Some(k as u64),
+                    min_refresh_interval: Duration::from_secs(3600),
+                    ..cloud.config()
+                },
+            )
+            .map(Arc::new)
+        })
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    // A scheduler of "another process", with its own snapshot on the other handle.
+    let outsider = Arc::new(Scheduler::new(other.clone(), cloud.config()).await.map_err(e)?);
+    let mut tasks = Vec::new();
+    for i in 0..120usize {
+        let s = if i % 5 == 4 { outsider.clone() } else { shared[i % 4].clone() };
+        let mut sp = spec(flavor(1 + (i % 3) as i64, 1024, 10));
+        if i % 7 == 0 {
+            sp.hints.group = Some(g.id);
+        }
+        let n = if i % 11 == 0 { 2 } else { 1 };
+        tasks.push(tokio::spawn(async move {
+            let ids: Vec<InstanceId> = (0..n).map(|_| InstanceId::new_v4()).collect();
+            s.select_destinations(&sp, &ids, 2).await.map(|l| (ids, l))
+        }));
+    }
+    let mut placed = 0;
+    for t in tasks {
+        match t.await.map_err(e)? {
+            Ok((ids, lists)) => {
+                placed += ids.len();
+                for l in &lists {
+                    for alt in &l[1..] {
+                        check!(alt.cell == l[0].cell && alt.host != l[0].host, "alternates: {l:?}");
+                    }
+                }
+            }
+            Err(unicell::scheduler::ScheduleError::NoValidHost { .. }) => {}
+            Err(other) => return Err(e(other)),
+        }
+    }
+    let allocations = audit(&store, cloud.cell).await?;
+    check!(allocations.len() == placed, "{} consumers hold allocations for {placed} placed", allocations.len());
+    check!(placed > 50, "most requests placed: {placed}");
+    for h in &cloud.hosts {
+        let t = store.provider_tree(h.root).await.map_err(e)?;
+        check!(t.groups.get(&g.id).copied().unwrap_or(0) <= 1, "anti-affinity on {}: {:?}", h.name, t.groups);
+    }
+    // The shared snapshot converges on the store's state.
+    eventually("convergence", || {
+        cloud.hosts.iter().all(|h| {
+            let Some(hs) = snap.host_state(&h.name) else { return false };
+            let Some(root) = hs.tree.providers.first() else { return false };
+            let used: i64 = allocations
+                .values()
+                .filter(|a| a.root == h.root)
+                .filter_map(|a| a.allocations.get(&h.root).and_then(|r| r.get(&ResourceClass::Vcpu)))
+                .sum();
+            root.used(&ResourceClass::Vcpu) == used
+        })
+    })
+    .await?;
+    Ok(())
+}
+
+async fn indexed_ranking_matches_the_exhaustive_best_weight(store: Arc<dyn Store>, _other: Arc<dyn Store>) -> R {
+    let mut cloud = Cloud::new(store.clone()).await?;
+    for i in 0..40i64 {
+        cloud
+            .add_host(HostSpec {
+                vcpu: 8 + (i % 5) * 4,
+                mem_mb: 8192 + (i % 7) * 4096,
+                disk_gb: 100 + (i % 3) * 100,
+                ..Default::default()
+            })
+            .await?;
+    }
+    let snap = tailing(store.clone(), &cloud).await?;
+    let measured = SchedulerConfig { measure_quality: true, ..cloud.config() };
+    let indexed = Scheduler::with_snapshot(snap.clone(), measured.clone()).map_err(e)?;
+    let exhaustive = Scheduler::with_snapshot(
+        snap.clone(),
+        SchedulerConfig { ranking: RankingMode::Exhaustive, max_placement_results: None, ..measured },
+    )
+    .map_err(e)?;
+    // Alternate the two on one cloud of unequal hosts, each decision measured against an
+    // exhaustive weighing of the same state.
+    for i in 0..60 {
+        let sp = spec(flavor(1 + i % 3, 1024 * (1 + i % 2), 10));
+        indexed.select_destinations(&sp, &[InstanceId::new_v4()], 0).await.map_err(e)?;
+        exhaustive.select_destinations(&sp, &[InstanceId::new_v4()], 0).await.map_err(e)?;
+    }
+    let (qi, qe) = (indexed.quality(), exhaustive.quality());
+    eprintln!("quality on {}: indexed {qi:?}, exhaustive {qe:?}", store.backend());
+    check!(qe.decisions == 60 && qe.min_q == 1.0, "the exhaustive ranking picks the best (subset 1): {qe:?}");
+    check!(qi.decisions == 60 && qi.mean_q >= 0.97, "indexed close to the best: {qi:?}");
+    audit(&store, cloud.cell).await?;
+    Ok(())
+}
