@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 /// with tablets disabled (LWT is not supported on tablet keyspaces in ScyllaDB 2025.x),
 /// while Cassandra rejects the `tablets` option.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flavor {
+pub enum CqlServer {
     /// `scylla://`
     Scylla,
     /// `cassandra://`
@@ -71,7 +71,7 @@ impl Replication {
 #[derive(Clone)]
 pub struct CqlConfig {
     /// Server family, from the scheme.
-    pub flavor: Flavor,
+    pub server: CqlServer,
     /// Contact points (`host:port`).
     pub hosts: Vec<String>,
     /// Credentials, if any.
@@ -104,9 +104,9 @@ impl CqlConfig {
         let shown = crate::store::url::redact_str(url);
         let bad = |msg: String| Error::invalid("store url", format!("{shown:?}: {msg}"));
         let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("missing scheme".into()))?;
-        let flavor = match scheme {
-            "scylla" => Flavor::Scylla,
-            "cassandra" => Flavor::Cassandra,
+        let server = match scheme {
+            "scylla" => CqlServer::Scylla,
+            "cassandra" => CqlServer::Cassandra,
             other => return Err(bad(format!("unknown scheme {other:?}"))),
         };
         let (rest, query) = match rest.split_once('?') {
@@ -143,7 +143,7 @@ impl CqlConfig {
             return Err(bad(format!("keyspace {keyspace:?} must match [a-z][a-z0-9_]{{0,47}}")));
         }
         let mut cfg = CqlConfig {
-            flavor,
+            server,
             hosts,
             credentials,
             keyspace,
@@ -197,9 +197,9 @@ impl CqlConfig {
 
     /// The URL with the password masked.
     pub fn redacted(&self) -> String {
-        let scheme = match self.flavor {
-            Flavor::Scylla => "scylla",
-            Flavor::Cassandra => "cassandra",
+        let scheme = match self.server {
+            CqlServer::Scylla => "scylla",
+            CqlServer::Cassandra => "cassandra",
         };
         let user = match &self.credentials {
             Some((u, _)) => format!("{u}:***@"),
@@ -314,7 +314,7 @@ mod tests {
             "scylla://app:s3cr%40t@10.0.0.1:9042,10.0.0.2,[::1]:19042/nova?replication=nts:dc1=3,dc2=2&serial_consistency=local_serial&create_schema=false",
         )
         .unwrap();
-        assert_eq!(c.flavor, Flavor::Scylla);
+        assert_eq!(c.server, CqlServer::Scylla);
         assert_eq!(c.hosts, vec!["10.0.0.1:9042", "10.0.0.2:9042", "[::1]:19042"]);
         assert_eq!(c.keyspace, "nova");
         assert_eq!(c.credentials.as_ref().unwrap().1, "s3cr@t");
