@@ -47,14 +47,13 @@ mod instances;
 mod schema;
 mod trees;
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 
 pub use self::config::{CqlConfig, CqlServer, Replication};
 use self::conn::{BACKEND, Db};
 use crate::error::Result;
 use crate::model::*;
+use crate::store::StoreUrl;
 use crate::store::prelude::*;
 
 /// The CQL store. Cheap to share (`Arc<dyn Store>`); one driver session inside.
@@ -78,13 +77,13 @@ impl std::fmt::Debug for CqlStore {
 impl CqlStore {
     /// Connects, creates the keyspace and tables when `create_schema` is on (idempotent),
     /// and reads the keyspace's fixed settings.
-    pub async fn open(url: &str) -> Result<Arc<CqlStore>> {
+    pub async fn open(url: &StoreUrl) -> Result<CqlStore> {
         let cfg = CqlConfig::parse(url)?;
         let session = conn::connect(&cfg).await?;
         schema::prepare(&session, &cfg).await?;
         let db = Db::new(session, cfg);
         let (bucket_us, shards) = schema::settings(&db).await?;
-        Ok(Arc::new(CqlStore { db, bucket_us, shards, root_cache: Default::default() }))
+        Ok(CqlStore { db, bucket_us, shards, root_cache: Default::default() })
     }
 
     /// The parsed URL (password masked when displayed).

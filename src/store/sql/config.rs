@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::store::StoreUrl;
+use crate::store::{Scheme, StoreUrl};
 
 use super::conn::Dialect;
 
@@ -148,14 +148,15 @@ pub(super) struct Target {
 }
 
 impl Target {
-    pub(super) fn parse(url: &url::Url) -> Result<Target> {
-        let dialect = match url.scheme() {
-            "mysql" | "mariadb" => Dialect::MySql,
-            "postgres" | "postgresql" => Dialect::Postgres,
+    pub(super) fn parse(store_url: &StoreUrl) -> Result<Target> {
+        let dialect = match store_url.scheme() {
+            Scheme::MySql => Dialect::MySql,
+            Scheme::Postgres => Dialect::Postgres,
             other => {
-                return Err(Error::invalid("store url", format!("scheme {other:?} is not a SQL scheme")));
+                return Err(Error::invalid("store url", format!("scheme {other} is not a SQL scheme")));
             }
         };
+        let url = store_url.expose();
         let database = url.path().trim_start_matches('/').to_string();
         if database.is_empty()
             || !database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -197,7 +198,7 @@ impl Target {
 /// The databases a URL names: the API database and the cell databases (the same one in
 /// single mode).
 pub(super) fn targets(url: &StoreUrl) -> Result<(Target, Vec<Target>, Mode)> {
-    let api = Target::parse(url.expose())?;
+    let api = Target::parse(url)?;
     let mode = match url.param("mode").as_deref() {
         None | Some("cells") => Mode::Cells,
         Some("single") => Mode::Single,
@@ -208,8 +209,7 @@ pub(super) fn targets(url: &StoreUrl) -> Result<(Target, Vec<Target>, Mode)> {
     if mode == Mode::Single {
         return Ok((api.clone(), vec![api], mode));
     }
-    let explicit: Vec<String> =
-        url.expose().query_pairs().filter(|(k, _)| k == "cell_url").map(|(_, v)| v.into_owned()).collect();
+    let explicit: Vec<String> = url.params("cell_url");
     let cells = if explicit.is_empty() {
         let n = param_u32(url, "cells", 2, 1)?;
         if n > 256 {
@@ -220,7 +220,7 @@ pub(super) fn targets(url: &StoreUrl) -> Result<(Target, Vec<Target>, Mode)> {
         let mut v = Vec::new();
         for s in &explicit {
             let u = StoreUrl::parse(s)?;
-            let t = Target::parse(u.expose())?;
+            let t = Target::parse(&u)?;
             if t.dialect != api.dialect {
                 return Err(Error::invalid("store url cell_url", format!("{u} is not the API database's dialect")));
             }
@@ -229,34 +229,6 @@ pub(super) fn targets(url: &StoreUrl) -> Result<(Target, Vec<Target>, Mode)> {
         v
     };
     Ok((api, cells, mode))
-}
-
-/// The URL for display: the password masked, and the passwords of `cell_url` values too
-/// (a plain [`StoreUrl`] only masks keys that look secret).
-pub fn redact(url: &StoreUrl) -> String {
-    let mut u = url.expose().clone();
-    if u.password().is_some() {
-        let _ = u.set_password(Some("***"));
-    }
-    let pairs: Vec<(String, String)> = url
-        .expose()
-        .query_pairs()
-        .map(|(k, v)| {
-            let v = if k == "cell_url" {
-                StoreUrl::parse(&v).map(|c| c.redacted()).unwrap_or_else(|_| crate::store::url::redact_str(&v))
-            } else if k.to_ascii_lowercase().contains("password") {
-                "***".to_string()
-            } else {
-                v.into_owned()
-            };
-            (k.into_owned(), v)
-        })
-        .collect();
-    u.set_query(None);
-    if !pairs.is_empty() {
-        u.query_pairs_mut().extend_pairs(pairs);
-    }
-    u.to_string()
 }
 
 #[cfg(test)]
@@ -283,8 +255,8 @@ mod tests {
         assert_eq!(cells[0].database, "c1");
         assert_eq!(cells[0].url.host_str(), Some("h2"));
         assert!(!cells[0].label().contains("s3cret"));
-        assert!(!redact(&u).contains("s3cret"), "{}", redact(&u));
-        assert!(redact(&u).contains("h2"));
+        assert!(!u.redacted().contains("s3cret"), "{}", u.redacted());
+        assert!(u.redacted().contains("h2"));
         let (_, cells, mode) = targets(&StoreUrl::parse("mariadb://root@h/x?mode=single").unwrap()).unwrap();
         assert_eq!((cells.len(), mode), (1, Mode::Single));
         assert!(targets(&StoreUrl::parse("mysql://root@h/bad-name").unwrap()).is_err());

@@ -48,8 +48,8 @@ mod instances;
 pub mod migrate;
 mod trees;
 
+use self::config::targets;
 pub use self::config::{DownCell, ListStrategy, Mode, SqlOptions};
-use self::config::{redact, targets};
 use self::conn::{CellDb, Dialect, Pool};
 
 /// The SQL baseline store. See the module docs.
@@ -66,7 +66,7 @@ pub struct SqlStore {
 impl std::fmt::Debug for SqlStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqlStore")
-            .field("url", &redact(&self.url))
+            .field("url", &self.url)
             .field("mode", &self.opts.mode)
             .field("cells", &self.cells.len())
             .finish_non_exhaustive()
@@ -216,7 +216,7 @@ impl Store for SqlStore {
     }
 
     fn describe(&self) -> String {
-        format!("sql {} ({:?} mode, {} cell database(s))", redact(&self.url), self.opts.mode, self.cells.len())
+        format!("sql {} ({:?} mode, {} cell database(s))", self.url, self.opts.mode, self.cells.len())
     }
 }
 
