@@ -21,7 +21,7 @@ use unicell::compute::SimulatedCompute;
 use unicell::conductor::{Conductor, ConductorConfig};
 use unicell::model::*;
 use unicell::scheduler::{ScheduleError, Scheduler, SchedulerConfig};
-use unicell::store::Store;
+use unicell::store::prelude::*;
 
 struct Args {
     store: String,
@@ -174,6 +174,7 @@ fn new_instance(f: &Flavor, id: InstanceId) -> Instance {
         metadata: BTreeMap::new(),
         tags: BTreeSet::new(),
         fault: None,
+        system_metadata: Default::default(),
     }
 }
 

@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use support::{Factory, Skip, conformance_trials};
 use unicell::model::*;
-use unicell::store::Store;
 use unicell::store::conformance::differential;
 use unicell::store::cql::CqlStore;
+use unicell::store::prelude::*;
 
 /// Servers and stores live on this runtime for the whole run (the harness gives each trial
 /// its own short-lived runtime, which must not own the driver's connections).
@@ -89,7 +89,8 @@ fn with_keyspace(uri: &str, ks: &str) -> String {
 }
 
 async fn open_shared(url: String) -> Shared {
-    CqlStore::open(&url).await.map_err(|e| Why::Fail(format!("opening {url}: {e}")))
+    let parsed = unicell::store::StoreUrl::parse(&url).map_err(|e| Why::Fail(e.to_string()))?;
+    CqlStore::open(&parsed).await.map(Arc::new).map_err(|e| Why::Fail(format!("opening {parsed}: {e}")))
 }
 
 impl Path {

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use unicell::model::*;
-use unicell::store::Store;
+use unicell::store::prelude::*;
 use uuid::Uuid;
 
 use super::progress;
@@ -343,5 +343,6 @@ pub fn list_instance(seed: u64, i: u64, cells: &[Cell], flavor: &FlavorId) -> In
         metadata: BTreeMap::new(),
         tags: BTreeSet::new(),
         fault: None,
+        system_metadata: BTreeMap::new(),
     }
 }

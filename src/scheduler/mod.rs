@@ -59,7 +59,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::model::CellId;
-use crate::store::Store;
+use crate::store::prelude::*;
 
 pub use error::{ClaimFailure, ClaimFailureCause, NoValidHostReason, Rejection, ScheduleError, StageCount};
 pub use host_state::{HostState, HostView};

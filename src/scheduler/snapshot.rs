@@ -49,7 +49,7 @@ use crate::scheduler::candidates::CandidateRequest;
 use crate::scheduler::host_state::{HostState, HostView, min_metadata};
 use crate::scheduler::template::{Shape, Template, Usage};
 use crate::scheduler::{SchedulerConfig, lock};
-use crate::store::Store;
+use crate::store::prelude::*;
 
 /// What a snapshot needs to know, taken from a [`SchedulerConfig`] (see
 /// [`SnapshotConfig::from_scheduler`]).
