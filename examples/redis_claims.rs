@@ -21,8 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use unicell::model::*;
+use unicell::store::StoreUrl;
+use unicell::store::prelude::*;
 use unicell::store::redis::RedisStore;
-use unicell::store::{Store, StoreUrl};
 
 struct Args {
     url: Option<String>,

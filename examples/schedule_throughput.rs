@@ -21,7 +21,7 @@ use unicell::compute::SimulatedCompute;
 use unicell::conductor::{Conductor, ConductorConfig};
 use unicell::model::*;
 use unicell::scheduler::{ScheduleError, Scheduler, SchedulerConfig};
-use unicell::store::Store;
+use unicell::store::prelude::*;
 
 struct Args {
     store: String,

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use unicell::error::Error;
 use unicell::model::*;
+use unicell::store::StoreUrl;
+use unicell::store::prelude::*;
 use unicell::store::sql::SqlStore;
-use unicell::store::{Store, StoreUrl};
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

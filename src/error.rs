@@ -55,7 +55,8 @@ impl fmt::Display for Kind {
 #[non_exhaustive]
 pub enum Conflict {
     /// The tree's generation was not the one the caller read (Placement's
-    /// `placement.concurrent_update`). Re-read and retry.
+    /// `placement.concurrent_update`). Retryable only after a re-read: read the tree again
+    /// and redo the write with the generation found (see [`Error::is_retryable`]).
     Generation {
         /// The tree.
         root: ProviderId,
@@ -218,8 +219,19 @@ impl Error {
         Error::Backend { backend, source: source.into() }
     }
 
-    /// Whether retrying the same call may succeed: the backend was unreachable or slow, or a
-    /// generation moved under an optimistic write (re-read first).
+    /// Whether trying again may succeed (the [`Store`](crate::store::Store) contract, line 15):
+    ///
+    /// * `Unavailable` and `Timeout`: the backend was unreachable or slow; the same call may
+    ///   succeed when repeated as is (a timed-out write's outcome is unknown, and claims and
+    ///   releases are idempotent, so repeating one tells what happened).
+    /// * [`Conflict::Generation`]: retryable only after a re-read. The tree moved under an
+    ///   optimistic write; repeating a `set_inventories`/`set_traits`/`set_aggregates` call
+    ///   with the same stale generation fails again, so the caller reads the tree, redoes its
+    ///   change from what it finds and sends the new generation. A claim carries no
+    ///   generation and reads the tree itself, so for a claim repeating the call is the
+    ///   re-read.
+    ///
+    /// Everything else fails again on retry until something else changes.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Unavailable { .. } | Error::Timeout { .. } | Error::Conflict(Conflict::Generation { .. }))
     }

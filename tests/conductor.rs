@@ -14,7 +14,7 @@ use sched_common::{Cloud, HostSpec, audit, e, flavor, instance, spec};
 use unicell::compute::{BuildFailure, ComputeDriver, SimulatedCompute};
 use unicell::conductor::{BuildStatus, Conductor, ConductorConfig};
 use unicell::model::*;
-use unicell::store::Store;
+use unicell::store::prelude::*;
 
 fn main() {
     let args = libtest_mimic::Arguments::from_args();

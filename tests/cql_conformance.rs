@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use support::{Factory, Skip, conformance_trials};
 use unicell::model::*;
-use unicell::store::Store;
 use unicell::store::conformance::differential;
 use unicell::store::cql::CqlStore;
+use unicell::store::prelude::*;
 
 /// Servers and stores live on this runtime for the whole run (the harness gives each trial
 /// its own short-lived runtime, which must not own the driver's connections).

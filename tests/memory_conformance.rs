@@ -5,8 +5,8 @@ mod support;
 use std::sync::Arc;
 
 use support::{Factory, conformance_trials};
-use unicell::store::Store;
 use unicell::store::memory::MemoryStore;
+use unicell::store::prelude::*;
 
 fn main() {
     let args = libtest_mimic::Arguments::from_args();

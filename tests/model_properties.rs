@@ -12,9 +12,9 @@ use proptest::prelude::*;
 use unicell::Error;
 use unicell::error::Conflict;
 use unicell::model::*;
-use unicell::store::Store;
 use unicell::store::conformance::differential::{self, Op};
 use unicell::store::memory::MemoryStore;
+use unicell::store::prelude::*;
 
 /// What a consumer holds on one tree: amounts per (provider, class), and group membership.
 type Held = (BTreeMap<(ProviderId, ResourceClass), i64>, bool);

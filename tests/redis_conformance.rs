@@ -14,8 +14,8 @@ mod support;
 use std::sync::Arc;
 
 use support::{Factory, Skip, conformance_trials};
-use unicell::store::Store;
 use unicell::store::conformance::differential::Op;
+use unicell::store::prelude::*;
 use unicell::store::redis::RedisStore;
 
 /// Where a target's servers live; dropping it stops what this binary started.

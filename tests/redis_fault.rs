@@ -24,8 +24,9 @@ use libtest_mimic::{Completion, Failed, Trial};
 use rand::{Rng, SeedableRng};
 use unicell::Error;
 use unicell::model::*;
+use unicell::store::StoreUrl;
+use unicell::store::prelude::*;
 use unicell::store::redis::RedisStore;
-use unicell::store::{Store, StoreUrl};
 
 const TREES: usize = 12;
 const WORKERS: usize = 32;

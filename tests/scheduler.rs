@@ -12,7 +12,7 @@ use std::sync::Arc;
 use sched_common::{Cloud, HostSpec, audit, e, flavor, spec};
 use unicell::model::*;
 use unicell::scheduler::{ClaimFailureCause, Rejection, ScheduleError, SchedulerConfig};
-use unicell::store::Store;
+use unicell::store::prelude::*;
 
 fn main() {
     let args = libtest_mimic::Arguments::from_args();

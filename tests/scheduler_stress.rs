@@ -21,7 +21,7 @@ use unicell::compute::SimulatedCompute;
 use unicell::conductor::{BuildStatus, Conductor, ConductorConfig};
 use unicell::model::*;
 use unicell::scheduler::SchedulerConfig;
-use unicell::store::Store;
+use unicell::store::prelude::*;
 
 fn main() {
     let args = libtest_mimic::Arguments::from_args();

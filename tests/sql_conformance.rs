@@ -18,8 +18,9 @@ use std::sync::Arc;
 use libtest_mimic::Trial;
 use sql_server::{Flavor, Server, find};
 use support::{Factory, Skip, conformance_trials};
+use unicell::store::StoreUrl;
+use unicell::store::prelude::*;
 use unicell::store::sql::SqlStore;
-use unicell::store::{Store, StoreUrl};
 
 struct Config {
     name: &'static str,

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use serde::Serialize;
 use unicell::model::{ConsumerId, ProviderId, ResourceClass};
-use unicell::store::Store;
+use unicell::store::prelude::*;
 
 use super::progress;
 

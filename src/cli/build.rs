@@ -17,7 +17,7 @@ use unicell::compute::{ComputeDriver, SimulatedCompute};
 use unicell::conductor::{BuildStatus, Conductor, ConductorConfig};
 use unicell::model::*;
 use unicell::scheduler::{Scheduler, SchedulerConfig};
-use unicell::store::Store;
+use unicell::store::prelude::*;
 
 use super::cloud::{Cloud, uuid_from};
 use super::progress;

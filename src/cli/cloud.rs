@@ -11,7 +11,7 @@ use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use unicell::model::*;
-use unicell::store::Store;
+use unicell::store::prelude::*;
 use uuid::Uuid;
 
 use super::progress;

@@ -319,7 +319,7 @@ pub struct InventoryWrite {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChangeCursor(pub String);
 
-/// The answer to [`Store::changes_since`](crate::store::Store::changes_since).
+/// The answer to [`ChangeFeed::changes_since`](crate::store::ChangeFeed::changes_since).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Changes {
     /// These trees (by root) may have changed since the cursor; it may name a tree that did

@@ -54,7 +54,7 @@ use crate::error::{Error, Result};
 use crate::model::{
     Aggregate, Cell, CellId, ChangeCursor, Changes, Host, InstanceFilters, ListQuery, ProviderId, ProviderTree, VmState,
 };
-use crate::store::Store;
+use crate::store::prelude::*;
 
 pub use error::{ClaimFailure, ClaimFailureCause, NoValidHostReason, Rejection, ScheduleError, StageCount};
 pub use host_state::{HostState, Snapshot};

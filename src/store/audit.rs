@@ -1,7 +1,7 @@
 //! Audit: the invariant behind every claim, checked from the store's own data.
 //!
 //! For every tree: each provider's usage of each class equals the sum of the allocations
-//! held on it ([`Store::tree_allocations`]), never exceeds its capacity, and each server
+//! held on it ([`Claims::tree_allocations`]), never exceeds its capacity, and each server
 //! group's member count equals the number of allocations naming that group. Tests, the
 //! fault tests and the benchmarks end with it; operators can run it too (Nova's
 //! `nova-manage placement audit` looks for the same drift).
@@ -11,7 +11,7 @@ use std::fmt;
 
 use crate::error::Result;
 use crate::model::{GroupId, ProviderId, ResourceClass};
-use crate::store::Store;
+use crate::store::prelude::*;
 
 /// One violation found by [`audit_trees`].
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -26,7 +26,7 @@ use futures::future::BoxFuture;
 
 use crate::error::{Conflict, Error, Kind};
 use crate::model::*;
-use crate::store::Store;
+use crate::store::prelude::*;
 
 /// Why a case failed: a readable message.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,7 +29,7 @@ use async_trait::async_trait;
 
 use crate::error::{Conflict, Error, Kind, Result};
 use crate::model::*;
-use crate::store::Store;
+use crate::store::prelude::*;
 
 /// Number of change-log shards.
 pub const SHARDS: usize = 32;
@@ -110,7 +110,7 @@ impl ChangeLog {
 }
 
 #[derive(Default)]
-struct Catalog {
+struct CatalogData {
     cells: BTreeMap<CellId, Cell>,
     hosts: BTreeMap<String, Host>,
     flavors: BTreeMap<FlavorId, Flavor>,
@@ -120,7 +120,7 @@ struct Catalog {
 }
 
 #[derive(Default)]
-struct Instances {
+struct InstanceData {
     by_id: HashMap<InstanceId, Instance>,
     /// Every instance in listing order.
     order: BTreeSet<SortKey>,
@@ -135,8 +135,8 @@ pub struct MemoryStore {
     names: Mutex<HashMap<String, ProviderId>>,
     consumers: Vec<Mutex<HashMap<ConsumerId, BTreeSet<ProviderId>>>>,
     changes: ChangeLog,
-    catalog: RwLock<Catalog>,
-    instances: RwLock<Instances>,
+    catalog: RwLock<CatalogData>,
+    instances: RwLock<InstanceData>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -215,7 +215,10 @@ impl Store for MemoryStore {
     fn describe(&self) -> String {
         "memory://".to_string()
     }
+}
 
+#[async_trait]
+impl Providers for MemoryStore {
     async fn create_provider(&self, p: &NewProvider) -> Result<u64> {
         p.validate()?;
         if read(&self.provider_root).contains_key(&p.id) {
@@ -367,15 +370,10 @@ impl Store for MemoryStore {
             Ok((generation + 1, true))
         })
     }
+}
 
-    async fn change_cursor(&self) -> Result<ChangeCursor> {
-        Ok(self.changes.cursor())
-    }
-
-    async fn changes_since(&self, cursor: &ChangeCursor) -> Result<Changes> {
-        self.changes.since(cursor)
-    }
-
+#[async_trait]
+impl Claims for MemoryStore {
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim> {
         request.validate()?;
         for provider in request.allocations.keys() {
@@ -463,7 +461,21 @@ impl Store for MemoryStore {
             Ok((v, false))
         })
     }
+}
 
+#[async_trait]
+impl ChangeFeed for MemoryStore {
+    async fn change_cursor(&self) -> Result<ChangeCursor> {
+        Ok(self.changes.cursor())
+    }
+
+    async fn changes_since(&self, cursor: &ChangeCursor) -> Result<Changes> {
+        self.changes.since(cursor)
+    }
+}
+
+#[async_trait]
+impl Catalog for MemoryStore {
     async fn put_cell(&self, cell: &Cell) -> Result<()> {
         if cell.name.is_empty() {
             return Err(Error::invalid("cell.name", "must not be empty"));
@@ -554,7 +566,10 @@ impl Store for MemoryStore {
         write(&self.catalog).specs.remove(&instance);
         Ok(())
     }
+}
 
+#[async_trait]
+impl Instances for MemoryStore {
     async fn create_instance(&self, instance: &Instance) -> Result<()> {
         instance.validate()?;
         let mut t = write(&self.instances);

@@ -4,7 +4,7 @@
 //! [`Store`] and runs the whole conformance suite (module `conformance`, feature
 //! `conformance`). Open one by URL with [`open`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -30,11 +30,18 @@ mod url;
 
 pub use self::url::StoreUrl;
 
-/// The one storage contract of unicell. Object safe; used as `Arc<dyn Store>`.
+/// The one storage contract of unicell, the sum of five per-concern traits. Object safe; used
+/// as `Arc<dyn Store>`. Calling a method on a `dyn Store` needs its sub-trait in scope: `use
+/// unicell::store::prelude::*;`.
+///
+/// The numbered lines below are the whole contract, written once here; each sub-trait names
+/// the lines it carries ([`Providers`]: 7 to 10, [`Claims`]: 1 to 7, [`ChangeFeed`]: 11,
+/// [`Catalog`]: 12, [`Instances`]: 13 and 14; lines 15 and 16 bind every method). The
+/// conformance suite (feature `conformance`) checks every line on every backend.
 ///
 /// # Claims (the invariant everything else serves)
 ///
-/// 1. **Atomic and isolated per provider tree.** [`claim`](Store::claim) writes every amount
+/// 1. **Atomic and isolated per provider tree.** [`claim`](Claims::claim) writes every amount
 ///    of one consumer on one tree, or none. Two claims that together exceed a provider's
 ///    capacity can never both succeed, whatever the number of schedulers, processes or
 ///    backend nodes. After any interleaving of claims and releases, every provider's usage
@@ -49,7 +56,7 @@ pub use self::url::StoreUrl;
 ///    different amounts on a tree where the consumer already holds some fails with
 ///    [`Conflict::ConsumerMismatch`](crate::error::Conflict::ConsumerMismatch). A consumer
 ///    may hold allocations on several trees (one claim each).
-/// 4. **Release** ([`release`](Store::release)) removes everything the consumer holds on
+/// 4. **Release** ([`release`](Claims::release)) removes everything the consumer holds on
 ///    every tree and is idempotent: releasing a consumer that holds nothing succeeds with no
 ///    roots. A crash between any two steps of a claim or release must never leave an
 ///    allocation that `allocations`/`release` cannot find.
@@ -68,9 +75,9 @@ pub use self::url::StoreUrl;
 ///
 /// 7. Every write to a tree (claim, release, inventory, traits, aggregates, new child)
 ///    changes its generation; a replayed claim or an empty release does not.
-/// 8. [`set_inventories`](Store::set_inventories), [`set_traits`](Store::set_traits) and
-///    [`set_aggregates`](Store::set_aggregates) take the generation the caller read and fail
-///    with [`Conflict::Generation`](crate::error::Conflict::Generation) when it moved
+/// 8. [`set_inventories`](Providers::set_inventories), [`set_traits`](Providers::set_traits)
+///    and [`set_aggregates`](Providers::set_aggregates) take the generation the caller read and
+///    fail with [`Conflict::Generation`](crate::error::Conflict::Generation) when it moved
 ///    (optimistic read-modify-write, as Placement's `PUT .../inventories`).
 /// 9. Shrinking an inventory below its usage is accepted, as in Placement, and reported in
 ///    [`InventoryWrite::over_capacity`]; claims of that class then fail until usage drops
@@ -80,14 +87,15 @@ pub use self::url::StoreUrl;
 ///
 /// # Scheduler reads
 ///
-/// 10. [`provider_tree`](Store::provider_tree) and [`list_provider_trees`](Store::list_provider_trees)
-///     return trees with inventories, usages, traits, aggregates and group counts, each tree
-///     read consistently (one generation).
-/// 11. [`change_cursor`](Store::change_cursor) and [`changes_since`](Store::changes_since) are
-///     the cheap change check: take a cursor, load everything, then ask for the trees that
-///     changed since the cursor; the answer costs in proportion to the changes, may name a
-///     tree that did not change, never omits one that did, and says
-///     [`Changes::Resync`] when the feed no longer reaches back that far.
+/// 10. [`provider_tree`](Providers::provider_tree) and
+///     [`list_provider_trees`](Providers::list_provider_trees) return trees with inventories,
+///     usages, traits, aggregates and group counts, each tree read consistently (one
+///     generation).
+/// 11. [`change_cursor`](ChangeFeed::change_cursor) and
+///     [`changes_since`](ChangeFeed::changes_since) are the cheap change check: take a cursor,
+///     load everything, then ask for the trees that changed since the cursor; the answer costs
+///     in proportion to the changes, may name a tree that did not change, never omits one that
+///     did, and says [`Changes::Resync`] when the feed no longer reaches back that far.
 ///
 /// # Catalog
 ///
@@ -97,11 +105,11 @@ pub use self::url::StoreUrl;
 ///
 /// # Instances
 ///
-/// 13. [`create_instance`](Store::create_instance) fails with `AlreadyExists` for a known uuid;
-///     [`update_instance`](Store::update_instance) applies an [`InstancePatch`] atomically
-///     and bumps `updated_at`; soft delete is a patch (`deleted: Some(true)`);
-///     [`delete_instance`](Store::delete_instance) removes the record for good.
-/// 14. [`list_instances`](Store::list_instances) has Nova's semantics: order `created_at`
+/// 13. [`create_instance`](Instances::create_instance) fails with `AlreadyExists` for a known
+///     uuid; [`update_instance`](Instances::update_instance) applies an [`InstancePatch`]
+///     atomically and bumps `updated_at`; soft delete is a patch (`deleted: Some(true)`);
+///     [`delete_instance`](Instances::delete_instance) removes the record for good.
+/// 14. [`list_instances`](Instances::list_instances) has Nova's semantics: order `created_at`
 ///     descending then uuid descending (a total order); `limit` defaults to and is clamped
 ///     at [`MAX_LIMIT`](crate::model::MAX_LIMIT); `marker` is the uuid of the previous
 ///     page's last instance and an unknown marker is `NotFound` of kind `Marker` (never an
@@ -112,20 +120,29 @@ pub use self::url::StoreUrl;
 ///
 /// # Errors and secrets
 ///
-/// 15. Every failure is an [`Error`](crate::Error) variant with its meaning; `Unavailable` and
-///     `Timeout` are [retryable](crate::Error::is_retryable). Nothing panics on bad input.
+/// 15. Every failure is an [`Error`](crate::Error) variant with its meaning. Three are
+///     [retryable](crate::Error::is_retryable): `Unavailable` and `Timeout`, where the same
+///     call may succeed when repeated as is, and
+///     [`Conflict::Generation`](crate::error::Conflict::Generation), which is retryable only
+///     after a re-read: the caller reads the tree again and redoes its write from what it
+///     finds, with the new generation (repeating a `set_*` call with the stale generation
+///     fails again; a [`claim`](Claims::claim) carries no generation and reads the tree
+///     itself, so repeating the claim is the re-read). Nothing panics on bad input.
 /// 16. Credentials in URLs never appear in `Debug`, `Display`, errors or logs (see
 ///     [`StoreUrl`]).
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait Store: Providers + Claims + ChangeFeed + Catalog + Instances + std::fmt::Debug + Send + Sync {
     /// The backend's short name (`memory`, `redis`, `cql`, `sql`).
     fn backend(&self) -> &'static str;
 
     /// A description safe to log: backend and URL with credentials redacted.
     fn describe(&self) -> String;
+}
 
-    // ---- provider trees -------------------------------------------------------------
-
+/// Provider trees: creation, deletion, the scheduler's reads and the optimistic writes of
+/// inventories, traits and aggregates. Carries [`Store`] contract lines 7 to 10.
+#[async_trait]
+pub trait Providers: Send + Sync {
     /// Creates a provider: a new tree when `parent` is `None`, else a child added to the
     /// parent's tree (bumping its generation). Returns the tree's generation. Fails with
     /// `AlreadyExists` for a known id, `Conflict::DuplicateName` for a taken name,
@@ -146,7 +163,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         &self,
         provider: ProviderId,
         generation: u64,
-        inventories: &std::collections::BTreeMap<ResourceClass, Inventory>,
+        inventories: &BTreeMap<ResourceClass, Inventory>,
     ) -> Result<InventoryWrite>;
 
     /// Replaces the provider's traits if the tree is still at `generation`; returns the new one.
@@ -159,18 +176,30 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         generation: u64,
         aggregates: &BTreeSet<AggregateId>,
     ) -> Result<u64>;
+}
 
-    /// A cursor at "now": every tree change that completes after this call returns is
-    /// reported by a later [`changes_since`](Store::changes_since).
-    async fn change_cursor(&self) -> Result<ChangeCursor>;
-
-    /// The trees changed since `cursor` (see the contract, line 11).
-    async fn changes_since(&self, cursor: &ChangeCursor) -> Result<Changes>;
-
-    // ---- claims ---------------------------------------------------------------------
-
+/// Claims and releases: the invariant everything else serves. Carries [`Store`] contract
+/// lines 1 to 6, and line 7 for the generation changes its writes make.
+#[async_trait]
+pub trait Claims: Send + Sync {
     /// Claims the request's amounts atomically on one tree (contract lines 1 to 6).
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim>;
+
+    /// Claims several requests in one call: one result per request, in order, each claim
+    /// still all-or-nothing on its own tree exactly as [`claim`](Claims::claim) (one failing
+    /// request does not undo or stop the others). The outer `Err` is only for a failure of
+    /// the whole call (transport), after which any of the claims may or may not have been
+    /// made: claims are idempotent, so replaying them tells.
+    ///
+    /// This default claims one request after the other; a backend overrides it when it can
+    /// send the claims in fewer round trips.
+    async fn claim_batch(&self, requests: &[ClaimRequest]) -> Result<Vec<Result<Claim>>> {
+        let mut out = Vec::with_capacity(requests.len());
+        for request in requests {
+            out.push(self.claim(request).await);
+        }
+        Ok(out)
+    }
 
     /// Releases everything `consumer` holds (idempotent).
     async fn release(&self, consumer: ConsumerId) -> Result<Released>;
@@ -180,9 +209,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Every consumer's allocations on the tree containing `provider` (for audits).
     async fn tree_allocations(&self, provider: ProviderId) -> Result<Vec<TreeAllocation>>;
+}
 
-    // ---- catalog --------------------------------------------------------------------
+/// The change feed a scheduler polls to keep its snapshot fresh. Carries [`Store`] contract
+/// line 11.
+#[async_trait]
+pub trait ChangeFeed: Send + Sync {
+    /// A cursor at "now": every tree change that completes after this call returns is
+    /// reported by a later [`changes_since`](ChangeFeed::changes_since).
+    async fn change_cursor(&self) -> Result<ChangeCursor>;
 
+    /// The trees changed since `cursor` (see the contract, line 11).
+    async fn changes_since(&self, cursor: &ChangeCursor) -> Result<Changes>;
+}
+
+/// The catalog: cells, hosts, flavors, aggregates, server groups and request specs. Carries
+/// [`Store`] contract line 12.
+#[async_trait]
+pub trait Catalog: Send + Sync {
     /// Creates or replaces a cell.
     async fn put_cell(&self, cell: &Cell) -> Result<()>;
     /// A cell by id.
@@ -224,9 +268,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get_request_spec(&self, instance: InstanceId) -> Result<RequestSpec>;
     /// Deletes a request spec (idempotent).
     async fn delete_request_spec(&self, instance: InstanceId) -> Result<()>;
+}
 
-    // ---- instances ------------------------------------------------------------------
-
+/// Instance records and Nova's paged listing. Carries [`Store`] contract lines 13 and 14.
+#[async_trait]
+pub trait Instances: Send + Sync {
     /// Creates an instance (`AlreadyExists` for a known uuid).
     async fn create_instance(&self, instance: &Instance) -> Result<()>;
     /// An instance by uuid (soft-deleted ones included).
@@ -237,6 +283,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn delete_instance(&self, id: InstanceId) -> Result<()>;
     /// One page of the instance listing (contract line 14).
     async fn list_instances(&self, query: &ListQuery) -> Result<InstancePage>;
+}
+
+/// The store traits, for `use unicell::store::prelude::*;`: calling a method on a
+/// `dyn Store` needs the sub-trait that declares it in scope.
+pub mod prelude {
+    pub use super::{Catalog, ChangeFeed, Claims, Instances, Providers, Store};
 }
 
 /// Opens a store by URL:

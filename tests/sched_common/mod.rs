@@ -15,8 +15,8 @@ use std::sync::Arc;
 use libtest_mimic::{Completion, Failed, Trial};
 use unicell::model::*;
 use unicell::scheduler::{Scheduler, SchedulerConfig};
-use unicell::store::Store;
 use unicell::store::memory::MemoryStore;
+use unicell::store::prelude::*;
 
 /// What a case returns.
 pub type CaseResult = Result<(), String>;

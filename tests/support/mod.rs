@@ -10,8 +10,8 @@ use std::sync::Arc;
 pub mod ops;
 
 use libtest_mimic::{Completion, Failed, Trial};
-use unicell::store::Store;
 use unicell::store::conformance;
+use unicell::store::prelude::*;
 
 /// Builds a store for one case, or says why it cannot (the trial is then ignored).
 pub type Factory = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Arc<dyn Store>, Skip>> + Send>> + Send + Sync>;

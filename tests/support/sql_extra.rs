@@ -13,9 +13,10 @@ use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 use unicell::error::Error;
 use unicell::model::*;
+use unicell::store::StoreUrl;
 use unicell::store::conformance::differential;
+use unicell::store::prelude::*;
 use unicell::store::sql::SqlStore;
-use unicell::store::{Store, StoreUrl};
 
 use crate::support::{Factory, Skip};
 

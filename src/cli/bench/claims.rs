@@ -26,7 +26,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use unicell::Error;
 use unicell::model::*;
-use unicell::store::Store;
+use unicell::store::prelude::*;
 
 use super::{Candidate, candidates, knob, print_outputs, run_tag, run_url};
 use crate::cli::args::ClaimsArgs;

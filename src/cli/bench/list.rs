@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use serde::Serialize;
 use unicell::model::{FlavorId, InstanceId, ListQuery, MAX_LIMIT};
-use unicell::store::Store;
+use unicell::store::prelude::*;
 
 use super::{Candidate, candidates, knob, list_knob, print_outputs, run_tag, run_url};
 use crate::cli::args::ListArgs;

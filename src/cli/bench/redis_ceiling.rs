@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use unicell::model::*;
+use unicell::store::StoreUrl;
+use unicell::store::prelude::*;
 use unicell::store::redis::RedisStore;
-use unicell::store::{Store, StoreUrl};
 
 use super::claims::{Outcome, Workload};
 use super::{Candidate, run_url};

@@ -22,7 +22,8 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use serde::Serialize;
 use unicell::model::*;
-use unicell::store::{Store, StoreUrl};
+use unicell::store::StoreUrl;
+use unicell::store::prelude::*;
 
 use super::{Candidate, candidates, knob, list_knob, print_outputs, run_tag, run_url};
 use crate::cli::args::SitesArgs;

@@ -6,7 +6,7 @@
 //! change again). `ts` is the writer's clock in microseconds, `bucket = ts / 10 s`, `shard =
 //! root % 4`.
 //!
-//! A cursor is a time `c`. [`changes_since`](crate::store::Store::changes_since) reads,
+//! A cursor is a time `c`. [`changes_since`](crate::store::ChangeFeed::changes_since) reads,
 //! for every bucket from `c - WINDOW` to now and every shard, the slice `ts >= c - WINDOW`,
 //! and returns the roots found plus the cursor `now`. The safety window covers the time
 //! between a writer taking `ts` and its row becoming visible, and clock skew between

@@ -49,7 +49,7 @@ pub use self::config::{CqlConfig, Flavor as ServerFlavor, Replication};
 use self::db::{BACKEND, Db, get_text, text};
 use crate::error::{Error, Result};
 use crate::model::*;
-use crate::store::Store;
+use crate::store::prelude::*;
 
 const KEYSPACE_CQL: &str = include_str!("../../../schema/cql/keyspace.cql");
 const TABLES_CQL: &str = include_str!("../../../schema/cql/tables.cql");
@@ -195,19 +195,26 @@ impl Store for CqlStore {
     fn describe(&self) -> String {
         self.db.cfg.redacted()
     }
+}
 
+#[async_trait]
+impl Providers for CqlStore {
     async fn create_provider(&self, provider: &NewProvider) -> Result<u64> {
         self.do_create_provider(provider).await
     }
+
     async fn delete_provider(&self, provider: ProviderId) -> Result<()> {
         self.do_delete_provider(provider).await
     }
+
     async fn provider_tree(&self, provider: ProviderId) -> Result<ProviderTree> {
         self.do_provider_tree(provider).await
     }
+
     async fn list_provider_trees(&self, cell: Option<CellId>) -> Result<Vec<ProviderTree>> {
         self.do_list_provider_trees(cell).await
     }
+
     async fn set_inventories(
         &self,
         provider: ProviderId,
@@ -216,9 +223,11 @@ impl Store for CqlStore {
     ) -> Result<InventoryWrite> {
         self.do_set_inventories(provider, generation, inventories).await
     }
+
     async fn set_traits(&self, provider: ProviderId, generation: u64, traits: &BTreeSet<Trait>) -> Result<u64> {
         self.do_set_traits(provider, generation, traits).await
     }
+
     async fn set_aggregates(
         &self,
         provider: ProviderId,
@@ -227,90 +236,131 @@ impl Store for CqlStore {
     ) -> Result<u64> {
         self.do_set_aggregates(provider, generation, aggregates).await
     }
-    async fn change_cursor(&self) -> Result<ChangeCursor> {
-        self.do_change_cursor().await
-    }
-    async fn changes_since(&self, cursor: &ChangeCursor) -> Result<Changes> {
-        self.do_changes_since(cursor).await
-    }
+}
+
+#[async_trait]
+impl Claims for CqlStore {
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim> {
         self.do_claim(request).await
     }
+
     async fn release(&self, consumer: ConsumerId) -> Result<Released> {
         self.do_release(consumer).await
     }
+
     async fn allocations(&self, consumer: ConsumerId) -> Result<Vec<TreeAllocation>> {
         self.do_allocations(consumer).await
     }
+
     async fn tree_allocations(&self, provider: ProviderId) -> Result<Vec<TreeAllocation>> {
         self.do_tree_allocations(provider).await
     }
+}
+
+#[async_trait]
+impl ChangeFeed for CqlStore {
+    async fn change_cursor(&self) -> Result<ChangeCursor> {
+        self.do_change_cursor().await
+    }
+
+    async fn changes_since(&self, cursor: &ChangeCursor) -> Result<Changes> {
+        self.do_changes_since(cursor).await
+    }
+}
+
+#[async_trait]
+impl Catalog for CqlStore {
     async fn put_cell(&self, cell: &Cell) -> Result<()> {
         self.do_put_cell(cell).await
     }
+
     async fn get_cell(&self, id: CellId) -> Result<Cell> {
         self.do_get_cell(id).await
     }
+
     async fn list_cells(&self) -> Result<Vec<Cell>> {
         self.do_list_cells().await
     }
+
     async fn put_host(&self, host: &Host) -> Result<()> {
         self.do_put_host(host).await
     }
+
     async fn get_host(&self, name: &str) -> Result<Host> {
         self.do_get_host(name).await
     }
+
     async fn list_hosts(&self, cell: Option<CellId>) -> Result<Vec<Host>> {
         self.do_list_hosts(cell).await
     }
+
     async fn put_flavor(&self, flavor: &Flavor) -> Result<()> {
         self.do_put_flavor(flavor).await
     }
+
     async fn get_flavor(&self, id: &FlavorId) -> Result<Flavor> {
         self.do_get_flavor(id).await
     }
+
     async fn list_flavors(&self) -> Result<Vec<Flavor>> {
         self.do_list_flavors().await
     }
+
     async fn put_aggregate(&self, aggregate: &Aggregate) -> Result<()> {
         self.do_put_aggregate(aggregate).await
     }
+
     async fn get_aggregate(&self, id: AggregateId) -> Result<Aggregate> {
         self.do_get_aggregate(id).await
     }
+
     async fn list_aggregates(&self) -> Result<Vec<Aggregate>> {
         self.do_list_aggregates().await
     }
+
     async fn create_server_group(&self, group: &ServerGroup) -> Result<()> {
         self.do_create_server_group(group).await
     }
+
     async fn get_server_group(&self, id: GroupId) -> Result<ServerGroup> {
         self.do_get_server_group(id).await
     }
+
     async fn delete_server_group(&self, id: GroupId) -> Result<()> {
         self.do_delete_server_group(id).await
     }
+
     async fn put_request_spec(&self, spec: &RequestSpec) -> Result<()> {
         self.do_put_request_spec(spec).await
     }
+
     async fn get_request_spec(&self, instance: InstanceId) -> Result<RequestSpec> {
         self.do_get_request_spec(instance).await
     }
+
     async fn delete_request_spec(&self, instance: InstanceId) -> Result<()> {
         self.do_delete_request_spec(instance).await
     }
+}
+
+#[async_trait]
+impl Instances for CqlStore {
     async fn create_instance(&self, instance: &Instance) -> Result<()> {
         self.do_create_instance(instance).await
     }
+
     async fn get_instance(&self, id: InstanceId) -> Result<Instance> {
         self.do_get_instance(id).await
     }
+
     async fn update_instance(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance> {
         self.do_update_instance(id, patch).await
     }
+
     async fn delete_instance(&self, id: InstanceId) -> Result<()> {
         self.do_delete_instance(id).await
     }
+
     async fn list_instances(&self, query: &ListQuery) -> Result<InstancePage> {
         self.do_list_instances(query).await
     }

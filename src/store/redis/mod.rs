@@ -21,7 +21,7 @@
 //! non-cluster server lets a script touch keys of any slot), so index and allocation can
 //! never disagree. In a cluster the index lives in another slot, so the member is written
 //! *before* the claim script runs: whatever crashes afterwards, an allocation always has its
-//! member, and [`release`](Store::release) and [`allocations`](Store::allocations) find it.
+//! member, and [`release`](Claims::release) and [`allocations`](Claims::allocations) find it.
 //! The opposite leftover (a member whose claim failed, timed out or never ran) is harmless:
 //! readers ignore members whose token is not the tree's record, and remove them once older
 //! than the grace period (URL option `grace_ms`, default 5 minutes): a younger member may
@@ -32,7 +32,7 @@
 //!
 //! Each tree shard has a counter (`feed.seq`) and a sorted set `chg` of root -> sequence of
 //! the root's last change, both written by the same script as the change itself. A cursor is
-//! the vector of shard counters; [`changes_since`](Store::changes_since) reads, per shard and
+//! the vector of shard counters; [`changes_since`](ChangeFeed::changes_since) reads, per shard and
 //! atomically, the counter and the roots whose score is above the cursor. No clock is
 //! involved, so concurrent writers and clock skew cannot hide a change, and the cost is one
 //! small read per shard plus the changed roots. Deleted trees leave tombstones; when more
@@ -69,7 +69,8 @@ use self::conn::{Pool, corrupt};
 use self::keys::Keys;
 use crate::error::{Conflict, Error, Kind, Result};
 use crate::model::*;
-use crate::store::{Store, StoreUrl};
+use crate::store::StoreUrl;
+use crate::store::prelude::*;
 
 /// Attempts of an instance read-modify-write before giving up under contention.
 const CAS_ATTEMPTS: usize = 64;
@@ -558,7 +559,10 @@ impl Store for RedisStore {
     fn describe(&self) -> String {
         format!("redis {}", self.cfg.url)
     }
+}
 
+#[async_trait]
+impl Providers for RedisStore {
     async fn create_provider(&self, p: &NewProvider) -> Result<u64> {
         p.validate()?;
         // Same order of failures as the reference: id taken, name taken, unknown parent.
@@ -808,54 +812,10 @@ impl Store for RedisStore {
     ) -> Result<u64> {
         self.set_field(provider, generation, "ag:", csv(aggregates)).await
     }
+}
 
-    async fn change_cursor(&self) -> Result<ChangeCursor> {
-        let cmds = (0..self.keys.tree_shards())
-            .map(|s| {
-                let mut c = redis::cmd("HGET");
-                c.arg(self.keys.feed(s)).arg("seq");
-                c
-            })
-            .collect();
-        let seqs: Vec<String> = self.pool.bulk(cmds).await?.iter().map(|v| int(v).unwrap_or(0).to_string()).collect();
-        Ok(ChangeCursor(format!("r1:{}", seqs.join(","))))
-    }
-
-    async fn changes_since(&self, cursor: &ChangeCursor) -> Result<Changes> {
-        let bad = || Error::invalid("change cursor", format!("{:?} was not issued by this redis store", cursor.0));
-        let since: Vec<i64> = cursor
-            .0
-            .strip_prefix("r1:")
-            .ok_or_else(bad)?
-            .split(',')
-            .map(|s| s.parse::<i64>().map_err(|_| bad()))
-            .collect::<Result<_>>()?;
-        if since.len() != self.keys.tree_shards() {
-            return Err(bad());
-        }
-        let cmds = since
-            .iter()
-            .enumerate()
-            .map(|(s, n)| self.pool.scripts.feed_read.cmd(&[self.keys.chg(s), self.keys.feed(s)], &[n.to_string()]))
-            .collect();
-        let mut roots = BTreeSet::new();
-        let mut next = Vec::with_capacity(since.len());
-        for (s, v) in self.pool.bulk(cmds).await?.into_iter().enumerate() {
-            let r = Reply::from(v)?;
-            let (seq, trimmed) = (r.i(0)?, r.i(1)?);
-            // Trimmed past the cursor, or the counter went backwards (data lost, e.g. a
-            // server restarted without persistence): the feed cannot vouch for the gap.
-            if since[s] < trimmed || since[s] > seq {
-                return Ok(Changes::Resync);
-            }
-            for i in 2..r.0.len() {
-                roots.insert(r.s(i)?.parse::<ProviderId>().map_err(|_| corrupt("feed root"))?);
-            }
-            next.push(seq.max(since[s]).to_string());
-        }
-        Ok(Changes::Trees { roots: roots.into_iter().collect(), next: ChangeCursor(format!("r1:{}", next.join(","))) })
-    }
-
+#[async_trait]
+impl Claims for RedisStore {
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim> {
         request.validate()?;
         let providers: Vec<ProviderId> = request.allocations.keys().copied().collect();
@@ -1040,9 +1000,60 @@ impl Store for RedisStore {
         }
         Err(Error::not_found(Kind::Provider, provider))
     }
+}
 
-    // ---- catalog --------------------------------------------------------------------
+#[async_trait]
+impl ChangeFeed for RedisStore {
+    async fn change_cursor(&self) -> Result<ChangeCursor> {
+        let cmds = (0..self.keys.tree_shards())
+            .map(|s| {
+                let mut c = redis::cmd("HGET");
+                c.arg(self.keys.feed(s)).arg("seq");
+                c
+            })
+            .collect();
+        let seqs: Vec<String> = self.pool.bulk(cmds).await?.iter().map(|v| int(v).unwrap_or(0).to_string()).collect();
+        Ok(ChangeCursor(format!("r1:{}", seqs.join(","))))
+    }
 
+    async fn changes_since(&self, cursor: &ChangeCursor) -> Result<Changes> {
+        let bad = || Error::invalid("change cursor", format!("{:?} was not issued by this redis store", cursor.0));
+        let since: Vec<i64> = cursor
+            .0
+            .strip_prefix("r1:")
+            .ok_or_else(bad)?
+            .split(',')
+            .map(|s| s.parse::<i64>().map_err(|_| bad()))
+            .collect::<Result<_>>()?;
+        if since.len() != self.keys.tree_shards() {
+            return Err(bad());
+        }
+        let cmds = since
+            .iter()
+            .enumerate()
+            .map(|(s, n)| self.pool.scripts.feed_read.cmd(&[self.keys.chg(s), self.keys.feed(s)], &[n.to_string()]))
+            .collect();
+        let mut roots = BTreeSet::new();
+        let mut next = Vec::with_capacity(since.len());
+        for (s, v) in self.pool.bulk(cmds).await?.into_iter().enumerate() {
+            let r = Reply::from(v)?;
+            let (seq, trimmed) = (r.i(0)?, r.i(1)?);
+            // Trimmed past the cursor, or the counter went backwards (data lost, e.g. a
+            // server restarted without persistence): the feed cannot vouch for the gap.
+            if since[s] < trimmed || since[s] > seq {
+                return Ok(Changes::Resync);
+            }
+            for i in 2..r.0.len() {
+                roots.insert(r.s(i)?.parse::<ProviderId>().map_err(|_| corrupt("feed root"))?);
+            }
+            next.push(seq.max(since[s]).to_string());
+        }
+        Ok(Changes::Trees { roots: roots.into_iter().collect(), next: ChangeCursor(format!("r1:{}", next.join(","))) })
+    }
+}
+
+#[async_trait]
+impl Catalog for RedisStore {
     async fn put_cell(&self, cell: &Cell) -> Result<()> {
         if cell.name.is_empty() {
             return Err(Error::invalid("cell.name", "must not be empty"));
@@ -1146,9 +1157,10 @@ impl Store for RedisStore {
     async fn delete_request_spec(&self, instance: InstanceId) -> Result<()> {
         self.pool.query::<Value>(redis::cmd("DEL").arg(self.keys.spec(instance.0))).await.map(|_| ())
     }
+}
 
-    // ---- instances ------------------------------------------------------------------
-
+#[async_trait]
+impl Instances for RedisStore {
     async fn create_instance(&self, instance: &Instance) -> Result<()> {
         instance.validate()?;
         let shard = self.keys.instance_shard(instance.uuid.0);

@@ -58,7 +58,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::error::{Error, Result};
 use crate::model::*;
-use crate::store::{Store, StoreUrl};
+use crate::store::StoreUrl;
+use crate::store::prelude::*;
 
 mod catalog;
 pub mod db;
@@ -644,19 +645,26 @@ impl Store for SqlStore {
     fn describe(&self) -> String {
         format!("sql {} ({:?} mode, {} cell database(s))", redact(&self.url), self.opts.mode, self.cells.len())
     }
+}
 
+#[async_trait]
+impl Providers for SqlStore {
     async fn create_provider(&self, provider: &NewProvider) -> Result<u64> {
         self.create_provider_impl(provider).await
     }
+
     async fn delete_provider(&self, provider: ProviderId) -> Result<()> {
         self.delete_provider_impl(provider).await
     }
+
     async fn provider_tree(&self, provider: ProviderId) -> Result<ProviderTree> {
         self.provider_tree_impl(provider).await
     }
+
     async fn list_provider_trees(&self, cell: Option<CellId>) -> Result<Vec<ProviderTree>> {
         self.list_provider_trees_impl(cell).await
     }
+
     async fn set_inventories(
         &self,
         provider: ProviderId,
@@ -665,6 +673,7 @@ impl Store for SqlStore {
     ) -> Result<InventoryWrite> {
         self.set_inventories_impl(provider, generation, inventories).await
     }
+
     async fn set_traits(
         &self,
         provider: ProviderId,
@@ -673,6 +682,7 @@ impl Store for SqlStore {
     ) -> Result<u64> {
         self.set_traits_impl(provider, generation, traits).await
     }
+
     async fn set_aggregates(
         &self,
         provider: ProviderId,
@@ -681,90 +691,131 @@ impl Store for SqlStore {
     ) -> Result<u64> {
         self.set_aggregates_impl(provider, generation, aggregates).await
     }
-    async fn change_cursor(&self) -> Result<ChangeCursor> {
-        self.change_cursor_impl().await
-    }
-    async fn changes_since(&self, cursor: &ChangeCursor) -> Result<Changes> {
-        self.changes_since_impl(cursor).await
-    }
+}
+
+#[async_trait]
+impl Claims for SqlStore {
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim> {
         self.claim_impl(request).await
     }
+
     async fn release(&self, consumer: ConsumerId) -> Result<Released> {
         self.release_impl(consumer).await
     }
+
     async fn allocations(&self, consumer: ConsumerId) -> Result<Vec<TreeAllocation>> {
         self.allocations_impl(consumer).await
     }
+
     async fn tree_allocations(&self, provider: ProviderId) -> Result<Vec<TreeAllocation>> {
         self.tree_allocations_impl(provider).await
     }
+}
+
+#[async_trait]
+impl ChangeFeed for SqlStore {
+    async fn change_cursor(&self) -> Result<ChangeCursor> {
+        self.change_cursor_impl().await
+    }
+
+    async fn changes_since(&self, cursor: &ChangeCursor) -> Result<Changes> {
+        self.changes_since_impl(cursor).await
+    }
+}
+
+#[async_trait]
+impl Catalog for SqlStore {
     async fn put_cell(&self, cell: &Cell) -> Result<()> {
         self.put_cell_impl(cell).await
     }
+
     async fn get_cell(&self, id: CellId) -> Result<Cell> {
         self.get_cell_impl(id).await
     }
+
     async fn list_cells(&self) -> Result<Vec<Cell>> {
         self.list_cells_impl().await
     }
+
     async fn put_host(&self, host: &Host) -> Result<()> {
         self.put_host_impl(host).await
     }
+
     async fn get_host(&self, name: &str) -> Result<Host> {
         self.get_host_impl(name).await
     }
+
     async fn list_hosts(&self, cell: Option<CellId>) -> Result<Vec<Host>> {
         self.list_hosts_impl(cell).await
     }
+
     async fn put_flavor(&self, flavor: &Flavor) -> Result<()> {
         self.put_flavor_impl(flavor).await
     }
+
     async fn get_flavor(&self, id: &FlavorId) -> Result<Flavor> {
         self.get_flavor_impl(id).await
     }
+
     async fn list_flavors(&self) -> Result<Vec<Flavor>> {
         self.list_flavors_impl().await
     }
+
     async fn put_aggregate(&self, aggregate: &Aggregate) -> Result<()> {
         self.put_aggregate_impl(aggregate).await
     }
+
     async fn get_aggregate(&self, id: AggregateId) -> Result<Aggregate> {
         self.get_aggregate_impl(id).await
     }
+
     async fn list_aggregates(&self) -> Result<Vec<Aggregate>> {
         self.list_aggregates_impl().await
     }
+
     async fn create_server_group(&self, group: &ServerGroup) -> Result<()> {
         self.create_server_group_impl(group).await
     }
+
     async fn get_server_group(&self, id: GroupId) -> Result<ServerGroup> {
         self.get_server_group_impl(id).await
     }
+
     async fn delete_server_group(&self, id: GroupId) -> Result<()> {
         self.delete_server_group_impl(id).await
     }
+
     async fn put_request_spec(&self, spec: &RequestSpec) -> Result<()> {
         self.put_request_spec_impl(spec).await
     }
+
     async fn get_request_spec(&self, instance: InstanceId) -> Result<RequestSpec> {
         self.get_request_spec_impl(instance).await
     }
+
     async fn delete_request_spec(&self, instance: InstanceId) -> Result<()> {
         self.delete_request_spec_impl(instance).await
     }
+}
+
+#[async_trait]
+impl Instances for SqlStore {
     async fn create_instance(&self, instance: &Instance) -> Result<()> {
         self.create_instance_impl(instance).await
     }
+
     async fn get_instance(&self, id: InstanceId) -> Result<Instance> {
         self.get_instance_impl(id).await
     }
+
     async fn update_instance(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance> {
         self.update_instance_impl(id, patch).await
     }
+
     async fn delete_instance(&self, id: InstanceId) -> Result<()> {
         self.delete_instance_impl(id).await
     }
+
     async fn list_instances(&self, query: &ListQuery) -> Result<InstancePage> {
         self.list_instances_impl(query).await
     }
