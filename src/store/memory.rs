@@ -31,6 +31,8 @@ use crate::error::{Conflict, Error, Kind, Result};
 use crate::model::*;
 use crate::store::prelude::*;
 
+mod placement;
+
 /// Number of change-log shards.
 pub const SHARDS: usize = 32;
 /// Entries kept per change-log shard before old ones are dropped.
@@ -57,6 +59,8 @@ struct TreeState {
     allocations: HashMap<ConsumerId, TreeAllocation>,
     /// Set when the tree was deleted while someone held its `Arc`.
     deleted: bool,
+    /// Placement's provider generations and consumer records.
+    extra: placement::Extra,
 }
 
 #[derive(Default)]
@@ -137,6 +141,7 @@ pub struct MemoryStore {
     changes: ChangeLog,
     catalog: RwLock<CatalogData>,
     instances: RwLock<InstanceData>,
+    registry: Mutex<placement::Registry>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -162,6 +167,7 @@ impl MemoryStore {
             changes: ChangeLog::new(),
             catalog: RwLock::default(),
             instances: RwLock::default(),
+            registry: Mutex::default(),
         }
     }
 
@@ -261,7 +267,12 @@ impl Providers for MemoryStore {
                         // id always finds the tree.
                         write(&self.trees).insert(
                             p.id,
-                            Arc::new(Mutex::new(TreeState { tree, allocations: HashMap::new(), deleted: false })),
+                            Arc::new(Mutex::new(TreeState {
+                                tree,
+                                allocations: HashMap::new(),
+                                deleted: false,
+                                extra: Default::default(),
+                            })),
                         );
                         slot.insert(p.id);
                         self.changes.record(p.id);
@@ -296,6 +307,7 @@ impl Providers for MemoryStore {
             }
             let name = node.name.clone();
             state.tree.providers.retain(|p| p.id != provider);
+            state.extra.generations.remove(&provider);
             if provider == root {
                 state.deleted = true;
             }
@@ -344,6 +356,7 @@ impl Providers for MemoryStore {
             node.inventories = inventories.clone();
             let over_capacity =
                 inventories.iter().filter(|(c, inv)| node.used(c) > inv.capacity()).map(|(c, _)| c.clone()).collect();
+            state.extra.bump(provider);
             Ok((InventoryWrite { generation: generation + 1, over_capacity }, true))
         })
     }
@@ -353,6 +366,7 @@ impl Providers for MemoryStore {
             Self::check_generation(state, generation)?;
             let node = state.tree.node_mut(provider).ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
             node.traits = traits.clone();
+            state.extra.bump(provider);
             Ok((generation + 1, true))
         })
     }
@@ -367,6 +381,7 @@ impl Providers for MemoryStore {
             Self::check_generation(state, generation)?;
             let node = state.tree.node_mut(provider).ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
             node.aggregates = aggregates.clone();
+            state.extra.bump(provider);
             Ok((generation + 1, true))
         })
     }
@@ -402,6 +417,7 @@ impl Claims for MemoryStore {
                 },
             );
             self.consumer_shard(request.consumer).entry(request.consumer).or_default().insert(state.tree.root);
+            state.extra.claimed(request);
             Ok((Claim { root: state.tree.root, generation: state.tree.generation + 1, replayed: false }, true))
         })
     }
@@ -415,6 +431,7 @@ impl Claims for MemoryStore {
                 let Some(alloc) = state.allocations.remove(&consumer) else {
                     return Ok((false, false));
                 };
+                state.extra.consumers.remove(&consumer);
                 state.tree.apply(&alloc.allocations, -1);
                 if let Some(g) = alloc.group
                     && let Some(n) = state.tree.groups.get_mut(&g)

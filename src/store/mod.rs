@@ -22,6 +22,7 @@ pub mod conformance;
 #[cfg(feature = "cql")]
 pub mod cql;
 pub mod memory;
+pub mod placement;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sql")]
