@@ -20,5 +20,7 @@ pub mod error;
 pub mod model;
 pub mod scheduler;
 pub mod store;
+#[cfg(feature = "api")]
+pub mod api;
 
 pub use error::{Error, Result};

@@ -181,8 +181,8 @@ impl PlacementTree {
         Ok(())
     }
 
-    /// Replaces `provider`'s aggregates; checks the generation when `expected` is given
-    /// (Placement checks it from 1.19 on).
+    /// Replaces `provider`'s aggregates; checks and bumps the generation when `expected` is
+    /// given (Placement does both from 1.19 on, neither before).
     pub fn set_aggregates(
         &mut self,
         provider: ProviderId,
@@ -193,7 +193,9 @@ impl PlacementTree {
             self.check_provider_generation(provider, expected)?;
         }
         self.node_mut(provider)?.aggregates = aggregates.clone();
-        self.bump(provider);
+        if expected.is_some() {
+            self.bump(provider);
+        }
         Ok(())
     }
 
@@ -314,10 +316,9 @@ impl PlacementTree {
                     if *amount == 0 {
                         continue;
                     }
-                    let inv = node.inventories.get(class).ok_or_else(|| {
-                        Error::not_found(Kind::Inventory, format!("{class} on resource provider {provider}"))
-                    })?;
-                    inv.check_units(&format!("{class} on resource provider {provider}"), *amount)?;
+                    let what = format!("'{class}' on resource provider '{provider}'");
+                    let inv = node.inventories.get(class).ok_or_else(|| Error::not_found(Kind::Inventory, &what))?;
+                    inv.check_units(&what, *amount)?;
                     *sums.entry((*provider, class.clone())).or_insert(0) += amount;
                 }
             }
@@ -516,7 +517,10 @@ pub async fn update_tree<T>(
 }
 
 /// Usage per class summed over every consumer whose project (and user, when given) match,
-/// and the number of such consumers per consumer type (Placement's `GET /usages`).
+/// grouped by consumer type with the number of consumers of each group (Placement's
+/// `GET /usages`): `consumer_type` `None` groups by type (consumers without one under
+/// `unknown`), `all` puts everything in one group `all`, `unknown` keeps only consumers
+/// without a type, any other value keeps only that type.
 pub fn usages_of(
     trees: &[PlacementTree],
     project: &str,
@@ -532,16 +536,19 @@ pub fn usages_of(
                 continue;
             }
             let kind = c.consumer_type.clone().unwrap_or_else(|| "unknown".to_string());
-            if consumer_type.is_some_and(|k| k != "all" && k != kind) {
-                continue;
-            }
-            let entry = out.entry(kind.clone()).or_default();
+            let group = match consumer_type {
+                None => kind,
+                Some("all") => "all".to_string(),
+                Some(wanted) if wanted == kind => kind,
+                Some(_) => continue,
+            };
+            let entry = out.entry(group.clone()).or_default();
             for resources in a.allocations.values() {
                 for (class, amount) in resources {
                     *entry.0.entry(class.clone()).or_insert(0) += amount;
                 }
             }
-            if counted.entry(kind).or_default().insert(c.allocation.consumer) {
+            if counted.entry(group).or_default().insert(c.allocation.consumer) {
                 entry.1 += 1;
             }
         }

@@ -1,0 +1,3 @@
+//! The HTTP APIs (feature `api`).
+
+pub mod placement;
