@@ -48,15 +48,18 @@ pub async fn set(ctx: &Ctx, id: &str) -> ApiResult {
     } else {
         (data, None)
     };
-    let aggs: BTreeSet<AggregateId> = aggs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .filter_map(|s| parse_uuid(s).map(|p| AggregateId(p.0)))
-        .collect();
+    // Placement answers a PUT with the list as sent (its order), a GET in storage order.
+    let sent: Vec<String> = aggs.as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from).collect();
+    let aggs: BTreeSet<AggregateId> =
+        sent.iter().filter_map(|s| parse_uuid(s).map(|p| AggregateId(p.0))).collect();
     match update_tree(ctx.store(), rp, |t| t.set_aggregates(rp, expected, &aggs)).await {
-        Ok((t, ())) => reply(ctx, &t, rp),
+        Ok((t, ())) => {
+            let mut body = json!({"aggregates": sent});
+            if ctx.at_least(1, 19) {
+                body["resource_provider_generation"] = json!(t.generation(rp));
+            }
+            Ok(Reply::json(body).cached(ctx))
+        }
         Err(Error::Conflict(Conflict::ProviderGeneration { .. })) => Err(ApiError::conflict(
             "Resource provider's generation already changed. Please update the generation and try again.",
         )

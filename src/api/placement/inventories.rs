@@ -244,18 +244,18 @@ pub async fn update(ctx: &Ctx, id: &str, rc: &str) -> ApiResult {
     let inv = to_inventory(&data);
     let missing =
         || ApiError::bad_request(format!("No inventory record with resource class for resource provider {rp}: No inventory of class {rc} found."));
-    let class = ResourceClass::parse(rc).map_err(|_| missing())?;
+    let class = ResourceClass::parse(rc).ok();
     let result = update_tree(ctx.store(), rp, |t| {
         if t.generation(rp) != generation {
             return t.set_inventories(rp, generation, &BTreeMap::new());
         }
-        let n = t.tree.node(rp).ok_or_else(|| Error::not_found(crate::error::Kind::Provider, rp))?;
-        if !n.inventories.contains_key(&class) {
-            return Err(Error::not_found(crate::error::Kind::Inventory, rc));
-        }
         check_capacity(ctx, rp, rc, &inv).map_err(|m| Error::invalid("inventory", m))?;
+        let n = t.tree.node(rp).ok_or_else(|| Error::not_found(crate::error::Kind::Provider, rp))?;
+        let Some(class) = class.clone().filter(|c| n.inventories.contains_key(c)) else {
+            return Err(Error::not_found(crate::error::Kind::Inventory, rc));
+        };
         let mut invs = n.inventories.clone();
-        invs.insert(class.clone(), inv);
+        invs.insert(class, inv);
         t.set_inventories(rp, generation, &invs)
     })
     .await;

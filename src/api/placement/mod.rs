@@ -460,6 +460,8 @@ async fn dispatch(State(state): State<PlacementState>, req: Request) -> Response
             ));
         }
     };
+    // webob makes `Location` absolute with the request's host.
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(|h| format!("http://{h}"));
     let ctx = Ctx {
         version,
         admin,
@@ -471,7 +473,7 @@ async fn dispatch(State(state): State<PlacementState>, req: Request) -> Response
     let started = std::time::Instant::now();
     let result = handle(route, &method, ctx).await;
     let resp = match result {
-        Ok(reply) => with_version(reply_to_response(reply), true),
+        Ok(reply) => with_version(reply_to_response(reply, host.as_deref()), true),
         Err(e) => fail(e),
     };
     tracing::debug!(target: "unicell::api::placement", %method, path = %path, status = resp.status().as_u16(),
@@ -479,7 +481,7 @@ async fn dispatch(State(state): State<PlacementState>, req: Request) -> Response
     resp
 }
 
-fn reply_to_response(reply: Reply) -> Response {
+fn reply_to_response(reply: Reply, base: Option<&str>) -> Response {
     let status = reply.status.unwrap_or(StatusCode::OK);
     let mut resp = match reply.body {
         Some(v) => {
@@ -495,7 +497,7 @@ fn reply_to_response(reply: Reply) -> Response {
     };
     let h = resp.headers_mut();
     if let Some(loc) = reply.location
-        && let Ok(v) = HeaderValue::from_str(&loc)
+        && let Ok(v) = HeaderValue::from_str(&format!("{}{loc}", base.unwrap_or_default()))
     {
         h.insert(header::LOCATION, v);
     }

@@ -84,10 +84,13 @@ class APIFixture(fixture.GabbiFixture):
                    {"traits": list(traits), "resource_provider_generation": self._generation(rp)})
 
     def set_allocation(self, consumer: str, project: str, user: str, allocs: dict) -> None:
-        self._call("PUT", f"/allocations/{consumer}", {
+        """Allocations as upstream's fixture writes them: a consumer without a type (1.37)."""
+        r = requests.put(self.server.url + f"/allocations/{consumer}", json={
             "allocations": {rp: {"resources": res} for rp, res in allocs.items()},
-            "project_id": project, "user_id": user, "consumer_generation": None,
-            "consumer_type": "INSTANCE"})
+            "project_id": project, "user_id": user, "consumer_generation": None},
+            headers={**ADMIN, "openstack-api-version": "placement 1.37"}, timeout=10)
+        if r.status_code != 204:
+            raise RuntimeError(f"fixture setup PUT /allocations/{consumer}: {r.status_code} {r.text}")
 
 
 class AllocationFixture(APIFixture):
