@@ -14,13 +14,13 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "api")]
+pub mod api;
 pub mod compute;
 pub mod conductor;
 pub mod error;
 pub mod model;
 pub mod scheduler;
 pub mod store;
-#[cfg(feature = "api")]
-pub mod api;
 
 pub use error::{Error, Result};

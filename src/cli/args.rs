@@ -33,6 +33,10 @@ pub enum Command {
     Conformance(ConformanceArgs),
     /// List the store URL schemes this build understands.
     Stores,
+    /// Serve the Nova compute API over the store (any number of replicas per store).
+    Serve(super::serve::ServeArgs),
+    /// Register simulated compute hosts and heartbeat them until stopped.
+    Computes(super::serve::ComputesArgs),
 }
 
 /// `unicell bench ...`

@@ -12,6 +12,7 @@ pub mod logging;
 pub mod progress;
 pub mod proxy;
 pub mod report;
+pub mod serve;
 pub mod stats;
 
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Conformance(a) => conformance(&cli.store, a).await,
         Command::Demo(a) => demo::run(&cli.store, a).await,
+        Command::Serve(a) => serve::serve(&cli.store, a).await,
+        Command::Computes(a) => serve::computes(&cli.store, a).await,
         Command::Bench(b) => {
             match b {
                 BenchCommand::List(a) => bench::list::run(&cli.store, a).await?,

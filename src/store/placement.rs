@@ -489,6 +489,19 @@ pub trait PlacementStore: Store {
     async fn delete_trait(&self, name: &Trait) -> Result<()>;
 }
 
+/// Opens a store that keeps Placement's state, by URL (the schemes of
+/// [`open`](crate::store::open) whose backend implements [`PlacementStore`]).
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn PlacementStore>> {
+    let parsed = crate::store::StoreUrl::parse(url)?;
+    match parsed.scheme() {
+        "memory" => Ok(std::sync::Arc::new(crate::store::memory::MemoryStore::new())),
+        other => Err(Error::invalid(
+            "store url",
+            format!("the {other} backend does not keep Placement's state yet; the Placement API runs on: memory"),
+        )),
+    }
+}
+
 /// Reads the tree of `provider`, applies `decide` and writes the result with
 /// [`PlacementStore::replace_tree`], re-reading and re-deciding up to [`UPDATE_ATTEMPTS`]
 /// times when another writer moved the tree in between. `decide` sees the fresh tree each

@@ -50,8 +50,7 @@ pub async fn set(ctx: &Ctx, id: &str) -> ApiResult {
     };
     // Placement answers a PUT with the list as sent (its order), a GET in storage order.
     let sent: Vec<String> = aggs.as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from).collect();
-    let aggs: BTreeSet<AggregateId> =
-        sent.iter().filter_map(|s| parse_uuid(s).map(|p| AggregateId(p.0))).collect();
+    let aggs: BTreeSet<AggregateId> = sent.iter().filter_map(|s| parse_uuid(s).map(|p| AggregateId(p.0))).collect();
     match update_tree(ctx.store(), rp, |t| t.set_aggregates(rp, expected, &aggs)).await {
         Ok((t, ())) => {
             let mut body = json!({"aggregates": sent});

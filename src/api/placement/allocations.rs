@@ -131,10 +131,11 @@ fn parse_consumer_body(ctx: &Ctx, consumer: ConsumerId, data: &Value) -> Result<
             }
         }
     }
-    let (project, user) = match (data.get("project_id").and_then(Value::as_str), data.get("user_id").and_then(Value::as_str)) {
-        (Some(p), Some(u)) => (p.to_string(), u.to_string()),
-        _ => (INCOMPLETE_CONSUMER_ID.to_string(), INCOMPLETE_CONSUMER_ID.to_string()),
-    };
+    let (project, user) =
+        match (data.get("project_id").and_then(Value::as_str), data.get("user_id").and_then(Value::as_str)) {
+            (Some(p), Some(u)) => (p.to_string(), u.to_string()),
+            _ => (INCOMPLETE_CONSUMER_ID.to_string(), INCOMPLETE_CONSUMER_ID.to_string()),
+        };
     let expected = if ctx.at_least(1, 28) {
         match data.get("consumer_generation").and_then(Value::as_u64) {
             Some(g) => ExpectedGeneration::Is(g),
@@ -169,7 +170,9 @@ async fn check_classes(ctx: &Ctx, writes: &[AllocationWrite], prefix: &str) -> R
         for res in w.allocations.values() {
             for class in res.keys() {
                 if seen.insert(class.clone()) {
-                    query::known_class(ctx, class.as_str()).await.map_err(|m| ApiError::bad_request(format!("{prefix}{m}")))?;
+                    query::known_class(ctx, class.as_str())
+                        .await
+                        .map_err(|m| ApiError::bad_request(format!("{prefix}{m}")))?;
                 }
             }
         }
@@ -273,7 +276,9 @@ fn alloc_error(e: Error) -> ApiError {
              inventory constraints.",
             &field["allocation ".len()..]
         )),
-        Error::InvalidInput { message, .. } => ApiError::bad_request(format!("Unable to allocate inventory: {message}")),
+        Error::InvalidInput { message, .. } => {
+            ApiError::bad_request(format!("Unable to allocate inventory: {message}"))
+        }
         e => ApiError::from_store(e),
     }
 }
@@ -365,10 +370,9 @@ pub async fn for_consumer(ctx: &Ctx, consumer: &str) -> ApiResult {
 pub async fn for_provider(ctx: &Ctx, id: &str) -> ApiResult {
     ctx.accept_json()?;
     ctx.admin_only()?;
-    let (t, rp) = load(ctx, id).await.map_err(|e| ApiError {
-        detail: format!("Resource provider '{id}' not found: {}", e.detail),
-        ..e
-    })?;
+    let (t, rp) = load(ctx, id)
+        .await
+        .map_err(|e| ApiError { detail: format!("Resource provider '{id}' not found: {}", e.detail), ..e })?;
     Ok(Reply::json(provider_allocations(ctx, &t, rp)).cached(ctx))
 }
 

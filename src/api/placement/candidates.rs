@@ -109,7 +109,9 @@ pub async fn list(ctx: &Ctx) -> ApiResult {
     let orphans = |kind: &str| -> Vec<String> {
         groups
             .iter()
-            .filter(|(s, g)| !s.is_empty() && g.resources.is_empty() && keys.contains(&(kind.to_string(), (*s).clone())))
+            .filter(|(s, g)| {
+                !s.is_empty() && g.resources.is_empty() && keys.contains(&(kind.to_string(), (*s).clone()))
+            })
             .map(|(s, _)| format!("{kind}{s}"))
             .collect()
     };
@@ -129,9 +131,7 @@ pub async fn list(ctx: &Ctx) -> ApiResult {
         )));
     }
     if groups.values().all(|g| g.resources.is_empty()) {
-        return Err(ApiError::bad_request(
-            "At least one request group (`resources` or `resources{$S}`) is required.",
-        ));
+        return Err(ApiError::bad_request("At least one request group (`resources` or `resources{$S}`) is required."));
     }
     let numbered = groups.iter().filter(|(s, g)| !s.is_empty() && !g.resources.is_empty()).count();
     let group_policy = ctx.query_one("group_policy");
@@ -231,7 +231,7 @@ pub async fn list(ctx: &Ctx) -> ApiResult {
         budget: BUDGET_PER_TREE,
     };
     let requested: BTreeSet<ResourceClass> = request.groups.iter().flat_map(|g| g.resources.keys().cloned()).collect();
-    let trees = ctx.store().list_provider_trees(None).await.map_err(crate::api::placement::ApiError::from_store)?;
+    let trees = ctx.store().list_provider_trees(None).await.map_err(ApiError::from_store)?;
     let nested_aware = ctx.at_least(1, 29);
     let mut allocation_requests = Vec::new();
     let mut summaries = Map::new();

@@ -203,7 +203,10 @@ mod tests {
     fn accept_matching() {
         assert_eq!(accept_q("application/json", "application/json"), 1.0);
         assert_eq!(accept_q("text/plain", "application/json"), 0.0);
-        assert_eq!(accept_q("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", "application/json"), 0.8);
+        assert_eq!(
+            accept_q("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", "application/json"),
+            0.8
+        );
         assert_eq!(accept_q("text/html,application/xhtml+xml,application/xml;q=0.9", "application/json"), 0.0);
         assert_eq!(explicit_q("*/*", "text/html"), 0.0);
     }

@@ -217,7 +217,10 @@ pub async fn set_all(ctx: &Ctx, id: &str) -> ApiResult {
         if t.generation(rp) == expected {
             let used = in_use(t, rp, &invs);
             if !used.is_empty() {
-                return Err(Error::Conflict(Conflict::InUse { kind: crate::error::Kind::Inventory, name: used.join(", ") }));
+                return Err(Error::Conflict(Conflict::InUse {
+                    kind: crate::error::Kind::Inventory,
+                    name: used.join(", "),
+                }));
             }
         }
         t.set_inventories(rp, expected, &invs)
@@ -242,8 +245,11 @@ pub async fn update(ctx: &Ctx, id: &str, rc: &str) -> ApiResult {
     let data = ctx.json(&record_schema(true))?;
     let generation = data["resource_provider_generation"].as_u64().unwrap_or(u64::MAX);
     let inv = to_inventory(&data);
-    let missing =
-        || ApiError::bad_request(format!("No inventory record with resource class for resource provider {rp}: No inventory of class {rc} found."));
+    let missing = || {
+        ApiError::bad_request(format!(
+            "No inventory record with resource class for resource provider {rp}: No inventory of class {rc} found."
+        ))
+    };
     let class = ResourceClass::parse(rc).ok();
     let result = update_tree(ctx.store(), rp, |t| {
         if t.generation(rp) != generation {
@@ -274,7 +280,9 @@ pub async fn update(ctx: &Ctx, id: &str, rc: &str) -> ApiResult {
 pub async fn delete(ctx: &Ctx, id: &str, rc: &str) -> ApiResult {
     ctx.admin_only()?;
     let (_, rp) = load(ctx, id).await?;
-    let missing = || ApiError::not_found(format!("No inventory of class {rc} found for delete: No inventory of class {rc} found."));
+    let missing = || {
+        ApiError::not_found(format!("No inventory of class {rc} found for delete: No inventory of class {rc} found."))
+    };
     let class = ResourceClass::parse(rc).map_err(|_| missing())?;
     let result = update_tree(ctx.store(), rp, |t| {
         let n = t.tree.node(rp).ok_or_else(|| Error::not_found(crate::error::Kind::Provider, rp))?;
@@ -302,14 +310,20 @@ pub async fn delete(ctx: &Ctx, id: &str, rc: &str) -> ApiResult {
 /// `DELETE .../inventories` (1.5+; 405 before, as in Placement).
 pub async fn delete_all(ctx: &Ctx, id: &str) -> ApiResult {
     if !ctx.at_least(1, 5) {
-        return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "The method specified is not allowed for this resource."));
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "The method specified is not allowed for this resource.",
+        ));
     }
     ctx.admin_only()?;
     let (_, rp) = load(ctx, id).await?;
     let result = update_tree(ctx.store(), rp, |t| {
         let used = in_use(t, rp, &BTreeMap::new());
         if !used.is_empty() {
-            return Err(Error::Conflict(Conflict::InUse { kind: crate::error::Kind::Inventory, name: used.join(", ") }));
+            return Err(Error::Conflict(Conflict::InUse {
+                kind: crate::error::Kind::Inventory,
+                name: used.join(", "),
+            }));
         }
         let g = t.generation(rp);
         t.set_inventories(rp, g, &BTreeMap::new())
@@ -317,11 +331,10 @@ pub async fn delete_all(ctx: &Ctx, id: &str) -> ApiResult {
     .await;
     match result {
         Ok(_) => Ok(Reply::empty(StatusCode::NO_CONTENT)),
-        Err(Error::Conflict(Conflict::InUse { name, .. })) => Err(ApiError::conflict(in_use_message(
-            rp,
-            &name.split(", ").map(String::from).collect::<Vec<_>>(),
-        ))
-        .code(error::INVENTORY_INUSE)),
+        Err(Error::Conflict(Conflict::InUse { name, .. })) => {
+            Err(ApiError::conflict(in_use_message(rp, &name.split(", ").map(String::from).collect::<Vec<_>>()))
+                .code(error::INVENTORY_INUSE))
+        }
         Err(e) => Err(write_error(e, rp, "delete")),
     }
 }

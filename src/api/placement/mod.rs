@@ -106,10 +106,22 @@ fn negotiate(headers: &HeaderMap) -> Result<Version, ApiError> {
     Ok(v)
 }
 
+/// Who may call the Placement API (besides `GET /`, which needs no token).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Policy {
+    /// Placement's default: every call needs the admin role (noauth2 token `admin`).
+    #[default]
+    AdminOnly,
+    /// Any authenticated caller may call everything: for clients that cannot choose their
+    /// token, such as the `openstack` CLI with `auth_type: none` (it sends `notused`).
+    Authenticated,
+}
+
 /// Shared by every handler.
 #[derive(Clone)]
 pub struct PlacementState {
     store: Arc<dyn PlacementStore>,
+    policy: Policy,
 }
 
 impl std::fmt::Debug for PlacementState {
@@ -192,8 +204,8 @@ impl Ctx {
 
     /// The body as JSON validated against `schema` (Placement's `extract_json`).
     pub fn json(&self, schema: &Value) -> Result<Value, ApiError> {
-        let v: Value = serde_json::from_slice(&self.body)
-            .map_err(|e| ApiError::bad_request(format!("Malformed JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_slice(&self.body).map_err(|e| ApiError::bad_request(format!("Malformed JSON: {e}")))?;
         schema::validate(&v, schema).map_err(|e| ApiError::bad_request(format!("JSON does not validate: {e}")))?;
         Ok(v)
     }
@@ -365,7 +377,9 @@ async fn handle(route: Route, method: &Method, ctx: Ctx) -> ApiResult {
                  providers atomically is not part of its contract",
             ))
         }
-        _ => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "The method specified is not allowed for this resource.")),
+        _ => {
+            Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "The method specified is not allowed for this resource."))
+        }
     }
 }
 
@@ -408,7 +422,7 @@ async fn dispatch(State(state): State<PlacementState>, req: Request) -> Response
                     None,
                 );
             }
-            Some(token) => token.split(':').next() == Some("admin"),
+            Some(token) => state.policy == Policy::Authenticated || token.split(':').next() == Some("admin"),
         }
     };
     let version = match negotiate(&headers) {
@@ -462,14 +476,7 @@ async fn dispatch(State(state): State<PlacementState>, req: Request) -> Response
     };
     // webob makes `Location` absolute with the request's host.
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(|h| format!("http://{h}"));
-    let ctx = Ctx {
-        version,
-        admin,
-        headers,
-        query: decode_query(parts.uri.query()),
-        body,
-        store: state.store.clone(),
-    };
+    let ctx = Ctx { version, admin, headers, query: decode_query(parts.uri.query()), body, store: state.store.clone() };
     let started = std::time::Instant::now();
     let result = handle(route, &method, ctx).await;
     let resp = match result {
@@ -512,6 +519,13 @@ fn reply_to_response(reply: Reply, base: Option<&str>) -> Response {
 
 /// The Placement API's router over `store`: every path, answered by one dispatcher so that
 /// authentication, microversions, routing errors and 405s come out as Placement's.
-pub fn router_for(store: Arc<dyn PlacementStore>) -> Router {
-    Router::new().fallback(dispatch).with_state(PlacementState { store })
+pub fn router_for(store: Arc<dyn PlacementStore>, policy: Policy) -> Router {
+    Router::new().fallback(dispatch).with_state(PlacementState { store, policy })
+}
+
+/// The Placement API's router for a server's state (its store must keep Placement's state;
+/// see [`ApiState::with_placement`](super::ApiState::with_placement)).
+pub fn router(state: super::ApiState) -> Option<Router> {
+    let policy = state.config().placement_policy;
+    state.placement().map(|s| router_for(s.clone(), policy))
 }

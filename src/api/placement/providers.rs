@@ -75,7 +75,8 @@ fn post_schema(ctx: &Ctx, put: bool) -> Value {
         "additionalProperties": false,
     });
     if ctx.at_least(1, 14) {
-        s["properties"]["parent_provider_uuid"] = json!({"anyOf": [{"type": "string", "format": "uuid"}, {"type": "null"}]});
+        s["properties"]["parent_provider_uuid"] =
+            json!({"anyOf": [{"type": "string", "format": "uuid"}, {"type": "null"}]});
     }
     if put && let Some(p) = s["properties"].as_object_mut() {
         p.remove("uuid");
@@ -212,10 +213,7 @@ pub async fn update(ctx: &Ctx, id: &str) -> ApiResult {
             Some(_) => Move::To(None),
         },
         Some(p) => {
-            let parent = p
-                .as_str()
-                .and_then(parse_uuid)
-                .ok_or_else(|| fail("parent provider UUID does not exist."))?;
+            let parent = p.as_str().and_then(parse_uuid).ok_or_else(|| fail("parent provider UUID does not exist."))?;
             if current_parent == Some(parent) {
                 Move::Stay
             } else {

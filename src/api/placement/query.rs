@@ -139,14 +139,12 @@ pub fn member_of_params(
             (vec![value], vec![])
         };
         let parse = |s: &str| -> Result<AggregateId, ApiError> {
-            schema::is_uuid_like(s).then(|| uuid::Uuid::parse_str(s).ok().map(AggregateId)).flatten().ok_or_else(
-                || {
-                    ApiError::bad_request(format!(
-                        "Invalid query string parameters: Expected 'member_of' parameter to contain valid UUID(s). \
+            schema::is_uuid_like(s).then(|| uuid::Uuid::parse_str(s).ok().map(AggregateId)).flatten().ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "Invalid query string parameters: Expected 'member_of' parameter to contain valid UUID(s). \
                          Got: {s}"
-                    ))
-                },
-            )
+                ))
+            })
         };
         let req: BTreeSet<AggregateId> = req.into_iter().map(parse).collect::<Result<_, _>>()?;
         let forb: BTreeSet<AggregateId> = forb.into_iter().map(parse).collect::<Result<_, _>>()?;

@@ -116,10 +116,10 @@ fn check(v: &Value, schema: &Value, path: &mut Vec<String>) -> Result<(), Schema
     let Some(s) = schema.as_object() else {
         return Ok(());
     };
-    if let Some(any) = s.get("anyOf").and_then(Value::as_array) {
-        if !any.iter().any(|sub| validate(v, sub).is_ok()) {
-            return Err(err(format!("{} is not valid under any of the given schemas", py_repr(v)), "anyOf", path));
-        }
+    if let Some(any) = s.get("anyOf").and_then(Value::as_array)
+        && !any.iter().any(|sub| validate(v, sub).is_ok())
+    {
+        return Err(err(format!("{} is not valid under any of the given schemas", py_repr(v)), "anyOf", path));
     }
     if let Some(t) = s.get("type") {
         let types: Vec<&str> = match t {
@@ -160,9 +160,7 @@ fn check(v: &Value, schema: &Value, path: &mut Vec<String>) -> Result<(), Schema
             let patterns: Vec<(String, Regex, &Value)> = s
                 .get("patternProperties")
                 .and_then(Value::as_object)
-                .map(|pp| {
-                    pp.iter().filter_map(|(p, sub)| Regex::new(p).ok().map(|r| (p.clone(), r, sub))).collect()
-                })
+                .map(|pp| pp.iter().filter_map(|(p, sub)| Regex::new(p).ok().map(|r| (p.clone(), r, sub))).collect())
                 .unwrap_or_default();
             let mut extras = Vec::new();
             for (k, val) in o {

@@ -16,9 +16,9 @@ const INVALID_TRAIT: &str = "The trait is invalid. A valid trait must be no long
 
 fn custom_name_ok(name: &str) -> bool {
     name.len() <= 255
-        && name
-            .strip_prefix("CUSTOM_")
-            .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'))
+        && name.strip_prefix("CUSTOM_").is_some_and(|r| {
+            !r.is_empty() && r.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        })
 }
 
 /// `PUT /traits/{name}`: create a custom trait (201) or confirm it exists (204).
@@ -109,8 +109,10 @@ pub async fn list(ctx: &Ctx) -> ApiResult {
             }
         };
         let trees = ctx.store().placement_trees().await.map_err(ApiError::from_store)?;
-        let used: BTreeSet<String> =
-            trees.iter().flat_map(|t| t.tree.providers.iter().flat_map(|p| p.traits.iter().map(|t| t.to_string()))).collect();
+        let used: BTreeSet<String> = trees
+            .iter()
+            .flat_map(|t| t.tree.providers.iter().flat_map(|p| p.traits.iter().map(|t| t.to_string())))
+            .collect();
         names.retain(|n| used.contains(n) == associated);
     }
     Ok(Reply::json(json!({"traits": names})).cached(ctx))
@@ -143,13 +145,16 @@ pub async fn provider_set(ctx: &Ctx, id: &str) -> ApiResult {
     let (t, rp) = load(ctx, id).await?;
     let generation = data["resource_provider_generation"].as_u64().unwrap_or(u64::MAX);
     let conflict = || {
-        ApiError::conflict("Resource provider's generation already changed. Please update the generation and try again.")
-            .code(error::CONCURRENT_UPDATE)
+        ApiError::conflict(
+            "Resource provider's generation already changed. Please update the generation and try again.",
+        )
+        .code(error::CONCURRENT_UPDATE)
     };
     if t.generation(rp) != generation {
         return Err(conflict());
     }
-    let wanted: Vec<String> = data["traits"].as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from).collect();
+    let wanted: Vec<String> =
+        data["traits"].as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from).collect();
     let known = query::known_traits(ctx).await?;
     let missing: Vec<&String> = wanted.iter().filter(|n| !known.contains(*n)).collect();
     if !missing.is_empty() {

@@ -471,5 +471,6 @@ fn instance_of(r: &Row) -> Result<Option<Instance>> {
         metadata,
         tags: get_text_set(r, 16).into_iter().collect(),
         fault: get_text(r, 17).map(|f| parse_json(&f)).transpose()?,
+        system_metadata: Default::default(),
     }))
 }

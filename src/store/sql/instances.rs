@@ -159,6 +159,7 @@ fn instance_from(r: &Row) -> Result<Instance> {
         metadata: from_json(&r.str(15)?)?,
         tags: from_json(&r.str(16)?)?,
         fault: r.opt_str(17)?.map(|s| from_json(&s)).transpose()?,
+        system_metadata: Default::default(),
     })
 }
 

@@ -40,8 +40,10 @@ def free_port() -> int:
 class Server:
     """One ``unicell serve`` process with its Placement listener on ``placement_port``."""
 
-    def __init__(self, store: str, placement_port: int | None = None, log_path: str | None = None):
+    def __init__(self, store: str, placement_port: int | None = None, log_path: str | None = None,
+                 extra: tuple[str, ...] = ()):
         self.store = store
+        self.extra = extra
         self.placement_port = placement_port or free_port()
         self.nova_port = free_port()
         self.log_path = log_path
@@ -59,6 +61,7 @@ class Server:
             "--store", self.store,
             "--listen", f"127.0.0.1:{self.nova_port}",
             "--placement-listen", f"127.0.0.1:{self.placement_port}",
+            *self.extra,
         ]
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "warn")
