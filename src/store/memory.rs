@@ -137,6 +137,7 @@ pub struct MemoryStore {
     changes: ChangeLog,
     catalog: RwLock<CatalogData>,
     instances: RwLock<InstanceData>,
+    leases: super::leases::MemoryLeases,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -162,6 +163,7 @@ impl MemoryStore {
             changes: ChangeLog::new(),
             catalog: RwLock::default(),
             instances: RwLock::default(),
+            leases: super::leases::MemoryLeases::default(),
         }
     }
 
@@ -214,6 +216,10 @@ impl Store for MemoryStore {
 
     fn describe(&self) -> String {
         "memory://".to_string()
+    }
+
+    fn leases(&self) -> Option<&dyn super::leases::Leases> {
+        Some(&self.leases)
     }
 }
 
