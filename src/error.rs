@@ -34,6 +34,8 @@ pub enum Kind {
     ResourceClass,
     /// A trait (Placement's registry of custom traits).
     Trait,
+    /// A build lease ([`crate::store::leases`]).
+    BuildLease,
 }
 
 impl fmt::Display for Kind {
@@ -52,6 +54,7 @@ impl fmt::Display for Kind {
             Kind::Marker => "marker",
             Kind::ResourceClass => "resource class",
             Kind::Trait => "trait",
+            Kind::BuildLease => "build lease",
         })
     }
 }

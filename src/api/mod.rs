@@ -52,6 +52,8 @@ pub struct ApiConfig {
     pub scheduler: SchedulerConfig,
     /// The conductor this replica runs for its builds.
     pub conductor: ConductorConfig,
+    /// Build leases: TTL, renewal, reaper.
+    pub builds: builds::BuildConfig,
 }
 
 impl Default for ApiConfig {
@@ -64,6 +66,7 @@ impl Default for ApiConfig {
             replica: default_replica_name(),
             scheduler: SchedulerConfig::default(),
             conductor: ConductorConfig::default(),
+            builds: builds::BuildConfig::default(),
         }
     }
 }
@@ -105,11 +108,22 @@ impl ApiState {
         config: ApiConfig,
         compute: Option<Arc<dyn ComputeDriver>>,
     ) -> Result<ApiState, ServeError> {
+        Self::build(store, None, config, compute).await
+    }
+
+    async fn build(
+        store: Arc<dyn Store>,
+        placement: Option<Arc<dyn PlacementStore>>,
+        config: ApiConfig,
+        compute: Option<Arc<dyn ComputeDriver>>,
+    ) -> Result<ApiState, ServeError> {
         let scheduler = Arc::new(Scheduler::new(store.clone(), config.scheduler.clone()).await?);
         let compute = compute.unwrap_or_else(|| Arc::new(SimulatedCompute::new(0)));
         let conductor = Arc::new(Conductor::new(store.clone(), scheduler, compute, config.conductor.clone()));
-        let builds = builds::Builds::new(store.clone(), conductor.clone());
-        Ok(ApiState { inner: Arc::new(StateInner { store, config, conductor, builds, placement: None }) })
+        let builds =
+            builds::Builds::new(store.clone(), conductor.clone(), config.replica.clone(), config.builds.clone());
+        builds.start_background();
+        Ok(ApiState { inner: Arc::new(StateInner { store, config, conductor, builds, placement }) })
     }
 
     /// [`ApiState::new`] over a store that also keeps Placement's state, so that this
@@ -121,10 +135,7 @@ impl ApiState {
         compute: Option<Arc<dyn ComputeDriver>>,
     ) -> Result<ApiState, ServeError> {
         let plain: Arc<dyn Store> = store.clone();
-        let state = Self::new(plain, config, compute).await?;
-        let inner = Arc::try_unwrap(state.inner)
-            .map_err(|_| ServeError::Task("the API state was shared before start-up ended".into()))?;
-        Ok(ApiState { inner: Arc::new(StateInner { placement: Some(store), ..inner }) })
+        Self::build(plain, Some(store), config, compute).await
     }
 
     /// The store with Placement's state, when this replica serves the Placement API.

@@ -53,12 +53,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
 /// the bad URL (its password masked) and the known schemes.
 pub fn check_store_url(url: &str) -> Result<StoreUrl> {
     let parsed = StoreUrl::parse(url).map_err(|e| anyhow::anyhow!("bad store URL: {e}"))?;
-    let known = store::known_schemes();
-    if !known.contains(&parsed.scheme()) {
+    if !parsed.scheme().is_enabled() {
         anyhow::bail!(
-            "bad store URL {parsed}: unknown scheme {:?}; this build knows: {}",
+            "bad store URL {parsed}: scheme {} needs a feature this build lacks; this build knows: {}",
             parsed.scheme(),
-            known.join(", ")
+            store::known_schemes().join(", ")
         );
     }
     Ok(parsed)

@@ -494,10 +494,13 @@ pub trait PlacementStore: Store {
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn PlacementStore>> {
     let parsed = crate::store::StoreUrl::parse(url)?;
     match parsed.scheme() {
-        "memory" => Ok(std::sync::Arc::new(crate::store::memory::MemoryStore::new())),
+        crate::store::Scheme::Memory => Ok(std::sync::Arc::new(crate::store::memory::MemoryStore::new())),
         other => Err(Error::invalid(
             "store url",
-            format!("the {other} backend does not keep Placement's state yet; the Placement API runs on: memory"),
+            format!(
+                "the {} backend does not keep Placement's state yet; the Placement API runs on: memory",
+                other.backend()
+            ),
         )),
     }
 }

@@ -12,7 +12,7 @@ pub mod sites;
 mod sql_ceiling;
 
 use anyhow::{Result, bail};
-use unicell::store::StoreUrl;
+use unicell::store::{Scheme, StoreUrl};
 
 use super::args::BenchCommon;
 use super::check_store_url;
@@ -24,19 +24,19 @@ pub struct Candidate {
     pub url: String,
     /// The URL with its password masked: what tables, logs and reports show.
     pub label: String,
-    /// The scheme (`memory`, `redis`, `mysql`, ...).
-    pub scheme: String,
+    /// The scheme.
+    pub scheme: Scheme,
 }
 
 impl Candidate {
     /// Whether this candidate talks to a server over TCP (everything but `memory://`).
     pub fn is_networked(&self) -> bool {
-        self.scheme != "memory"
+        self.scheme != Scheme::Memory
     }
 
     /// Whether this is the SQL baseline (Nova's cells v2 layout or its single-database mode).
     pub fn is_sql(&self) -> bool {
-        is_sql_scheme(&self.scheme)
+        self.scheme.backend() == "sql"
     }
 
     /// Whether this is the SQL baseline in cells mode (one database per cell), the layout
@@ -44,11 +44,6 @@ impl Candidate {
     pub fn is_sql_cells(&self) -> bool {
         self.is_sql() && StoreUrl::parse(&self.url).ok().and_then(|u| u.param("mode")).is_none_or(|m| m != "single")
     }
-}
-
-/// The SQL baseline's schemes.
-pub fn is_sql_scheme(s: &str) -> bool {
-    matches!(s, "mysql" | "mariadb" | "postgres" | "postgresql")
 }
 
 /// The candidates of a bench: `--stores`, or the global `--store` when none are given.
@@ -70,7 +65,7 @@ pub fn candidates(global: &str, common: &BenchCommon) -> Result<Vec<Candidate>> 
         if same > 0 {
             label = format!("{label} #{}", same + 1);
         }
-        out.push(Candidate { scheme: parsed.scheme().to_string(), url, label });
+        out.push(Candidate { scheme: parsed.scheme(), url, label });
     }
     Ok(out)
 }
@@ -101,7 +96,7 @@ pub fn run_url(candidate: &Candidate, tag: &str, cells: Option<usize>) -> Result
     let tag: String =
         tag.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
     let mut url = candidate.url.clone();
-    if candidate.scheme.starts_with("redis") {
+    if candidate.scheme.backend() == "redis" {
         url = with_param(&url, "prefix", &format!("unicell-bench-{tag}"))?;
     }
     if candidate.is_sql() {
@@ -131,7 +126,7 @@ pub fn run_url(candidate: &Candidate, tag: &str, cells: Option<usize>) -> Result
 /// figures are already measured.
 pub async fn cleanup(candidate: &Candidate, url: &str) {
     #[cfg(feature = "redis")]
-    if candidate.scheme == "redis"
+    if candidate.scheme == Scheme::Redis
         && let Err(e) = redis_ceiling::purge(url).await
     {
         tracing::warn!("could not remove the run's Redis keys: {e:#}");

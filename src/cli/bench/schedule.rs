@@ -87,7 +87,7 @@ pub async fn run(global_store: &str, a: ScheduleArgs) -> Result<()> {
         cloud.load(&store, 16).await?;
         let load_seconds = t.elapsed().as_secs_f64();
         let reqs = build::requests(&cloud, &mix)?;
-        let b = build::run(&store, reqs, &setup, &cand.scheme).await?;
+        let b = build::run(&store, reqs, &setup, cand.scheme.name()).await?;
         let au = audit(&store, &b.active_ids, &b.failed_ids).await?;
         println!(
             "  {:<40} {} ACTIVE, {} ERROR in {:.2} s: {:.0} placements/s; {} claim conflicts, \
