@@ -7,6 +7,7 @@
 mod catalog;
 mod feed;
 mod instances;
+mod placement;
 mod trees;
 
 use std::collections::{BTreeSet, HashMap};
@@ -52,6 +53,8 @@ pub struct MemoryStore {
     changes: ChangeLog,
     catalog: RwLock<CatalogData>,
     instances: RwLock<InstanceData>,
+    leases: super::leases::MemoryLeases,
+    registry: Mutex<placement::Registry>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -77,6 +80,8 @@ impl MemoryStore {
             changes: ChangeLog::new(),
             catalog: RwLock::default(),
             instances: RwLock::default(),
+            leases: super::leases::MemoryLeases::default(),
+            registry: Mutex::default(),
         }
     }
 }
@@ -89,5 +94,9 @@ impl Store for MemoryStore {
 
     fn describe(&self) -> String {
         "memory://".to_string()
+    }
+
+    fn leases(&self) -> Option<&dyn super::leases::Leases> {
+        Some(&self.leases)
     }
 }
