@@ -15,6 +15,7 @@ use std::sync::Arc;
 use libtest_mimic::{Completion, Failed, Trial};
 use unicell::model::*;
 use unicell::scheduler::{Scheduler, SchedulerConfig};
+use unicell::store::audit::AuditScope;
 use unicell::store::memory::MemoryStore;
 use unicell::store::prelude::*;
 
@@ -370,57 +371,24 @@ pub fn instance(flavor: &Flavor) -> Instance {
     }
 }
 
-/// Checks every tree of `cell`: usage equals the sum of its allocations, none over
-/// capacity, group member counts equal the allocations naming the group. Returns the
+/// Audits every tree of `cell` with the store's audit (usage equals the sum of its
+/// allocations, none over capacity, group member counts equal the allocations naming the
+/// group), checks that no consumer holds allocations on two trees, and returns the
 /// allocations by consumer.
 pub async fn audit(store: &Arc<dyn Store>, cell: CellId) -> Result<BTreeMap<ConsumerId, TreeAllocation>, String> {
-    let trees = store.list_provider_trees(Some(cell)).await.map_err(e)?;
-    // The crate's own audit first (the one operators and benchmarks run) ...
-    let roots: Vec<ProviderId> = trees.iter().map(|t| t.root).collect();
-    let report = unicell::store::audit::audit_trees(&**store, Some(&roots)).await.map_err(e)?;
+    let report = unicell::store::audit::audit(&**store, &AuditScope::cell(cell)).await.map_err(e)?;
     if !report.is_clean() {
         let v: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
         return Err(format!("audit found violations: {}", v.join("; ")));
     }
-    // ... then the same checks written independently, plus one tree per consumer.
     let mut by_consumer = BTreeMap::new();
-    for tree in trees {
-        let allocs = store.tree_allocations(tree.root).await.map_err(e)?;
-        let mut sums: BTreeMap<(ProviderId, ResourceClass), i64> = BTreeMap::new();
-        let mut groups: BTreeMap<GroupId, u32> = BTreeMap::new();
-        for a in &allocs {
-            for (p, res) in &a.allocations {
-                for (c, n) in res {
-                    *sums.entry((*p, c.clone())).or_insert(0) += n;
-                }
-            }
-            if let Some(g) = a.group {
-                *groups.entry(g).or_insert(0) += 1;
-            }
-            if by_consumer.insert(a.consumer, a.clone()).is_some() {
-                return Err(format!("consumer {} holds allocations on two trees", a.consumer));
+    for tree in store.list_provider_trees(Some(cell)).await.map_err(e)? {
+        for a in store.tree_allocations(tree.root).await.map_err(e)? {
+            let consumer = a.consumer;
+            if by_consumer.insert(consumer, a).is_some() {
+                return Err(format!("consumer {consumer} holds allocations on two trees"));
             }
         }
-        for p in &tree.providers {
-            for (class, inv) in &p.inventories {
-                let used = p.used(class);
-                let sum = sums.get(&(p.id, class.clone())).copied().unwrap_or(0);
-                check!(used == sum, "provider {} {class}: usage {used} but allocations sum to {sum}", p.name);
-                check!(
-                    used <= inv.capacity(),
-                    "provider {} {class}: usage {used} over capacity {}",
-                    p.name,
-                    inv.capacity()
-                );
-            }
-        }
-        check!(
-            groups == tree.groups,
-            "tree {}: group counts {:?} but allocations say {:?}",
-            tree.root,
-            tree.groups,
-            groups
-        );
     }
     Ok(by_consumer)
 }
