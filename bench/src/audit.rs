@@ -10,7 +10,7 @@ use serde::Serialize;
 use unicell::model::{ConsumerId, ProviderId, ResourceClass};
 use unicell::store::prelude::*;
 
-use super::progress;
+use crate::progress;
 
 /// What the audit found.
 #[derive(Debug, Clone, Default, Serialize)]

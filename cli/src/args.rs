@@ -1,4 +1,4 @@
-//! Command-line arguments (clap derive).
+//! Command-line arguments (clap derive), and their conversion into the libraries' options.
 
 use std::path::PathBuf;
 
@@ -158,10 +158,10 @@ pub struct SitesArgs {
     /// Page size [default: 1000; quick: 100].
     #[arg(long)]
     pub limit: Option<u32>,
-    /// List pages measured per point [default: 20; quick: 5].
+    /// List pages measured per point [default: 10; quick: 3].
     #[arg(long)]
     pub pages: Option<usize>,
-    /// Claims measured per point [default: 200; quick: 30].
+    /// Claims measured per point [default: 50; quick: 10].
     #[arg(long)]
     pub claims: Option<usize>,
 }
@@ -204,4 +204,75 @@ pub struct ConformanceArgs {
     /// Only cases whose name contains this text.
     #[arg(long)]
     pub filter: Option<String>,
+}
+
+impl From<BenchCommon> for unicell_bench::Common {
+    fn from(a: BenchCommon) -> Self {
+        unicell_bench::Common { stores: a.stores, out: a.out, quick: a.quick, seed: a.seed }
+    }
+}
+
+impl From<ListArgs> for unicell_bench::ListOptions {
+    fn from(a: ListArgs) -> Self {
+        unicell_bench::ListOptions {
+            common: a.common.into(),
+            instances: a.instances,
+            cells: a.cells,
+            limit: a.limit,
+            load_concurrency: a.load_concurrency,
+            depth_buckets: a.depth_buckets,
+        }
+    }
+}
+
+impl From<ClaimsArgs> for unicell_bench::ClaimsOptions {
+    fn from(a: ClaimsArgs) -> Self {
+        unicell_bench::ClaimsOptions { common: a.common.into(), claims: a.claims, tasks: a.tasks, trees: a.trees }
+    }
+}
+
+impl From<ScheduleArgs> for unicell_bench::ScheduleOptions {
+    fn from(a: ScheduleArgs) -> Self {
+        unicell_bench::ScheduleOptions {
+            common: a.common.into(),
+            hosts: a.hosts,
+            cells: a.cells,
+            requests: a.requests,
+            schedulers: a.schedulers,
+            alternates: a.alternates,
+            failure_rate: a.failure_rate,
+            builds_per_scheduler: a.builds_per_scheduler,
+        }
+    }
+}
+
+impl From<SitesArgs> for unicell_bench::SitesOptions {
+    fn from(a: SitesArgs) -> Self {
+        unicell_bench::SitesOptions {
+            common: a.common.into(),
+            sites: a.sites,
+            delays_ms: a.delays_ms,
+            cells: a.cells,
+            instances: a.instances,
+            limit: a.limit,
+            pages: a.pages,
+            claims: a.claims,
+        }
+    }
+}
+
+impl From<DemoArgs> for unicell_bench::DemoOptions {
+    fn from(a: DemoArgs) -> Self {
+        unicell_bench::DemoOptions {
+            out: a.out,
+            cells: a.cells,
+            hosts: a.hosts,
+            instances: a.instances,
+            schedulers: a.schedulers,
+            failure_rate: a.failure_rate,
+            builds_per_scheduler: a.builds_per_scheduler,
+            alternates: a.alternates,
+            seed: a.seed,
+        }
+    }
 }
