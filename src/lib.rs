@@ -17,6 +17,8 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "api")]
+pub mod api;
 pub mod compute;
 pub mod conductor;
 pub mod error;
