@@ -150,6 +150,17 @@ impl Conductor {
     }
 
     async fn build_inner(&self, spec: RequestSpec, mut instances: Vec<Instance>) -> Result<Vec<BuildOutcome>> {
+        self.record(&spec, &mut instances).await?;
+        self.schedule_and_build(spec, instances).await
+    }
+
+    /// The first half of [`build_instances`](Self::build_instances): records `instances`
+    /// in the store (BUILDING, task SCHEDULING, no host) with one request spec each
+    /// (`spec` with its own uuid). If a write fails, the instances already recorded go to
+    /// ERROR with a fault and the error is returned. The API calls this before answering
+    /// 202, so that the servers are visible at once, then runs
+    /// [`schedule_and_build`](Self::schedule_and_build) in the background.
+    pub async fn record(&self, spec: &RequestSpec, instances: &mut [Instance]) -> Result<()> {
         let ids: Vec<_> = instances.iter().map(|i| i.uuid).collect();
         let now = Timestamp::now();
         for (k, inst) in instances.iter_mut().enumerate() {
@@ -177,6 +188,14 @@ impl Conductor {
                 return Err(err);
             }
         }
+        Ok(())
+    }
+
+    /// The second half of [`build_instances`](Self::build_instances), for instances
+    /// already [`record`](Self::record)ed: schedule (claiming), cast, reschedule over the
+    /// alternates, and write every transition. Same promise and errors as
+    /// `build_instances`; `spec.num_instances` must be the number of `instances`.
+    pub async fn schedule_and_build(&self, spec: RequestSpec, instances: Vec<Instance>) -> Result<Vec<BuildOutcome>> {
         let uuids: Vec<_> = instances.iter().map(|i| i.uuid).collect();
         let lists = match self.scheduler.select_destinations(&spec, &uuids, self.config.num_alternates).await {
             Ok(lists) => lists,

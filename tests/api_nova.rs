@@ -2,7 +2,7 @@
 //! version documents, auth, microversions, flavors, zones, and a table of bad input that
 //! must be answered with the right 4xx in Nova's error format, never a 500.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -268,9 +268,225 @@ async fn bad_input_table() {
         ("unknown path", Method::GET, "/v2.1/nothing-here", vec![token], None, 404),
         ("unknown root path", Method::GET, "/nothing", vec![], None, 404),
         ("wrong method", Method::PATCH, "/v2.1/flavors", vec![token], None, 405),
+        ("server uuid", Method::GET, "/v2.1/servers/not-a-uuid", vec![token], None, 404),
+        ("unknown server", Method::DELETE, "/v2.1/servers/6f0b6b3e-3b7e-4a3f-9b38-1d8f0c7c2a11", vec![token], None, 404),
+        ("marker not uuid", Method::GET, "/v2.1/servers?marker=abc", vec![token], None, 400),
+        ("server limit", Method::GET, "/v2.1/servers/detail?limit=-5", vec![token], None, 400),
+        ("bad status 2.38", Method::GET, "/v2.1/servers?status=SLEEPY", vec![token, ("openstack-api-version", "compute 2.38")], None, 400),
+        ("deleted for member", Method::GET, "/v2.1/servers?status=DELETED", vec![token], None, 403),
+        ("sort order", Method::GET, "/v2.1/servers?sort_key=display_name", vec![token], None, 400),
+        ("bad sort dir", Method::GET, "/v2.1/servers?sort_key=created_at&sort_dir=sideways", vec![token], None, 400),
+        ("changes-since", Method::GET, "/v2.1/servers?changes-since=yesterday", vec![token], None, 400),
+        ("bad name regex", Method::GET, "/v2.1/servers?name=(", vec![token], None, 400),
+        ("unknown list param 2.75", Method::GET, "/v2.1/servers?flavour=1", vec![token, ("openstack-api-version", "compute 2.75")], None, 400),
+        ("not JSON", Method::POST, "/v2.1/servers", vec![token, ("content-type", "application/json")], Some(b"{nope".to_vec()), 400),
+        ("empty body", Method::POST, "/v2.1/servers", vec![token], Some(Vec::new()), 400),
+        ("JSON array", Method::POST, "/v2.1/servers", vec![token], Some(b"[]".to_vec()), 400),
+        ("xml", Method::POST, "/v2.1/servers", vec![token, ("content-type", "application/xml")], Some(b"<server/>".to_vec()), 415),
+        ("huge body", Method::POST, "/v2.1/servers", vec![token], Some(vec![b' '; 200_000]), 413),
+        ("no server key", Method::POST, "/v2.1/servers", vec![token], Some(br#"{"srv": {}}"#.to_vec()), 400),
+        ("unknown field", Method::POST, "/v2.1/servers", vec![token], Some(br#"{"server": {"name": "a", "flavorRef": "1", "imageRef": "i", "colour": 1}}"#.to_vec()), 400),
+        ("no name", Method::POST, "/v2.1/servers", vec![token], Some(br#"{"server": {"flavorRef": "1", "imageRef": "i"}}"#.to_vec()), 400),
+        ("name not string", Method::POST, "/v2.1/servers", vec![token], Some(br#"{"server": {"name": 5, "flavorRef": "1", "imageRef": "i"}}"#.to_vec()), 400),
+        ("unknown flavor", Method::POST, "/v2.1/servers", vec![token], Some(br#"{"server": {"name": "a", "flavorRef": "nope", "imageRef": "i"}}"#.to_vec()), 400),
+        ("no image", Method::POST, "/v2.1/servers", vec![token], Some(br#"{"server": {"name": "a", "flavorRef": "1"}}"#.to_vec()), 400),
+        ("min > max", Method::POST, "/v2.1/servers", vec![token], Some(br#"{"server": {"name": "a", "flavorRef": "1", "imageRef": "i", "min_count": 3, "max_count": 2}}"#.to_vec()), 400),
+        ("count zero", Method::POST, "/v2.1/servers", vec![token], Some(br#"{"server": {"name": "a", "flavorRef": "1", "imageRef": "i", "min_count": 0}}"#.to_vec()), 400),
+        ("networks at 2.37", Method::POST, "/v2.1/servers", vec![token, ("openstack-api-version", "compute 2.37")], Some(br#"{"server": {"name": "a", "flavorRef": "1", "imageRef": "i"}}"#.to_vec()), 400),
+        ("bad group hint", Method::POST, "/v2.1/servers", vec![token], Some(br#"{"server": {"name": "a", "flavorRef": "1", "imageRef": "i"}, "os:scheduler_hints": {"group": "nope"}}"#.to_vec()), 400),
+        ("metadata not object", Method::POST, "/v2.1/servers", vec![token], Some(br#"{"server": {"name": "a", "flavorRef": "1", "imageRef": "i", "metadata": []}}"#.to_vec()), 400),
     ];
     for (what, method, path, headers, body, status) in cases {
         let r = api.call(method, path, &headers, body).await;
         assert_fault(&r, status, what);
+    }
+}
+
+/// `n` hosts of 4 VCPU / 8 GiB / 100 GB in one cell, zone `az1`, and flavor `small`
+/// (1 VCPU, 1 GiB, 10 GB).
+async fn small_cloud(store: &Arc<dyn Store>, n: usize) {
+    let cell = Cell { id: CellId::new_v4(), name: "cell1".into(), disabled: false };
+    store.put_cell(&cell).await.unwrap();
+    for h in 0..n {
+        let root = ProviderId::new_v4();
+        let name = format!("host{h}");
+        store
+            .create_provider(&NewProvider {
+                id: root,
+                name: name.clone(),
+                parent: None,
+                cell: Some(cell.id),
+                inventories: BTreeMap::from([
+                    (ResourceClass::Vcpu, Inventory::with_total(4)),
+                    (ResourceClass::MemoryMb, Inventory::with_total(8192)),
+                    (ResourceClass::DiskGb, Inventory::with_total(100)),
+                ]),
+                traits: Default::default(),
+                aggregates: Default::default(),
+            })
+            .await
+            .unwrap();
+        store
+            .put_host(&Host {
+                name: name.clone(),
+                cell: cell.id,
+                root_provider: root,
+                node: name,
+                enabled: true,
+                disabled_reason: None,
+                last_heartbeat: Timestamp::now(),
+                availability_zone: Some("az1".into()),
+                capabilities: BTreeMap::new(),
+            })
+            .await
+            .unwrap();
+    }
+    store.put_flavor(&flavor("small", 1, 1024, 10)).await.unwrap();
+}
+
+fn server_body(name: &str) -> Vec<u8> {
+    serde_json::to_vec(
+        &json!({"server": {"name": name, "imageRef": "70a599e0-31e7-49b7-b260-868f441e862b", "flavorRef": "small"}}),
+    )
+    .unwrap()
+}
+
+async fn wait_settled(api: &Api, id: &str, token: &str) -> Value {
+    for _ in 0..500 {
+        let r = api.get(&format!("/v2.1/servers/{id}"), token).await;
+        if r.body["server"]["status"] != "BUILD" {
+            return r.body["server"].clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("server {id} still building");
+}
+
+#[tokio::test]
+async fn servers_create_show_list_delete() {
+    let api = Api::new().await;
+    small_cloud(&api.store, 2).await;
+    let json_ct = ("content-type", "application/json");
+    let r = api
+        .call(Method::POST, "/v2.1/servers", &[("x-auth-token", "alice:p1"), json_ct], Some(server_body("vm one")))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    assert_eq!(r.headers["location"], format!("http://nova.test:8774/v2.1/servers/{id}").as_str());
+    assert!(r.body["server"]["adminPass"].is_string());
+    assert_eq!(r.body["server"]["security_groups"], json!([{"name": "default"}]));
+
+    let s = wait_settled(&api, &id, "alice:p1").await;
+    assert_eq!(s["status"], "ACTIVE", "{s}");
+    assert_eq!(s["image"]["id"], "70a599e0-31e7-49b7-b260-868f441e862b");
+    assert_eq!(s["flavor"]["id"], "small");
+    assert_eq!(s["OS-EXT-STS:power_state"], 1);
+    assert!(s.get("OS-EXT-SRV-ATTR:host").is_none(), "members do not see the host");
+    assert_eq!(s["OS-EXT-AZ:availability_zone"], "az1");
+    let claims = api.store.allocations(ConsumerId(uuid::Uuid::parse_str(&id).unwrap())).await.unwrap();
+    assert_eq!(claims.len(), 1);
+
+    // Admin view at the highest microversion.
+    let r = api
+        .call(
+            Method::GET,
+            &format!("/v2.1/servers/{id}"),
+            &[("x-auth-token", "admin"), ("openstack-api-version", "compute latest")],
+            None,
+        )
+        .await;
+    let s = &r.body["server"];
+    assert!(s["OS-EXT-SRV-ATTR:host"].as_str().unwrap().starts_with("host"));
+    assert_eq!(s["OS-EXT-SRV-ATTR:hostname"], "vm-one");
+    assert_eq!(s["flavor"]["original_name"], "small");
+    assert_eq!(s["host_status"], "UP");
+    assert_eq!(s["server_groups"], json!([]));
+    assert_eq!(s["scheduler_hints"], json!({}));
+    assert_eq!(s["image"]["properties"], json!({}));
+
+    // Another project neither lists nor shows it.
+    assert_eq!(api.get("/v2.1/servers", "bob:p2").await.body["servers"], json!([]));
+    assert_fault(&api.get(&format!("/v2.1/servers/{id}"), "bob:p2").await, 403, "other project");
+
+    // Delete: 204, gone, claim released.
+    let r = api.call(Method::DELETE, &format!("/v2.1/servers/{id}"), &[("x-auth-token", "alice:p1")], None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_fault(&api.get(&format!("/v2.1/servers/{id}"), "alice:p1").await, 404, "deleted server");
+    assert_eq!(api.get("/v2.1/servers", "alice:p1").await.body["servers"], json!([]));
+    let claims = api.store.allocations(ConsumerId(uuid::Uuid::parse_str(&id).unwrap())).await.unwrap();
+    assert!(claims.is_empty());
+}
+
+#[tokio::test]
+async fn servers_paging_newest_first_and_limits() {
+    let api = Api::new().await;
+    small_cloud(&api.store, 4).await;
+    let token = ("x-auth-token", "alice:p1");
+    let mut created = Vec::new();
+    for n in 0..7 {
+        let r = api.call(Method::POST, "/v2.1/servers", &[token], Some(server_body(&format!("vm{n}")))).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+        created.push(r.body["server"]["id"].as_str().unwrap().to_string());
+    }
+    created.reverse();
+    let mut seen = Vec::new();
+    let mut path = "/v2.1/servers/detail?limit=3".to_string();
+    loop {
+        let r = api.get(&path, "alice:p1").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let page = r.body["servers"].as_array().unwrap();
+        seen.extend(page.iter().map(|s| s["id"].as_str().unwrap().to_string()));
+        match r.body.get("servers_links") {
+            Some(links) => {
+                assert_eq!(page.len(), 3);
+                let href = links[0]["href"].as_str().unwrap();
+                path = href.trim_start_matches("http://nova.test:8774").to_string();
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, created, "every server once, newest first");
+    assert_eq!(api.get("/v2.1/servers?limit=0", "alice:p1").await.body["servers"], json!([]));
+    let last = created.last().unwrap();
+    assert_eq!(api.get(&format!("/v2.1/servers?marker={last}"), "alice:p1").await.body["servers"], json!([]));
+    let r = api.get(&format!("/v2.1/servers?marker={}", uuid::Uuid::new_v4()), "alice:p1").await;
+    assert_fault(&r, 400, "unknown marker");
+    assert!(r.body["badRequest"]["message"].as_str().unwrap().starts_with("marker ["));
+    let r = api.get("/v2.1/servers?name=vm[36]", "alice:p1").await;
+    assert_eq!(r.body["servers"].as_array().unwrap().len(), 2, "{}", r.body);
+    // all_tenants is for admins.
+    assert_fault(&api.get("/v2.1/servers?all_tenants=1", "alice:p1").await, 403, "all_tenants member");
+    assert_eq!(api.get("/v2.1/servers?all_tenants=1", "admin").await.body["servers"].as_array().unwrap().len(), 7);
+    assert_eq!(api.get("/v2.1/servers", "admin").await.body["servers"], json!([]));
+}
+
+#[tokio::test]
+async fn multi_create_is_all_or_nothing() {
+    let api = Api::new().await;
+    small_cloud(&api.store, 1).await;
+    // Four VCPUs: five instances cannot all fit, so none is placed.
+    let body = json!({"server": {"name": "many", "imageRef": "x", "flavorRef": "small", "min_count": 5}});
+    let r = api
+        .call(Method::POST, "/v2.1/servers", &[("x-auth-token", "p")], Some(serde_json::to_vec(&body).unwrap()))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let list = api.get("/v2.1/servers", "p").await.body["servers"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 5);
+    for s in list {
+        let s = wait_settled(&api, s["id"].as_str().unwrap(), "p").await;
+        assert_eq!(s["status"], "ERROR", "{s}");
+        assert_eq!(s["fault"]["code"], 500);
+        assert!(s["fault"]["message"].as_str().unwrap().starts_with("No valid host"));
+    }
+    let body = json!({"server": {"name": "four", "imageRef": "x", "flavorRef": "small", "max_count": 4}});
+    let r = api
+        .call(Method::POST, "/v2.1/servers", &[("x-auth-token", "q")], Some(serde_json::to_vec(&body).unwrap()))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let list = api.get("/v2.1/servers", "q").await.body["servers"].as_array().unwrap().clone();
+    let names: BTreeSet<_> = list.iter().map(|s| s["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, BTreeSet::from(["four-1".into(), "four-2".into(), "four-3".into(), "four-4".into()]));
+    for s in list {
+        assert_eq!(wait_settled(&api, s["id"].as_str().unwrap(), "q").await["status"], "ACTIVE");
     }
 }

@@ -89,7 +89,8 @@ fn with_keyspace(uri: &str, ks: &str) -> String {
 }
 
 async fn open_shared(url: String) -> Shared {
-    CqlStore::open(&url).await.map_err(|e| Why::Fail(format!("opening {url}: {e}")))
+    let parsed = unicell::store::StoreUrl::parse(&url).map_err(|e| Why::Fail(e.to_string()))?;
+    CqlStore::open(&parsed).await.map(Arc::new).map_err(|e| Why::Fail(format!("opening {parsed}: {e}")))
 }
 
 impl Path {

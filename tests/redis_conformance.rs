@@ -129,7 +129,7 @@ fn raw_sadd(url: &str, key: &str, member: &str) -> Result<(), String> {
     let first = format!("redis://{}:{}", e.host_str().unwrap_or("127.0.0.1"), e.port().unwrap_or(6379));
     let mut cmd = redis::cmd("SADD");
     cmd.arg(key).arg(member);
-    if u.scheme() == "redis+cluster" {
+    if u.scheme() == unicell::store::Scheme::RedisCluster {
         let mut nodes = vec![first];
         for seed in u.param("seeds").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
             nodes.push(format!("redis://{seed}"));

@@ -16,7 +16,7 @@ mod support;
 use std::sync::Arc;
 
 use libtest_mimic::Trial;
-use sql_server::{Flavor, Server, find};
+use sql_server::{Server, SqlKind, find};
 use support::{Factory, Skip, conformance_trials};
 use unicell::store::StoreUrl;
 use unicell::store::prelude::*;
@@ -24,15 +24,15 @@ use unicell::store::sql::SqlStore;
 
 struct Config {
     name: &'static str,
-    flavor: Flavor,
+    kind: SqlKind,
     query: &'static str,
 }
 
 const CONFIGS: &[Config] = &[
-    Config { name: "mariadb-cells", flavor: Flavor::MariaDb, query: "cells=4" },
-    Config { name: "mariadb-single", flavor: Flavor::MariaDb, query: "mode=single" },
-    Config { name: "postgres-cells", flavor: Flavor::Postgres, query: "cells=4" },
-    Config { name: "postgres-single", flavor: Flavor::Postgres, query: "mode=single" },
+    Config { name: "mariadb-cells", kind: SqlKind::MariaDb, query: "cells=4" },
+    Config { name: "mariadb-single", kind: SqlKind::MariaDb, query: "mode=single" },
+    Config { name: "postgres-cells", kind: SqlKind::Postgres, query: "cells=4" },
+    Config { name: "postgres-single", kind: SqlKind::Postgres, query: "mode=single" },
 ];
 
 /// The URL (without `create=false`) a config's databases were created with, if any.
@@ -46,17 +46,17 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     let run_id = format!("uct_{}_{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
     // Servers (and containers) live until the end of main.
-    let mut servers: Vec<(Flavor, Result<Server, String>)> = Vec::new();
-    for flavor in [Flavor::MariaDb, Flavor::Postgres] {
-        let s = rt.block_on(find(flavor));
-        servers.push((flavor, s));
+    let mut servers: Vec<(SqlKind, Result<Server, String>)> = Vec::new();
+    for kind in [SqlKind::MariaDb, SqlKind::Postgres] {
+        let s = rt.block_on(find(kind));
+        servers.push((kind, s));
     }
     let mut trials: Vec<Trial> = Vec::new();
     let mut created: Vec<StoreUrl> = Vec::new();
-    let mut failed: Vec<(Flavor, String)> = Vec::new();
+    let mut failed: Vec<(SqlKind, String)> = Vec::new();
     for cfg in CONFIGS {
-        let server = servers.iter().find(|(f, _)| *f == cfg.flavor).map(|(_, s)| s).expect("server probed");
-        let earlier_failure = failed.iter().find(|(f, _)| *f == cfg.flavor).map(|(_, r)| r.clone());
+        let server = servers.iter().find(|(f, _)| *f == cfg.kind).map(|(_, s)| s).expect("server probed");
+        let earlier_failure = failed.iter().find(|(f, _)| *f == cfg.kind).map(|(_, r)| r.clone());
         let prepared: Result<String, String> = match (server, earlier_failure) {
             (Err(reason), _) => Err(reason.clone()),
             (Ok(_), Some(reason)) => Err(reason),
@@ -76,7 +76,7 @@ fn main() {
                             // An unreachable server is not tried again for the other mode,
                             // and only databases that may exist are dropped at the end.
                             if e.is_retryable() {
-                                failed.push((cfg.flavor, reason.clone()));
+                                failed.push((cfg.kind, reason.clone()));
                             } else {
                                 created.push(parsed.clone());
                             }

@@ -174,6 +174,7 @@ fn new_instance(f: &Flavor, id: InstanceId) -> Instance {
         metadata: BTreeMap::new(),
         tags: BTreeSet::new(),
         fault: None,
+        system_metadata: Default::default(),
     }
 }
 

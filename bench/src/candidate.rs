@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use unicell::store::{self, Store, StoreUrl};
+use unicell::store::{self, Scheme, Store, StoreUrl};
 
 use crate::Common;
 
@@ -15,19 +15,19 @@ pub struct Candidate {
     pub url: String,
     /// The URL with its password masked: what tables, logs and reports show.
     pub label: String,
-    /// The scheme (`memory`, `redis`, `mysql`, ...).
-    pub scheme: String,
+    /// The scheme.
+    pub scheme: Scheme,
 }
 
 impl Candidate {
     /// Whether this candidate talks to a server over TCP (everything but `memory://`).
     pub fn is_networked(&self) -> bool {
-        self.scheme != "memory"
+        self.scheme != Scheme::Memory
     }
 
     /// Whether this is the SQL baseline (Nova's cells v2 layout or its single-database mode).
     pub fn is_sql(&self) -> bool {
-        is_sql_scheme(&self.scheme)
+        self.scheme.backend() == "sql"
     }
 
     /// Whether this is the SQL baseline in cells mode (one database per cell), the layout
@@ -35,11 +35,6 @@ impl Candidate {
     pub fn is_sql_cells(&self) -> bool {
         self.is_sql() && StoreUrl::parse(&self.url).ok().and_then(|u| u.param("mode")).is_none_or(|m| m != "single")
     }
-}
-
-/// The SQL baseline's schemes.
-pub fn is_sql_scheme(s: &str) -> bool {
-    matches!(s, "mysql" | "mariadb" | "postgres" | "postgresql")
 }
 
 /// The candidates of a bench: `common.stores`, or the global store URL when none are given.
@@ -61,7 +56,7 @@ pub fn candidates(global: &str, common: &Common) -> Result<Vec<Candidate>> {
         if same > 0 {
             label = format!("{label} #{}", same + 1);
         }
-        out.push(Candidate { scheme: parsed.scheme().to_string(), url, label });
+        out.push(Candidate { scheme: parsed.scheme(), url, label });
     }
     Ok(out)
 }
@@ -92,7 +87,7 @@ pub fn run_url(candidate: &Candidate, tag: &str, cells: Option<usize>) -> Result
     let tag: String =
         tag.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
     let mut url = candidate.url.clone();
-    if candidate.scheme.starts_with("redis") {
+    if candidate.scheme.backend() == "redis" {
         url = with_param(&url, "prefix", &format!("unicell-bench-{tag}"))?;
     }
     if candidate.is_sql() {
@@ -122,7 +117,7 @@ pub fn run_url(candidate: &Candidate, tag: &str, cells: Option<usize>) -> Result
 /// figures are already measured.
 pub async fn cleanup(candidate: &Candidate, url: &str) {
     #[cfg(feature = "redis")]
-    if candidate.scheme == "redis" {
+    if candidate.scheme == Scheme::Redis {
         purge_redis(url).await;
     }
     #[cfg(feature = "sql")]
@@ -163,9 +158,12 @@ async fn purge_redis(url: &str) {
 /// the bad URL (its password masked) and the known schemes.
 pub fn check_store_url(url: &str) -> Result<StoreUrl> {
     let parsed = StoreUrl::parse(url).map_err(|e| anyhow::anyhow!("bad store URL: {e}"))?;
-    let known = store::known_schemes();
-    if !known.contains(&parsed.scheme()) {
-        bail!("bad store URL {parsed}: unknown scheme {:?}; this build knows: {}", parsed.scheme(), known.join(", "));
+    if !parsed.scheme().is_enabled() {
+        bail!(
+            "bad store URL {parsed}: scheme {} needs a feature this build lacks; this build knows: {}",
+            parsed.scheme(),
+            store::known_schemes().join(", ")
+        );
     }
     Ok(parsed)
 }

@@ -143,7 +143,7 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
         let cloud = Cloud::generate(store.clone(), &spec, 16, &Bars).await?;
         let load_seconds = t.elapsed().as_secs_f64();
         let reqs = requests::generate(&cloud, &mix)?;
-        let b = driver::run(&store, reqs, &setup, &cand.scheme, &Bars).await?;
+        let b = driver::run(&store, reqs, &setup, cand.scheme.name(), &Bars).await?;
         let au = audit(&store, &b.active_ids, &b.failed_ids).await?;
         let b = BuildFigures::from(b);
         println!(

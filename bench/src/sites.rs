@@ -23,8 +23,8 @@ use futures::StreamExt;
 use serde::Serialize;
 use unicell::model::*;
 use unicell::sim::listing;
-use unicell::store::StoreUrl;
 use unicell::store::prelude::*;
+use unicell::store::{Scheme, StoreUrl};
 
 use crate::candidate::{self, Candidate, candidates, open_store, run_tag, run_url};
 use crate::chart::{self, Panel, Series};
@@ -355,7 +355,7 @@ pub async fn run(global_store: &str, a: SitesOptions) -> Result<()> {
 
 /// `redis://127.0.0.1:6379` when this build knows Redis and something answers there.
 async fn local_redis() -> Option<Candidate> {
-    if !unicell::store::known_schemes().contains(&"redis") {
+    if !Scheme::Redis.is_enabled() {
         return None;
     }
     let reachable = tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect("127.0.0.1:6379"))
@@ -364,7 +364,7 @@ async fn local_redis() -> Option<Candidate> {
     reachable.then(|| Candidate {
         url: "redis://127.0.0.1:6379".into(),
         label: "redis://127.0.0.1:6379".into(),
-        scheme: "redis".into(),
+        scheme: Scheme::Redis,
     })
 }
 
@@ -373,13 +373,7 @@ fn endpoint_of(url: &str) -> Result<String> {
     let u = StoreUrl::parse(url)?;
     let e = u.expose();
     let host = e.host_str().filter(|h| !h.is_empty()).with_context(|| format!("{u} names no host"))?;
-    let port = e.port().or(match u.scheme() {
-        "redis" | "rediss" => Some(6379),
-        "mysql" | "mariadb" => Some(3306),
-        "postgres" | "postgresql" => Some(5432),
-        "cql" | "scylla" | "cassandra" => Some(9042),
-        _ => None,
-    });
+    let port = e.port().or(u.scheme().default_port());
     let port = port.with_context(|| format!("{u} names no port"))?;
     Ok(format!("{host}:{port}"))
 }

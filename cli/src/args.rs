@@ -1,6 +1,8 @@
 //! Command-line arguments (clap derive), and their conversion into the libraries' options.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -33,6 +35,10 @@ pub enum Command {
     Conformance(ConformanceArgs),
     /// List the store URL schemes this build understands.
     Stores,
+    /// Serve the Nova compute API over the store (any number of replicas per store).
+    Serve(ServeArgs),
+    /// Register simulated compute hosts and heartbeat them until stopped.
+    Computes(ComputesArgs),
 }
 
 /// `unicell bench ...`
@@ -196,6 +202,60 @@ pub struct DemoArgs {
     /// Seed of the cloud and request generator.
     #[arg(long, default_value_t = 20261120)]
     pub seed: u64,
+}
+
+/// `unicell serve`
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address of the Nova compute API.
+    #[arg(long, default_value = "127.0.0.1:8774")]
+    pub listen: SocketAddr,
+    /// Also run this many simulated compute hosts in this process (registered and
+    /// heartbeating; what `unicell computes` does). The embedded `memory://` store lives in
+    /// this process, so this is how it gets hosts.
+    #[arg(long, default_value_t = 0)]
+    pub computes: usize,
+    /// Options of the in-process computes.
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+    /// Simulated build time of each instance, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub build_ms: u64,
+    /// Probability that a simulated build fails (reschedulable).
+    #[arg(long, default_value_t = 0.0)]
+    pub build_failure_rate: f64,
+    /// This replica's name in the build leases (default: host-pid-random).
+    #[arg(long)]
+    pub replica: Option<String>,
+    /// On SIGTERM, how long to wait for the builds in flight before exiting.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+/// `unicell computes`
+#[derive(Debug, Clone, Args)]
+pub struct ComputesArgs {
+    /// Simulated compute hosts to register (each a tree with NUMA and SR-IOV children).
+    #[arg(long, default_value_t = 10)]
+    pub hosts: usize,
+    /// Options of the hosts.
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+}
+
+/// Shape of the simulated hosts of `serve --computes` and `computes`.
+#[derive(Debug, Clone, Args)]
+pub struct CloudArgs {
+    /// Cells the hosts are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub cells: usize,
+    /// Seed of the host generator: the same seed registers the same hosts (so a restarted
+    /// `computes` picks its hosts up again).
+    #[arg(long, default_value_t = 20261129)]
+    pub seed: u64,
+    /// How often each host reports (nova-compute's `report_interval`, 10 s).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
 }
 
 /// `unicell conformance`

@@ -7,6 +7,7 @@
 
 mod args;
 mod logging;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -49,6 +50,8 @@ async fn run(cli: Cli) -> Result<bool> {
             }
             Ok(true)
         }
+        Command::Serve(a) => serve::serve(store, a).await,
+        Command::Computes(a) => serve::computes(store, a).await,
         Command::Conformance(a) => unicell_bench::conformance::run(store, a.filter.as_deref()).await,
         Command::Demo(a) => unicell_bench::demo::run(store, a.into()).await,
         Command::Bench(b) => {

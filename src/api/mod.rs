@@ -9,6 +9,7 @@
 //! `unicell::api` target; headers, and so tokens, are never logged.
 
 pub mod auth;
+pub mod builds;
 pub mod error;
 pub mod microversion;
 pub mod nova;
@@ -83,6 +84,7 @@ struct StateInner {
     store: Arc<dyn Store>,
     config: ApiConfig,
     conductor: Arc<Conductor>,
+    builds: builds::Builds,
 }
 
 impl ApiState {
@@ -97,7 +99,8 @@ impl ApiState {
         let scheduler = Arc::new(Scheduler::new(store.clone(), config.scheduler.clone()).await?);
         let compute = compute.unwrap_or_else(|| Arc::new(SimulatedCompute::new(0)));
         let conductor = Arc::new(Conductor::new(store.clone(), scheduler, compute, config.conductor.clone()));
-        Ok(ApiState { inner: Arc::new(StateInner { store, config, conductor }) })
+        let builds = builds::Builds::new(store.clone(), conductor.clone());
+        Ok(ApiState { inner: Arc::new(StateInner { store, config, conductor, builds }) })
     }
 
     /// The store.
@@ -113,6 +116,11 @@ impl ApiState {
     /// This replica's conductor (and through it, its scheduler).
     pub fn conductor(&self) -> &Arc<Conductor> {
         &self.inner.conductor
+    }
+
+    /// The builds this replica runs.
+    pub fn builds(&self) -> &builds::Builds {
+        &self.inner.builds
     }
 }
 

@@ -197,6 +197,13 @@ pub struct Instance {
     /// Fault when in ERROR.
     #[serde(default)]
     pub fault: Option<Fault>,
+    /// Attributes of the boot request that the scheduler does not read but the compute
+    /// API shows (Nova's `instance_system_metadata` and the instance columns unicell does
+    /// not model one by one): `image_ref`, `description`, `key_name`, `hostname`,
+    /// `reservation_id`, `launch_index`, ... Written at create time; never shown as user
+    /// metadata. Backends store it with the instance.
+    #[serde(default)]
+    pub system_metadata: BTreeMap<String, String>,
 }
 
 impl Instance {
@@ -222,6 +229,7 @@ impl Instance {
             metadata: BTreeMap::new(),
             tags: BTreeSet::new(),
             fault: None,
+            system_metadata: BTreeMap::new(),
         }
     }
 

@@ -232,6 +232,11 @@ impl SimHost {
         for p in &self.providers {
             store.create_provider(p).await?;
         }
+        self.write_record(store).await
+    }
+
+    /// Writes the host record with a heartbeat `heartbeat_age_s` old.
+    async fn write_record(&self, store: &dyn Store) -> Result<()> {
         let mut host = self.host.clone();
         host.last_heartbeat = Timestamp::now().minus(std::time::Duration::from_secs(self.heartbeat_age_s));
         store.put_host(&host).await
@@ -367,103 +372,83 @@ impl Cloud {
     }
 
     /// Generates the cloud `spec` describes (deterministic in `spec.seed`) and writes it
-    /// into `store`: cells, aggregates, flavors and server groups, then each host's
-    /// provider tree and host record, `concurrency` hosts at a time (phase "creating
-    /// hosts" of `progress`). Host `h` is `cell<h % cells>-host<h>`, in availability zone
-    /// `az<(h / cells) % azs>`; a quarter of the hosts (seeded) carry [`AVX_TRAIT`].
+    /// into `store`, which must not hold it yet: cells, aggregates, flavors and server
+    /// groups, then each host's provider tree and host record, `concurrency` hosts at a time
+    /// (phase "creating hosts" of `progress`). Host `h` is `cell<h % cells>-host<h>`, in
+    /// availability zone `az<(h / cells) % azs>`; a quarter of the hosts (seeded) carry
+    /// [`AVX_TRAIT`].
     pub async fn generate(
         store: Arc<dyn Store>,
         spec: &CloudSpec,
         concurrency: usize,
         progress: &dyn Progress,
     ) -> Result<Cloud> {
-        let mut rng = StdRng::seed_from_u64(spec.seed);
-        let cells: Vec<Cell> = (0..spec.cells.max(1))
-            .map(|i| Cell { id: CellId(uuid_from(&mut rng)), name: format!("cell{i}"), disabled: false })
-            .collect();
-        let aggregates: Vec<Aggregate> = (0..spec.azs.max(1))
-            .map(|i| Aggregate {
-                id: AggregateId(uuid_from(&mut rng)),
-                name: format!("az{i}-hosts"),
-                availability_zone: Some(format!("az{i}")),
-                metadata: BTreeMap::new(),
-            })
-            .collect();
-        let avx = Trait::new(AVX_TRAIT)?;
-        let shape =
-            spec.host_spec(&Trait::new("HW_NUMA_ROOT")?, &Trait::new("HW_NIC_SRIOV")?, &Trait::new(PHYSNET_TRAIT)?);
-        let mut hosts = Vec::with_capacity(spec.hosts);
-        for h in 0..spec.hosts {
-            let cell = &cells[h % cells.len()];
-            let agg = &aggregates[(h / cells.len()) % aggregates.len()];
-            let name = format!("{}-host{h:05}", cell.name);
-            // The draws come in this order (root, trait roll, children) so that a seed
-            // keeps giving the same cloud.
-            let root = ProviderId(uuid_from(&mut rng));
-            let mut host_spec = HostSpec {
-                aggregates: vec![agg.id],
-                az: agg.availability_zone.clone(),
-                traits: BTreeSet::new(),
-                ..shape.clone()
-            };
-            if rng.random_bool(0.25) {
-                host_spec.traits.insert(avx.clone());
-            }
-            hosts.push(host_spec.host(&name, &name, cell.id, root, || ProviderId(uuid_from(&mut rng)))?);
-        }
-        let mut flavors = vec![
-            (flavor("m1.small", 1, 2048, 20, &[])?, 40),
-            (flavor("m1.medium", 2, 4096, 40, &[])?, 30),
-            (flavor("m1.large", 4, 8192, 80, &[])?, 10),
-            (flavor("c1.avx2", 4, 8192, 40, &[("trait:HW_CPU_X86_AVX2", "required")])?, 5),
-            (
-                flavor(
-                    "n1.sriov",
-                    2,
-                    4096,
-                    40,
-                    &[("resources1:SRIOV_NET_VF", "1"), ("trait1:CUSTOM_PHYSNET_PUBLIC", "required")],
-                )?,
-                10,
-            ),
-            (flavor("d1.dedicated", 2, 4096, 40, &[("hw:cpu_policy", "dedicated")])?, 5),
-        ];
-        if spec.oversized_flavor {
-            flavors.push((flavor("x1.huge", spec.vcpus * 8, 4096, 40, &[])?, 1));
-        }
-        let groups = (0..spec.server_groups)
-            .map(|i| {
-                let policy = if i % 2 == 0 { GroupPolicy::AntiAffinity } else { GroupPolicy::SoftAntiAffinity };
-                ServerGroup {
-                    id: GroupId(uuid_from(&mut rng)),
-                    name: format!("group{i}"),
-                    project_id: format!("project{}", i % 10),
-                    user_id: "demo".to_string(),
-                    policy,
-                    max_per_host: (policy == GroupPolicy::AntiAffinity).then_some(2),
-                }
-            })
-            .collect();
-
-        for c in &cells {
+        let plan = Plan::of(spec)?;
+        for c in &plan.cells {
             store.put_cell(c).await?;
         }
-        for a in &aggregates {
+        for a in &plan.aggregates {
             store.put_aggregate(a).await?;
         }
-        for (f, _) in &flavors {
+        for (f, _) in &plan.flavors {
             store.put_flavor(f).await?;
         }
-        for g in &groups {
+        for g in &plan.groups {
             store.create_server_group(g).await?;
         }
-        let phase = progress.phase("creating hosts", hosts.len() as u64);
-        let mut writes = futures::stream::iter(hosts.iter().map(|h| {
+        write_hosts(&*store, &plan.hosts, concurrency, progress).await?;
+        Ok(plan.into_cloud(store))
+    }
+
+    /// Registers the cloud `spec` describes in `store` the way a fleet of nova-compute
+    /// services starting (or restarting) does: what is already there is kept, so running it
+    /// again with the same spec changes nothing and a larger `spec.hosts` adds the missing
+    /// hosts. Cells and aggregates are written (the same records), server groups that exist
+    /// are kept, hosts already registered are left alone (their heartbeat is
+    /// [`Heartbeat`](super::Heartbeat)'s job) and a half-written host is completed. The
+    /// generated flavors are written only when the store has no flavor at all (an operator's
+    /// flavors win); `flavors` of the result lists them only when they were written.
+    pub async fn register(
+        store: Arc<dyn Store>,
+        spec: &CloudSpec,
+        concurrency: usize,
+        progress: &dyn Progress,
+    ) -> Result<Cloud> {
+        let mut plan = Plan::of(spec)?;
+        for c in &plan.cells {
+            store.put_cell(c).await?;
+        }
+        for a in &plan.aggregates {
+            store.put_aggregate(a).await?;
+        }
+        if store.list_flavors().await?.is_empty() {
+            for (f, _) in &plan.flavors {
+                store.put_flavor(f).await?;
+            }
+        } else {
+            plan.flavors.clear();
+        }
+        for g in &plan.groups {
+            match store.create_server_group(g).await {
+                Ok(()) | Err(Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let known: BTreeSet<String> = store.list_hosts(None).await?.into_iter().map(|h| h.name).collect();
+        let missing: Vec<SimHost> = plan.hosts.iter().filter(|h| !known.contains(&h.name)).cloned().collect();
+        let phase = progress.phase("registering hosts", missing.len() as u64);
+        let mut writes = futures::stream::iter(missing.iter().map(|h| {
             let (store, phase) = (&store, &phase);
             async move {
-                h.write(&**store).await?;
+                for p in &h.providers {
+                    match store.create_provider(p).await {
+                        Ok(_) | Err(Error::AlreadyExists { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                h.write_record(&**store).await?;
                 phase.advance(1);
-                Ok::<_, Error>(())
+                Ok(())
             }
         }))
         .buffer_unordered(concurrency.max(1));
@@ -471,7 +456,7 @@ impl Cloud {
             r?;
         }
         drop(writes);
-        Ok(Cloud { cell: cells[0].id, tag: "sim".into(), store, cells, aggregates, hosts, flavors, groups })
+        Ok(plan.into_cloud(store))
     }
 
     /// Adds a host shaped by `spec` to [`cell`](Self::cell) and writes it; its name is
@@ -546,6 +531,113 @@ impl Cloud {
     }
 }
 
+/// A generated cloud before it is written.
+struct Plan {
+    cells: Vec<Cell>,
+    aggregates: Vec<Aggregate>,
+    hosts: Vec<SimHost>,
+    flavors: Vec<(Flavor, u32)>,
+    groups: Vec<ServerGroup>,
+}
+
+impl Plan {
+    /// The records of the cloud `spec` describes (deterministic in `spec.seed`).
+    fn of(spec: &CloudSpec) -> Result<Plan> {
+        let mut rng = StdRng::seed_from_u64(spec.seed);
+        let cells: Vec<Cell> = (0..spec.cells.max(1))
+            .map(|i| Cell { id: CellId(uuid_from(&mut rng)), name: format!("cell{i}"), disabled: false })
+            .collect();
+        let aggregates: Vec<Aggregate> = (0..spec.azs.max(1))
+            .map(|i| Aggregate {
+                id: AggregateId(uuid_from(&mut rng)),
+                name: format!("az{i}-hosts"),
+                availability_zone: Some(format!("az{i}")),
+                metadata: BTreeMap::new(),
+            })
+            .collect();
+        let avx = Trait::new(AVX_TRAIT)?;
+        let shape =
+            spec.host_spec(&Trait::new("HW_NUMA_ROOT")?, &Trait::new("HW_NIC_SRIOV")?, &Trait::new(PHYSNET_TRAIT)?);
+        let mut hosts = Vec::with_capacity(spec.hosts);
+        for h in 0..spec.hosts {
+            let cell = &cells[h % cells.len()];
+            let agg = &aggregates[(h / cells.len()) % aggregates.len()];
+            let name = format!("{}-host{h:05}", cell.name);
+            // The draws come in this order (root, trait roll, children) so that a seed
+            // keeps giving the same cloud.
+            let root = ProviderId(uuid_from(&mut rng));
+            let mut host_spec = HostSpec {
+                aggregates: vec![agg.id],
+                az: agg.availability_zone.clone(),
+                traits: BTreeSet::new(),
+                ..shape.clone()
+            };
+            if rng.random_bool(0.25) {
+                host_spec.traits.insert(avx.clone());
+            }
+            hosts.push(host_spec.host(&name, &name, cell.id, root, || ProviderId(uuid_from(&mut rng)))?);
+        }
+        let mut flavors = vec![
+            (flavor("m1.small", 1, 2048, 20, &[])?, 40),
+            (flavor("m1.medium", 2, 4096, 40, &[])?, 30),
+            (flavor("m1.large", 4, 8192, 80, &[])?, 10),
+            (flavor("c1.avx2", 4, 8192, 40, &[("trait:HW_CPU_X86_AVX2", "required")])?, 5),
+            (
+                flavor(
+                    "n1.sriov",
+                    2,
+                    4096,
+                    40,
+                    &[("resources1:SRIOV_NET_VF", "1"), ("trait1:CUSTOM_PHYSNET_PUBLIC", "required")],
+                )?,
+                10,
+            ),
+            (flavor("d1.dedicated", 2, 4096, 40, &[("hw:cpu_policy", "dedicated")])?, 5),
+        ];
+        if spec.oversized_flavor {
+            flavors.push((flavor("x1.huge", spec.vcpus * 8, 4096, 40, &[])?, 1));
+        }
+        let groups = (0..spec.server_groups)
+            .map(|i| {
+                let policy = if i % 2 == 0 { GroupPolicy::AntiAffinity } else { GroupPolicy::SoftAntiAffinity };
+                ServerGroup {
+                    id: GroupId(uuid_from(&mut rng)),
+                    name: format!("group{i}"),
+                    project_id: format!("project{}", i % 10),
+                    user_id: "demo".to_string(),
+                    policy,
+                    max_per_host: (policy == GroupPolicy::AntiAffinity).then_some(2),
+                }
+            })
+            .collect();
+
+        Ok(Plan { cells, aggregates, hosts, flavors, groups })
+    }
+
+    fn into_cloud(self, store: Arc<dyn Store>) -> Cloud {
+        let Plan { cells, aggregates, hosts, flavors, groups } = self;
+        Cloud { cell: cells[0].id, tag: "sim".into(), store, cells, aggregates, hosts, flavors, groups }
+    }
+}
+
+/// Writes `hosts` (trees, then records), `concurrency` at a time, as phase "creating hosts".
+async fn write_hosts(store: &dyn Store, hosts: &[SimHost], concurrency: usize, progress: &dyn Progress) -> Result<()> {
+    let phase = progress.phase("creating hosts", hosts.len() as u64);
+    let mut writes = futures::stream::iter(hosts.iter().map(|h| {
+        let phase = &phase;
+        async move {
+            h.write(store).await?;
+            phase.advance(1);
+            Ok::<_, Error>(())
+        }
+    }))
+    .buffer_unordered(concurrency.max(1));
+    while let Some(r) = writes.next().await {
+        r?;
+    }
+    Ok(())
+}
+
 /// A validated flavor of the generated mix.
 fn flavor(id: &str, vcpus: i64, memory_mb: i64, root_gb: i64, specs: &[(&str, &str)]) -> Result<Flavor> {
     let f = Flavor {
@@ -580,6 +672,24 @@ mod tests {
         assert_eq!(a.store.list_hosts(None).await.unwrap().len(), 10);
         let pf = &a.hosts[3].providers[3];
         assert_eq!((pf.name.as_str(), pf.parent), ("cell1-host00003-pf0", Some(a.hosts[3].root)));
+    }
+
+    #[tokio::test]
+    async fn registering_again_keeps_what_is_there_and_adds_what_is_missing() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let mut spec = CloudSpec::new(1, 3, 9);
+        let first = Cloud::register(store.clone(), &spec, 2, &Silent).await.unwrap();
+        assert_eq!(first.flavors.len(), 6, "an empty store gets the generated flavors");
+        spec.hosts = 5;
+        let again = Cloud::register(store.clone(), &spec, 2, &Silent).await.unwrap();
+        assert!(again.flavors.is_empty(), "flavors already there win");
+        assert_eq!(
+            again.hosts[..3].iter().map(|h| h.root).collect::<Vec<_>>(),
+            first.hosts.iter().map(|h| h.root).collect::<Vec<_>>()
+        );
+        assert_eq!(store.list_hosts(None).await.unwrap().len(), 5);
+        assert_eq!(store.list_provider_trees(None).await.unwrap().len(), 5);
+        assert!(Cloud::generate(store, &spec, 2, &Silent).await.is_err(), "generate expects a store without the cloud");
     }
 
     #[tokio::test]

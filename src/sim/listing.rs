@@ -49,6 +49,7 @@ pub fn list_instance(seed: u64, i: u64, cells: &[Cell], flavor: &FlavorId) -> In
         metadata: BTreeMap::new(),
         tags: BTreeSet::new(),
         fault: None,
+        system_metadata: BTreeMap::new(),
     }
 }
 

@@ -28,7 +28,7 @@ pub mod redis;
 pub mod sql;
 mod url;
 
-pub use self::url::StoreUrl;
+pub use self::url::{Scheme, StoreUrl};
 
 /// The one storage contract of unicell, the sum of five per-concern traits. Object safe; used
 /// as `Arc<dyn Store>`. Calling a method on a `dyn Store` needs its sub-trait in scope: `use
@@ -295,41 +295,41 @@ pub mod prelude {
 ///
 /// | URL | backend |
 /// |---|---|
-/// | `memory://` | the embedded in-process store (the default) |
-/// | `scylla://h1:9042,h2/keyspace?...`, `cassandra://...` | [`cql`] (feature `cql`) |
-/// | `redis://host:port[/db]`, `redis+cluster://host:port?seeds=...` | [`redis`] (feature `redis`) |
+/// | `memory://` | [`memory`]: the embedded in-process store (the default) |
+/// | `redis://host:port[/db]`, `redis+cluster://host:port?seeds=...` | [`redis`] (feature `redis`): one Redis server or a Redis Cluster |
+/// | `scylla://h1:9042,h2/keyspace?...`, `cassandra://...` | [`cql`] (feature `cql`): ScyllaDB or Apache Cassandra |
+/// | `mysql://root@host:3306/unicell?cells=4`, `mariadb://...`, `postgres://...`, `postgresql://...`, `...?mode=single` | [`sql`] (feature `sql`): the SQL baseline, Nova's API database plus one database per cell (or one database) |
 ///
-/// Backends added by later features register their schemes here. An unknown scheme is
+/// [`Scheme`] owns the schemes and [`StoreUrl::parse`] reads every URL. A URL that does not
+/// parse, an unknown scheme, or a scheme whose backend this build lacks is
 /// [`Error::InvalidInput`](crate::Error::InvalidInput) naming the schemes this build knows.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
-    // CQL URLs may list several `host:port`s, which `StoreUrl` cannot parse.
-    #[cfg(feature = "cql")]
-    if url.starts_with("scylla://") || url.starts_with("cassandra://") {
-        return Ok(cql::CqlStore::open(url).await? as Arc<dyn Store>);
-    }
-    let parsed = StoreUrl::parse(url)?;
-    match parsed.scheme() {
-        "memory" => Ok(Arc::new(memory::MemoryStore::new())),
+    open_url(&StoreUrl::parse(url)?).await
+}
+
+/// [`open`] for a URL already parsed.
+pub async fn open_url(url: &StoreUrl) -> Result<Arc<dyn Store>> {
+    match url.scheme() {
+        Scheme::Memory => Ok(Arc::new(memory::MemoryStore::new())),
         #[cfg(feature = "redis")]
-        "redis" | "redis+cluster" => Ok(Arc::new(redis::RedisStore::open(&parsed).await?)),
+        Scheme::Redis | Scheme::RedisCluster => Ok(Arc::new(redis::RedisStore::open(url).await?)),
+        #[cfg(feature = "cql")]
+        Scheme::Scylla | Scheme::Cassandra => Ok(Arc::new(cql::CqlStore::open(url).await?)),
         #[cfg(feature = "sql")]
-        "mysql" | "mariadb" | "postgres" | "postgresql" => Ok(Arc::new(sql::SqlStore::open(&parsed).await?)),
+        Scheme::MySql | Scheme::Postgres => Ok(Arc::new(sql::SqlStore::open(url).await?)),
+        #[allow(unreachable_patterns)]
         other => Err(crate::Error::invalid(
             "store url",
-            format!("unknown scheme {other:?} in {parsed}; this build knows: {}", known_schemes().join(", ")),
+            format!(
+                "scheme {other} in {url} needs feature `{}`, which this build lacks; this build knows: {}",
+                other.feature().unwrap_or_default(),
+                known_schemes().join(", ")
+            ),
         )),
     }
 }
 
-/// The URL schemes [`open`] understands in this build.
+/// Every scheme spelling [`open`] understands in this build (see [`Scheme::known_names`]).
 pub fn known_schemes() -> Vec<&'static str> {
-    #[allow(unused_mut)]
-    let mut v = vec!["memory"];
-    #[cfg(feature = "cql")]
-    v.extend(["scylla", "cassandra"]);
-    #[cfg(feature = "redis")]
-    v.extend(["redis", "redis+cluster"]);
-    #[cfg(feature = "sql")]
-    v.extend(["mysql", "mariadb", "postgres", "postgresql"]);
-    v
+    Scheme::known_names()
 }

@@ -161,6 +161,7 @@ pub fn instance(flavor: &Flavor) -> Instance {
         metadata: BTreeMap::new(),
         tags: BTreeSet::new(),
         fault: None,
+        system_metadata: Default::default(),
     }
 }
 

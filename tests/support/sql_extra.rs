@@ -197,7 +197,7 @@ async fn down_cell_case(url: Option<String>) -> Result<(), String> {
     let base = StoreUrl::parse(&url).map_err(|e| e.to_string())?;
     let api = base.expose().clone();
     let host = api.host_str().unwrap_or("127.0.0.1").to_string();
-    let port = api.port().unwrap_or(if api.scheme().starts_with("postgres") { 5432 } else { 3306 });
+    let port = api.port().or(base.scheme().default_port()).unwrap_or(3306);
     let proxy = Proxy::start((host.clone(), port)).await?;
     let db = format!("{}_down", api.path().trim_start_matches('/'));
     let mut cell0 = api.clone();

@@ -13,7 +13,7 @@ use testcontainers_modules::testcontainers::runners::AsyncRunner;
 
 /// Which server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flavor {
+pub enum SqlKind {
     /// MariaDB (or MySQL).
     MariaDb,
     /// PostgreSQL.
@@ -57,10 +57,10 @@ fn docker_answers() -> bool {
 }
 
 /// Finds a server or says why not.
-pub async fn find(flavor: Flavor) -> Result<Server, String> {
-    let (env, host, port, local) = match flavor {
-        Flavor::MariaDb => ("MYSQL_URL", "127.0.0.1", 3306, "mysql://root@127.0.0.1:3306"),
-        Flavor::Postgres => ("DATABASE_URL", "127.0.0.1", 5432, "postgres://postgres@127.0.0.1:5432"),
+pub async fn find(kind: SqlKind) -> Result<Server, String> {
+    let (env, host, port, local) = match kind {
+        SqlKind::MariaDb => ("MYSQL_URL", "127.0.0.1", 3306, "mysql://root@127.0.0.1:3306"),
+        SqlKind::Postgres => ("DATABASE_URL", "127.0.0.1", 5432, "postgres://postgres@127.0.0.1:5432"),
     };
     if let Ok(url) = std::env::var(env) {
         return Ok(Server { base: strip_path(&url), origin: format!("${env}"), _mariadb: None, _postgres: None });
@@ -75,11 +75,11 @@ pub async fn find(flavor: Flavor) -> Result<Server, String> {
     }
     if !docker_answers() {
         return Err(format!(
-            "no {flavor:?} server: ${env} unset, nothing listens on {host}:{port}, and no Docker daemon answers"
+            "no {kind:?} server: ${env} unset, nothing listens on {host}:{port}, and no Docker daemon answers"
         ));
     }
-    match flavor {
-        Flavor::MariaDb => {
+    match kind {
+        SqlKind::MariaDb => {
             let c = testcontainers_modules::mariadb::Mariadb::default()
                 .start()
                 .await
@@ -92,7 +92,7 @@ pub async fn find(flavor: Flavor) -> Result<Server, String> {
                 _postgres: None,
             })
         }
-        Flavor::Postgres => {
+        SqlKind::Postgres => {
             let c = testcontainers_modules::postgres::Postgres::default()
                 .with_host_auth()
                 .start()

@@ -263,11 +263,11 @@ async fn store_claims(store: &Arc<dyn Store>, cand: &Candidate, w: &Workload, ta
 
 /// The backend's own ceiling for `cand`, with the same workload.
 async fn ceiling(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
-    match cand.scheme.as_str() {
+    match cand.scheme.backend() {
         "memory" => memory_ceiling(w).await,
-        s if s.starts_with("redis") => redis_ceiling(cand, w, tag).await,
-        s if candidate::is_sql_scheme(s) => sql_ceiling(cand, w, tag).await,
-        other => bail!("no ceiling is defined for {other}:// stores"),
+        "redis" => redis_ceiling(cand, w, tag).await,
+        "sql" => sql_ceiling(cand, w, tag).await,
+        _ => bail!("no ceiling is defined for {}:// stores", cand.scheme),
     }
 }
 

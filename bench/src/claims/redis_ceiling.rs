@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use unicell::model::*;
-use unicell::store::StoreUrl;
 use unicell::store::prelude::*;
 use unicell::store::redis::RedisStore;
+use unicell::store::{Scheme, StoreUrl};
 
 use super::workload::{Outcome, Workload};
 use crate::candidate::{Candidate, run_url};
@@ -28,7 +28,7 @@ use crate::stats::Summary;
 pub async fn run(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
     let url = run_url(cand, &format!("{tag}_x"), None)?;
     let parsed = StoreUrl::parse(&url)?;
-    if parsed.scheme() != "redis" {
+    if parsed.scheme() != Scheme::Redis {
         bail!("the redis-benchmark ceiling needs a single-node redis:// URL");
     }
     let exe = which("redis-benchmark").context("redis-benchmark is not installed (Debian package redis-tools)")?;

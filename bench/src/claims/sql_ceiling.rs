@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result, bail};
 use sqlx::AssertSqlSafe;
-use unicell::store::StoreUrl;
+use unicell::store::{Scheme, StoreUrl};
 
 use super::workload::{Outcome, Workload, measure};
 use crate::candidate::Candidate;
@@ -25,7 +25,7 @@ pub async fn run(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
     let name = format!("unicell_ceiling_{}", tag.replace('-', "_"));
     let conns = w.tasks.clamp(1, 32) as u32;
     match parsed.scheme() {
-        "mysql" | "mariadb" => {
+        Scheme::MySql => {
             let mut server = base.clone();
             // sqlx knows MariaDB as mysql://.
             let server_str = server.as_str().replacen("mariadb://", "mysql://", 1);
@@ -85,7 +85,7 @@ pub async fn run(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
             dropped.context("drop scratch database")?;
             Ok(out)
         }
-        "postgres" | "postgresql" => {
+        Scheme::Postgres => {
             // The scratch table goes into the server's maintenance database: the URL's own
             // database may not exist yet (the SQL store creates it).
             base.set_path("/postgres");

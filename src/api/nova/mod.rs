@@ -12,6 +12,8 @@
 mod error;
 mod flavors;
 mod query;
+mod servers;
+mod view;
 mod zones;
 
 use axum::Router;
@@ -74,6 +76,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v2.1/flavors", get(flavors::index))
         .route("/v2.1/flavors/detail", get(flavors::detail))
         .route("/v2.1/flavors/{flavor_id}", get(flavors::show))
+        .route("/v2.1/servers", get(servers::index).post(servers::create))
+        .route("/v2.1/servers/detail", get(servers::detail))
+        .route("/v2.1/servers/{server_id}", get(servers::show).delete(servers::delete))
         .route("/v2.1/os-availability-zone", get(zones::index))
         .route("/v2.1/os-availability-zone/detail", get(zones::detail))
         .method_not_allowed_fallback(method_not_allowed)

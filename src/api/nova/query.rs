@@ -29,6 +29,16 @@ impl Query {
         self.pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
+    /// Every value of `key`, in order.
+    pub fn pairs_of(&self, key: &str) -> Vec<&str> {
+        self.pairs.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
+    }
+
+    /// Whether `key` is present.
+    pub fn has(&self, key: &str) -> bool {
+        self.pairs.iter().any(|(k, _)| k == key)
+    }
+
     /// The distinct keys.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         let mut seen = std::collections::BTreeSet::new();

@@ -6,10 +6,13 @@ use scylla::value::CqlValue;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use async_trait::async_trait;
+
 use super::CqlStore;
-use super::db::*;
+use super::conn::*;
 use crate::error::{Error, Kind, Result};
 use crate::model::*;
+use crate::store::prelude::*;
 
 impl CqlStore {
     async fn put_doc<T: Serialize>(&self, table: &str, key: &str, id: Option<CqlValue>, v: &T) -> Result<()> {
@@ -35,23 +38,28 @@ impl CqlStore {
         let rows = self.db.query(&format!("SELECT body FROM {table}"), vec![]).await?;
         rows.iter().filter_map(|r| get_text(r, 0)).map(|b| parse_json(&b)).collect()
     }
+}
 
-    pub(crate) async fn do_put_cell(&self, cell: &Cell) -> Result<()> {
+#[async_trait]
+impl Catalog for CqlStore {
+    async fn put_cell(&self, cell: &Cell) -> Result<()> {
         if cell.name.is_empty() {
             return Err(Error::invalid("cell.name", "must not be empty"));
         }
         self.put_doc("cells", "id", uuid(cell.id.0), cell).await
     }
-    pub(crate) async fn do_get_cell(&self, id: CellId) -> Result<Cell> {
+
+    async fn get_cell(&self, id: CellId) -> Result<Cell> {
         self.get_doc("cells", "id", uuid(id.0), Kind::Cell, &id).await
     }
-    pub(crate) async fn do_list_cells(&self) -> Result<Vec<Cell>> {
+
+    async fn list_cells(&self) -> Result<Vec<Cell>> {
         let mut v: Vec<Cell> = self.list_docs("cells").await?;
         v.sort_by_key(|c| c.id);
         Ok(v)
     }
 
-    pub(crate) async fn do_put_host(&self, host: &Host) -> Result<()> {
+    async fn put_host(&self, host: &Host) -> Result<()> {
         if host.name.is_empty() || host.name.len() > 255 {
             return Err(Error::invalid("host.name", "must be 1 to 255 characters"));
         }
@@ -62,42 +70,48 @@ impl CqlStore {
             )
             .await
     }
-    pub(crate) async fn do_get_host(&self, name: &str) -> Result<Host> {
+
+    async fn get_host(&self, name: &str) -> Result<Host> {
         self.get_doc("hosts", "name", text(name), Kind::Host, &name).await
     }
-    pub(crate) async fn do_list_hosts(&self, cell: Option<CellId>) -> Result<Vec<Host>> {
+
+    async fn list_hosts(&self, cell: Option<CellId>) -> Result<Vec<Host>> {
         let mut v: Vec<Host> = self.list_docs("hosts").await?;
         v.retain(|h| cell.is_none_or(|c| h.cell == c));
         v.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(v)
     }
 
-    pub(crate) async fn do_put_flavor(&self, flavor: &Flavor) -> Result<()> {
+    async fn put_flavor(&self, flavor: &Flavor) -> Result<()> {
         flavor.validate()?;
         self.put_doc("flavors", "id", text(flavor.id.as_str()), flavor).await
     }
-    pub(crate) async fn do_get_flavor(&self, id: &FlavorId) -> Result<Flavor> {
+
+    async fn get_flavor(&self, id: &FlavorId) -> Result<Flavor> {
         self.get_doc("flavors", "id", text(id.as_str()), Kind::Flavor, id).await
     }
-    pub(crate) async fn do_list_flavors(&self) -> Result<Vec<Flavor>> {
+
+    async fn list_flavors(&self) -> Result<Vec<Flavor>> {
         let mut v: Vec<Flavor> = self.list_docs("flavors").await?;
         v.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(v)
     }
 
-    pub(crate) async fn do_put_aggregate(&self, a: &Aggregate) -> Result<()> {
+    async fn put_aggregate(&self, a: &Aggregate) -> Result<()> {
         self.put_doc("aggregates", "id", uuid(a.id.0), a).await
     }
-    pub(crate) async fn do_get_aggregate(&self, id: AggregateId) -> Result<Aggregate> {
+
+    async fn get_aggregate(&self, id: AggregateId) -> Result<Aggregate> {
         self.get_doc("aggregates", "id", uuid(id.0), Kind::Aggregate, &id).await
     }
-    pub(crate) async fn do_list_aggregates(&self) -> Result<Vec<Aggregate>> {
+
+    async fn list_aggregates(&self) -> Result<Vec<Aggregate>> {
         let mut v: Vec<Aggregate> = self.list_docs("aggregates").await?;
         v.sort_by_key(|a| a.id);
         Ok(v)
     }
 
-    pub(crate) async fn do_create_server_group(&self, g: &ServerGroup) -> Result<()> {
+    async fn create_server_group(&self, g: &ServerGroup) -> Result<()> {
         g.validate()?;
         let cas = self
             .db
@@ -108,10 +122,12 @@ impl CqlStore {
         }
         Ok(())
     }
-    pub(crate) async fn do_get_server_group(&self, id: GroupId) -> Result<ServerGroup> {
+
+    async fn get_server_group(&self, id: GroupId) -> Result<ServerGroup> {
         self.get_doc("server_groups", "id", uuid(id.0), Kind::ServerGroup, &id).await
     }
-    pub(crate) async fn do_delete_server_group(&self, id: GroupId) -> Result<()> {
+
+    async fn delete_server_group(&self, id: GroupId) -> Result<()> {
         let cas = self.db.cas("DELETE FROM server_groups WHERE id = ? IF EXISTS", vec![uuid(id.0)]).await?;
         if !cas.applied {
             return Err(Error::not_found(Kind::ServerGroup, id));
@@ -119,13 +135,15 @@ impl CqlStore {
         Ok(())
     }
 
-    pub(crate) async fn do_put_request_spec(&self, spec: &RequestSpec) -> Result<()> {
+    async fn put_request_spec(&self, spec: &RequestSpec) -> Result<()> {
         self.put_doc("request_specs", "instance", uuid(spec.instance_uuid.0), spec).await
     }
-    pub(crate) async fn do_get_request_spec(&self, instance: InstanceId) -> Result<RequestSpec> {
+
+    async fn get_request_spec(&self, instance: InstanceId) -> Result<RequestSpec> {
         self.get_doc("request_specs", "instance", uuid(instance.0), Kind::RequestSpec, &instance).await
     }
-    pub(crate) async fn do_delete_request_spec(&self, instance: InstanceId) -> Result<()> {
+
+    async fn delete_request_spec(&self, instance: InstanceId) -> Result<()> {
         self.db.exec("DELETE FROM request_specs WHERE instance = ?", vec![uuid(instance.0)]).await
     }
 }

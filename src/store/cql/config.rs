@@ -1,9 +1,8 @@
 //! The CQL store's URL: `scylla://[user[:password]@]host[:port][,host[:port]...]/keyspace?options`
 //! (or `cassandra://...`).
 //!
-//! The `url` crate cannot parse a comma-separated host list with ports, so this module
-//! parses the URL itself; [`CqlConfig`]'s `Display`/`Debug` mask the password, like
-//! [`StoreUrl`](crate::store::StoreUrl).
+//! [`StoreUrl::parse`] reads the host list (port 9042 where a host names none);
+//! [`CqlConfig`]'s `Display`/`Debug` mask the password, like [`StoreUrl`]'s.
 //!
 //! | option | values | default |
 //! |---|---|---|
@@ -27,12 +26,13 @@ use std::time::Duration;
 use scylla::statement::{Consistency, SerialConsistency};
 
 use crate::error::{Error, Result};
+use crate::store::{Scheme, StoreUrl};
 
 /// Which server family the URL names. Decides DDL details: ScyllaDB keyspaces are created
 /// with tablets disabled (LWT is not supported on tablet keyspaces in ScyllaDB 2025.x),
 /// while Cassandra rejects the `tablets` option.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flavor {
+pub enum CqlServer {
     /// `scylla://`
     Scylla,
     /// `cassandra://`
@@ -70,8 +70,10 @@ impl Replication {
 /// A parsed CQL store URL.
 #[derive(Clone)]
 pub struct CqlConfig {
+    /// The URL (displays with its password masked).
+    pub url: StoreUrl,
     /// Server family, from the scheme.
-    pub flavor: Flavor,
+    pub server: CqlServer,
     /// Contact points (`host:port`).
     pub hosts: Vec<String>,
     /// Credentials, if any.
@@ -99,42 +101,25 @@ pub struct CqlConfig {
 }
 
 impl CqlConfig {
-    /// Parses a `scylla://` or `cassandra://` URL.
-    pub fn parse(url: &str) -> Result<Self> {
-        let shown = crate::store::url::redact_str(url);
-        let bad = |msg: String| Error::invalid("store url", format!("{shown:?}: {msg}"));
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("missing scheme".into()))?;
-        let flavor = match scheme {
-            "scylla" => Flavor::Scylla,
-            "cassandra" => Flavor::Cassandra,
-            other => return Err(bad(format!("unknown scheme {other:?}"))),
+    /// Reads a `scylla://` or `cassandra://` URL (parsed, host list included, by
+    /// [`StoreUrl::parse`]).
+    pub fn parse(url: &StoreUrl) -> Result<Self> {
+        let bad = |msg: String| Error::invalid("store url", format!("{url}: {msg}"));
+        let server = match url.scheme() {
+            Scheme::Scylla => CqlServer::Scylla,
+            Scheme::Cassandra => CqlServer::Cassandra,
+            other => return Err(bad(format!("scheme {other} is not scylla or cassandra"))),
         };
-        let (rest, query) = match rest.split_once('?') {
-            Some((r, q)) => (r, Some(q)),
-            None => (rest, None),
+        let u = url.expose();
+        let credentials = match (u.username(), u.password()) {
+            ("", None) => None,
+            (user, password) => Some((percent_decode(user), percent_decode(password.unwrap_or("")))),
         };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i + 1..]),
-            None => (rest, ""),
-        };
-        let (userinfo, hostlist) = match authority.rfind('@') {
-            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
-            None => (None, authority),
-        };
-        let credentials = match userinfo {
-            None => None,
-            Some(ui) => {
-                let (u, p) = ui.split_once(':').unwrap_or((ui, ""));
-                Some((percent_decode(u), percent_decode(p)))
-            }
-        };
-        let mut hosts = Vec::new();
-        for h in hostlist.split(',').filter(|h| !h.is_empty()) {
-            hosts.push(with_default_port(h).map_err(bad)?);
-        }
+        let hosts = url.host_ports();
         if hosts.is_empty() {
             return Err(bad("no host".into()));
         }
+        let path = u.path().trim_start_matches('/');
         let keyspace = if path.is_empty() { "unicell".to_string() } else { path.trim_end_matches('/').to_string() };
         let valid_ks = keyspace.len() <= 48
             && keyspace.starts_with(|c: char| c.is_ascii_lowercase())
@@ -143,7 +128,8 @@ impl CqlConfig {
             return Err(bad(format!("keyspace {keyspace:?} must match [a-z][a-z0-9_]{{0,47}}")));
         }
         let mut cfg = CqlConfig {
-            flavor,
+            url: url.clone(),
+            server,
             hosts,
             credentials,
             keyspace,
@@ -157,13 +143,11 @@ impl CqlConfig {
             instance_bucket_hours: 24,
             claim_attempts: 64,
         };
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(v);
+        for (k, v) in u.query_pairs() {
             let num = |v: &str| -> Result<u64> {
                 v.parse::<u64>().map_err(|_| bad(format!("option {k}={v:?} is not a number")))
             };
-            match k {
+            match k.as_ref() {
                 "replication" => cfg.replication = parse_replication(&v).map_err(bad)?,
                 "consistency" => cfg.consistency = parse_consistency(&v).map_err(bad)?,
                 "serial_consistency" => {
@@ -178,7 +162,7 @@ impl CqlConfig {
                 "request_timeout_ms" => cfg.request_timeout = Duration::from_millis(num(&v)?.max(1)),
                 "connect_timeout_ms" => cfg.connect_timeout = Duration::from_millis(num(&v)?.max(1)),
                 "create_schema" => {
-                    cfg.create_schema = match v.as_str() {
+                    cfg.create_schema = match v.as_ref() {
                         "true" | "1" | "yes" => true,
                         "false" | "0" | "no" => false,
                         _ => return Err(bad(format!("create_schema={v:?}: true or false"))),
@@ -197,15 +181,7 @@ impl CqlConfig {
 
     /// The URL with the password masked.
     pub fn redacted(&self) -> String {
-        let scheme = match self.flavor {
-            Flavor::Scylla => "scylla",
-            Flavor::Cassandra => "cassandra",
-        };
-        let user = match &self.credentials {
-            Some((u, _)) => format!("{u}:***@"),
-            None => String::new(),
-        };
-        format!("{scheme}://{user}{}/{}", self.hosts.join(","), self.keyspace)
+        self.url.redacted()
     }
 }
 
@@ -225,24 +201,6 @@ impl fmt::Debug for CqlConfig {
             .field("request_timeout", &self.request_timeout)
             .finish_non_exhaustive()
     }
-}
-
-fn with_default_port(h: &str) -> std::result::Result<String, String> {
-    if let Some(rest) = h.strip_prefix('[') {
-        let (ip, after) = rest.split_once(']').ok_or_else(|| format!("bad IPv6 host {h:?}"))?;
-        return Ok(match after.strip_prefix(':') {
-            Some(p) => format!("[{ip}]:{}", port(p)?),
-            None => format!("[{ip}]:9042"),
-        });
-    }
-    Ok(match h.rsplit_once(':') {
-        Some((host, p)) => format!("{host}:{}", port(p)?),
-        None => format!("{h}:9042"),
-    })
-}
-
-fn port(p: &str) -> std::result::Result<u16, String> {
-    p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))
 }
 
 fn parse_replication(v: &str) -> std::result::Result<Replication, String> {
@@ -308,13 +266,17 @@ fn percent_decode(s: &str) -> String {
 mod tests {
     use super::*;
 
+    fn parse(url: &str) -> Result<CqlConfig> {
+        CqlConfig::parse(&StoreUrl::parse(url)?)
+    }
+
     #[test]
     fn parses_hosts_options_and_hides_password() {
-        let c = CqlConfig::parse(
+        let c = parse(
             "scylla://app:s3cr%40t@10.0.0.1:9042,10.0.0.2,[::1]:19042/nova?replication=nts:dc1=3,dc2=2&serial_consistency=local_serial&create_schema=false",
         )
         .unwrap();
-        assert_eq!(c.flavor, Flavor::Scylla);
+        assert_eq!(c.server, CqlServer::Scylla);
         assert_eq!(c.hosts, vec!["10.0.0.1:9042", "10.0.0.2:9042", "[::1]:19042"]);
         assert_eq!(c.keyspace, "nova");
         assert_eq!(c.credentials.as_ref().unwrap().1, "s3cr@t");
@@ -334,7 +296,7 @@ mod tests {
             "cassandra://u:hunter2@h/ks?replication=simple:x",
             "cassandra://u:hunter2@h/ks?nope=1",
         ] {
-            let e = CqlConfig::parse(bad).unwrap_err().to_string();
+            let e = parse(bad).unwrap_err().to_string();
             assert!(!e.contains("hunter2"), "{e}");
         }
     }

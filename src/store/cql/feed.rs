@@ -16,10 +16,13 @@
 
 use std::collections::BTreeSet;
 
+use async_trait::async_trait;
+
 use super::CqlStore;
-use super::db::*;
+use super::conn::*;
 use crate::error::{Error, Result};
 use crate::model::{ChangeCursor, Changes, ProviderId, Timestamp};
+use crate::store::prelude::*;
 
 const BUCKET_US: i64 = 10_000_000;
 const SHARDS: i32 = 4;
@@ -39,12 +42,15 @@ impl CqlStore {
             )
             .await
     }
+}
 
-    pub(crate) async fn do_change_cursor(&self) -> Result<ChangeCursor> {
+#[async_trait]
+impl ChangeFeed for CqlStore {
+    async fn change_cursor(&self) -> Result<ChangeCursor> {
         Ok(ChangeCursor(format!("{PREFIX}{}", Timestamp::now().as_micros())))
     }
 
-    pub(crate) async fn do_changes_since(&self, cursor: &ChangeCursor) -> Result<Changes> {
+    async fn changes_since(&self, cursor: &ChangeCursor) -> Result<Changes> {
         let since: i64 =
             cursor.0.strip_prefix(PREFIX).and_then(|s| s.parse().ok()).ok_or_else(|| {
                 Error::invalid("change cursor", format!("{:?} was not issued by a CQL store", cursor.0))

@@ -22,10 +22,13 @@ use std::collections::VecDeque;
 
 use scylla::value::{CqlValue, Row};
 
+use async_trait::async_trait;
+
 use super::CqlStore;
-use super::db::*;
+use super::conn::*;
 use crate::error::{Error, Kind, Result};
 use crate::model::*;
+use crate::store::prelude::*;
 
 const COLS: &str = "uuid, name, project_id, user_id, cell, host, node, flavor, vm_state, \
      task_state, created_at, updated_at, launched_at, deleted, availability_zone, metadata, tags, fault";
@@ -58,55 +61,6 @@ impl CqlStore {
             uuid: i.uuid.0.as_bytes().to_vec(),
             project: i.project_id.clone(),
         }
-    }
-
-    pub(crate) async fn do_create_instance(&self, i: &Instance) -> Result<()> {
-        i.validate()?;
-        let vals = data_values(i)?;
-        let mut main = vec![uuid(i.uuid.0)];
-        main.extend(vals.iter().cloned());
-        main.push(opt_big(Some(i.created_at.as_micros())));
-        main.push(text(i.project_id.clone()));
-        self.reserve_instance_id(i.uuid).await?;
-        let k = self.keys(i);
-        let mut by_time = vec![big(k.bucket), int(k.shard), big(k.created_at), blob(&k.uuid)];
-        by_time.extend(vals.iter().cloned());
-        by_time.push(text(k.project.clone()));
-        let mut by_project =
-            vec![text(k.project.clone()), big(k.bucket), int(k.shard), big(k.created_at), blob(&k.uuid)];
-        by_project.extend(vals.iter().cloned());
-        let stmts = vec![
-            (
-                "INSERT INTO instances (uuid, name, user_id, cell, host, node, flavor, vm_state, task_state, \
-                 updated_at, launched_at, deleted, availability_zone, metadata, tags, fault, created_at, project_id) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    .to_string(),
-                main,
-            ),
-            (
-                "INSERT INTO instances_by_time (bucket, shard, created_at, uuid, name, user_id, cell, host, node, flavor, \
-                 vm_state, task_state, updated_at, launched_at, deleted, availability_zone, metadata, tags, fault, project_id) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    .to_string(),
-                by_time,
-            ),
-            (
-                "INSERT INTO instances_by_project (project_id, bucket, shard, created_at, uuid, name, user_id, cell, host, node, flavor, \
-                 vm_state, task_state, updated_at, launched_at, deleted, availability_zone, metadata, tags, fault) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    .to_string(),
-                by_project,
-            ),
-            (
-                "INSERT INTO instance_buckets (scope, bucket) VALUES (?, ?)".to_string(),
-                vec![text("all"), big(k.bucket)],
-            ),
-            (
-                "INSERT INTO instance_buckets (scope, bucket) VALUES (?, ?)".to_string(),
-                vec![text(format!("project:{}", k.project)), big(k.bucket)],
-            ),
-        ];
-        self.db.logged_batch(&stmts).await
     }
 
     /// Reserves an instance uuid with `INSERT ... IF NOT EXISTS` on `instance_ids` (the only
@@ -143,165 +97,12 @@ impl CqlStore {
         if taken.applied { Ok(()) } else { Err(exists) }
     }
 
-    pub(crate) async fn do_get_instance(&self, id: InstanceId) -> Result<Instance> {
-        self.read_instance(id).await?.ok_or_else(|| Error::not_found(Kind::Instance, id))
-    }
-
     async fn read_instance(&self, id: InstanceId) -> Result<Option<Instance>> {
         let rows = self.db.query(&format!("SELECT {COLS} FROM instances WHERE uuid = ?"), vec![uuid(id.0)]).await?;
         match rows.first() {
             Some(r) => instance_of(r),
             None => Ok(None),
         }
-    }
-
-    pub(crate) async fn do_update_instance(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance> {
-        let mut i = self.do_get_instance(id).await?;
-        i.apply(patch, Timestamp::now());
-        let mut cols: Vec<(&str, Option<CqlValue>)> = Vec::new();
-        if patch.vm_state.is_some() {
-            cols.push(("vm_state", text(i.vm_state.as_str())));
-        }
-        if patch.task_state.is_some() {
-            cols.push(("task_state", opt_text(i.task_state.map(|t| t.as_str()))));
-        }
-        if patch.cell.is_some() {
-            cols.push(("cell", i.cell.map(|c| CqlValue::Uuid(c.0))));
-        }
-        if patch.host.is_some() {
-            cols.push(("host", opt_text(i.host.as_deref())));
-        }
-        if patch.node.is_some() {
-            cols.push(("node", opt_text(i.node.as_deref())));
-        }
-        if patch.launched_at.is_some() {
-            cols.push(("launched_at", opt_big(i.launched_at.map(|t| t.as_micros()))));
-        }
-        if patch.deleted.is_some() {
-            cols.push(("deleted", boolean(i.deleted)));
-        }
-        if patch.availability_zone.is_some() {
-            cols.push(("availability_zone", opt_text(i.availability_zone.as_deref())));
-        }
-        if patch.metadata.is_some() {
-            cols.push(("metadata", text_map(i.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())))));
-        }
-        if patch.tags.is_some() {
-            cols.push(("tags", text_set(i.tags.iter().map(String::as_str))));
-        }
-        if patch.fault.is_some() {
-            cols.push((
-                "fault",
-                match &i.fault {
-                    Some(f) => json(f)?,
-                    None => None,
-                },
-            ));
-        }
-        cols.push(("updated_at", big(i.updated_at.as_micros())));
-        let set = cols.iter().map(|(c, _)| format!("{c} = ?")).collect::<Vec<_>>().join(", ");
-        let values: Vec<Option<CqlValue>> = cols.into_iter().map(|(_, v)| v).collect();
-        let k = self.keys(&i);
-        let with = |mut v: Vec<Option<CqlValue>>, keys: Vec<Option<CqlValue>>| {
-            v.extend(keys);
-            v
-        };
-        let stmts = vec![
-            (format!("UPDATE instances SET {set} WHERE uuid = ?"), with(values.clone(), vec![uuid(id.0)])),
-            (
-                format!(
-                    "UPDATE instances_by_time SET {set} WHERE bucket = ? AND shard = ? AND created_at = ? AND uuid = ?"
-                ),
-                with(values.clone(), vec![big(k.bucket), int(k.shard), big(k.created_at), blob(&k.uuid)]),
-            ),
-            (
-                format!(
-                    "UPDATE instances_by_project SET {set} WHERE project_id = ? AND bucket = ? AND shard = ? AND created_at = ? AND uuid = ?"
-                ),
-                with(
-                    values,
-                    vec![text(k.project.clone()), big(k.bucket), int(k.shard), big(k.created_at), blob(&k.uuid)],
-                ),
-            ),
-        ];
-        self.db.logged_batch(&stmts).await?;
-        Ok(i)
-    }
-
-    pub(crate) async fn do_delete_instance(&self, id: InstanceId) -> Result<()> {
-        let i = self.do_get_instance(id).await?;
-        let k = self.keys(&i);
-        self.db
-            .logged_batch(&[
-                (
-                    "DELETE FROM instances WHERE uuid = ?".to_string(),
-                    vec![uuid(id.0)],
-                ),
-                (
-                    "DELETE FROM instances_by_time WHERE bucket = ? AND shard = ? AND created_at = ? AND uuid = ?"
-                        .to_string(),
-                    vec![big(k.bucket), int(k.shard), big(k.created_at), blob(&k.uuid)],
-                ),
-                (
-                    "DELETE FROM instances_by_project WHERE project_id = ? AND bucket = ? AND shard = ? AND created_at = ? AND uuid = ?"
-                        .to_string(),
-                    vec![text(k.project), big(k.bucket), int(k.shard), big(k.created_at), blob(&k.uuid)],
-                ),
-            ])
-            .await?;
-        self.db.cas("DELETE FROM instance_ids WHERE uuid = ? IF EXISTS", vec![uuid(id.0)]).await.map(|_| ())
-    }
-
-    pub(crate) async fn do_list_instances(&self, query: &ListQuery) -> Result<InstancePage> {
-        let bound = match query.marker {
-            Some(m) => {
-                let i = self.read_instance(m).await?.ok_or_else(|| Error::not_found(Kind::Marker, m))?;
-                Some((i.created_at.as_micros(), i.uuid.0.as_bytes().to_vec()))
-            }
-            None => None,
-        };
-        let limit = query.effective_limit();
-        if limit == 0 {
-            return Ok(InstancePage::default());
-        }
-        let project = query.filters.project_id.clone();
-        let scope = match &project {
-            Some(p) => format!("project:{p}"),
-            None => "all".to_string(),
-        };
-        let want = limit + 1;
-        let mut out: Vec<Instance> = Vec::with_capacity(want.min(1024));
-        let mut bucket_from = bound.as_ref().map(|(c, _)| c / self.bucket_us).unwrap_or(i64::MAX);
-        'buckets: loop {
-            let rows = self
-                .db
-                .query(
-                    "SELECT bucket FROM instance_buckets WHERE scope = ? AND bucket <= ? LIMIT 64",
-                    vec![text(scope.clone()), big(bucket_from)],
-                )
-                .await?;
-            let buckets: Vec<i64> = rows.iter().filter_map(|r| get_i64(r, 0)).collect();
-            if buckets.is_empty() {
-                break;
-            }
-            for &bucket in &buckets {
-                self.read_bucket(bucket, project.as_deref(), &bound, query, want, &mut out).await?;
-                if out.len() >= want {
-                    break 'buckets;
-                }
-            }
-            match buckets.last() {
-                Some(&last) if buckets.len() == 64 && last > i64::MIN => bucket_from = last - 1,
-                _ => break,
-            }
-        }
-        let next_marker = if out.len() > limit {
-            out.truncate(limit);
-            out.last().map(|i| i.uuid)
-        } else {
-            None
-        };
-        Ok(InstancePage { instances: out, next_marker })
     }
 
     /// Merges the shards of one bucket into `out` (in listing order) until `want` rows
@@ -411,6 +212,211 @@ impl CqlStore {
     }
 }
 
+#[async_trait]
+impl Instances for CqlStore {
+    async fn create_instance(&self, i: &Instance) -> Result<()> {
+        i.validate()?;
+        let vals = data_values(i)?;
+        let mut main = vec![uuid(i.uuid.0)];
+        main.extend(vals.iter().cloned());
+        main.push(opt_big(Some(i.created_at.as_micros())));
+        main.push(text(i.project_id.clone()));
+        self.reserve_instance_id(i.uuid).await?;
+        let k = self.keys(i);
+        let mut by_time = vec![big(k.bucket), int(k.shard), big(k.created_at), blob(&k.uuid)];
+        by_time.extend(vals.iter().cloned());
+        by_time.push(text(k.project.clone()));
+        let mut by_project =
+            vec![text(k.project.clone()), big(k.bucket), int(k.shard), big(k.created_at), blob(&k.uuid)];
+        by_project.extend(vals.iter().cloned());
+        let stmts = vec![
+            (
+                "INSERT INTO instances (uuid, name, user_id, cell, host, node, flavor, vm_state, task_state, \
+                 updated_at, launched_at, deleted, availability_zone, metadata, tags, fault, created_at, project_id) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    .to_string(),
+                main,
+            ),
+            (
+                "INSERT INTO instances_by_time (bucket, shard, created_at, uuid, name, user_id, cell, host, node, flavor, \
+                 vm_state, task_state, updated_at, launched_at, deleted, availability_zone, metadata, tags, fault, project_id) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    .to_string(),
+                by_time,
+            ),
+            (
+                "INSERT INTO instances_by_project (project_id, bucket, shard, created_at, uuid, name, user_id, cell, host, node, flavor, \
+                 vm_state, task_state, updated_at, launched_at, deleted, availability_zone, metadata, tags, fault) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    .to_string(),
+                by_project,
+            ),
+            (
+                "INSERT INTO instance_buckets (scope, bucket) VALUES (?, ?)".to_string(),
+                vec![text("all"), big(k.bucket)],
+            ),
+            (
+                "INSERT INTO instance_buckets (scope, bucket) VALUES (?, ?)".to_string(),
+                vec![text(format!("project:{}", k.project)), big(k.bucket)],
+            ),
+        ];
+        self.db.logged_batch(&stmts).await
+    }
+
+    async fn get_instance(&self, id: InstanceId) -> Result<Instance> {
+        self.read_instance(id).await?.ok_or_else(|| Error::not_found(Kind::Instance, id))
+    }
+
+    async fn update_instance(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance> {
+        let mut i = self.get_instance(id).await?;
+        i.apply(patch, Timestamp::now());
+        let mut cols: Vec<(&str, Option<CqlValue>)> = Vec::new();
+        if patch.vm_state.is_some() {
+            cols.push(("vm_state", text(i.vm_state.as_str())));
+        }
+        if patch.task_state.is_some() {
+            cols.push(("task_state", opt_text(i.task_state.map(|t| t.as_str()))));
+        }
+        if patch.cell.is_some() {
+            cols.push(("cell", i.cell.map(|c| CqlValue::Uuid(c.0))));
+        }
+        if patch.host.is_some() {
+            cols.push(("host", opt_text(i.host.as_deref())));
+        }
+        if patch.node.is_some() {
+            cols.push(("node", opt_text(i.node.as_deref())));
+        }
+        if patch.launched_at.is_some() {
+            cols.push(("launched_at", opt_big(i.launched_at.map(|t| t.as_micros()))));
+        }
+        if patch.deleted.is_some() {
+            cols.push(("deleted", boolean(i.deleted)));
+        }
+        if patch.availability_zone.is_some() {
+            cols.push(("availability_zone", opt_text(i.availability_zone.as_deref())));
+        }
+        if patch.metadata.is_some() {
+            cols.push(("metadata", text_map(i.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())))));
+        }
+        if patch.tags.is_some() {
+            cols.push(("tags", text_set(i.tags.iter().map(String::as_str))));
+        }
+        if patch.fault.is_some() {
+            cols.push((
+                "fault",
+                match &i.fault {
+                    Some(f) => json(f)?,
+                    None => None,
+                },
+            ));
+        }
+        cols.push(("updated_at", big(i.updated_at.as_micros())));
+        let set = cols.iter().map(|(c, _)| format!("{c} = ?")).collect::<Vec<_>>().join(", ");
+        let values: Vec<Option<CqlValue>> = cols.into_iter().map(|(_, v)| v).collect();
+        let k = self.keys(&i);
+        let with = |mut v: Vec<Option<CqlValue>>, keys: Vec<Option<CqlValue>>| {
+            v.extend(keys);
+            v
+        };
+        let stmts = vec![
+            (format!("UPDATE instances SET {set} WHERE uuid = ?"), with(values.clone(), vec![uuid(id.0)])),
+            (
+                format!(
+                    "UPDATE instances_by_time SET {set} WHERE bucket = ? AND shard = ? AND created_at = ? AND uuid = ?"
+                ),
+                with(values.clone(), vec![big(k.bucket), int(k.shard), big(k.created_at), blob(&k.uuid)]),
+            ),
+            (
+                format!(
+                    "UPDATE instances_by_project SET {set} WHERE project_id = ? AND bucket = ? AND shard = ? AND created_at = ? AND uuid = ?"
+                ),
+                with(
+                    values,
+                    vec![text(k.project.clone()), big(k.bucket), int(k.shard), big(k.created_at), blob(&k.uuid)],
+                ),
+            ),
+        ];
+        self.db.logged_batch(&stmts).await?;
+        Ok(i)
+    }
+
+    async fn delete_instance(&self, id: InstanceId) -> Result<()> {
+        let i = self.get_instance(id).await?;
+        let k = self.keys(&i);
+        self.db
+            .logged_batch(&[
+                (
+                    "DELETE FROM instances WHERE uuid = ?".to_string(),
+                    vec![uuid(id.0)],
+                ),
+                (
+                    "DELETE FROM instances_by_time WHERE bucket = ? AND shard = ? AND created_at = ? AND uuid = ?"
+                        .to_string(),
+                    vec![big(k.bucket), int(k.shard), big(k.created_at), blob(&k.uuid)],
+                ),
+                (
+                    "DELETE FROM instances_by_project WHERE project_id = ? AND bucket = ? AND shard = ? AND created_at = ? AND uuid = ?"
+                        .to_string(),
+                    vec![text(k.project), big(k.bucket), int(k.shard), big(k.created_at), blob(&k.uuid)],
+                ),
+            ])
+            .await?;
+        self.db.cas("DELETE FROM instance_ids WHERE uuid = ? IF EXISTS", vec![uuid(id.0)]).await.map(|_| ())
+    }
+
+    async fn list_instances(&self, query: &ListQuery) -> Result<InstancePage> {
+        let bound = match query.marker {
+            Some(m) => {
+                let i = self.read_instance(m).await?.ok_or_else(|| Error::not_found(Kind::Marker, m))?;
+                Some((i.created_at.as_micros(), i.uuid.0.as_bytes().to_vec()))
+            }
+            None => None,
+        };
+        let limit = query.effective_limit();
+        if limit == 0 {
+            return Ok(InstancePage::default());
+        }
+        let project = query.filters.project_id.clone();
+        let scope = match &project {
+            Some(p) => format!("project:{p}"),
+            None => "all".to_string(),
+        };
+        let want = limit + 1;
+        let mut out: Vec<Instance> = Vec::with_capacity(want.min(1024));
+        let mut bucket_from = bound.as_ref().map(|(c, _)| c / self.bucket_us).unwrap_or(i64::MAX);
+        'buckets: loop {
+            let rows = self
+                .db
+                .query(
+                    "SELECT bucket FROM instance_buckets WHERE scope = ? AND bucket <= ? LIMIT 64",
+                    vec![text(scope.clone()), big(bucket_from)],
+                )
+                .await?;
+            let buckets: Vec<i64> = rows.iter().filter_map(|r| get_i64(r, 0)).collect();
+            if buckets.is_empty() {
+                break;
+            }
+            for &bucket in &buckets {
+                self.read_bucket(bucket, project.as_deref(), &bound, query, want, &mut out).await?;
+                if out.len() >= want {
+                    break 'buckets;
+                }
+            }
+            match buckets.last() {
+                Some(&last) if buckets.len() == 64 && last > i64::MIN => bucket_from = last - 1,
+                _ => break,
+            }
+        }
+        let next_marker = if out.len() > limit {
+            out.truncate(limit);
+            out.last().map(|i| i.uuid)
+        } else {
+            None
+        };
+        Ok(InstancePage { instances: out, next_marker })
+    }
+}
+
 fn opt_big(v: Option<i64>) -> Option<CqlValue> {
     v.map(CqlValue::BigInt)
 }
@@ -471,5 +477,6 @@ fn instance_of(r: &Row) -> Result<Option<Instance>> {
         metadata,
         tags: get_text_set(r, 16).into_iter().collect(),
         fault: get_text(r, 17).map(|f| parse_json(&f)).transpose()?,
+        system_metadata: Default::default(),
     }))
 }

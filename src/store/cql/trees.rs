@@ -15,10 +15,13 @@ use std::time::Duration;
 use scylla::value::Row;
 use uuid::Uuid;
 
+use async_trait::async_trait;
+
 use super::CqlStore;
-use super::db::*;
+use super::conn::*;
 use crate::error::{Conflict, Error, Kind, Result};
 use crate::model::*;
+use crate::store::prelude::*;
 
 /// Leftover consumer-index rows younger than this may belong to a claim in flight and are
 /// never cleaned up; older ones are checked at serial consistency first.
@@ -141,32 +144,6 @@ impl CqlStore {
         let base = 2u64.saturating_mul(u64::from(attempt.min(8)));
         let jitter = u64::from(Uuid::new_v4().as_u128() as u32 % 8);
         tokio::time::sleep(Duration::from_millis(base + jitter)).await;
-    }
-
-    // ---- providers ------------------------------------------------------------------
-
-    pub(crate) async fn do_create_provider(&self, p: &NewProvider) -> Result<u64> {
-        p.validate()?;
-        if let Ok(root) = self.root_of(p.id).await
-            && let Some(t) = self.read_tree(root, false, false).await?
-            && t.tree.node(p.id).is_some()
-        {
-            return Err(Error::already_exists(Kind::Provider, p.id));
-        }
-        let fresh = self.reserve_name(&p.name, p.id).await?;
-        let result = match p.parent {
-            None => self.create_root(p).await,
-            Some(parent) => self.create_child(p, parent).await,
-        };
-        // A concurrent create of the same id shares the reservation: only a failure that
-        // is not "it exists" gives back a name this call reserved.
-        if let Err(e) = &result
-            && fresh
-            && !matches!(e, Error::AlreadyExists { .. })
-        {
-            let _ = self.release_name(&p.name, p.id).await;
-        }
-        result
     }
 
     /// Reserves `name` for `id`; `true` when this call made the reservation, `false` when
@@ -323,110 +300,6 @@ impl CqlStore {
         Error::Conflict(Conflict::Generation { root, expected: actual.saturating_sub(1), actual })
     }
 
-    pub(crate) async fn do_delete_provider(&self, provider: ProviderId) -> Result<()> {
-        let root = self.root_of(provider).await?;
-        self.record_change(root).await?;
-        let mut name = None;
-        let mut cell = None;
-        let mut done = false;
-        for attempt in 0..self.db.cfg.claim_attempts {
-            let t = self.tree_or_not_found(root, provider, true, attempt > 0).await?;
-            let node = t.tree.node(provider).ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
-            if t.tree.providers.iter().any(|p| p.parent == Some(provider))
-                || !node.usages.is_empty()
-                || (provider == root && !t.allocations.is_empty())
-            {
-                return Err(Error::Conflict(Conflict::ProviderInUse { provider }));
-            }
-            name = Some(node.name.clone());
-            cell = t.tree.cell;
-            let g = t.generation();
-            let mut stmts = Vec::new();
-            if provider == root {
-                // Cassandra 2.1 deletes only the static columns for a partition-key-only
-                // DELETE, so every row is deleted explicitly.
-                stmts.push((
-                    "DELETE FROM trees WHERE root = ? IF generation = ?".to_string(),
-                    vec![uuid(root.0), big(gen_i64(g))],
-                ));
-                for p in &t.tree.providers {
-                    stmts.push(delete_row(root, "p", &p.id.to_string()));
-                }
-                for gid in t.tree.groups.keys() {
-                    stmts.push(delete_row(root, "g", &gid.to_string()));
-                }
-            } else {
-                stmts.push(bump(root, g));
-                stmts.push(delete_row(root, "p", &provider.to_string()));
-            }
-            if self.db.cas_batch(&stmts).await?.applied {
-                done = true;
-                break;
-            }
-            self.backoff(attempt).await;
-        }
-        if !done {
-            return Err(self.exhausted(root).await);
-        }
-        self.record_change(root).await?;
-        self.db.exec("DELETE FROM provider_roots WHERE provider = ?", vec![uuid(provider.0)]).await?;
-        self.forget_roots([provider]);
-        if let Some(name) = name {
-            self.release_name(&name, provider).await?;
-        }
-        if provider == root {
-            let mut stmts = vec![(
-                "DELETE FROM tree_directory WHERE scope = ? AND root = ?".to_string(),
-                vec![text(format!("all:{}", directory_shard(root))), uuid(root.0)],
-            )];
-            if let Some(c) = cell {
-                stmts.push((
-                    "DELETE FROM tree_directory WHERE scope = ? AND root = ?".to_string(),
-                    vec![text(format!("cell:{c}")), uuid(root.0)],
-                ));
-            }
-            self.db.logged_batch(&stmts).await?;
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn do_provider_tree(&self, provider: ProviderId) -> Result<ProviderTree> {
-        let root = self.root_of(provider).await?;
-        let t = self.tree_or_not_found(root, provider, false, false).await?;
-        if t.tree.node(provider).is_none() {
-            return Err(Error::not_found(Kind::Provider, provider));
-        }
-        Ok(t.tree)
-    }
-
-    pub(crate) async fn do_list_provider_trees(&self, cell: Option<CellId>) -> Result<Vec<ProviderTree>> {
-        let scopes: Vec<String> = match cell {
-            Some(c) => vec![format!("cell:{c}")],
-            None => (0..DIRECTORY_SHARDS).map(|s| format!("all:{s}")).collect(),
-        };
-        let mut roots = BTreeSet::new();
-        for rows in futures::future::try_join_all(
-            scopes.into_iter().map(|s| self.db.query("SELECT root FROM tree_directory WHERE scope = ?", vec![text(s)])),
-        )
-        .await?
-        {
-            roots.extend(rows.iter().filter_map(|r| get_uuid(r, 0)).map(ProviderId));
-        }
-        use futures::StreamExt;
-        let trees: Vec<Result<Option<TreeRead>>> =
-            futures::stream::iter(roots).map(|root| self.read_tree(root, false, false)).buffered(32).collect().await;
-        let mut out = Vec::new();
-        for t in trees {
-            if let Some(t) = t?
-                && cell.is_none_or(|c| t.tree.cell == Some(c))
-            {
-                out.push(t.tree);
-            }
-        }
-        out.sort_by_key(|t| t.root);
-        Ok(out)
-    }
-
     /// The optimistic read-modify-write of one provider row (inventories, traits,
     /// aggregates): fails with `Conflict::Generation` when the tree moved.
     async fn write_provider_field(
@@ -462,83 +335,6 @@ impl CqlStore {
         }
         self.record_change(root).await?;
         Ok(generation + 1)
-    }
-
-    pub(crate) async fn do_set_inventories(
-        &self,
-        provider: ProviderId,
-        generation: u64,
-        inventories: &BTreeMap<ResourceClass, Inventory>,
-    ) -> Result<InventoryWrite> {
-        for (class, inv) in inventories {
-            inv.validate(&format!("{class} on {provider}"))?;
-        }
-        let mut over = Vec::new();
-        let g = self
-            .write_provider_field(
-                provider,
-                generation,
-                |node| {
-                    if let Some(class) = node.usages.keys().find(|c| !inventories.contains_key(*c)) {
-                        return Err(Error::Conflict(Conflict::InventoryInUse { provider, class: class.clone() }));
-                    }
-                    over = inventories
-                        .iter()
-                        .filter(|(c, inv)| node.used(c) > inv.capacity())
-                        .map(|(c, _)| c.clone())
-                        .collect();
-                    Ok(())
-                },
-                "inventories",
-                json(inventories)?,
-            )
-            .await?;
-        Ok(InventoryWrite { generation: g, over_capacity: over })
-    }
-
-    pub(crate) async fn do_set_traits(
-        &self,
-        provider: ProviderId,
-        generation: u64,
-        traits: &BTreeSet<Trait>,
-    ) -> Result<u64> {
-        self.write_provider_field(
-            provider,
-            generation,
-            |_| Ok(()),
-            "traits",
-            text_set(traits.iter().map(Trait::as_str)),
-        )
-        .await
-    }
-
-    pub(crate) async fn do_set_aggregates(
-        &self,
-        provider: ProviderId,
-        generation: u64,
-        aggregates: &BTreeSet<AggregateId>,
-    ) -> Result<u64> {
-        self.write_provider_field(
-            provider,
-            generation,
-            |_| Ok(()),
-            "aggregates",
-            uuid_set(aggregates.iter().map(|a| a.0)),
-        )
-        .await
-    }
-
-    // ---- claims ---------------------------------------------------------------------
-
-    pub(crate) async fn do_claim(&self, request: &ClaimRequest) -> Result<Claim> {
-        request.validate()?;
-        match self.claim_once(request, true).await? {
-            Some(claim) => Ok(claim),
-            None => self
-                .claim_once(request, false)
-                .await?
-                .ok_or_else(|| Error::backend(BACKEND, "provider -> root index changed during the claim")),
-        }
     }
 
     /// One claim. With `cached`, provider roots come from the cache, and `Ok(None)` says a
@@ -787,8 +583,216 @@ impl CqlStore {
         let now = now_us();
         rows.iter().any(|(_, done, at)| !*done && now - at > INDEX_GRACE_US)
     }
+}
 
-    pub(crate) async fn do_release(&self, consumer: ConsumerId) -> Result<Released> {
+#[async_trait]
+impl Providers for CqlStore {
+    // ---- providers ------------------------------------------------------------------
+
+    async fn create_provider(&self, p: &NewProvider) -> Result<u64> {
+        p.validate()?;
+        if let Ok(root) = self.root_of(p.id).await
+            && let Some(t) = self.read_tree(root, false, false).await?
+            && t.tree.node(p.id).is_some()
+        {
+            return Err(Error::already_exists(Kind::Provider, p.id));
+        }
+        let fresh = self.reserve_name(&p.name, p.id).await?;
+        let result = match p.parent {
+            None => self.create_root(p).await,
+            Some(parent) => self.create_child(p, parent).await,
+        };
+        // A concurrent create of the same id shares the reservation: only a failure that
+        // is not "it exists" gives back a name this call reserved.
+        if let Err(e) = &result
+            && fresh
+            && !matches!(e, Error::AlreadyExists { .. })
+        {
+            let _ = self.release_name(&p.name, p.id).await;
+        }
+        result
+    }
+
+    async fn delete_provider(&self, provider: ProviderId) -> Result<()> {
+        let root = self.root_of(provider).await?;
+        self.record_change(root).await?;
+        let mut name = None;
+        let mut cell = None;
+        let mut done = false;
+        for attempt in 0..self.db.cfg.claim_attempts {
+            let t = self.tree_or_not_found(root, provider, true, attempt > 0).await?;
+            let node = t.tree.node(provider).ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
+            if t.tree.providers.iter().any(|p| p.parent == Some(provider))
+                || !node.usages.is_empty()
+                || (provider == root && !t.allocations.is_empty())
+            {
+                return Err(Error::Conflict(Conflict::ProviderInUse { provider }));
+            }
+            name = Some(node.name.clone());
+            cell = t.tree.cell;
+            let g = t.generation();
+            let mut stmts = Vec::new();
+            if provider == root {
+                // Cassandra 2.1 deletes only the static columns for a partition-key-only
+                // DELETE, so every row is deleted explicitly.
+                stmts.push((
+                    "DELETE FROM trees WHERE root = ? IF generation = ?".to_string(),
+                    vec![uuid(root.0), big(gen_i64(g))],
+                ));
+                for p in &t.tree.providers {
+                    stmts.push(delete_row(root, "p", &p.id.to_string()));
+                }
+                for gid in t.tree.groups.keys() {
+                    stmts.push(delete_row(root, "g", &gid.to_string()));
+                }
+            } else {
+                stmts.push(bump(root, g));
+                stmts.push(delete_row(root, "p", &provider.to_string()));
+            }
+            if self.db.cas_batch(&stmts).await?.applied {
+                done = true;
+                break;
+            }
+            self.backoff(attempt).await;
+        }
+        if !done {
+            return Err(self.exhausted(root).await);
+        }
+        self.record_change(root).await?;
+        self.db.exec("DELETE FROM provider_roots WHERE provider = ?", vec![uuid(provider.0)]).await?;
+        self.forget_roots([provider]);
+        if let Some(name) = name {
+            self.release_name(&name, provider).await?;
+        }
+        if provider == root {
+            let mut stmts = vec![(
+                "DELETE FROM tree_directory WHERE scope = ? AND root = ?".to_string(),
+                vec![text(format!("all:{}", directory_shard(root))), uuid(root.0)],
+            )];
+            if let Some(c) = cell {
+                stmts.push((
+                    "DELETE FROM tree_directory WHERE scope = ? AND root = ?".to_string(),
+                    vec![text(format!("cell:{c}")), uuid(root.0)],
+                ));
+            }
+            self.db.logged_batch(&stmts).await?;
+        }
+        Ok(())
+    }
+
+    async fn provider_tree(&self, provider: ProviderId) -> Result<ProviderTree> {
+        let root = self.root_of(provider).await?;
+        let t = self.tree_or_not_found(root, provider, false, false).await?;
+        if t.tree.node(provider).is_none() {
+            return Err(Error::not_found(Kind::Provider, provider));
+        }
+        Ok(t.tree)
+    }
+
+    async fn list_provider_trees(&self, cell: Option<CellId>) -> Result<Vec<ProviderTree>> {
+        let scopes: Vec<String> = match cell {
+            Some(c) => vec![format!("cell:{c}")],
+            None => (0..DIRECTORY_SHARDS).map(|s| format!("all:{s}")).collect(),
+        };
+        let mut roots = BTreeSet::new();
+        for rows in futures::future::try_join_all(
+            scopes.into_iter().map(|s| self.db.query("SELECT root FROM tree_directory WHERE scope = ?", vec![text(s)])),
+        )
+        .await?
+        {
+            roots.extend(rows.iter().filter_map(|r| get_uuid(r, 0)).map(ProviderId));
+        }
+        use futures::StreamExt;
+        let trees: Vec<Result<Option<TreeRead>>> =
+            futures::stream::iter(roots).map(|root| self.read_tree(root, false, false)).buffered(32).collect().await;
+        let mut out = Vec::new();
+        for t in trees {
+            if let Some(t) = t?
+                && cell.is_none_or(|c| t.tree.cell == Some(c))
+            {
+                out.push(t.tree);
+            }
+        }
+        out.sort_by_key(|t| t.root);
+        Ok(out)
+    }
+
+    async fn set_inventories(
+        &self,
+        provider: ProviderId,
+        generation: u64,
+        inventories: &BTreeMap<ResourceClass, Inventory>,
+    ) -> Result<InventoryWrite> {
+        for (class, inv) in inventories {
+            inv.validate(&format!("{class} on {provider}"))?;
+        }
+        let mut over = Vec::new();
+        let g = self
+            .write_provider_field(
+                provider,
+                generation,
+                |node| {
+                    if let Some(class) = node.usages.keys().find(|c| !inventories.contains_key(*c)) {
+                        return Err(Error::Conflict(Conflict::InventoryInUse { provider, class: class.clone() }));
+                    }
+                    over = inventories
+                        .iter()
+                        .filter(|(c, inv)| node.used(c) > inv.capacity())
+                        .map(|(c, _)| c.clone())
+                        .collect();
+                    Ok(())
+                },
+                "inventories",
+                json(inventories)?,
+            )
+            .await?;
+        Ok(InventoryWrite { generation: g, over_capacity: over })
+    }
+
+    async fn set_traits(&self, provider: ProviderId, generation: u64, traits: &BTreeSet<Trait>) -> Result<u64> {
+        self.write_provider_field(
+            provider,
+            generation,
+            |_| Ok(()),
+            "traits",
+            text_set(traits.iter().map(Trait::as_str)),
+        )
+        .await
+    }
+
+    async fn set_aggregates(
+        &self,
+        provider: ProviderId,
+        generation: u64,
+        aggregates: &BTreeSet<AggregateId>,
+    ) -> Result<u64> {
+        self.write_provider_field(
+            provider,
+            generation,
+            |_| Ok(()),
+            "aggregates",
+            uuid_set(aggregates.iter().map(|a| a.0)),
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl Claims for CqlStore {
+    // ---- claims ---------------------------------------------------------------------
+
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim> {
+        request.validate()?;
+        match self.claim_once(request, true).await? {
+            Some(claim) => Ok(claim),
+            None => self
+                .claim_once(request, false)
+                .await?
+                .ok_or_else(|| Error::backend(BACKEND, "provider -> root index changed during the claim")),
+        }
+    }
+
+    async fn release(&self, consumer: ConsumerId) -> Result<Released> {
         let index = self.index_rows(consumer).await?;
         let mut released = Vec::new();
         for (root, rows) in index {
@@ -889,7 +893,7 @@ impl CqlStore {
         Ok(Released { roots: released })
     }
 
-    pub(crate) async fn do_allocations(&self, consumer: ConsumerId) -> Result<Vec<TreeAllocation>> {
+    async fn allocations(&self, consumer: ConsumerId) -> Result<Vec<TreeAllocation>> {
         let index = self.index_rows(consumer).await?;
         let mut out = Vec::new();
         for (root, rows) in index {
@@ -906,7 +910,7 @@ impl CqlStore {
         Ok(out)
     }
 
-    pub(crate) async fn do_tree_allocations(&self, provider: ProviderId) -> Result<Vec<TreeAllocation>> {
+    async fn tree_allocations(&self, provider: ProviderId) -> Result<Vec<TreeAllocation>> {
         let root = self.root_of(provider).await?;
         let t = self.tree_or_not_found(root, provider, true, false).await?;
         if t.tree.node(provider).is_none() {

@@ -29,7 +29,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::store::StoreUrl;
+use crate::store::{Scheme, StoreUrl};
 
 /// Connection and layout settings parsed from a store URL. Its `Debug` output shows the
 /// URL redacted and never the node URLs (which carry the password).
@@ -118,10 +118,10 @@ impl RedisConfig {
     /// Parses a `redis://` or `redis+cluster://` URL.
     pub fn parse(url: &StoreUrl) -> Result<Self> {
         let cluster = match url.scheme() {
-            "redis" => false,
-            "redis+cluster" => true,
+            Scheme::Redis => false,
+            Scheme::RedisCluster => true,
             other => {
-                return Err(Error::invalid("store url", format!("scheme {other:?} is not redis or redis+cluster")));
+                return Err(Error::invalid("store url", format!("scheme {other} is not redis or redis+cluster")));
             }
         };
         let u = url.expose();

@@ -2,10 +2,13 @@
 //! request specs in the API database; compute nodes in their cell's database (so listing
 //! every host queries every cell, as Nova's scheduler does).
 
+use async_trait::async_trait;
+
 use crate::error::{Error, Kind, Result};
 use crate::model::*;
 use crate::sql_args;
-use crate::store::sql::db::{Row, is_unique_violation, map_err};
+use crate::store::prelude::*;
+use crate::store::sql::conn::{Row, is_unique_violation, map_err};
 use crate::store::sql::{SqlStore, from_json, to_json};
 
 fn cell_from(r: &Row) -> Result<Cell> {
@@ -72,8 +75,9 @@ fn policy_from(s: &str) -> Result<GroupPolicy> {
     })
 }
 
-impl SqlStore {
-    pub(crate) async fn put_cell_impl(&self, cell: &Cell) -> Result<()> {
+#[async_trait]
+impl Catalog for SqlStore {
+    async fn put_cell(&self, cell: &Cell) -> Result<()> {
         if cell.name.is_empty() {
             return Err(Error::invalid("cell.name", "must not be empty"));
         }
@@ -94,7 +98,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(crate) async fn get_cell_impl(&self, id: CellId) -> Result<Cell> {
+    async fn get_cell(&self, id: CellId) -> Result<Cell> {
         let r = self
             .api
             .fetch_optional(
@@ -106,7 +110,7 @@ impl SqlStore {
         cell_from(&r)
     }
 
-    pub(crate) async fn list_cells_impl(&self) -> Result<Vec<Cell>> {
+    async fn list_cells(&self) -> Result<Vec<Cell>> {
         self.api
             .fetch_all("SELECT uuid, name, disabled FROM cell_mappings WHERE registered = TRUE ORDER BY uuid", vec![])
             .await?
@@ -115,7 +119,7 @@ impl SqlStore {
             .collect()
     }
 
-    pub(crate) async fn put_host_impl(&self, host: &Host) -> Result<()> {
+    async fn put_host(&self, host: &Host) -> Result<()> {
         if host.name.is_empty() || host.name.len() > 255 {
             return Err(Error::invalid("host.name", "must be 1 to 255 characters"));
         }
@@ -183,7 +187,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(crate) async fn get_host_impl(&self, name: &str) -> Result<Host> {
+    async fn get_host(&self, name: &str) -> Result<Host> {
         let m = self
             .api
             .fetch_optional("SELECT cell_uuid FROM host_mappings WHERE host = ?", sql_args![name])
@@ -193,7 +197,7 @@ impl SqlStore {
         let r = self.cells[slot]
             .pool
             .fetch_optional(
-                crate::store::sql::db::Sql::Dynamic(
+                crate::store::sql::conn::Sql::Dynamic(
                     self.stmts.adapt(&format!("SELECT {HOST_COLS} FROM compute_nodes WHERE host = ?")).into(),
                 ),
                 sql_args![name],
@@ -203,7 +207,7 @@ impl SqlStore {
         host_from(&r)
     }
 
-    pub(crate) async fn list_hosts_impl(&self, cell: Option<CellId>) -> Result<Vec<Host>> {
+    async fn list_hosts(&self, cell: Option<CellId>) -> Result<Vec<Host>> {
         let mut hosts = Vec::new();
         match cell {
             Some(c) => {
@@ -213,7 +217,7 @@ impl SqlStore {
                     .adapt(&format!("SELECT {HOST_COLS} FROM compute_nodes WHERE cell_uuid = ? ORDER BY host"));
                 for r in self.cells[slot]
                     .pool
-                    .fetch_all(crate::store::sql::db::Sql::Dynamic(sql.into()), sql_args![c.to_string()])
+                    .fetch_all(crate::store::sql::conn::Sql::Dynamic(sql.into()), sql_args![c.to_string()])
                     .await?
                 {
                     hosts.push(host_from(&r)?);
@@ -225,7 +229,7 @@ impl SqlStore {
                     self.stmts.adapt(&format!("SELECT {HOST_COLS} FROM compute_nodes")).into();
                 let futs = self.cells.iter().map(|c| {
                     let sql = sql.clone();
-                    async move { c.pool.fetch_all(crate::store::sql::db::Sql::Dynamic(sql), vec![]).await }
+                    async move { c.pool.fetch_all(crate::store::sql::conn::Sql::Dynamic(sql), vec![]).await }
                 });
                 for rows in futures::future::join_all(futs).await {
                     for r in rows? {
@@ -238,7 +242,7 @@ impl SqlStore {
         Ok(hosts)
     }
 
-    pub(crate) async fn put_flavor_impl(&self, f: &Flavor) -> Result<()> {
+    async fn put_flavor(&self, f: &Flavor) -> Result<()> {
         f.validate()?;
         self.api
             .execute(
@@ -267,7 +271,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(crate) async fn get_flavor_impl(&self, id: &FlavorId) -> Result<Flavor> {
+    async fn get_flavor(&self, id: &FlavorId) -> Result<Flavor> {
         let r = self
             .api
             .fetch_optional(
@@ -280,7 +284,7 @@ impl SqlStore {
         flavor_from(&r)
     }
 
-    pub(crate) async fn list_flavors_impl(&self) -> Result<Vec<Flavor>> {
+    async fn list_flavors(&self) -> Result<Vec<Flavor>> {
         self.api
             .fetch_all(
                 "SELECT flavorid, name, vcpus, memory_mb, root_gb, ephemeral_gb, swap, extra_specs \
@@ -293,7 +297,7 @@ impl SqlStore {
             .collect()
     }
 
-    pub(crate) async fn put_aggregate_impl(&self, a: &Aggregate) -> Result<()> {
+    async fn put_aggregate(&self, a: &Aggregate) -> Result<()> {
         self.api
             .execute(
                 self.dialect.pick(
@@ -310,7 +314,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(crate) async fn get_aggregate_impl(&self, id: AggregateId) -> Result<Aggregate> {
+    async fn get_aggregate(&self, id: AggregateId) -> Result<Aggregate> {
         let r = self
             .api
             .fetch_optional(
@@ -322,7 +326,7 @@ impl SqlStore {
         aggregate_from(&r)
     }
 
-    pub(crate) async fn list_aggregates_impl(&self) -> Result<Vec<Aggregate>> {
+    async fn list_aggregates(&self) -> Result<Vec<Aggregate>> {
         self.api
             .fetch_all("SELECT uuid, name, availability_zone, metadata FROM aggregates ORDER BY uuid", vec![])
             .await?
@@ -331,7 +335,7 @@ impl SqlStore {
             .collect()
     }
 
-    pub(crate) async fn create_server_group_impl(&self, g: &ServerGroup) -> Result<()> {
+    async fn create_server_group(&self, g: &ServerGroup) -> Result<()> {
         g.validate()?;
         let r = self
             .api
@@ -355,7 +359,7 @@ impl SqlStore {
         }
     }
 
-    pub(crate) async fn get_server_group_impl(&self, id: GroupId) -> Result<ServerGroup> {
+    async fn get_server_group(&self, id: GroupId) -> Result<ServerGroup> {
         let r = self
             .api
             .fetch_optional(
@@ -374,7 +378,7 @@ impl SqlStore {
         })
     }
 
-    pub(crate) async fn delete_server_group_impl(&self, id: GroupId) -> Result<()> {
+    async fn delete_server_group(&self, id: GroupId) -> Result<()> {
         let n = self.api.execute("DELETE FROM instance_groups WHERE uuid = ?", sql_args![id.to_string()]).await?;
         if n == 0 {
             return Err(Error::not_found(Kind::ServerGroup, id));
@@ -382,7 +386,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(crate) async fn put_request_spec_impl(&self, spec: &RequestSpec) -> Result<()> {
+    async fn put_request_spec(&self, spec: &RequestSpec) -> Result<()> {
         self.api
             .execute(
                 self.dialect.pick(
@@ -397,7 +401,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(crate) async fn get_request_spec_impl(&self, instance: InstanceId) -> Result<RequestSpec> {
+    async fn get_request_spec(&self, instance: InstanceId) -> Result<RequestSpec> {
         let r = self
             .api
             .fetch_optional("SELECT spec FROM request_specs WHERE instance_uuid = ?", sql_args![instance.to_string()])
@@ -406,7 +410,7 @@ impl SqlStore {
         from_json(&r.str(0)?)
     }
 
-    pub(crate) async fn delete_request_spec_impl(&self, instance: InstanceId) -> Result<()> {
+    async fn delete_request_spec(&self, instance: InstanceId) -> Result<()> {
         self.api.execute("DELETE FROM request_specs WHERE instance_uuid = ?", sql_args![instance.to_string()]).await?;
         Ok(())
     }

@@ -14,15 +14,30 @@
 //! forbids; it may see both copies, and the merge drops the second (by uuid, as Nova does).
 //! Keyset paging by `(created_at, uuid)` makes a move between two pages harmless: the
 //! sort key does not change.
+//!
+//! # Listing
+//!
+//! As Nova's `multi_cell_list`: the marker is resolved through `instance_mappings`, every
+//! cell is queried with the marker's sort values (keyset) and a per-cell batch of
+//! `int(limit / cells * 1.1)` clamped to `100..=limit` (Nova's `distributed` strategy), the
+//! sorted cell streams are merged with a heap, a cell whose batch runs dry is refilled, and
+//! the merge stops at `limit + 1` rows (the extra row says whether a next marker exists).
+//! Build requests (instances not yet in a cell) are one more stream, read from the API
+//! database *before* the cells. `list_strategy=concurrent` fetches the cells' first batches
+//! in parallel; `sequential` fetches them one after another, as Nova's lazily pulled
+//! generators do.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use async_trait::async_trait;
+
 use crate::error::{Error, Kind, Result};
 use crate::model::*;
 use crate::sql_args;
-use crate::store::sql::db::{Arg, Dialect, Pool, Row, Sql, Tx, is_unique_violation, map_err, to_pg};
+use crate::store::prelude::*;
+use crate::store::sql::conn::{Arg, Dialect, Pool, Row, Sql, Tx, is_unique_violation, map_err, to_pg};
 use crate::store::sql::{DownCell, ListStrategy, SqlStore, from_json, to_json};
 
 const COLS: &str = "uuid, display_name, project_id, user_id, cell_uuid, host, node, instance_type_id, \
@@ -159,6 +174,7 @@ fn instance_from(r: &Row) -> Result<Instance> {
         metadata: from_json(&r.str(15)?)?,
         tags: from_json(&r.str(16)?)?,
         fault: r.opt_str(17)?.map(|s| from_json(&s)).transpose()?,
+        system_metadata: Default::default(),
     })
 }
 
@@ -230,42 +246,6 @@ impl SqlStore {
         .await?;
         if loc != Loc::Build {
             write_tags(tx, i).await?;
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn create_instance_impl(&self, i: &Instance) -> Result<()> {
-        i.validate()?;
-        let loc = self.loc_of_cell(i.cell).await?;
-        let r = self
-            .api
-            .execute_raw(
-                "INSERT INTO instance_mappings (instance_uuid, cell_uuid, project_id) VALUES (?, ?, ?)",
-                sql_args![i.uuid.to_string(), i.cell.map(|c| c.to_string()), &i.project_id],
-            )
-            .await;
-        match r {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                return Err(Error::already_exists(Kind::Instance, i.uuid));
-            }
-            Err(e) => return Err(map_err(e)),
-        }
-        let r: std::result::Result<(), sqlx::Error> = async {
-            let mut tx = self.pool_of(loc).begin().await?;
-            self.insert_at(&mut tx, loc, i).await?;
-            tx.commit().await
-        }
-        .await;
-        if let Err(e) = r {
-            let _ = self
-                .api
-                .execute("DELETE FROM instance_mappings WHERE instance_uuid = ?", sql_args![i.uuid.to_string()])
-                .await;
-            if is_unique_violation(&e) {
-                return Err(Error::already_exists(Kind::Instance, i.uuid));
-            }
-            return Err(map_err(e));
         }
         Ok(())
     }
@@ -342,97 +322,6 @@ impl SqlStore {
                 }
             }
         }
-        Ok(())
-    }
-
-    pub(crate) async fn get_instance_impl(&self, id: InstanceId) -> Result<Instance> {
-        self.find(id).await?.map(|(_, i)| i).ok_or_else(|| Error::not_found(Kind::Instance, id))
-    }
-
-    pub(crate) async fn update_instance_impl(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance> {
-        for _ in 0..10 {
-            let Some(loc) = self.mapping(id).await? else {
-                return Err(Error::not_found(Kind::Instance, id));
-            };
-            let mut tx = self.pool_of(loc).begin().await.map_err(map_err)?;
-            let Some(row) = tx
-                .fetch_optional(Sql::Dynamic(self.stmts.select_for_update[idx(loc)].clone()), sql_args![id.to_string()])
-                .await
-                .map_err(map_err)?
-            else {
-                // Moved (or deleted) since the mapping was read: resolve again.
-                let _ = tx.rollback().await;
-                continue;
-            };
-            let mut inst = instance_from(&row)?;
-            let tags_before = inst.tags.clone();
-            inst.apply(patch, Timestamp::now());
-            let new_loc = self.loc_of_cell(inst.cell).await?;
-            if new_loc == loc {
-                tx.execute(Sql::Dynamic(self.stmts.update[idx(loc)].clone()), update_args(&inst)?)
-                    .await
-                    .map_err(map_err)?;
-                if loc != Loc::Build && inst.tags != tags_before {
-                    tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![id.to_string()])
-                        .await
-                        .map_err(map_err)?;
-                    write_tags(&mut tx, &inst).await.map_err(map_err)?;
-                }
-                if inst.cell != row.opt_uuid(4)?.map(CellId) {
-                    self.api
-                        .execute(
-                            "UPDATE instance_mappings SET cell_uuid = ? WHERE instance_uuid = ?",
-                            sql_args![inst.cell.map(|c| c.to_string()), id.to_string()],
-                        )
-                        .await?;
-                }
-                tx.commit().await.map_err(map_err)?;
-                return Ok(inst);
-            }
-            // A move (see the module docs for why this order).
-            let r: std::result::Result<(), sqlx::Error> = async {
-                let mut ntx = self.pool_of(new_loc).begin().await?;
-                self.insert_at(&mut ntx, new_loc, &inst).await?;
-                ntx.commit().await
-            }
-            .await;
-            if let Err(e) = r {
-                let _ = tx.rollback().await;
-                return Err(map_err(e));
-            }
-            self.api
-                .execute(
-                    "UPDATE instance_mappings SET cell_uuid = ? WHERE instance_uuid = ?",
-                    sql_args![inst.cell.map(|c| c.to_string()), id.to_string()],
-                )
-                .await?;
-            tx.execute(Sql::Dynamic(self.stmts.delete[idx(loc)].clone()), sql_args![id.to_string()])
-                .await
-                .map_err(map_err)?;
-            if loc != Loc::Build {
-                tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![id.to_string()])
-                    .await
-                    .map_err(map_err)?;
-            }
-            tx.commit().await.map_err(map_err)?;
-            return Ok(inst);
-        }
-        Err(Error::Timeout { backend: "sql", message: format!("instance {id} kept moving while being updated") })
-    }
-
-    pub(crate) async fn delete_instance_impl(&self, id: InstanceId) -> Result<()> {
-        let Some((loc, _)) = self.find(id).await? else {
-            return Err(Error::not_found(Kind::Instance, id));
-        };
-        let mut tx = self.pool_of(loc).begin().await.map_err(map_err)?;
-        tx.execute(Sql::Dynamic(self.stmts.delete[idx(loc)].clone()), sql_args![id.to_string()])
-            .await
-            .map_err(map_err)?;
-        if loc != Loc::Build {
-            tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![id.to_string()]).await.map_err(map_err)?;
-        }
-        tx.commit().await.map_err(map_err)?;
-        self.api.execute("DELETE FROM instance_mappings WHERE instance_uuid = ?", sql_args![id.to_string()]).await?;
         Ok(())
     }
 
@@ -590,8 +479,138 @@ impl SqlStore {
             }
         }
     }
+}
 
-    pub(crate) async fn list_instances_impl(&self, q: &ListQuery) -> Result<InstancePage> {
+#[async_trait]
+impl Instances for SqlStore {
+    async fn create_instance(&self, i: &Instance) -> Result<()> {
+        i.validate()?;
+        let loc = self.loc_of_cell(i.cell).await?;
+        let r = self
+            .api
+            .execute_raw(
+                "INSERT INTO instance_mappings (instance_uuid, cell_uuid, project_id) VALUES (?, ?, ?)",
+                sql_args![i.uuid.to_string(), i.cell.map(|c| c.to_string()), &i.project_id],
+            )
+            .await;
+        match r {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(Error::already_exists(Kind::Instance, i.uuid));
+            }
+            Err(e) => return Err(map_err(e)),
+        }
+        let r: std::result::Result<(), sqlx::Error> = async {
+            let mut tx = self.pool_of(loc).begin().await?;
+            self.insert_at(&mut tx, loc, i).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = r {
+            let _ = self
+                .api
+                .execute("DELETE FROM instance_mappings WHERE instance_uuid = ?", sql_args![i.uuid.to_string()])
+                .await;
+            if is_unique_violation(&e) {
+                return Err(Error::already_exists(Kind::Instance, i.uuid));
+            }
+            return Err(map_err(e));
+        }
+        Ok(())
+    }
+
+    async fn get_instance(&self, id: InstanceId) -> Result<Instance> {
+        self.find(id).await?.map(|(_, i)| i).ok_or_else(|| Error::not_found(Kind::Instance, id))
+    }
+
+    async fn update_instance(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance> {
+        for _ in 0..10 {
+            let Some(loc) = self.mapping(id).await? else {
+                return Err(Error::not_found(Kind::Instance, id));
+            };
+            let mut tx = self.pool_of(loc).begin().await.map_err(map_err)?;
+            let Some(row) = tx
+                .fetch_optional(Sql::Dynamic(self.stmts.select_for_update[idx(loc)].clone()), sql_args![id.to_string()])
+                .await
+                .map_err(map_err)?
+            else {
+                // Moved (or deleted) since the mapping was read: resolve again.
+                let _ = tx.rollback().await;
+                continue;
+            };
+            let mut inst = instance_from(&row)?;
+            let tags_before = inst.tags.clone();
+            inst.apply(patch, Timestamp::now());
+            let new_loc = self.loc_of_cell(inst.cell).await?;
+            if new_loc == loc {
+                tx.execute(Sql::Dynamic(self.stmts.update[idx(loc)].clone()), update_args(&inst)?)
+                    .await
+                    .map_err(map_err)?;
+                if loc != Loc::Build && inst.tags != tags_before {
+                    tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![id.to_string()])
+                        .await
+                        .map_err(map_err)?;
+                    write_tags(&mut tx, &inst).await.map_err(map_err)?;
+                }
+                if inst.cell != row.opt_uuid(4)?.map(CellId) {
+                    self.api
+                        .execute(
+                            "UPDATE instance_mappings SET cell_uuid = ? WHERE instance_uuid = ?",
+                            sql_args![inst.cell.map(|c| c.to_string()), id.to_string()],
+                        )
+                        .await?;
+                }
+                tx.commit().await.map_err(map_err)?;
+                return Ok(inst);
+            }
+            // A move (see the module docs for why this order).
+            let r: std::result::Result<(), sqlx::Error> = async {
+                let mut ntx = self.pool_of(new_loc).begin().await?;
+                self.insert_at(&mut ntx, new_loc, &inst).await?;
+                ntx.commit().await
+            }
+            .await;
+            if let Err(e) = r {
+                let _ = tx.rollback().await;
+                return Err(map_err(e));
+            }
+            self.api
+                .execute(
+                    "UPDATE instance_mappings SET cell_uuid = ? WHERE instance_uuid = ?",
+                    sql_args![inst.cell.map(|c| c.to_string()), id.to_string()],
+                )
+                .await?;
+            tx.execute(Sql::Dynamic(self.stmts.delete[idx(loc)].clone()), sql_args![id.to_string()])
+                .await
+                .map_err(map_err)?;
+            if loc != Loc::Build {
+                tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![id.to_string()])
+                    .await
+                    .map_err(map_err)?;
+            }
+            tx.commit().await.map_err(map_err)?;
+            return Ok(inst);
+        }
+        Err(Error::Timeout { backend: "sql", message: format!("instance {id} kept moving while being updated") })
+    }
+
+    async fn delete_instance(&self, id: InstanceId) -> Result<()> {
+        let Some((loc, _)) = self.find(id).await? else {
+            return Err(Error::not_found(Kind::Instance, id));
+        };
+        let mut tx = self.pool_of(loc).begin().await.map_err(map_err)?;
+        tx.execute(Sql::Dynamic(self.stmts.delete[idx(loc)].clone()), sql_args![id.to_string()])
+            .await
+            .map_err(map_err)?;
+        if loc != Loc::Build {
+            tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![id.to_string()]).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        self.api.execute("DELETE FROM instance_mappings WHERE instance_uuid = ?", sql_args![id.to_string()]).await?;
+        Ok(())
+    }
+
+    async fn list_instances(&self, q: &ListQuery) -> Result<InstancePage> {
         let after = match q.marker {
             Some(m) => Some(self.marker_key(m).await?),
             None => None,

@@ -7,7 +7,7 @@
 //! not race each other's `CREATE TABLE`. The files themselves are idempotent too.
 
 use crate::error::Result;
-use crate::store::sql::db::{Dialect, Pool, map_err};
+use crate::store::sql::conn::{Dialect, Pool, map_err};
 
 /// Which schema a database gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

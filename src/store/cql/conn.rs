@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
 use scylla::errors::{DbError, ExecutionError, PrepareError, RequestAttemptError};
 use scylla::response::query_result::QueryResult;
 use scylla::statement::batch::{Batch, BatchType};
@@ -47,6 +48,22 @@ impl Cas {
         let i = self.columns.iter().position(|c| c == column)?;
         self.rows.first()?.columns.get(i)?.as_ref()
     }
+}
+
+/// Opens a driver session to the URL's contact points. Schema metadata is not fetched: the
+/// backend never needs it, and Cassandra 2.x has no `system_schema` keyspace to fetch it from.
+pub(crate) async fn connect(cfg: &CqlConfig) -> Result<Session> {
+    let mut builder = SessionBuilder::new()
+        .known_nodes(&cfg.hosts)
+        .connection_timeout(cfg.connect_timeout)
+        .fetch_schema_metadata(false);
+    if let Some((user, password)) = &cfg.credentials {
+        builder = builder.user(user.clone(), password.clone());
+    }
+    builder
+        .build()
+        .await
+        .map_err(|e| Error::Unavailable { backend: BACKEND, message: format!("connecting to {cfg}: {e}") })
 }
 
 impl Db {

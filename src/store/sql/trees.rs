@@ -1,5 +1,6 @@
-//! Placement on SQL: provider trees, inventories, claims (`_set_allocations`), releases
-//! and the change feed, all in the API database.
+//! Placement on SQL: provider trees, inventories, claims (`_set_allocations`) and
+//! releases, all in the API database (each tree write also appends to the change feed of
+//! `feed.rs` inside its transaction).
 //!
 //! A claim is Placement's `_set_allocations`, in one transaction: read the tree's providers
 //! (generation first), inventories and usage, decide with [`ClaimRequest::evaluate`], insert
@@ -12,16 +13,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use async_trait::async_trait;
+
 use crate::error::{Conflict, Error, Kind, Result};
 use crate::model::*;
 use crate::sql_args;
-use crate::store::sql::db::{Arg, Dialect, Sql, Tx, is_retryable_tx_error, is_unique_violation, map_err};
+use crate::store::prelude::*;
+use crate::store::sql::conn::{Arg, Dialect, Sql, Tx, is_retryable_tx_error, is_unique_violation, map_err};
 use crate::store::sql::{SqlStore, backoff};
-
-/// Shards of the change feed (rows of `change_shards`).
-pub(crate) const CHANGE_SHARDS: usize = 16;
-/// Change-log rows kept per shard before old ones are pruned (older cursors resync).
-const CHANGE_KEEP: i64 = 8192;
 
 /// Why one transaction attempt stopped.
 pub(crate) enum Fail {
@@ -85,15 +84,12 @@ fn gen_u64(g: i64) -> u64 {
     u64::try_from(g).unwrap_or(0)
 }
 
-fn shard_of(root: ProviderId) -> i64 {
-    (root.0.as_bytes()[15] as usize % CHANGE_SHARDS) as i64
-}
-
 impl SqlStore {
-    fn sql(&self, s: String) -> Sql {
+    /// A statement built at run time, in the store's dialect.
+    pub(super) fn sql(&self, s: String) -> Sql {
         match self.dialect {
             Dialect::MySql => Sql::Dynamic(s.into()),
-            Dialect::Postgres => Sql::Dynamic(crate::store::sql::db::to_pg(&s).into()),
+            Dialect::Postgres => Sql::Dynamic(crate::store::sql::conn::to_pg(&s).into()),
         }
     }
 
@@ -290,64 +286,6 @@ impl SqlStore {
         Ok((row.i64(0)?, row.i64(1)?, ProviderId(row.uuid(2)?)))
     }
 
-    /// Appends a change-feed entry for `root` inside `tx` (the shard row stays locked until
-    /// commit, so a shard's entries commit in sequence order).
-    async fn log_change(&self, tx: &mut Tx, root: ProviderId) -> Result<(), Fail> {
-        let shard = shard_of(root);
-        match self.dialect {
-            Dialect::MySql => {
-                tx.execute("UPDATE change_shards SET seq = LAST_INSERT_ID(seq + 1) WHERE shard = ?", sql_args![shard])
-                    .await?;
-                tx.execute(
-                    "INSERT INTO tree_changes (shard, seq, root_uuid) VALUES (?, LAST_INSERT_ID(), ?)",
-                    sql_args![shard, root.to_string()],
-                )
-                .await?;
-            }
-            Dialect::Postgres => {
-                tx.execute(
-                    "WITH s AS (UPDATE change_shards SET seq = seq + 1 WHERE shard = ? RETURNING seq) \
-                     INSERT INTO tree_changes (shard, seq, root_uuid) SELECT ?, seq, ? FROM s",
-                    sql_args![shard, shard, root.to_string()],
-                )
-                .await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Now and then, drops old change-log rows of a shard (outside any claim transaction).
-    async fn maybe_prune(&self, root: ProviderId) {
-        if uuid::Uuid::new_v4().as_bytes()[0] != 0 {
-            return; // about one write in 256
-        }
-        let shard = shard_of(root);
-        // pruned_upto first, then the delete: a reader that checks pruned_upto after
-        // reading rows never misses a deleted row without noticing.
-        let r = async {
-            self.api
-                .execute(
-                    self.dialect.pick(
-                        "UPDATE change_shards SET pruned_upto = GREATEST(pruned_upto, seq - ?) WHERE shard = ?",
-                        "UPDATE change_shards SET pruned_upto = GREATEST(pruned_upto, seq - ?) WHERE shard = ?",
-                    ),
-                    sql_args![CHANGE_KEEP, shard],
-                )
-                .await?;
-            self.api
-                .execute(
-                    "DELETE FROM tree_changes WHERE shard = ? AND seq <= \
-                     (SELECT pruned_upto FROM change_shards WHERE shard = ?)",
-                    sql_args![shard, shard],
-                )
-                .await
-        }
-        .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "pruning the change feed failed");
-        }
-    }
-
     async fn insert_provider_details(&self, tx: &mut Tx, id: i64, p: &NewProvider) -> Result<(), Fail> {
         for (class, inv) in &p.inventories {
             tx.execute(
@@ -381,181 +319,6 @@ impl SqlStore {
             .await?;
         }
         Ok(())
-    }
-
-    pub(crate) async fn create_provider_impl(&self, p: &NewProvider) -> Result<u64> {
-        p.validate()?;
-        let exists = |sql: &'static str, v: String| async move {
-            Ok::<bool, Error>(self.api.fetch_optional(sql, sql_args![v]).await?.is_some())
-        };
-        let check_dups = || async {
-            if exists("SELECT 1 FROM resource_providers WHERE uuid = ?", p.id.to_string()).await? {
-                return Err(Error::already_exists(Kind::Provider, p.id));
-            }
-            if exists("SELECT 1 FROM resource_providers WHERE name = ?", p.name.clone()).await? {
-                return Err(Error::Conflict(Conflict::DuplicateName { name: p.name.clone() }));
-            }
-            Ok(())
-        };
-        check_dups().await?;
-        let parent = match p.parent {
-            None => None,
-            Some(parent) => Some(self.locate(parent).await?),
-        };
-        let result: Result<u64, Fail> = async {
-            let mut tx = self.api.begin().await?;
-            let (root_uuid, generation) = match parent {
-                None => {
-                    tx.execute(
-                        "INSERT INTO resource_providers (uuid, name, generation, tree_generation, \
-                         root_provider_id, parent_provider_id, cell_uuid) VALUES (?, ?, 0, 1, NULL, NULL, ?)",
-                        sql_args![p.id.to_string(), &p.name, p.cell.map(|c| c.to_string())],
-                    )
-                    .await?;
-                    tx.execute(
-                        "UPDATE resource_providers SET root_provider_id = id WHERE uuid = ?",
-                        sql_args![p.id.to_string()],
-                    )
-                    .await?;
-                    (p.id, 1u64)
-                }
-                Some((parent_id, root_id, root_uuid)) => {
-                    // Children inherit their root's cell; the root row is locked (and its
-                    // tree generation bumped) so the tree changes atomically.
-                    let row = tx
-                        .fetch_optional(
-                            self.dialect.pick(
-                                "SELECT tree_generation, cell_uuid FROM resource_providers WHERE id = ? FOR UPDATE",
-                                "SELECT tree_generation, cell_uuid FROM resource_providers WHERE id = ? FOR UPDATE",
-                            ),
-                            sql_args![root_id],
-                        )
-                        .await?
-                        .ok_or_else(|| Error::not_found(Kind::Provider, p.parent.unwrap_or(p.id)))?;
-                    let g = row.i64(0)?;
-                    let cell = row.opt_str(1)?;
-                    tx.execute(
-                        "INSERT INTO resource_providers (uuid, name, generation, tree_generation, \
-                         root_provider_id, parent_provider_id, cell_uuid) VALUES (?, ?, 0, 0, ?, ?, ?)",
-                        sql_args![p.id.to_string(), &p.name, root_id, parent_id, cell],
-                    )
-                    .await?;
-                    tx.execute(
-                        "UPDATE resource_providers SET tree_generation = tree_generation + 1, \
-                         generation = generation + 1 WHERE id = ?",
-                        sql_args![root_id],
-                    )
-                    .await?;
-                    (root_uuid, gen_u64(g + 1))
-                }
-            };
-            let id = tx
-                .fetch_optional("SELECT id FROM resource_providers WHERE uuid = ?", sql_args![p.id.to_string()])
-                .await?
-                .ok_or_else(|| Error::backend("sql", "inserted provider vanished"))?
-                .i64(0)?;
-            self.insert_provider_details(&mut tx, id, p).await?;
-            self.log_change(&mut tx, root_uuid).await?;
-            tx.commit().await?;
-            Ok(generation)
-        }
-        .await;
-        match result {
-            Ok(g) => Ok(g),
-            Err(Fail::Err(Error::Backend { source, .. }))
-                if source.downcast_ref::<sqlx::Error>().is_some_and(is_unique_violation) =>
-            {
-                check_dups().await?;
-                Err(Error::Conflict(Conflict::DuplicateName { name: p.name.clone() }))
-            }
-            Err(Fail::Err(e)) => Err(e),
-            Err(Fail::Retry) => {
-                Err(Error::Timeout { backend: "sql", message: format!("creating provider {} deadlocked; retry", p.id) })
-            }
-        }
-    }
-
-    pub(crate) async fn delete_provider_impl(&self, provider: ProviderId) -> Result<()> {
-        let (id, root_id, root_uuid) = self.locate(provider).await?;
-        let r: Result<(), Fail> = async {
-            let mut tx = self.api.begin().await?;
-            // Lock the root row: deletes and claims on the tree serialize on it.
-            tx.fetch_optional("SELECT id FROM resource_providers WHERE id = ? FOR UPDATE", sql_args![root_id]).await?;
-            let in_use = tx
-                .fetch_optional(
-                    "SELECT 1 FROM resource_providers WHERE parent_provider_id = ? \
-                     UNION ALL SELECT 1 FROM allocations WHERE resource_provider_id = ? \
-                     UNION ALL SELECT 1 FROM tree_consumers WHERE root_provider_id = ? AND ? = ?",
-                    sql_args![id, id, id, id, root_id],
-                )
-                .await?;
-            if in_use.is_some() {
-                return Err(Error::Conflict(Conflict::ProviderInUse { provider }).into());
-            }
-            for sql in [
-                "DELETE FROM inventories WHERE resource_provider_id = ?",
-                "DELETE FROM resource_provider_traits WHERE resource_provider_id = ?",
-                "DELETE FROM resource_provider_aggregates WHERE resource_provider_id = ?",
-            ] {
-                tx.execute(sql, sql_args![id]).await?;
-            }
-            if id != root_id {
-                tx.execute(
-                    "UPDATE resource_providers SET tree_generation = tree_generation + 1 WHERE id = ?",
-                    sql_args![root_id],
-                )
-                .await?;
-            }
-            tx.execute("DELETE FROM resource_providers WHERE id = ?", sql_args![id]).await?;
-            self.log_change(&mut tx, root_uuid).await?;
-            tx.commit().await?;
-            Ok(())
-        }
-        .await;
-        match r {
-            Ok(()) => Ok(()),
-            Err(Fail::Err(e)) => Err(e),
-            Err(Fail::Retry) => Err(Error::Timeout {
-                backend: "sql",
-                message: format!("deleting provider {provider} deadlocked; retry"),
-            }),
-        }
-    }
-
-    pub(crate) async fn provider_tree_impl(&self, provider: ProviderId) -> Result<ProviderTree> {
-        let (_, root_id, _) = self.locate(provider).await?;
-        let r: Result<Loaded, Fail> = async {
-            let mut tx = self.api.begin_snapshot().await?;
-            let l = self.load_trees(&mut tx, Sel::Root(root_id)).await?;
-            tx.commit().await?;
-            Ok(l)
-        }
-        .await;
-        match r {
-            Ok(l) => l.trees.into_iter().next().ok_or_else(|| Error::not_found(Kind::Provider, provider)),
-            Err(Fail::Err(e)) => Err(e),
-            Err(Fail::Retry) => Err(Error::Timeout { backend: "sql", message: "tree read kept conflicting".into() }),
-        }
-    }
-
-    pub(crate) async fn list_provider_trees_impl(&self, cell: Option<CellId>) -> Result<Vec<ProviderTree>> {
-        let cell_s = cell.map(|c| c.to_string());
-        let sel = match &cell_s {
-            Some(c) => Sel::Cell(c),
-            None => Sel::All,
-        };
-        let r: Result<Loaded, Fail> = async {
-            let mut tx = self.api.begin_snapshot().await?;
-            let l = self.load_trees(&mut tx, sel).await?;
-            tx.commit().await?;
-            Ok(l)
-        }
-        .await;
-        match r {
-            Ok(l) => Ok(l.trees),
-            Err(Fail::Err(e)) => Err(e),
-            Err(Fail::Retry) => Err(Error::Timeout { backend: "sql", message: "tree read kept conflicting".into() }),
-        }
     }
 
     /// Bumps the tree generation iff it is still `expected` (Placement's generation check on
@@ -628,220 +391,10 @@ impl SqlStore {
             }
             Err(Fail::Err(e)) => Err(e),
             Err(Fail::Retry) => {
-                let actual = self.provider_tree_impl(provider).await?.generation;
+                let actual = self.provider_tree(provider).await?.generation;
                 Err(Error::Conflict(Conflict::Generation { root, expected: generation, actual }))
             }
         }
-    }
-
-    pub(crate) async fn set_inventories_impl(
-        &self,
-        provider: ProviderId,
-        generation: u64,
-        inventories: &BTreeMap<ResourceClass, Inventory>,
-    ) -> Result<InventoryWrite> {
-        for (class, inv) in inventories {
-            inv.validate(&format!("{class} on {provider}"))?;
-        }
-        let sum = self.dialect.pick("SIGNED", "BIGINT");
-        let (over, g) = self
-            .generation_write(provider, generation, async |tx: &mut Tx, id: i64| {
-                let usage = tx
-                    .fetch_all(
-                        self.sql(format!(
-                            "SELECT resource_class, CAST(SUM(used) AS {sum}) FROM allocations \
-                             WHERE resource_provider_id = ? GROUP BY resource_class ORDER BY resource_class"
-                        )),
-                        sql_args![id],
-                    )
-                    .await?;
-                let mut used = BTreeMap::new();
-                for r in &usage {
-                    let u = r.i64(1)?;
-                    if u > 0 {
-                        used.insert(ResourceClass::parse(&r.str(0)?)?, u);
-                    }
-                }
-                if let Some(class) = used.keys().find(|c| !inventories.contains_key(*c)) {
-                    return Err(Error::Conflict(Conflict::InventoryInUse { provider, class: class.clone() }).into());
-                }
-                tx.execute("DELETE FROM inventories WHERE resource_provider_id = ?", sql_args![id]).await?;
-                for (class, inv) in inventories {
-                    tx.execute(
-                        "INSERT INTO inventories (resource_provider_id, resource_class, total, reserved, \
-                         min_unit, max_unit, step_size, allocation_ratio) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        sql_args![
-                            id,
-                            class.as_str(),
-                            inv.total,
-                            inv.reserved,
-                            inv.min_unit,
-                            inv.max_unit,
-                            inv.step_size,
-                            inv.allocation_ratio
-                        ],
-                    )
-                    .await?;
-                }
-                Ok(inventories
-                    .iter()
-                    .filter(|(c, inv)| used.get(*c).copied().unwrap_or(0) > inv.capacity())
-                    .map(|(c, _)| c.clone())
-                    .collect::<Vec<_>>())
-            })
-            .await?;
-        Ok(InventoryWrite { generation: g, over_capacity: over })
-    }
-
-    pub(crate) async fn set_traits_impl(
-        &self,
-        provider: ProviderId,
-        generation: u64,
-        traits: &BTreeSet<Trait>,
-    ) -> Result<u64> {
-        let ((), g) = self
-            .generation_write(provider, generation, async |tx: &mut Tx, id: i64| {
-                tx.execute("DELETE FROM resource_provider_traits WHERE resource_provider_id = ?", sql_args![id])
-                    .await?;
-                for t in traits {
-                    tx.execute(
-                        "INSERT INTO resource_provider_traits (resource_provider_id, trait) VALUES (?, ?)",
-                        sql_args![id, t.as_str()],
-                    )
-                    .await?;
-                }
-                Ok(())
-            })
-            .await?;
-        Ok(g)
-    }
-
-    pub(crate) async fn set_aggregates_impl(
-        &self,
-        provider: ProviderId,
-        generation: u64,
-        aggregates: &BTreeSet<AggregateId>,
-    ) -> Result<u64> {
-        let ((), g) = self
-            .generation_write(provider, generation, async |tx: &mut Tx, id: i64| {
-                tx.execute("DELETE FROM resource_provider_aggregates WHERE resource_provider_id = ?", sql_args![id])
-                    .await?;
-                for a in aggregates {
-                    tx.execute(
-                        "INSERT INTO resource_provider_aggregates (resource_provider_id, aggregate_uuid) VALUES (?, ?)",
-                        sql_args![id, a.to_string()],
-                    )
-                    .await?;
-                }
-                Ok(())
-            })
-            .await?;
-        Ok(g)
-    }
-
-    pub(crate) async fn change_cursor_impl(&self) -> Result<ChangeCursor> {
-        let rows = self.api.fetch_all("SELECT shard, seq FROM change_shards ORDER BY shard", vec![]).await?;
-        let mut seqs = [0i64; CHANGE_SHARDS];
-        for r in &rows {
-            if let Some(s) = usize::try_from(r.i64(0)?).ok().filter(|s| *s < CHANGE_SHARDS) {
-                seqs[s] = r.i64(1)?;
-            }
-        }
-        Ok(ChangeCursor(format!("sql:{}", seqs.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","))))
-    }
-
-    pub(crate) async fn changes_since_impl(&self, cursor: &ChangeCursor) -> Result<Changes> {
-        let bad = || Error::invalid("change cursor", format!("{:?} was not issued by a sql store", cursor.0));
-        let since: Vec<i64> = cursor
-            .0
-            .strip_prefix("sql:")
-            .ok_or_else(bad)?
-            .split(',')
-            .map(|s| s.parse::<i64>().map_err(|_| bad()))
-            .collect::<Result<_>>()?;
-        if since.len() != CHANGE_SHARDS {
-            return Err(bad());
-        }
-        // 1. the next cursor (everything at or below it has committed), 2. the rows,
-        // 3. pruned_upto (after the rows: see maybe_prune).
-        let next = self.change_cursor_impl().await?;
-        let mut cond = Vec::new();
-        let mut args = Vec::new();
-        for (shard, s) in since.iter().enumerate() {
-            cond.push("(shard = ? AND seq > ?)");
-            args.push(Arg::I64(shard as i64));
-            args.push(Arg::I64(*s));
-        }
-        let rows = self
-            .api
-            .fetch_all(
-                self.sql(format!("SELECT DISTINCT root_uuid FROM tree_changes WHERE {}", cond.join(" OR "))),
-                args,
-            )
-            .await?;
-        let pruned = self.api.fetch_all("SELECT shard, pruned_upto FROM change_shards", vec![]).await?;
-        for r in &pruned {
-            let shard = usize::try_from(r.i64(0)?).unwrap_or(usize::MAX);
-            if let Some(s) = since.get(shard)
-                && *s < r.i64(1)?
-            {
-                return Ok(Changes::Resync);
-            }
-        }
-        let mut roots = BTreeSet::new();
-        for r in &rows {
-            roots.insert(ProviderId(r.uuid(0)?));
-        }
-        Ok(Changes::Trees { roots: roots.into_iter().collect(), next })
-    }
-
-    /// Placement's `_set_allocations` for one consumer on one tree (module docs).
-    pub(crate) async fn claim_impl(&self, request: &ClaimRequest) -> Result<Claim> {
-        request.validate()?;
-        // Resolve every provider first (unknown provider: NotFound, before anything else).
-        let uuids: Vec<ProviderId> = request.allocations.keys().copied().collect();
-        let placeholders = vec!["?"; uuids.len()].join(", ");
-        let rows = self
-            .api
-            .fetch_all(
-                self.sql(format!(
-                    "SELECT uuid, root_provider_id FROM resource_providers WHERE uuid IN ({placeholders})"
-                )),
-                uuids.iter().map(|u| Arg::Str(u.to_string())).collect(),
-            )
-            .await?;
-        let mut roots = HashMap::new();
-        for r in &rows {
-            roots.insert(ProviderId(r.uuid(0)?), r.i64(1)?);
-        }
-        for u in &uuids {
-            if !roots.contains_key(u) {
-                return Err(Error::not_found(Kind::Provider, u));
-            }
-        }
-        let first = uuids.first().ok_or_else(|| Error::invalid("allocations", "empty"))?;
-        let root_id = roots[first];
-        let allocations = normalized(&request.allocations);
-        let mut tried = 0u64;
-        for attempt in 0..=self.opts.claim_retries {
-            if attempt > 0 {
-                backoff(attempt).await;
-            }
-            match self.claim_attempt(request, &allocations, root_id, &mut tried).await {
-                Ok(claim) => {
-                    if !claim.replayed {
-                        self.maybe_prune(claim.root).await;
-                    }
-                    return Ok(claim);
-                }
-                Err(Fail::Err(e)) => return Err(e),
-                Err(Fail::Retry) => {
-                    tracing::debug!(attempt, consumer = %request.consumer, "claim generation conflict, retrying");
-                }
-            }
-        }
-        let tree = self.provider_tree_impl(*first).await?;
-        Err(Error::Conflict(Conflict::Generation { root: tree.root, expected: tried, actual: tree.generation }))
     }
 
     async fn claim_attempt(
@@ -970,48 +523,6 @@ impl SqlStore {
         Ok(Claim { root: tree.root, generation: tree.generation + 1, replayed: false })
     }
 
-    pub(crate) async fn release_impl(&self, consumer: ConsumerId) -> Result<Released> {
-        let c = consumer.to_string();
-        let trees = self
-            .api
-            .fetch_all(
-                "SELECT tc.root_provider_id, rp.uuid FROM tree_consumers tc \
-                 JOIN resource_providers rp ON rp.id = tc.root_provider_id WHERE tc.consumer_id = ? \
-                 ORDER BY rp.uuid",
-                sql_args![&c],
-            )
-            .await?;
-        let mut released = Vec::new();
-        for t in &trees {
-            let root_id = t.i64(0)?;
-            let root = ProviderId(t.uuid(1)?);
-            let mut done = false;
-            for attempt in 0..=self.opts.claim_retries {
-                if attempt > 0 {
-                    backoff(attempt).await;
-                }
-                match self.release_attempt(&c, root_id, root).await {
-                    Ok(d) => {
-                        done = d;
-                        break;
-                    }
-                    Err(Fail::Err(e)) => return Err(e),
-                    Err(Fail::Retry) if attempt == self.opts.claim_retries => {
-                        return Err(Error::Timeout {
-                            backend: "sql",
-                            message: format!("release of {consumer} on tree {root} kept deadlocking"),
-                        });
-                    }
-                    Err(Fail::Retry) => {}
-                }
-            }
-            if done {
-                released.push(root);
-            }
-        }
-        Ok(Released { roots: released })
-    }
-
     async fn release_attempt(&self, c: &str, root_id: i64, root: ProviderId) -> Result<bool, Fail> {
         let mut tx = self.api.begin().await?;
         let n = tx
@@ -1125,14 +636,386 @@ impl SqlStore {
         v.sort_by_key(|t| (t.consumer, t.root));
         Ok(v)
     }
+}
 
-    pub(crate) async fn allocations_impl(&self, consumer: ConsumerId) -> Result<Vec<TreeAllocation>> {
+#[async_trait]
+impl Providers for SqlStore {
+    async fn create_provider(&self, p: &NewProvider) -> Result<u64> {
+        p.validate()?;
+        let exists = |sql: &'static str, v: String| async move {
+            Ok::<bool, Error>(self.api.fetch_optional(sql, sql_args![v]).await?.is_some())
+        };
+        let check_dups = || async {
+            if exists("SELECT 1 FROM resource_providers WHERE uuid = ?", p.id.to_string()).await? {
+                return Err(Error::already_exists(Kind::Provider, p.id));
+            }
+            if exists("SELECT 1 FROM resource_providers WHERE name = ?", p.name.clone()).await? {
+                return Err(Error::Conflict(Conflict::DuplicateName { name: p.name.clone() }));
+            }
+            Ok(())
+        };
+        check_dups().await?;
+        let parent = match p.parent {
+            None => None,
+            Some(parent) => Some(self.locate(parent).await?),
+        };
+        let result: Result<u64, Fail> = async {
+            let mut tx = self.api.begin().await?;
+            let (root_uuid, generation) = match parent {
+                None => {
+                    tx.execute(
+                        "INSERT INTO resource_providers (uuid, name, generation, tree_generation, \
+                         root_provider_id, parent_provider_id, cell_uuid) VALUES (?, ?, 0, 1, NULL, NULL, ?)",
+                        sql_args![p.id.to_string(), &p.name, p.cell.map(|c| c.to_string())],
+                    )
+                    .await?;
+                    tx.execute(
+                        "UPDATE resource_providers SET root_provider_id = id WHERE uuid = ?",
+                        sql_args![p.id.to_string()],
+                    )
+                    .await?;
+                    (p.id, 1u64)
+                }
+                Some((parent_id, root_id, root_uuid)) => {
+                    // Children inherit their root's cell; the root row is locked (and its
+                    // tree generation bumped) so the tree changes atomically.
+                    let row = tx
+                        .fetch_optional(
+                            self.dialect.pick(
+                                "SELECT tree_generation, cell_uuid FROM resource_providers WHERE id = ? FOR UPDATE",
+                                "SELECT tree_generation, cell_uuid FROM resource_providers WHERE id = ? FOR UPDATE",
+                            ),
+                            sql_args![root_id],
+                        )
+                        .await?
+                        .ok_or_else(|| Error::not_found(Kind::Provider, p.parent.unwrap_or(p.id)))?;
+                    let g = row.i64(0)?;
+                    let cell = row.opt_str(1)?;
+                    tx.execute(
+                        "INSERT INTO resource_providers (uuid, name, generation, tree_generation, \
+                         root_provider_id, parent_provider_id, cell_uuid) VALUES (?, ?, 0, 0, ?, ?, ?)",
+                        sql_args![p.id.to_string(), &p.name, root_id, parent_id, cell],
+                    )
+                    .await?;
+                    tx.execute(
+                        "UPDATE resource_providers SET tree_generation = tree_generation + 1, \
+                         generation = generation + 1 WHERE id = ?",
+                        sql_args![root_id],
+                    )
+                    .await?;
+                    (root_uuid, gen_u64(g + 1))
+                }
+            };
+            let id = tx
+                .fetch_optional("SELECT id FROM resource_providers WHERE uuid = ?", sql_args![p.id.to_string()])
+                .await?
+                .ok_or_else(|| Error::backend("sql", "inserted provider vanished"))?
+                .i64(0)?;
+            self.insert_provider_details(&mut tx, id, p).await?;
+            self.log_change(&mut tx, root_uuid).await?;
+            tx.commit().await?;
+            Ok(generation)
+        }
+        .await;
+        match result {
+            Ok(g) => Ok(g),
+            Err(Fail::Err(Error::Backend { source, .. }))
+                if source.downcast_ref::<sqlx::Error>().is_some_and(is_unique_violation) =>
+            {
+                check_dups().await?;
+                Err(Error::Conflict(Conflict::DuplicateName { name: p.name.clone() }))
+            }
+            Err(Fail::Err(e)) => Err(e),
+            Err(Fail::Retry) => {
+                Err(Error::Timeout { backend: "sql", message: format!("creating provider {} deadlocked; retry", p.id) })
+            }
+        }
+    }
+
+    async fn delete_provider(&self, provider: ProviderId) -> Result<()> {
+        let (id, root_id, root_uuid) = self.locate(provider).await?;
+        let r: Result<(), Fail> = async {
+            let mut tx = self.api.begin().await?;
+            // Lock the root row: deletes and claims on the tree serialize on it.
+            tx.fetch_optional("SELECT id FROM resource_providers WHERE id = ? FOR UPDATE", sql_args![root_id]).await?;
+            let in_use = tx
+                .fetch_optional(
+                    "SELECT 1 FROM resource_providers WHERE parent_provider_id = ? \
+                     UNION ALL SELECT 1 FROM allocations WHERE resource_provider_id = ? \
+                     UNION ALL SELECT 1 FROM tree_consumers WHERE root_provider_id = ? AND ? = ?",
+                    sql_args![id, id, id, id, root_id],
+                )
+                .await?;
+            if in_use.is_some() {
+                return Err(Error::Conflict(Conflict::ProviderInUse { provider }).into());
+            }
+            for sql in [
+                "DELETE FROM inventories WHERE resource_provider_id = ?",
+                "DELETE FROM resource_provider_traits WHERE resource_provider_id = ?",
+                "DELETE FROM resource_provider_aggregates WHERE resource_provider_id = ?",
+            ] {
+                tx.execute(sql, sql_args![id]).await?;
+            }
+            if id != root_id {
+                tx.execute(
+                    "UPDATE resource_providers SET tree_generation = tree_generation + 1 WHERE id = ?",
+                    sql_args![root_id],
+                )
+                .await?;
+            }
+            tx.execute("DELETE FROM resource_providers WHERE id = ?", sql_args![id]).await?;
+            self.log_change(&mut tx, root_uuid).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        match r {
+            Ok(()) => Ok(()),
+            Err(Fail::Err(e)) => Err(e),
+            Err(Fail::Retry) => Err(Error::Timeout {
+                backend: "sql",
+                message: format!("deleting provider {provider} deadlocked; retry"),
+            }),
+        }
+    }
+
+    async fn provider_tree(&self, provider: ProviderId) -> Result<ProviderTree> {
+        let (_, root_id, _) = self.locate(provider).await?;
+        let r: Result<Loaded, Fail> = async {
+            let mut tx = self.api.begin_snapshot().await?;
+            let l = self.load_trees(&mut tx, Sel::Root(root_id)).await?;
+            tx.commit().await?;
+            Ok(l)
+        }
+        .await;
+        match r {
+            Ok(l) => l.trees.into_iter().next().ok_or_else(|| Error::not_found(Kind::Provider, provider)),
+            Err(Fail::Err(e)) => Err(e),
+            Err(Fail::Retry) => Err(Error::Timeout { backend: "sql", message: "tree read kept conflicting".into() }),
+        }
+    }
+
+    async fn list_provider_trees(&self, cell: Option<CellId>) -> Result<Vec<ProviderTree>> {
+        let cell_s = cell.map(|c| c.to_string());
+        let sel = match &cell_s {
+            Some(c) => Sel::Cell(c),
+            None => Sel::All,
+        };
+        let r: Result<Loaded, Fail> = async {
+            let mut tx = self.api.begin_snapshot().await?;
+            let l = self.load_trees(&mut tx, sel).await?;
+            tx.commit().await?;
+            Ok(l)
+        }
+        .await;
+        match r {
+            Ok(l) => Ok(l.trees),
+            Err(Fail::Err(e)) => Err(e),
+            Err(Fail::Retry) => Err(Error::Timeout { backend: "sql", message: "tree read kept conflicting".into() }),
+        }
+    }
+
+    async fn set_inventories(
+        &self,
+        provider: ProviderId,
+        generation: u64,
+        inventories: &BTreeMap<ResourceClass, Inventory>,
+    ) -> Result<InventoryWrite> {
+        for (class, inv) in inventories {
+            inv.validate(&format!("{class} on {provider}"))?;
+        }
+        let sum = self.dialect.pick("SIGNED", "BIGINT");
+        let (over, g) = self
+            .generation_write(provider, generation, async |tx: &mut Tx, id: i64| {
+                let usage = tx
+                    .fetch_all(
+                        self.sql(format!(
+                            "SELECT resource_class, CAST(SUM(used) AS {sum}) FROM allocations \
+                             WHERE resource_provider_id = ? GROUP BY resource_class ORDER BY resource_class"
+                        )),
+                        sql_args![id],
+                    )
+                    .await?;
+                let mut used = BTreeMap::new();
+                for r in &usage {
+                    let u = r.i64(1)?;
+                    if u > 0 {
+                        used.insert(ResourceClass::parse(&r.str(0)?)?, u);
+                    }
+                }
+                if let Some(class) = used.keys().find(|c| !inventories.contains_key(*c)) {
+                    return Err(Error::Conflict(Conflict::InventoryInUse { provider, class: class.clone() }).into());
+                }
+                tx.execute("DELETE FROM inventories WHERE resource_provider_id = ?", sql_args![id]).await?;
+                for (class, inv) in inventories {
+                    tx.execute(
+                        "INSERT INTO inventories (resource_provider_id, resource_class, total, reserved, \
+                         min_unit, max_unit, step_size, allocation_ratio) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        sql_args![
+                            id,
+                            class.as_str(),
+                            inv.total,
+                            inv.reserved,
+                            inv.min_unit,
+                            inv.max_unit,
+                            inv.step_size,
+                            inv.allocation_ratio
+                        ],
+                    )
+                    .await?;
+                }
+                Ok(inventories
+                    .iter()
+                    .filter(|(c, inv)| used.get(*c).copied().unwrap_or(0) > inv.capacity())
+                    .map(|(c, _)| c.clone())
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        Ok(InventoryWrite { generation: g, over_capacity: over })
+    }
+
+    async fn set_traits(&self, provider: ProviderId, generation: u64, traits: &BTreeSet<Trait>) -> Result<u64> {
+        let ((), g) = self
+            .generation_write(provider, generation, async |tx: &mut Tx, id: i64| {
+                tx.execute("DELETE FROM resource_provider_traits WHERE resource_provider_id = ?", sql_args![id])
+                    .await?;
+                for t in traits {
+                    tx.execute(
+                        "INSERT INTO resource_provider_traits (resource_provider_id, trait) VALUES (?, ?)",
+                        sql_args![id, t.as_str()],
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(g)
+    }
+
+    async fn set_aggregates(
+        &self,
+        provider: ProviderId,
+        generation: u64,
+        aggregates: &BTreeSet<AggregateId>,
+    ) -> Result<u64> {
+        let ((), g) = self
+            .generation_write(provider, generation, async |tx: &mut Tx, id: i64| {
+                tx.execute("DELETE FROM resource_provider_aggregates WHERE resource_provider_id = ?", sql_args![id])
+                    .await?;
+                for a in aggregates {
+                    tx.execute(
+                        "INSERT INTO resource_provider_aggregates (resource_provider_id, aggregate_uuid) VALUES (?, ?)",
+                        sql_args![id, a.to_string()],
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(g)
+    }
+}
+
+#[async_trait]
+impl Claims for SqlStore {
+    /// Placement's `_set_allocations` for one consumer on one tree (module docs).
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim> {
+        request.validate()?;
+        // Resolve every provider first (unknown provider: NotFound, before anything else).
+        let uuids: Vec<ProviderId> = request.allocations.keys().copied().collect();
+        let placeholders = vec!["?"; uuids.len()].join(", ");
+        let rows = self
+            .api
+            .fetch_all(
+                self.sql(format!(
+                    "SELECT uuid, root_provider_id FROM resource_providers WHERE uuid IN ({placeholders})"
+                )),
+                uuids.iter().map(|u| Arg::Str(u.to_string())).collect(),
+            )
+            .await?;
+        let mut roots = HashMap::new();
+        for r in &rows {
+            roots.insert(ProviderId(r.uuid(0)?), r.i64(1)?);
+        }
+        for u in &uuids {
+            if !roots.contains_key(u) {
+                return Err(Error::not_found(Kind::Provider, u));
+            }
+        }
+        let first = uuids.first().ok_or_else(|| Error::invalid("allocations", "empty"))?;
+        let root_id = roots[first];
+        let allocations = normalized(&request.allocations);
+        let mut tried = 0u64;
+        for attempt in 0..=self.opts.claim_retries {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            match self.claim_attempt(request, &allocations, root_id, &mut tried).await {
+                Ok(claim) => {
+                    if !claim.replayed {
+                        self.maybe_prune(claim.root).await;
+                    }
+                    return Ok(claim);
+                }
+                Err(Fail::Err(e)) => return Err(e),
+                Err(Fail::Retry) => {
+                    tracing::debug!(attempt, consumer = %request.consumer, "claim generation conflict, retrying");
+                }
+            }
+        }
+        let tree = self.provider_tree(*first).await?;
+        Err(Error::Conflict(Conflict::Generation { root: tree.root, expected: tried, actual: tree.generation }))
+    }
+
+    async fn release(&self, consumer: ConsumerId) -> Result<Released> {
+        let c = consumer.to_string();
+        let trees = self
+            .api
+            .fetch_all(
+                "SELECT tc.root_provider_id, rp.uuid FROM tree_consumers tc \
+                 JOIN resource_providers rp ON rp.id = tc.root_provider_id WHERE tc.consumer_id = ? \
+                 ORDER BY rp.uuid",
+                sql_args![&c],
+            )
+            .await?;
+        let mut released = Vec::new();
+        for t in &trees {
+            let root_id = t.i64(0)?;
+            let root = ProviderId(t.uuid(1)?);
+            let mut done = false;
+            for attempt in 0..=self.opts.claim_retries {
+                if attempt > 0 {
+                    backoff(attempt).await;
+                }
+                match self.release_attempt(&c, root_id, root).await {
+                    Ok(d) => {
+                        done = d;
+                        break;
+                    }
+                    Err(Fail::Err(e)) => return Err(e),
+                    Err(Fail::Retry) if attempt == self.opts.claim_retries => {
+                        return Err(Error::Timeout {
+                            backend: "sql",
+                            message: format!("release of {consumer} on tree {root} kept deadlocking"),
+                        });
+                    }
+                    Err(Fail::Retry) => {}
+                }
+            }
+            if done {
+                released.push(root);
+            }
+        }
+        Ok(Released { roots: released })
+    }
+
+    async fn allocations(&self, consumer: ConsumerId) -> Result<Vec<TreeAllocation>> {
         let mut v = self.tree_allocs("consumer", Arg::Str(consumer.to_string())).await?;
         v.sort_by_key(|t| t.root);
         Ok(v)
     }
 
-    pub(crate) async fn tree_allocations_impl(&self, provider: ProviderId) -> Result<Vec<TreeAllocation>> {
+    async fn tree_allocations(&self, provider: ProviderId) -> Result<Vec<TreeAllocation>> {
         let (_, root_id, _) = self.locate(provider).await?;
         self.tree_allocs("tree", Arg::I64(root_id)).await
     }

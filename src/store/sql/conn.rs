@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use sqlx::mysql::{MySql, MySqlPool, MySqlRow};
-use sqlx::postgres::{PgPool, PgRow, Postgres};
+use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, Postgres};
 use sqlx::{AssertSqlSafe, Row as _, Transaction};
 
+use super::config::Target;
 use crate::error::{Error, Result};
 
 /// The backend name used in errors.
@@ -100,7 +101,7 @@ impl From<f64> for Arg {
 #[macro_export]
 #[doc(hidden)]
 macro_rules! sql_args {
-    ($($e:expr),* $(,)?) => { vec![$($crate::store::sql::db::Arg::from($e)),*] };
+    ($($e:expr),* $(,)?) => { vec![$($crate::store::sql::conn::Arg::from($e)),*] };
 }
 
 /// Statement text: static (written at the call site) or generated (listing queries whose
@@ -478,11 +479,196 @@ impl Row {
     }
 }
 
-/// Connection-pool sizing and timeouts.
-#[derive(Clone, Copy, Debug)]
-pub struct PoolSettings {
-    /// Most connections the pool opens.
-    pub max: u32,
-    /// How long a caller waits for a connection before `Timeout`.
-    pub acquire_timeout: Duration,
+/// One cell database.
+#[derive(Clone, Debug)]
+pub(crate) struct CellDb {
+    pub(crate) pool: Pool,
+    /// Redacted URL, for logs and errors.
+    pub(crate) label: String,
+}
+
+impl Target {
+    pub(super) fn my_options(&self, database: Option<&str>) -> MySqlConnectOptions {
+        let u = &self.url;
+        let user = percent_decode(u.username());
+        let mut o = MySqlConnectOptions::new()
+            .host(u.host_str().unwrap_or("127.0.0.1"))
+            .port(u.port().unwrap_or(3306))
+            .username(if user.is_empty() { "root" } else { &user })
+            .charset("utf8mb4")
+            .statement_cache_capacity(256);
+        if let Some(p) = u.password() {
+            o = o.password(&percent_decode(p));
+        }
+        if let Some(d) = database {
+            o = o.database(d);
+        }
+        o
+    }
+
+    pub(super) fn pg_options(&self, database: &str) -> PgConnectOptions {
+        let u = &self.url;
+        let user = percent_decode(u.username());
+        let mut o = PgConnectOptions::new()
+            .host(u.host_str().unwrap_or("127.0.0.1"))
+            .port(u.port().unwrap_or(5432))
+            .username(if user.is_empty() { "postgres" } else { &user })
+            .database(database)
+            .statement_cache_capacity(256);
+        if let Some(p) = u.password() {
+            o = o.password(&percent_decode(p));
+        }
+        o
+    }
+
+    /// Creates the database if it is missing.
+    pub(super) async fn ensure_database(&self) -> Result<()> {
+        let label = self.label();
+        let unavailable = |e: sqlx::Error| match map_err(e) {
+            Error::Backend { source, .. } => {
+                Error::Unavailable { backend: BACKEND, message: format!("{label}: {source}") }
+            }
+            other => other,
+        };
+        match self.dialect {
+            Dialect::MySql => {
+                let pool = MySqlPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(self.my_options(None))
+                    .await
+                    .map_err(unavailable)?;
+                let r = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "CREATE DATABASE IF NOT EXISTS `{}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+                    self.database
+                )))
+                .execute(&pool)
+                .await;
+                pool.close().await;
+                r.map_err(map_err)?;
+            }
+            Dialect::Postgres => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(self.pg_options("postgres"))
+                    .await
+                    .map_err(unavailable)?;
+                let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
+                    .bind(&self.database)
+                    .fetch_optional(&pool)
+                    .await
+                    .map_err(map_err)?;
+                if exists.is_none() {
+                    let r = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{}\"", self.database)))
+                        .execute(&pool)
+                        .await;
+                    // Created concurrently by someone else: 42P04 (duplicate_database) when the
+                    // other creation had committed, 23505 (unique_violation on
+                    // pg_database_datname_index) when both were in flight at once.
+                    if let Err(e) = r
+                        && !matches!(&e, sqlx::Error::Database(d)
+                            if matches!(d.code().as_deref(), Some("42P04") | Some("23505")))
+                    {
+                        pool.close().await;
+                        return Err(map_err(e));
+                    }
+                }
+                pool.close().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the database (tests and benchmarks clean up with it).
+    pub(super) async fn drop_database(&self) -> Result<()> {
+        match self.dialect {
+            Dialect::MySql => {
+                let pool = MySqlPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(self.my_options(None))
+                    .await
+                    .map_err(map_err)?;
+                let r = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{}`", self.database)))
+                    .execute(&pool)
+                    .await;
+                pool.close().await;
+                r.map_err(map_err)?;
+            }
+            Dialect::Postgres => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(self.pg_options("postgres"))
+                    .await
+                    .map_err(map_err)?;
+                let r = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    self.database
+                )))
+                .execute(&pool)
+                .await;
+                pool.close().await;
+                r.map_err(map_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn pool(&self, max: u32) -> Pool {
+        let acquire = Duration::from_secs(10);
+        match self.dialect {
+            Dialect::MySql => Pool::My(
+                MySqlPoolOptions::new()
+                    .max_connections(max)
+                    .min_connections(0)
+                    .acquire_timeout(acquire)
+                    .idle_timeout(Duration::from_secs(60))
+                    .test_before_acquire(false)
+                    .connect_lazy_with(self.my_options(Some(&self.database))),
+            ),
+            Dialect::Postgres => Pool::Pg(
+                PgPoolOptions::new()
+                    .max_connections(max)
+                    .min_connections(0)
+                    .acquire_timeout(acquire)
+                    .idle_timeout(Duration::from_secs(60))
+                    .test_before_acquire(false)
+                    .connect_lazy_with(self.pg_options(&self.database)),
+            ),
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(h) = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(h);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pg_placeholders() {
+        assert_eq!(
+            to_pg("SELECT a FROM t WHERE x = ? AND y IN (?, ?)"),
+            "SELECT a FROM t WHERE x = $1 AND y IN ($2, $3)"
+        );
+    }
 }

@@ -1,0 +1,431 @@
+//! The server representation (`nova.api.openstack.compute.views.servers.ViewBuilder`),
+//! field for field and microversion for microversion up to [`VERSIONS`](super::VERSIONS)'s
+//! maximum.
+//!
+//! What unicell does not have is shown as Nova shows it for a server without it: no
+//! networks (`addresses` is `{}`, no `security_groups` key outside the create response, as
+//! Nova without bound ports), no volumes, never locked, no trusted certificates unless
+//! given. Everything the boot request carried is kept in the instance's
+//! `system_metadata` (keys in [`sysmeta`]) and shown from there.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{Map, Value, json};
+
+use super::NovaCtx;
+use crate::model::{Flavor, FlavorId, Host, Instance, TaskState, Timestamp, VmState};
+
+/// Keys of [`Instance::system_metadata`] written by the API.
+pub mod sysmeta {
+    /// The image id (`imageRef`), absent or empty when booted from volume.
+    pub const IMAGE_REF: &str = "image_ref";
+    /// `description` (2.19).
+    pub const DESCRIPTION: &str = "description";
+    /// `key_name`.
+    pub const KEY_NAME: &str = "key_name";
+    /// The hostname (derived from the name, or given at 2.90).
+    pub const HOSTNAME: &str = "hostname";
+    /// The reservation id of the request (`r-xxxxxxxx`).
+    pub const RESERVATION_ID: &str = "reservation_id";
+    /// Index of the instance in its request.
+    pub const LAUNCH_INDEX: &str = "launch_index";
+    /// `user_data` (base64).
+    pub const USER_DATA: &str = "user_data";
+    /// `config_drive` (`True` or empty).
+    pub const CONFIG_DRIVE: &str = "config_drive";
+    /// `accessIPv4`.
+    pub const ACCESS_IP_V4: &str = "access_ip_v4";
+    /// `accessIPv6`.
+    pub const ACCESS_IP_V6: &str = "access_ip_v6";
+    /// `AUTO` or `MANUAL`.
+    pub const DISK_CONFIG: &str = "disk_config";
+    /// The availability zone asked for (`pinned_availability_zone`, 2.96).
+    pub const PINNED_AZ: &str = "pinned_availability_zone";
+    /// The scheduler hints as given, JSON (`scheduler_hints`, 2.100).
+    pub const SCHEDULER_HINTS: &str = "scheduler_hints";
+    /// The server group joined.
+    pub const GROUP: &str = "group";
+    /// `trusted_image_certificates`, JSON array.
+    pub const TRUSTED_CERTS: &str = "trusted_image_certificates";
+}
+
+/// What a view needs beyond the instance: flavors (2.47 embeds them) and, for admins at
+/// 2.16+, host records (`host_status`).
+#[derive(Debug, Default)]
+pub struct ViewData {
+    /// Flavors by id.
+    pub flavors: HashMap<FlavorId, Flavor>,
+    /// Hosts by name (only loaded when `host_status` is shown).
+    pub hosts: Option<HashMap<String, Host>>,
+    /// When hosts count as down.
+    pub service_down_time: std::time::Duration,
+}
+
+/// Nova's `status_from_state` for the states unicell has.
+pub fn status(i: &Instance) -> &'static str {
+    if i.deleted {
+        return "DELETED";
+    }
+    match i.vm_state {
+        VmState::Active => "ACTIVE",
+        VmState::Building => "BUILD",
+        VmState::Stopped => "SHUTOFF",
+        VmState::Paused => "PAUSED",
+        VmState::Suspended => "SUSPENDED",
+        VmState::Rescued => "RESCUE",
+        VmState::Resized => "VERIFY_RESIZE",
+        VmState::Shelved => "SHELVED",
+        VmState::ShelvedOffloaded => "SHELVED_OFFLOADED",
+        VmState::SoftDeleted => "SOFT_DELETED",
+        VmState::Deleted => "DELETED",
+        VmState::Error => "ERROR",
+    }
+}
+
+/// Nova's power states: 0 NOSTATE, 1 RUNNING, 3 PAUSED, 4 SHUTDOWN, 7 SUSPENDED.
+pub fn power_state(i: &Instance) -> u8 {
+    match i.vm_state {
+        VmState::Active | VmState::Rescued | VmState::Resized => 1,
+        VmState::Paused => 3,
+        VmState::Stopped | VmState::Shelved => 4,
+        VmState::Suspended => 7,
+        _ => 0,
+    }
+}
+
+/// `utils.isotime`: seconds, `Z`.
+pub fn isotime(t: Timestamp) -> String {
+    let s = t.to_string();
+    // RFC 3339 with micros from humantime: 2026-11-20T23:06:43.123456Z.
+    match s.split_once('.') {
+        Some((head, _)) => format!("{head}Z"),
+        None => s,
+    }
+}
+
+/// `str(datetime)` of a tz-naive datetime, as Nova shows `launched_at`:
+/// `2026-11-20T23:06:43.123456`.
+fn naive(t: Timestamp) -> String {
+    t.to_string().trim_end_matches('Z').to_string()
+}
+
+/// `utils.generate_hostid`: sha224 of project and host, hex; empty without a host.
+pub fn host_id(i: &Instance) -> String {
+    match &i.host {
+        Some(h) if !h.is_empty() => sha224_hex(format!("{}{}", i.project_id, h).as_bytes()),
+        _ => String::new(),
+    }
+}
+
+/// The instance's hypervisor name (`instance-xxxxxxxx`; Nova numbers instances, unicell
+/// takes the uuid's first eight hex digits).
+fn instance_name(i: &Instance) -> String {
+    format!("instance-{}", &i.uuid.0.simple().to_string()[..8])
+}
+
+fn meta<'a>(i: &'a Instance, key: &str) -> Option<&'a str> {
+    i.system_metadata.get(key).map(String::as_str)
+}
+
+fn meta_or_null(i: &Instance, key: &str) -> Value {
+    meta(i, key).map_or(Value::Null, |s| json!(s))
+}
+
+/// `GET /servers` item: id, name, links.
+pub fn basic(ctx: &NovaCtx, i: &Instance) -> Value {
+    let id = i.uuid.to_string();
+    json!({"id": id, "name": i.name, "links": ctx.links("servers", &id)})
+}
+
+/// The detailed view (`ViewBuilder.show`). `show_groups`: 2.71's `server_groups`, shown by
+/// `GET /servers/{id}` but not by the detail list.
+pub fn detail(ctx: &NovaCtx, i: &Instance, data: &ViewData, show_groups: bool) -> Value {
+    let id = i.uuid.to_string();
+    let admin = ctx.caller.is_admin;
+    let status = status(i);
+    let mut s = Map::new();
+    s.insert("accessIPv4".into(), json!(meta(i, sysmeta::ACCESS_IP_V4).unwrap_or("")));
+    s.insert("accessIPv6".into(), json!(meta(i, sysmeta::ACCESS_IP_V6).unwrap_or("")));
+    s.insert("addresses".into(), json!({}));
+    s.insert("created".into(), json!(isotime(i.created_at)));
+    s.insert("flavor".into(), flavor(ctx, i, data));
+    s.insert("hostId".into(), json!(host_id(i)));
+    s.insert("id".into(), json!(id));
+    s.insert("image".into(), image(ctx, i));
+    s.insert("links".into(), ctx.links("servers", &id));
+    s.insert("metadata".into(), json!(i.metadata));
+    s.insert("name".into(), json!(i.name));
+    s.insert("status".into(), json!(status));
+    s.insert("tenant_id".into(), json!(i.project_id));
+    s.insert("user_id".into(), json!(i.user_id));
+    s.insert("updated".into(), json!(isotime(i.updated_at)));
+    s.insert(
+        "OS-DCF:diskConfig".into(),
+        json!(if meta(i, sysmeta::DISK_CONFIG) == Some("AUTO") { "AUTO" } else { "MANUAL" }),
+    );
+    if (status == "ERROR" || status == "DELETED")
+        && let Some(f) = &i.fault
+    {
+        let mut fault = json!({"code": f.code, "created": isotime(f.created_at), "message": f.message});
+        if !f.details.is_empty() && (admin || f.code != 500) {
+            fault["details"] = json!(f.details);
+        }
+        s.insert("fault".into(), fault);
+    }
+    if matches!(status, "ACTIVE" | "BUILD" | "REBUILD" | "RESIZE" | "VERIFY_RESIZE" | "MIGRATING") {
+        s.insert("progress".into(), json!(0));
+    }
+    let az = i.availability_zone.clone().unwrap_or_default();
+    s.insert("OS-EXT-AZ:availability_zone".into(), json!(az));
+    s.insert("config_drive".into(), json!(meta(i, sysmeta::CONFIG_DRIVE).unwrap_or("")));
+    s.insert("key_name".into(), meta_or_null(i, sysmeta::KEY_NAME));
+    s.insert("OS-SRV-USG:launched_at".into(), i.launched_at.map_or(Value::Null, |t| json!(naive(t))));
+    s.insert("OS-SRV-USG:terminated_at".into(), if i.deleted { json!(naive(i.updated_at)) } else { Value::Null });
+    let hostname = meta(i, sysmeta::HOSTNAME).map(str::to_string).unwrap_or_else(|| sanitize_hostname(&i.name));
+    if admin {
+        s.insert("OS-EXT-SRV-ATTR:host".into(), json!(i.host));
+        s.insert("OS-EXT-SRV-ATTR:instance_name".into(), json!(instance_name(i)));
+        s.insert("OS-EXT-SRV-ATTR:hypervisor_hostname".into(), json!(i.node));
+        if ctx.at_least(2, 3) {
+            s.insert("OS-EXT-SRV-ATTR:hostname".into(), json!(hostname));
+            s.insert("OS-EXT-SRV-ATTR:kernel_id".into(), json!(""));
+            let index: i64 = meta(i, sysmeta::LAUNCH_INDEX).and_then(|v| v.parse().ok()).unwrap_or(0);
+            s.insert("OS-EXT-SRV-ATTR:launch_index".into(), json!(index));
+            s.insert("OS-EXT-SRV-ATTR:ramdisk_id".into(), json!(""));
+            s.insert("OS-EXT-SRV-ATTR:reservation_id".into(), json!(meta(i, sysmeta::RESERVATION_ID).unwrap_or("")));
+            s.insert("OS-EXT-SRV-ATTR:root_device_name".into(), Value::Null);
+            s.insert("OS-EXT-SRV-ATTR:user_data".into(), meta_or_null(i, sysmeta::USER_DATA));
+        }
+    }
+    s.insert("OS-EXT-STS:task_state".into(), i.task_state.map_or(Value::Null, |t| json!(task_name(t))));
+    s.insert("OS-EXT-STS:vm_state".into(), json!(i.vm_state.as_str()));
+    s.insert("OS-EXT-STS:power_state".into(), json!(power_state(i)));
+    s.insert("os-extended-volumes:volumes_attached".into(), json!([]));
+    if ctx.at_least(2, 9) {
+        s.insert("locked".into(), json!(false));
+    }
+    if ctx.at_least(2, 16)
+        && admin
+        && let Some(hosts) = &data.hosts
+    {
+        s.insert("host_status".into(), json!(host_status(i, hosts, data.service_down_time)));
+    }
+    if ctx.at_least(2, 19) {
+        s.insert("description".into(), meta_or_null(i, sysmeta::DESCRIPTION));
+    }
+    if ctx.at_least(2, 26) {
+        s.insert("tags".into(), json!(i.tags));
+    }
+    if ctx.at_least(2, 63) {
+        let certs = meta(i, sysmeta::TRUSTED_CERTS).and_then(|c| serde_json::from_str::<Value>(c).ok());
+        s.insert("trusted_image_certificates".into(), certs.unwrap_or(Value::Null));
+    }
+    if show_groups && ctx.at_least(2, 71) {
+        let groups: Vec<&str> = meta(i, sysmeta::GROUP).into_iter().collect();
+        s.insert("server_groups".into(), json!(groups));
+    }
+    if ctx.at_least(2, 73) {
+        s.insert("locked_reason".into(), Value::Null);
+    }
+    if ctx.at_least(2, 90) && !admin {
+        s.insert("OS-EXT-SRV-ATTR:hostname".into(), json!(hostname));
+    }
+    if ctx.at_least(2, 96) {
+        s.insert("pinned_availability_zone".into(), meta_or_null(i, sysmeta::PINNED_AZ));
+    }
+    if ctx.at_least(2, 100) {
+        let hints = meta(i, sysmeta::SCHEDULER_HINTS).and_then(|h| serde_json::from_str::<Value>(h).ok());
+        s.insert("scheduler_hints".into(), hints.unwrap_or_else(|| json!({})));
+    }
+    Value::Object(s)
+}
+
+fn task_name(t: TaskState) -> &'static str {
+    t.as_str()
+}
+
+fn image(ctx: &NovaCtx, i: &Instance) -> Value {
+    match meta(i, sysmeta::IMAGE_REF) {
+        Some(id) if !id.is_empty() => {
+            let mut v = json!({
+                "id": id,
+                "links": [{"rel": "bookmark", "href": format!("{}/images/{id}", ctx.base)}],
+            });
+            if ctx.at_least(2, 98) {
+                // Image properties come from the image service, which unicell does not
+                // have: none are known.
+                v["properties"] = json!({});
+            }
+            v
+        }
+        _ => json!(""),
+    }
+}
+
+fn flavor(ctx: &NovaCtx, i: &Instance, data: &ViewData) -> Value {
+    if ctx.at_least(2, 47) {
+        match data.flavors.get(&i.flavor) {
+            Some(f) => json!({
+                "vcpus": f.vcpus,
+                "ram": f.memory_mb,
+                "disk": f.root_gb,
+                "ephemeral": f.ephemeral_gb,
+                "swap": f.swap_mb,
+                "original_name": f.name,
+                "extra_specs": f.extra_specs,
+            }),
+            // Nova shows `{}` when the flavor is gone.
+            None => json!({}),
+        }
+    } else {
+        let id = i.flavor.as_str();
+        json!({"id": id, "links": [{"rel": "bookmark", "href": format!("{}/flavors/{id}", ctx.base)}]})
+    }
+}
+
+/// Nova's `get_instance_host_status`: `UP`, `DOWN`, `MAINTENANCE` (disabled), `UNKNOWN`
+/// (host record missing), or empty without a host.
+fn host_status(i: &Instance, hosts: &HashMap<String, Host>, down_after: std::time::Duration) -> &'static str {
+    let Some(name) = &i.host else {
+        return "";
+    };
+    match hosts.get(name) {
+        None => "UNKNOWN",
+        Some(h) if !h.enabled => "MAINTENANCE",
+        Some(h) if h.is_up(Timestamp::now(), down_after) => "UP",
+        Some(_) => "DOWN",
+    }
+}
+
+/// Nova's `utils.sanitize_hostname`: lowercase, spaces and underscores to dashes, other
+/// characters outside `[a-z0-9.-]` dropped, leading/trailing dots and dashes trimmed, at
+/// most 63 characters; `Server-<uuid>`-style fallback is left to the caller.
+pub fn sanitize_hostname(name: &str) -> String {
+    let mut out: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| if c == ' ' || c == '_' { '-' } else { c })
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '.' || *c == '-')
+        .collect();
+    out.truncate(63);
+    out.trim_matches(|c| c == '.' || c == '-').to_string()
+}
+
+/// Values of the residual filters, by Nova's filter name.
+pub fn filter_attr(i: &Instance, key: &str) -> Option<String> {
+    let m = |k: &str| meta(i, k).map(str::to_string);
+    match key {
+        "uuid" => Some(i.uuid.to_string()),
+        "image" | "image_ref" => m(sysmeta::IMAGE_REF),
+        "flavor" => Some(i.flavor.to_string()),
+        "node" => i.node.clone(),
+        "host" => i.host.clone(),
+        "availability_zone" => i.availability_zone.clone(),
+        "reservation_id" => m(sysmeta::RESERVATION_ID),
+        "key_name" => m(sysmeta::KEY_NAME),
+        "hostname" => Some(m(sysmeta::HOSTNAME).unwrap_or_else(|| sanitize_hostname(&i.name))),
+        "description" | "display_description" => m(sysmeta::DESCRIPTION),
+        "launch_index" => Some(m(sysmeta::LAUNCH_INDEX).unwrap_or_else(|| "0".into())),
+        "config_drive" => m(sysmeta::CONFIG_DRIVE),
+        "access_ip_v4" => m(sysmeta::ACCESS_IP_V4),
+        "access_ip_v6" => m(sysmeta::ACCESS_IP_V6),
+        "power_state" => Some(power_state(i).to_string()),
+        "progress" => Some("0".into()),
+        "vm_state" => Some(i.vm_state.as_str().to_string()),
+        "task_state" => i.task_state.map(|t| t.as_str().to_string()),
+        "locked" | "locked_by" => None,
+        "launched_at" => i.launched_at.map(naive),
+        "created_at" => Some(naive(i.created_at)),
+        "terminated_at" => i.deleted.then(|| naive(i.updated_at)),
+        "user_id" => Some(i.user_id.clone()),
+        "project_id" | "tenant_id" => Some(i.project_id.clone()),
+        "name" | "display_name" => Some(i.name.clone()),
+        _ => None,
+    }
+}
+
+/// Scheduler hints as Nova keeps them in the request spec: every value a list.
+pub fn hints_as_lists(hints: &Map<String, Value>) -> Value {
+    let mut out = BTreeMap::new();
+    for (k, v) in hints {
+        let list = match v {
+            Value::Array(a) => Value::Array(a.clone()),
+            other => Value::Array(vec![other.clone()]),
+        };
+        out.insert(k.clone(), list);
+    }
+    json!(out)
+}
+
+/// SHA-224 (FIPS 180-4), hex: Nova's hostId. Small and dependency-free; hostId is only
+/// an opaque per-project host fingerprint.
+fn sha224_hex(data: &[u8]) -> String {
+    const K: [u32; 64] = [
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
+        0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
+        0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8,
+        0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
+        0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819,
+        0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
+        0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+        0xc67178f2,
+    ];
+    let mut h: [u32; 8] =
+        [0xc1059ed8, 0x367cd507, 0x3070dd17, 0xf70e5939, 0xffc00b31, 0x68581511, 0x64f98fa7, 0xbefa4fa4];
+    let mut msg = data.to_vec();
+    let bit_len = (data.len() as u64).wrapping_mul(8);
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend_from_slice(&bit_len.to_be_bytes());
+    for chunk in msg.chunks(64) {
+        let mut w = [0u32; 64];
+        for (t, word) in chunk.chunks(4).enumerate() {
+            w[t] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+        }
+        for t in 16..64 {
+            let s0 = w[t - 15].rotate_right(7) ^ w[t - 15].rotate_right(18) ^ (w[t - 15] >> 3);
+            let s1 = w[t - 2].rotate_right(17) ^ w[t - 2].rotate_right(19) ^ (w[t - 2] >> 10);
+            w[t] = w[t - 16].wrapping_add(s0).wrapping_add(w[t - 7]).wrapping_add(s1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh] = h;
+        for t in 0..64 {
+            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+            let ch = (e & f) ^ (!e & g);
+            let t1 = hh.wrapping_add(s1).wrapping_add(ch).wrapping_add(K[t]).wrapping_add(w[t]);
+            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+            let maj = (a & b) ^ (a & c) ^ (b & c);
+            let t2 = s0.wrapping_add(maj);
+            hh = g;
+            g = f;
+            f = e;
+            e = d.wrapping_add(t1);
+            d = c;
+            c = b;
+            b = a;
+            a = t1.wrapping_add(t2);
+        }
+        for (x, y) in h.iter_mut().zip([a, b, c, d, e, f, g, hh]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    h[..7].iter().map(|x| format!("{x:08x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha224_known_answers() {
+        assert_eq!(sha224_hex(b""), "d14a028c2a3a2bc9476102bb288234c415a2b01f828ea62ac5b3e42f");
+        assert_eq!(sha224_hex(b"abc"), "23097d223405d8228642a477bda255b32aadbce4bda0b3f7e36c9da7");
+    }
+
+    #[test]
+    fn hostnames_and_times() {
+        assert_eq!(sanitize_hostname("My Server_1!"), "my-server-1");
+        assert_eq!(isotime(Timestamp::from_micros(1_795_000_000_123_456)), "2026-11-18T11:06:40Z");
+    }
+}

@@ -1,0 +1,81 @@
+//! The memory store's change feed.
+//!
+//! Every tree write appends `(seq, root)` to one of [`SHARDS`] logs chosen by root, taking
+//! `seq` from a global counter *while holding that shard's lock*. A reader first reads the
+//! counter, then scans the shards; any write with a smaller `seq` either is already in its
+//! shard or is holding the shard's lock and will be seen when the reader gets it. So the
+//! counter read first is a safe next cursor: nothing below it can be missed. Each shard keeps
+//! the last [`SHARD_CAPACITY`] entries; an older cursor gets [`Changes::Resync`].
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+use crate::model::*;
+use crate::store::prelude::*;
+
+use super::{MemoryStore, SHARD_CAPACITY, SHARDS, lock, shard_of};
+
+#[derive(Default)]
+struct LogShard {
+    entries: VecDeque<(u64, ProviderId)>,
+    /// Highest seq dropped from this shard (0: none).
+    dropped_upto: u64,
+}
+
+pub(super) struct ChangeLog {
+    seq: AtomicU64,
+    shards: Vec<Mutex<LogShard>>,
+}
+
+impl ChangeLog {
+    pub(super) fn new() -> Self {
+        ChangeLog { seq: AtomicU64::new(0), shards: (0..SHARDS).map(|_| Mutex::default()).collect() }
+    }
+
+    pub(super) fn record(&self, root: ProviderId) {
+        let mut shard = lock(&self.shards[shard_of(&root, SHARDS)]);
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        shard.entries.push_back((seq, root));
+        if shard.entries.len() > SHARD_CAPACITY
+            && let Some((dropped, _)) = shard.entries.pop_front()
+        {
+            shard.dropped_upto = dropped;
+        }
+    }
+
+    fn cursor(&self) -> ChangeCursor {
+        ChangeCursor(format!("mem:{}", self.seq.load(Ordering::SeqCst)))
+    }
+
+    fn since(&self, cursor: &ChangeCursor) -> Result<Changes> {
+        let since: u64 = cursor.0.strip_prefix("mem:").and_then(|s| s.parse().ok()).ok_or_else(|| {
+            Error::invalid("change cursor", format!("{:?} was not issued by a memory store", cursor.0))
+        })?;
+        let next = self.seq.load(Ordering::SeqCst);
+        let mut roots = BTreeSet::new();
+        for shard in &self.shards {
+            let shard = lock(shard);
+            if shard.dropped_upto > since {
+                return Ok(Changes::Resync);
+            }
+            let start = shard.entries.partition_point(|(s, _)| *s <= since);
+            roots.extend(shard.entries.range(start..).map(|(_, r)| *r));
+        }
+        Ok(Changes::Trees { roots: roots.into_iter().collect(), next: ChangeCursor(format!("mem:{next}")) })
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for MemoryStore {
+    async fn change_cursor(&self) -> Result<ChangeCursor> {
+        Ok(self.changes.cursor())
+    }
+
+    async fn changes_since(&self, cursor: &ChangeCursor) -> Result<Changes> {
+        self.changes.since(cursor)
+    }
+}

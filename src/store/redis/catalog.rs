@@ -1,0 +1,136 @@
+//! The catalog on Redis: one hash per kind (cells, hosts, flavors, aggregates, server
+//! groups) of JSON records, and one key per request spec.
+
+use async_trait::async_trait;
+use redis::Value;
+
+use super::{RedisStore, from_json, json};
+use crate::error::{Error, Kind, Result};
+use crate::model::*;
+use crate::store::prelude::*;
+
+impl RedisStore {
+    async fn hash_put(&self, what: &str, field: String, value: String) -> Result<()> {
+        self.pool
+            .query::<Value>(redis::cmd("HSET").arg(self.keys.catalog(what)).arg(field).arg(value))
+            .await
+            .map(|_| ())
+    }
+
+    async fn hash_get<T: serde::de::DeserializeOwned>(&self, what: &str, field: String, kind: Kind) -> Result<T> {
+        let v: Option<String> = self.pool.query(redis::cmd("HGET").arg(self.keys.catalog(what)).arg(&field)).await?;
+        from_json(&v.ok_or_else(|| Error::not_found(kind, &field))?)
+    }
+
+    async fn hash_values<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<Vec<T>> {
+        let v: Vec<String> = self.pool.query(redis::cmd("HVALS").arg(self.keys.catalog(what))).await?;
+        v.iter().map(|s| from_json(s)).collect()
+    }
+}
+
+#[async_trait]
+impl Catalog for RedisStore {
+    async fn put_cell(&self, cell: &Cell) -> Result<()> {
+        if cell.name.is_empty() {
+            return Err(Error::invalid("cell.name", "must not be empty"));
+        }
+        self.hash_put("cells", cell.id.to_string(), json(cell)?).await
+    }
+
+    async fn get_cell(&self, id: CellId) -> Result<Cell> {
+        self.hash_get("cells", id.to_string(), Kind::Cell).await
+    }
+
+    async fn list_cells(&self) -> Result<Vec<Cell>> {
+        let mut v: Vec<Cell> = self.hash_values("cells").await?;
+        v.sort_by_key(|c| c.id);
+        Ok(v)
+    }
+
+    async fn put_host(&self, host: &Host) -> Result<()> {
+        if host.name.is_empty() || host.name.len() > 255 {
+            return Err(Error::invalid("host.name", "must be 1 to 255 characters"));
+        }
+        self.hash_put("hosts", host.name.clone(), json(host)?).await
+    }
+
+    async fn get_host(&self, name: &str) -> Result<Host> {
+        self.hash_get("hosts", name.to_string(), Kind::Host).await
+    }
+
+    async fn list_hosts(&self, cell: Option<CellId>) -> Result<Vec<Host>> {
+        let mut v: Vec<Host> = self.hash_values("hosts").await?;
+        v.retain(|h| cell.is_none_or(|c| h.cell == c));
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
+    }
+
+    async fn put_flavor(&self, flavor: &Flavor) -> Result<()> {
+        flavor.validate()?;
+        self.hash_put("flavors", flavor.id.to_string(), json(flavor)?).await
+    }
+
+    async fn get_flavor(&self, id: &FlavorId) -> Result<Flavor> {
+        self.hash_get("flavors", id.to_string(), Kind::Flavor).await
+    }
+
+    async fn list_flavors(&self) -> Result<Vec<Flavor>> {
+        let mut v: Vec<Flavor> = self.hash_values("flavors").await?;
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(v)
+    }
+
+    async fn put_aggregate(&self, aggregate: &Aggregate) -> Result<()> {
+        self.hash_put("aggregates", aggregate.id.to_string(), json(aggregate)?).await
+    }
+
+    async fn get_aggregate(&self, id: AggregateId) -> Result<Aggregate> {
+        self.hash_get("aggregates", id.to_string(), Kind::Aggregate).await
+    }
+
+    async fn list_aggregates(&self) -> Result<Vec<Aggregate>> {
+        let mut v: Vec<Aggregate> = self.hash_values("aggregates").await?;
+        v.sort_by_key(|a| a.id);
+        Ok(v)
+    }
+
+    async fn create_server_group(&self, group: &ServerGroup) -> Result<()> {
+        group.validate()?;
+        let n: i64 = self
+            .pool
+            .query(redis::cmd("HSETNX").arg(self.keys.catalog("groups")).arg(group.id.to_string()).arg(json(group)?))
+            .await?;
+        if n == 0 {
+            return Err(Error::already_exists(Kind::ServerGroup, group.id));
+        }
+        Ok(())
+    }
+
+    async fn get_server_group(&self, id: GroupId) -> Result<ServerGroup> {
+        self.hash_get("groups", id.to_string(), Kind::ServerGroup).await
+    }
+
+    async fn delete_server_group(&self, id: GroupId) -> Result<()> {
+        let n: i64 = self.pool.query(redis::cmd("HDEL").arg(self.keys.catalog("groups")).arg(id.to_string())).await?;
+        if n == 0 {
+            return Err(Error::not_found(Kind::ServerGroup, id));
+        }
+        Ok(())
+    }
+
+    async fn put_request_spec(&self, spec: &RequestSpec) -> Result<()> {
+        self.pool
+            .query::<Value>(redis::cmd("SET").arg(self.keys.spec(spec.instance_uuid.0)).arg(json(spec)?))
+            .await
+            .map(|_| ())
+    }
+
+    async fn get_request_spec(&self, instance: InstanceId) -> Result<RequestSpec> {
+        let v: Option<String> = self.pool.query(redis::cmd("GET").arg(self.keys.spec(instance.0))).await?;
+        from_json(&v.ok_or_else(|| Error::not_found(Kind::RequestSpec, instance))?)
+    }
+
+    async fn delete_request_spec(&self, instance: InstanceId) -> Result<()> {
+        self.pool.query::<Value>(redis::cmd("DEL").arg(self.keys.spec(instance.0))).await.map(|_| ())
+    }
+}

@@ -1,0 +1,252 @@
+//! Instances on Redis.
+//!
+//! A JSON record per instance and, per instance shard, a global and a per-project sorted set
+//! of members that sort (ZRANGEBYLEX) in listing order (`hex(u64::MAX - created_at) ++ hex(!uuid)`). A page
+//! resolves the marker with one read of its record, then merges the shards (k-way) reading
+//! each lazily: first a share of the page with some slack from every shard in one concurrent
+//! round, further chunks only from shards that run dry; the page's records are fetched in one
+//! pipelined round. Filters other than the project are applied to the records read; when
+//! they reject records the page keeps reading further batches (doubling, up to 2,000 members
+//! a batch) until it is full or the index
+//! ends, so a selective filter costs in proportion to the instances it skips.
+
+use async_trait::async_trait;
+
+use super::codec::*;
+use super::conn::Pool;
+use super::{RedisStore, from_json, json};
+use crate::error::{Error, Kind, Result};
+use crate::model::*;
+use crate::store::prelude::*;
+
+/// Attempts of an instance read-modify-write before giving up under contention.
+const CAS_ATTEMPTS: usize = 64;
+
+/// Largest batch of index members read at once by a filtered listing.
+const MAX_SCAN_BATCH: usize = 2000;
+
+impl RedisStore {
+    async fn read_instance(&self, id: InstanceId) -> Result<Option<(String, Instance)>> {
+        let v: Option<String> = self.pool.query(redis::cmd("GET").arg(self.keys.instance(id.0))).await?;
+        match v {
+            None => Ok(None),
+            Some(s) => {
+                let i = from_json(&s)?;
+                Ok(Some((s, i)))
+            }
+        }
+    }
+}
+
+/// One shard of a listing index being read in listing order, a chunk at a time.
+struct ShardReader {
+    key: String,
+    buf: std::collections::VecDeque<String>,
+    /// The last member read from the server (exclusive start of the next chunk).
+    after: Option<String>,
+    /// Members to ask for next time (doubles as the shard keeps being drained).
+    chunk: usize,
+    done: bool,
+}
+
+/// A k-way merge over the shards of a listing index: pops members in global listing order,
+/// reading each shard lazily in chunks (all shards that ran dry in one concurrent round).
+struct MergedIndex {
+    shards: Vec<ShardReader>,
+}
+
+impl MergedIndex {
+    fn new(keys: Vec<String>, after: Option<String>, first_chunk: usize) -> Self {
+        MergedIndex {
+            shards: keys
+                .into_iter()
+                .map(|key| ShardReader {
+                    key,
+                    buf: Default::default(),
+                    after: after.clone(),
+                    chunk: first_chunk,
+                    done: false,
+                })
+                .collect(),
+        }
+    }
+
+    async fn refill(&mut self, pool: &Pool) -> Result<()> {
+        let dry: Vec<usize> =
+            (0..self.shards.len()).filter(|i| self.shards[*i].buf.is_empty() && !self.shards[*i].done).collect();
+        if dry.is_empty() {
+            return Ok(());
+        }
+        let cmds = dry
+            .iter()
+            .map(|i| {
+                let sh = &self.shards[*i];
+                let start = match &sh.after {
+                    Some(m) => format!("({m}"),
+                    None => "-".to_string(),
+                };
+                let mut c = redis::cmd("ZRANGEBYLEX");
+                c.arg(&sh.key).arg(start).arg("+").arg("LIMIT").arg(0).arg(sh.chunk);
+                c
+            })
+            .collect();
+        for (i, v) in dry.into_iter().zip(pool.bulk(cmds).await?) {
+            let got = members(v)?;
+            let sh = &mut self.shards[i];
+            sh.done = got.len() < sh.chunk;
+            sh.chunk = (sh.chunk * 2).min(MAX_SCAN_BATCH);
+            if let Some(last) = got.last() {
+                sh.after = Some(last.clone());
+            }
+            sh.buf.extend(got);
+        }
+        Ok(())
+    }
+
+    /// Up to `n` next members in listing order (fewer only at the end of the index).
+    async fn next(&mut self, pool: &Pool, n: usize) -> Result<Vec<String>> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            self.refill(pool).await?;
+            let best =
+                (0..self.shards.len()).filter_map(|i| self.shards[i].buf.front().map(|m| (m, i))).min().map(|(_, i)| i);
+            let Some(i) = best else { break };
+            if let Some(m) = self.shards[i].buf.pop_front() {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Instances for RedisStore {
+    async fn create_instance(&self, instance: &Instance) -> Result<()> {
+        instance.validate()?;
+        let shard = self.keys.instance_shard(instance.uuid.0);
+        let cmd = self.pool.scripts.instance_create.cmd(
+            &[
+                self.keys.instance(instance.uuid.0),
+                self.keys.inst_index(shard),
+                self.keys.inst_project(shard, &instance.project_id),
+            ],
+            &[json(instance)?, index_member(instance.created_at, instance.uuid)],
+        );
+        if self.pool.eval::<i64>(&cmd).await? == 0 {
+            return Err(Error::already_exists(Kind::Instance, instance.uuid));
+        }
+        Ok(())
+    }
+
+    async fn get_instance(&self, id: InstanceId) -> Result<Instance> {
+        self.read_instance(id).await?.map(|(_, i)| i).ok_or_else(|| Error::not_found(Kind::Instance, id))
+    }
+
+    async fn update_instance(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance> {
+        let key = self.keys.instance(id.0);
+        for _ in 0..CAS_ATTEMPTS {
+            let (old, mut inst) = self.read_instance(id).await?.ok_or_else(|| Error::not_found(Kind::Instance, id))?;
+            inst.apply(patch, Timestamp::now());
+            let new = json(&inst)?;
+            let cmd = self.pool.scripts.cas.cmd(&[&key], &[old.as_str(), new.as_str(), "set"]);
+            match self.pool.eval::<i64>(&cmd).await? {
+                1 => return Ok(inst),
+                -1 => return Err(Error::not_found(Kind::Instance, id)),
+                _ => continue,
+            }
+        }
+        Err(Error::Timeout {
+            backend: "redis",
+            message: format!("instance {id} kept changing during {CAS_ATTEMPTS} update attempts"),
+        })
+    }
+
+    async fn delete_instance(&self, id: InstanceId) -> Result<()> {
+        for _ in 0..CAS_ATTEMPTS {
+            let (old, inst) = self.read_instance(id).await?.ok_or_else(|| Error::not_found(Kind::Instance, id))?;
+            let shard = self.keys.instance_shard(id.0);
+            let cmd = self.pool.scripts.instance_delete.cmd(
+                &[
+                    self.keys.instance(id.0),
+                    self.keys.inst_index(shard),
+                    self.keys.inst_project(shard, &inst.project_id),
+                ],
+                &[old, index_member(inst.created_at, inst.uuid)],
+            );
+            match self.pool.eval::<i64>(&cmd).await? {
+                1 => return Ok(()),
+                -1 => return Err(Error::not_found(Kind::Instance, id)),
+                _ => continue,
+            }
+        }
+        Err(Error::Timeout {
+            backend: "redis",
+            message: format!("instance {id} kept changing during {CAS_ATTEMPTS} delete attempts"),
+        })
+    }
+
+    async fn list_instances(&self, query: &ListQuery) -> Result<InstancePage> {
+        let mut pos = match query.marker {
+            Some(m) => {
+                let (_, i) = self.read_instance(m).await?.ok_or_else(|| Error::not_found(Kind::Marker, m))?;
+                Some(index_member(i.created_at, i.uuid))
+            }
+            None => None,
+        };
+        let limit = query.effective_limit();
+        if limit == 0 {
+            return Ok(InstancePage::default());
+        }
+        let want = limit + 1;
+        let shards = self.keys.instance_shards();
+        let index: Vec<String> = (0..shards)
+            .map(|s| match &query.filters.project_id {
+                Some(p) => self.keys.inst_project(s, p),
+                None => self.keys.inst_index(s),
+            })
+            .collect();
+        let mut only_project = query.filters.clone();
+        only_project.project_id = None;
+        let exact = only_project == InstanceFilters::default();
+        // Each shard is asked first for a share of the page with some slack; a shard that
+        // runs dry before the page is complete is read further (doubling chunks).
+        let mut batch = if exact { want } else { want.max(100) };
+        let first_chunk = if shards == 1 { batch } else { (batch * 3 / 2 / shards).max(16) + 1 };
+        let mut merged = MergedIndex::new(index, pos.take(), first_chunk);
+        let mut found: Vec<Instance> = Vec::with_capacity(want);
+        'scan: loop {
+            let page = merged.next(&self.pool, batch).await?;
+            let ids = page.iter().map(|m| member_uuid(m)).collect::<Result<Vec<_>>>()?;
+            let cmds = ids
+                .iter()
+                .map(|id| {
+                    let mut c = redis::cmd("GET");
+                    c.arg(self.keys.instance(id.0));
+                    c
+                })
+                .collect();
+            for v in self.pool.bulk(cmds).await? {
+                // A record deleted since its index entry was read is simply not listed.
+                let Some(s) = text(&v) else { continue };
+                let inst: Instance = from_json(&s)?;
+                if query.filters.matches(&inst) {
+                    found.push(inst);
+                    if found.len() == want {
+                        break 'scan;
+                    }
+                }
+            }
+            if page.len() < batch {
+                break;
+            }
+            batch = (batch * 2).min(MAX_SCAN_BATCH.max(want));
+        }
+        let next_marker = if found.len() > limit {
+            found.truncate(limit);
+            found.last().map(|i| i.uuid)
+        } else {
+            None
+        };
+        Ok(InstancePage { instances: found, next_marker })
+    }
+}
