@@ -30,6 +30,8 @@ pub enum Kind {
     Instance,
     /// A listing marker (Nova answers 400 "marker not found").
     Marker,
+    /// A build lease ([`crate::store::leases`]).
+    BuildLease,
 }
 
 impl fmt::Display for Kind {
@@ -46,6 +48,7 @@ impl fmt::Display for Kind {
             Kind::RequestSpec => "request spec",
             Kind::Instance => "instance",
             Kind::Marker => "marker",
+            Kind::BuildLease => "build lease",
         })
     }
 }

@@ -490,3 +490,142 @@ async fn multi_create_is_all_or_nothing() {
         assert_eq!(wait_settled(&api, s["id"].as_str().unwrap(), "q").await["status"], "ACTIVE");
     }
 }
+
+/// Leaves behind what a replica killed mid-build leaves: a BUILDING instance with its
+/// request spec and a claim on `host0`, under a lease of replica `dead` that expired.
+async fn orphan_build(store: &Arc<dyn Store>, attempts: u32) -> InstanceId {
+    let id = InstanceId::new_v4();
+    let flavor = store.get_flavor(&FlavorId::new("small").unwrap()).await.unwrap();
+    let leases = store.leases().expect("memory store has leases");
+    leases
+        .create_lease(&unicell::store::leases::BuildLease {
+            instance: id,
+            owner: "dead".into(),
+            expires_at: Timestamp::now().minus(std::time::Duration::from_secs(60)),
+            version: 1,
+            attempts,
+        })
+        .await
+        .unwrap();
+    let inst = Instance::new_building(id, "orphan", "p1", "u1", flavor.id.clone());
+    store.create_instance(&inst).await.unwrap();
+    store
+        .put_request_spec(&RequestSpec {
+            instance_uuid: id,
+            flavor: flavor.clone(),
+            image_properties: BTreeMap::new(),
+            is_bfv: false,
+            num_instances: 1,
+            project_id: "p1".into(),
+            user_id: "u1".into(),
+            availability_zone: None,
+            hints: Default::default(),
+            requested_destination: None,
+            ignore_hosts: vec![],
+            force_hosts: vec![],
+        })
+        .await
+        .unwrap();
+    let host = store.get_host("host0").await.unwrap();
+    store
+        .claim(&ClaimRequest {
+            consumer: ConsumerId::from(id),
+            project_id: "p1".into(),
+            user_id: "u1".into(),
+            allocations: BTreeMap::from([(
+                host.root_provider,
+                BTreeMap::from([
+                    (ResourceClass::Vcpu, 1),
+                    (ResourceClass::MemoryMb, 1024),
+                    (ResourceClass::DiskGb, 10),
+                ]),
+            )]),
+            group: None,
+        })
+        .await
+        .unwrap();
+    id
+}
+
+async fn replica(store: Arc<dyn Store>) -> ApiState {
+    let config = ApiConfig { replica: "survivor".into(), ..ApiConfig::default() };
+    ApiState::new(store, config, None).await.unwrap()
+}
+
+async fn settled_instance(store: &Arc<dyn Store>, id: InstanceId) -> Instance {
+    for _ in 0..500 {
+        let i = store.get_instance(id).await.unwrap();
+        if i.vm_state != VmState::Building && store.leases().unwrap().get_lease(id).await.unwrap().is_none() {
+            return i;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{id} never settled");
+}
+
+#[tokio::test]
+async fn a_dead_replicas_build_is_rescheduled_by_the_reaper() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    small_cloud(&store, 2).await;
+    let id = orphan_build(&store, 0).await;
+    let survivor = replica(store.clone()).await;
+    assert_eq!(survivor.builds().reap_once().await.unwrap(), 1);
+    let inst = settled_instance(&store, id).await;
+    assert_eq!(inst.vm_state, VmState::Active, "{inst:?}");
+    let held = store.allocations(ConsumerId::from(id)).await.unwrap();
+    assert_eq!(held.len(), 1, "exactly its claim");
+    assert!(unicell::store::audit::audit_trees(store.as_ref(), None).await.unwrap().is_clean());
+    // Nothing left to reap.
+    assert_eq!(survivor.builds().reap_once().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_build_interrupted_too_often_goes_to_error_without_its_claim() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    small_cloud(&store, 2).await;
+    let id = orphan_build(&store, 5).await;
+    let survivor = replica(store.clone()).await;
+    assert_eq!(survivor.builds().reap_once().await.unwrap(), 1);
+    let inst = settled_instance(&store, id).await;
+    assert_eq!(inst.vm_state, VmState::Error);
+    assert!(inst.fault.unwrap().message.contains("interrupted"));
+    assert!(store.allocations(ConsumerId::from(id)).await.unwrap().is_empty());
+    assert!(unicell::store::audit::audit_trees(store.as_ref(), None).await.unwrap().is_clean());
+}
+
+#[tokio::test]
+async fn a_lease_without_its_instance_releases_the_claim() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    small_cloud(&store, 1).await;
+    let id = orphan_build(&store, 0).await;
+    store.delete_instance(id).await.unwrap();
+    let survivor = replica(store.clone()).await;
+    assert_eq!(survivor.builds().reap_once().await.unwrap(), 1);
+    for _ in 0..500 {
+        if store.leases().unwrap().get_lease(id).await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(store.leases().unwrap().get_lease(id).await.unwrap().is_none());
+    assert!(store.allocations(ConsumerId::from(id)).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn live_leases_are_not_taken_and_finished_builds_drop_theirs() {
+    let api = Api::new().await;
+    small_cloud(&api.store, 1).await;
+    let r = api.call(Method::POST, "/v2.1/servers", &[("x-auth-token", "p")], Some(server_body("leased"))).await;
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_settled(&api, &id, "p").await["status"], "ACTIVE");
+    let uuid: InstanceId = id.parse().unwrap();
+    for _ in 0..500 {
+        if api.store.leases().unwrap().get_lease(uuid).await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(api.store.leases().unwrap().list_leases().await.unwrap().is_empty(), "lease deleted after the build");
+    let other = replica(api.store.clone()).await;
+    assert_eq!(other.builds().reap_once().await.unwrap(), 0);
+}

@@ -219,7 +219,7 @@ async fn memory_matches_naive(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
         }
     }
-    let report = unicell::store::audit::audit_trees(&store, None).await.unwrap();
+    let report = unicell::store::audit::audit(&store, &Default::default()).await.unwrap();
     let only_shrinks =
         report.violations.iter().all(|v| matches!(v, unicell::store::audit::Violation::OverCapacity { .. }));
     prop_assert!(only_shrinks, "audit: {:?}", report.violations);

@@ -31,9 +31,9 @@ pub async fn serve(store_url: &str, a: ServeArgs) -> Result<bool> {
         println!("unicell serve: Nova compute API on http://{addr}/v2.1 (store {})", store.describe());
     }
     server.run(shutdown_signal()).await?;
-    let left = state.builds().drain(a.drain_timeout).await;
-    if left > 0 {
-        tracing::warn!(left, "builds still running at exit");
+    let handed = state.builds().shutdown(a.drain_timeout).await;
+    if handed > 0 {
+        tracing::warn!(handed, "builds still running at exit were handed back");
     }
     if let Some(h) = heartbeats {
         h.stop().await?;

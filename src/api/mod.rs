@@ -46,6 +46,8 @@ pub struct ApiConfig {
     pub scheduler: SchedulerConfig,
     /// The conductor this replica runs for its builds.
     pub conductor: ConductorConfig,
+    /// Build leases: TTL, renewal, reaper.
+    pub builds: builds::BuildConfig,
 }
 
 impl Default for ApiConfig {
@@ -56,6 +58,7 @@ impl Default for ApiConfig {
             replica: default_replica_name(),
             scheduler: SchedulerConfig::default(),
             conductor: ConductorConfig::default(),
+            builds: builds::BuildConfig::default(),
         }
     }
 }
@@ -99,7 +102,9 @@ impl ApiState {
         let scheduler = Arc::new(Scheduler::new(store.clone(), config.scheduler.clone()).await?);
         let compute = compute.unwrap_or_else(|| Arc::new(SimulatedCompute::new(0)));
         let conductor = Arc::new(Conductor::new(store.clone(), scheduler, compute, config.conductor.clone()));
-        let builds = builds::Builds::new(store.clone(), conductor.clone());
+        let builds =
+            builds::Builds::new(store.clone(), conductor.clone(), config.replica.clone(), config.builds.clone());
+        builds.start_background();
         Ok(ApiState { inner: Arc::new(StateInner { store, config, conductor, builds }) })
     }
 

@@ -21,6 +21,7 @@ pub mod audit;
 pub mod conformance;
 #[cfg(feature = "cql")]
 pub mod cql;
+pub mod leases;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -137,6 +138,12 @@ pub trait Store: Providers + Claims + ChangeFeed + Catalog + Instances + std::fm
 
     /// A description safe to log: backend and URL with credentials redacted.
     fn describe(&self) -> String;
+
+    /// The build leases of this store ([`leases`]), or `None` for a backend that does not
+    /// implement them yet (builds then run without crash-safe takeover).
+    fn leases(&self) -> Option<&dyn leases::Leases> {
+        None
+    }
 }
 
 /// Provider trees: creation, deletion, the scheduler's reads and the optimistic writes of

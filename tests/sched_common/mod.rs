@@ -17,6 +17,7 @@ use std::sync::Arc;
 use libtest_mimic::{Completion, Failed, Trial};
 use unicell::model::*;
 pub use unicell::sim::{Cloud, HostSpec};
+use unicell::store::audit::AuditScope;
 use unicell::store::memory::MemoryStore;
 use unicell::store::prelude::*;
 
@@ -165,23 +166,22 @@ pub fn instance(flavor: &Flavor) -> Instance {
     }
 }
 
-/// Checks every tree of `cell` with the store's audit (usage equals the sum of its
+/// Audits every tree of `cell` with the store's audit (usage equals the sum of its
 /// allocations, none over capacity, group member counts equal the allocations naming the
-/// group) and that no consumer holds allocations on two trees. Returns the allocations by
-/// consumer.
+/// group), checks that no consumer holds allocations on two trees, and returns the
+/// allocations by consumer.
 pub async fn audit(store: &Arc<dyn Store>, cell: CellId) -> Result<BTreeMap<ConsumerId, TreeAllocation>, String> {
-    let trees = store.list_provider_trees(Some(cell)).await.map_err(e)?;
-    let roots: Vec<ProviderId> = trees.iter().map(|t| t.root).collect();
-    let report = unicell::store::audit::audit_trees(&**store, Some(&roots)).await.map_err(e)?;
+    let report = unicell::store::audit::audit(&**store, &AuditScope::cell(cell)).await.map_err(e)?;
     if !report.is_clean() {
         let v: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
         return Err(format!("audit found violations: {}", v.join("; ")));
     }
     let mut by_consumer = BTreeMap::new();
-    for tree in trees {
+    for tree in store.list_provider_trees(Some(cell)).await.map_err(e)? {
         for a in store.tree_allocations(tree.root).await.map_err(e)? {
-            if by_consumer.insert(a.consumer, a.clone()).is_some() {
-                return Err(format!("consumer {} holds allocations on two trees", a.consumer));
+            let consumer = a.consumer;
+            if by_consumer.insert(consumer, a).is_some() {
+                return Err(format!("consumer {consumer} holds allocations on two trees"));
             }
         }
     }

@@ -52,6 +52,7 @@ pub struct MemoryStore {
     changes: ChangeLog,
     catalog: RwLock<CatalogData>,
     instances: RwLock<InstanceData>,
+    leases: super::leases::MemoryLeases,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -77,6 +78,7 @@ impl MemoryStore {
             changes: ChangeLog::new(),
             catalog: RwLock::default(),
             instances: RwLock::default(),
+            leases: super::leases::MemoryLeases::default(),
         }
     }
 }
@@ -89,5 +91,9 @@ impl Store for MemoryStore {
 
     fn describe(&self) -> String {
         "memory://".to_string()
+    }
+
+    fn leases(&self) -> Option<&dyn super::leases::Leases> {
+        Some(&self.leases)
     }
 }

@@ -1,0 +1,161 @@
+//! Catalog cases (contract line 12).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::fixtures::*;
+use super::harness::*;
+use super::{case, check};
+use crate::error::{Error, Kind};
+use crate::model::*;
+use crate::store::prelude::*;
+
+/// The cases of this group, in the suite's order.
+pub(super) fn cases() -> Vec<Case> {
+    vec![
+        case!("catalog::cells_hosts_flavors_aggregates", cells_hosts_flavors_aggregates),
+        case!("catalog::server_groups_and_request_specs", server_groups_and_request_specs),
+    ]
+}
+
+async fn cells_hosts_flavors_aggregates(store: Arc<dyn Store>) -> CaseResult {
+    let cell = Cell { id: CellId::new_v4(), name: unique("cell"), disabled: false };
+    store.put_cell(&cell).await?;
+    check!(store.get_cell(cell.id).await? == cell, "cell round trip");
+    check!(store.list_cells().await?.contains(&cell), "list_cells");
+    let renamed = Cell { name: unique("cell2"), disabled: true, ..cell.clone() };
+    store.put_cell(&renamed).await?;
+    check!(store.get_cell(cell.id).await? == renamed, "put_cell must replace");
+    expect_err(store.get_cell(CellId::new_v4()).await, "unknown cell", |e| {
+        matches!(e, Error::NotFound { kind: Kind::Cell, .. })
+    })?;
+
+    let f = make_tree(&*store, Some(cell.id), 8, 4096).await?;
+    let host = Host {
+        name: unique("compute"),
+        cell: cell.id,
+        root_provider: f.root,
+        node: unique("node"),
+        enabled: true,
+        disabled_reason: None,
+        last_heartbeat: Timestamp::from_micros(1_790_000_000_000_000),
+        availability_zone: Some("az1".into()),
+        capabilities: BTreeMap::from([("hypervisor_type".into(), "QEMU".into())]),
+    };
+    store.put_host(&host).await?;
+    check!(store.get_host(&host.name).await? == host, "host round trip");
+    let disabled = Host { enabled: false, disabled_reason: Some("maintenance".into()), ..host.clone() };
+    store.put_host(&disabled).await?;
+    check!(store.get_host(&host.name).await? == disabled, "put_host must replace");
+    let in_cell = store.list_hosts(Some(cell.id)).await?;
+    check!(in_cell == vec![disabled.clone()], "list_hosts(cell) = {in_cell:?}");
+    check!(store.list_hosts(None).await?.contains(&disabled), "list_hosts(None)");
+    check!(store.list_hosts(Some(CellId::new_v4())).await?.is_empty(), "list_hosts(other cell)");
+    expect_err(store.get_host(&unique("nohost")).await, "unknown host", |e| {
+        matches!(e, Error::NotFound { kind: Kind::Host, .. })
+    })?;
+
+    let flavor = Flavor {
+        id: FlavorId::new(unique("m1"))?,
+        name: "m1.small".into(),
+        vcpus: 2,
+        memory_mb: 2048,
+        root_gb: 20,
+        ephemeral_gb: 0,
+        swap_mb: 0,
+        extra_specs: BTreeMap::from([
+            ("resources:SRIOV_NET_VF".into(), "1".into()),
+            ("trait:HW_CPU_X86_AVX2".into(), "required".into()),
+        ]),
+    };
+    store.put_flavor(&flavor).await?;
+    check!(store.get_flavor(&flavor.id).await? == flavor, "flavor round trip");
+    check!(store.list_flavors().await?.contains(&flavor), "list_flavors");
+    let bad = Flavor {
+        id: FlavorId::new(unique("bad"))?,
+        extra_specs: BTreeMap::from([("resources:CUSTOM_x".into(), "1".into())]),
+        ..flavor.clone()
+    };
+    expect_err(store.put_flavor(&bad).await, "flavor with a malformed class", |e| {
+        matches!(e, Error::InvalidInput { .. })
+    })?;
+    expect_err(store.get_flavor(&bad.id).await, "rejected flavor must not be stored", |e| {
+        matches!(e, Error::NotFound { kind: Kind::Flavor, .. })
+    })?;
+
+    let agg = Aggregate {
+        id: AggregateId::new_v4(),
+        name: unique("agg"),
+        availability_zone: Some("az1".into()),
+        metadata: BTreeMap::from([("ssd".into(), "true".into())]),
+    };
+    store.put_aggregate(&agg).await?;
+    check!(store.get_aggregate(agg.id).await? == agg, "aggregate round trip");
+    check!(store.list_aggregates().await?.contains(&agg), "list_aggregates");
+    expect_err(store.get_aggregate(AggregateId::new_v4()).await, "unknown aggregate", |e| {
+        matches!(e, Error::NotFound { kind: Kind::Aggregate, .. })
+    })?;
+    Ok(())
+}
+
+async fn server_groups_and_request_specs(store: Arc<dyn Store>) -> CaseResult {
+    let group = ServerGroup {
+        id: GroupId::new_v4(),
+        name: unique("grp"),
+        project_id: "p".into(),
+        user_id: "u".into(),
+        policy: GroupPolicy::AntiAffinity,
+        max_per_host: Some(2),
+    };
+    store.create_server_group(&group).await?;
+    check!(store.get_server_group(group.id).await? == group, "group round trip");
+    expect_err(store.create_server_group(&group).await, "duplicate group", |e| {
+        matches!(e, Error::AlreadyExists { kind: Kind::ServerGroup, .. })
+    })?;
+    let bad = ServerGroup { id: GroupId::new_v4(), policy: GroupPolicy::Affinity, ..group.clone() };
+    expect_err(store.create_server_group(&bad).await, "affinity with max_per_host", |e| {
+        matches!(e, Error::InvalidInput { .. })
+    })?;
+    store.delete_server_group(group.id).await?;
+    expect_err(store.get_server_group(group.id).await, "deleted group", |e| {
+        matches!(e, Error::NotFound { kind: Kind::ServerGroup, .. })
+    })?;
+    expect_err(store.delete_server_group(group.id).await, "deleting twice", |e| {
+        matches!(e, Error::NotFound { kind: Kind::ServerGroup, .. })
+    })?;
+
+    let spec = RequestSpec {
+        instance_uuid: InstanceId::new_v4(),
+        flavor: Flavor {
+            id: FlavorId::new("1")?,
+            name: "tiny".into(),
+            vcpus: 1,
+            memory_mb: 512,
+            root_gb: 1,
+            ephemeral_gb: 0,
+            swap_mb: 0,
+            extra_specs: BTreeMap::new(),
+        },
+        image_properties: BTreeMap::from([("hw_architecture".into(), "x86_64".into())]),
+        is_bfv: false,
+        num_instances: 2,
+        project_id: "p".into(),
+        user_id: "u".into(),
+        availability_zone: Some("az1".into()),
+        hints: SchedulerHints { group: Some(group.id), same_host: vec![], different_host: vec![InstanceId::new_v4()] },
+        requested_destination: None,
+        ignore_hosts: vec!["h1".into()],
+        force_hosts: vec![],
+    };
+    store.put_request_spec(&spec).await?;
+    check!(store.get_request_spec(spec.instance_uuid).await? == spec, "request spec round trip");
+    let changed = RequestSpec { num_instances: 3, ..spec.clone() };
+    store.put_request_spec(&changed).await?;
+    check!(store.get_request_spec(spec.instance_uuid).await? == changed, "put_request_spec must replace");
+    store.delete_request_spec(spec.instance_uuid).await?;
+    store.delete_request_spec(spec.instance_uuid).await?;
+    expect_err(store.get_request_spec(spec.instance_uuid).await, "deleted spec", |e| {
+        matches!(e, Error::NotFound { kind: Kind::RequestSpec, .. })
+    })?;
+    Ok(())
+}
