@@ -574,7 +574,7 @@ async fn a_dead_replicas_build_is_rescheduled_by_the_reaper() {
     assert_eq!(inst.vm_state, VmState::Active, "{inst:?}");
     let held = store.allocations(ConsumerId::from(id)).await.unwrap();
     assert_eq!(held.len(), 1, "exactly its claim");
-    assert!(unicell::store::audit::audit_trees(store.as_ref(), None).await.unwrap().is_clean());
+    assert!(unicell::store::audit::audit(store.as_ref(), &Default::default()).await.unwrap().is_clean());
     // Nothing left to reap.
     assert_eq!(survivor.builds().reap_once().await.unwrap(), 0);
 }
@@ -590,7 +590,7 @@ async fn a_build_interrupted_too_often_goes_to_error_without_its_claim() {
     assert_eq!(inst.vm_state, VmState::Error);
     assert!(inst.fault.unwrap().message.contains("interrupted"));
     assert!(store.allocations(ConsumerId::from(id)).await.unwrap().is_empty());
-    assert!(unicell::store::audit::audit_trees(store.as_ref(), None).await.unwrap().is_clean());
+    assert!(unicell::store::audit::audit(store.as_ref(), &Default::default()).await.unwrap().is_clean());
 }
 
 #[tokio::test]
