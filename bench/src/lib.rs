@@ -21,7 +21,6 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod audit;
 pub mod candidate;
 pub mod chart;
 pub mod claims;

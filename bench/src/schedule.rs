@@ -10,8 +10,8 @@
 use anyhow::{Result, bail};
 use serde::Serialize;
 use unicell::sim::{BuildReport, BuildSetup, Cloud, CloudSpec, RequestMix, driver, requests};
+use unicell::store::audit::{AuditReport, AuditScope, audit};
 
-use crate::audit::{Audit, audit};
 use crate::candidate::{self, candidates, open_store, run_tag, run_url};
 use crate::chart::{self, Panel, Series};
 use crate::progress::Bars;
@@ -92,7 +92,7 @@ struct Row {
     candidate: String,
     load_seconds: f64,
     build: BuildFigures,
-    audit: Audit,
+    audit: AuditReport,
     /// placements/s over the best candidate's.
     placements_vs_best: Option<f64>,
     /// placements/s over Nomad's 3,750/s.
@@ -144,7 +144,7 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
         let load_seconds = t.elapsed().as_secs_f64();
         let reqs = requests::generate(&cloud, &mix)?;
         let b = driver::run(&store, reqs, &setup, cand.scheme.name(), &Bars).await?;
-        let au = audit(&store, &b.active_ids, &b.failed_ids).await?;
+        let au = audit(&*store, &AuditScope::everything()).await?;
         let b = BuildFigures::from(b);
         println!(
             "  {:<40} {} ACTIVE, {} ERROR in {:.2} s: {:.0} placements/s; {} claim conflicts, \
@@ -156,7 +156,7 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
             b.report.placements_per_second,
             b.report.claim_conflicts,
             b.report.reschedules,
-            if au.ok() { "audit OK" } else { "AUDIT FAILED" }
+            if au.is_clean() { "audit OK" } else { "AUDIT FAILED" }
         );
         rows.push(Row {
             candidate: cand.label.clone(),
@@ -199,7 +199,7 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
             r.build.report.no_valid_host.to_string(),
             fmt_ms(r.build.request_latency.p50_ms),
             fmt_ms(r.build.request_latency.p99_ms),
-            if r.audit.ok() { "OK" } else { "FAILED" }.to_string(),
+            if r.audit.is_clean() { "OK" } else { "FAILED" }.to_string(),
         ]);
     }
     println!("\nscheduling\n{}", t.render());
@@ -210,8 +210,8 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
                 println!("  {n:>6}  {reason}");
             }
         }
-        if !r.audit.ok() {
-            println!("\n{}: {}", r.candidate, r.audit.line());
+        if !r.audit.is_clean() {
+            println!("\n{}: {}", r.candidate, r.audit);
         }
     }
     let mut t = Table::new(["candidate", "placements/s / best", "placements/s / Nomad C1M 3750/s"]);
@@ -236,7 +236,7 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
             dashed: false,
         });
     }
-    let any_failed = rows.iter().any(|r| !r.audit.ok());
+    let any_failed = rows.iter().any(|r| !r.audit.is_clean());
     let rep = report::Report {
         bench: "schedule",
         parameters: Params {
