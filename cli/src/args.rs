@@ -210,6 +210,15 @@ pub struct ServeArgs {
     /// Address of the Nova compute API.
     #[arg(long, default_value = "127.0.0.1:8774")]
     pub listen: SocketAddr,
+    /// Also serve the Placement API on this address (Placement's port is 8778). Needs a
+    /// store that keeps Placement's state (`unicell stores` says which).
+    #[arg(long)]
+    pub placement_listen: Option<SocketAddr>,
+    /// Who may call the Placement API: `admin` (Placement's default policy: the noauth2
+    /// token `admin`) or `authenticated` (any token, for clients that cannot pick theirs,
+    /// such as the openstack CLI with `auth_type: none`).
+    #[arg(long, default_value = "admin", value_parser = ["admin", "authenticated"])]
+    pub placement_policy: String,
     /// Also run this many simulated compute hosts in this process (registered and
     /// heartbeating; what `unicell computes` does). The embedded `memory://` store lives in
     /// this process, so this is how it gets hosts.

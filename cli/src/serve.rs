@@ -15,20 +15,48 @@ use crate::args::{CloudArgs, ComputesArgs, ServeArgs};
 
 /// Runs the API until SIGTERM or Ctrl-C, then lets the builds in flight finish.
 pub async fn serve(store_url: &str, a: ServeArgs) -> Result<bool> {
-    let store = open_store(store_url).await?;
+    let placement = match a.placement_listen {
+        Some(_) => Some(
+            unicell::store::placement::open(store_url)
+                .await
+                .with_context(|| format!("cannot serve the Placement API on {store_url}"))?,
+        ),
+        None => None,
+    };
+    let store: Arc<dyn Store> = match &placement {
+        Some(p) => p.clone(),
+        None => open_store(store_url).await?,
+    };
     let heartbeats = if a.computes > 0 { Some(computes_in(&store, a.computes, &a.cloud).await?) } else { None };
-    let mut config = ApiConfig { nova_listen: a.listen, ..ApiConfig::default() };
+    let placement_policy = match a.placement_policy.as_str() {
+        "authenticated" => unicell::api::placement::Policy::Authenticated,
+        _ => unicell::api::placement::Policy::AdminOnly,
+    };
+    let mut config = ApiConfig {
+        nova_listen: a.listen,
+        placement_listen: a.placement_listen,
+        placement_policy,
+        ..ApiConfig::default()
+    };
     if let Some(r) = a.replica {
         config.replica = r;
     }
     let compute = SimulatedCompute::new(a.cloud.seed)
         .with_latency(Duration::from_millis(a.build_ms), Duration::from_millis(a.build_ms / 2))
         .with_failure_rate(a.build_failure_rate, 1.0);
-    let state = ApiState::new(store.clone(), config, Some(Arc::new(compute))).await.context("starting the API")?;
+    let state = match placement {
+        Some(p) => ApiState::with_placement(p, config, Some(Arc::new(compute))).await,
+        None => ApiState::new(store.clone(), config, Some(Arc::new(compute))).await,
+    }
+    .context("starting the API")?;
     let server = Server::bind(state.clone()).await?;
     if let Some(addr) = server.nova_addr() {
         tracing::info!(%addr, store = %store.describe(), "Nova compute API listening");
         println!("unicell serve: Nova compute API on http://{addr}/v2.1 (store {})", store.describe());
+    }
+    if let Some(addr) = server.placement_addr() {
+        tracing::info!(%addr, "Placement API listening");
+        println!("unicell serve: Placement API on http://{addr}/");
     }
     server.run(shutdown_signal()).await?;
     let handed = state.builds().shutdown(a.drain_timeout).await;
