@@ -26,6 +26,15 @@ impl Latency {
         Latency(Histogram::new_with_bounds(1, MAX_NS, 3).ok())
     }
 
+    /// A histogram of `samples`.
+    pub fn of(samples: &[Duration]) -> Self {
+        let mut l = Latency::new();
+        for d in samples {
+            l.record(*d);
+        }
+        l
+    }
+
     /// Records one duration (saturating into the histogram's range).
     pub fn record(&mut self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use unicell::compute::SimulatedCompute;
 use unicell::conductor::{Conductor, ConductorConfig};
 use unicell::model::*;
 use unicell::scheduler::{ScheduleError, Scheduler, SchedulerConfig};
+use unicell::sim::SimulatedCompute;
 use unicell::store::prelude::*;
 
 struct Args {

@@ -9,9 +9,9 @@ use anyhow::{Context, Result, bail};
 use sqlx::AssertSqlSafe;
 use unicell::store::{Scheme, StoreUrl};
 
-use super::Candidate;
-use super::claims::{Outcome, Workload, measure};
-use crate::cli::progress;
+use super::workload::{Outcome, Workload, measure};
+use crate::candidate::Candidate;
+use crate::progress;
 
 fn backend_err(e: sqlx::Error) -> unicell::Error {
     unicell::Error::backend("sql-ceiling", e)

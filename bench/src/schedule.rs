@@ -9,18 +9,74 @@
 
 use anyhow::{Result, bail};
 use serde::Serialize;
+use unicell::sim::{BuildReport, BuildSetup, Cloud, CloudSpec, RequestMix, driver, requests};
+use unicell::store::audit::{AuditReport, AuditScope, audit};
 
-use super::{candidates, knob, print_outputs, run_tag, run_url};
-use crate::cli::args::ScheduleArgs;
-use crate::cli::audit::{Audit, audit};
-use crate::cli::build::{self, BuildReport, BuildSetup, RequestMix};
-use crate::cli::chart::{self, Panel, Series};
-use crate::cli::cloud::{Cloud, CloudSpec};
-use crate::cli::stats::{Table, fmt_ms, fmt_ratio, ratio};
-use crate::cli::{open_store, report};
+use crate::candidate::{self, candidates, open_store, run_tag, run_url};
+use crate::chart::{self, Panel, Series};
+use crate::progress::Bars;
+use crate::report::{self, print_outputs};
+use crate::stats::{Latency, Summary, Table, fmt_ms, fmt_ratio, ratio};
+use crate::{Common, knob};
 
-/// Nomad's C1M run placed 3,750 containers per second durably (DESIGN.md section 7).
+/// HashiCorp Nomad's "C1M" challenge scheduled one million containers at about 3,750
+/// placements per second, each durably recorded: the reference rate of a production
+/// scheduler this benchmark compares against.
 pub const NOMAD_C1M_PER_SECOND: f64 = 3_750.0;
+
+/// Options of `unicell bench schedule` (`None`: the quick or the full default).
+#[derive(Debug, Clone)]
+pub struct ScheduleOptions {
+    /// Common options.
+    pub common: Common,
+    /// Compute hosts (each a tree with NUMA and SR-IOV children) [default: 5000; quick: 100].
+    pub hosts: Option<usize>,
+    /// Cells the hosts are spread over [default: 4; quick: 2].
+    pub cells: Option<usize>,
+    /// Build requests (one instance each) [default: 20000; quick: 400].
+    pub requests: Option<usize>,
+    /// Concurrent schedulers (each with its own conductor and snapshot) [default: 4; quick: 2].
+    pub schedulers: Option<usize>,
+    /// Alternates asked for per instance.
+    pub alternates: u32,
+    /// Probability that the simulated compute fails a build (reschedulable).
+    pub failure_rate: f64,
+    /// Builds each scheduler's conductor runs at once.
+    pub builds_per_scheduler: usize,
+}
+
+/// A build run's figures as reports show them: the driver's counts and timeline with the
+/// request latency summarized.
+#[derive(Debug, Serialize)]
+pub struct BuildFigures {
+    /// What the driver counted.
+    #[serde(flatten)]
+    pub report: BuildReport,
+    /// Per-request latency (schedule + claim + build + state writes).
+    pub request_latency: Summary,
+}
+
+impl From<BuildReport> for BuildFigures {
+    fn from(report: BuildReport) -> Self {
+        let request_latency = Latency::of(&report.request_latencies).summary();
+        BuildFigures { report, request_latency }
+    }
+}
+
+/// Placements per second in windows of a build timeline (for charts): (window end, rate).
+pub fn rates(timeline: &[(f64, u64)]) -> Vec<(f64, f64)> {
+    let total = timeline.last().map_or(0.0, |t| t.0);
+    let window = (total / 20.0).max(0.05);
+    let mut out = Vec::new();
+    let mut start = timeline.first().copied().unwrap_or((0.0, 0));
+    for &(t, n) in timeline {
+        if t - start.0 >= window {
+            out.push((t, (n - start.1) as f64 / (t - start.0)));
+            start = (t, n);
+        }
+    }
+    out
+}
 
 #[derive(Debug, Serialize)]
 struct Params {
@@ -35,8 +91,8 @@ struct Params {
 struct Row {
     candidate: String,
     load_seconds: f64,
-    build: BuildReport,
-    audit: Audit,
+    build: BuildFigures,
+    audit: AuditReport,
     /// placements/s over the best candidate's.
     placements_vs_best: Option<f64>,
     /// placements/s over Nomad's 3,750/s.
@@ -44,7 +100,7 @@ struct Row {
 }
 
 /// Runs the benchmark.
-pub async fn run(global_store: &str, a: ScheduleArgs) -> Result<()> {
+pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
     let quick = a.common.quick;
     let hosts = knob(a.hosts, quick, 100, 5_000);
     let cells = knob(a.cells, quick, 2, 4);
@@ -78,28 +134,29 @@ pub async fn run(global_store: &str, a: ScheduleArgs) -> Result<()> {
         cands.len(),
         env.build
     );
-    let cloud = Cloud::generate(spec.clone())?;
     let mut rows = Vec::new();
     for (i, cand) in cands.iter().enumerate() {
         let url = run_url(cand, &format!("{tag}_s{i}"), Some(cells))?;
         let store = open_store(&url).await?;
         let t = std::time::Instant::now();
-        cloud.load(&store, 16).await?;
+        // The same seed writes the same cloud into every candidate.
+        let cloud = Cloud::generate(store.clone(), &spec, 16, &Bars).await?;
         let load_seconds = t.elapsed().as_secs_f64();
-        let reqs = build::requests(&cloud, &mix)?;
-        let b = build::run(&store, reqs, &setup, cand.scheme.name()).await?;
-        let au = audit(&store, &b.active_ids, &b.failed_ids).await?;
+        let reqs = requests::generate(&cloud, &mix)?;
+        let b = driver::run(&store, reqs, &setup, cand.scheme.name(), &Bars).await?;
+        let au = audit(&*store, &AuditScope::everything()).await?;
+        let b = BuildFigures::from(b);
         println!(
             "  {:<40} {} ACTIVE, {} ERROR in {:.2} s: {:.0} placements/s; {} claim conflicts, \
              {} reschedules; {}",
             cand.label,
-            b.active,
-            b.failed,
-            b.seconds,
-            b.placements_per_second,
-            b.claim_conflicts,
-            b.reschedules,
-            if au.ok() { "audit OK" } else { "AUDIT FAILED" }
+            b.report.active,
+            b.report.failed,
+            b.report.seconds,
+            b.report.placements_per_second,
+            b.report.claim_conflicts,
+            b.report.reschedules,
+            if au.is_clean() { "audit OK" } else { "AUDIT FAILED" }
         );
         rows.push(Row {
             candidate: cand.label.clone(),
@@ -109,13 +166,14 @@ pub async fn run(global_store: &str, a: ScheduleArgs) -> Result<()> {
             placements_vs_best: None,
             placements_vs_nomad_c1m: None,
         });
+        drop(cloud);
         drop(store);
-        super::cleanup(cand, &url).await;
+        candidate::cleanup(cand, &url).await;
     }
-    let best = rows.iter().map(|r| r.build.placements_per_second).fold(0.0, f64::max);
+    let best = rows.iter().map(|r| r.build.report.placements_per_second).fold(0.0, f64::max);
     for r in &mut rows {
-        r.placements_vs_best = ratio(r.build.placements_per_second, best);
-        r.placements_vs_nomad_c1m = ratio(r.build.placements_per_second, NOMAD_C1M_PER_SECOND);
+        r.placements_vs_best = ratio(r.build.report.placements_per_second, best);
+        r.placements_vs_nomad_c1m = ratio(r.build.report.placements_per_second, NOMAD_C1M_PER_SECOND);
     }
 
     let mut t = Table::new([
@@ -133,27 +191,27 @@ pub async fn run(global_store: &str, a: ScheduleArgs) -> Result<()> {
     for r in &rows {
         t.row([
             r.candidate.clone(),
-            r.build.active.to_string(),
-            r.build.failed.to_string(),
-            format!("{:.0}", r.build.placements_per_second),
-            r.build.claim_conflicts.to_string(),
-            r.build.reschedules.to_string(),
-            r.build.no_valid_host.to_string(),
+            r.build.report.active.to_string(),
+            r.build.report.failed.to_string(),
+            format!("{:.0}", r.build.report.placements_per_second),
+            r.build.report.claim_conflicts.to_string(),
+            r.build.report.reschedules.to_string(),
+            r.build.report.no_valid_host.to_string(),
             fmt_ms(r.build.request_latency.p50_ms),
             fmt_ms(r.build.request_latency.p99_ms),
-            if r.audit.ok() { "OK" } else { "FAILED" }.to_string(),
+            if r.audit.is_clean() { "OK" } else { "FAILED" }.to_string(),
         ]);
     }
     println!("\nscheduling\n{}", t.render());
     for r in &rows {
-        if !r.build.failure_reasons.is_empty() {
+        if !r.build.report.failure_reasons.is_empty() {
             println!("\n{} failures by reason:", r.candidate);
-            for (reason, n) in &r.build.failure_reasons {
+            for (reason, n) in &r.build.report.failure_reasons {
                 println!("  {n:>6}  {reason}");
             }
         }
-        if !r.audit.ok() {
-            println!("\n{}: {}", r.candidate, r.audit.line());
+        if !r.audit.is_clean() {
+            println!("\n{}: {}", r.candidate, r.audit);
         }
     }
     let mut t = Table::new(["candidate", "placements/s / best", "placements/s / Nomad C1M 3750/s"]);
@@ -167,18 +225,18 @@ pub async fn run(global_store: &str, a: ScheduleArgs) -> Result<()> {
     for (ci, r) in rows.iter().enumerate() {
         cumulative.push(Series {
             name: r.candidate.clone(),
-            points: r.build.timeline.iter().map(|(t, n)| (*t, *n as f64)).collect(),
+            points: r.build.report.timeline.iter().map(|(t, n)| (*t, *n as f64)).collect(),
             color: ci,
             dashed: false,
         });
         rate.push(Series {
             name: r.candidate.clone(),
-            points: build::rates(&r.build.timeline),
+            points: rates(&r.build.report.timeline),
             color: ci,
             dashed: false,
         });
     }
-    let any_failed = rows.iter().any(|r| !r.audit.ok());
+    let any_failed = rows.iter().any(|r| !r.audit.is_clean());
     let rep = report::Report {
         bench: "schedule",
         parameters: Params {

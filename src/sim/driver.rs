@@ -1,103 +1,27 @@
-//! The build driver shared by `unicell demo` and `unicell bench schedule`: S schedulers,
-//! each with its own conductor and snapshot (nothing shared but the store), pull build
-//! requests from one queue, place them (claims at selection time) and build them on the
-//! simulated compute with injected failures.
+//! The build driver: S schedulers, each with its own conductor and snapshot (nothing shared
+//! but the store), pull build requests from one queue, place them (claims at selection
+//! time) and build them on the [`SimulatedCompute`] with injected failures. The demo and
+//! `unicell bench schedule` run it; it reports counts, a timeline and every request's
+//! latency, and leaves the statistics to the caller.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use unicell::compute::{ComputeDriver, SimulatedCompute};
-use unicell::conductor::{BuildStatus, Conductor, ConductorConfig};
-use unicell::model::*;
-use unicell::scheduler::{Scheduler, SchedulerConfig};
-use unicell::store::prelude::*;
 
-use super::cloud::{Cloud, uuid_from};
-use super::progress;
-use super::stats::{Latency, Summary};
+use super::{BuildRequest, Progress, SimulatedCompute};
+use crate::compute::ComputeDriver;
+use crate::conductor::{BuildStatus, Conductor, ConductorConfig};
+use crate::error::{Error, Result};
+use crate::model::*;
+use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::store::Store;
 
 /// Timeline sampling period (microseconds).
 const SAMPLE_EVERY_US: u64 = 20_000;
-
-/// One build request: a spec and its instances.
-#[derive(Debug, Clone)]
-pub struct BuildRequest {
-    /// The spec (the conductor sets `instance_uuid` and `num_instances`).
-    pub spec: RequestSpec,
-    /// The instances to build.
-    pub instances: Vec<Instance>,
-}
-
-/// The request mix.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct RequestMix {
-    /// Requests.
-    pub requests: usize,
-    /// Share of requests that ask for 2 or 3 instances (all or nothing).
-    pub multi_share: f64,
-    /// Share of requests in a server group.
-    pub group_share: f64,
-    /// Share of requests naming an availability zone.
-    pub az_share: f64,
-    /// Seed.
-    pub seed: u64,
-}
-
-/// Generates the requests (deterministic in `mix.seed`).
-pub fn requests(cloud: &Cloud, mix: &RequestMix) -> Result<Vec<BuildRequest>> {
-    let mut rng = StdRng::seed_from_u64(mix.seed ^ 0x005E_ED0F_B01D);
-    let mut out = Vec::with_capacity(mix.requests);
-    for r in 0..mix.requests {
-        let flavor = cloud.pick_flavor(&mut rng).clone();
-        let n = if rng.random_bool(mix.multi_share.clamp(0.0, 1.0)) { rng.random_range(2..=3) } else { 1 };
-        let mut project = format!("project{}", rng.random_range(0..10));
-        let mut hints = SchedulerHints::default();
-        if !cloud.groups.is_empty() && rng.random_bool(mix.group_share.clamp(0.0, 1.0)) {
-            let g = &cloud.groups[rng.random_range(0..cloud.groups.len())];
-            hints.group = Some(g.id);
-            project = g.project_id.clone();
-        }
-        let availability_zone = (!cloud.aggregates.is_empty() && rng.random_bool(mix.az_share.clamp(0.0, 1.0)))
-            .then(|| cloud.aggregates[rng.random_range(0..cloud.aggregates.len())].availability_zone.clone())
-            .flatten();
-        let instances: Vec<Instance> = (0..n)
-            .map(|k| {
-                let mut i = Instance::new_building(
-                    InstanceId(uuid_from(&mut rng)),
-                    &format!("vm-{r}-{k}"),
-                    &project,
-                    "demo",
-                    flavor.id.clone(),
-                );
-                i.availability_zone = availability_zone.clone();
-                i
-            })
-            .collect();
-        let spec = RequestSpec {
-            instance_uuid: instances[0].uuid,
-            flavor,
-            image_properties: BTreeMap::new(),
-            is_bfv: false,
-            num_instances: n,
-            project_id: project,
-            user_id: "demo".into(),
-            availability_zone,
-            hints,
-            requested_destination: None,
-            ignore_hosts: Vec::new(),
-            force_hosts: Vec::new(),
-        };
-        out.push(BuildRequest { spec, instances });
-    }
-    Ok(out)
-}
 
 /// How the builds are run.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -157,8 +81,6 @@ pub struct BuildReport {
     pub seconds: f64,
     /// ACTIVE instances per second of the build phase.
     pub placements_per_second: f64,
-    /// Per-request latency (schedule + build + state writes).
-    pub request_latency: Summary,
     /// (seconds since start, instances ACTIVE so far), sampled.
     pub timeline: Vec<(f64, u64)>,
     /// ACTIVE instances in each scheduler's share.
@@ -169,6 +91,10 @@ pub struct BuildReport {
     /// See `active_ids`.
     #[serde(skip)]
     pub failed_ids: Vec<ConsumerId>,
+    /// The latency of every request (schedule + claim + build + state writes), in no
+    /// particular order, for the caller's statistics (not serialized).
+    #[serde(skip)]
+    pub request_latencies: Vec<Duration>,
 }
 
 /// Normalizes a fault message into a reason bucket: its first sentence, without ids.
@@ -189,12 +115,19 @@ fn reason_of(code: u16, message: &str) -> String {
     format!("{code} {}", words.join(" "))
 }
 
-/// Runs `reqs` through `setup.schedulers` scheduler+conductor pairs against `store`.
+/// Runs `reqs` through `setup.schedulers` scheduler+conductor pairs against `store`, each
+/// conductor running `setup.builds_per_scheduler` builds at once; `progress` gets a phase
+/// `build <label>` counting instances.
+///
+/// A request the store fails is counted in `store_errors` (and logged), not returned: the
+/// other requests go on. The error is for what stops the whole run (a scheduler that
+/// cannot start).
 pub async fn run(
     store: &Arc<dyn Store>,
     reqs: Vec<BuildRequest>,
     setup: &BuildSetup,
     label: &str,
+    progress: &dyn Progress,
 ) -> Result<BuildReport> {
     let compute =
         Arc::new(SimulatedCompute::new(setup.seed).with_failure_rate(setup.failure_rate, setup.reschedulable_share));
@@ -209,8 +142,7 @@ pub async fn run(
             seed: Some(setup.seed.wrapping_add(s as u64 * 7919)),
             ..SchedulerConfig::default()
         };
-        let scheduler =
-            Arc::new(Scheduler::new(Arc::clone(store), cfg).await.with_context(|| format!("starting scheduler {s}"))?);
+        let scheduler = Arc::new(Scheduler::new(Arc::clone(store), cfg).await?);
         let driver: Arc<dyn ComputeDriver> = compute.clone();
         conductors.push(Arc::new(Conductor::new(
             Arc::clone(store),
@@ -225,7 +157,7 @@ pub async fn run(
     let queue = Arc::new(reqs);
     let next = Arc::new(AtomicUsize::new(0));
     let placed = Arc::new(AtomicU64::new(0));
-    let bar = progress::bar(&format!("build {label}"), instances as u64);
+    let phase = progress.phase(&format!("build {label}"), instances as u64);
 
     // The timeline is sampled by the workers themselves (at most one sample per
     // `SAMPLE_EVERY`), not by a timer task that busy workers could starve.
@@ -234,12 +166,12 @@ pub async fn run(
     let last_sample_us = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for conductor in conductors.iter().flat_map(|c| std::iter::repeat_n(c, setup.builds_per_scheduler.max(1))) {
-        let (conductor, queue, next, placed, bar, timeline, last_sample_us) = (
+        let (conductor, queue, next, placed, phase, timeline, last_sample_us) = (
             conductor.clone(),
             queue.clone(),
             next.clone(),
             placed.clone(),
-            bar.clone(),
+            phase.clone(),
             timeline.clone(),
             last_sample_us.clone(),
         );
@@ -250,8 +182,8 @@ pub async fn run(
                 let Some(req) = queue.get(k) else { break };
                 let t = Instant::now();
                 let outcome = conductor.build_instances(req.spec.clone(), req.instances.clone()).await;
-                w.latency.record(t.elapsed());
-                progress::inc(&bar, req.instances.len() as u64);
+                w.latency.push(t.elapsed());
+                phase.advance(req.instances.len() as u64);
                 match outcome {
                     Ok(outcomes) => {
                         for o in outcomes {
@@ -291,7 +223,12 @@ pub async fn run(
     let mut all = Worker::default();
     let mut per_scheduler_active = Vec::new();
     for h in workers {
-        let w = h.await.context("a scheduler task panicked")?;
+        let w = match h.await {
+            Ok(w) => w,
+            // A panic in a worker is a bug: carry it on rather than report figures without it.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => return Err(Error::backend("build driver", e)),
+        };
         per_scheduler_active.push(w.active.len() as u64);
         all.merge(w);
     }
@@ -309,7 +246,7 @@ pub async fn run(
             timeline.push(l);
         }
     }
-    drop(bar);
+    drop(phase);
 
     let (mut claims_tried, mut claim_conflicts, mut no_valid_host) = (0, 0, 0);
     for c in &conductors {
@@ -337,11 +274,11 @@ pub async fn run(
         scheduler_start_seconds,
         seconds,
         placements_per_second: all.active.len() as f64 / seconds.max(1e-9),
-        request_latency: all.latency.summary(),
         timeline,
         per_scheduler_active,
         active_ids: all.active,
         failed_ids: all.failed,
+        request_latencies: all.latency,
     })
 }
 
@@ -353,7 +290,7 @@ struct Worker {
     reschedules: u64,
     alternates_skipped: u64,
     store_errors: usize,
-    latency: Latency,
+    latency: Vec<Duration>,
 }
 
 impl Worker {
@@ -366,21 +303,6 @@ impl Worker {
         self.reschedules += o.reschedules;
         self.alternates_skipped += o.alternates_skipped;
         self.store_errors += o.store_errors;
-        self.latency.merge(&o.latency);
+        self.latency.extend(o.latency);
     }
-}
-
-/// Placements per second in windows of the timeline (for charts): (window end, rate).
-pub fn rates(timeline: &[(f64, u64)]) -> Vec<(f64, f64)> {
-    let total = timeline.last().map_or(0.0, |t| t.0);
-    let window = (total / 20.0).max(0.05);
-    let mut out = Vec::new();
-    let mut start = timeline.first().copied().unwrap_or((0.0, 0));
-    for &(t, n) in timeline {
-        if t - start.0 >= window {
-            out.push((t, (n - start.1) as f64 / (t - start.0)));
-            start = (t, n);
-        }
-    }
-    out
 }

@@ -1,21 +1,12 @@
-//! The benchmarks. Each runs every candidate store in the same process run, on the same
-//! generated data (seeded), and reports ratios, because absolute times on a shared machine
-//! are noise.
+//! The candidate stores of a run: parsing and checking their URLs, giving each run its own
+//! namespace on a shared server, and removing it afterwards.
 
-pub mod claims;
-pub mod list;
-#[cfg(feature = "redis")]
-mod redis_ceiling;
-pub mod schedule;
-pub mod sites;
-#[cfg(feature = "sql")]
-mod sql_ceiling;
+use std::sync::Arc;
 
-use anyhow::{Result, bail};
-use unicell::store::{Scheme, StoreUrl};
+use anyhow::{Context, Result, bail};
+use unicell::store::{self, Scheme, Store, StoreUrl};
 
-use super::args::BenchCommon;
-use super::check_store_url;
+use crate::Common;
 
 /// One candidate store.
 #[derive(Debug, Clone)]
@@ -46,9 +37,9 @@ impl Candidate {
     }
 }
 
-/// The candidates of a bench: `--stores`, or the global `--store` when none are given.
+/// The candidates of a bench: `common.stores`, or the global store URL when none are given.
 /// Every URL is checked before anything runs, so a typo fails fast with its name.
-pub fn candidates(global: &str, common: &BenchCommon) -> Result<Vec<Candidate>> {
+pub fn candidates(global: &str, common: &Common) -> Result<Vec<Candidate>> {
     let urls: Vec<String> = if common.stores.is_empty() {
         vec![global.to_string()]
     } else {
@@ -126,10 +117,8 @@ pub fn run_url(candidate: &Candidate, tag: &str, cells: Option<usize>) -> Result
 /// figures are already measured.
 pub async fn cleanup(candidate: &Candidate, url: &str) {
     #[cfg(feature = "redis")]
-    if candidate.scheme == Scheme::Redis
-        && let Err(e) = redis_ceiling::purge(url).await
-    {
-        tracing::warn!("could not remove the run's Redis keys: {e:#}");
+    if candidate.scheme == Scheme::Redis {
+        purge_redis(url).await;
     }
     #[cfg(feature = "sql")]
     if candidate.is_sql() {
@@ -150,23 +139,37 @@ pub fn run_tag() -> String {
     u[..8].to_string()
 }
 
-/// Resolves a knob: the explicit value, else the quick or the full default.
-pub fn knob<T: Copy>(explicit: Option<T>, quick: bool, quick_default: T, full_default: T) -> T {
-    explicit.unwrap_or(if quick { quick_default } else { full_default })
-}
-
-/// Resolves a list knob the same way.
-pub fn list_knob<T: Clone>(explicit: &[T], quick: bool, quick_default: &[T], full_default: &[T]) -> Vec<T> {
-    if !explicit.is_empty() {
-        explicit.to_vec()
-    } else if quick {
-        quick_default.to_vec()
-    } else {
-        full_default.to_vec()
+/// Deletes every key of the run's Redis prefix (single node only; a cluster keeps them and a
+/// warning says so).
+#[cfg(feature = "redis")]
+async fn purge_redis(url: &str) {
+    let purged = async {
+        let parsed = StoreUrl::parse(url)?;
+        unicell::store::redis::RedisStore::open(&parsed).await?.purge().await
+    }
+    .await;
+    match purged {
+        Ok(n) => tracing::debug!(keys = n, "purged the run's redis prefix"),
+        Err(e) => tracing::warn!("could not remove the run's Redis keys: {e}"),
     }
 }
 
-/// Prints where the report and chart went.
-pub fn print_outputs(json: &std::path::Path, svg: &std::path::Path) {
-    println!("\nwrote {} and {}", json.display(), svg.display());
+/// Checks that `url` parses and names a scheme this build knows, with a message that names
+/// the bad URL (its password masked) and the known schemes.
+pub fn check_store_url(url: &str) -> Result<StoreUrl> {
+    let parsed = StoreUrl::parse(url).map_err(|e| anyhow::anyhow!("bad store URL: {e}"))?;
+    if !parsed.scheme().is_enabled() {
+        bail!(
+            "bad store URL {parsed}: scheme {} needs a feature this build lacks; this build knows: {}",
+            parsed.scheme(),
+            store::known_schemes().join(", ")
+        );
+    }
+    Ok(parsed)
+}
+
+/// Opens a store, naming it (redacted) when it fails.
+pub async fn open_store(url: &str) -> Result<Arc<dyn Store>> {
+    let parsed = check_store_url(url)?;
+    store::open(url).await.with_context(|| format!("cannot open store {parsed}"))
 }

@@ -20,13 +20,31 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use serde::Serialize;
 use unicell::model::{FlavorId, InstanceId, ListQuery, MAX_LIMIT};
+use unicell::sim::listing;
 use unicell::store::prelude::*;
 
-use super::{Candidate, candidates, knob, list_knob, print_outputs, run_tag, run_url};
-use crate::cli::args::ListArgs;
-use crate::cli::chart::{self, Panel, Series};
-use crate::cli::stats::{Latency, Summary, Table, fmt_ms, fmt_ratio, ratio};
-use crate::cli::{cloud, open_store, progress, report};
+use crate::candidate::{self, Candidate, candidates, open_store, run_tag, run_url};
+use crate::chart::{self, Panel, Series};
+use crate::report::{self, print_outputs};
+use crate::stats::{Latency, Summary, Table, fmt_ms, fmt_ratio, ratio};
+use crate::{Common, knob, list_knob, progress};
+
+/// Options of `unicell bench list` (`None` or empty: the quick or the full default).
+#[derive(Debug, Clone)]
+pub struct ListOptions {
+    /// Common options.
+    pub common: Common,
+    /// Instances to load into each candidate [default: 100000; quick: 3000].
+    pub instances: Option<usize>,
+    /// Cell counts to run [default: 1,4,16,64; quick: 1,4].
+    pub cells: Vec<usize>,
+    /// Page size [default: 1000; quick: 100].
+    pub limit: Option<u32>,
+    /// Concurrent writers while loading.
+    pub load_concurrency: usize,
+    /// Number of page-depth buckets in the report.
+    pub depth_buckets: usize,
+}
 
 /// Parameters as reported.
 #[derive(Debug, Serialize)]
@@ -99,7 +117,7 @@ struct Results {
 const WARMUP_PAGES: usize = 3;
 
 /// Runs the benchmark.
-pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
+pub async fn run(global_store: &str, a: ListOptions) -> Result<()> {
     let quick = a.common.quick;
     let n = knob(a.instances, quick, 3_000, 100_000);
     let cells = list_knob(&a.cells, quick, &[1, 4], &[1, 4, 16, 64]);
@@ -128,7 +146,7 @@ pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
     let mut runs = Vec::new();
     let mut failures: Vec<String> = Vec::new();
     for &c in &cells {
-        let cell_list = cloud::list_cells(a.common.seed, c);
+        let cell_list = listing::list_cells(a.common.seed, c);
         // Load every candidate first, then page through all of them in turn, one page each,
         // so that the machine's noise (it is shared) falls on every candidate alike.
         let mut pagers = Vec::new();
@@ -152,7 +170,7 @@ pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
                     let msg = format!("{} with {c} cells: FAILED to load, left out: {e:#}", cand.label);
                     println!("  {msg}");
                     failures.push(msg);
-                    super::cleanup(cand, &url).await;
+                    candidate::cleanup(cand, &url).await;
                 }
             }
         }
@@ -210,7 +228,7 @@ pub async fn run(global_store: &str, a: ListArgs) -> Result<()> {
                 fmt_ms(r.latency.p99_ms)
             );
             runs.push(r);
-            super::cleanup(cand, &url).await;
+            candidate::cleanup(cand, &url).await;
         }
     }
 
@@ -328,7 +346,7 @@ async fn load(
             let mut i = w;
             let mut done = 0u64;
             while i < n {
-                let inst = cloud::list_instance(seed, i as u64, cells, flavor);
+                let inst = listing::list_instance(seed, i as u64, cells, flavor);
                 store.create_instance(&inst).await.with_context(|| format!("create_instance #{i}"))?;
                 i += workers;
                 done += 1;

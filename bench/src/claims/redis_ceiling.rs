@@ -1,4 +1,4 @@
-//! The Redis ceiling of `bench claims`, and cleanup of a run's Redis prefix.
+//! The Redis ceiling of `bench claims`.
 //!
 //! The ceiling is `redis-benchmark` sending the very EVALSHA the Redis backend sends for a
 //! claim ([`RedisStore::claim_command`]): same script, same keys, same arguments, with the
@@ -6,9 +6,9 @@
 //! takes the write path, not the cheaper replay path. The claims go to one tree sized for
 //! all of them (a single Redis executes scripts one at a time, so spreading keys changes
 //! nothing there). Same number of operations and the same concurrency (`-c`) as the claims
-//! through unicell; run twice, without pipelining (`-P 1`, how the DESIGN's anchor of about
-//! 116k/s was measured) and with 16 commands in flight per connection (`-P 16`, closer to
-//! what a multiplexed client does), and the better run is the ceiling. Afterwards the tree's
+//! through unicell; run twice, without pipelining (`-P 1`, how redis-benchmark figures are
+//! usually quoted) and with 16 commands in flight per connection (`-P 16`, closer to what a
+//! multiplexed client does), and the better run is the ceiling. Afterwards the tree's
 //! usage is read back to prove the calls really claimed.
 
 use std::collections::BTreeMap;
@@ -20,26 +20,9 @@ use unicell::store::prelude::*;
 use unicell::store::redis::RedisStore;
 use unicell::store::{Scheme, StoreUrl};
 
-use super::claims::{Outcome, Workload};
-use super::{Candidate, run_url};
-use crate::cli::stats::Summary;
-
-/// Deletes every key of the run's prefix (single-node Redis only; a cluster keeps them and
-/// a warning says so).
-pub async fn purge(url: &str) -> Result<()> {
-    let parsed = StoreUrl::parse(url)?;
-    let store = RedisStore::open(&parsed).await?;
-    match store.purge().await {
-        Ok(n) => {
-            tracing::debug!(keys = n, "purged the run's redis prefix");
-            Ok(())
-        }
-        Err(e) => {
-            tracing::warn!("could not purge the run's keys on {parsed}: {e}");
-            Ok(())
-        }
-    }
-}
+use super::workload::{Outcome, Workload};
+use crate::candidate::{Candidate, run_url};
+use crate::stats::Summary;
 
 /// Measures the ceiling (see the module docs).
 pub async fn run(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
@@ -88,7 +71,7 @@ async fn measure(store: &RedisStore, parsed: &StoreUrl, exe: &std::path::Path, w
         group: None,
     };
     let eval = store.claim_command(&req).await?;
-    // Without pipelining (as the DESIGN's anchor was measured) and with 16 commands in flight
+    // Without pipelining (how redis-benchmark figures are usually quoted) and with 16 commands in flight
     // per connection (what a multiplexed client such as unicell's does): the ceiling is the
     // better of the two.
     let mut runs = Vec::new();

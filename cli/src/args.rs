@@ -1,6 +1,8 @@
-//! Command-line arguments (clap derive).
+//! Command-line arguments (clap derive), and their conversion into the libraries' options.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -34,9 +36,9 @@ pub enum Command {
     /// List the store URL schemes this build understands.
     Stores,
     /// Serve the Nova compute API over the store (any number of replicas per store).
-    Serve(super::serve::ServeArgs),
+    Serve(ServeArgs),
     /// Register simulated compute hosts and heartbeat them until stopped.
-    Computes(super::serve::ComputesArgs),
+    Computes(ComputesArgs),
 }
 
 /// `unicell bench ...`
@@ -162,10 +164,10 @@ pub struct SitesArgs {
     /// Page size [default: 1000; quick: 100].
     #[arg(long)]
     pub limit: Option<u32>,
-    /// List pages measured per point [default: 20; quick: 5].
+    /// List pages measured per point [default: 10; quick: 3].
     #[arg(long)]
     pub pages: Option<usize>,
-    /// Claims measured per point [default: 200; quick: 30].
+    /// Claims measured per point [default: 50; quick: 10].
     #[arg(long)]
     pub claims: Option<usize>,
 }
@@ -202,10 +204,144 @@ pub struct DemoArgs {
     pub seed: u64,
 }
 
+/// `unicell serve`
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address of the Nova compute API.
+    #[arg(long, default_value = "127.0.0.1:8774")]
+    pub listen: SocketAddr,
+    /// Also serve the Placement API on this address (Placement's port is 8778). Needs a
+    /// store that keeps Placement's state (`unicell stores` says which).
+    #[arg(long)]
+    pub placement_listen: Option<SocketAddr>,
+    /// Who may call the Placement API: `admin` (Placement's default policy: the noauth2
+    /// token `admin`) or `authenticated` (any token, for clients that cannot pick theirs,
+    /// such as the openstack CLI with `auth_type: none`).
+    #[arg(long, default_value = "admin", value_parser = ["admin", "authenticated"])]
+    pub placement_policy: String,
+    /// Also run this many simulated compute hosts in this process (registered and
+    /// heartbeating; what `unicell computes` does). The embedded `memory://` store lives in
+    /// this process, so this is how it gets hosts.
+    #[arg(long, default_value_t = 0)]
+    pub computes: usize,
+    /// Options of the in-process computes.
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+    /// Simulated build time of each instance, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub build_ms: u64,
+    /// Probability that a simulated build fails (reschedulable).
+    #[arg(long, default_value_t = 0.0)]
+    pub build_failure_rate: f64,
+    /// This replica's name in the build leases (default: host-pid-random).
+    #[arg(long)]
+    pub replica: Option<String>,
+    /// On SIGTERM, how long to wait for the builds in flight before exiting.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+/// `unicell computes`
+#[derive(Debug, Clone, Args)]
+pub struct ComputesArgs {
+    /// Simulated compute hosts to register (each a tree with NUMA and SR-IOV children).
+    #[arg(long, default_value_t = 10)]
+    pub hosts: usize,
+    /// Options of the hosts.
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+}
+
+/// Shape of the simulated hosts of `serve --computes` and `computes`.
+#[derive(Debug, Clone, Args)]
+pub struct CloudArgs {
+    /// Cells the hosts are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub cells: usize,
+    /// Seed of the host generator: the same seed registers the same hosts (so a restarted
+    /// `computes` picks its hosts up again).
+    #[arg(long, default_value_t = 20261129)]
+    pub seed: u64,
+    /// How often each host reports (nova-compute's `report_interval`, 10 s).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+}
+
 /// `unicell conformance`
 #[derive(Debug, Clone, Args)]
 pub struct ConformanceArgs {
     /// Only cases whose name contains this text.
     #[arg(long)]
     pub filter: Option<String>,
+}
+
+impl From<BenchCommon> for unicell_bench::Common {
+    fn from(a: BenchCommon) -> Self {
+        unicell_bench::Common { stores: a.stores, out: a.out, quick: a.quick, seed: a.seed }
+    }
+}
+
+impl From<ListArgs> for unicell_bench::ListOptions {
+    fn from(a: ListArgs) -> Self {
+        unicell_bench::ListOptions {
+            common: a.common.into(),
+            instances: a.instances,
+            cells: a.cells,
+            limit: a.limit,
+            load_concurrency: a.load_concurrency,
+            depth_buckets: a.depth_buckets,
+        }
+    }
+}
+
+impl From<ClaimsArgs> for unicell_bench::ClaimsOptions {
+    fn from(a: ClaimsArgs) -> Self {
+        unicell_bench::ClaimsOptions { common: a.common.into(), claims: a.claims, tasks: a.tasks, trees: a.trees }
+    }
+}
+
+impl From<ScheduleArgs> for unicell_bench::ScheduleOptions {
+    fn from(a: ScheduleArgs) -> Self {
+        unicell_bench::ScheduleOptions {
+            common: a.common.into(),
+            hosts: a.hosts,
+            cells: a.cells,
+            requests: a.requests,
+            schedulers: a.schedulers,
+            alternates: a.alternates,
+            failure_rate: a.failure_rate,
+            builds_per_scheduler: a.builds_per_scheduler,
+        }
+    }
+}
+
+impl From<SitesArgs> for unicell_bench::SitesOptions {
+    fn from(a: SitesArgs) -> Self {
+        unicell_bench::SitesOptions {
+            common: a.common.into(),
+            sites: a.sites,
+            delays_ms: a.delays_ms,
+            cells: a.cells,
+            instances: a.instances,
+            limit: a.limit,
+            pages: a.pages,
+            claims: a.claims,
+        }
+    }
+}
+
+impl From<DemoArgs> for unicell_bench::DemoOptions {
+    fn from(a: DemoArgs) -> Self {
+        unicell_bench::DemoOptions {
+            out: a.out,
+            cells: a.cells,
+            hosts: a.hosts,
+            instances: a.instances,
+            schedulers: a.schedulers,
+            failure_rate: a.failure_rate,
+            builds_per_scheduler: a.builds_per_scheduler,
+            alternates: a.alternates,
+            seed: a.seed,
+        }
+    }
 }

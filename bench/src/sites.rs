@@ -22,15 +22,37 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use serde::Serialize;
 use unicell::model::*;
+use unicell::sim::listing;
 use unicell::store::prelude::*;
 use unicell::store::{Scheme, StoreUrl};
 
-use super::{Candidate, candidates, knob, list_knob, print_outputs, run_tag, run_url};
-use crate::cli::args::SitesArgs;
-use crate::cli::chart::{self, Panel, Series};
-use crate::cli::proxy::DelayProxy;
-use crate::cli::stats::{Latency, Summary, Table, fmt_ms, fmt_ratio, ratio};
-use crate::cli::{cloud, open_store, progress, report};
+use crate::candidate::{self, Candidate, candidates, open_store, run_tag, run_url};
+use crate::chart::{self, Panel, Series};
+use crate::proxy::DelayProxy;
+use crate::report::{self, print_outputs};
+use crate::stats::{Latency, Summary, Table, fmt_ms, fmt_ratio, ratio};
+use crate::{Common, knob, list_knob, progress};
+
+/// Options of `unicell bench sites` (`None` or empty: the quick or the full default).
+#[derive(Debug, Clone)]
+pub struct SitesOptions {
+    /// Common options.
+    pub common: Common,
+    /// Site counts to run [default: 1,2,4; quick: 1,2].
+    pub sites: Vec<usize>,
+    /// One-way delays between sites in milliseconds [default: 0,1,5,20; quick: 0,2].
+    pub delays_ms: Vec<f64>,
+    /// Cells (spread round-robin over the sites) [default: 8; quick: 4].
+    pub cells: Option<usize>,
+    /// Instances loaded once per candidate [default: 20000; quick: 1000].
+    pub instances: Option<usize>,
+    /// Page size [default: 1000; quick: 100].
+    pub limit: Option<u32>,
+    /// List pages measured per point [default: 10; quick: 3].
+    pub pages: Option<usize>,
+    /// Claims measured per point [default: 50; quick: 10].
+    pub claims: Option<usize>,
+}
 
 #[derive(Debug, Serialize)]
 struct Params {
@@ -84,7 +106,7 @@ const MODEL: &str = "the store's endpoint (Redis; the SQL API database) is in si
 const TREES: usize = 16;
 
 /// Runs the benchmark.
-pub async fn run(global_store: &str, a: SitesArgs) -> Result<()> {
+pub async fn run(global_store: &str, a: SitesOptions) -> Result<()> {
     let quick = a.common.quick;
     let sites = list_knob(&a.sites, quick, &[1, 2], &[1, 2, 4]);
     let delays = list_knob(&a.delays_ms, quick, &[0.0, 2.0], &[0.0, 1.0, 5.0, 20.0]);
@@ -237,7 +259,7 @@ pub async fn run(global_store: &str, a: SitesArgs) -> Result<()> {
             }
         }
         drop(bar);
-        super::cleanup(cand, &url).await;
+        candidate::cleanup(cand, &url).await;
         let (bl, bc) = (points[first].list_p50_worst_site, points[first].claim_p50_worst_site);
         for p in &mut points[first..] {
             p.list_worst_vs_base = ratio(p.list_p50_worst_site, bl);
@@ -425,7 +447,7 @@ async fn load(
     n: usize,
     total_claims: usize,
 ) -> Result<Vec<ProviderId>> {
-    let cell_list = cloud::list_cells(seed, cells);
+    let cell_list = listing::list_cells(seed, cells);
     for c in &cell_list {
         store.put_cell(c).await.context("put_cell")?;
     }
@@ -434,7 +456,7 @@ async fn load(
     let mut stream = futures::stream::iter((0..n).map(|i| {
         let (store, bar, cell_list, flavor) = (store, &bar, &cell_list, &flavor);
         async move {
-            store.create_instance(&cloud::list_instance(seed, i as u64, cell_list, flavor)).await?;
+            store.create_instance(&listing::list_instance(seed, i as u64, cell_list, flavor)).await?;
             progress::inc(bar, 1);
             anyhow::Ok(())
         }

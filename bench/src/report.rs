@@ -119,3 +119,8 @@ pub fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<Pat
     std::fs::write(&path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
 }
+
+/// Prints where the report and chart went.
+pub fn print_outputs(json: &Path, svg: &Path) {
+    println!("\nwrote {} and {}", json.display(), svg.display());
+}

@@ -1,10 +1,11 @@
 //! Logging through `tracing`, to stderr, sharing the terminal with the progress bars.
 //!
-//! `RUST_LOG` chooses what is printed (default `warn,unicell::cli=info`: warnings from everything, progress notes from the command itself). Progress bars are
-//! `tracing` spans carrying the `indicatif.pb_show` field (see [`super::progress`]); they are
-//! drawn by `tracing-indicatif` whatever `RUST_LOG` says, and log lines are written through
-//! its writer so that a log line never tears a bar. When stderr is not a terminal the bars
-//! are not drawn at all.
+//! `RUST_LOG` chooses what is printed (default [`DEFAULT_FILTER`]: warnings from everything,
+//! progress notes from the benchmarks and the command). Progress bars are `tracing` spans
+//! carrying the `indicatif.pb_show` field (`unicell_bench::progress`); they are drawn by
+//! `tracing-indicatif` whatever `RUST_LOG` says, and log lines are written through its
+//! writer so that a log line never tears a bar. When stderr is not a terminal the bars are
+//! not drawn at all.
 
 use std::io::IsTerminal;
 
@@ -18,7 +19,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// The filter used when `RUST_LOG` is unset.
-pub const DEFAULT_FILTER: &str = "warn,sqlx=error,unicell::cli=info";
+pub const DEFAULT_FILTER: &str = "warn,sqlx=error,unicell_bench=info,unicell_cli=info";
 
 /// Installs the global subscriber. Fails on a malformed `RUST_LOG`, naming it.
 pub fn init() -> Result<()> {

@@ -1,4 +1,7 @@
-//! Progress bars for long phases, as `tracing` spans drawn by `tracing-indicatif`.
+//! Progress bars for long phases, as `tracing` spans that the command's `tracing-indicatif`
+//! layer draws (and that cost next to nothing when no such layer is installed).
+
+use std::sync::Arc;
 
 use tracing::Span;
 use tracing_indicatif::span_ext::IndicatifSpanExt;
@@ -8,7 +11,7 @@ use tracing_indicatif::style::ProgressStyle;
 /// [`inc`] from any of them; the bar disappears when the last clone is dropped.
 pub fn bar(label: &str, len: u64) -> Span {
     let span = tracing::info_span!(
-        target: "unicell::progress",
+        target: "unicell_bench::progress",
         "progress",
         indicatif.pb_show = tracing::field::Empty
     );
@@ -25,4 +28,22 @@ pub fn bar(label: &str, len: u64) -> Span {
 /// Advances `bar` by `n`.
 pub fn inc(bar: &Span, n: u64) {
     bar.pb_inc(n);
+}
+
+/// Shows the phases of the library's simulation (`unicell::sim::Progress`) as bars.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Bars;
+
+impl unicell::sim::Progress for Bars {
+    fn phase(&self, label: &str, total: u64) -> Arc<dyn unicell::sim::Phase> {
+        Arc::new(BarPhase(bar(label, total)))
+    }
+}
+
+struct BarPhase(Span);
+
+impl unicell::sim::Phase for BarPhase {
+    fn advance(&self, n: u64) {
+        inc(&self.0, n);
+    }
 }
