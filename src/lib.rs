@@ -11,6 +11,9 @@
 //! * [`Error`]: the one semantic error enum every backend maps into.
 //! * [`scheduler`], [`conductor`], [`compute`]: placement with claims at selection,
 //!   caller-chosen alternates and reschedules over them.
+//! * `sim` (feature `sim`): the simulation that runs the whole flow without hypervisors:
+//!   a seeded cloud generator, the request mix, a driver for several schedulers and
+//!   conductors, simulated computes and their heartbeats.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -21,6 +24,8 @@ pub mod conductor;
 pub mod error;
 pub mod model;
 pub mod scheduler;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -20,8 +20,8 @@ use libtest_mimic::{Completion, Failed, Trial};
 use sched_common::{Cloud, HostSpec, audit, e, flavor, spec};
 use unicell::model::*;
 use unicell::scheduler::{RankingMode, Scheduler, SchedulerConfig, SharedSnapshot, SnapshotConfig};
-use unicell::store::Store;
 use unicell::store::memory::MemoryStore;
+use unicell::store::prelude::*;
 
 type R = Result<(), String>;
 type Case = fn(Arc<dyn Store>, Arc<dyn Store>) -> Pin<Box<dyn Future<Output = R> + Send>>;
@@ -152,9 +152,9 @@ fn claim(root: ProviderId, vcpu: i64, group: Option<GroupClaim>) -> ClaimRequest
 }
 
 async fn tailer_applies_claims_made_through_another_handle(store: Arc<dyn Store>, other: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(3, HostSpec::sized(16, 32768, 500)).await?;
-    let g = cloud.group(GroupPolicy::AntiAffinity, Some(3)).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(3, HostSpec::sized(16, 32768, 500)).await.map_err(e)?;
+    let g = cloud.group(GroupPolicy::AntiAffinity, Some(3)).await.map_err(e)?;
     let snap = tailing(store.clone(), &cloud).await?;
     let name = cloud.hosts[1].name.clone();
     let free = |snap: &SharedSnapshot| snap.host_state(&name).map(|h| h.free(&ResourceClass::Vcpu));
@@ -195,14 +195,13 @@ async fn tailer_applies_claims_made_through_another_handle(store: Arc<dyn Store>
 }
 
 async fn tailer_follows_hosts_appearing_and_leaving(store: Arc<dyn Store>, other: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(2, HostSpec::default()).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(2, HostSpec::default()).await.map_err(e)?;
     let snap = tailing(store.clone(), &cloud).await?;
     check!(snap.known_hosts() == 2, "loaded {}", snap.known_hosts());
     // A new compute registered through the other handle.
-    let mut via_other =
-        Cloud { store: other.clone(), cell: cloud.cell, tag: cloud.tag.clone(), hosts: cloud.hosts.clone() };
-    let newcomer = via_other.add_host(HostSpec { nested: true, ..Default::default() }).await?;
+    let mut via_other = Cloud { store: other.clone(), ..cloud.clone() };
+    let newcomer = via_other.add_host(HostSpec::default().nested().map_err(e)?).await.map_err(e)?;
     eventually("a new host", || snap.host_state(&newcomer.name).is_some()).await?;
     check!(snap.known_hosts() == 3, "known {}", snap.known_hosts());
     let s = Scheduler::with_snapshot(snap.clone(), cloud.config()).map_err(e)?;
@@ -224,13 +223,13 @@ async fn tailer_follows_hosts_appearing_and_leaving(store: Arc<dyn Store>, other
 }
 
 async fn schedulers_sharing_a_snapshot_never_overcommit(store: Arc<dyn Store>, other: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
     for i in 0..12 {
-        cloud
-            .add_host(HostSpec { vcpu: 8, mem_mb: 16384, disk_gb: 200, nested: i % 4 == 0, ..Default::default() })
-            .await?;
+        let spec = HostSpec::sized(8, 16384, 200);
+        let spec = if i % 4 == 0 { spec.nested().map_err(e)? } else { spec };
+        cloud.add_host(spec).await.map_err(e)?;
     }
-    let g = cloud.group(GroupPolicy::AntiAffinity, Some(1)).await?;
+    let g = cloud.group(GroupPolicy::AntiAffinity, Some(1)).await.map_err(e)?;
     let snap = tailing(store.clone(), &cloud).await?;
     let shared: Vec<Arc<Scheduler>> = (0..4)
         .map(|k| {
@@ -279,7 +278,10 @@ async fn schedulers_sharing_a_snapshot_never_overcommit(store: Arc<dyn Store>, o
     }
     let allocations = audit(&store, cloud.cell).await?;
     check!(allocations.len() == placed, "{} consumers hold allocations for {placed} placed", allocations.len());
-    check!(placed > 50, "most requests placed: {placed}");
+    // 12 hosts of 8 VCPU: the stream overflows them, so they end nearly full.
+    let vcpus: i64 =
+        allocations.values().flat_map(|a| a.allocations.values()).filter_map(|r| r.get(&ResourceClass::Vcpu)).sum();
+    check!(vcpus >= 72, "the cloud filled up: {vcpus} of 96 VCPU claimed by {placed} instances");
     for h in &cloud.hosts {
         let t = store.provider_tree(h.root).await.map_err(e)?;
         check!(t.groups.get(&g.id).copied().unwrap_or(0) <= 1, "anti-affinity on {}: {:?}", h.name, t.groups);
@@ -302,16 +304,12 @@ async fn schedulers_sharing_a_snapshot_never_overcommit(store: Arc<dyn Store>, o
 }
 
 async fn indexed_ranking_matches_the_exhaustive_best_weight(store: Arc<dyn Store>, _other: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
     for i in 0..40i64 {
         cloud
-            .add_host(HostSpec {
-                vcpu: 8 + (i % 5) * 4,
-                mem_mb: 8192 + (i % 7) * 4096,
-                disk_gb: 100 + (i % 3) * 100,
-                ..Default::default()
-            })
-            .await?;
+            .add_host(HostSpec::sized(8 + (i % 5) * 4, 8192 + (i % 7) * 4096, 100 + (i % 3) * 100))
+            .await
+            .map_err(e)?;
     }
     let snap = tailing(store.clone(), &cloud).await?;
     let measured = SchedulerConfig { measure_quality: true, ..cloud.config() };

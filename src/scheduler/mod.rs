@@ -237,7 +237,7 @@ fn bump(c: &AtomicU64, n: u64) {
 
 /// Placement quality of one scheduler's decisions (see
 /// [`SchedulerConfig::measure_quality`]).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct QualityStats {
     /// Decisions measured.
     pub decisions: u64,
@@ -296,10 +296,6 @@ impl SplitMix64 {
     /// Uniform in `0..n` (n > 0).
     pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n.max(1) as u64) as usize
-    }
-    /// Uniform in `[0, 1)`.
-    pub(crate) fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

@@ -146,6 +146,9 @@ struct Counters {
     views_published: AtomicU64,
 }
 
+/// How often the catalog is read again while a tree waits for its host record.
+const UNHOSTED_RECHECK: Duration = Duration::from_millis(250);
+
 fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
@@ -951,7 +954,11 @@ impl SharedSnapshot {
                     self.apply_trees(r, trees)
                 };
                 r.cursor = next;
-                if unknown || r.last_catalog.elapsed() >= self.config.catalog_refresh_interval {
+                // A tree without a host record is a compute registering: its record may be
+                // written after its tree, and records are not in the feed, so look again
+                // shortly (not only once).
+                let waiting = !self.view.load().unhosted.is_empty() && r.last_catalog.elapsed() >= UNHOSTED_RECHECK;
+                if unknown || waiting || r.last_catalog.elapsed() >= self.config.catalog_refresh_interval {
                     self.reload_catalog(r).await?;
                 }
             }

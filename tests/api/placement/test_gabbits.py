@@ -17,9 +17,10 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import unittest
 
+import pytest
 from gabbi import driver
-from gabbi.driver import test_pytest  # noqa: F401  (pytest collects it)
 
 from . import fixtures, server, upstream
 
@@ -121,10 +122,64 @@ def _selected_dir() -> pathlib.Path:
     return out
 
 
-def pytest_generate_tests(metafunc):
-    driver.py_test_generator(
-        str(_selected_dir()), host="127.0.0.1", port=PORT, fixture_module=fixtures,
-        test_loader_name="placement", metafunc=metafunc)
+def _cases():
+    """`(id, suite, case)` for every upstream test, in file order.
+
+    gabbi's own pytest plugin is not used: it is global once loaded and misreads other test
+    modules' parametrized ids that contain a colon. Suites (one per YAML file) are started
+    and stopped here instead (``_Suites``)."""
+    top = driver.build_tests(str(_selected_dir()), unittest.TestLoader(), host="127.0.0.1", port=PORT,
+                             fixture_module=fixtures, test_loader_name="placement")
+    out = []
+    for suite in top:
+        for case in suite:
+            out.append((f"placement:{type(case).__name__}", suite, case))
+    return out
+
+
+class _Suites:
+    """The one suite (YAML file) whose fixtures (its fresh server) are running.
+
+    Every file uses the same port, so a suite is stopped before the next one starts; a test
+    selection (``-k``) that skips tests still starts each suite before its first test runs."""
+
+    current = None
+
+    @classmethod
+    def enter(cls, suite) -> None:
+        if cls.current is suite:
+            return
+        cls.stop()
+        suite.start(unittest.TestResult())
+        cls.current = suite
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls.current is not None:
+            cls.current.stop()
+            cls.current = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_last_suite():
+    yield
+    _Suites.stop()
+
+
+_CASES = _cases()
+
+
+@pytest.mark.parametrize("case", [c for _, _, c in _CASES], ids=[i for i, _, _ in _CASES])
+def test_gabbi(case):
+    suite = next(s for _, s, c in _CASES if c is case)
+    _Suites.enter(suite)
+    result = unittest.TestResult()
+    case.run(result)
+    for _, reason in result.skipped:
+        pytest.skip(reason)
+    problems = [text for _, text in result.errors + result.failures]
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
 
 
 def test_every_upstream_file_is_accounted_for():

@@ -1,0 +1,531 @@
+//! The drivers of `bench schedule`: claimed placements (schedulers and store only) and
+//! builds to ACTIVE (conductors and the simulated compute too), both with every scheduler of
+//! the process on one [`SharedSnapshot`], as a unicell process runs them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use unicell::compute::ComputeDriver;
+use unicell::conductor::{BuildStatus, Conductor, ConductorConfig};
+use unicell::model::{ConsumerId, GroupPolicy, InstanceId};
+use unicell::scheduler::{
+    QualityStats, RankingMode, ScheduleError, Scheduler, SchedulerConfig, SharedSnapshot, SnapshotConfig,
+};
+use unicell::sim::{BuildReport, BuildRequest, Progress, SimulatedCompute};
+use unicell::store::prelude::*;
+
+/// Period of the shared snapshot's change-feed tailer.
+pub const TAIL_INTERVAL: Duration = Duration::from_millis(2);
+
+/// How the schedulers of one run are set up.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SchedulerSetup {
+    /// Schedulers of the process (one shared snapshot).
+    pub schedulers: usize,
+    /// Requests each scheduler serves at once.
+    pub tasks_per_scheduler: usize,
+    /// Alternates asked for per instance.
+    pub alternates: u32,
+    /// `host_subset_size` of every scheduler.
+    pub host_subset_size: usize,
+    /// Indexed or exhaustive ranking.
+    #[serde(serialize_with = "ranking_name")]
+    pub ranking: RankingMode,
+    /// `indexed_candidates` (k).
+    pub indexed_candidates: usize,
+    /// Measure q of every decision (an exhaustive weighing each time: slow).
+    pub measure_quality: bool,
+    /// Stop issuing requests at the first NoValidHost (fill to failure).
+    pub stop_at_first_failure: bool,
+    /// Seed of the schedulers.
+    pub seed: u64,
+}
+
+fn ranking_name<S: serde::Serializer>(r: &RankingMode, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(match r {
+        RankingMode::Indexed => "indexed",
+        RankingMode::Exhaustive => "exhaustive",
+    })
+}
+
+impl SchedulerSetup {
+    /// The configuration of scheduler `i`.
+    pub fn config(&self, i: usize) -> SchedulerConfig {
+        SchedulerConfig {
+            // The simulated computes send no heartbeats during a run.
+            service_down_time: Duration::from_secs(24 * 3600),
+            host_subset_size: self.host_subset_size.max(1),
+            seed: Some(self.seed.wrapping_add(i as u64 * 7919)),
+            // The tailer keeps the snapshot fresh: requests never wait for a feed read.
+            min_refresh_interval: Duration::from_secs(1),
+            ranking: self.ranking,
+            indexed_candidates: self.indexed_candidates.max(1),
+            measure_quality: self.measure_quality,
+            max_placement_results: if self.ranking == RankingMode::Exhaustive { None } else { Some(1000) },
+            ..SchedulerConfig::default()
+        }
+    }
+}
+
+/// Process CPU time (user + system) so far, from `/proc/self/stat` (`None` elsewhere).
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Opens the shared snapshot of a run and its schedulers.
+pub async fn schedulers(
+    store: &Arc<dyn Store>,
+    setup: &SchedulerSetup,
+) -> Result<(Arc<SharedSnapshot>, Vec<Arc<Scheduler>>)> {
+    let base = setup.config(0);
+    let snap = SharedSnapshot::open(store.clone(), SnapshotConfig::from_scheduler(&base, Some(TAIL_INTERVAL)))
+        .await
+        .context("loading the shared snapshot")?;
+    let mut out = Vec::new();
+    for i in 0..setup.schedulers.max(1) {
+        out.push(Arc::new(Scheduler::with_snapshot(snap.clone(), setup.config(i))?));
+    }
+    Ok((snap, out))
+}
+
+/// What a claims run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClaimRun {
+    /// Requests issued (fewer than given when stopped at the first failure).
+    pub requests: usize,
+    /// Instances placed (claimed in the store).
+    pub placed: u64,
+    /// Requests that ended in NoValidHost.
+    pub no_valid_host: u64,
+    /// Claims sent, and refused by the store.
+    pub claims_tried: u64,
+    /// See `claims_tried`.
+    pub claim_conflicts: u64,
+    /// Snapshot load time.
+    pub load_seconds: f64,
+    /// Wall time of the placements.
+    pub seconds: f64,
+    /// Claimed placements per second.
+    pub placements_per_second: f64,
+    /// Process CPU per placement, microseconds (scheduler, store client, tailer; a Redis or
+    /// SQL server's own CPU is not in it).
+    pub cpu_us_per_placement: Option<f64>,
+    /// Hard zeros: chosen hosts outside the requested zone.
+    pub wrong_zone: u64,
+    /// Hard zeros: alternates from another cell than the chosen host.
+    pub alternates_from_other_cell: u64,
+    /// Hard zeros: a chosen host among its own alternates.
+    pub alternate_equals_chosen: u64,
+    /// Placement quality (when measured).
+    pub quality: Option<QualityStats>,
+    /// Snapshot memory estimate per host, bytes.
+    pub snapshot_bytes_per_host: f64,
+    /// Hosts in the snapshot.
+    pub hosts: usize,
+    /// Host classes in the snapshot.
+    pub classes: usize,
+    /// Every consumer placed (not serialized).
+    #[serde(skip)]
+    pub consumers: Vec<ConsumerId>,
+}
+
+/// Places `reqs` with `setup.schedulers` schedulers sharing one snapshot, each serving
+/// `setup.tasks_per_scheduler` requests at once; nothing but schedulers and the store.
+pub async fn claims(
+    store: &Arc<dyn Store>,
+    reqs: &[BuildRequest],
+    setup: &SchedulerSetup,
+    label: &str,
+    progress: &dyn Progress,
+) -> Result<ClaimRun> {
+    let t = Instant::now();
+    let (snap, schedulers) = schedulers(store, setup).await?;
+    let load_seconds = t.elapsed().as_secs_f64();
+    let queue: Arc<Vec<BuildRequest>> = Arc::new(reqs.to_vec());
+    let next = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let instances: usize = reqs.iter().map(|r| r.instances.len()).sum();
+    let phase = progress.phase(&format!("claims {label}"), instances as u64);
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for s in &schedulers {
+        for _ in 0..setup.tasks_per_scheduler.max(1) {
+            let (s, queue, next, stop, phase) = (s.clone(), queue.clone(), next.clone(), stop.clone(), phase.clone());
+            let alternates = setup.alternates as usize;
+            let stop_at_first = setup.stop_at_first_failure;
+            tasks.push(tokio::spawn(async move {
+                let mut w = ClaimRun::default();
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(req) = queue.get(k) else { break };
+                    w.requests += 1;
+                    let ids: Vec<InstanceId> = req.instances.iter().map(|i| i.uuid).collect();
+                    let mut spec = req.spec.clone();
+                    spec.instance_uuid = ids[0];
+                    spec.num_instances = ids.len() as u32;
+                    match s.select_destinations(&spec, &ids, alternates).await {
+                        Ok(lists) => {
+                            for (list, id) in lists.iter().zip(&ids) {
+                                w.placed += 1;
+                                w.consumers.push(ConsumerId::from(*id));
+                                let chosen = &list[0];
+                                if let Some(az) = &spec.availability_zone
+                                    && chosen.availability_zone.as_ref() != Some(az)
+                                {
+                                    w.wrong_zone += 1;
+                                }
+                                for alt in &list[1..] {
+                                    w.alternates_from_other_cell += u64::from(alt.cell != chosen.cell);
+                                    w.alternate_equals_chosen += u64::from(alt.provider == chosen.provider);
+                                }
+                            }
+                        }
+                        Err(ScheduleError::NoValidHost { .. }) => {
+                            w.no_valid_host += 1;
+                            if stop_at_first {
+                                stop.store(true, Ordering::Relaxed);
+                            }
+                        }
+                        Err(e) => return Err(anyhow::Error::new(e).context("select_destinations")),
+                    }
+                    phase.advance(ids.len() as u64);
+                }
+                Ok(w)
+            }));
+        }
+    }
+    let mut run = ClaimRun::default();
+    for t in tasks {
+        let w = t.await.context("a scheduling task panicked")??;
+        run.requests += w.requests;
+        run.placed += w.placed;
+        run.no_valid_host += w.no_valid_host;
+        run.wrong_zone += w.wrong_zone;
+        run.alternates_from_other_cell += w.alternates_from_other_cell;
+        run.alternate_equals_chosen += w.alternate_equals_chosen;
+        run.consumers.extend(w.consumers);
+    }
+    run.seconds = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds().zip(cpu0).map(|(b, a)| b - a);
+    drop(phase);
+    run.load_seconds = load_seconds;
+    run.placements_per_second = run.placed as f64 / run.seconds.max(1e-9);
+    run.cpu_us_per_placement = cpu.filter(|_| run.placed > 0).map(|c| c * 1e6 / run.placed as f64);
+    let mut quality: Option<(u64, f64, f64, f64, u64)> = None;
+    for s in &schedulers {
+        let st = s.stats();
+        run.claims_tried += st.claims_tried;
+        run.claim_conflicts += st.claim_conflicts;
+        if setup.measure_quality {
+            let q = s.quality();
+            let acc = quality.get_or_insert((0, 0.0, f64::INFINITY, 0.0, 0));
+            acc.0 += q.decisions;
+            acc.1 += q.mean_q * q.decisions as f64;
+            if q.decisions > 0 {
+                acc.2 = acc.2.min(q.min_q);
+            }
+            acc.3 += q.mean_percentile * q.decisions as f64;
+            acc.4 += q.below_0_9;
+        }
+    }
+    run.quality = quality.map(|(n, q, min, pct, below)| {
+        let d = n.max(1) as f64;
+        QualityStats {
+            decisions: n,
+            mean_q: q / d,
+            min_q: if n == 0 { 1.0 } else { min },
+            mean_percentile: pct / d,
+            below_0_9: below,
+        }
+    });
+    run.hosts = snap.known_hosts();
+    run.classes = snap.classes();
+    run.snapshot_bytes_per_host = snap.memory_bytes() as f64 / run.hosts.max(1) as f64;
+    Ok(run)
+}
+
+/// Releases every consumer of a claims run (so the next phase starts from an empty cloud).
+pub async fn release(store: &Arc<dyn Store>, consumers: &[ConsumerId]) -> Result<()> {
+    use futures::StreamExt;
+    let mut s = futures::stream::iter(consumers.iter().map(|c| store.release(*c))).buffer_unordered(64);
+    while let Some(r) = s.next().await {
+        r.context("releasing the claims of the claims phase")?;
+    }
+    Ok(())
+}
+
+/// Timeline sampling period (microseconds).
+const SAMPLE_EVERY_US: u64 = 20_000;
+
+/// Builds `reqs` to ACTIVE: `setup.schedulers` schedulers on one shared snapshot, each with
+/// its own conductor running `builds_per_scheduler` builds at once on the simulated compute
+/// (`failure_rate` of builds fail, 90% of them reschedulable).
+pub async fn builds(
+    store: &Arc<dyn Store>,
+    reqs: Vec<BuildRequest>,
+    setup: &SchedulerSetup,
+    builds_per_scheduler: usize,
+    failure_rate: f64,
+    label: &str,
+    progress: &dyn Progress,
+) -> Result<BuildReport> {
+    let compute = Arc::new(SimulatedCompute::new(setup.seed).with_failure_rate(failure_rate, 0.9));
+    let started = Instant::now();
+    let (_snap, schedulers) = schedulers(store, setup).await?;
+    let conductors: Vec<Arc<Conductor>> = schedulers
+        .iter()
+        .map(|s| {
+            let driver: Arc<dyn ComputeDriver> = compute.clone();
+            Arc::new(Conductor::new(
+                store.clone(),
+                s.clone(),
+                driver,
+                ConductorConfig { num_alternates: setup.alternates as usize },
+            ))
+        })
+        .collect();
+    let scheduler_start_seconds = started.elapsed().as_secs_f64();
+    let requests = reqs.len();
+    let instances: usize = reqs.iter().map(|r| r.instances.len()).sum();
+    let queue = Arc::new(reqs);
+    let next = Arc::new(AtomicUsize::new(0));
+    let placed = Arc::new(AtomicU64::new(0));
+    let phase = progress.phase(&format!("build {label}"), instances as u64);
+    let t0 = Instant::now();
+    let timeline = Arc::new(Mutex::new(vec![(0.0, 0u64)]));
+    let last_sample_us = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for c in conductors.iter().flat_map(|c| std::iter::repeat_n(c, builds_per_scheduler.max(1))) {
+        let (c, queue, next, placed, phase, timeline, last_sample_us) = (
+            c.clone(),
+            queue.clone(),
+            next.clone(),
+            placed.clone(),
+            phase.clone(),
+            timeline.clone(),
+            last_sample_us.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut w = Worker::default();
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(req) = queue.get(k) else { break };
+                let t = Instant::now();
+                let outcome = c.build_instances(req.spec.clone(), req.instances.clone()).await;
+                w.latency.push(t.elapsed());
+                phase.advance(req.instances.len() as u64);
+                match outcome {
+                    Ok(outcomes) => {
+                        for o in outcomes {
+                            w.reschedules += u64::from(o.reschedules);
+                            w.alternates_skipped += u64::from(o.alternates_skipped);
+                            match &o.status {
+                                BuildStatus::Active { .. } => {
+                                    w.active.push(ConsumerId::from(o.instance));
+                                    placed.fetch_add(1, Ordering::Relaxed);
+                                }
+                                BuildStatus::Failed { code, message } => {
+                                    w.failed.push(ConsumerId::from(o.instance));
+                                    let first = message.split(['.', ':']).next().unwrap_or(message);
+                                    *w.reasons.entry(format!("{code} {first}")).or_insert(0) += 1;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        w.store_errors += 1;
+                        tracing::warn!("build request failed in the store: {e}");
+                        *w.reasons.entry("store error".into()).or_insert(0) += req.instances.len();
+                    }
+                }
+                let now_us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+                let last = last_sample_us.load(Ordering::Relaxed);
+                if now_us.saturating_sub(last) >= SAMPLE_EVERY_US
+                    && last_sample_us.compare_exchange(last, now_us, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+                {
+                    let n = placed.load(Ordering::Relaxed);
+                    timeline.lock().unwrap_or_else(|e| e.into_inner()).push((now_us as f64 / 1e6, n));
+                }
+            }
+            w
+        }));
+    }
+    let mut all = Worker::default();
+    let mut per_scheduler_active = Vec::new();
+    for h in workers {
+        let w = h.await.context("a build worker panicked")?;
+        per_scheduler_active.push(w.active.len() as u64);
+        all.merge(w);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let mut timeline = std::mem::take(&mut *timeline.lock().unwrap_or_else(|e| e.into_inner()));
+    timeline.push((seconds, placed.load(Ordering::Relaxed)));
+    if timeline.len() > 300 {
+        let stride = timeline.len().div_ceil(300);
+        let last = timeline.last().copied();
+        timeline = timeline.into_iter().step_by(stride).collect();
+        if let Some(l) = last
+            && timeline.last() != Some(&l)
+        {
+            timeline.push(l);
+        }
+    }
+    drop(phase);
+    let (mut claims_tried, mut claim_conflicts, mut no_valid_host) = (0, 0, 0);
+    for c in &conductors {
+        let s = c.scheduler().stats();
+        claims_tried += s.claims_tried;
+        claim_conflicts += s.claim_conflicts;
+        no_valid_host += s.no_valid_host;
+    }
+    let cs = compute.stats();
+    Ok(BuildReport {
+        requests,
+        instances,
+        active: all.active.len(),
+        failed: all.failed.len(),
+        failure_reasons: all.reasons,
+        reschedules: all.reschedules,
+        alternates_skipped: all.alternates_skipped,
+        claims_tried,
+        claim_conflicts,
+        no_valid_host,
+        store_errors: all.store_errors,
+        compute_builds: cs.builds,
+        injected_reschedulable_failures: cs.reschedulable_failures,
+        injected_fatal_failures: cs.fatal_failures,
+        scheduler_start_seconds,
+        seconds,
+        placements_per_second: all.active.len() as f64 / seconds.max(1e-9),
+        timeline,
+        per_scheduler_active,
+        active_ids: all.active,
+        failed_ids: all.failed,
+        request_latencies: all.latency,
+    })
+}
+
+#[derive(Default)]
+struct Worker {
+    active: Vec<ConsumerId>,
+    failed: Vec<ConsumerId>,
+    reasons: BTreeMap<String, usize>,
+    reschedules: u64,
+    alternates_skipped: u64,
+    store_errors: usize,
+    latency: Vec<Duration>,
+}
+
+impl Worker {
+    fn merge(&mut self, o: Worker) {
+        self.active.extend(o.active);
+        self.failed.extend(o.failed);
+        for (k, v) in o.reasons {
+            *self.reasons.entry(k).or_insert(0) += v;
+        }
+        self.reschedules += o.reschedules;
+        self.alternates_skipped += o.alternates_skipped;
+        self.store_errors += o.store_errors;
+        self.latency.extend(o.latency);
+    }
+}
+
+/// The end state of a cloud: spread and packing of its hosts (roots).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EndState {
+    /// Hosts.
+    pub hosts: usize,
+    /// Hosts holding anything.
+    pub non_empty_hosts: usize,
+    /// Mean, standard deviation and maximum of per-host RAM utilization (0..1).
+    pub ram_mean: f64,
+    /// See `ram_mean`.
+    pub ram_stddev: f64,
+    /// See `ram_mean`.
+    pub ram_max: f64,
+    /// Mean, standard deviation and maximum of per-host VCPU utilization (0..1).
+    pub vcpu_mean: f64,
+    /// See `vcpu_mean`.
+    pub vcpu_stddev: f64,
+    /// See `vcpu_mean`.
+    pub vcpu_max: f64,
+    /// Free RAM on hosts that can no longer hold the smallest flavor, over all RAM.
+    pub stranded_ram: f64,
+    /// Free VCPU on hosts that can no longer hold the smallest flavor, over all VCPU.
+    pub stranded_vcpu: f64,
+    /// Hard zero: server-group members over a group's per-host limit.
+    pub group_violations: u64,
+}
+
+/// Reads the end state from the store. `smallest` is the smallest flavor's (VCPU,
+/// MEMORY_MB, DISK_GB); `limits` the anti-affinity limit of each group.
+pub async fn end_state(
+    store: &Arc<dyn Store>,
+    smallest: (i64, i64, i64),
+    groups: &[(unicell::model::GroupId, GroupPolicy, Option<u32>)],
+) -> Result<EndState> {
+    use unicell::model::ResourceClass as Rc;
+    let trees = store.list_provider_trees(None).await?;
+    let mut ram = Vec::new();
+    let mut cpu = Vec::new();
+    let mut e = EndState { hosts: trees.len(), ..Default::default() };
+    let (mut ram_total, mut cpu_total, mut ram_stranded, mut cpu_stranded) = (0.0, 0.0, 0.0, 0.0);
+    for t in &trees {
+        let Some(root) = t.providers.first() else { continue };
+        let cap = |c: &Rc| root.inventories.get(c).map(|i| i.capacity()).unwrap_or(0) as f64;
+        let used = |c: &Rc| root.used(c) as f64;
+        let (rc, ru) = (cap(&Rc::MemoryMb), used(&Rc::MemoryMb));
+        let (cc, cu) = (cap(&Rc::Vcpu), used(&Rc::Vcpu));
+        let (dc, du) = (cap(&Rc::DiskGb), used(&Rc::DiskGb));
+        if rc > 0.0 {
+            ram.push(ru / rc);
+        }
+        if cc > 0.0 {
+            cpu.push(cu / cc);
+        }
+        ram_total += rc;
+        cpu_total += cc;
+        if t.providers.iter().any(|p| !p.usages.is_empty()) {
+            e.non_empty_hosts += 1;
+        }
+        let fits = cc - cu >= smallest.0 as f64 && rc - ru >= smallest.1 as f64 && dc - du >= smallest.2 as f64;
+        if !fits {
+            ram_stranded += rc - ru;
+            cpu_stranded += cc - cu;
+        }
+        for (g, policy, limit) in groups {
+            if *policy == GroupPolicy::AntiAffinity {
+                let n = t.groups.get(g).copied().unwrap_or(0);
+                if n > limit.unwrap_or(1) {
+                    e.group_violations += u64::from(n - limit.unwrap_or(1));
+                }
+            }
+        }
+    }
+    let stats = |v: &[f64]| {
+        let n = v.len().max(1) as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+        (mean, var.sqrt(), v.iter().copied().fold(0.0, f64::max))
+    };
+    (e.ram_mean, e.ram_stddev, e.ram_max) = stats(&ram);
+    (e.vcpu_mean, e.vcpu_stddev, e.vcpu_max) = stats(&cpu);
+    e.stranded_ram = if ram_total > 0.0 { ram_stranded / ram_total } else { 0.0 };
+    e.stranded_vcpu = if cpu_total > 0.0 { cpu_stranded / cpu_total } else { 0.0 };
+    Ok(e)
+}

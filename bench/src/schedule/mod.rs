@@ -1,0 +1,623 @@
+//! `unicell bench schedule`: the scheduler against its stores, and against itself.
+//!
+//! Per candidate store (the same seeded cloud and request stream in each): H hosts (trees
+//! with NUMA and SR-IOV children) over C cells; S schedulers of one process sharing one
+//! snapshot (one change-feed tailer), each serving T requests at once.
+//! * **claims**: claimed placements per second, scheduler and store only (what
+//!   kube-scheduler's and Nomad's figures count), claim conflicts, NoValidHost, process CPU
+//!   per placement; the claims are then released;
+//! * **builds**: the same stream through S conductors and the simulated compute (injected
+//!   failures, reschedules): instances ACTIVE per second; then a full audit.
+//!
+//! Then, on the memory store: **quality** (the same stream through the indexed ranking and
+//! the exhaustive one, each decision measured against an exhaustive weighing of the same
+//! state: q and rank percentile; end state: spread, pack, stranded capacity), **fill to
+//! failure** (a saturating stream until the first NoValidHost, indexed over exhaustive),
+//! and a **sweep** over cloud sizes (CPU per placement, snapshot bytes per host). Hard
+//! zeros are counted everywhere: overcommit and usage != allocations (audit), group
+//! violations, wrong zone, alternates from another cell.
+
+pub mod drive;
+pub mod redis_aof;
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+use unicell::model::GroupPolicy;
+use unicell::scheduler::RankingMode;
+use unicell::sim::{BuildReport, Cloud, CloudSpec, RequestMix, requests};
+use unicell::store::audit::{AuditReport, AuditScope, audit};
+use unicell::store::memory::MemoryStore;
+use unicell::store::prelude::*;
+
+use self::drive::{ClaimRun, EndState, SchedulerSetup};
+use crate::candidate::{self, Candidate, candidates, open_store, run_tag, run_url};
+use crate::chart::{self, Panel, Series};
+use crate::progress::Bars;
+use crate::report::{self, print_outputs};
+use crate::stats::{Latency, Summary, Table, fmt_ms, fmt_ratio, ratio};
+use crate::{Common, knob, list_knob};
+
+/// HashiCorp Nomad's "C1M" challenge scheduled one million containers at about 3,750
+/// placements per second, each durably recorded: the reference rate of a production
+/// scheduler this benchmark compares against.
+pub const NOMAD_C1M_PER_SECOND: f64 = 3_750.0;
+
+/// Options of `unicell bench schedule` (`None`: the quick or the full default).
+#[derive(Debug, Clone)]
+pub struct ScheduleOptions {
+    /// Common options.
+    pub common: Common,
+    /// Compute hosts (each a tree with NUMA and SR-IOV children) [default: 5000; quick: 100].
+    pub hosts: Option<usize>,
+    /// Cells the hosts are spread over [default: 4; quick: 2].
+    pub cells: Option<usize>,
+    /// Build requests (one instance each) [default: 20000; quick: 400].
+    pub requests: Option<usize>,
+    /// Schedulers of the process, sharing one snapshot [default: 4; quick: 2].
+    pub schedulers: Option<usize>,
+    /// Alternates asked for per instance.
+    pub alternates: u32,
+    /// Probability that the simulated compute fails a build (reschedulable).
+    pub failure_rate: f64,
+    /// Builds each scheduler's conductor runs at once.
+    pub builds_per_scheduler: usize,
+    /// Requests each scheduler serves at once in the claims phase [default: 32].
+    pub tasks_per_scheduler: Option<usize>,
+    /// `indexed_candidates` (k) of the indexed ranking [default: 16].
+    pub indexed_candidates: Option<usize>,
+    /// Cloud sizes of the sweep (memory store) [default: 1000,5000,20000,100000; quick:
+    /// 100,400]; empty: the defaults; `0`: no sweep.
+    pub sweep: Vec<usize>,
+    /// Skip the quality and fill-to-failure runs.
+    pub no_quality: bool,
+    /// Hosts of the fill-to-failure cloud [default: 500; quick: 40].
+    pub fill_hosts: Option<usize>,
+    /// Add a throwaway redis-server with `appendonly yes`, `appendfsync everysec` (started
+    /// by the bench on a free port) as a candidate.
+    pub redis_aof: bool,
+}
+
+/// A build run's figures as reports show them: the driver's counts and timeline with the
+/// request latency summarized.
+#[derive(Debug, Serialize)]
+pub struct BuildFigures {
+    /// What the driver counted.
+    #[serde(flatten)]
+    pub report: BuildReport,
+    /// Per-request latency (schedule + claim + build + state writes).
+    pub request_latency: Summary,
+}
+
+impl From<BuildReport> for BuildFigures {
+    fn from(report: BuildReport) -> Self {
+        let request_latency = Latency::of(&report.request_latencies).summary();
+        BuildFigures { report, request_latency }
+    }
+}
+
+/// Placements per second in windows of a build timeline (for charts): (window end, rate).
+pub fn rates(timeline: &[(f64, u64)]) -> Vec<(f64, f64)> {
+    let total = timeline.last().map_or(0.0, |t| t.0);
+    let window = (total / 20.0).max(0.05);
+    let mut out = Vec::new();
+    let mut start = timeline.first().copied().unwrap_or((0.0, 0));
+    for &(t, n) in timeline {
+        if t - start.0 >= window {
+            out.push((t, (n - start.1) as f64 / (t - start.0)));
+            start = (t, n);
+        }
+    }
+    out
+}
+
+#[derive(Debug, Serialize)]
+struct Params {
+    cloud: CloudSpec,
+    mix: RequestMix,
+    claims: SchedulerSetup,
+    builds_per_scheduler: usize,
+    failure_rate: f64,
+    quick: bool,
+    candidates: Vec<String>,
+    fill_hosts: usize,
+    sweep: Vec<usize>,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    candidate: String,
+    /// What the candidate's server says about durability (Redis: appendonly, appendfsync).
+    durability: String,
+    load_seconds: f64,
+    claims: ClaimRun,
+    claims_audit: AuditReport,
+    build: BuildFigures,
+    audit: AuditReport,
+    end_state: EndState,
+    /// claimed placements/s over Nomad's 3,750/s.
+    claims_vs_nomad_c1m: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct QualityRow {
+    ranking: &'static str,
+    run: ClaimRun,
+    end_state: EndState,
+    audit: AuditReport,
+}
+
+#[derive(Debug, Serialize)]
+struct Fill {
+    hosts: usize,
+    indexed_placed: u64,
+    exhaustive_placed: u64,
+    /// indexed over exhaustive.
+    ratio: Option<f64>,
+    indexed_end_state: EndState,
+    exhaustive_end_state: EndState,
+}
+
+#[derive(Debug, Serialize)]
+struct SweepRow {
+    hosts: usize,
+    run: ClaimRun,
+    audit_clean: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Results<'a> {
+    candidates: &'a [Row],
+    quality: &'a [QualityRow],
+    fill_to_failure: Option<&'a Fill>,
+    sweep: &'a [SweepRow],
+}
+
+/// The smallest flavor of a cloud (VCPU, MEMORY_MB, DISK_GB), for stranded capacity.
+fn smallest(cloud: &Cloud) -> (i64, i64, i64) {
+    cloud
+        .flavors
+        .iter()
+        .map(|(f, _)| (f.vcpus, f.memory_mb, f.root_gb + f.ephemeral_gb))
+        .min_by_key(|(c, m, _)| (*m, *c))
+        .unwrap_or((1, 512, 1))
+}
+
+fn groups(cloud: &Cloud) -> Vec<(unicell::model::GroupId, GroupPolicy, Option<u32>)> {
+    cloud.groups.iter().map(|g| (g.id, g.policy, g.max_per_host)).collect()
+}
+
+/// Durability of a candidate's server, as it says (Redis only).
+async fn durability(store: &std::sync::Arc<dyn Store>, cand: &Candidate, aof: Option<&redis_aof::AofRedis>) -> String {
+    if let Some(a) = aof
+        && cand.url == a.url()
+    {
+        return "Redis appendonly yes, appendfsync everysec (throwaway redis-server started by the bench)".into();
+    }
+    let _ = store;
+    match cand.scheme.backend() {
+        "memory" => "in-process, not durable".into(),
+        "redis" => {
+            let port = cand.url.rsplit(':').next().and_then(|p| p.split(['/', '?']).next()).unwrap_or("6379");
+            let get = |key: &str| {
+                std::process::Command::new("redis-cli")
+                    .args(["-p", port, "config", "get", key])
+                    .output()
+                    .ok()
+                    .and_then(|o| String::from_utf8(o.stdout).ok())
+                    .and_then(|s| s.lines().nth(1).map(str::to_string))
+                    .unwrap_or_else(|| "?".into())
+            };
+            format!("Redis appendonly {}, appendfsync {}", get("appendonly"), get("appendfsync"))
+        }
+        other => format!("{other}: as configured on the server"),
+    }
+}
+
+/// Runs the benchmark.
+pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
+    let quick = a.common.quick;
+    let hosts = knob(a.hosts, quick, 100, 5_000);
+    let cells = knob(a.cells, quick, 2, 4);
+    let nreq = knob(a.requests, quick, 400, 20_000);
+    let schedulers = knob(a.schedulers, quick, 2, 4);
+    let tasks = knob(a.tasks_per_scheduler, quick, 8, 32);
+    let k = knob(a.indexed_candidates, quick, 16, 16);
+    let fill_hosts = knob(a.fill_hosts, quick, 40, 500);
+    let sweep: Vec<usize> = list_knob(&a.sweep, quick, &[100, 400], &[1_000, 5_000, 20_000, 100_000])
+        .into_iter()
+        .filter(|h| *h > 0)
+        .collect();
+    if hosts == 0 || cells == 0 || nreq == 0 || schedulers == 0 || tasks == 0 || k == 0 {
+        bail!(
+            "--hosts, --cells, --requests, --schedulers, --tasks-per-scheduler and --indexed-candidates must each be at least 1"
+        );
+    }
+    if !(0.0..=1.0).contains(&a.failure_rate) {
+        bail!("--failure-rate must be between 0 and 1, got {}", a.failure_rate);
+    }
+    let mut common = a.common.clone();
+    let aof = if a.redis_aof { Some(redis_aof::AofRedis::start().await?) } else { None };
+    if let Some(server) = &aof {
+        common.stores.push(server.url());
+    }
+    let cands = candidates(global_store, &common)?;
+    let env = report::Environment::capture();
+    let tag = run_tag();
+    let spec = CloudSpec::new(cells, hosts, a.common.seed);
+    let mix = RequestMix { requests: nreq, multi_share: 0.0, group_share: 0.05, az_share: 0.2, seed: a.common.seed };
+    let setup = SchedulerSetup {
+        schedulers,
+        tasks_per_scheduler: tasks,
+        alternates: a.alternates,
+        host_subset_size: 4,
+        ranking: RankingMode::Indexed,
+        indexed_candidates: k,
+        measure_quality: false,
+        stop_at_first_failure: false,
+        seed: a.common.seed,
+    };
+    println!(
+        "bench schedule: {hosts} hosts in {cells} cells, {nreq} requests, {schedulers} schedulers sharing one \
+         snapshot ({tasks} requests each at once, k = {k}), {} alternates, build failure rate {}, {} candidate(s), {} build",
+        a.alternates,
+        a.failure_rate,
+        cands.len(),
+        env.build
+    );
+    let mut rows = Vec::new();
+    for (i, cand) in cands.iter().enumerate() {
+        let url = run_url(cand, &format!("{tag}_s{i}"), Some(cells))?;
+        let store = open_store(&url).await?;
+        let durability = durability(&store, cand, aof.as_ref()).await;
+        let t = std::time::Instant::now();
+        let cloud = Cloud::generate(store.clone(), &spec, 16, &Bars).await?;
+        let load_seconds = t.elapsed().as_secs_f64();
+        let reqs = requests::generate(&cloud, &mix)?;
+        let claims = drive::claims(&store, &reqs, &setup, cand.scheme.name(), &Bars).await?;
+        let claims_audit = audit(&*store, &AuditScope::default()).await?;
+        let claims_end = drive::end_state(&store, smallest(&cloud), &groups(&cloud)).await?;
+        drive::release(&store, &claims.consumers).await?;
+        let b = drive::builds(&store, reqs, &setup, a.builds_per_scheduler, a.failure_rate, cand.scheme.name(), &Bars)
+            .await?;
+        let au = audit(&*store, &AuditScope::everything()).await?;
+        let b = BuildFigures::from(b);
+        println!(
+            "  {:<44} claims: {} placed in {:.2} s = {:.0}/s ({} conflicts, {} NoValidHost, {}); \
+             builds: {} ACTIVE, {} ERROR in {:.2} s = {:.0}/s; {}",
+            cand.label,
+            claims.placed,
+            claims.seconds,
+            claims.placements_per_second,
+            claims.claim_conflicts,
+            claims.no_valid_host,
+            if claims_audit.is_clean() { "audit OK" } else { "AUDIT FAILED" },
+            b.report.active,
+            b.report.failed,
+            b.report.seconds,
+            b.report.placements_per_second,
+            if au.is_clean() { "audit OK" } else { "AUDIT FAILED" }
+        );
+        rows.push(Row {
+            candidate: cand.label.clone(),
+            durability,
+            load_seconds,
+            claims_vs_nomad_c1m: ratio(claims.placements_per_second, NOMAD_C1M_PER_SECOND),
+            claims,
+            claims_audit,
+            build: b,
+            audit: au,
+            end_state: claims_end,
+        });
+        drop(cloud);
+        drop(store);
+        candidate::cleanup(cand, &url).await;
+    }
+
+    // Quality, fill to failure and the sweep: the scheduler against itself, on memory.
+    let mut quality = Vec::new();
+    let mut fill = None;
+    if !a.no_quality {
+        for ranking in [RankingMode::Indexed, RankingMode::Exhaustive] {
+            let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(MemoryStore::new());
+            let cloud = Cloud::generate(store.clone(), &spec, 16, &Bars).await?;
+            let reqs = requests::generate(&cloud, &mix)?;
+            let s = SchedulerSetup { ranking, measure_quality: true, ..setup };
+            let name = if ranking == RankingMode::Indexed { "indexed" } else { "exhaustive" };
+            let run = drive::claims(&store, &reqs, &s, &format!("quality {name}"), &Bars).await?;
+            let end_state = drive::end_state(&store, smallest(&cloud), &groups(&cloud)).await?;
+            let audit = audit(&*store, &AuditScope::default()).await?;
+            quality.push(QualityRow { ranking: name, run, end_state, audit });
+        }
+        let fspec = CloudSpec::new(cells.min(fill_hosts.max(1)), fill_hosts, a.common.seed);
+        let mut placed = Vec::new();
+        let mut ends = Vec::new();
+        for ranking in [RankingMode::Indexed, RankingMode::Exhaustive] {
+            let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(MemoryStore::new());
+            let cloud = Cloud::generate(store.clone(), &fspec, 16, &Bars).await?;
+            // Enough requests to overflow the cloud; one at a time, so both rankings see the
+            // same sequence.
+            let per_host = 200;
+            let fmix = RequestMix { requests: fill_hosts * per_host, ..mix };
+            let reqs = requests::generate(&cloud, &fmix)?;
+            let s = SchedulerSetup {
+                ranking,
+                schedulers: 1,
+                tasks_per_scheduler: 1,
+                stop_at_first_failure: true,
+                alternates: 0,
+                ..setup
+            };
+            let run = drive::claims(&store, &reqs, &s, "fill to failure", &Bars).await?;
+            placed.push(run.placed);
+            ends.push(drive::end_state(&store, smallest(&cloud), &groups(&cloud)).await?);
+        }
+        let exhaustive_end_state = ends.pop().unwrap_or_default();
+        let indexed_end_state = ends.pop().unwrap_or_default();
+        fill = Some(Fill {
+            hosts: fill_hosts,
+            indexed_placed: placed[0],
+            exhaustive_placed: placed[1],
+            ratio: ratio(placed[0] as f64, placed[1] as f64),
+            indexed_end_state,
+            exhaustive_end_state,
+        });
+    }
+    let mut sweep_rows = Vec::new();
+    for &h in &sweep {
+        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(MemoryStore::new());
+        let sspec = CloudSpec::new(cells, h, a.common.seed);
+        let cloud = Cloud::generate(store.clone(), &sspec, 16, &Bars).await?;
+        let reqs = requests::generate(&cloud, &mix)?;
+        let run = drive::claims(&store, &reqs, &setup, &format!("sweep {h}"), &Bars).await?;
+        let audit_clean = audit(&*store, &AuditScope::default()).await?.is_clean();
+        println!(
+            "  sweep {h:>7} hosts: {:.0} placements/s, {} µs CPU per placement, snapshot {:.0} B/host ({} classes)",
+            run.placements_per_second,
+            run.cpu_us_per_placement.map_or("?".into(), |c| format!("{c:.1}")),
+            run.snapshot_bytes_per_host,
+            run.classes
+        );
+        sweep_rows.push(SweepRow { hosts: h, run, audit_clean });
+    }
+
+    let mut t = Table::new([
+        "candidate",
+        "claimed/s",
+        "CPU µs/pl.",
+        "conflicts",
+        "NoValidHost",
+        "ACTIVE/s",
+        "ACTIVE",
+        "ERROR",
+        "resched.",
+        "req p50 ms",
+        "req p99 ms",
+        "audits",
+    ]);
+    for r in &rows {
+        t.row([
+            r.candidate.clone(),
+            format!("{:.0}", r.claims.placements_per_second),
+            r.claims.cpu_us_per_placement.map_or("?".into(), |c| format!("{c:.1}")),
+            r.claims.claim_conflicts.to_string(),
+            r.claims.no_valid_host.to_string(),
+            format!("{:.0}", r.build.report.placements_per_second),
+            r.build.report.active.to_string(),
+            r.build.report.failed.to_string(),
+            r.build.report.reschedules.to_string(),
+            fmt_ms(r.build.request_latency.p50_ms),
+            fmt_ms(r.build.request_latency.p99_ms),
+            if r.claims_audit.is_clean() && r.audit.is_clean() { "OK" } else { "FAILED" }.to_string(),
+        ]);
+    }
+    println!(
+        "\nscheduling (claimed/s: schedulers + store; ACTIVE/s: + conductors and simulated compute)\n{}",
+        t.render()
+    );
+    for r in &rows {
+        println!("  {}: {}", r.candidate, r.durability);
+        if !r.build.report.failure_reasons.is_empty() {
+            println!("  {} failures by reason:", r.candidate);
+            for (reason, n) in &r.build.report.failure_reasons {
+                println!("    {n:>6}  {reason}");
+            }
+        }
+        for au in [&r.claims_audit, &r.audit] {
+            if !au.is_clean() {
+                println!("\n{}: {au}", r.candidate);
+            }
+        }
+    }
+    let mut t = Table::new([
+        "candidate",
+        "wrong zone",
+        "alt. other cell",
+        "alt. = chosen",
+        "group viol.",
+        "RAM std/max",
+        "non-empty",
+    ]);
+    for r in &rows {
+        t.row([
+            r.candidate.clone(),
+            r.claims.wrong_zone.to_string(),
+            r.claims.alternates_from_other_cell.to_string(),
+            r.claims.alternate_equals_chosen.to_string(),
+            r.end_state.group_violations.to_string(),
+            format!("{:.3}/{:.3}", r.end_state.ram_stddev, r.end_state.ram_max),
+            r.end_state.non_empty_hosts.to_string(),
+        ]);
+    }
+    println!("\nhard zeros and end state of the claims phase\n{}", t.render());
+
+    if !quality.is_empty() {
+        let mut t = Table::new([
+            "ranking",
+            "decisions",
+            "mean q",
+            "min q",
+            "q < 0.9",
+            "mean pct",
+            "RAM std/max",
+            "VCPU std/max",
+            "non-empty",
+            "stranded RAM",
+            "NoValidHost",
+            "audit",
+        ]);
+        for q in &quality {
+            let qs = q.run.quality.clone().unwrap_or_default();
+            t.row([
+                q.ranking.to_string(),
+                qs.decisions.to_string(),
+                format!("{:.4}", qs.mean_q),
+                format!("{:.3}", qs.min_q),
+                qs.below_0_9.to_string(),
+                format!("{:.4}", qs.mean_percentile),
+                format!("{:.3}/{:.3}", q.end_state.ram_stddev, q.end_state.ram_max),
+                format!("{:.3}/{:.3}", q.end_state.vcpu_stddev, q.end_state.vcpu_max),
+                q.end_state.non_empty_hosts.to_string(),
+                format!("{:.4}", q.end_state.stranded_ram),
+                q.run.no_valid_host.to_string(),
+                if q.audit.is_clean() { "OK" } else { "FAILED" }.to_string(),
+            ]);
+        }
+        println!(
+            "\nplacement quality on memory (same stream; q against an exhaustive weighing at each decision)\n{}",
+            t.render()
+        );
+    }
+    if let Some(f) = &fill {
+        println!(
+            "\nfill to failure ({} hosts, one request at a time until the first NoValidHost): indexed {} / exhaustive {} = {}",
+            f.hosts,
+            f.indexed_placed,
+            f.exhaustive_placed,
+            fmt_ratio(f.ratio)
+        );
+    }
+    if !sweep_rows.is_empty() {
+        let mut t = Table::new(["hosts", "claimed/s", "CPU µs/placement", "snapshot B/host", "classes", "audit"]);
+        for s in &sweep_rows {
+            t.row([
+                s.hosts.to_string(),
+                format!("{:.0}", s.run.placements_per_second),
+                s.run.cpu_us_per_placement.map_or("?".into(), |c| format!("{c:.1}")),
+                format!("{:.0}", s.run.snapshot_bytes_per_host),
+                s.run.classes.to_string(),
+                if s.audit_clean { "OK" } else { "FAILED" }.to_string(),
+            ]);
+        }
+        let cpus: Vec<f64> = sweep_rows.iter().filter_map(|s| s.run.cpu_us_per_placement).collect();
+        let spread = match (cpus.iter().copied().reduce(f64::min), cpus.iter().copied().reduce(f64::max)) {
+            (Some(lo), Some(hi)) if lo > 0.0 => format!("{:.2}x", hi / lo),
+            _ => "?".into(),
+        };
+        println!("\nsweep on memory (CPU per placement max/min over sizes: {spread})\n{}", t.render());
+    }
+    let mut t = Table::new(["candidate", "claimed/s / Nomad C1M 3750/s"]);
+    for r in &rows {
+        t.row([r.candidate.clone(), fmt_ratio(r.claims_vs_nomad_c1m)]);
+    }
+    println!("\nratios\n{}", t.render());
+
+    let mut cumulative = Vec::new();
+    let mut rate = Vec::new();
+    for (ci, r) in rows.iter().enumerate() {
+        cumulative.push(Series {
+            name: r.candidate.clone(),
+            points: r.build.report.timeline.iter().map(|(t, n)| (*t, *n as f64)).collect(),
+            color: ci,
+            dashed: false,
+        });
+        rate.push(Series {
+            name: r.candidate.clone(),
+            points: rates(&r.build.report.timeline),
+            color: ci,
+            dashed: false,
+        });
+    }
+    let mut panels = vec![
+        Panel {
+            title: "instances ACTIVE over time".into(),
+            x_label: "seconds".into(),
+            y_label: "instances".into(),
+            log_y: false,
+            series: cumulative,
+        },
+        Panel {
+            title: "ACTIVE rate".into(),
+            x_label: "seconds".into(),
+            y_label: "instances per second".into(),
+            log_y: false,
+            series: rate,
+        },
+    ];
+    if !sweep_rows.is_empty() {
+        panels.push(Panel {
+            title: "CPU per claimed placement vs hosts (memory)".into(),
+            x_label: "hosts".into(),
+            y_label: "µs".into(),
+            log_y: false,
+            series: vec![Series {
+                name: "memory".into(),
+                points: sweep_rows
+                    .iter()
+                    .filter_map(|s| s.run.cpu_us_per_placement.map(|c| (s.hosts as f64, c)))
+                    .collect(),
+                color: 0,
+                dashed: false,
+            }],
+        });
+    }
+    let broken =
+        rows.iter().any(|r| {
+            !r.claims_audit.is_clean()
+                || !r.audit.is_clean()
+                || r.claims.wrong_zone > 0
+                || r.claims.alternates_from_other_cell > 0
+                || r.claims.alternate_equals_chosen > 0
+                || r.end_state.group_violations > 0
+        }) || quality.iter().any(|q| !q.audit.is_clean() || q.end_state.group_violations > 0 || q.run.wrong_zone > 0)
+            || sweep_rows.iter().any(|s| !s.audit_clean);
+    let rep = report::Report {
+        bench: "schedule",
+        parameters: Params {
+            cloud: spec,
+            mix,
+            claims: setup,
+            builds_per_scheduler: a.builds_per_scheduler,
+            failure_rate: a.failure_rate,
+            quick,
+            candidates: cands.iter().map(|c| c.label.clone()).collect(),
+            fill_hosts,
+            sweep: sweep.clone(),
+        },
+        environment: env,
+        results: Results { candidates: &rows, quality: &quality, fill_to_failure: fill.as_ref(), sweep: &sweep_rows },
+        notes: vec![
+            "claimed placements/s: instances claimed in the store by the schedulers (no conductor, no \
+             instance records) per second of wall time; ACTIVE/s: instances built to ACTIVE through \
+             conductors and the simulated compute. CPU per placement is the process's (a Redis or SQL \
+             server's own CPU is not in it)."
+                .into(),
+            "quality: every decision of each run is compared with an exhaustive weighing (every host that \
+             passes every stage, weights normalized over all of them) of the same state: q = (w - worst) / \
+             (best - worst). The exhaustive run uses host_subset_size 4 like the indexed one."
+                .into(),
+        ],
+    };
+    let json = report::write_json(&a.common.out, "schedule", &rep)?;
+    let svg = chart::lines(
+        &a.common.out,
+        "schedule",
+        &format!("bench schedule: {hosts} hosts, {nreq} requests, {schedulers} schedulers"),
+        &panels,
+    )?;
+    print_outputs(&json, &svg);
+    drop(aof);
+    if broken {
+        bail!("an audit or a hard-zero check failed (see above)");
+    }
+    Ok(())
+}
