@@ -11,6 +11,8 @@
 //! * [`Error`]: the one semantic error enum every backend maps into.
 //! * [`scheduler`], [`conductor`], [`compute`]: placement with claims at selection,
 //!   caller-chosen alternates and reschedules over them.
+//! * `testkit` (feature `testkit`): throwaway Redis, Redis Cluster and Cassandra servers
+//!   from installed binaries, for tests, benchmarks and evaluations.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -22,5 +24,7 @@ pub mod error;
 pub mod model;
 pub mod scheduler;
 pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use error::{Error, Result};
