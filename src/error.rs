@@ -30,6 +30,10 @@ pub enum Kind {
     Instance,
     /// A listing marker (Nova answers 400 "marker not found").
     Marker,
+    /// A resource class (Placement's registry of custom classes).
+    ResourceClass,
+    /// A trait (Placement's registry of custom traits).
+    Trait,
     /// A build lease ([`crate::store::leases`]).
     BuildLease,
 }
@@ -48,6 +52,8 @@ impl fmt::Display for Kind {
             Kind::RequestSpec => "request spec",
             Kind::Instance => "instance",
             Kind::Marker => "marker",
+            Kind::ResourceClass => "resource class",
+            Kind::Trait => "trait",
             Kind::BuildLease => "build lease",
         })
     }
@@ -101,6 +107,33 @@ pub enum Conflict {
         /// The name.
         name: String,
     },
+    /// Placement's generation of one provider was not the one the caller sent
+    /// (`placement.concurrent_update`): re-read the provider and retry.
+    ProviderGeneration {
+        /// The provider.
+        provider: ProviderId,
+        /// The generation the caller sent.
+        expected: u64,
+        /// The provider's generation.
+        actual: u64,
+    },
+    /// A consumer's generation was not the one the caller sent (`null` when the consumer does
+    /// not exist, or when the caller expected it not to).
+    ConsumerGeneration {
+        /// The consumer.
+        consumer: ConsumerId,
+        /// The consumer's generation in the store, or `null`.
+        expected: String,
+        /// What the caller sent, or `null`.
+        got: String,
+    },
+    /// A registry entry (custom resource class or trait) is still used.
+    InUse {
+        /// What kind of entry.
+        kind: Kind,
+        /// Its name.
+        name: String,
+    },
 }
 
 impl fmt::Display for Conflict {
@@ -122,6 +155,13 @@ impl fmt::Display for Conflict {
                 write!(f, "provider {provider} has allocations or children")
             }
             Conflict::DuplicateName { name } => write!(f, "name {name:?} is already taken"),
+            Conflict::ProviderGeneration { provider, expected, actual } => {
+                write!(f, "generation of resource provider {provider} is {actual}, not {expected}")
+            }
+            Conflict::ConsumerGeneration { consumer, expected, got } => {
+                write!(f, "consumer generation conflict - expected {expected} but got {got} (consumer {consumer})")
+            }
+            Conflict::InUse { kind, name } => write!(f, "{kind} {name} is in use"),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod builds;
 pub mod error;
 pub mod microversion;
 pub mod nova;
+pub mod placement;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use crate::compute::{ComputeDriver, SimulatedCompute};
 use crate::conductor::{Conductor, ConductorConfig};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::store::Store;
+use crate::store::placement::PlacementStore;
 
 pub use self::error::ServeError;
 
@@ -36,6 +38,11 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 114_688;
 pub struct ApiConfig {
     /// Where the Nova compute API listens (Nova's default port is 8774).
     pub nova_listen: SocketAddr,
+    /// Where the Placement API listens (Placement's default port is 8778); `None`: not served.
+    /// Needs a store with Placement's state ([`ApiState::with_placement`]).
+    pub placement_listen: Option<SocketAddr>,
+    /// Who may call the Placement API (Placement's default: admins only).
+    pub placement_policy: placement::Policy,
     /// Largest request body accepted; larger ones get a 413.
     pub max_body_bytes: usize,
     /// This replica's name, recorded with the builds it runs (unique per process; the
@@ -53,6 +60,8 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             nova_listen: SocketAddr::from(([127, 0, 0, 1], 8774)),
+            placement_listen: None,
+            placement_policy: placement::Policy::AdminOnly,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             replica: default_replica_name(),
             scheduler: SchedulerConfig::default(),
@@ -87,6 +96,7 @@ struct StateInner {
     config: ApiConfig,
     conductor: Arc<Conductor>,
     builds: builds::Builds,
+    placement: Option<Arc<dyn PlacementStore>>,
 }
 
 impl ApiState {
@@ -98,13 +108,39 @@ impl ApiState {
         config: ApiConfig,
         compute: Option<Arc<dyn ComputeDriver>>,
     ) -> Result<ApiState, ServeError> {
+        Self::build(store, None, config, compute).await
+    }
+
+    async fn build(
+        store: Arc<dyn Store>,
+        placement: Option<Arc<dyn PlacementStore>>,
+        config: ApiConfig,
+        compute: Option<Arc<dyn ComputeDriver>>,
+    ) -> Result<ApiState, ServeError> {
         let scheduler = Arc::new(Scheduler::new(store.clone(), config.scheduler.clone()).await?);
         let compute = compute.unwrap_or_else(|| Arc::new(SimulatedCompute::new(0)));
         let conductor = Arc::new(Conductor::new(store.clone(), scheduler, compute, config.conductor.clone()));
         let builds =
             builds::Builds::new(store.clone(), conductor.clone(), config.replica.clone(), config.builds.clone());
         builds.start_background();
-        Ok(ApiState { inner: Arc::new(StateInner { store, config, conductor, builds }) })
+        Ok(ApiState { inner: Arc::new(StateInner { store, config, conductor, builds, placement }) })
+    }
+
+    /// [`ApiState::new`] over a store that also keeps Placement's state, so that this
+    /// replica can serve the Placement API too (on [`ApiConfig::placement_listen`]). Both
+    /// APIs then share the one store: what Placement writes, the scheduler sees.
+    pub async fn with_placement(
+        store: Arc<dyn PlacementStore>,
+        config: ApiConfig,
+        compute: Option<Arc<dyn ComputeDriver>>,
+    ) -> Result<ApiState, ServeError> {
+        let plain: Arc<dyn Store> = store.clone();
+        Self::build(plain, Some(store), config, compute).await
+    }
+
+    /// The store with Placement's state, when this replica serves the Placement API.
+    pub fn placement(&self) -> Option<&Arc<dyn PlacementStore>> {
+        self.inner.placement.as_ref()
     }
 
     /// The store.
@@ -145,7 +181,16 @@ impl Server {
     /// Binds every API's listener.
     pub async fn bind(state: ApiState) -> Result<Server, ServeError> {
         let nova_addr = state.config().nova_listen;
-        let routers = vec![(nova_addr, nova::router(state.clone()))];
+        let mut routers = vec![(nova_addr, nova::router(state.clone()))];
+        if let Some(addr) = state.config().placement_listen {
+            let Some(store) = state.placement() else {
+                return Err(ServeError::Task(format!(
+                    "the Placement API (on {addr}) needs a store with Placement's state; {} has none",
+                    state.store().describe()
+                )));
+            };
+            routers.push((addr, placement::router_for(store.clone(), state.config().placement_policy)));
+        }
         let mut listeners = Vec::with_capacity(routers.len());
         for (addr, router) in routers {
             let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
@@ -159,6 +204,11 @@ impl Server {
     /// The Nova API's bound address.
     pub fn nova_addr(&self) -> Option<SocketAddr> {
         self.listeners.first().map(|(a, _, _)| *a)
+    }
+
+    /// The address the Placement API is bound to (the second listener), when served.
+    pub fn placement_addr(&self) -> Option<SocketAddr> {
+        self.listeners.get(1).map(|(a, _, _)| *a)
     }
 
     /// Serves every listener until `shutdown` completes (or one of them fails), then lets

@@ -24,6 +24,15 @@ pub struct ServeArgs {
     /// Address of the Nova compute API.
     #[arg(long, default_value = "127.0.0.1:8774")]
     pub listen: SocketAddr,
+    /// Also serve the Placement API on this address (Placement's port is 8778). Needs a
+    /// store that keeps Placement's state (`unicell stores` says which).
+    #[arg(long)]
+    pub placement_listen: Option<SocketAddr>,
+    /// Who may call the Placement API: `admin` (Placement's default policy: the noauth2
+    /// token `admin`) or `authenticated` (any token, for clients that cannot pick theirs,
+    /// such as the openstack CLI with `auth_type: none`).
+    #[arg(long, default_value = "admin", value_parser = ["admin", "authenticated"])]
+    pub placement_policy: String,
     /// Also run this many simulated compute hosts in this process (registered and
     /// heartbeating; what `unicell computes` does). The embedded `memory://` store lives in
     /// this process, so this is how it gets hosts.
@@ -74,24 +83,52 @@ pub struct CloudArgs {
 
 /// Runs the API until SIGTERM or Ctrl-C, then lets the builds in flight finish.
 pub async fn serve(store_url: &str, a: ServeArgs) -> Result<ExitCode> {
-    let store = open_store(store_url).await?;
+    let placement = match a.placement_listen {
+        Some(_) => Some(
+            unicell::store::placement::open(store_url)
+                .await
+                .with_context(|| format!("cannot serve the Placement API on {store_url}"))?,
+        ),
+        None => None,
+    };
+    let store: Arc<dyn Store> = match &placement {
+        Some(p) => p.clone(),
+        None => open_store(store_url).await?,
+    };
     let mut heartbeats = None;
     if a.computes > 0 {
         let cloud = register(&store, a.computes, &a.cloud).await?;
         heartbeats = Some(tokio::spawn(heartbeat(store.clone(), host_names(&cloud), a.cloud.heartbeat)));
     }
-    let mut config = ApiConfig { nova_listen: a.listen, ..ApiConfig::default() };
+    let placement_policy = match a.placement_policy.as_str() {
+        "authenticated" => unicell::api::placement::Policy::Authenticated,
+        _ => unicell::api::placement::Policy::AdminOnly,
+    };
+    let mut config = ApiConfig {
+        nova_listen: a.listen,
+        placement_listen: a.placement_listen,
+        placement_policy,
+        ..ApiConfig::default()
+    };
     if let Some(r) = a.replica {
         config.replica = r;
     }
     let compute = SimulatedCompute::new(a.cloud.seed)
         .with_latency(Duration::from_millis(a.build_ms), Duration::from_millis(a.build_ms / 2))
         .with_failure_rate(a.build_failure_rate, 1.0);
-    let state = ApiState::new(store.clone(), config, Some(Arc::new(compute))).await.context("starting the API")?;
+    let state = match placement {
+        Some(p) => ApiState::with_placement(p, config, Some(Arc::new(compute))).await,
+        None => ApiState::new(store.clone(), config, Some(Arc::new(compute))).await,
+    }
+    .context("starting the API")?;
     let server = Server::bind(state.clone()).await?;
     if let Some(addr) = server.nova_addr() {
         tracing::info!(target: "unicell::cli", %addr, store = %store.describe(), "Nova compute API listening");
         println!("unicell serve: Nova compute API on http://{addr}/v2.1 (store {})", store.describe());
+    }
+    if let Some(addr) = server.placement_addr() {
+        tracing::info!(target: "unicell::cli", %addr, "Placement API listening");
+        println!("unicell serve: Placement API on http://{addr}/");
     }
     server.run(shutdown_signal()).await?;
     let handed = state.builds().shutdown(a.drain_timeout).await;

@@ -77,6 +77,9 @@ standard_classes! {
     MemEncryptionContext => "MEM_ENCRYPTION_CONTEXT",
     Fpga => "FPGA",
     Pgpu => "PGPU",
+    NetPacketRateKilopacketPerSec => "NET_PACKET_RATE_KILOPACKET_PER_SEC",
+    NetPacketRateEgrKilopacketPerSec => "NET_PACKET_RATE_EGR_KILOPACKET_PER_SEC",
+    NetPacketRateIgrKilopacketPerSec => "NET_PACKET_RATE_IGR_KILOPACKET_PER_SEC",
 }
 
 fn validate_custom_name(field: &str, s: &str) -> Result<(), Error> {

@@ -20,7 +20,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
-    AggregateId, AllocationMap, ProviderNode, ProviderTree, RequestGroup, ResourceClass, ResourceRequest, Trait,
+    AggregateId, AllocationMap, ProviderId, ProviderNode, ProviderTree, RequestGroup, ResourceClass, ResourceRequest,
+    Trait,
 };
 use crate::scheduler::error::Rejection;
 
@@ -271,8 +272,37 @@ fn single_provider(p: &ProviderNode, req: &CandidateRequest) -> Option<Allocatio
     Some(AllocationMap::from([(p.id, sums)]))
 }
 
+/// Which providers served each request group of a candidate: Placement's `mappings`, keyed
+/// by suffix (`""` for the unsuffixed group). Groups without resources have no entry.
+pub type GroupMappings = BTreeMap<String, BTreeSet<ProviderId>>;
+
+/// [`allocation_candidate`] with the providers that serve each request group (what
+/// Placement's `GET /allocation_candidates` returns as `mappings` from 1.34).
+pub fn allocation_candidate_mapped(
+    tree: &ProviderTree,
+    req: &CandidateRequest,
+) -> Result<(AllocationMap, GroupMappings), Rejection> {
+    if let [root] = tree.providers.as_slice()
+        && let Some(a) = single_provider(root, req)
+    {
+        let mappings = req
+            .groups
+            .iter()
+            .filter(|g| !g.resources.is_empty())
+            .map(|g| (g.suffix.clone().unwrap_or_default(), BTreeSet::from([root.id])))
+            .collect();
+        return Ok((a, mappings));
+    }
+    search_mapped(tree, req)
+}
+
 /// The general depth-first search over the providers of the tree.
 fn search(tree: &ProviderTree, req: &CandidateRequest) -> Result<AllocationMap, Rejection> {
+    search_mapped(tree, req).map(|(a, _)| a)
+}
+
+/// [`search`] with the providers each request group was served by.
+fn search_mapped(tree: &ProviderTree, req: &CandidateRequest) -> Result<(AllocationMap, GroupMappings), Rejection> {
     let root_aggs: BTreeSet<AggregateId> = tree.providers.first().map(|r| r.aggregates.clone()).unwrap_or_default();
     let agg_ok: Vec<bool> = tree
         .providers
@@ -368,7 +398,12 @@ fn search(tree: &ProviderTree, req: &CandidateRequest) -> Result<AllocationMap, 
         for ((p, c), sum) in &search.sums {
             out.entry(tree.providers[*p].id).or_default().insert((*c).clone(), *sum);
         }
-        Ok(out)
+        let mut mappings = GroupMappings::new();
+        for (i, v) in search.vars.iter().enumerate() {
+            let suffix = req.groups[v.group].suffix.clone().unwrap_or_default();
+            mappings.entry(suffix).or_default().insert(tree.providers[search.choice[i]].id);
+        }
+        Ok((out, mappings))
     } else if let Some(t) = search.trait_miss {
         Err(Rejection::MissingTrait(t))
     } else {

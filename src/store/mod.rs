@@ -23,6 +23,7 @@ pub mod conformance;
 pub mod cql;
 pub mod leases;
 pub mod memory;
+pub mod placement;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sql")]

@@ -7,6 +7,7 @@
 mod catalog;
 mod feed;
 mod instances;
+mod placement;
 mod trees;
 
 use std::collections::{BTreeSet, HashMap};
@@ -53,6 +54,7 @@ pub struct MemoryStore {
     catalog: RwLock<CatalogData>,
     instances: RwLock<InstanceData>,
     leases: super::leases::MemoryLeases,
+    registry: Mutex<placement::Registry>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -79,6 +81,7 @@ impl MemoryStore {
             catalog: RwLock::default(),
             instances: RwLock::default(),
             leases: super::leases::MemoryLeases::default(),
+            registry: Mutex::default(),
         }
     }
 }

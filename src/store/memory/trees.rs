@@ -19,29 +19,38 @@ use crate::store::prelude::*;
 use super::{MemoryStore, SHARDS, lock, read, shard_of, write};
 
 pub(super) struct TreeState {
-    tree: ProviderTree,
-    allocations: HashMap<ConsumerId, TreeAllocation>,
+    pub(super) tree: ProviderTree,
+    pub(super) allocations: HashMap<ConsumerId, TreeAllocation>,
     /// Set when the tree was deleted while someone held its `Arc`.
-    deleted: bool,
+    pub(super) deleted: bool,
+    /// Placement's provider generations and consumer records.
+    pub(super) extra: super::placement::Extra,
 }
 
 impl MemoryStore {
-    fn root_of(&self, provider: ProviderId) -> Result<ProviderId> {
+    pub(super) fn root_of(&self, provider: ProviderId) -> Result<ProviderId> {
         read(&self.provider_root).get(&provider).copied().ok_or_else(|| Error::not_found(Kind::Provider, provider))
     }
 
-    fn tree_of(&self, provider: ProviderId) -> Result<Arc<Mutex<TreeState>>> {
+    pub(super) fn tree_of(&self, provider: ProviderId) -> Result<Arc<Mutex<TreeState>>> {
         let root = self.root_of(provider)?;
         read(&self.trees).get(&root).cloned().ok_or_else(|| Error::not_found(Kind::Provider, provider))
     }
 
-    fn consumer_shard(&self, consumer: ConsumerId) -> MutexGuard<'_, HashMap<ConsumerId, BTreeSet<ProviderId>>> {
+    pub(super) fn consumer_shard(
+        &self,
+        consumer: ConsumerId,
+    ) -> MutexGuard<'_, HashMap<ConsumerId, BTreeSet<ProviderId>>> {
         lock(&self.consumers[shard_of(&consumer, SHARDS)])
     }
 
     /// Runs `f` on the locked, live tree of `provider`, recording a change when `f` says it
     /// wrote (returns `(value, true)`) and bumping the generation.
-    fn with_tree<T>(&self, provider: ProviderId, f: impl FnOnce(&mut TreeState) -> Result<(T, bool)>) -> Result<T> {
+    pub(super) fn with_tree<T>(
+        &self,
+        provider: ProviderId,
+        f: impl FnOnce(&mut TreeState) -> Result<(T, bool)>,
+    ) -> Result<T> {
         let tree = self.tree_of(provider)?;
         let mut state = lock(&tree);
         if state.deleted {
@@ -111,7 +120,12 @@ impl Providers for MemoryStore {
                         // id always finds the tree.
                         write(&self.trees).insert(
                             p.id,
-                            Arc::new(Mutex::new(TreeState { tree, allocations: HashMap::new(), deleted: false })),
+                            Arc::new(Mutex::new(TreeState {
+                                tree,
+                                allocations: HashMap::new(),
+                                deleted: false,
+                                extra: Default::default(),
+                            })),
                         );
                         slot.insert(p.id);
                         self.changes.record(p.id);
@@ -146,6 +160,7 @@ impl Providers for MemoryStore {
             }
             let name = node.name.clone();
             state.tree.providers.retain(|p| p.id != provider);
+            state.extra.generations.remove(&provider);
             if provider == root {
                 state.deleted = true;
             }
@@ -194,6 +209,7 @@ impl Providers for MemoryStore {
             node.inventories = inventories.clone();
             let over_capacity =
                 inventories.iter().filter(|(c, inv)| node.used(c) > inv.capacity()).map(|(c, _)| c.clone()).collect();
+            state.extra.bump(provider);
             Ok((InventoryWrite { generation: generation + 1, over_capacity }, true))
         })
     }
@@ -203,6 +219,7 @@ impl Providers for MemoryStore {
             Self::check_generation(state, generation)?;
             let node = state.tree.node_mut(provider).ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
             node.traits = traits.clone();
+            state.extra.bump(provider);
             Ok((generation + 1, true))
         })
     }
@@ -217,6 +234,7 @@ impl Providers for MemoryStore {
             Self::check_generation(state, generation)?;
             let node = state.tree.node_mut(provider).ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
             node.aggregates = aggregates.clone();
+            state.extra.bump(provider);
             Ok((generation + 1, true))
         })
     }
@@ -252,6 +270,7 @@ impl Claims for MemoryStore {
                 },
             );
             self.consumer_shard(request.consumer).entry(request.consumer).or_default().insert(state.tree.root);
+            state.extra.claimed(request);
             Ok((Claim { root: state.tree.root, generation: state.tree.generation + 1, replayed: false }, true))
         })
     }
@@ -265,6 +284,7 @@ impl Claims for MemoryStore {
                 let Some(alloc) = state.allocations.remove(&consumer) else {
                     return Ok((false, false));
                 };
+                state.extra.consumers.remove(&consumer);
                 state.tree.apply(&alloc.allocations, -1);
                 if let Some(g) = alloc.group
                     && let Some(n) = state.tree.groups.get_mut(&g)
