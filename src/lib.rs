@@ -11,6 +11,9 @@
 //! * [`Error`]: the one semantic error enum every backend maps into.
 //! * [`scheduler`], [`conductor`], [`compute`]: placement with claims at selection,
 //!   caller-chosen alternates and reschedules over them.
+//! * `sim` (feature `sim`): the simulation that runs the whole flow without hypervisors:
+//!   a seeded cloud generator, the request mix, a driver for several schedulers and
+//!   conductors, simulated computes and their heartbeats.
 //! * `testkit` (feature `testkit`): throwaway Redis, Redis Cluster and Cassandra servers
 //!   from installed binaries, for tests, benchmarks and evaluations.
 #![deny(missing_docs)]
@@ -23,6 +26,8 @@ pub mod conductor;
 pub mod error;
 pub mod model;
 pub mod scheduler;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;

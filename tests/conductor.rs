@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sched_common::{Cloud, HostSpec, audit, e, flavor, instance, spec};
-use unicell::compute::{BuildFailure, ComputeDriver, SimulatedCompute};
+use unicell::compute::{BuildFailure, ComputeDriver};
 use unicell::conductor::{BuildStatus, Conductor, ConductorConfig};
 use unicell::model::*;
+use unicell::sim::SimulatedCompute;
 use unicell::store::prelude::*;
 
 fn main() {
@@ -34,7 +35,7 @@ fn main() {
 type R = Result<(), String>;
 
 async fn conductor(cloud: &Cloud, compute: Arc<dyn ComputeDriver>) -> Result<Conductor, String> {
-    Ok(Conductor::new(cloud.store.clone(), cloud.scheduler().await?, compute, ConductorConfig::default()))
+    Ok(Conductor::new(cloud.store.clone(), cloud.scheduler().await.map_err(e)?, compute, ConductorConfig::default()))
 }
 
 async fn held(store: &Arc<dyn Store>, id: InstanceId) -> Result<Vec<TreeAllocation>, String> {
@@ -42,8 +43,8 @@ async fn held(store: &Arc<dyn Store>, id: InstanceId) -> Result<Vec<TreeAllocati
 }
 
 async fn builds_to_active(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(3, HostSpec::default()).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(3, HostSpec::default()).await.map_err(e)?;
     let c = conductor(&cloud, Arc::new(SimulatedCompute::new(1))).await?;
     let f = flavor(2, 2048, 10);
     let inst = instance(&f);
@@ -68,8 +69,8 @@ async fn builds_to_active(store: Arc<dyn Store>) -> R {
 }
 
 async fn reschedule_moves_the_allocation(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(3, HostSpec::default()).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(3, HostSpec::default()).await.map_err(e)?;
     // Equal weights: hosts rank by name, so the first host is chosen first.
     let bad = cloud.hosts[0].clone();
     let compute = Arc::new(SimulatedCompute::new(2).failing_host(bad.name.clone(), true));
@@ -96,8 +97,8 @@ async fn reschedule_moves_the_allocation(store: Arc<dyn Store>) -> R {
 }
 
 async fn exhausted_alternates_end_in_error_without_allocation(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(4, HostSpec::default()).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(4, HostSpec::default()).await.map_err(e)?;
     let compute = Arc::new(SimulatedCompute::new(3).with_failure_rate(1.0, 1.0));
     let c = conductor(&cloud, compute).await?;
     let f = flavor(2, 2048, 10);
@@ -123,8 +124,8 @@ async fn exhausted_alternates_end_in_error_without_allocation(store: Arc<dyn Sto
 }
 
 async fn non_reschedulable_failure_fails_at_once(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(3, HostSpec::default()).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(3, HostSpec::default()).await.map_err(e)?;
     let compute = Arc::new(SimulatedCompute::new(4).with_failure_rate(1.0, 0.0));
     let c = conductor(&cloud, compute.clone()).await?;
     let f = flavor(2, 2048, 10);
@@ -142,8 +143,8 @@ async fn non_reschedulable_failure_fails_at_once(store: Arc<dyn Store>) -> R {
 }
 
 async fn no_valid_host_is_buried_with_its_reason(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(2, HostSpec::sized(2, 4096, 40)).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(2, HostSpec::sized(2, 4096, 40)).await.map_err(e)?;
     let c = conductor(&cloud, Arc::new(SimulatedCompute::new(5))).await?;
     let f = flavor(2, 2048, 10);
     let instances: Vec<Instance> = (0..3).map(|_| instance(&f)).collect();
@@ -204,8 +205,8 @@ impl ComputeDriver for Saboteur {
 }
 
 async fn alternate_whose_claim_fails_is_skipped(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(3, HostSpec::default()).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(3, HostSpec::default()).await.map_err(e)?;
     let (h0, h1, h2) = (cloud.hosts[0].clone(), cloud.hosts[1].clone(), cloud.hosts[2].clone());
     let compute = Arc::new(Saboteur { store: store.clone(), victim: h1.root, fail_on: h0.name.clone() });
     let c = conductor(&cloud, compute).await?;
@@ -222,9 +223,9 @@ async fn alternate_whose_claim_fails_is_skipped(store: Arc<dyn Store>) -> R {
 }
 
 async fn multi_instance_build_with_anti_affinity(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(4, HostSpec::default()).await?;
-    let g = cloud.group(GroupPolicy::AntiAffinity, None).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(4, HostSpec::default()).await.map_err(e)?;
+    let g = cloud.group(GroupPolicy::AntiAffinity, None).await.map_err(e)?;
     // The first host fails every build: its instance moves to an alternate, and the
     // alternate's claim still carries the group limit.
     let compute = Arc::new(SimulatedCompute::new(6).failing_host(cloud.hosts[0].name.clone(), true));
@@ -253,8 +254,8 @@ async fn multi_instance_build_with_anti_affinity(store: Arc<dyn Store>) -> R {
 }
 
 async fn simulated_compute_is_seeded_and_timed(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(2, HostSpec::default()).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(2, HostSpec::default()).await.map_err(e)?;
     let f = flavor(1, 512, 1);
     let sel = Selection {
         host: cloud.hosts[0].name.clone(),

@@ -59,9 +59,9 @@ async fn usage(store: &Arc<dyn Store>, root: ProviderId, class: ResourceClass) -
 }
 
 async fn places_and_claims_with_alternates(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(4, HostSpec::default()).await?;
-    let s = cloud.scheduler().await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(4, HostSpec::default()).await.map_err(e)?;
+    let s = cloud.scheduler().await.map_err(e)?;
     let sp = spec(flavor(2, 2048, 10));
     let id = InstanceId::new_v4();
     let out = s.select_destinations(&sp, &[id], 2).await.map_err(e)?;
@@ -117,11 +117,11 @@ async fn race(
 
 async fn last_slot_race_one_host(store: Arc<dyn Store>) -> R {
     for round in 0..10 {
-        let mut cloud = Cloud::new(store.clone()).await?;
-        let h = cloud.add_host(HostSpec::sized(2, 4096, 40)).await?;
+        let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+        let h = cloud.add_host(HostSpec::sized(2, 4096, 40)).await.map_err(e)?;
         // Both schedulers load their snapshot before either claims.
-        let s1 = cloud.scheduler().await?;
-        let s2 = cloud.scheduler().await?;
+        let s1 = cloud.scheduler().await.map_err(e)?;
+        let s2 = cloud.scheduler().await.map_err(e)?;
         let sp = spec(flavor(2, 2048, 10));
         let (a, b) = (InstanceId::new_v4(), InstanceId::new_v4());
         let (r1, r2) = race(&s1, &s2, &sp, a, b).await?;
@@ -142,15 +142,15 @@ async fn last_slot_race_one_host(store: Arc<dyn Store>) -> R {
 async fn last_slot_race_loser_gets_another_host(store: Arc<dyn Store>) -> R {
     let mut conflicts = 0;
     for round in 0..10 {
-        let mut cloud = Cloud::new(store.clone()).await?;
+        let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
         // The first host weighs best (more free RAM) but has room for one instance only.
-        let best = cloud.add_host(HostSpec::sized(2, 65536, 400)).await?;
-        cloud.add_host(HostSpec::sized(2, 8192, 40)).await?;
+        let best = cloud.add_host(HostSpec::sized(2, 65536, 400)).await.map_err(e)?;
+        cloud.add_host(HostSpec::sized(2, 8192, 40)).await.map_err(e)?;
         // Snapshots that do not refresh before each request: both schedulers see the best
         // host free and try it first; the store lets exactly one claim through.
         let stale = SchedulerConfig { min_refresh_interval: std::time::Duration::from_secs(3600), ..cloud.config() };
-        let s1 = cloud.scheduler_with(stale.clone()).await?;
-        let s2 = cloud.scheduler_with(stale).await?;
+        let s1 = cloud.scheduler_with(stale.clone()).await.map_err(e)?;
+        let s2 = cloud.scheduler_with(stale).await.map_err(e)?;
         let sp = spec(flavor(2, 2048, 10));
         let (a, b) = (InstanceId::new_v4(), InstanceId::new_v4());
         let (r1, r2) = race(&s1, &s2, &sp, a, b).await?;
@@ -171,9 +171,9 @@ async fn last_slot_race_loser_gets_another_host(store: Arc<dyn Store>) -> R {
 }
 
 async fn refused_claim_host_is_never_an_alternate(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(3, HostSpec::default()).await?;
-    let g = cloud.group(GroupPolicy::AntiAffinity, None).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(3, HostSpec::default()).await.map_err(e)?;
+    let g = cloud.group(GroupPolicy::AntiAffinity, None).await.map_err(e)?;
     // Without the anti-affinity filter the scheduler only learns of the group limit from
     // the refused claim; the refreshed tree still fits the resources.
     let s = cloud
@@ -182,7 +182,8 @@ async fn refused_claim_host_is_never_an_alternate(store: Arc<dyn Store>) -> R {
             min_refresh_interval: std::time::Duration::from_secs(3600),
             ..cloud.config()
         })
-        .await?;
+        .await
+        .map_err(e)?;
     let first = cloud.hosts[0].clone();
     store
         .claim(&ClaimRequest {
@@ -208,9 +209,9 @@ async fn refused_claim_host_is_never_an_alternate(store: Arc<dyn Store>) -> R {
 }
 
 async fn multi_instance_all_or_nothing(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(2, HostSpec::sized(2, 4096, 40)).await?;
-    let s = cloud.scheduler().await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(2, HostSpec::sized(2, 4096, 40)).await.map_err(e)?;
+    let s = cloud.scheduler().await.map_err(e)?;
     let sp = spec(flavor(2, 2048, 10));
     let ids: Vec<InstanceId> = (0..3).map(|_| InstanceId::new_v4()).collect();
     let reason = nvh(s.select_destinations(&sp, &ids, 2).await)?;
@@ -238,10 +239,10 @@ async fn multi_instance_all_or_nothing(store: Arc<dyn Store>) -> R {
 }
 
 async fn multi_instance_later_instances_see_consumption(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    let big = cloud.add_host(HostSpec::sized(6, 65536, 100)).await?;
-    cloud.add_host(HostSpec::sized(2, 4096, 100)).await?;
-    let s = cloud.scheduler().await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    let big = cloud.add_host(HostSpec::sized(6, 65536, 100)).await.map_err(e)?;
+    cloud.add_host(HostSpec::sized(2, 4096, 100)).await.map_err(e)?;
+    let s = cloud.scheduler().await.map_err(e)?;
     let sp = spec(flavor(2, 2048, 10));
     let ids: Vec<InstanceId> = (0..4).map(|_| InstanceId::new_v4()).collect();
     let out = s.select_destinations(&sp, &ids, 1).await.map_err(e)?;
@@ -254,15 +255,15 @@ async fn multi_instance_later_instances_see_consumption(store: Arc<dyn Store>) -
 }
 
 async fn anti_affinity_concurrent_separate_requests(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(4, HostSpec::default()).await?;
-    let g = cloud.group(GroupPolicy::AntiAffinity, None).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(4, HostSpec::default()).await.map_err(e)?;
+    let g = cloud.group(GroupPolicy::AntiAffinity, None).await.map_err(e)?;
     // Stale snapshots (no refresh before each request): every scheduler believes every
     // host is free of members, so only the store's atomic group limit keeps them apart.
     let stale = SchedulerConfig { min_refresh_interval: std::time::Duration::from_secs(3600), ..cloud.config() };
     let mut schedulers = Vec::new();
     for _ in 0..6 {
-        schedulers.push(cloud.scheduler_with(stale.clone()).await?);
+        schedulers.push(cloud.scheduler_with(stale.clone()).await.map_err(e)?);
     }
     let mut sp = spec(flavor(1, 512, 1));
     sp.hints.group = Some(g.id);
@@ -300,10 +301,10 @@ async fn anti_affinity_concurrent_separate_requests(store: Arc<dyn Store>) -> R 
 }
 
 async fn anti_affinity_max_per_host_in_one_request(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(2, HostSpec::default()).await?;
-    let g = cloud.group(GroupPolicy::AntiAffinity, Some(2)).await?;
-    let s = cloud.scheduler().await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(2, HostSpec::default()).await.map_err(e)?;
+    let g = cloud.group(GroupPolicy::AntiAffinity, Some(2)).await.map_err(e)?;
+    let s = cloud.scheduler().await.map_err(e)?;
     let mut sp = spec(flavor(1, 512, 1));
     sp.hints.group = Some(g.id);
     let ids: Vec<InstanceId> = (0..5).map(|_| InstanceId::new_v4()).collect();
@@ -321,10 +322,10 @@ async fn anti_affinity_max_per_host_in_one_request(store: Arc<dyn Store>) -> R {
 }
 
 async fn affinity_keeps_members_together(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(3, HostSpec::default()).await?;
-    let g = cloud.group(GroupPolicy::Affinity, None).await?;
-    let s = cloud.scheduler().await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(3, HostSpec::default()).await.map_err(e)?;
+    let g = cloud.group(GroupPolicy::Affinity, None).await.map_err(e)?;
+    let s = cloud.scheduler().await.map_err(e)?;
     let mut sp = spec(flavor(2, 2048, 10));
     sp.hints.group = Some(g.id);
     let first = s.select_destinations(&sp, &[InstanceId::new_v4()], 2).await.map_err(e)?;
@@ -338,12 +339,12 @@ async fn affinity_keeps_members_together(store: Arc<dyn Store>) -> R {
 }
 
 async fn traits_aggregates_and_destinations(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
     let agg = AggregateId::new_v4();
-    let gold = cloud.add_host(HostSpec { traits: vec!["CUSTOM_GOLD"], ..Default::default() }).await?;
-    let in_agg = cloud.add_host(HostSpec { aggregates: vec![agg], ..Default::default() }).await?;
-    let plain = cloud.add_host(HostSpec::default()).await?;
-    let s = cloud.scheduler().await?;
+    let gold = cloud.add_host(HostSpec::default().with_trait("CUSTOM_GOLD").map_err(e)?).await.map_err(e)?;
+    let in_agg = cloud.add_host(HostSpec { aggregates: vec![agg], ..Default::default() }).await.map_err(e)?;
+    let plain = cloud.add_host(HostSpec::default()).await.map_err(e)?;
+    let s = cloud.scheduler().await.map_err(e)?;
     let place = |sp: RequestSpec| {
         let s = s.clone();
         async move { s.select_destinations(&sp, &[InstanceId::new_v4()], 0).await }
@@ -384,10 +385,10 @@ async fn traits_aggregates_and_destinations(store: Arc<dyn Store>) -> R {
 }
 
 async fn force_hosts_skip_filters(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_host(HostSpec::default()).await?;
-    let disabled = cloud.add_host(HostSpec { enabled: false, ..Default::default() }).await?;
-    let s = cloud.scheduler().await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_host(HostSpec::default()).await.map_err(e)?;
+    let disabled = cloud.add_host(HostSpec { enabled: false, ..Default::default() }).await.map_err(e)?;
+    let s = cloud.scheduler().await.map_err(e)?;
     let mut sp = spec(flavor(1, 512, 1));
     sp.requested_destination = Some(Destination { host: Some(disabled.name.clone()), ..Default::default() });
     let reason = nvh(s.select_destinations(&sp, &[InstanceId::new_v4()], 0).await)?;
@@ -406,10 +407,10 @@ async fn force_hosts_skip_filters(store: Arc<dyn Store>) -> R {
 }
 
 async fn nested_providers_and_numbered_groups(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_host(HostSpec::default()).await?;
-    let nested = cloud.add_host(HostSpec { nested: true, ..Default::default() }).await?;
-    let s = cloud.scheduler().await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_host(HostSpec::default()).await.map_err(e)?;
+    let nested = cloud.add_host(HostSpec::default().nested().map_err(e)?).await.map_err(e)?;
+    let s = cloud.scheduler().await.map_err(e)?;
     let mut f = flavor(4, 2048, 10);
     f.extra_specs.insert("hw:cpu_policy".into(), "dedicated".into());
     f.extra_specs.insert("resources1:SRIOV_NET_VF".into(), "1".into());
@@ -418,14 +419,15 @@ async fn nested_providers_and_numbered_groups(store: Arc<dyn Store>) -> R {
     let out = s.select_destinations(&spec(f.clone()), &[id], 0).await.map_err(e)?;
     let sel = &out[0][0];
     check!(sel.host == nested.name, "only the nested host has PCPU and VFs");
-    let pf = nested.pf.ok_or("pf")?;
+    let pf = nested.provider("-pf0").ok_or("pf")?;
+    let numa0 = nested.provider("-numa0").ok_or("numa0")?;
     check!(
         sel.allocation.get(&pf).and_then(|r| r.get(&ResourceClass::SriovNetVf)) == Some(&1),
         "VF from the PF: {:?}",
         sel.allocation
     );
     check!(
-        sel.allocation.get(&nested.numa[0]).and_then(|r| r.get(&ResourceClass::Pcpu)) == Some(&4),
+        sel.allocation.get(&numa0).and_then(|r| r.get(&ResourceClass::Pcpu)) == Some(&4),
         "PCPU from a NUMA child: {:?}",
         sel.allocation
     );
@@ -447,12 +449,12 @@ async fn nested_providers_and_numbered_groups(store: Arc<dyn Store>) -> R {
 }
 
 async fn no_valid_host_reason_counts_each_stage(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_host(HostSpec { enabled: false, ..Default::default() }).await?;
-    cloud.add_host(HostSpec { heartbeat_age_s: 3600, ..Default::default() }).await?;
-    cloud.add_host(HostSpec::sized(1, 512, 10)).await?;
-    cloud.add_host(HostSpec { az: Some("az2".into()), ..Default::default() }).await?;
-    let s = cloud.scheduler().await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_host(HostSpec { enabled: false, ..Default::default() }).await.map_err(e)?;
+    cloud.add_host(HostSpec { heartbeat_age_s: 3600, ..Default::default() }).await.map_err(e)?;
+    cloud.add_host(HostSpec::sized(1, 512, 10)).await.map_err(e)?;
+    cloud.add_host(HostSpec { az: Some("az2".into()), ..Default::default() }).await.map_err(e)?;
+    let s = cloud.scheduler().await.map_err(e)?;
     let mut sp = spec(flavor(2, 2048, 20));
     sp.availability_zone = Some("nova".into());
     let r = s.select_destinations(&sp, &[InstanceId::new_v4()], 0).await;
@@ -471,10 +473,10 @@ async fn no_valid_host_reason_counts_each_stage(store: Arc<dyn Store>) -> R {
 }
 
 async fn snapshot_follows_the_change_feed(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(3, HostSpec::sized(4, 8192, 100)).await?;
-    let watcher = cloud.scheduler().await?;
-    let other = cloud.scheduler().await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(3, HostSpec::sized(4, 8192, 100)).await.map_err(e)?;
+    let watcher = cloud.scheduler().await.map_err(e)?;
+    let other = cloud.scheduler().await.map_err(e)?;
     let sp = spec(flavor(2, 2048, 10));
     let out = other.select_destinations(&sp, &[InstanceId::new_v4()], 0).await.map_err(e)?;
     let before = watcher.stats();
@@ -488,7 +490,7 @@ async fn snapshot_follows_the_change_feed(store: Arc<dyn Store>) -> R {
         "refresh re-read only the changed tree: {before:?} -> {after:?}"
     );
     // A new host shows up (its tree is in the feed; its unknown root triggers a catalog read).
-    let newcomer = cloud.add_host(HostSpec::default()).await?;
+    let newcomer = cloud.add_host(HostSpec::default()).await.map_err(e)?;
     watcher.refresh().await.map_err(e)?;
     check!(watcher.known_hosts() == 4, "new host known: {}", watcher.known_hosts());
     check!(watcher.host_state(&newcomer.name).is_some(), "new host state");
@@ -506,9 +508,9 @@ async fn snapshot_follows_the_change_feed(store: Arc<dyn Store>) -> R {
 }
 
 async fn same_and_different_host_hints(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(3, HostSpec::default()).await?;
-    let s = cloud.scheduler().await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(3, HostSpec::default()).await.map_err(e)?;
+    let s = cloud.scheduler().await.map_err(e)?;
     let f = flavor(1, 512, 1);
     let mut anchor = sched_common::instance(&f);
     anchor.host = Some(cloud.hosts[2].name.clone());
@@ -530,20 +532,20 @@ async fn same_and_different_host_hints(store: Arc<dyn Store>) -> R {
 }
 
 async fn image_properties_in_the_pipeline(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
     cloud
-        .add_host(HostSpec {
-            capabilities: vec![("architecture", "x86_64"), ("hypervisor_type", "qemu")],
-            ..Default::default()
-        })
-        .await?;
+        .add_host(
+            HostSpec::default().with_capability("architecture", "x86_64").with_capability("hypervisor_type", "qemu"),
+        )
+        .await
+        .map_err(e)?;
     let arm = cloud
-        .add_host(HostSpec {
-            capabilities: vec![("architecture", "aarch64"), ("hypervisor_type", "qemu")],
-            ..Default::default()
-        })
-        .await?;
-    let s = cloud.scheduler().await?;
+        .add_host(
+            HostSpec::default().with_capability("architecture", "aarch64").with_capability("hypervisor_type", "qemu"),
+        )
+        .await
+        .map_err(e)?;
+    let s = cloud.scheduler().await.map_err(e)?;
     let mut sp = spec(flavor(1, 512, 1));
     sp.image_properties.insert("hw_architecture".into(), "arm64".into());
     let out = s.select_destinations(&sp, &[InstanceId::new_v4()], 2).await.map_err(e)?;
@@ -555,8 +557,8 @@ async fn image_properties_in_the_pipeline(store: Arc<dyn Store>) -> R {
 }
 
 async fn pack_or_spread_by_multiplier_sign(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(2, HostSpec::default()).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(2, HostSpec::default()).await.map_err(e)?;
     let fuller = cloud.hosts[1].clone();
     // Make the second host fuller with a claim of another consumer.
     store
@@ -576,7 +578,7 @@ async fn pack_or_spread_by_multiplier_sign(store: Arc<dyn Store>) -> R {
         })
         .await
         .map_err(e)?;
-    let spread = cloud.scheduler().await?;
+    let spread = cloud.scheduler().await.map_err(e)?;
     let sp = spec(flavor(1, 512, 1));
     let out = spread.select_destinations(&sp, &[InstanceId::new_v4()], 0).await.map_err(e)?;
     check!(out[0][0].host != fuller.name, "spread");
@@ -587,7 +589,8 @@ async fn pack_or_spread_by_multiplier_sign(store: Arc<dyn Store>) -> R {
             disk_weight_multiplier: -1.0,
             ..cloud.config()
         })
-        .await?;
+        .await
+        .map_err(e)?;
     let out = pack.select_destinations(&sp, &[InstanceId::new_v4()], 0).await.map_err(e)?;
     check!(out[0][0].host == fuller.name, "pack");
     audit(&store, cloud.cell).await?;
@@ -595,9 +598,9 @@ async fn pack_or_spread_by_multiplier_sign(store: Arc<dyn Store>) -> R {
 }
 
 async fn build_failures_push_a_host_down(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(2, HostSpec::default()).await?;
-    let s = cloud.scheduler().await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(2, HostSpec::default()).await.map_err(e)?;
+    let s = cloud.scheduler().await.map_err(e)?;
     let sp = spec(flavor(1, 512, 1));
     let first = s.select_destinations(&sp, &[InstanceId::new_v4()], 0).await.map_err(e)?[0][0].host.clone();
     s.report_build(&first, false);
@@ -611,9 +614,9 @@ async fn build_failures_push_a_host_down(store: Arc<dyn Store>) -> R {
 }
 
 async fn invalid_requests_are_rejected(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_host(HostSpec::default()).await?;
-    let s = cloud.scheduler().await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_host(HostSpec::default()).await.map_err(e)?;
+    let s = cloud.scheduler().await.map_err(e)?;
     let sp = spec(flavor(1, 512, 1));
     let r = s.select_destinations(&sp, &[], 0).await;
     check!(matches!(r, Err(ScheduleError::InvalidRequest(_))), "no instances");
@@ -641,8 +644,8 @@ async fn invalid_requests_are_rejected(store: Arc<dyn Store>) -> R {
 }
 
 async fn io_ops_counted_from_building_instances(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(2, HostSpec::default()).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(2, HostSpec::default()).await.map_err(e)?;
     let busy = cloud.hosts[0].name.clone();
     let f = flavor(1, 512, 1);
     for _ in 0..3 {
@@ -663,13 +666,14 @@ async fn io_ops_counted_from_building_instances(store: Arc<dyn Store>) -> R {
             max_io_ops_per_host: 3,
             ..cloud.config()
         })
-        .await?;
+        .await
+        .map_err(e)?;
     let hs = s.host_state(&busy).ok_or("host")?;
     check!(hs.io_ops == 3, "three building instances, the active one not counted: {}", hs.io_ops);
     let out = s.select_destinations(&spec(f.clone()), &[InstanceId::new_v4()], 1).await.map_err(e)?;
     check!(out[0][0].host != busy && out[0].len() == 1, "IoOpsFilter: {out:?}");
     // Without the store count, io_ops counts this scheduler's own claims.
-    let local = cloud.scheduler().await?;
+    let local = cloud.scheduler().await.map_err(e)?;
     let out = local.select_destinations(&spec(f), &[InstanceId::new_v4()], 0).await.map_err(e)?;
     let hs = local.host_state(&out[0][0].host).ok_or("host")?;
     check!(hs.io_ops == 1, "own claim counted: {}", hs.io_ops);
@@ -748,9 +752,9 @@ fn captured_spans() -> Spans {
 
 async fn tracing_spans_describe_each_request(store: Arc<dyn Store>) -> R {
     let spans = captured_spans();
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(3, HostSpec::sized(2, 4096, 40)).await?;
-    let s = cloud.scheduler().await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(3, HostSpec::sized(2, 4096, 40)).await.map_err(e)?;
+    let s = cloud.scheduler().await.map_err(e)?;
     let ok = spec(flavor(2, 2048, 10));
     s.select_destinations(&ok, &[InstanceId::new_v4()], 2).await.map_err(e)?;
     let too_big = spec(flavor(4, 2048, 10));
@@ -771,9 +775,10 @@ async fn tracing_spans_describe_each_request(store: Arc<dyn Store>) -> R {
 }
 
 async fn max_placement_results_samples_and_is_lifted_for_hints(store: Arc<dyn Store>) -> R {
-    let mut cloud = Cloud::new(store.clone()).await?;
-    cloud.add_hosts(12, HostSpec::default()).await?;
-    let s = cloud.scheduler_with(SchedulerConfig { max_placement_results: Some(1), ..cloud.config() }).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(12, HostSpec::default()).await.map_err(e)?;
+    let s =
+        cloud.scheduler_with(SchedulerConfig { max_placement_results: Some(1), ..cloud.config() }).await.map_err(e)?;
     let f = flavor(1, 512, 1);
     // Plain requests: one random fitting host is ranked, so no alternate, and the samples
     // differ from request to request.

@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sched_common::{Cloud, HostSpec, audit, e, flavor, instance, spec};
-use unicell::compute::SimulatedCompute;
 use unicell::conductor::{BuildStatus, Conductor, ConductorConfig};
 use unicell::model::*;
 use unicell::scheduler::SchedulerConfig;
+use unicell::sim::SimulatedCompute;
 use unicell::store::prelude::*;
 
 fn main() {
@@ -39,15 +39,20 @@ async fn many_schedulers_thousands_of_requests_then_audit(store: Arc<dyn Store>)
     let conductors_n = 4;
     let workers_per_conductor = 16;
 
-    let mut cloud = Cloud::new(store.clone()).await?;
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
     for i in 0..hosts {
         cloud
-            .add_host(HostSpec { vcpu: 32, mem_mb: 65536, disk_gb: 1000, nested: i % 10 == 0, ..Default::default() })
-            .await?;
+            .add_host(if i % 10 == 0 {
+                HostSpec::sized(32, 65536, 1000).nested().map_err(e)?
+            } else {
+                HostSpec::sized(32, 65536, 1000)
+            })
+            .await
+            .map_err(e)?;
     }
     let mut groups = Vec::new();
     for _ in 0..8 {
-        groups.push(cloud.group(GroupPolicy::AntiAffinity, Some(2)).await?);
+        groups.push(cloud.group(GroupPolicy::AntiAffinity, Some(2)).await.map_err(e)?);
     }
     let mut flavors = vec![flavor(1, 1024, 10), flavor(2, 4096, 20), flavor(4, 8192, 40)];
     let mut pinned = flavor(2, 2048, 20);
@@ -68,7 +73,7 @@ async fn many_schedulers_thousands_of_requests_then_audit(store: Arc<dyn Store>)
             seed: Some(k as u64 + 1),
             ..cloud.config()
         };
-        let s = cloud.scheduler_with(config).await?;
+        let s = cloud.scheduler_with(config).await.map_err(e)?;
         conductors.push(Arc::new(Conductor::new(store.clone(), s, compute.clone(), ConductorConfig::default())));
     }
 

@@ -22,9 +22,10 @@ use std::sync::Arc;
 use axum::Router;
 use tokio::net::TcpListener;
 
-use crate::compute::{ComputeDriver, SimulatedCompute};
+use crate::compute::ComputeDriver;
 use crate::conductor::{Conductor, ConductorConfig};
 use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::sim::SimulatedCompute;
 use crate::store::Store;
 use crate::store::placement::PlacementStore;
 

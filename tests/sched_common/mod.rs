@@ -1,4 +1,6 @@
-//! Shared fixtures and harness for the scheduler, conductor and stress test binaries.
+//! Shared harness and small fixtures for the scheduler, conductor and stress test binaries.
+//! The test cloud itself is the library's simulated cloud (`unicell::sim::Cloud`, grown host
+//! by host from `HostSpec`s).
 //!
 //! Every case is a plain async fn over `Arc<dyn Store>` and only looks at what it created:
 //! a fresh cell per case, schedulers scoped to that cell. So the same cases run against
@@ -14,7 +16,7 @@ use std::sync::Arc;
 
 use libtest_mimic::{Completion, Failed, Trial};
 use unicell::model::*;
-use unicell::scheduler::{Scheduler, SchedulerConfig};
+pub use unicell::sim::{Cloud, HostSpec};
 use unicell::store::audit::AuditScope;
 use unicell::store::memory::MemoryStore;
 use unicell::store::prelude::*;
@@ -117,200 +119,6 @@ fn run(
     })
 }
 
-/// A compute host created by [`Cloud::add_host`].
-#[derive(Clone, Debug)]
-pub struct HostInfo {
-    /// Service host name.
-    pub name: String,
-    /// Root provider.
-    pub root: ProviderId,
-    /// NUMA children (nested hosts only).
-    pub numa: Vec<ProviderId>,
-    /// SR-IOV PF child (nested hosts only).
-    pub pf: Option<ProviderId>,
-}
-
-/// How to build a host.
-#[derive(Clone, Debug)]
-pub struct HostSpec {
-    pub vcpu: i64,
-    pub mem_mb: i64,
-    pub disk_gb: i64,
-    pub traits: Vec<&'static str>,
-    pub aggregates: Vec<AggregateId>,
-    pub enabled: bool,
-    pub heartbeat_age_s: u64,
-    pub az: Option<String>,
-    pub capabilities: Vec<(&'static str, &'static str)>,
-    /// Two NUMA children (PCPU 8 each, NUMA_MEMORY_MB) and a PF (SRIOV_NET_VF 4,
-    /// CUSTOM_PHYSNET_A) under NUMA 0.
-    pub nested: bool,
-}
-
-impl Default for HostSpec {
-    fn default() -> Self {
-        HostSpec {
-            vcpu: 16,
-            mem_mb: 32768,
-            disk_gb: 500,
-            traits: vec![],
-            aggregates: vec![],
-            enabled: true,
-            heartbeat_age_s: 0,
-            az: None,
-            capabilities: vec![],
-            nested: false,
-        }
-    }
-}
-
-impl HostSpec {
-    /// A host with these sizes and defaults for the rest.
-    pub fn sized(vcpu: i64, mem_mb: i64, disk_gb: i64) -> Self {
-        HostSpec { vcpu, mem_mb, disk_gb, ..Default::default() }
-    }
-}
-
-/// A test cloud: one fresh cell in a (possibly shared) store.
-pub struct Cloud {
-    pub store: Arc<dyn Store>,
-    pub cell: CellId,
-    pub tag: String,
-    pub hosts: Vec<HostInfo>,
-}
-
-impl Cloud {
-    /// A fresh cell.
-    pub async fn new(store: Arc<dyn Store>) -> Result<Cloud, String> {
-        let cell = CellId::new_v4();
-        let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-        store.put_cell(&Cell { id: cell, name: format!("cell-{tag}"), disabled: false }).await.map_err(e)?;
-        Ok(Cloud { store, cell, tag, hosts: Vec::new() })
-    }
-
-    /// Adds a host; its name is `<tag>-h<index>` so hosts sort by creation order.
-    pub async fn add_host(&mut self, spec: HostSpec) -> Result<HostInfo, String> {
-        let name = format!("{}-h{:04}", self.tag, self.hosts.len());
-        let root = ProviderId::new_v4();
-        let mut traits = BTreeSet::new();
-        for t in &spec.traits {
-            traits.insert(Trait::new(*t).map_err(e)?);
-        }
-        self.store
-            .create_provider(&NewProvider {
-                id: root,
-                name: name.clone(),
-                parent: None,
-                cell: Some(self.cell),
-                inventories: BTreeMap::from([
-                    (ResourceClass::Vcpu, Inventory::with_total(spec.vcpu)),
-                    (ResourceClass::MemoryMb, Inventory::with_total(spec.mem_mb)),
-                    (ResourceClass::DiskGb, Inventory::with_total(spec.disk_gb)),
-                ]),
-                traits,
-                aggregates: spec.aggregates.iter().copied().collect(),
-            })
-            .await
-            .map_err(e)?;
-        let mut numa = Vec::new();
-        let mut pf = None;
-        if spec.nested {
-            for n in 0..2 {
-                let id = ProviderId::new_v4();
-                self.store
-                    .create_provider(&NewProvider {
-                        id,
-                        name: format!("{name}-numa{n}"),
-                        parent: Some(root),
-                        cell: Some(self.cell),
-                        inventories: BTreeMap::from([
-                            (ResourceClass::Pcpu, Inventory::with_total(8)),
-                            (ResourceClass::NumaMemoryMb, Inventory::with_total(16384)),
-                        ]),
-                        traits: BTreeSet::new(),
-                        aggregates: BTreeSet::new(),
-                    })
-                    .await
-                    .map_err(e)?;
-                numa.push(id);
-            }
-            let id = ProviderId::new_v4();
-            self.store
-                .create_provider(&NewProvider {
-                    id,
-                    name: format!("{name}-pf0"),
-                    parent: Some(numa[0]),
-                    cell: Some(self.cell),
-                    inventories: BTreeMap::from([(ResourceClass::SriovNetVf, Inventory::with_total(4))]),
-                    traits: BTreeSet::from([Trait::new("CUSTOM_PHYSNET_A").map_err(e)?]),
-                    aggregates: BTreeSet::new(),
-                })
-                .await
-                .map_err(e)?;
-            pf = Some(id);
-        }
-        self.store
-            .put_host(&Host {
-                name: name.clone(),
-                cell: self.cell,
-                root_provider: root,
-                node: format!("{name}.node"),
-                enabled: spec.enabled,
-                disabled_reason: (!spec.enabled).then(|| "test".to_string()),
-                last_heartbeat: Timestamp::now().minus(std::time::Duration::from_secs(spec.heartbeat_age_s)),
-                availability_zone: spec.az.clone(),
-                capabilities: spec.capabilities.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            })
-            .await
-            .map_err(e)?;
-        let info = HostInfo { name, root, numa, pf };
-        self.hosts.push(info.clone());
-        Ok(info)
-    }
-
-    /// `n` identical hosts.
-    pub async fn add_hosts(&mut self, n: usize, spec: HostSpec) -> Result<(), String> {
-        for _ in 0..n {
-            self.add_host(spec.clone()).await?;
-        }
-        Ok(())
-    }
-
-    /// A scheduler configuration scoped to this cell, deterministic.
-    pub fn config(&self) -> SchedulerConfig {
-        SchedulerConfig { cells: vec![self.cell], seed: Some(7), ..Default::default() }
-    }
-
-    /// A scheduler scoped to this cell.
-    pub async fn scheduler(&self) -> Result<Arc<Scheduler>, String> {
-        self.scheduler_with(self.config()).await
-    }
-
-    /// A scheduler with a custom configuration.
-    pub async fn scheduler_with(&self, config: SchedulerConfig) -> Result<Arc<Scheduler>, String> {
-        Ok(Arc::new(Scheduler::new(self.store.clone(), config).await.map_err(e)?))
-    }
-
-    /// The host named `name`.
-    pub fn host(&self, name: &str) -> Option<&HostInfo> {
-        self.hosts.iter().find(|h| h.name == name)
-    }
-
-    /// Creates a server group.
-    pub async fn group(&self, policy: GroupPolicy, max_per_host: Option<u32>) -> Result<ServerGroup, String> {
-        let g = ServerGroup {
-            id: GroupId::new_v4(),
-            name: format!("g-{}", self.tag),
-            project_id: "proj".into(),
-            user_id: "user".into(),
-            policy,
-            max_per_host,
-        };
-        self.store.create_server_group(&g).await.map_err(e)?;
-        Ok(g)
-    }
-}
-
 /// A flavor.
 pub fn flavor(vcpus: i64, memory_mb: i64, root_gb: i64) -> Flavor {
     Flavor {
@@ -326,22 +134,9 @@ pub fn flavor(vcpus: i64, memory_mb: i64, root_gb: i64) -> Flavor {
     }
 }
 
-/// A request spec for `flavor`.
+/// A request spec for one instance of `flavor`.
 pub fn spec(flavor: Flavor) -> RequestSpec {
-    RequestSpec {
-        instance_uuid: InstanceId::new_v4(),
-        flavor,
-        image_properties: BTreeMap::new(),
-        is_bfv: false,
-        num_instances: 1,
-        project_id: "proj".into(),
-        user_id: "user".into(),
-        availability_zone: None,
-        hints: SchedulerHints::default(),
-        requested_destination: None,
-        ignore_hosts: vec![],
-        force_hosts: vec![],
-    }
+    unicell::sim::requests::request_spec(flavor, InstanceId::new_v4(), 1, "proj", "user")
 }
 
 /// A new instance record for `flavor` (the conductor sets the states).

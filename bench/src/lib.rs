@@ -1,0 +1,73 @@
+//! # unicell-bench
+//!
+//! The benchmarks that compare datastores (and Nova's SQL cells layout) side by side, the
+//! demo, and the tools that evaluate a store, as a library the `unicell` command calls.
+//!
+//! Every benchmark runs each candidate store in the same process run, on the same generated
+//! data (seeded), and reports ratios beside absolute figures, because absolute times on a
+//! shared machine are noise. Each writes `<name>.json` (parameters, environment, figures,
+//! ratios, notes) and `<name>.svg` into its output directory.
+//!
+//! * [`list`], [`claims`], [`schedule`], [`sites`]: the benchmarks, each a `run(global_store,
+//!   options)` with an options struct that mirrors its command-line flags.
+//! * [`demo`]: the main job end to end on one store.
+//! * [`conformance`]: the store conformance suite against any URL, case by case.
+//! * [`candidate`]: candidate URLs, per-run namespaces on shared servers, cleanup.
+//! * [`proxy`]: a delaying TCP proxy (inter-site latency), [`report`], [`chart`], [`stats`],
+//!   [`progress`] (bars drawn by the command's `tracing-indicatif` layer).
+//!
+//! The cloud generator, the request mix and the build driver the benchmarks run are the
+//! library's simulation, `unicell::sim`.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod candidate;
+pub mod chart;
+pub mod claims;
+pub mod conformance;
+pub mod demo;
+pub mod list;
+pub mod progress;
+pub mod proxy;
+pub mod report;
+pub mod schedule;
+pub mod sites;
+pub mod stats;
+
+use std::path::PathBuf;
+
+pub use self::claims::ClaimsOptions;
+pub use self::demo::DemoOptions;
+pub use self::list::ListOptions;
+pub use self::schedule::ScheduleOptions;
+pub use self::sites::SitesOptions;
+
+/// Options every benchmark takes.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// Candidate store URLs (none: the global store). Each candidate gets the same
+    /// generated data.
+    pub stores: Vec<String>,
+    /// Directory for `<bench>.json` and `<bench>.svg` (created if missing).
+    pub out: PathBuf,
+    /// A small size that finishes in seconds (for CI smoke runs). Explicit knobs still win.
+    pub quick: bool,
+    /// Seed of the data generator: the same seed gives the same data.
+    pub seed: u64,
+}
+
+/// Resolves a knob: the explicit value, else the quick or the full default.
+pub fn knob<T: Copy>(explicit: Option<T>, quick: bool, quick_default: T, full_default: T) -> T {
+    explicit.unwrap_or(if quick { quick_default } else { full_default })
+}
+
+/// Resolves a list knob the same way (an empty list is "not given").
+pub fn list_knob<T: Clone>(explicit: &[T], quick: bool, quick_default: &[T], full_default: &[T]) -> Vec<T> {
+    if !explicit.is_empty() {
+        explicit.to_vec()
+    } else if quick {
+        quick_default.to_vec()
+    } else {
+        full_default.to_vec()
+    }
+}

@@ -1,0 +1,347 @@
+//! Command-line arguments (clap derive), and their conversion into the libraries' options.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// unicell: a Nova/Placement-style compute scheduler whose whole state lives in one
+/// datastore, with the benchmarks that compare datastores (and Nova's SQL cells layout)
+/// side by side.
+#[derive(Debug, Parser)]
+#[command(name = "unicell", version, about, long_about = None)]
+pub struct Cli {
+    /// The store to use, as a URL (`unicell stores` lists the schemes of this build).
+    /// Passwords in it are never printed.
+    #[arg(long, global = true, env = "UNICELL_STORE", hide_env_values = true, default_value = "memory://")]
+    pub store: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate a cloud, build many instances with concurrent schedulers and injected build
+    /// failures, page through the global instance list, and write a report.
+    Demo(DemoArgs),
+    /// Benchmarks: candidates side by side in one run, same generated data, ratios.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Run the whole store conformance suite against --store and print each case.
+    Conformance(ConformanceArgs),
+    /// List the store URL schemes this build understands.
+    Stores,
+    /// Serve the Nova compute API over the store (any number of replicas per store).
+    Serve(ServeArgs),
+    /// Register simulated compute hosts and heartbeat them until stopped.
+    Computes(ComputesArgs),
+}
+
+/// `unicell bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Page through N instances over C cells; page latency against depth and cell count.
+    List(ListArgs),
+    /// Raw claim throughput per backend beside the backend's own ceiling.
+    Claims(ClaimsArgs),
+    /// Build requests from concurrent schedulers through the conductor; placements/s and audit.
+    Schedule(ScheduleArgs),
+    /// Sites with injected latency (a delaying TCP proxy): list and claim latency.
+    Sites(SitesArgs),
+}
+
+/// Options every benchmark takes.
+#[derive(Debug, Clone, Args)]
+pub struct BenchCommon {
+    /// Candidate stores, comma-separated URLs (default: the global --store). Each candidate
+    /// gets the same generated data.
+    #[arg(long, value_delimiter = ',')]
+    pub stores: Vec<String>,
+    /// Directory for `<bench>.json` and `<bench>.svg` (created if missing).
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+    /// A small size that finishes in seconds (for CI smoke runs). Explicit knobs still win.
+    #[arg(long)]
+    pub quick: bool,
+    /// Seed of the data generator: the same seed gives the same data.
+    #[arg(long, default_value_t = 20261120)]
+    pub seed: u64,
+}
+
+/// `unicell bench list`
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Instances to load into each candidate [default: 100000; quick: 3000].
+    #[arg(long)]
+    pub instances: Option<usize>,
+    /// Cell counts to run, comma-separated [default: 1,4,16,64; quick: 1,4].
+    #[arg(long, value_delimiter = ',')]
+    pub cells: Vec<usize>,
+    /// Page size [default: 1000; quick: 100].
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Concurrent writers while loading.
+    #[arg(long, default_value_t = 32)]
+    pub load_concurrency: usize,
+    /// Number of page-depth buckets in the report.
+    #[arg(long, default_value_t = 10)]
+    pub depth_buckets: usize,
+}
+
+/// `unicell bench claims`
+#[derive(Debug, Clone, Args)]
+pub struct ClaimsArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Claims to make per candidate (and ceiling operations) [default: 100000; quick: 3000].
+    #[arg(long)]
+    pub claims: Option<usize>,
+    /// Concurrent claiming tasks [default: 50; quick: 16].
+    #[arg(long)]
+    pub tasks: Option<usize>,
+    /// Provider trees claims are spread over (1 = everyone on one tiny tree)
+    /// [default: 1000; quick: 50].
+    #[arg(long)]
+    pub trees: Option<usize>,
+}
+
+/// `unicell bench schedule`
+#[derive(Debug, Clone, Args)]
+pub struct ScheduleArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Compute hosts (each a tree with NUMA and SR-IOV children) [default: 5000; quick: 100].
+    #[arg(long)]
+    pub hosts: Option<usize>,
+    /// Cells the hosts are spread over [default: 4; quick: 2].
+    #[arg(long)]
+    pub cells: Option<usize>,
+    /// Build requests (one instance each) [default: 20000; quick: 400].
+    #[arg(long)]
+    pub requests: Option<usize>,
+    /// Concurrent schedulers (each with its own conductor and snapshot) [default: 4; quick: 2].
+    #[arg(long)]
+    pub schedulers: Option<usize>,
+    /// Alternates asked for per instance.
+    #[arg(long, default_value_t = 2)]
+    pub alternates: u32,
+    /// Probability that the simulated compute fails a build (reschedulable).
+    #[arg(long, default_value_t = 0.02)]
+    pub failure_rate: f64,
+    /// Builds each scheduler's conductor runs at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    pub builds_per_scheduler: usize,
+}
+
+/// `unicell bench sites`
+#[derive(Debug, Clone, Args)]
+pub struct SitesArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Site counts to run, comma-separated [default: 1,2,4; quick: 1,2].
+    #[arg(long, value_delimiter = ',')]
+    pub sites: Vec<usize>,
+    /// One-way delays between sites in milliseconds, comma-separated
+    /// [default: 0,1,5,20; quick: 0,2].
+    #[arg(long, value_delimiter = ',')]
+    pub delays_ms: Vec<f64>,
+    /// Cells (spread round-robin over the sites) [default: 8; quick: 4].
+    #[arg(long)]
+    pub cells: Option<usize>,
+    /// Instances loaded once per candidate [default: 20000; quick: 1000].
+    #[arg(long)]
+    pub instances: Option<usize>,
+    /// Page size [default: 1000; quick: 100].
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// List pages measured per point [default: 10; quick: 3].
+    #[arg(long)]
+    pub pages: Option<usize>,
+    /// Claims measured per point [default: 50; quick: 10].
+    #[arg(long)]
+    pub claims: Option<usize>,
+}
+
+/// `unicell demo`
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Directory for the report (`demo.json`, `demo.svg`).
+    #[arg(long, default_value = "unicell-demo-out")]
+    pub out: PathBuf,
+    /// Cells.
+    #[arg(long, default_value_t = 4)]
+    pub cells: usize,
+    /// Compute hosts in total (each with 2 NUMA cells and an SR-IOV NIC).
+    #[arg(long, default_value_t = 400)]
+    pub hosts: usize,
+    /// Instances to build.
+    #[arg(long, default_value_t = 3000)]
+    pub instances: usize,
+    /// Concurrent schedulers (each with its own conductor).
+    #[arg(long, default_value_t = 4)]
+    pub schedulers: usize,
+    /// Probability that the simulated compute fails a build.
+    #[arg(long, default_value_t = 0.05)]
+    pub failure_rate: f64,
+    /// Builds each scheduler's conductor runs at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    pub builds_per_scheduler: usize,
+    /// Alternates asked for per instance.
+    #[arg(long, default_value_t = 2)]
+    pub alternates: u32,
+    /// Seed of the cloud and request generator.
+    #[arg(long, default_value_t = 20261120)]
+    pub seed: u64,
+}
+
+/// `unicell serve`
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address of the Nova compute API.
+    #[arg(long, default_value = "127.0.0.1:8774")]
+    pub listen: SocketAddr,
+    /// Also serve the Placement API on this address (Placement's port is 8778). Needs a
+    /// store that keeps Placement's state (`unicell stores` says which).
+    #[arg(long)]
+    pub placement_listen: Option<SocketAddr>,
+    /// Who may call the Placement API: `admin` (Placement's default policy: the noauth2
+    /// token `admin`) or `authenticated` (any token, for clients that cannot pick theirs,
+    /// such as the openstack CLI with `auth_type: none`).
+    #[arg(long, default_value = "admin", value_parser = ["admin", "authenticated"])]
+    pub placement_policy: String,
+    /// Also run this many simulated compute hosts in this process (registered and
+    /// heartbeating; what `unicell computes` does). The embedded `memory://` store lives in
+    /// this process, so this is how it gets hosts.
+    #[arg(long, default_value_t = 0)]
+    pub computes: usize,
+    /// Options of the in-process computes.
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+    /// Simulated build time of each instance, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub build_ms: u64,
+    /// Probability that a simulated build fails (reschedulable).
+    #[arg(long, default_value_t = 0.0)]
+    pub build_failure_rate: f64,
+    /// This replica's name in the build leases (default: host-pid-random).
+    #[arg(long)]
+    pub replica: Option<String>,
+    /// On SIGTERM, how long to wait for the builds in flight before exiting.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+/// `unicell computes`
+#[derive(Debug, Clone, Args)]
+pub struct ComputesArgs {
+    /// Simulated compute hosts to register (each a tree with NUMA and SR-IOV children).
+    #[arg(long, default_value_t = 10)]
+    pub hosts: usize,
+    /// Options of the hosts.
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+}
+
+/// Shape of the simulated hosts of `serve --computes` and `computes`.
+#[derive(Debug, Clone, Args)]
+pub struct CloudArgs {
+    /// Cells the hosts are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub cells: usize,
+    /// Seed of the host generator: the same seed registers the same hosts (so a restarted
+    /// `computes` picks its hosts up again).
+    #[arg(long, default_value_t = 20261129)]
+    pub seed: u64,
+    /// How often each host reports (nova-compute's `report_interval`, 10 s).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+}
+
+/// `unicell conformance`
+#[derive(Debug, Clone, Args)]
+pub struct ConformanceArgs {
+    /// Only cases whose name contains this text.
+    #[arg(long)]
+    pub filter: Option<String>,
+}
+
+impl From<BenchCommon> for unicell_bench::Common {
+    fn from(a: BenchCommon) -> Self {
+        unicell_bench::Common { stores: a.stores, out: a.out, quick: a.quick, seed: a.seed }
+    }
+}
+
+impl From<ListArgs> for unicell_bench::ListOptions {
+    fn from(a: ListArgs) -> Self {
+        unicell_bench::ListOptions {
+            common: a.common.into(),
+            instances: a.instances,
+            cells: a.cells,
+            limit: a.limit,
+            load_concurrency: a.load_concurrency,
+            depth_buckets: a.depth_buckets,
+        }
+    }
+}
+
+impl From<ClaimsArgs> for unicell_bench::ClaimsOptions {
+    fn from(a: ClaimsArgs) -> Self {
+        unicell_bench::ClaimsOptions { common: a.common.into(), claims: a.claims, tasks: a.tasks, trees: a.trees }
+    }
+}
+
+impl From<ScheduleArgs> for unicell_bench::ScheduleOptions {
+    fn from(a: ScheduleArgs) -> Self {
+        unicell_bench::ScheduleOptions {
+            common: a.common.into(),
+            hosts: a.hosts,
+            cells: a.cells,
+            requests: a.requests,
+            schedulers: a.schedulers,
+            alternates: a.alternates,
+            failure_rate: a.failure_rate,
+            builds_per_scheduler: a.builds_per_scheduler,
+        }
+    }
+}
+
+impl From<SitesArgs> for unicell_bench::SitesOptions {
+    fn from(a: SitesArgs) -> Self {
+        unicell_bench::SitesOptions {
+            common: a.common.into(),
+            sites: a.sites,
+            delays_ms: a.delays_ms,
+            cells: a.cells,
+            instances: a.instances,
+            limit: a.limit,
+            pages: a.pages,
+            claims: a.claims,
+        }
+    }
+}
+
+impl From<DemoArgs> for unicell_bench::DemoOptions {
+    fn from(a: DemoArgs) -> Self {
+        unicell_bench::DemoOptions {
+            out: a.out,
+            cells: a.cells,
+            hosts: a.hosts,
+            instances: a.instances,
+            schedulers: a.schedulers,
+            failure_rate: a.failure_rate,
+            builds_per_scheduler: a.builds_per_scheduler,
+            alternates: a.alternates,
+            seed: a.seed,
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! The `unicell` command: the demo, the benchmarks and the tools to evaluate a datastore.
+//!
+//! A thin shell: it parses the arguments ([`args`]), sets up logging ([`logging`]), starts the
+//! runtime and calls into the libraries, `unicell` (the store) and `unicell-bench` (the demo,
+//! the benchmarks, the conformance runner). Adding a subcommand is a variant of
+//! [`args::Command`] with its options and one arm in [`run`]; its work belongs in a library.
+
+mod args;
+mod logging;
+mod serve;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+
+use self::args::{BenchCommand, Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = logging::init() {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        // The command ran and reported what was wrong (a failed case, a broken invariant).
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the parsed command; `Ok(false)` when it ran and reported a failure.
+async fn run(cli: Cli) -> Result<bool> {
+    let store = cli.store.as_str();
+    match cli.command {
+        Command::Stores => {
+            for scheme in unicell::store::known_schemes() {
+                println!("{scheme}://");
+            }
+            Ok(true)
+        }
+        Command::Serve(a) => serve::serve(store, a).await,
+        Command::Computes(a) => serve::computes(store, a).await,
+        Command::Conformance(a) => unicell_bench::conformance::run(store, a.filter.as_deref()).await,
+        Command::Demo(a) => unicell_bench::demo::run(store, a.into()).await,
+        Command::Bench(b) => {
+            match b {
+                BenchCommand::List(a) => unicell_bench::list::run(store, a.into()).await?,
+                BenchCommand::Claims(a) => unicell_bench::claims::run(store, a.into()).await?,
+                BenchCommand::Sites(a) => unicell_bench::sites::run(store, a.into()).await?,
+                BenchCommand::Schedule(a) => unicell_bench::schedule::run(store, a.into()).await?,
+            }
+            Ok(true)
+        }
+    }
+}
