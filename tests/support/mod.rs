@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod cql;
+pub mod fixtures;
 pub mod ops;
 pub mod redis;
 pub mod sql;
