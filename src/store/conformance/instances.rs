@@ -20,6 +20,7 @@ pub(super) fn cases() -> Vec<Case> {
         case!("instances::limit_cap_zero_and_next_marker", limit_cap_zero_and_next_marker),
         case!("instances::unknown_marker_is_an_error", unknown_marker_is_an_error),
         case!("instances::paging_under_concurrent_inserts", paging_under_concurrent_inserts),
+        case!("instances::system_metadata_round_trip", system_metadata_round_trip),
     ]
 }
 
@@ -332,4 +333,31 @@ async fn paging_under_concurrent_inserts(store: Arc<dyn Store>) -> CaseResult {
         t.await.map_err(|e| Failure(format!("inserter panicked: {e}")))??;
     }
     result
+}
+
+async fn system_metadata_round_trip(store: Arc<dyn Store>) -> CaseResult {
+    let mut inst =
+        Instance::new_building(InstanceId::new_v4(), &unique("sysmeta"), &unique("p"), "u", FlavorId::new("1")?);
+    inst.system_metadata.insert("image_ref".into(), "70a599e0-31e7-49b7-b260-868f441e862b".into());
+    inst.system_metadata.insert("description".into(), "with \"quotes\", commas and = signs".into());
+    store.create_instance(&inst).await?;
+    let got = store.get_instance(inst.uuid).await?;
+    check!(got.system_metadata == inst.system_metadata, "system_metadata read back {:?}", got.system_metadata);
+    let patched = store
+        .update_instance(inst.uuid, &InstancePatch { vm_state: Some(VmState::Active), ..Default::default() })
+        .await?;
+    check!(patched.system_metadata == inst.system_metadata, "a patch keeps system_metadata");
+    let page = store
+        .list_instances(&ListQuery {
+            filters: InstanceFilters { project_id: Some(inst.project_id.clone()), ..Default::default() },
+            limit: Some(10),
+            marker: None,
+        })
+        .await?;
+    check!(
+        page.instances.iter().any(|i| i.uuid == inst.uuid && i.system_metadata == inst.system_metadata),
+        "the listing shows system_metadata"
+    );
+    store.delete_instance(inst.uuid).await?;
+    Ok(())
 }

@@ -40,6 +40,7 @@ mod fixtures;
 mod harness;
 mod instances;
 mod inventory;
+mod leases;
 mod model;
 mod providers;
 mod race;
@@ -92,6 +93,7 @@ pub fn cases() -> Vec<Case> {
         race::cases(),
         catalog::cases(),
         instances::cases(),
+        leases::cases(),
     ]
     .concat()
 }

@@ -31,7 +31,8 @@ use crate::model::*;
 use crate::store::prelude::*;
 
 const COLS: &str = "uuid, name, project_id, user_id, cell, host, node, flavor, vm_state, \
-     task_state, created_at, updated_at, launched_at, deleted, availability_zone, metadata, tags, fault";
+     task_state, created_at, updated_at, launched_at, deleted, availability_zone, metadata, tags, fault, \
+     system_metadata";
 
 /// An `instance_ids` reservation without a record is taken over after this long.
 const RESERVATION_GRACE_US: i64 = 120_000_000;
@@ -232,22 +233,22 @@ impl Instances for CqlStore {
         let stmts = vec![
             (
                 "INSERT INTO instances (uuid, name, user_id, cell, host, node, flavor, vm_state, task_state, \
-                 updated_at, launched_at, deleted, availability_zone, metadata, tags, fault, created_at, project_id) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                 updated_at, launched_at, deleted, availability_zone, metadata, tags, fault, system_metadata, created_at, \
+                 project_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     .to_string(),
                 main,
             ),
             (
                 "INSERT INTO instances_by_time (bucket, shard, created_at, uuid, name, user_id, cell, host, node, flavor, \
-                 vm_state, task_state, updated_at, launched_at, deleted, availability_zone, metadata, tags, fault, project_id) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                 vm_state, task_state, updated_at, launched_at, deleted, availability_zone, metadata, tags, fault, system_metadata, \
+                 project_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     .to_string(),
                 by_time,
             ),
             (
                 "INSERT INTO instances_by_project (project_id, bucket, shard, created_at, uuid, name, user_id, cell, host, node, flavor, \
-                 vm_state, task_state, updated_at, launched_at, deleted, availability_zone, metadata, tags, fault) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                 vm_state, task_state, updated_at, launched_at, deleted, availability_zone, metadata, tags, fault, \
+                 system_metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     .to_string(),
                 by_project,
             ),
@@ -422,7 +423,7 @@ fn opt_big(v: Option<i64>) -> Option<CqlValue> {
 }
 
 /// name, user_id, cell, host, node, flavor, vm_state, task_state, updated_at, launched_at,
-/// deleted, availability_zone, metadata, tags, fault
+/// deleted, availability_zone, metadata, tags, fault, system_metadata
 fn data_values(i: &Instance) -> Result<Vec<Option<CqlValue>>> {
     Ok(vec![
         text(i.name.clone()),
@@ -443,6 +444,7 @@ fn data_values(i: &Instance) -> Result<Vec<Option<CqlValue>>> {
             Some(f) => json(f)?,
             None => None,
         },
+        if i.system_metadata.is_empty() { None } else { json(&i.system_metadata)? },
     ])
 }
 
@@ -477,6 +479,6 @@ fn instance_of(r: &Row) -> Result<Option<Instance>> {
         metadata,
         tags: get_text_set(r, 16).into_iter().collect(),
         fault: get_text(r, 17).map(|f| parse_json(&f)).transpose()?,
-        system_metadata: Default::default(),
+        system_metadata: get_text(r, 18).map(|s| parse_json(&s)).transpose()?.unwrap_or_default(),
     }))
 }

@@ -44,6 +44,7 @@ pub mod config;
 mod conn;
 mod feed;
 mod instances;
+mod leases;
 mod schema;
 mod trees;
 
@@ -111,5 +112,9 @@ impl Store for CqlStore {
 
     fn describe(&self) -> String {
         self.db.cfg.redacted()
+    }
+
+    fn leases(&self) -> Option<&dyn crate::store::leases::Leases> {
+        Some(self)
     }
 }

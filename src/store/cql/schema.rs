@@ -40,6 +40,16 @@ pub(super) async fn prepare(session: &Session, cfg: &CqlConfig) -> Result<()> {
         for stmt in schema_statements(TABLES_CQL) {
             session.query_unpaged(stmt, &[]).await.map_err(map_exec)?;
         }
+        // Keyspaces created before the instance tables had `system_metadata`: add it (CQL
+        // has no `ADD ... IF NOT EXISTS`; "already exists" is the expected answer).
+        for table in ["instances", "instances_by_time", "instances_by_project"] {
+            if let Err(e) = session.query_unpaged(format!("ALTER TABLE {table} ADD system_metadata text"), &[]).await {
+                let msg = e.to_string();
+                if !(msg.contains("exist") || msg.contains("conflicts")) {
+                    return Err(map_exec(e));
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -85,6 +85,7 @@ scripts! {
     cas => "cas.lua",
     instance_create => "instance_create.lua",
     instance_delete => "instance_delete.lua",
+    lease_cas => "lease_cas.lua",
 }
 
 /// Maps a client error into the store's error: connection failures, cluster reconfiguration

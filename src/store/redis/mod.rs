@@ -16,6 +16,7 @@ mod conn;
 mod feed;
 mod instances;
 mod keys;
+mod leases;
 mod trees;
 
 use std::collections::HashMap;
@@ -128,5 +129,9 @@ impl Store for RedisStore {
 
     fn describe(&self) -> String {
         format!("redis {}", self.cfg.url)
+    }
+
+    fn leases(&self) -> Option<&dyn crate::store::leases::Leases> {
+        Some(self)
     }
 }

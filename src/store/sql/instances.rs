@@ -42,7 +42,7 @@ use crate::store::sql::{DownCell, ListStrategy, SqlStore, from_json, to_json};
 
 const COLS: &str = "uuid, display_name, project_id, user_id, cell_uuid, host, node, instance_type_id, \
                     vm_state, task_state, created_at, updated_at, launched_at, deleted, availability_zone, \
-                    metadata, tags, fault";
+                    metadata, tags, fault, system_metadata";
 
 /// Where an instance row lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +82,7 @@ impl Statements {
         Statements {
             dialect,
             insert: mk(&|t| {
-                format!("INSERT INTO {t} ({COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                format!("INSERT INTO {t} ({COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             }),
             select: mk(&|t| format!("SELECT {COLS} FROM {t} WHERE uuid = ?")),
             select_for_update: mk(&|t| format!("SELECT {COLS} FROM {t} WHERE uuid = ? FOR UPDATE")),
@@ -132,7 +132,8 @@ fn row_args(i: &Instance) -> Result<Vec<Arg>> {
         i.availability_zone.clone(),
         crate::store::sql::to_json(&i.metadata)?,
         crate::store::sql::to_json(&i.tags)?,
-        i.fault.as_ref().map(to_json).transpose()?
+        i.fault.as_ref().map(to_json).transpose()?,
+        (!i.system_metadata.is_empty()).then(|| to_json(&i.system_metadata)).transpose()?
     ])
 }
 
@@ -174,7 +175,7 @@ fn instance_from(r: &Row) -> Result<Instance> {
         metadata: from_json(&r.str(15)?)?,
         tags: from_json(&r.str(16)?)?,
         fault: r.opt_str(17)?.map(|s| from_json(&s)).transpose()?,
-        system_metadata: Default::default(),
+        system_metadata: r.opt_str(18)?.map(|s| from_json(&s)).transpose()?.unwrap_or_default(),
     })
 }
 

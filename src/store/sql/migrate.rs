@@ -32,14 +32,22 @@ struct Migration {
     sql: &'static str,
 }
 
-const MYSQL_API: &[Migration] =
-    &[Migration { version: 1, sql: include_str!("../../../schema/sql/mysql/api/0001_api.sql") }];
-const MYSQL_CELL: &[Migration] =
-    &[Migration { version: 1, sql: include_str!("../../../schema/sql/mysql/cell/0001_cell.sql") }];
-const PG_API: &[Migration] =
-    &[Migration { version: 1, sql: include_str!("../../../schema/sql/postgres/api/0001_api.sql") }];
-const PG_CELL: &[Migration] =
-    &[Migration { version: 1, sql: include_str!("../../../schema/sql/postgres/cell/0001_cell.sql") }];
+const MYSQL_API: &[Migration] = &[
+    Migration { version: 1, sql: include_str!("../../../schema/sql/mysql/api/0001_api.sql") },
+    Migration { version: 2, sql: include_str!("../../../schema/sql/mysql/api/0002_unicell.sql") },
+];
+const MYSQL_CELL: &[Migration] = &[
+    Migration { version: 1, sql: include_str!("../../../schema/sql/mysql/cell/0001_cell.sql") },
+    Migration { version: 2, sql: include_str!("../../../schema/sql/mysql/cell/0002_unicell.sql") },
+];
+const PG_API: &[Migration] = &[
+    Migration { version: 1, sql: include_str!("../../../schema/sql/postgres/api/0001_api.sql") },
+    Migration { version: 2, sql: include_str!("../../../schema/sql/postgres/api/0002_unicell.sql") },
+];
+const PG_CELL: &[Migration] = &[
+    Migration { version: 1, sql: include_str!("../../../schema/sql/postgres/cell/0001_cell.sql") },
+    Migration { version: 2, sql: include_str!("../../../schema/sql/postgres/cell/0002_unicell.sql") },
+];
 
 /// Applies every migration of `part` that `pool`'s database lacks.
 pub async fn migrate(pool: &Pool, part: Part) -> Result<()> {

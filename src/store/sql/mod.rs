@@ -45,6 +45,7 @@ pub mod config;
 pub mod conn;
 mod feed;
 mod instances;
+mod leases;
 pub mod migrate;
 mod trees;
 
@@ -217,6 +218,10 @@ impl Store for SqlStore {
 
     fn describe(&self) -> String {
         format!("sql {} ({:?} mode, {} cell database(s))", self.url, self.opts.mode, self.cells.len())
+    }
+
+    fn leases(&self) -> Option<&dyn crate::store::leases::Leases> {
+        Some(self)
     }
 }
 
