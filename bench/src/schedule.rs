@@ -7,7 +7,7 @@
 //! usage equal to the sum of allocations, every ACTIVE instance holds its claim and no
 //! ERROR instance holds one).
 
-use anyhow::{Result, bail};
+use crate::error::{Result, bail};
 use serde::Serialize;
 use unicell::sim::{BuildReport, BuildSetup, Cloud, CloudSpec, RequestMix, driver, requests};
 use unicell::store::audit::{AuditReport, AuditScope, audit};
@@ -107,10 +107,10 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
     let requests = knob(a.requests, quick, 400, 20_000);
     let schedulers = knob(a.schedulers, quick, 2, 4);
     if hosts == 0 || cells == 0 || requests == 0 || schedulers == 0 {
-        bail!("--hosts, --cells, --requests and --schedulers must each be at least 1");
+        bail!(Invalid, "--hosts, --cells, --requests and --schedulers must each be at least 1");
     }
     if !(0.0..=1.0).contains(&a.failure_rate) {
-        bail!("--failure-rate must be between 0 and 1, got {}", a.failure_rate);
+        bail!(Invalid, "--failure-rate must be between 0 and 1, got {}", a.failure_rate);
     }
     let cands = candidates(global_store, &a.common)?;
     let env = report::Environment::capture();
@@ -279,7 +279,7 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
     )?;
     print_outputs(&json, &svg);
     if any_failed {
-        bail!("the audit found broken invariants (see above)");
+        bail!(Failed, "the audit found broken invariants (see above)");
     }
     Ok(())
 }
