@@ -14,6 +14,8 @@
 //! * `sim` (feature `sim`): the simulation that runs the whole flow without hypervisors:
 //!   a seeded cloud generator, the request mix, a driver for several schedulers and
 //!   conductors, simulated computes and their heartbeats.
+//! * `testkit` (feature `testkit`): throwaway Redis, Redis Cluster and Cassandra servers
+//!   from installed binaries, for tests, benchmarks and evaluations.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -27,5 +29,7 @@ pub mod scheduler;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use error::{Error, Result};

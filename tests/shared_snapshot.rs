@@ -6,9 +6,7 @@
 //! feed alone. Runs on the memory store and on every URL of `UNICELL_TEST_STORES` (a store
 //! that cannot be opened makes its trials IGNORED with the reason).
 
-#[macro_use]
-#[allow(unused_macros)]
-mod sched_common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -16,34 +14,36 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Completion, Failed, Trial};
-use sched_common::{Cloud, HostSpec, audit, e, flavor, spec};
+use libtest_mimic::Trial;
+use support::fixtures::{audit, e, flavor, spec};
+use support::{Why, trial_on};
 use unicell::model::*;
 use unicell::scheduler::{RankingMode, Scheduler, SchedulerConfig, SharedSnapshot, SnapshotConfig};
+use unicell::sim::{Cloud, HostSpec};
+use unicell::store::conformance::check;
 use unicell::store::memory::MemoryStore;
 use unicell::store::prelude::*;
 
 type R = Result<(), String>;
-type Case = fn(Arc<dyn Store>, Arc<dyn Store>) -> Pin<Box<dyn Future<Output = R> + Send>>;
+type Case = fn((Arc<dyn Store>, Arc<dyn Store>)) -> Pin<Box<dyn Future<Output = R> + Send>>;
 
 macro_rules! case2 {
     ($f:path) => {
-        (stringify!($f), (|a, b| Box::pin($f(a, b))) as Case)
+        (stringify!($f), (|(a, b)| Box::pin($f(a, b))) as Case)
     };
 }
 
 fn main() {
-    let args = libtest_mimic::Arguments::from_args();
     let cases = vec![
         case2!(tailer_applies_claims_made_through_another_handle),
         case2!(tailer_follows_hosts_appearing_and_leaving),
         case2!(schedulers_sharing_a_snapshot_never_overcommit),
         case2!(indexed_ranking_matches_the_exhaustive_best_weight),
     ];
-    libtest_mimic::run(&args, trials(cases)).exit();
+    support::run(trials(cases), Vec::new());
 }
 
-/// A key prefix unique to one case (Redis), as the shared harness does.
+/// A key prefix unique to one case (Redis), as the harness's stores do.
 fn isolated(url: &str) -> String {
     let Ok(mut u) = url::Url::parse(url) else { return url.to_string() };
     let pairs: Vec<(String, String)> = u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
@@ -59,6 +59,15 @@ fn isolated(url: &str) -> String {
     u.to_string()
 }
 
+/// Two independent handles on the store at `url` (two connections, as two processes).
+async fn two_handles(url: String, label: String) -> Result<(Arc<dyn Store>, Arc<dyn Store>), Why> {
+    let url = isolated(&url);
+    let what = format!("opening store {label}");
+    let a = unicell::store::open(&url).await.map_err(|err| Why::from_open_error(&what, &err))?;
+    let b = unicell::store::open(&url).await.map_err(|err| Why::from_open_error(&what, &err))?;
+    Ok((a, b))
+}
+
 fn trials(cases: Vec<(&'static str, Case)>) -> Vec<Trial> {
     let urls: Vec<String> = std::env::var("UNICELL_TEST_STORES")
         .unwrap_or_default()
@@ -68,58 +77,24 @@ fn trials(cases: Vec<(&'static str, Case)>) -> Vec<Trial> {
         .collect();
     let mut out = Vec::new();
     for (name, f) in cases {
-        out.push(Trial::test(format!("memory::{name}"), move || {
-            run(
-                async {
-                    let s: Arc<dyn Store> = Arc::new(MemoryStore::new());
-                    Ok((s.clone(), s))
-                },
-                f,
-            )
-            .map(|_| ())
-        }));
+        out.push(trial_on(
+            format!("memory::{name}"),
+            false,
+            || async {
+                let s: Arc<dyn Store> = Arc::new(MemoryStore::new());
+                Ok::<_, Why>((s.clone(), s))
+            },
+            f,
+        ));
         for (i, url) in urls.iter().enumerate() {
             let url = url.clone();
             let scheme = url.split("://").next().unwrap_or("store").to_string();
             let repeats = urls[..i].iter().any(|u| u.starts_with(&format!("{scheme}://")));
             let label = if repeats { format!("{scheme}#{}", i + 1) } else { scheme };
-            out.push(Trial::ignorable_test(format!("{label}::{name}"), move || {
-                run(
-                    async move {
-                        let url = isolated(&url);
-                        let a = unicell::store::open(&url)
-                            .await
-                            .map_err(|err| format!("cannot open store {label}: {err}"))?;
-                        let b = unicell::store::open(&url)
-                            .await
-                            .map_err(|err| format!("cannot open store {label}: {err}"))?;
-                        Ok((a, b))
-                    },
-                    f,
-                )
-            }));
+            out.push(trial_on(format!("{label}::{name}"), false, move || two_handles(url, label), f));
         }
     }
     out
-}
-
-fn run(
-    stores: impl Future<Output = Result<(Arc<dyn Store>, Arc<dyn Store>), String>> + Send + 'static,
-    f: Case,
-) -> Result<Completion, Failed> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .map_err(|e| Failed::from(format!("tokio runtime: {e}")))?;
-    rt.block_on(async move {
-        let (a, b) = match stores.await {
-            Ok(s) => s,
-            Err(reason) => return Ok(Completion::ignored_with(reason)),
-        };
-        f(a, b).await.map_err(Failed::from)?;
-        Ok(Completion::Completed)
-    })
 }
 
 /// A snapshot of `cloud`'s cell on `store`, tailing the feed every 5 ms.

@@ -12,7 +12,7 @@
 //! instant simulated compute. Each scheduler has its own snapshot; they share only the
 //! store. Prints one line per run with placements/s, claims tried and refused.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use unicell::conductor::{Conductor, ConductorConfig};
 use unicell::model::*;
 use unicell::scheduler::{ScheduleError, Scheduler, SchedulerConfig};
-use unicell::sim::SimulatedCompute;
+use unicell::sim::requests::request_spec;
+use unicell::sim::{ChildSpec, Cloud, HostSpec, SimulatedCompute};
 use unicell::store::prelude::*;
 
 struct Args {
@@ -69,9 +70,9 @@ fn parse() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-fn flavor() -> Flavor {
-    Flavor {
-        id: FlavorId::new("bench.small").expect("valid id"),
+fn flavor() -> anyhow::Result<Flavor> {
+    Ok(Flavor {
+        id: FlavorId::new("bench.small")?,
         name: "bench.small".into(),
         vcpus: 2,
         memory_mb: 4096,
@@ -79,103 +80,38 @@ fn flavor() -> Flavor {
         ephemeral_gb: 0,
         swap_mb: 0,
         extra_specs: BTreeMap::new(),
-    }
+    })
 }
 
-async fn make_cloud(store: &Arc<dyn Store>, hosts: usize) -> anyhow::Result<CellId> {
-    let cell = CellId::new_v4();
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    store.put_cell(&Cell { id: cell, name: format!("bench-{tag}"), disabled: false }).await?;
+/// `hosts` hosts of 32 VCPU (ratio 4), 64 GiB and 1 TB in one fresh cell; every tenth has
+/// two NUMA children with 8 PCPU each. Heartbeats an hour ahead keep them up for the run.
+async fn make_cloud(store: &Arc<dyn Store>, hosts: usize) -> anyhow::Result<Cloud> {
+    let mut cloud = Cloud::new(store.clone()).await?;
+    let plain = HostSpec { vcpu_allocation_ratio: 4.0, ..HostSpec::sized(32, 65536, 1000) };
+    let numa = |n: usize| ChildSpec {
+        suffix: format!("-numa{n}"),
+        parent: None,
+        inventories: BTreeMap::from([(ResourceClass::Pcpu, Inventory::with_total(8))]),
+        traits: Default::default(),
+    };
+    let nested = HostSpec { children: vec![numa(0), numa(1)], ..plain.clone() };
     for i in 0..hosts {
-        let root = ProviderId::new_v4();
-        let name = format!("bench-{}-{i:05}", &tag[..8]);
-        store
-            .create_provider(&NewProvider {
-                id: root,
-                name: name.clone(),
-                parent: None,
-                cell: Some(cell),
-                inventories: BTreeMap::from([
-                    (ResourceClass::Vcpu, Inventory { allocation_ratio: 4.0, ..Inventory::with_total(32) }),
-                    (ResourceClass::MemoryMb, Inventory::with_total(65536)),
-                    (ResourceClass::DiskGb, Inventory::with_total(1000)),
-                ]),
-                traits: BTreeSet::new(),
-                aggregates: BTreeSet::new(),
-            })
-            .await?;
-        if i % 10 == 0 {
-            for n in 0..2 {
-                store
-                    .create_provider(&NewProvider {
-                        id: ProviderId::new_v4(),
-                        name: format!("{name}-numa{n}"),
-                        parent: Some(root),
-                        cell: Some(cell),
-                        inventories: BTreeMap::from([(ResourceClass::Pcpu, Inventory::with_total(8))]),
-                        traits: BTreeSet::new(),
-                        aggregates: BTreeSet::new(),
-                    })
-                    .await?;
-            }
-        }
-        store
-            .put_host(&Host {
-                name: name.clone(),
-                cell,
-                root_provider: root,
-                node: name,
-                enabled: true,
-                disabled_reason: None,
-                last_heartbeat: Timestamp::now().plus(Duration::from_secs(3600)),
-                availability_zone: None,
-                capabilities: BTreeMap::new(),
-            })
-            .await?;
+        cloud.add_host(if i % 10 == 0 { nested.clone() } else { plain.clone() }).await?;
     }
-    Ok(cell)
+    for h in &cloud.hosts {
+        let mut host = h.host.clone();
+        host.last_heartbeat = Timestamp::now().plus(Duration::from_secs(3600));
+        store.put_host(&host).await?;
+    }
+    Ok(cloud)
 }
 
 fn new_spec(f: &Flavor) -> RequestSpec {
-    RequestSpec {
-        instance_uuid: InstanceId::new_v4(),
-        flavor: f.clone(),
-        image_properties: BTreeMap::new(),
-        is_bfv: false,
-        num_instances: 1,
-        project_id: "bench".into(),
-        user_id: "bench".into(),
-        availability_zone: None,
-        hints: SchedulerHints::default(),
-        requested_destination: None,
-        ignore_hosts: vec![],
-        force_hosts: vec![],
-    }
+    request_spec(f.clone(), InstanceId::new_v4(), 1, "bench", "bench")
 }
 
 fn new_instance(f: &Flavor, id: InstanceId) -> Instance {
-    let now = Timestamp::now();
-    Instance {
-        uuid: id,
-        name: "bench".into(),
-        project_id: "bench".into(),
-        user_id: "bench".into(),
-        cell: None,
-        host: None,
-        node: None,
-        flavor: f.id.clone(),
-        vm_state: VmState::Building,
-        task_state: None,
-        created_at: now,
-        updated_at: now,
-        launched_at: None,
-        deleted: false,
-        availability_zone: None,
-        metadata: BTreeMap::new(),
-        tags: BTreeSet::new(),
-        fault: None,
-        system_metadata: Default::default(),
-    }
+    Instance::new_building(id, "bench", "bench", "bench", f.id.clone())
 }
 
 #[tokio::main]
@@ -183,10 +119,10 @@ async fn main() -> anyhow::Result<()> {
     let a = parse()?;
     let store = unicell::store::open(&a.store).await?;
     let t = Instant::now();
-    let cell = make_cloud(&store, a.hosts).await?;
+    let cloud = make_cloud(&store, a.hosts).await?;
     let setup = t.elapsed();
     let config = SchedulerConfig {
-        cells: vec![cell],
+        cells: vec![cloud.cell],
         host_subset_size: a.subset,
         min_refresh_interval: Duration::from_millis(a.stale_ms),
         max_placement_results: (a.max_placement_results > 0).then_some(a.max_placement_results),
@@ -202,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
     let next = Arc::new(AtomicUsize::new(0));
     let placed = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
-    let f = flavor();
+    let f = flavor()?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for s in &schedulers {

@@ -19,14 +19,7 @@ use unicell::model::*;
 use unicell::store::StoreUrl;
 use unicell::store::prelude::*;
 use unicell::store::sql::SqlStore;
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
+use unicell_bench::stats::Latency;
 
 async fn claims(base: &str, run: &str, seconds: u64, tasks: usize) -> anyhow::Result<()> {
     let url = StoreUrl::parse(&format!("{base}/{run}_claims?cells=4"))?;
@@ -148,7 +141,7 @@ async fn listing(base: &str, run: &str, n: usize, cells: usize) -> anyhow::Resul
             let store = SqlStore::open(&u).await?;
             // One warm-up pass, then the measured pass.
             for pass in 0..2 {
-                let mut lat = Vec::new();
+                let mut lat = Latency::new();
                 let mut marker = None;
                 let mut total = 0;
                 loop {
@@ -156,7 +149,7 @@ async fn listing(base: &str, run: &str, n: usize, cells: usize) -> anyhow::Resul
                     let page = store
                         .list_instances(&ListQuery { filters: InstanceFilters::default(), limit: Some(1000), marker })
                         .await?;
-                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    lat.record(t.elapsed());
                     total += page.instances.len();
                     match page.next_marker {
                         Some(m) => marker = Some(m),
@@ -164,7 +157,7 @@ async fn listing(base: &str, run: &str, n: usize, cells: usize) -> anyhow::Resul
                     }
                 }
                 if pass == 1 {
-                    lat.sort_by(|a, b| a.total_cmp(b));
+                    let lat = lat.summary();
                     let shape = if label == "cells" {
                         format!("{cells} cell databases, {strategy}")
                     } else {
@@ -173,10 +166,7 @@ async fn listing(base: &str, run: &str, n: usize, cells: usize) -> anyhow::Resul
                     println!(
                         "list[{label}, {shape}]: {total} instances in {} pages of 1000: \
                          p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-                        lat.len(),
-                        pct(&lat, 0.5),
-                        pct(&lat, 0.99),
-                        lat.last().copied().unwrap_or(0.0)
+                        lat.count, lat.p50_ms, lat.p99_ms, lat.max_ms
                     );
                 }
             }

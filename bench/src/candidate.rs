@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use unicell::store::{self, Scheme, Store, StoreUrl};
 
 use crate::Common;
@@ -46,7 +46,7 @@ pub fn candidates(global: &str, common: &Common) -> Result<Vec<Candidate>> {
         common.stores.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
     };
     if urls.is_empty() {
-        bail!("--stores is empty: give at least one store URL");
+        bail!(Invalid, "--stores is empty: give at least one store URL");
     }
     let mut out: Vec<Candidate> = Vec::new();
     for url in urls {
@@ -157,9 +157,10 @@ async fn purge_redis(url: &str) {
 /// Checks that `url` parses and names a scheme this build knows, with a message that names
 /// the bad URL (its password masked) and the known schemes.
 pub fn check_store_url(url: &str) -> Result<StoreUrl> {
-    let parsed = StoreUrl::parse(url).map_err(|e| anyhow::anyhow!("bad store URL: {e}"))?;
+    let parsed = StoreUrl::parse(url).map_err(|e| crate::Error::Invalid(format!("bad store URL: {e}")))?;
     if !parsed.scheme().is_enabled() {
         bail!(
+            Invalid,
             "bad store URL {parsed}: scheme {} needs a feature this build lacks; this build knows: {}",
             parsed.scheme(),
             store::known_schemes().join(", ")

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Error, Result};
 use plotters::prelude::*;
 
 /// One line on a panel.
@@ -134,10 +134,22 @@ macro_rules! draw_panel {
 pub fn lines(dir: &Path, name: &str, title: &str, panels: &[Panel]) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
     let path = dir.join(format!("{name}.svg"));
+    draw_lines(&path, title, panels).map_err(|source| drawing_failed(&path, source))?;
+    Ok(path)
+}
+
+/// What [`lines`] and [`bars`] draw with: plotters' errors, boxed.
+type Drawn = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+fn drawing_failed(path: &Path, source: Box<dyn std::error::Error + Send + Sync>) -> Error {
+    Error::Step { context: format!("cannot draw {}", path.display()), source }
+}
+
+fn draw_lines(path: &Path, title: &str, panels: &[Panel]) -> Drawn {
     let n = panels.len().max(1);
     let width = (560 * n as u32).max(640);
     {
-        let root = SVGBackend::new(&path, (width, 460)).into_drawing_area();
+        let root = SVGBackend::new(path, (width, 460)).into_drawing_area();
         root.fill(&WHITE)?;
         let root = root.titled(title, ("sans-serif", 20))?;
         for (area, panel) in root.split_evenly((1, n)).iter().zip(panels) {
@@ -148,9 +160,9 @@ pub fn lines(dir: &Path, name: &str, title: &str, panels: &[Panel]) -> Result<Pa
                 draw_panel!(area, panel, x0..x1, y0..y1);
             }
         }
-        root.present().with_context(|| format!("cannot write {}", path.display()))?;
+        root.present()?;
     }
-    Ok(path)
+    Ok(())
 }
 
 /// One bar of a bar chart.
@@ -213,9 +225,14 @@ macro_rules! draw_bars {
 pub fn bars(dir: &Path, name: &str, title: &str, y_label: &str, bars: &[Bar], log_y: bool) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
     let path = dir.join(format!("{name}.svg"));
+    draw_bar_chart(&path, title, y_label, bars, log_y).map_err(|source| drawing_failed(&path, source))?;
+    Ok(path)
+}
+
+fn draw_bar_chart(path: &Path, title: &str, y_label: &str, bars: &[Bar], log_y: bool) -> Drawn {
     let width = (140 * bars.len() as u32 + 160).max(640);
     {
-        let root = SVGBackend::new(&path, (width, 480)).into_drawing_area();
+        let root = SVGBackend::new(path, (width, 480)).into_drawing_area();
         root.fill(&WHITE)?;
         let finite = || bars.iter().map(|b| b.value).filter(|v| v.is_finite() && *v > 0.0);
         let top = finite().fold(0.0f64, f64::max).max(1e-9);
@@ -228,9 +245,9 @@ pub fn bars(dir: &Path, name: &str, title: &str, y_label: &str, bars: &[Bar], lo
             let top = top * 1.15;
             draw_bars!(&root, title, y_label, bars, 0f64..top, 0.0, |v: f64| v + top * 0.02);
         }
-        root.present().with_context(|| format!("cannot write {}", path.display()))?;
+        root.present()?;
     }
-    Ok(path)
+    Ok(())
 }
 
 /// Axis tick text: no needless decimals.

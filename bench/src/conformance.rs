@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use crate::error::{Result, bail};
 
 use crate::candidate::{check_store_url, open_store};
 
@@ -22,7 +22,7 @@ pub async fn run(url: &str, filter: Option<&str>) -> Result<bool> {
         .filter(|c| filter.is_none_or(|f| c.name.contains(f)))
         .collect();
     if cases.is_empty() {
-        bail!("no conformance case matches --filter {filter:?}");
+        bail!(Invalid, "no conformance case matches --filter {filter:?}");
     }
     let (mut passed, mut failed) = (0usize, Vec::new());
     let started = Instant::now();

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use crate::error::{Result, bail};
 use serde::Serialize;
 use unicell::model::{InstanceId, ListQuery};
 use unicell::sim::{BuildSetup, Cloud, CloudSpec, RequestMix, driver, requests};
@@ -76,10 +76,10 @@ struct Params {
 /// summary says what.
 pub async fn run(store_url: &str, a: DemoOptions) -> Result<bool> {
     if a.cells == 0 || a.hosts == 0 || a.instances == 0 || a.schedulers == 0 {
-        bail!("--cells, --hosts, --instances and --schedulers must each be at least 1");
+        bail!(Invalid, "--cells, --hosts, --instances and --schedulers must each be at least 1");
     }
     if !(0.0..=1.0).contains(&a.failure_rate) {
-        bail!("--failure-rate must be between 0 and 1, got {}", a.failure_rate);
+        bail!(Invalid, "--failure-rate must be between 0 and 1, got {}", a.failure_rate);
     }
     let store = open_store(store_url).await?;
     let env = report::Environment::capture();

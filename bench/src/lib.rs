@@ -13,6 +13,8 @@
 //! * [`demo`]: the main job end to end on one store.
 //! * [`conformance`]: the store conformance suite against any URL, case by case.
 //! * [`candidate`]: candidate URLs, per-run namespaces on shared servers, cleanup.
+//! * [`Error`]: what went wrong, by kind (invalid options, a run that found something
+//!   wrong, a figure that could not be measured, the environment).
 //! * [`proxy`]: a delaying TCP proxy (inter-site latency), [`report`], [`chart`], [`stats`],
 //!   [`progress`] (bars drawn by the command's `tracing-indicatif` layer).
 //!
@@ -26,6 +28,7 @@ pub mod chart;
 pub mod claims;
 pub mod conformance;
 pub mod demo;
+pub mod error;
 pub mod list;
 pub mod progress;
 pub mod proxy;
@@ -38,6 +41,7 @@ use std::path::PathBuf;
 
 pub use self::claims::ClaimsOptions;
 pub use self::demo::DemoOptions;
+pub use self::error::{Error, Result};
 pub use self::list::ListOptions;
 pub use self::schedule::ScheduleOptions;
 pub use self::sites::SitesOptions;

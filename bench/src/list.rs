@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use futures::StreamExt;
 use serde::Serialize;
 use unicell::model::{FlavorId, InstanceId, ListQuery, MAX_LIMIT};
@@ -123,16 +123,16 @@ pub async fn run(global_store: &str, a: ListOptions) -> Result<()> {
     let cells = list_knob(&a.cells, quick, &[1, 4], &[1, 4, 16, 64]);
     let limit = knob(a.limit, quick, 100, 1000);
     if n == 0 {
-        bail!("--instances must be at least 1");
+        bail!(Invalid, "--instances must be at least 1");
     }
     if cells.contains(&0) {
-        bail!("--cells values must be at least 1 (got {cells:?})");
+        bail!(Invalid, "--cells values must be at least 1 (got {cells:?})");
     }
     if limit == 0 || limit > MAX_LIMIT {
-        bail!("--limit must be between 1 and {MAX_LIMIT} (the store contract's cap), got {limit}");
+        bail!(Invalid, "--limit must be between 1 and {MAX_LIMIT} (the store contract's cap), got {limit}");
     }
     if a.depth_buckets == 0 {
-        bail!("--depth-buckets must be at least 1");
+        bail!(Invalid, "--depth-buckets must be at least 1");
     }
     let cands = candidates(global_store, &a.common)?;
     let env = report::Environment::capture();
@@ -161,7 +161,7 @@ pub async fn run(global_store: &str, a: ListOptions) -> Result<()> {
                     load(&store, cand, &cell_list, n, a.common.seed, &flavor, a.load_concurrency).await?;
                 let mut pager = Pager::new(store, limit);
                 pager.warm_up().await?;
-                anyhow::Ok((load_seconds, pager))
+                Ok::<_, crate::Error>((load_seconds, pager))
             }
             .await;
             match loaded {
@@ -191,6 +191,7 @@ pub async fn run(global_store: &str, a: ListOptions) -> Result<()> {
             let listed = pager.seen.len();
             if listed != n {
                 bail!(
+                    Failed,
                     "{} listed {listed} instances with {c} cells but {n} were loaded: \
                      the store skipped or repeated instances (or the namespace was not empty)",
                     cand.label
@@ -316,7 +317,7 @@ pub async fn run(global_store: &str, a: ListOptions) -> Result<()> {
     let svg = chart_runs(&a.common.out, &runs, &cells, n, limit)?;
     print_outputs(&json, &svg);
     if !failures.is_empty() {
-        bail!("{} candidate run(s) failed (recorded in the report): {}", failures.len(), failures.join("; "));
+        bail!(Failed, "{} candidate run(s) failed (recorded in the report): {}", failures.len(), failures.join("; "));
     }
     Ok(())
 }
@@ -355,7 +356,7 @@ async fn load(
                 }
             }
             progress::inc(&bar, done % 256);
-            anyhow::Ok(())
+            Ok::<_, crate::Error>(())
         }
     }))
     .buffer_unordered(workers);
@@ -403,11 +404,11 @@ impl Pager {
         self.lat.push(t.elapsed());
         for i in &page.instances {
             if !self.seen.insert(i.uuid) {
-                bail!("instance {} was listed twice", i.uuid);
+                bail!(Failed, "instance {} was listed twice", i.uuid);
             }
         }
         match page.next_marker {
-            Some(_) if page.instances.is_empty() => bail!("an empty page came with a next marker"),
+            Some(_) if page.instances.is_empty() => bail!(Failed, "an empty page came with a next marker"),
             Some(m) => self.marker = Some(m),
             None => self.done = true,
         }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -46,7 +46,7 @@ impl DelayProxy {
     pub async fn start(upstream: &str, delay: Duration) -> Result<Self> {
         let listener =
             TcpListener::bind(("127.0.0.1", 0)).await.context("cannot bind a loopback port for the delay proxy")?;
-        let addr = listener.local_addr()?;
+        let addr = listener.local_addr().context("cannot read the delay proxy's address")?;
         let delay_us = Arc::new(AtomicU64::new(micros(delay)));
         let (stop, stopped) = watch::channel(false);
         let active = Arc::new(AtomicUsize::new(0));
@@ -123,12 +123,12 @@ async fn serve(
     let down = pump(sr, cw, delay_us);
     tokio::select! {
         _ = stopped.changed() => Ok(()),
-        r = async { tokio::try_join!(up, down) } => r.map(|_| ()),
+        r = async { tokio::try_join!(up, down) } => r.map(|_| ()).context("delay proxy connection"),
     }
 }
 
 /// Copies `from` to `to`, delivering each chunk `delay` after it was read.
-async fn pump<R, W>(mut from: R, mut to: W, delay_us: Arc<AtomicU64>) -> Result<()>
+async fn pump<R, W>(mut from: R, mut to: W, delay_us: Arc<AtomicU64>) -> std::io::Result<()>
 where
     R: AsyncReadExt + Unpin + Send + 'static,
     W: AsyncWriteExt + Unpin + Send + 'static,
@@ -146,7 +146,7 @@ where
                 break;
             }
         }
-        anyhow::Ok(())
+        Ok::<_, std::io::Error>(())
     };
     let writer = async move {
         // Tokio's timer rounds every sleep up to its next millisecond tick; sleeping for
@@ -163,7 +163,7 @@ where
             to.write_all(&chunk).await?;
         }
         let _ = to.shutdown().await;
-        anyhow::Ok(())
+        Ok::<_, std::io::Error>(())
     };
     tokio::try_join!(reader, writer)?;
     Ok(())

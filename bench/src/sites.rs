@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use futures::StreamExt;
 use serde::Serialize;
 use unicell::model::*;
@@ -116,13 +116,13 @@ pub async fn run(global_store: &str, a: SitesOptions) -> Result<()> {
     let pages = knob(a.pages, quick, 3, 10);
     let claims = knob(a.claims, quick, 10, 50);
     if sites.contains(&0) || cells == 0 || n == 0 || pages == 0 || claims == 0 {
-        bail!("--sites values, --cells, --instances, --pages and --claims must be at least 1");
+        bail!(Invalid, "--sites values, --cells, --instances, --pages and --claims must be at least 1");
     }
     if delays.iter().any(|d| !d.is_finite() || *d < 0.0 || *d > 10_000.0) {
-        bail!("--delays-ms values must be between 0 and 10000, got {delays:?}");
+        bail!(Invalid, "--delays-ms values must be between 0 and 10000, got {delays:?}");
     }
     if limit == 0 || limit > MAX_LIMIT {
-        bail!("--limit must be between 1 and {MAX_LIMIT}, got {limit}");
+        bail!(Invalid, "--limit must be between 1 and {MAX_LIMIT}, got {limit}");
     }
     let explicit = !a.common.stores.is_empty();
     let all = candidates(global_store, &a.common)?;
@@ -372,9 +372,10 @@ async fn local_redis() -> Option<Candidate> {
 fn endpoint_of(url: &str) -> Result<String> {
     let u = StoreUrl::parse(url)?;
     let e = u.expose();
-    let host = e.host_str().filter(|h| !h.is_empty()).with_context(|| format!("{u} names no host"))?;
+    let host =
+        e.host_str().filter(|h| !h.is_empty()).ok_or_else(|| crate::Error::Invalid(format!("{u} names no host")))?;
     let port = e.port().or(u.scheme().default_port());
-    let port = port.with_context(|| format!("{u} names no port"))?;
+    let port = port.ok_or_else(|| crate::Error::Invalid(format!("{u} names no port")))?;
     Ok(format!("{host}:{port}"))
 }
 
@@ -382,8 +383,8 @@ fn endpoint_of(url: &str) -> Result<String> {
 fn proxied(url: &str, addr: std::net::SocketAddr) -> Result<String> {
     let mut u = StoreUrl::parse(url)?.expose().clone();
     u.set_host(Some(&addr.ip().to_string()))
-        .map_err(|e| anyhow::anyhow!("cannot rewrite the store URL's host: {e}"))?;
-    u.set_port(Some(addr.port())).map_err(|_| anyhow::anyhow!("cannot rewrite the store URL's port"))?;
+        .map_err(|e| crate::Error::Invalid(format!("cannot rewrite the store URL's host: {e}")))?;
+    u.set_port(Some(addr.port())).map_err(|_| crate::Error::Invalid("cannot rewrite the store URL's port".into()))?;
     Ok(u.to_string())
 }
 
@@ -458,7 +459,7 @@ async fn load(
         async move {
             store.create_instance(&listing::list_instance(seed, i as u64, cell_list, flavor)).await?;
             progress::inc(bar, 1);
-            anyhow::Ok(())
+            Ok::<_, crate::Error>(())
         }
     }))
     .buffer_unordered(32);

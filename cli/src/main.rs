@@ -52,8 +52,8 @@ async fn run(cli: Cli) -> Result<bool> {
         }
         Command::Serve(a) => serve::serve(store, a).await,
         Command::Computes(a) => serve::computes(store, a).await,
-        Command::Conformance(a) => unicell_bench::conformance::run(store, a.filter.as_deref()).await,
-        Command::Demo(a) => unicell_bench::demo::run(store, a.into()).await,
+        Command::Conformance(a) => Ok(unicell_bench::conformance::run(store, a.filter.as_deref()).await?),
+        Command::Demo(a) => Ok(unicell_bench::demo::run(store, a.into()).await?),
         Command::Bench(b) => {
             match b {
                 BenchCommand::List(a) => unicell_bench::list::run(store, a.into()).await?,

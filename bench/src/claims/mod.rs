@@ -26,7 +26,7 @@ pub mod workload;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use serde::Serialize;
 use unicell::Error;
 use unicell::model::*;
@@ -81,7 +81,7 @@ pub async fn run(global_store: &str, a: ClaimsOptions) -> Result<()> {
         seed: a.common.seed,
     };
     if w.claims == 0 || w.tasks == 0 || w.trees == 0 {
-        bail!("--claims, --tasks and --trees must each be at least 1");
+        bail!(Invalid, "--claims, --tasks and --trees must each be at least 1");
     }
     let cands = candidates(global_store, &a.common)?;
     let env = report::Environment::capture();
@@ -267,7 +267,7 @@ async fn ceiling(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
         "memory" => memory_ceiling(w).await,
         "redis" => redis_ceiling(cand, w, tag).await,
         "sql" => sql_ceiling(cand, w, tag).await,
-        _ => bail!("no ceiling is defined for {}:// stores", cand.scheme),
+        _ => bail!(Measurement, "no ceiling is defined for {}:// stores", cand.scheme),
     }
 }
 
@@ -339,7 +339,7 @@ async fn redis_ceiling(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outc
 
 #[cfg(not(feature = "redis"))]
 async fn redis_ceiling(_cand: &Candidate, _w: &Workload, _tag: &str) -> Result<Outcome> {
-    bail!("this build has no `redis` feature")
+    bail!(Measurement, "this build has no `redis` feature")
 }
 
 /// SQL's ceiling: a single-row UPDATE loop on a scratch table (see the module docs).
@@ -350,5 +350,5 @@ async fn sql_ceiling(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcom
 
 #[cfg(not(feature = "sql"))]
 async fn sql_ceiling(_cand: &Candidate, _w: &Workload, _tag: &str) -> Result<Outcome> {
-    bail!("this build has no `sql` feature")
+    bail!(Measurement, "this build has no `sql` feature")
 }

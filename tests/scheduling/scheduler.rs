@@ -3,20 +3,19 @@
 //! change-feed refresh). Each case runs on the memory store and on every URL in
 //! `UNICELL_TEST_STORES`.
 
-#[macro_use]
-mod sched_common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use sched_common::{Cloud, HostSpec, audit, e, flavor, spec};
+use crate::support::fixtures::{audit, e, flavor, spec};
 use unicell::model::*;
 use unicell::scheduler::{ClaimFailureCause, Rejection, ScheduleError, SchedulerConfig};
+use unicell::sim::{Cloud, HostSpec};
+use unicell::store::conformance::{Case, CaseResult, case, check};
 use unicell::store::prelude::*;
 
-fn main() {
-    let args = libtest_mimic::Arguments::from_args();
-    let cases = vec![
+/// The cases of this file, in order.
+pub fn cases() -> Vec<Case> {
+    vec![
         case!(places_and_claims_with_alternates),
         case!(last_slot_race_one_host),
         case!(last_slot_race_loser_gets_another_host),
@@ -39,11 +38,10 @@ fn main() {
         case!(io_ops_counted_from_building_instances),
         case!(tracing_spans_describe_each_request),
         case!(max_placement_results_samples_and_is_lifted_for_hints),
-    ];
-    libtest_mimic::run(&args, sched_common::trials(cases)).exit();
+    ]
 }
 
-type R = Result<(), String>;
+type R = CaseResult;
 
 fn nvh(r: Result<Vec<Vec<Selection>>, ScheduleError>) -> Result<unicell::scheduler::NoValidHostReason, String> {
     match r {
@@ -285,7 +283,7 @@ async fn anti_affinity_concurrent_separate_requests(store: Arc<dyn Store>) -> R 
                     .filter(|c| matches!(c.cause, ClaimFailureCause::GroupLimit { .. }))
                     .count();
             }
-            Err(other) => return Err(e(other)),
+            Err(other) => return Err(e(other).into()),
         }
     }
     let distinct: BTreeSet<_> = hosts.iter().collect();
@@ -512,7 +510,7 @@ async fn same_and_different_host_hints(store: Arc<dyn Store>) -> R {
     cloud.add_hosts(3, HostSpec::default()).await.map_err(e)?;
     let s = cloud.scheduler().await.map_err(e)?;
     let f = flavor(1, 512, 1);
-    let mut anchor = sched_common::instance(&f);
+    let mut anchor = crate::support::fixtures::instance(&f);
     anchor.host = Some(cloud.hosts[2].name.clone());
     anchor.cell = Some(cloud.cell);
     store.create_instance(&anchor).await.map_err(e)?;
@@ -649,12 +647,12 @@ async fn io_ops_counted_from_building_instances(store: Arc<dyn Store>) -> R {
     let busy = cloud.hosts[0].name.clone();
     let f = flavor(1, 512, 1);
     for _ in 0..3 {
-        let mut i = sched_common::instance(&f);
+        let mut i = crate::support::fixtures::instance(&f);
         i.host = Some(busy.clone());
         i.cell = Some(cloud.cell);
         store.create_instance(&i).await.map_err(e)?;
     }
-    let mut done = sched_common::instance(&f);
+    let mut done = crate::support::fixtures::instance(&f);
     done.host = Some(busy.clone());
     done.cell = Some(cloud.cell);
     done.vm_state = VmState::Active;
@@ -791,7 +789,7 @@ async fn max_placement_results_samples_and_is_lifted_for_hints(store: Arc<dyn St
     check!(chosen.len() > 1, "the sample is random, not always the same host: {chosen:?}");
     // same_host: the limit is lifted, so the anchor's host is always found (a sample of 1
     // of 12 would miss it most of the time).
-    let mut anchor = sched_common::instance(&f);
+    let mut anchor = crate::support::fixtures::instance(&f);
     anchor.host = Some(cloud.hosts[5].name.clone());
     anchor.cell = Some(cloud.cell);
     store.create_instance(&anchor).await.map_err(e)?;

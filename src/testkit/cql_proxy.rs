@@ -1,6 +1,7 @@
-//! TEST SUPPORT ONLY, not part of the product: a loopback proxy that lets the `scylla`
-//! crate (native protocol v4 only) talk to Apache Cassandra 2.1.0 (native protocol v3 only),
-//! the one real CQL server these machines can run (see `tests/support/cassandra.rs`).
+//! A loopback proxy that lets the `scylla` crate (native protocol v4 only) talk to Apache
+//! Cassandra 2.1.0 (native protocol v3 only), the one real CQL server these machines can
+//! run (see [`cassandra`](super::cassandra)). Not part of any store: a client of the CQL
+//! backend in production talks to ScyllaDB or Cassandra >= 3 directly.
 //!
 //! The two protocol versions differ in very little for what the driver uses, and the proxy
 //! rewrites exactly that, frame by frame, in both directions:
@@ -47,6 +48,7 @@ const FLAG_HAS_MORE_PAGES: i32 = 0x0002;
 const FLAG_NO_METADATA: i32 = 0x0004;
 
 /// A running proxy. Dropping it stops accepting connections and closes the open ones.
+#[derive(Debug)]
 pub struct CqlProxy {
     addr: SocketAddr,
     runtime: Option<tokio::runtime::Runtime>,
@@ -54,7 +56,8 @@ pub struct CqlProxy {
 
 impl CqlProxy {
     /// Starts a proxy on a free loopback port in front of `upstream` (a v3 server), on its
-    /// own small runtime so that it outlives the per-test runtimes of the harness.
+    /// own small runtime so that it outlives the runtimes of its callers (a test harness gives
+    /// each test its own).
     pub fn start(upstream: SocketAddr) -> io::Result<CqlProxy> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -1,56 +1,19 @@
-//! Throwaway Redis servers and clusters started from the installed `redis-server` binary, on
-//! free loopback ports, in a temporary directory; killed (and the directory removed) on drop.
-#![allow(dead_code)]
+//! Throwaway Redis servers and clusters started from the installed `redis-server` binary
+//! (Debian package `redis-server`; a cluster also needs `redis-cli`, package
+//! `redis-tools`), on free loopback ports, each in its own temporary directory. Data is
+//! persisted with an append-only file, so a killed server restarts with it (the fault
+//! tests kill and restart servers under load).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The first of `names` found on PATH (or in /usr/sbin, /usr/bin).
-pub fn find_binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
+use super::{LaunchError, TempDir, find_binary, free_port};
 
-/// A port whose number and (for cluster nodes) number + 10000 are free on 127.0.0.1.
-pub fn free_port(with_bus: bool) -> Option<u16> {
-    for _ in 0..200 {
-        let l = TcpListener::bind("127.0.0.1:0").ok()?;
-        let port = l.local_addr().ok()?.port();
-        if !with_bus {
-            return Some(port);
-        }
-        if port < 55000 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
-            return Some(port);
-        }
-    }
-    None
-}
-
-/// A temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    /// Creates `unicell-redis-<random>` under the system temp dir.
-    pub fn new(tag: &str) -> Result<Self, String> {
-        let p = std::env::temp_dir().join(format!("unicell-{tag}-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&p).map_err(|e| format!("mkdir {}: {e}", p.display()))?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Sends one inline command and returns the raw reply text (enough for PING and INFO).
+/// Sends one inline command to 127.0.0.1:`port` and returns the raw reply text (enough for
+/// PING and INFO); `None` when the server does not answer.
 pub fn raw_command(port: u16, cmd: &str) -> Option<String> {
     let mut s =
         TcpStream::connect_timeout(&format!("127.0.0.1:{port}").parse().ok()?, Duration::from_millis(300)).ok()?;
@@ -61,8 +24,9 @@ pub fn raw_command(port: u16, cmd: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
-/// One redis-server process.
-pub struct Server {
+/// One redis-server process, killed when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
     child: Option<Child>,
     /// Its port on 127.0.0.1.
     pub port: u16,
@@ -72,13 +36,14 @@ pub struct Server {
     binary: PathBuf,
 }
 
-impl Server {
+impl RedisServer {
     /// Starts a server in `dir` (created) on a free port; `cluster` enables cluster mode;
     /// data is persisted with an append-only file so that a killed server restarts with it.
-    pub fn start(dir: &Path, cluster: bool) -> Result<Server, String> {
-        let binary = find_binary("redis-server").ok_or("redis-server is not installed")?;
-        let port = free_port(cluster).ok_or("no free port")?;
-        std::fs::create_dir_all(dir).map_err(|e| format!("mkdir: {e}"))?;
+    pub fn start(dir: &Path, cluster: bool) -> Result<RedisServer, LaunchError> {
+        let binary =
+            find_binary("redis-server").ok_or("redis-server is not installed (Debian package redis-server)")?;
+        let port = free_port(cluster)?;
+        std::fs::create_dir_all(dir).map_err(|e| LaunchError::new(format!("creating {}", dir.display()), e))?;
         let mut args: Vec<String> = [
             "--port",
             &port.to_string(),
@@ -109,19 +74,19 @@ impl Server {
                     .map(|s| s.to_string()),
             );
         }
-        let mut s = Server { child: None, port, dir: dir.to_path_buf(), args, binary };
+        let mut s = RedisServer { child: None, port, dir: dir.to_path_buf(), args, binary };
         s.spawn()?;
         Ok(s)
     }
 
-    fn spawn(&mut self) -> Result<(), String> {
+    fn spawn(&mut self) -> Result<(), LaunchError> {
         let child = Command::new(&self.binary)
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("spawn redis-server: {e}"))?;
+            .map_err(|e| LaunchError::new("starting redis-server", e))?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
@@ -132,11 +97,11 @@ impl Server {
                 && let Ok(Some(status)) = c.try_wait()
             {
                 let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
-                return Err(format!("redis-server exited with {status}: {log}"));
+                return Err(LaunchError(format!("redis-server exited with {status}: {log}")));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(format!("redis-server on port {} did not answer", self.port))
+        Err(LaunchError(format!("redis-server on port {} did not answer within 15 s", self.port)))
     }
 
     /// Kills the process (SIGKILL: no shutdown, no final save).
@@ -148,7 +113,7 @@ impl Server {
     }
 
     /// Starts the process again with the same port, directory and data.
-    pub fn restart(&mut self) -> Result<(), String> {
+    pub fn restart(&mut self) -> Result<(), LaunchError> {
         self.kill();
         self.spawn()
     }
@@ -159,43 +124,53 @@ impl Server {
     }
 }
 
-impl Drop for Server {
+impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
 }
 
 /// A single throwaway server with its directory.
-pub struct Single {
+#[derive(Debug)]
+pub struct RedisSingle {
     /// The server (dropped before the directory).
-    pub server: Server,
+    pub server: RedisServer,
     _dir: TempDir,
 }
 
-impl Single {
+impl RedisSingle {
     /// Starts one server.
-    pub fn start() -> Result<Single, String> {
+    pub fn start() -> Result<RedisSingle, LaunchError> {
         let dir = TempDir::new("redis")?;
-        let server = Server::start(&dir.0, false)?;
-        Ok(Single { server, _dir: dir })
+        let server = RedisServer::start(dir.path(), false)?;
+        Ok(RedisSingle { server, _dir: dir })
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        self.server.url()
     }
 }
 
-/// A Redis Cluster of `masters` masters (no replicas) created with `redis-cli --cluster create`.
-pub struct Cluster {
+/// A Redis Cluster of masters only (no replicas) created with `redis-cli --cluster create`.
+#[derive(Debug)]
+pub struct RedisCluster {
     /// The nodes (dropped before the directory).
-    pub nodes: Vec<Server>,
+    pub nodes: Vec<RedisServer>,
     _dir: TempDir,
 }
 
-impl Cluster {
+impl RedisCluster {
     /// Starts the nodes, creates the cluster and waits until every node reports it ok.
-    pub fn start(masters: usize) -> Result<Cluster, String> {
-        let cli = find_binary("redis-cli").ok_or("redis-cli is not installed (redis-tools)")?;
+    pub fn start(masters: usize) -> Result<RedisCluster, LaunchError> {
+        if masters < 3 {
+            return Err(LaunchError(format!("a Redis Cluster needs at least 3 masters, not {masters}")));
+        }
+        let cli = find_binary("redis-cli").ok_or("redis-cli is not installed (Debian package redis-tools)")?;
         let dir = TempDir::new("redis-cluster")?;
         let mut nodes = Vec::new();
         for i in 0..masters {
-            nodes.push(Server::start(&dir.0.join(format!("node{i}")), true)?);
+            nodes.push(RedisServer::start(&dir.path().join(format!("node{i}")), true)?);
         }
         let mut cmd = Command::new(&cli);
         cmd.arg("--cluster").arg("create");
@@ -206,21 +181,21 @@ impl Cluster {
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| format!("redis-cli --cluster create: {e}"))?;
+            .map_err(|e| LaunchError::new("redis-cli --cluster create", e))?;
         if !out.status.success() {
-            return Err(format!(
+            return Err(LaunchError(format!(
                 "redis-cli --cluster create failed: {}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
-            ));
+            )));
         }
-        let c = Cluster { nodes, _dir: dir };
+        let c = RedisCluster { nodes, _dir: dir };
         c.wait_ok(Duration::from_secs(30))?;
         Ok(c)
     }
 
     /// Waits until every node answers `cluster_state:ok`.
-    pub fn wait_ok(&self, timeout: Duration) -> Result<(), String> {
+    pub fn wait_ok(&self, timeout: Duration) -> Result<(), LaunchError> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if self
@@ -232,7 +207,7 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Err("the cluster did not reach cluster_state:ok".into())
+        Err(LaunchError(format!("the cluster did not reach cluster_state:ok within {timeout:?}")))
     }
 
     /// `redis+cluster://first?seeds=others`.

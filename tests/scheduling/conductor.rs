@@ -3,23 +3,22 @@
 //! NoValidHost buried with its reason, alternates whose claim fails are skipped. Each case
 //! runs on the memory store and on every URL in `UNICELL_TEST_STORES`.
 
-#[macro_use]
-mod sched_common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::fixtures::{audit, e, flavor, instance, spec};
 use async_trait::async_trait;
-use sched_common::{Cloud, HostSpec, audit, e, flavor, instance, spec};
 use unicell::compute::{BuildFailure, ComputeDriver};
 use unicell::conductor::{BuildStatus, Conductor, ConductorConfig};
 use unicell::model::*;
 use unicell::sim::SimulatedCompute;
+use unicell::sim::{Cloud, HostSpec};
+use unicell::store::conformance::{Case, CaseResult, case, check};
 use unicell::store::prelude::*;
 
-fn main() {
-    let args = libtest_mimic::Arguments::from_args();
-    let cases = vec![
+/// The cases of this file, in order.
+pub fn cases() -> Vec<Case> {
+    vec![
         case!(builds_to_active),
         case!(reschedule_moves_the_allocation),
         case!(exhausted_alternates_end_in_error_without_allocation),
@@ -28,11 +27,10 @@ fn main() {
         case!(alternate_whose_claim_fails_is_skipped),
         case!(multi_instance_build_with_anti_affinity),
         case!(simulated_compute_is_seeded_and_timed),
-    ];
-    libtest_mimic::run(&args, sched_common::trials(cases)).exit();
+    ]
 }
 
-type R = Result<(), String>;
+type R = CaseResult;
 
 async fn conductor(cloud: &Cloud, compute: Arc<dyn ComputeDriver>) -> Result<Conductor, String> {
     Ok(Conductor::new(cloud.store.clone(), cloud.scheduler().await.map_err(e)?, compute, ConductorConfig::default()))

@@ -9,11 +9,11 @@
 //! empty (no allocation stranded outside the consumer index). Servers persist with an
 //! append-only file, as a deployment that expects restarts would.
 //!
-//! Each scenario runs about 8 seconds of load. Ignored with the reason when `redis-server`
-//! (and, for the cluster, `redis-cli`) is not installed.
+//! Each scenario runs about 8 seconds of load, on servers of its own started from the
+//! installed binaries ([`unicell::testkit::redis_server`]); ignored with the reason when
+//! `redis-server` (and, for the cluster, `redis-cli`) is not installed.
 
-#[path = "support/redis_server.rs"]
-mod redis_server;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -22,11 +22,14 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::{Completion, Failed, Trial};
 use rand::{Rng, SeedableRng};
+use support::block_on;
 use unicell::Error;
 use unicell::model::*;
 use unicell::store::StoreUrl;
+use unicell::store::audit::{AuditScope, audit};
 use unicell::store::prelude::*;
 use unicell::store::redis::RedisStore;
+use unicell::testkit::redis_server::{RedisCluster, RedisSingle};
 
 const TREES: usize = 12;
 const WORKERS: usize = 32;
@@ -173,30 +176,11 @@ async fn scenario(
     if total <= before_kill {
         return Err("no claim succeeded after the restart".into());
     }
-    // Audit: usage == sum of allocations, never over capacity.
-    for root in roots.iter() {
-        let tree = until_available("read tree", || store.provider_tree(*root)).await?;
-        let allocs = until_available("tree allocations", || store.tree_allocations(*root)).await?;
-        let mut sum: BTreeMap<(ProviderId, ResourceClass), i64> = BTreeMap::new();
-        for a in &allocs {
-            for (p, r) in &a.allocations {
-                for (c, n) in r {
-                    *sum.entry((*p, c.clone())).or_default() += n;
-                }
-            }
-        }
-        for node in &tree.providers {
-            for (class, inv) in &node.inventories {
-                let used = node.used(class);
-                let want = sum.get(&(node.id, class.clone())).copied().unwrap_or(0);
-                if used != want {
-                    return Err(format!("{class} on {}: usage {used} != sum of allocations {want}", node.id).into());
-                }
-                if used > inv.capacity() {
-                    return Err(format!("{class} on {}: usage {used} over capacity {}", node.id, inv.capacity()).into());
-                }
-            }
-        }
+    // Audit: usage == sum of allocations, never over capacity, group counts right.
+    let scope = AuditScope::trees(&roots);
+    let report = until_available("audit", || audit(&*store, &scope)).await?;
+    if !report.is_clean() {
+        return Err(format!("{report}").into());
     }
     // Every acknowledged, unreleased claim is found through the consumer index.
     for (c, req) in &held {
@@ -223,57 +207,54 @@ async fn scenario(
     Ok(())
 }
 
-fn run(f: impl FnOnce() -> Result<Completion, Failed>) -> Result<Completion, Failed> {
-    f()
-}
-
 fn single_trial() -> Trial {
     Trial::ignorable_test("fault::redis::kill_server_mid_claims", || {
-        run(|| {
-            let single = match redis_server::Single::start() {
-                Ok(s) => s,
-                Err(e) => return Ok(Completion::ignored_with(format!("cannot start redis-server: {e}"))),
-            };
-            let url = single.server.url();
-            let server = Arc::new(std::sync::Mutex::new(single));
-            let (k, r) = (server.clone(), server.clone());
-            let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-            rt.block_on(scenario(
+        let single = match RedisSingle::start() {
+            Ok(s) => s,
+            Err(e) => return Ok(Completion::ignored_with(format!("cannot start redis-server: {e}"))),
+        };
+        let url = single.url();
+        let server = Arc::new(std::sync::Mutex::new(single));
+        let (k, r) = (server.clone(), server.clone());
+        block_on(
+            false,
+            scenario(
                 url,
-                Box::new(move || k.lock().unwrap().server.kill()),
-                Box::new(move || r.lock().unwrap().server.restart()),
-            ))?;
-            Ok(Completion::Completed)
-        })
+                Box::new(move || k.lock().unwrap_or_else(|e| e.into_inner()).server.kill()),
+                Box::new(move || {
+                    r.lock().unwrap_or_else(|e| e.into_inner()).server.restart().map_err(|e| e.to_string())
+                }),
+            ),
+        )??;
+        Ok(Completion::Completed)
     })
 }
 
 fn cluster_trial() -> Trial {
     Trial::ignorable_test("fault::redis-cluster::kill_master_mid_claims", || {
-        run(|| {
-            let cluster = match redis_server::Cluster::start(3) {
-                Ok(c) => c,
-                Err(e) => return Ok(Completion::ignored_with(format!("cannot start a redis cluster: {e}"))),
-            };
-            let url = cluster.url();
-            let cluster = Arc::new(std::sync::Mutex::new(cluster));
-            let (k, r) = (cluster.clone(), cluster.clone());
-            let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-            rt.block_on(scenario(
+        let cluster = match RedisCluster::start(3) {
+            Ok(c) => c,
+            Err(e) => return Ok(Completion::ignored_with(format!("cannot start a redis cluster: {e}"))),
+        };
+        let url = cluster.url();
+        let cluster = Arc::new(std::sync::Mutex::new(cluster));
+        let (k, r) = (cluster.clone(), cluster.clone());
+        block_on(
+            false,
+            scenario(
                 url,
-                Box::new(move || k.lock().unwrap().nodes[1].kill()),
+                Box::new(move || k.lock().unwrap_or_else(|e| e.into_inner()).nodes[1].kill()),
                 Box::new(move || {
-                    let mut c = r.lock().unwrap();
-                    c.nodes[1].restart()?;
-                    c.wait_ok(Duration::from_secs(30))
+                    let mut c = r.lock().unwrap_or_else(|e| e.into_inner());
+                    c.nodes[1].restart().map_err(|e| e.to_string())?;
+                    c.wait_ok(Duration::from_secs(30)).map_err(|e| e.to_string())
                 }),
-            ))?;
-            Ok(Completion::Completed)
-        })
+            ),
+        )??;
+        Ok(Completion::Completed)
     })
 }
 
 fn main() {
-    let args = libtest_mimic::Arguments::from_args();
-    libtest_mimic::run(&args, vec![single_trial(), cluster_trial()]).exit();
+    support::run(vec![single_trial(), cluster_trial()], Vec::new());
 }
