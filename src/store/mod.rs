@@ -269,6 +269,9 @@ pub trait Catalog: Send + Sync {
     async fn get_server_group(&self, id: GroupId) -> Result<ServerGroup>;
     /// Deletes a server group (`NotFound` if missing).
     async fn delete_server_group(&self, id: GroupId) -> Result<()>;
+    /// Every server group of every project, ordered by id (callers filter by project; Nova's
+    /// quota keeps a project's groups few, so one read of all of them is the whole cost).
+    async fn list_server_groups(&self) -> Result<Vec<ServerGroup>>;
 
     /// Stores (or replaces) the request spec of `spec.instance_uuid`.
     async fn put_request_spec(&self, spec: &RequestSpec) -> Result<()>;
