@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod api_list;
 pub mod candidate;
 pub mod chart;
 pub mod claims;
@@ -39,6 +40,7 @@ pub mod stats;
 
 use std::path::PathBuf;
 
+pub use self::api_list::ApiListOptions;
 pub use self::claims::ClaimsOptions;
 pub use self::demo::DemoOptions;
 pub use self::error::{Error, Result};

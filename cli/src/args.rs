@@ -52,6 +52,44 @@ pub enum BenchCommand {
     Schedule(ScheduleArgs),
     /// Sites with injected latency (a delaying TCP proxy): list and claim latency.
     Sites(SitesArgs),
+    /// `GET /servers/detail` paged through the Nova API over each store, beside the store call.
+    ApiList(ApiListArgs),
+}
+
+/// `unicell bench api-list`
+#[derive(Debug, Clone, Args)]
+pub struct ApiListArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Instances to load into each candidate [default: 1000000; quick: 2000].
+    #[arg(long)]
+    pub instances: Option<usize>,
+    /// Cell databases of the SQL baseline in cells mode.
+    #[arg(long, default_value_t = 4)]
+    pub cells: usize,
+    /// Page size [default: 1000; quick: 100].
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Concurrent writers while loading.
+    #[arg(long, default_value_t = 32)]
+    pub load_concurrency: usize,
+    /// Number of page-depth buckets in the report.
+    #[arg(long, default_value_t = 10)]
+    pub depth_buckets: usize,
+}
+
+impl From<ApiListArgs> for unicell_bench::ApiListOptions {
+    fn from(a: ApiListArgs) -> Self {
+        unicell_bench::ApiListOptions {
+            common: a.common.into(),
+            instances: a.instances,
+            cells: a.cells,
+            limit: a.limit,
+            load_concurrency: a.load_concurrency,
+            depth_buckets: a.depth_buckets,
+        }
+    }
 }
 
 /// Options every benchmark takes.
@@ -260,6 +298,11 @@ pub struct ServeArgs {
     /// On SIGTERM, how long to wait for the builds in flight before exiting.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// How long a build lease lasts without renewal: a replica that dies (SIGKILL, power
+    /// loss) has its builds taken over by another replica after about this long. Leases are
+    /// renewed, and expired ones looked for, every sixth of it.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub build_lease_ttl: Duration,
 }
 
 /// `unicell computes`
