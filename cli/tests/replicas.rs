@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,7 +33,6 @@ use serde_json::{Value, json};
 use unicell::model::ConsumerId;
 use unicell::store::StoreUrl;
 use unicell::store::audit::{AuditScope, audit};
-use unicell::store::prelude::*;
 
 const REPLICAS: usize = 3;
 const HOSTS: usize = 40;
@@ -525,6 +524,5 @@ fn main() {
             .map_err(|e| Failed::from(format!("{e:#}")))?;
         Ok(Completion::Completed)
     }));
-    let _ = Path::new(".");
     libtest_mimic::run(&args, trials).exit();
 }
