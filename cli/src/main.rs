@@ -34,7 +34,8 @@ fn main() -> ExitCode {
         // The command ran and reported what was wrong (a failed case, a broken invariant).
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors name URLs already masked; mask again in case a library quoted one raw.
+            eprintln!("error: {}", unicell::store::redact_text(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

@@ -19,7 +19,9 @@ pub async fn serve(store_url: &str, a: ServeArgs) -> Result<bool> {
         Some(_) => Some(
             unicell::store::placement::open(store_url)
                 .await
-                .with_context(|| format!("cannot serve the Placement API on {store_url}"))?,
+                .with_context(|| {
+                    format!("cannot serve the Placement API on {}", unicell::store::redact_text(store_url))
+                })?,
         ),
         None => None,
     };

@@ -1081,7 +1081,10 @@ impl SharedSnapshot {
                 trees
                     .iter()
                     .map(|t| {
-                        t.providers.iter().filter_map(|p| p.inventories.get(rc).map(Inventory::capacity)).sum::<i64>()
+                        t.providers
+                            .iter()
+                            .filter_map(|p| p.inventories.get(rc).map(Inventory::capacity))
+                            .fold(0i64, i64::saturating_add)
                     })
                     .max()
                     .unwrap_or(1)

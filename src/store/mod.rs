@@ -30,7 +30,7 @@ pub mod redis;
 pub mod sql;
 mod url;
 
-pub use self::url::{Scheme, StoreUrl};
+pub use self::url::{Scheme, StoreUrl, redact_text};
 
 /// The one storage contract of unicell, the sum of five per-concern traits. Object safe; used
 /// as `Arc<dyn Store>`. Calling a method on a `dyn Store` needs its sub-trait in scope: `use
