@@ -74,26 +74,10 @@ impl Environment {
     }
 }
 
-/// The process's arguments with any URL password masked (arguments that parse as URLs are
-/// redacted, comma-separated lists element by element).
+/// The process's arguments with every credential masked ([`unicell::store::redact_text`]:
+/// URL passwords in any form, `--stores` lists, nested `cell_url=`s, secret `key=value`s).
 fn redacted_command_line() -> String {
-    std::env::args()
-        .map(|a| {
-            a.split(',')
-                .map(|part| {
-                    if part.contains("://") {
-                        unicell::store::StoreUrl::parse(part)
-                            .map(|u| u.to_string())
-                            .unwrap_or_else(|_| "<unparsable url>".to_string())
-                    } else {
-                        part.to_string()
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    unicell::store::redact_text(&std::env::args().collect::<Vec<_>>().join(" "))
 }
 
 /// A report as written to `DIR/<bench>.json`.
