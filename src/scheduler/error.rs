@@ -116,6 +116,9 @@ pub enum ClaimFailureCause {
     Invalid(String),
     /// Any other conflict.
     Other(String),
+    /// The part of the store holding the tree did not answer (`Unavailable` or `Timeout`):
+    /// the scheduler moved on to a host elsewhere.
+    Unavailable(String),
 }
 
 impl fmt::Display for ClaimFailureCause {
@@ -134,6 +137,7 @@ impl fmt::Display for ClaimFailureCause {
             ClaimFailureCause::Gone(s) => write!(f, "gone: {s}"),
             ClaimFailureCause::Invalid(s) => write!(f, "invalid: {s}"),
             ClaimFailureCause::Other(s) => f.write_str(s),
+            ClaimFailureCause::Unavailable(s) => write!(f, "store unreachable: {s}"),
         }
     }
 }

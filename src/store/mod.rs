@@ -145,6 +145,14 @@ pub trait Store: Providers + Claims + ChangeFeed + Catalog + Instances + std::fm
     fn leases(&self) -> Option<&dyn leases::Leases> {
         None
     }
+
+    /// The part of the store that holds `root`'s tree, for a backend that splits its data
+    /// so that one part can fail while the others answer (Redis's tree shards, each on the
+    /// cluster master owning its slots); `None` when the backend does not say. The
+    /// scheduler uses it to move on to a host in another part after a retryable error.
+    fn tree_shard(&self, _root: ProviderId) -> Option<usize> {
+        None
+    }
 }
 
 /// Provider trees: creation, deletion, the scheduler's reads and the optimistic writes of

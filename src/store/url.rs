@@ -352,24 +352,24 @@ fn redact_one(token: &str) -> String {
     let trimmed = token.trim_end_matches([')', ']', '.', ',', ';', ':']);
     let (token, tail) = token.split_at(trimmed.len());
     let (single, extra) = split_host_list(token);
-    if !token.starts_with("://") {
-        if let Ok(u) = url::Url::parse(&single) {
-            let shown = redact_parsed(&u);
-            let shown = if extra.is_empty() {
-                shown
-            } else {
-                match url::Url::parse(&shown) {
-                    Ok(m) if m.has_host() => {
-                        let first = &m[Position::BeforeHost..Position::AfterPort];
-                        let mut list = vec![first.to_string()];
-                        list.extend(extra.iter().map(|h| mask_secret_pairs(h)));
-                        format!("{}{}{}", &m[..Position::BeforeHost], list.join(","), &m[Position::AfterPort..])
-                    }
-                    _ => redact_fallback(token),
+    if !token.starts_with("://")
+        && let Ok(u) = url::Url::parse(&single)
+    {
+        let shown = redact_parsed(&u);
+        let shown = if extra.is_empty() {
+            shown
+        } else {
+            match url::Url::parse(&shown) {
+                Ok(m) if m.has_host() => {
+                    let first = &m[Position::BeforeHost..Position::AfterPort];
+                    let mut list = vec![first.to_string()];
+                    list.extend(extra.iter().map(|h| mask_secret_pairs(h)));
+                    format!("{}{}{}", &m[..Position::BeforeHost], list.join(","), &m[Position::AfterPort..])
                 }
-            };
-            return shown + tail;
-        }
+                _ => redact_fallback(token),
+            }
+        };
+        return shown + tail;
     }
     redact_fallback(token) + tail
 }
@@ -465,7 +465,9 @@ fn redact_nested(v: &str) -> String {
 /// alone or inside a longer key (`db_password`, `authToken`).
 fn is_secret_key(k: &str) -> bool {
     let k = k.to_ascii_lowercase();
-    ["pass", "pwd", "secret", "token", "auth", "credential", "apikey", "api_key", "api-key"].iter().any(|s| k.contains(s))
+    ["pass", "pwd", "secret", "token", "auth", "credential", "apikey", "api_key", "api-key"]
+        .iter()
+        .any(|s| k.contains(s))
 }
 
 /// Masking for text that did not parse as a URL (see [`redact_text`]).
