@@ -53,11 +53,14 @@ pub struct Written {
     pub skipped: Vec<(String, String)>,
 }
 
+/// A file that could not be read as a report: its path and the reason.
+pub type Unreadable = (String, String);
+
 /// Reads every `*.json` with a string `bench` field under `dir` (and its subdirectories, two
 /// levels deep, so a directory of runs renders too), sorted by path. Files that are not
 /// reports (no `bench` field) are left out silently; unreadable or malformed JSON is listed
 /// in the second value with the reason.
-pub fn load_dir(dir: &Path) -> Result<(Vec<Loaded>, Vec<(String, String)>)> {
+pub fn load_dir(dir: &Path) -> Result<(Vec<Loaded>, Vec<Unreadable>)> {
     if !dir.is_dir() {
         bail!(Invalid, "{} is not a directory", dir.display());
     }
@@ -254,9 +257,8 @@ fn fmt_num(f: f64) -> String {
     let a = f.abs();
     if a == 0.0 {
         "0".into()
-    } else if (f - f.round()).abs() < 1e-9 && a < 1e15 {
-        format!("{f:.0}")
-    } else if a >= 1000.0 {
+    } else if ((f - f.round()).abs() < 1e-9 && a < 1e15) || a >= 1000.0 {
+        // Whole numbers, and anything from a thousand up, read best without decimals.
         format!("{f:.0}")
     } else if a >= 10.0 {
         format!("{f:.1}")
@@ -1192,6 +1194,6 @@ mod tests {
         });
         let page = render("dir", &[loaded("schedule", v)], &[]).expect("renders");
         assert!(page.contains("appendfsync everysec"));
-        assert!(!page.contains("not stated"));
+        assert!(!page.contains("<td>not stated</td>"));
     }
 }
