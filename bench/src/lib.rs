@@ -12,7 +12,9 @@
 //!   options)` with an options struct that mirrors its command-line flags.
 //! * [`demo`]: the main job end to end on one store.
 //! * [`conformance`]: the store conformance suite against any URL, case by case.
-//! * [`candidate`]: candidate URLs, per-run namespaces on shared servers, cleanup.
+//! * [`candidate`]: candidate URLs, throwaway servers (`testkit:redis`, `testkit:cassandra`,
+//!   `cell_servers=K`), per-run namespaces on shared servers, cleanup.
+//! * [`durability`]: what each candidate keeps on disk, read from its servers.
 //! * [`Error`]: what went wrong, by kind (invalid options, a run that found something
 //!   wrong, a figure that could not be measured, the environment).
 //! * [`proxy`]: a delaying TCP proxy (inter-site latency), [`report`], [`chart`], [`stats`],
@@ -28,6 +30,7 @@ pub mod chart;
 pub mod claims;
 pub mod conformance;
 pub mod demo;
+pub mod durability;
 pub mod error;
 pub mod list;
 pub mod progress;

@@ -79,7 +79,11 @@ impl Environment {
 fn redacted_command_line() -> String {
     std::env::args()
         .map(|a| {
-            a.split(',')
+            if !a.contains("://") {
+                return a;
+            }
+            crate::candidate::split_candidates(&a)
+                .iter()
                 .map(|part| {
                     if part.contains("://") {
                         unicell::store::StoreUrl::parse(part)
@@ -105,6 +109,8 @@ pub struct Report<P: Serialize, R: Serialize> {
     pub parameters: P,
     /// Where it ran.
     pub environment: Environment,
+    /// What each candidate keeps on disk (read from its servers), beside its figures.
+    pub durability: Vec<crate::candidate::CandidateDurability>,
     /// Figures: per candidate, and ratios.
     pub results: R,
     /// Notes for the reader (skipped candidates, caveats).

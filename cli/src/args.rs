@@ -58,8 +58,12 @@ pub enum BenchCommand {
 #[derive(Debug, Clone, Args)]
 pub struct BenchCommon {
     /// Candidate stores, comma-separated URLs (default: the global --store). Each candidate
-    /// gets the same generated data.
-    #[arg(long, value_delimiter = ',')]
+    /// gets the same generated data. A comma starts a new candidate only when a URL scheme
+    /// follows it, so CQL host lists (`scylla://h1,h2:9042/ks`) and Redis Cluster seeds stay
+    /// whole. Besides store URLs: `testkit:redis?appendfsync=everysec|always|no` and
+    /// `testkit:cassandra` start a throwaway server for the run, and `cell_servers=K` on a
+    /// SQL URL puts its cell databases on K throwaway servers.
+    #[arg(long)]
     pub stores: Vec<String>,
     /// Directory for `<bench>.json` and `<bench>.svg` (created if missing).
     #[arg(long, default_value = "bench-out")]
@@ -93,6 +97,16 @@ pub struct ListArgs {
     /// Number of page-depth buckets in the report.
     #[arg(long, default_value_t = 10)]
     pub depth_buckets: usize,
+    /// Listing workloads, comma-separated: all (unfiltered), project (a member's own
+    /// project), status (vm_state ERROR), host (one compute host), changes-since (the newer
+    /// half) [default: all five].
+    #[arg(long, value_delimiter = ',', value_parser = parse_workload)]
+    pub workloads: Vec<unicell_bench::list::Workload>,
+}
+
+fn parse_workload(s: &str) -> Result<unicell_bench::list::Workload, String> {
+    unicell_bench::list::Workload::parse(s)
+        .ok_or_else(|| format!("unknown workload {s:?}: one of all, project, status, host, changes-since"))
 }
 
 /// `unicell bench claims`
@@ -298,7 +312,8 @@ pub struct ConformanceArgs {
 
 impl From<BenchCommon> for unicell_bench::Common {
     fn from(a: BenchCommon) -> Self {
-        unicell_bench::Common { stores: a.stores, out: a.out, quick: a.quick, seed: a.seed }
+        let stores = a.stores.iter().flat_map(|s| unicell_bench::candidate::split_candidates(s)).collect();
+        unicell_bench::Common { stores, out: a.out, quick: a.quick, seed: a.seed }
     }
 }
 
@@ -311,6 +326,7 @@ impl From<ListArgs> for unicell_bench::ListOptions {
             limit: a.limit,
             load_concurrency: a.load_concurrency,
             depth_buckets: a.depth_buckets,
+            workloads: a.workloads,
         }
     }
 }
