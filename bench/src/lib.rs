@@ -11,12 +11,15 @@
 //! * [`list`], [`claims`], [`schedule`], [`sites`]: the benchmarks, each a `run(global_store,
 //!   options)` with an options struct that mirrors its command-line flags.
 //! * [`demo`]: the main job end to end on one store.
+//! * [`evaluate`]: `unicell evaluate`, conformance then every bench then the report, for
+//!   a set of candidate stores (some started through testcontainers).
 //! * [`conformance`]: the store conformance suite against any URL, case by case.
 //! * [`candidate`]: candidate URLs, throwaway servers (`testkit:redis`, `testkit:cassandra`,
 //!   `cell_servers=K`), per-run namespaces on shared servers, cleanup.
 //! * [`durability`]: what each candidate keeps on disk, read from its servers.
 //! * [`Error`]: what went wrong, by kind (invalid options, a run that found something
 //!   wrong, a figure that could not be measured, the environment).
+//! * [`page`]: `unicell report DIR`, one self-contained HTML page from every report JSON.
 //! * [`proxy`]: a delaying TCP proxy (inter-site latency), [`report`], [`chart`], [`stats`],
 //!   [`progress`] (bars drawn by the command's `tracing-indicatif` layer).
 //!
@@ -32,7 +35,9 @@ pub mod conformance;
 pub mod demo;
 pub mod durability;
 pub mod error;
+pub mod evaluate;
 pub mod list;
+pub mod page;
 pub mod progress;
 pub mod proxy;
 pub mod report;

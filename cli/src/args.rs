@@ -33,6 +33,10 @@ pub enum Command {
     Bench(BenchCommand),
     /// Run the whole store conformance suite against --store and print each case.
     Conformance(ConformanceArgs),
+    /// Evaluate datastore choices: conformance, then every bench at a size, then the report.
+    Evaluate(EvaluateArgs),
+    /// One self-contained HTML page (tables, inline SVG charts) from every report JSON in DIR.
+    Report(ReportArgs),
     /// List the store URL schemes this build understands.
     Stores,
     /// Serve the Nova compute API over the store (any number of replicas per store).
@@ -308,6 +312,48 @@ pub struct ConformanceArgs {
     /// Only cases whose name contains this text.
     #[arg(long)]
     pub filter: Option<String>,
+    /// Also write `conformance.json` into this directory (for `unicell report`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `unicell evaluate`
+#[derive(Debug, Clone, Args)]
+pub struct EvaluateArgs {
+    /// Candidate stores, comma-separated URLs (default: the global --store).
+    #[arg(long, value_delimiter = ',')]
+    pub stores: Vec<String>,
+    /// Also start these servers as containers and evaluate them, comma-separated: redis
+    /// (appendonly yes, appendfsync everysec), postgres, mariadb, scylla. Each is reported
+    /// as skipped, with the reason, where no Docker daemon answers.
+    #[arg(long, value_delimiter = ',')]
+    pub testcontainers: Vec<String>,
+    /// How big the benches run: quick (each bench's --quick), small (minutes), full (the
+    /// benches' defaults).
+    #[arg(long, default_value = "small", value_parser = ["quick", "small", "full"])]
+    pub size: String,
+    /// Only these benches, comma-separated (claims, list, schedule, sites) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub benches: Vec<String>,
+    /// Skip the conformance suite.
+    #[arg(long)]
+    pub no_conformance: bool,
+    /// Directory for the reports, charts and report.html (created if missing).
+    #[arg(long, default_value = "unicell-evaluation")]
+    pub out: PathBuf,
+    /// Seed of the data generator.
+    #[arg(long, default_value_t = 20261120)]
+    pub seed: u64,
+}
+
+/// `unicell report`
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// Directory holding the reports (`<bench>.json`, `conformance.json`; subdirectories too).
+    pub dir: PathBuf,
+    /// Where to write the page [default: DIR/report.html].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 impl From<BenchCommon> for unicell_bench::Common {

@@ -16,11 +16,9 @@ use crate::args::{CloudArgs, ComputesArgs, ServeArgs};
 /// Runs the API until SIGTERM or Ctrl-C, then lets the builds in flight finish.
 pub async fn serve(store_url: &str, a: ServeArgs) -> Result<bool> {
     let placement = match a.placement_listen {
-        Some(_) => Some(
-            unicell::store::placement::open(store_url)
-                .await
-                .with_context(|| format!("cannot serve the Placement API on {store_url}"))?,
-        ),
+        Some(_) => Some(unicell::store::placement::open(store_url).await.with_context(|| {
+            format!("cannot serve the Placement API on {}", unicell::store::redact_text(store_url))
+        })?),
         None => None,
     };
     let store: Arc<dyn Store> = match &placement {

@@ -2,17 +2,17 @@
 //! schedulers ([`SharedSnapshot`]), fed only by the store.
 //!
 //! # Layout
-//! * A **host** is a [`HostRec`]: its root provider, provider ids, names (one small arena
-//!   per host), its class and, per inventory of its tree, the capacity; and a [`HostDyn`]
+//! * A **host** is a `HostRec`: its root provider, provider ids, names (one small arena
+//!   per host), its class and, per inventory of its tree, the capacity; and a `HostDyn`
 //!   with what changes: usage per inventory (atomics), enabled and heartbeat, io_ops,
 //!   build failures, and under a short per-host mutex the tree generation, the claims this
 //!   process has in flight there and the server-group member counts.
-//! * A **class** ([`ClassInfo`]) is what hosts share and Nomad would call a computed node
-//!   class: cell, the service record's zone and capabilities, and the tree [`Shape`]
+//! * A **class** (`ClassInfo`) is what hosts share and Nomad would call a computed node
+//!   class: cell, the service record's zone and capabilities, and the tree `Shape`
 //!   (providers with their parents, traits and aggregates; inventories with unit rules).
-//!   A request is compiled once per class into a [`Template`]; per host only integer
+//!   A request is compiled once per class into a `Template`; per host only integer
 //!   compares on free capacity remain.
-//! * The **view** ([`View`]) is immutable and swapped whole ([`ArcSwap`]) when the set of
+//! * The **view** (`View`) is immutable and swapped whole ([`ArcSwap`]) when the set of
 //!   hosts or their structure changes: readers take it without a lock and keep it for a
 //!   whole request; usage changes do not swap it (atomics).
 //! * **Indexes**: name -> host and root -> host maps in the view; a score index (hosts
@@ -1014,7 +1014,16 @@ impl SharedSnapshot {
     async fn load_catalog(&self) -> Result<(Vec<Host>, Vec<Aggregate>, Vec<Cell>, HashMap<String, u32>)> {
         let mut hosts = Vec::new();
         for scope in self.scopes() {
-            hosts.extend(self.store.list_hosts(scope).await?);
+            match self.store.list_hosts(scope).await {
+                Ok(h) => hosts.extend(h),
+                // One cell's part of the store did not answer: its hosts are left out
+                // until it answers again (Nova's HostManager skips such a cell), and the
+                // other cells keep scheduling.
+                Err(e) if e.is_retryable() && scope.is_some() => {
+                    tracing::warn!(cell = ?scope, error = %e, "cannot read a cell's hosts; left out of this catalog load");
+                }
+                Err(e) => return Err(e),
+            }
         }
         let aggregates = self.store.list_aggregates().await?;
         let cells = self.store.list_cells().await?;
@@ -1081,7 +1090,10 @@ impl SharedSnapshot {
                 trees
                     .iter()
                     .map(|t| {
-                        t.providers.iter().filter_map(|p| p.inventories.get(rc).map(Inventory::capacity)).sum::<i64>()
+                        t.providers
+                            .iter()
+                            .filter_map(|p| p.inventories.get(rc).map(Inventory::capacity))
+                            .fold(0i64, i64::saturating_add)
                     })
                     .max()
                     .unwrap_or(1)

@@ -30,7 +30,7 @@ pub mod redis;
 pub mod sql;
 mod url;
 
-pub use self::url::{Scheme, StoreUrl};
+pub use self::url::{Scheme, StoreUrl, redact_text};
 
 /// The one storage contract of unicell, the sum of five per-concern traits. Object safe; used
 /// as `Arc<dyn Store>`. Calling a method on a `dyn Store` needs its sub-trait in scope: `use
@@ -143,6 +143,14 @@ pub trait Store: Providers + Claims + ChangeFeed + Catalog + Instances + std::fm
     /// The build leases of this store ([`leases`]), or `None` for a backend that does not
     /// implement them yet (builds then run without crash-safe takeover).
     fn leases(&self) -> Option<&dyn leases::Leases> {
+        None
+    }
+
+    /// The part of the store that holds `root`'s tree, for a backend that splits its data
+    /// so that one part can fail while the others answer (Redis's tree shards, each on the
+    /// cluster master owning its slots); `None` when the backend does not say. The
+    /// scheduler uses it to move on to a host in another part after a retryable error.
+    fn tree_shard(&self, _root: ProviderId) -> Option<usize> {
         None
     }
 }

@@ -134,4 +134,8 @@ impl Store for RedisStore {
     fn leases(&self) -> Option<&dyn crate::store::leases::Leases> {
         Some(self)
     }
+
+    fn tree_shard(&self, root: ProviderId) -> Option<usize> {
+        Some(self.keys.tree_shard(root.0))
+    }
 }

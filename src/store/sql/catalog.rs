@@ -9,7 +9,7 @@ use crate::model::*;
 use crate::sql_args;
 use crate::store::prelude::*;
 use crate::store::sql::conn::{Row, is_unique_violation, map_err};
-use crate::store::sql::{SqlStore, from_json, to_json};
+use crate::store::sql::{DownCell, SqlStore, from_json, to_json};
 
 fn cell_from(r: &Row) -> Result<Cell> {
     Ok(Cell { id: CellId(r.uuid(0)?), name: r.opt_str(1)?.unwrap_or_default(), disabled: r.bool(2)? })
@@ -227,14 +227,49 @@ impl Catalog for SqlStore {
                 // Every cell, concurrently (Nova's HostManager scatters over all cells too).
                 let sql: std::sync::Arc<str> =
                     self.stmts.adapt(&format!("SELECT {HOST_COLS} FROM compute_nodes")).into();
+                // A cell database that is down or slower than `cell_timeout` must not stop
+                // scheduling in the others: with `down_cell=skip` (the default, as Nova's
+                // HostManager skips cells that fail or time out in its scatter-gather) its
+                // hosts are left out with a warning naming the cell; with `down_cell=fail`,
+                // or when no cell answers, the first error is returned.
+                let timeout = self.opts.cell_timeout;
                 let futs = self.cells.iter().map(|c| {
                     let sql = sql.clone();
-                    async move { c.pool.fetch_all(crate::store::sql::conn::Sql::Dynamic(sql), vec![]).await }
-                });
-                for rows in futures::future::join_all(futs).await {
-                    for r in rows? {
-                        hosts.push(host_from(&r)?);
+                    async move {
+                        match tokio::time::timeout(
+                            timeout,
+                            c.pool.fetch_all(crate::store::sql::conn::Sql::Dynamic(sql), vec![]),
+                        )
+                        .await
+                        {
+                            Ok(r) => r,
+                            Err(_) => Err(Error::Timeout {
+                                backend: "sql",
+                                message: format!("cell database {} did not answer within {timeout:?}", c.label),
+                            }),
+                        }
                     }
+                });
+                let mut first_down = None;
+                let mut answered = 0usize;
+                for (c, rows) in self.cells.iter().zip(futures::future::join_all(futs).await) {
+                    match rows {
+                        Ok(rows) => {
+                            answered += 1;
+                            for r in rows {
+                                hosts.push(host_from(&r)?);
+                            }
+                        }
+                        Err(e) if e.is_retryable() && self.opts.down_cell == DownCell::Skip => {
+                            tracing::warn!(cell_database = %c.label, error = %e,
+                                "cell database did not respond; its compute hosts are left out of this listing");
+                            first_down.get_or_insert(e);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                if let Some(e) = first_down.filter(|_| answered == 0) {
+                    return Err(e);
                 }
                 hosts.sort_by(|a, b| a.name.cmp(&b.name));
             }
