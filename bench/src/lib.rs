@@ -30,6 +30,7 @@ pub mod conformance;
 pub mod demo;
 pub mod error;
 pub mod list;
+pub mod placement;
 pub mod progress;
 pub mod proxy;
 pub mod report;
@@ -43,6 +44,7 @@ pub use self::claims::ClaimsOptions;
 pub use self::demo::DemoOptions;
 pub use self::error::{Error, Result};
 pub use self::list::ListOptions;
+pub use self::placement::PlacementOptions;
 pub use self::schedule::ScheduleOptions;
 pub use self::sites::SitesOptions;
 

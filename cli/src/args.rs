@@ -52,6 +52,29 @@ pub enum BenchCommand {
     Schedule(ScheduleArgs),
     /// Sites with injected latency (a delaying TCP proxy): list and claim latency.
     Sites(SitesArgs),
+    /// Placement's GET /allocation_candidates over N compute trees: p50/p99 per store.
+    Placement(PlacementArgs),
+}
+
+/// `unicell bench placement`
+#[derive(Debug, Clone, Args)]
+pub struct PlacementArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Compute trees (each with two NUMA children and an SR-IOV PF), comma-separated
+    /// [default: 1000,10000; quick: 100].
+    #[arg(long, value_delimiter = ',')]
+    pub trees: Vec<usize>,
+    /// Timed requests per store and size [default: 30; quick: 5].
+    #[arg(long)]
+    pub requests: Option<usize>,
+    /// Untimed requests first [default: 2; quick: 1].
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Concurrent writers while loading the trees.
+    #[arg(long, default_value_t = 32)]
+    pub load_concurrency: usize,
 }
 
 /// Options every benchmark takes.
@@ -299,6 +322,18 @@ pub struct ConformanceArgs {
 impl From<BenchCommon> for unicell_bench::Common {
     fn from(a: BenchCommon) -> Self {
         unicell_bench::Common { stores: a.stores, out: a.out, quick: a.quick, seed: a.seed }
+    }
+}
+
+impl From<PlacementArgs> for unicell_bench::PlacementOptions {
+    fn from(a: PlacementArgs) -> Self {
+        unicell_bench::PlacementOptions {
+            common: a.common.into(),
+            trees: a.trees,
+            requests: a.requests,
+            warmup: a.warmup,
+            load_concurrency: a.load_concurrency,
+        }
     }
 }
 

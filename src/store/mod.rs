@@ -145,6 +145,12 @@ pub trait Store: Providers + Claims + ChangeFeed + Catalog + Instances + std::fm
     fn leases(&self) -> Option<&dyn leases::Leases> {
         None
     }
+
+    /// This store as a [`PlacementStore`](placement::PlacementStore) (the state only the
+    /// Placement API needs), or `None` for a backend that does not keep it.
+    fn placement(&self) -> Option<&dyn placement::PlacementStore> {
+        None
+    }
 }
 
 /// Provider trees: creation, deletion, the scheduler's reads and the optimistic writes of
