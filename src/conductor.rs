@@ -1,5 +1,5 @@
 //! The conductor: builds instances end to end, retrying over the alternates the scheduler
-//! returned (DESIGN.md section 6, Nova's `schedule_and_build_instances` plus the cell
+//! returned (Nova's `schedule_and_build_instances` plus the cell
 //! conductor's reschedule loop).
 //!
 //! For each request it records the instances in the store (BUILDING, task SCHEDULING, no

@@ -1,7 +1,8 @@
 //! The scheduler: host-state snapshot -> candidates -> filters -> weighers -> claim (CAS)
 //! -> alternates.
 //!
-//! Differences from Nova that this module exists for (DESIGN.md sections 1 and 6):
+//! Differences from Nova that this module exists for (see ARCHITECTURE.md, "the path of a
+//! build request"):
 //! * **Claims at selection.** [`Scheduler::select_destinations`] claims the best host with
 //!   the store's atomic per-tree claim before returning it; a failed claim re-reads that
 //!   tree and moves to the next host. The caller always receives a host already claimed.

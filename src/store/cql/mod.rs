@@ -26,7 +26,7 @@
 //!
 //! ScyllaDB (keyspaces created with tablets disabled, since ScyllaDB 2025.x does not support
 //! LWT on tablet keyspaces) and Apache Cassandra (no `tablets` option; tested against 2.1.0
-//! through a protocol-translating test proxy, see `tests/support/cql_proxy.rs`). The session
+//! through a protocol-translating test proxy, see `unicell::testkit::cql_proxy`). The session
 //! does not fetch schema metadata (`fetch_schema_metadata(false)`): the backend never needs
 //! it, and Cassandra 2.x has no `system_schema` keyspace. Bound values are always explicit
 //! (a value or null, never unset) and tree partitions are read in one page, which keeps the
