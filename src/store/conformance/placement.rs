@@ -100,7 +100,10 @@ async fn replace_tree_is_compare_and_set(store: Arc<dyn Store>) -> CaseResult {
     check!(generation == old.tree.generation + 1, "replace moves the tree generation by one");
     let t = p.placement_tree(f.root).await?;
     check!(t.generation(f.numa[0]) == 1, "provider generation written");
-    check!(t.tree.node(f.numa[0]).is_some_and(|n| n.traits.iter().any(|t| t.as_str() == "CUSTOM_CONFORMANCE")), "traits written");
+    check!(
+        t.tree.node(f.numa[0]).is_some_and(|n| n.traits.iter().any(|t| t.as_str() == "CUSTOM_CONFORMANCE")),
+        "traits written"
+    );
     let node = t.tree.node(f.sriov).ok_or_else(|| Failure("sriov provider lost".into()))?;
     check!(node.name == renamed && node.parent == Some(f.numa[1]), "rename and re-parent written");
     let order: Vec<ProviderId> = t.tree.providers.iter().map(|n| n.id).collect();
@@ -153,8 +156,7 @@ async fn allocation_writes_agree_with_claims(store: Arc<dyn Store>) -> CaseResul
     check!(claims.len() == 1 && claims[0].root == f.root, "claims API finds the written consumer");
     check!(claims[0].allocations.get(&f.numa[0]).and_then(|r| r.get(&ResourceClass::Pcpu)) == Some(&1), "amounts");
     check!(claims[0].project_id == "p-placement", "project kept");
-    let mut on_tree: Vec<ConsumerId> =
-        store.tree_allocations(f.sriov).await?.into_iter().map(|x| x.consumer).collect();
+    let mut on_tree: Vec<ConsumerId> = store.tree_allocations(f.sriov).await?.into_iter().map(|x| x.consumer).collect();
     on_tree.sort();
     let mut want = vec![a, b];
     want.sort();
@@ -173,8 +175,10 @@ async fn allocation_writes_agree_with_claims(store: Arc<dyn Store>) -> CaseResul
     check!(after == before, "a refused write leaves the tree as it was");
     // Over capacity: refused by the decision, nothing written.
     let c = ConsumerId::new_v4();
-    let r = update_tree(p, f.root, |t| t.set_allocations(&[write(c, ExpectedGeneration::New, &[(f.sriov, "SRIOV_NET_VF", 1)])]))
-        .await;
+    let r = update_tree(p, f.root, |t| {
+        t.set_allocations(&[write(c, ExpectedGeneration::New, &[(f.sriov, "SRIOV_NET_VF", 1)])])
+    })
+    .await;
     expect_err(r, "over capacity", |e| matches!(e, Error::Capacity { .. }))?;
     // Emptying a consumer removes it everywhere; the claims API agrees.
     update_tree(p, f.root, |t| t.set_allocations(&[write(b, ExpectedGeneration::Is(1), &[])])).await?;

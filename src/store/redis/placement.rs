@@ -115,7 +115,8 @@ fn registry_entries(v: Value) -> Result<Vec<RegistryEntry>> {
 
 impl RedisStore {
     async fn read_placement(&self, root: ProviderId) -> Result<Option<PlacementTree>> {
-        let cmd = self.pool.scripts.placement_read.cmd(&[self.keys.tree(root.0), self.keys.alloc(root.0)], &[] as &[&str]);
+        let cmd =
+            self.pool.scripts.placement_read.cmd(&[self.keys.tree(root.0), self.keys.alloc(root.0)], &[] as &[&str]);
         decode_placement(root, self.pool.eval(&cmd).await?)
     }
 
@@ -132,8 +133,7 @@ impl RedisStore {
 
     async fn registry_add(&self, kind: &str, name: &str) -> Result<bool> {
         let key = self.keys.registry(kind);
-        let n: i64 =
-            self.pool.query(redis::cmd("HSETNX").arg(key).arg(name).arg(Timestamp::now().as_micros())).await?;
+        let n: i64 = self.pool.query(redis::cmd("HSETNX").arg(key).arg(name).arg(Timestamp::now().as_micros())).await?;
         Ok(n == 1)
     }
 
@@ -279,7 +279,8 @@ impl PlacementStore for RedisStore {
                 key_number.to_string(),
             ]);
         }
-        let removed: Vec<ConsumerId> = old.consumers.keys().filter(|c| !new.consumers.contains_key(c)).copied().collect();
+        let removed: Vec<ConsumerId> =
+            old.consumers.keys().filter(|c| !new.consumers.contains_key(c)).copied().collect();
         args.push(removed.len().to_string());
         for c in &removed {
             let key_number = if single {

@@ -23,7 +23,6 @@ use crate::error::{Conflict, Error, Kind, Result};
 use crate::model::*;
 use crate::sql_args;
 use crate::store::placement::{ConsumerRecord, PlacementStore, PlacementTree, RegistryEntry};
-use crate::store::prelude::*;
 
 fn finish<T>(r: Result<T, Fail>, retry: impl FnOnce() -> Error) -> Result<T> {
     match r {
@@ -183,7 +182,8 @@ impl SqlStore {
                 }
             }
             if before.traits != p.traits {
-                tx.execute("DELETE FROM resource_provider_traits WHERE resource_provider_id = ?", sql_args![id]).await?;
+                tx.execute("DELETE FROM resource_provider_traits WHERE resource_provider_id = ?", sql_args![id])
+                    .await?;
                 for t in &p.traits {
                     tx.execute(
                         "INSERT INTO resource_provider_traits (resource_provider_id, trait) VALUES (?, ?)",
@@ -265,13 +265,7 @@ impl SqlStore {
                         .execute(
                             "INSERT INTO consumers (uuid, project_id, user_id, generation, consumer_type) \
                              VALUES (?, ?, ?, ?, ?)",
-                            sql_args![
-                                &cs,
-                                &a.project_id,
-                                &a.user_id,
-                                rec.generation as i64,
-                                rec.consumer_type.clone()
-                            ],
+                            sql_args![&cs, &a.project_id, &a.user_id, rec.generation as i64, rec.consumer_type.clone()],
                         )
                         .await;
                     match r {
@@ -409,7 +403,10 @@ impl SqlStore {
     async fn custom_names(&self, kind: &str) -> Result<Vec<RegistryEntry>> {
         let rows = self
             .api
-            .fetch_all("SELECT name, created_at FROM placement_custom_names WHERE kind = ? ORDER BY name", sql_args![kind])
+            .fetch_all(
+                "SELECT name, created_at FROM placement_custom_names WHERE kind = ? ORDER BY name",
+                sql_args![kind],
+            )
             .await?;
         rows.iter().map(|r| Ok(RegistryEntry { name: r.str(0)?, created_at: r.i64(1)? })).collect()
     }
@@ -440,7 +437,9 @@ impl SqlStore {
         if self.api.fetch_optional(in_use, sql_args![name]).await?.is_some() {
             return Err(Error::Conflict(Conflict::InUse { kind: what, name: name.to_string() }));
         }
-        self.api.execute("DELETE FROM placement_custom_names WHERE kind = ? AND name = ?", sql_args![kind, name]).await?;
+        self.api
+            .execute("DELETE FROM placement_custom_names WHERE kind = ? AND name = ?", sql_args![kind, name])
+            .await?;
         Ok(())
     }
 }

@@ -698,8 +698,8 @@ impl Providers for SqlStore {
                     )
                     .await?;
                     tx.execute(
-                        "UPDATE resource_providers SET tree_generation = tree_generation + 1, \
-                         generation = generation + 1 WHERE id = ?",
+                        // Placement leaves the other providers' generations alone.
+                        "UPDATE resource_providers SET tree_generation = tree_generation + 1 WHERE id = ?",
                         sql_args![root_id],
                     )
                     .await?;
