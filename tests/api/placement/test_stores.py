@@ -151,8 +151,9 @@ def test_concurrent_puts_never_overcommit(replicas):
         assert out["usages"]["MEMORY_MB"] == 256 * len(winners), out
         status, out = _call(base, "GET", f"/resource_providers/{root}/allocations")
         assert status == 200 and set(out["allocations"]) == set(winners), out
-    status, out = _call(a, "GET", "/usages?project_id=p-stores")
-    assert status == 200 and out["usages"]["VCPU"] == len(winners), out
+    status, out = _call(a, "GET", "/usages?project_id=p-stores")  # grouped by consumer type (1.38)
+    assert status == 200 and out["usages"]["INSTANCE"]["VCPU"] == len(winners), out
+    assert out["usages"]["INSTANCE"]["consumer_count"] == len(winners), out
     for c in winners:
         status, out = _call(b, "GET", f"/allocations/{c}")
         assert status == 200 and out["consumer_generation"] == 1, out
@@ -162,11 +163,11 @@ def test_concurrent_puts_never_overcommit(replicas):
     c = winners[0]
     status, out = _call(a, "PUT", f"/allocations/{c}", {
         "allocations": {root: {"resources": {"VCPU": 2}}}, "project_id": "p-stores",
-        "user_id": "u-stores", "consumer_generation": 0})
+        "user_id": "u-stores", "consumer_generation": 0, "consumer_type": "INSTANCE"})
     assert status == 409 and out["errors"][0]["code"] == "placement.concurrent_update", out
     status, out = _call(b, "PUT", f"/allocations/{c}", {
         "allocations": {root: {"resources": {"VCPU": 2}}}, "project_id": "p-stores",
-        "user_id": "u-stores", "consumer_generation": 1})
+        "user_id": "u-stores", "consumer_generation": 1, "consumer_type": "INSTANCE"})
     assert status == 409, "growing to 2 VCPUs on a full node must be refused"
     status, _ = _call(b, "DELETE", f"/allocations/{winners[1]}")
     assert status == 204
