@@ -2,17 +2,17 @@
 //! schedulers ([`SharedSnapshot`]), fed only by the store.
 //!
 //! # Layout
-//! * A **host** is a [`HostRec`]: its root provider, provider ids, names (one small arena
-//!   per host), its class and, per inventory of its tree, the capacity; and a [`HostDyn`]
+//! * A **host** is a `HostRec`: its root provider, provider ids, names (one small arena
+//!   per host), its class and, per inventory of its tree, the capacity; and a `HostDyn`
 //!   with what changes: usage per inventory (atomics), enabled and heartbeat, io_ops,
 //!   build failures, and under a short per-host mutex the tree generation, the claims this
 //!   process has in flight there and the server-group member counts.
-//! * A **class** ([`ClassInfo`]) is what hosts share and Nomad would call a computed node
-//!   class: cell, the service record's zone and capabilities, and the tree [`Shape`]
+//! * A **class** (`ClassInfo`) is what hosts share and Nomad would call a computed node
+//!   class: cell, the service record's zone and capabilities, and the tree `Shape`
 //!   (providers with their parents, traits and aggregates; inventories with unit rules).
-//!   A request is compiled once per class into a [`Template`]; per host only integer
+//!   A request is compiled once per class into a `Template`; per host only integer
 //!   compares on free capacity remain.
-//! * The **view** ([`View`]) is immutable and swapped whole ([`ArcSwap`]) when the set of
+//! * The **view** (`View`) is immutable and swapped whole ([`ArcSwap`]) when the set of
 //!   hosts or their structure changes: readers take it without a lock and keep it for a
 //!   whole request; usage changes do not swap it (atomics).
 //! * **Indexes**: name -> host and root -> host maps in the view; a score index (hosts

@@ -13,7 +13,7 @@
 //!   bookkeeping);
 //! * SQL (mysql://, postgres://): a single-row `UPDATE ... SET used = used + 1, generation =
 //!   generation + 1 WHERE id = ?` loop on a scratch table;
-//! * Redis: see [`redis_ceiling`].
+//! * Redis: see `redis_ceiling.rs`.
 //!
 //! The reported ratio is backend claims/s divided by ceiling ops/s.
 
