@@ -15,7 +15,9 @@
 //! the caller wishes, a scheduler).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::Instrument;
 
@@ -32,11 +34,25 @@ use crate::scheduler::{ScheduleError, Scheduler};
 pub struct ConductorConfig {
     /// Alternates asked of the scheduler per instance (Nova's `max_attempts - 1`; 2).
     pub num_alternates: usize,
+    /// Retries of a store call that fails with a retryable error (`Unavailable`,
+    /// `Timeout`) during a build, after the first attempt (default 4). When they run out,
+    /// the instance goes to ERROR with a fault and its claim is released.
+    pub store_retries: u32,
+    /// Wait before the first retry; doubled after each, at most 2 s (default 100 ms: with
+    /// 4 retries a build rides out about 1.5 s of store outage, a Redis failover's order).
+    pub store_backoff: Duration,
 }
 
 impl Default for ConductorConfig {
     fn default() -> Self {
-        ConductorConfig { num_alternates: 2 }
+        ConductorConfig { num_alternates: 2, store_retries: 4, store_backoff: Duration::from_millis(100) }
+    }
+}
+
+impl ConductorConfig {
+    /// Nova's defaults with `num_alternates` alternates.
+    pub fn with_alternates(num_alternates: usize) -> Self {
+        ConductorConfig { num_alternates, ..ConductorConfig::default() }
     }
 }
 
@@ -109,6 +125,55 @@ fn error_patch(f: Fault) -> InstancePatch {
 }
 
 impl Conductor {
+    /// Runs the store call `op`, retrying a retryable failure (`Unavailable`, `Timeout`)
+    /// up to `store_retries` times with exponential backoff. Store writes of a build are
+    /// idempotent (a patch, a release), so repeating one whose outcome is unknown is safe.
+    async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut wait = self.config.store_backoff;
+        let mut attempt = 0u32;
+        loop {
+            match op().await {
+                Err(e) if e.is_retryable() && attempt < self.config.store_retries => {
+                    attempt += 1;
+                    tracing::warn!(%what, attempt, error = %e, "store call failed; retrying after {wait:?}");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A build could not go on because the store failed (after retries): puts the
+    /// instance in ERROR with a fault saying so and releases its claim, each with retries,
+    /// so that no BUILDING instance holds a claim with nobody responsible for it. Returns
+    /// the failed outcome, or the store's error if it could not be told (then the instance
+    /// is left to whoever owns the build: `unicell serve`'s lease reaper takes over
+    /// builds whose lease was not settled).
+    async fn abandon(&self, mut outcome: BuildOutcome, error: &Error, history: &[String]) -> Result<BuildOutcome> {
+        let id = outcome.instance;
+        tracing::error!(instance = %id, %error, "build abandoned: the store failed mid-build");
+        let released = self.retry("release", || self.store.release(ConsumerId::from(id))).await;
+        let message = format!("Build of instance {id} failed: the store did not answer ({error})");
+        let f = fault(500, &message, history.join("\n"));
+        let patch = error_patch(f);
+        let recorded = self.retry("update_instance", || self.store.update_instance(id, &patch)).await;
+        match (released, recorded) {
+            (Ok(_), Ok(_)) => {
+                outcome.status = BuildStatus::Failed { code: 500, message };
+                Ok(outcome)
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(instance = %id, error = %e, "could not settle an abandoned build; its owner's lease reaper must");
+                Err(e)
+            }
+        }
+    }
+
     /// A conductor over `store`, asking `scheduler` and casting to `compute`.
     pub fn new(
         store: Arc<dyn crate::store::Store>,
@@ -202,7 +267,24 @@ impl Conductor {
             Err(e) => return self.bury(instances, e).await,
         };
         let group = match spec.hints.group {
-            Some(g) => Some(self.store.get_server_group(g).await?),
+            Some(g) => match self.retry("get_server_group", || self.store.get_server_group(g)).await {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    // Claimed but not buildable: ERROR and released, each instance.
+                    let mut out = Vec::with_capacity(instances.len());
+                    for i in &instances {
+                        let o = BuildOutcome {
+                            instance: i.uuid,
+                            status: BuildStatus::Failed { code: 500, message: String::new() },
+                            reschedules: 0,
+                            alternates_skipped: 0,
+                            hosts_tried: Vec::new(),
+                        };
+                        out.push(self.abandon(o, &e, &[]).await?);
+                    }
+                    return Ok(out);
+                }
+            },
             None => None,
         };
         let group_claim = group.map(|g| GroupClaim { group: g.id, max_per_host: g.claim_limit() });
@@ -243,7 +325,7 @@ impl Conductor {
             ScheduleError::Store(inner) => {
                 // The scheduler released what it could; make sure nothing stays claimed.
                 for i in &instances {
-                    self.store.release(ConsumerId::from(i.uuid)).await?;
+                    self.retry("release", || self.store.release(ConsumerId::from(i.uuid))).await?;
                 }
                 (500, format!("Scheduling failed: {inner}"), String::new())
             }
@@ -251,7 +333,9 @@ impl Conductor {
         tracing::info!(%message, "build request failed at scheduling");
         let mut out = Vec::with_capacity(instances.len());
         for i in instances {
-            self.store.update_instance(i.uuid, &error_patch(fault(code, &message, &details))).await?;
+            let f = fault(code, &message, &details);
+            let patch = error_patch(f);
+            self.retry("update_instance", || self.store.update_instance(i.uuid, &patch)).await?;
             out.push(BuildOutcome {
                 instance: i.uuid,
                 status: BuildStatus::Failed { code, message: message.clone() },
@@ -263,7 +347,33 @@ impl Conductor {
         Ok(out)
     }
 
+    /// Builds one instance over its host list. A store call that still fails after the
+    /// retries ends the build: the instance goes to ERROR with a fault and its claim is
+    /// released ([`abandon`](Self::abandon)), never left BUILDING with a claim.
     async fn build_one(
+        &self,
+        spec: &RequestSpec,
+        instance: Instance,
+        list: Vec<Selection>,
+        group: Option<GroupClaim>,
+    ) -> Result<BuildOutcome> {
+        let id = instance.uuid;
+        match self.build_one_inner(spec, instance, list, group).await {
+            Ok(o) => Ok(o),
+            Err(e) => {
+                let outcome = BuildOutcome {
+                    instance: id,
+                    status: BuildStatus::Failed { code: 500, message: String::new() },
+                    reschedules: 0,
+                    alternates_skipped: 0,
+                    hosts_tried: Vec::new(),
+                };
+                self.abandon(outcome, &e, &[]).await
+            }
+        }
+    }
+
+    async fn build_one_inner(
         &self,
         spec: &RequestSpec,
         instance: Instance,
@@ -288,34 +398,25 @@ impl Conductor {
             // `current` is claimed for this instance.
             span.record("host", current.host.as_str());
             outcome.hosts_tried.push(current.host.clone());
-            let inst = self
-                .store
-                .update_instance(
-                    instance.uuid,
-                    &InstancePatch {
-                        cell: Some(Some(current.cell)),
-                        host: Some(Some(current.host.clone())),
-                        node: Some(Some(current.node.clone())),
-                        task_state: Some(Some(TaskState::Spawning)),
-                        availability_zone: Some(current.availability_zone.clone()),
-                        ..Default::default()
-                    },
-                )
-                .await?;
+            let spawning = InstancePatch {
+                cell: Some(Some(current.cell)),
+                host: Some(Some(current.host.clone())),
+                node: Some(Some(current.node.clone())),
+                task_state: Some(Some(TaskState::Spawning)),
+                availability_zone: Some(current.availability_zone.clone()),
+                ..Default::default()
+            };
+            let inst = self.retry("update_instance", || self.store.update_instance(instance.uuid, &spawning)).await?;
             let failure = match self.compute.build(&current, &inst).await {
                 Ok(()) => {
                     self.scheduler.report_build(&current.host, true);
-                    self.store
-                        .update_instance(
-                            instance.uuid,
-                            &InstancePatch {
-                                vm_state: Some(VmState::Active),
-                                task_state: Some(None),
-                                launched_at: Some(Some(Timestamp::now())),
-                                ..Default::default()
-                            },
-                        )
-                        .await?;
+                    let active = InstancePatch {
+                        vm_state: Some(VmState::Active),
+                        task_state: Some(None),
+                        launched_at: Some(Some(Timestamp::now())),
+                        ..Default::default()
+                    };
+                    self.retry("update_instance", || self.store.update_instance(instance.uuid, &active)).await?;
                     outcome.status = BuildStatus::Active {
                         host: current.host.clone(),
                         node: current.node.clone(),
@@ -330,22 +431,18 @@ impl Conductor {
             self.scheduler.report_build(&current.host, false);
             history.push(format!("{}: {}", current.host, failure.message));
             // Nova force-deletes the allocations on any failed build.
-            self.store.release(consumer).await?;
+            self.retry("release", || self.store.release(consumer)).await?;
             if !failure.reschedulable {
                 let message = format!("Build of instance {} aborted: {}", instance.uuid, failure.message);
                 return self.fail(outcome, 500, message, &history).await;
             }
-            self.store
-                .update_instance(
-                    instance.uuid,
-                    &InstancePatch {
-                        task_state: Some(Some(TaskState::Scheduling)),
-                        host: Some(None),
-                        node: Some(None),
-                        ..Default::default()
-                    },
-                )
-                .await?;
+            let rescheduling = InstancePatch {
+                task_state: Some(Some(TaskState::Scheduling)),
+                host: Some(None),
+                node: Some(None),
+                ..Default::default()
+            };
+            self.retry("update_instance", || self.store.update_instance(instance.uuid, &rescheduling)).await?;
             // Claim the next alternate that still has room.
             let next = loop {
                 let Some(alt) = queue.pop_front() else {
@@ -369,6 +466,15 @@ impl Conductor {
                         tracing::debug!(host = %alt.host, error = %e, "alternate claim refused");
                         outcome.alternates_skipped += 1;
                         history.push(format!("{}: alternate skipped, claim refused: {e}", alt.host));
+                    }
+                    Err(e) if e.is_retryable() => {
+                        // That alternate's part of the store is down or slow: make sure
+                        // nothing stays claimed there (a timed-out claim may have been
+                        // made), then try the next one.
+                        self.retry("release", || self.store.release(consumer)).await?;
+                        tracing::warn!(host = %alt.host, error = %e, "alternate claim failed in the store");
+                        outcome.alternates_skipped += 1;
+                        history.push(format!("{}: alternate skipped, store error: {e}", alt.host));
                     }
                     Err(e) => {
                         // Unknown outcome: make sure nothing stays claimed, then give up.
@@ -401,8 +507,9 @@ impl Conductor {
         message: String,
         history: &[String],
     ) -> Result<BuildOutcome> {
-        let details = history.join("\n");
-        self.store.update_instance(outcome.instance, &error_patch(fault(code, &message, details))).await?;
+        let f = fault(code, &message, history.join("\n"));
+        let patch = error_patch(f);
+        self.retry("update_instance", || self.store.update_instance(outcome.instance, &patch)).await?;
         outcome.status = BuildStatus::Failed { code, message };
         Ok(outcome)
     }

@@ -257,9 +257,16 @@ impl Error {
         Error::AlreadyExists { kind, id: id.to_string() }
     }
 
-    /// `Backend` wrapping any error.
+    /// `Backend` wrapping any error. A client library may quote the URL it was given in
+    /// its message; if the message holds a credential (see
+    /// [`redact_text`](crate::store::redact_text)) it is replaced by its masked text, so a
+    /// `Backend` error never shows a password (the original error is then dropped).
     pub fn backend(backend: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Error::Backend { backend, source: source.into() }
+        let source = source.into();
+        let shown = source.to_string();
+        let masked = crate::store::redact_text(&shown);
+        let source = if masked == shown { source } else { masked.into() };
+        Error::Backend { backend, source }
     }
 
     /// Whether trying again may succeed (the [`Store`](crate::store::Store) contract, line 15):

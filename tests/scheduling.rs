@@ -16,6 +16,7 @@ mod support;
 /// The cases, one file per component.
 mod scheduling {
     pub mod conductor;
+    pub mod degraded;
     pub mod scheduler;
     pub mod stress;
 }
@@ -27,7 +28,13 @@ use support::{Backend, stores, trial};
 fn main() {
     let mut backends: Vec<Arc<dyn Backend>> = vec![stores::memory()];
     backends.extend(stores::from_env());
-    let cases = [scheduling::scheduler::cases(), scheduling::conductor::cases(), scheduling::stress::cases()].concat();
+    let cases = [
+        scheduling::scheduler::cases(),
+        scheduling::conductor::cases(),
+        scheduling::degraded::cases(),
+        scheduling::stress::cases(),
+    ]
+    .concat();
     let mut trials = Vec::new();
     for case in cases {
         for b in &backends {

@@ -63,8 +63,11 @@ fn isolated(url: &str) -> String {
 async fn two_handles(url: String, label: String) -> Result<(Arc<dyn Store>, Arc<dyn Store>), Why> {
     let url = isolated(&url);
     let what = format!("opening store {label}");
-    let a = unicell::store::open(&url).await.map_err(|err| Why::from_open_error(&what, &err))?;
-    let b = unicell::store::open(&url).await.map_err(|err| Why::from_open_error(&what, &err))?;
+    let a = match unicell::store::open(&url).await {
+        Ok(s) => s,
+        Err(err) => return Err(Why::from_open_error(&what, &url, &err).await),
+    };
+    let b = unicell::store::open(&url).await.map_err(|err| Why::Fail(format!("{what} (second handle): {err}")))?;
     Ok((a, b))
 }
 

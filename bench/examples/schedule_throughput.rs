@@ -146,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
             store.clone(),
             s.clone(),
             compute.clone(),
-            ConductorConfig { num_alternates: a.alternates },
+            ConductorConfig::with_alternates(a.alternates),
         ));
         for _ in 0..a.concurrency {
             let (s, conductor, next, placed, failed, f) =

@@ -134,8 +134,26 @@ macro_rules! draw_panel {
 pub fn lines(dir: &Path, name: &str, title: &str, panels: &[Panel]) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
     let path = dir.join(format!("{name}.svg"));
-    draw_lines(&path, title, panels).map_err(|source| drawing_failed(&path, source))?;
+    let svg = lines_svg(title, panels).map_err(|e| relabel(e, &path))?;
+    std::fs::write(&path, svg).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
+}
+
+/// Draws `panels` side by side under `title` and returns the SVG document as text (what
+/// [`lines`] writes to a file; `unicell report` inlines it into its HTML page).
+pub fn lines_svg(title: &str, panels: &[Panel]) -> Result<String> {
+    let mut svg = String::new();
+    draw_lines(&mut svg, title, panels)
+        .map_err(|source| Error::Step { context: format!("cannot draw chart {title:?}"), source })?;
+    Ok(svg)
+}
+
+/// Names the file in a drawing error instead of the chart's title.
+fn relabel(e: Error, path: &Path) -> Error {
+    match e {
+        Error::Step { source, .. } => drawing_failed(path, source),
+        other => other,
+    }
 }
 
 /// What [`lines`] and [`bars`] draw with: plotters' errors, boxed.
@@ -145,11 +163,11 @@ fn drawing_failed(path: &Path, source: Box<dyn std::error::Error + Send + Sync>)
     Error::Step { context: format!("cannot draw {}", path.display()), source }
 }
 
-fn draw_lines(path: &Path, title: &str, panels: &[Panel]) -> Drawn {
+fn draw_lines(svg: &mut String, title: &str, panels: &[Panel]) -> Drawn {
     let n = panels.len().max(1);
     let width = (560 * n as u32).max(640);
     {
-        let root = SVGBackend::new(path, (width, 460)).into_drawing_area();
+        let root = SVGBackend::with_string(svg, (width, 460)).into_drawing_area();
         root.fill(&WHITE)?;
         let root = root.titled(title, ("sans-serif", 20))?;
         for (area, panel) in root.split_evenly((1, n)).iter().zip(panels) {
@@ -225,14 +243,23 @@ macro_rules! draw_bars {
 pub fn bars(dir: &Path, name: &str, title: &str, y_label: &str, bars: &[Bar], log_y: bool) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
     let path = dir.join(format!("{name}.svg"));
-    draw_bar_chart(&path, title, y_label, bars, log_y).map_err(|source| drawing_failed(&path, source))?;
+    let svg = bars_svg(title, y_label, bars, log_y).map_err(|e| relabel(e, &path))?;
+    std::fs::write(&path, svg).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
 }
 
-fn draw_bar_chart(path: &Path, title: &str, y_label: &str, bars: &[Bar], log_y: bool) -> Drawn {
+/// Draws a bar chart and returns the SVG document as text (what [`bars`] writes to a file).
+pub fn bars_svg(title: &str, y_label: &str, bars: &[Bar], log_y: bool) -> Result<String> {
+    let mut svg = String::new();
+    draw_bar_chart(&mut svg, title, y_label, bars, log_y)
+        .map_err(|source| Error::Step { context: format!("cannot draw chart {title:?}"), source })?;
+    Ok(svg)
+}
+
+fn draw_bar_chart(svg: &mut String, title: &str, y_label: &str, bars: &[Bar], log_y: bool) -> Drawn {
     let width = (140 * bars.len() as u32 + 160).max(640);
     {
-        let root = SVGBackend::new(path, (width, 480)).into_drawing_area();
+        let root = SVGBackend::with_string(svg, (width, 480)).into_drawing_area();
         root.fill(&WHITE)?;
         let finite = || bars.iter().map(|b| b.value).filter(|v| v.is_finite() && *v > 0.0);
         let top = finite().fold(0.0f64, f64::max).max(1e-9);

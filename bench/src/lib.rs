@@ -11,10 +11,13 @@
 //! * [`list`], [`claims`], [`schedule`], [`sites`]: the benchmarks, each a `run(global_store,
 //!   options)` with an options struct that mirrors its command-line flags.
 //! * [`demo`]: the main job end to end on one store.
+//! * [`evaluate`]: `unicell evaluate`, conformance then every bench then the report, for
+//!   a set of candidate stores (some started through testcontainers).
 //! * [`conformance`]: the store conformance suite against any URL, case by case.
 //! * [`candidate`]: candidate URLs, per-run namespaces on shared servers, cleanup.
 //! * [`Error`]: what went wrong, by kind (invalid options, a run that found something
 //!   wrong, a figure that could not be measured, the environment).
+//! * [`page`]: `unicell report DIR`, one self-contained HTML page from every report JSON.
 //! * [`proxy`]: a delaying TCP proxy (inter-site latency), [`report`], [`chart`], [`stats`],
 //!   [`progress`] (bars drawn by the command's `tracing-indicatif` layer).
 //!
@@ -23,13 +26,16 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod api_list;
 pub mod candidate;
 pub mod chart;
 pub mod claims;
 pub mod conformance;
 pub mod demo;
 pub mod error;
+pub mod evaluate;
 pub mod list;
+pub mod page;
 pub mod placement;
 pub mod progress;
 pub mod proxy;
@@ -40,6 +46,7 @@ pub mod stats;
 
 use std::path::PathBuf;
 
+pub use self::api_list::ApiListOptions;
 pub use self::claims::ClaimsOptions;
 pub use self::demo::DemoOptions;
 pub use self::error::{Error, Result};

@@ -23,6 +23,8 @@ pub struct Environment {
     pub load_average: Option<String>,
     /// Operating system and architecture.
     pub os: String,
+    /// Kernel release (`/proc/sys/kernel/osrelease`), when readable.
+    pub kernel: Option<String>,
     /// `release` or `debug`: debug builds are many times slower.
     pub build: &'static str,
     /// unicell's version.
@@ -66,6 +68,7 @@ impl Environment {
             memory_gib,
             load_average,
             os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+            kernel: read("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).filter(|s| !s.is_empty()),
             build: if cfg!(debug_assertions) { "debug" } else { "release" },
             unicell_version: env!("CARGO_PKG_VERSION"),
             cwd_git_rev: git_rev,
@@ -77,23 +80,107 @@ impl Environment {
 /// The process's arguments with any URL password masked (arguments that parse as URLs are
 /// redacted, comma-separated lists element by element).
 fn redacted_command_line() -> String {
-    std::env::args()
-        .map(|a| {
-            a.split(',')
-                .map(|part| {
-                    if part.contains("://") {
-                        unicell::store::StoreUrl::parse(part)
-                            .map(|u| u.to_string())
-                            .unwrap_or_else(|_| "<unparsable url>".to_string())
-                    } else {
-                        part.to_string()
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(",")
+    std::env::args().map(|a| redact_text(&a)).collect::<Vec<_>>().join(" ")
+}
+
+/// `text` with the password of every URL in it masked: each whitespace-, comma- or
+/// quote-separated word holding `://` is shown through `StoreUrl`'s redacting `Display`, or,
+/// if it is not a store URL, with whatever sits between `://user:` and `@` (and every
+/// `password=`/`secret=`/`token=` query value) replaced by `***`. What reports, charts and
+/// the HTML page show goes through here, so a password given on the command line or echoed
+/// in a store's error message never reaches them.
+pub fn redact_text(text: &str) -> String {
+    if !text.contains("://") && !text.contains("%3A%2F%2F") && !text.contains("%3a%2f%2f") {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.contains("://") || word.to_ascii_lowercase().contains("%3a%2f%2f") {
+            out.push_str(&redact_word(word));
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_whitespace() || matches!(c, ',' | '"' | '\'' | '<' | '>' | '(' | ')' | '[' | ']' | '{' | '}' | '`') {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+/// One word holding a URL, masked (see [`redact_text`]).
+fn redact_word(word: &str) -> String {
+    if let Ok(u) = unicell::store::StoreUrl::parse(word) {
+        return u.to_string();
+    }
+    let Some(scheme_end) = word.find("://") else {
+        // Only a percent-encoded URL (a query value): mask all of it rather than guess.
+        return mask_userinfo_encoded(word);
+    };
+    let (head, rest) = word.split_at(scheme_end + 3);
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(auth_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            match userinfo.find(':') {
+                Some(colon) => format!("{}:***{}", &userinfo[..colon], &authority[at..]),
+                None => authority.to_string(),
+            }
+        }
+        None => authority.to_string(),
+    };
+    let tail = mask_secret_params(tail);
+    format!("{head}{authority}{}", mask_userinfo_encoded(&tail))
+}
+
+/// Masks the value of every `password=`, `secret=` or `token=` query parameter.
+fn mask_secret_params(tail: &str) -> String {
+    let Some(q) = tail.find('?') else { return tail.to_string() };
+    let (path, query) = tail.split_at(q + 1);
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if ["password", "secret", "token"].iter().any(|s| k.to_ascii_lowercase().contains(s)) => {
+                format!("{k}=***")
+            }
+            _ => pair.to_string(),
         })
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect();
+    format!("{path}{}", pairs.join("&"))
+}
+
+/// Masks percent-encoded `scheme%3A%2F%2Fuser%3Apassword%40host` userinfo (a URL inside a
+/// query value, such as the SQL baseline's `cell_url`).
+fn mask_userinfo_encoded(s: &str) -> String {
+    let lower = s.to_ascii_lowercase();
+    let mut out = String::new();
+    let mut from = 0;
+    while let Some(i) = lower[from..].find("%3a%2f%2f") {
+        let start = from + i + "%3a%2f%2f".len();
+        out.push_str(&s[from..start]);
+        let end = lower[start..].find(['&', '/', '?', '#']).map_or(s.len(), |e| start + e);
+        let seg = &s[start..end];
+        let seg_lower = &lower[start..end];
+        match (seg_lower.rfind("%40"), seg_lower.find("%3a")) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&seg[..colon + 3]);
+                out.push_str("***");
+                out.push_str(&seg[at..]);
+            }
+            _ => out.push_str(seg),
+        }
+        from = end;
+    }
+    out.push_str(&s[from..]);
+    out
 }
 
 /// A report as written to `DIR/<bench>.json`.

@@ -33,6 +33,10 @@ pub enum Command {
     Bench(BenchCommand),
     /// Run the whole store conformance suite against --store and print each case.
     Conformance(ConformanceArgs),
+    /// Evaluate datastore choices: conformance, then every bench at a size, then the report.
+    Evaluate(EvaluateArgs),
+    /// One self-contained HTML page (tables, inline SVG charts) from every report JSON in DIR.
+    Report(ReportArgs),
     /// List the store URL schemes this build understands.
     Stores,
     /// Serve the Nova compute API over the store (any number of replicas per store).
@@ -54,6 +58,8 @@ pub enum BenchCommand {
     Sites(SitesArgs),
     /// Placement's GET /allocation_candidates over N compute trees: p50/p99 per store.
     Placement(PlacementArgs),
+    /// `GET /servers/detail` paged through the Nova API over each store, beside the store call.
+    ApiList(ApiListArgs),
 }
 
 /// `unicell bench placement`
@@ -75,6 +81,42 @@ pub struct PlacementArgs {
     /// Concurrent writers while loading the trees.
     #[arg(long, default_value_t = 32)]
     pub load_concurrency: usize,
+}
+
+/// `unicell bench api-list`
+#[derive(Debug, Clone, Args)]
+pub struct ApiListArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Instances to load into each candidate [default: 1000000; quick: 2000].
+    #[arg(long)]
+    pub instances: Option<usize>,
+    /// Cell databases of the SQL baseline in cells mode.
+    #[arg(long, default_value_t = 4)]
+    pub cells: usize,
+    /// Page size [default: 1000; quick: 100].
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Concurrent writers while loading.
+    #[arg(long, default_value_t = 32)]
+    pub load_concurrency: usize,
+    /// Number of page-depth buckets in the report.
+    #[arg(long, default_value_t = 10)]
+    pub depth_buckets: usize,
+}
+
+impl From<ApiListArgs> for unicell_bench::ApiListOptions {
+    fn from(a: ApiListArgs) -> Self {
+        unicell_bench::ApiListOptions {
+            common: a.common.into(),
+            instances: a.instances,
+            cells: a.cells,
+            limit: a.limit,
+            load_concurrency: a.load_concurrency,
+            depth_buckets: a.depth_buckets,
+        }
+    }
 }
 
 /// Options every benchmark takes.
@@ -283,6 +325,11 @@ pub struct ServeArgs {
     /// On SIGTERM, how long to wait for the builds in flight before exiting.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// How long a build lease lasts without renewal: a replica that dies (SIGKILL, power
+    /// loss) has its builds taken over by another replica after about this long. Leases are
+    /// renewed, and expired ones looked for, every sixth of it.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub build_lease_ttl: Duration,
 }
 
 /// `unicell computes`
@@ -317,6 +364,48 @@ pub struct ConformanceArgs {
     /// Only cases whose name contains this text.
     #[arg(long)]
     pub filter: Option<String>,
+    /// Also write `conformance.json` into this directory (for `unicell report`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `unicell evaluate`
+#[derive(Debug, Clone, Args)]
+pub struct EvaluateArgs {
+    /// Candidate stores, comma-separated URLs (default: the global --store).
+    #[arg(long, value_delimiter = ',')]
+    pub stores: Vec<String>,
+    /// Also start these servers as containers and evaluate them, comma-separated: redis
+    /// (appendonly yes, appendfsync everysec), postgres, mariadb, scylla. Each is reported
+    /// as skipped, with the reason, where no Docker daemon answers.
+    #[arg(long, value_delimiter = ',')]
+    pub testcontainers: Vec<String>,
+    /// How big the benches run: quick (each bench's --quick), small (minutes), full (the
+    /// benches' defaults).
+    #[arg(long, default_value = "small", value_parser = ["quick", "small", "full"])]
+    pub size: String,
+    /// Only these benches, comma-separated (claims, list, schedule, sites) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub benches: Vec<String>,
+    /// Skip the conformance suite.
+    #[arg(long)]
+    pub no_conformance: bool,
+    /// Directory for the reports, charts and report.html (created if missing).
+    #[arg(long, default_value = "unicell-evaluation")]
+    pub out: PathBuf,
+    /// Seed of the data generator.
+    #[arg(long, default_value_t = 20261120)]
+    pub seed: u64,
+}
+
+/// `unicell report`
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// Directory holding the reports (`<bench>.json`, `conformance.json`; subdirectories too).
+    pub dir: PathBuf,
+    /// Where to write the page [default: DIR/report.html].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 impl From<BenchCommon> for unicell_bench::Common {

@@ -34,7 +34,8 @@ fn main() -> ExitCode {
         // The command ran and reported what was wrong (a failed case, a broken invariant).
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors name URLs already masked; mask again in case a library quoted one raw.
+            eprintln!("error: {}", unicell::store::redact_text(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -52,7 +53,29 @@ async fn run(cli: Cli) -> Result<bool> {
         }
         Command::Serve(a) => serve::serve(store, a).await,
         Command::Computes(a) => serve::computes(store, a).await,
-        Command::Conformance(a) => Ok(unicell_bench::conformance::run(store, a.filter.as_deref()).await?),
+        Command::Conformance(a) => {
+            Ok(unicell_bench::conformance::run(store, a.filter.as_deref(), a.out.as_deref()).await?)
+        }
+        Command::Evaluate(a) => {
+            let options = unicell_bench::evaluate::EvaluateOptions {
+                stores: a.stores,
+                testcontainers: a.testcontainers,
+                size: a.size.parse()?,
+                benches: a.benches,
+                no_conformance: a.no_conformance,
+                out: a.out,
+                seed: a.seed,
+            };
+            Ok(unicell_bench::evaluate::run(store, options).await?)
+        }
+        Command::Report(a) => {
+            let w = unicell_bench::page::write(&a.dir, a.out.as_deref())?;
+            for (name, why) in &w.skipped {
+                eprintln!("skipped {name}: {why}");
+            }
+            println!("wrote {} from {} report(s)", w.path.display(), w.reports);
+            Ok(true)
+        }
         Command::Demo(a) => Ok(unicell_bench::demo::run(store, a.into()).await?),
         Command::Bench(b) => {
             match b {
@@ -61,6 +84,7 @@ async fn run(cli: Cli) -> Result<bool> {
                 BenchCommand::Sites(a) => unicell_bench::sites::run(store, a.into()).await?,
                 BenchCommand::Schedule(a) => unicell_bench::schedule::run(store, a.into()).await?,
                 BenchCommand::Placement(a) => unicell_bench::placement::run(store, a.into()).await?,
+                BenchCommand::ApiList(a) => unicell_bench::api_list::run(store, a.into()).await?,
             }
             Ok(true)
         }

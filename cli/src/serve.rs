@@ -16,11 +16,9 @@ use crate::args::{CloudArgs, ComputesArgs, ServeArgs};
 /// Runs the API until SIGTERM or Ctrl-C, then lets the builds in flight finish.
 pub async fn serve(store_url: &str, a: ServeArgs) -> Result<bool> {
     let placement = match a.placement_listen {
-        Some(_) => Some(
-            unicell::store::placement::open(store_url)
-                .await
-                .with_context(|| format!("cannot serve the Placement API on {store_url}"))?,
-        ),
+        Some(_) => Some(unicell::store::placement::open(store_url).await.with_context(|| {
+            format!("cannot serve the Placement API on {}", unicell::store::redact_text(store_url))
+        })?),
         None => None,
     };
     let store: Arc<dyn Store> = match &placement {
@@ -41,6 +39,10 @@ pub async fn serve(store_url: &str, a: ServeArgs) -> Result<bool> {
     if let Some(r) = a.replica {
         config.replica = r;
     }
+    let tick = (a.build_lease_ttl / 6).max(Duration::from_millis(50));
+    config.builds.lease_ttl = a.build_lease_ttl;
+    config.builds.renew_every = tick;
+    config.builds.reap_every = tick;
     let compute = SimulatedCompute::new(a.cloud.seed)
         .with_latency(Duration::from_millis(a.build_ms), Duration::from_millis(a.build_ms / 2))
         .with_failure_rate(a.build_failure_rate, 1.0);

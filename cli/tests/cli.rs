@@ -47,7 +47,7 @@ fn help_lists_the_real_subcommands() {
     let o = run(&["--help"]);
     assert!(o.status.success());
     let (out, _) = text(&o);
-    for cmd in ["demo", "bench", "conformance", "stores", "--store"] {
+    for cmd in ["demo", "bench", "conformance", "stores", "report", "evaluate", "--store"] {
         assert!(out.contains(cmd), "--help lacks {cmd}:\n{out}");
     }
     let o = run(&["bench", "--help"]);
@@ -220,4 +220,40 @@ fn demo_places_lists_and_audits() {
     assert_eq!(r["build"]["active"].as_u64().unwrap() + r["build"]["failed"].as_u64().unwrap(), built);
     assert!(r["build"]["active"].as_u64().unwrap() > 0);
     assert!(std::fs::read_to_string(d.path().join("demo.svg")).unwrap().contains("</svg>"));
+}
+
+#[test]
+fn evaluate_runs_conformance_a_bench_and_the_report() {
+    let out = std::env::temp_dir().join(format!("unicell-evaluate-{}", uuid::Uuid::new_v4().simple()));
+    let o = run(&[
+        "evaluate",
+        "--stores",
+        "memory://",
+        "--size",
+        "quick",
+        "--benches",
+        "claims",
+        "--testcontainers",
+        "redis",
+        "--out",
+        out.to_str().expect("utf-8 temp dir"),
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "evaluate failed:\n{stdout}\n{stderr}");
+    for f in ["conformance.json", "claims.json", "claims.svg", "evaluate.json", "report.html"] {
+        assert!(out.join(f).is_file(), "evaluate wrote no {f}:\n{stdout}");
+    }
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("evaluate.json")).expect("read")).expect("json");
+    let steps = record["results"]["steps"].as_array().expect("steps");
+    let container = steps.iter().find(|s| s["step"] == "container redis").expect("a container step");
+    // Here a Docker daemon may or may not answer; where none does the step says why.
+    assert!(
+        container["status"] == "ok" || (container["status"] == "skipped" && container["detail"].is_string()),
+        "{container}"
+    );
+    let page = std::fs::read_to_string(out.join("report.html")).expect("page");
+    assert!(page.contains("of 1") || page.contains("passed"), "no conformance result on the page");
+    assert!(page.contains(">evaluate <span"), "no evaluate section on the page");
+    let _ = std::fs::remove_dir_all(&out);
 }

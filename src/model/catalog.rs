@@ -122,12 +122,16 @@ pub struct ResourceRequest {
 }
 
 impl ResourceRequest {
-    /// Total amount of each class over all groups.
+    /// Total amount of each class over all groups. Saturates at `i64::MAX` rather than
+    /// wrapping: a request built by [`Flavor::resource_request`] has at most 65 groups of
+    /// amounts up to [`MAX_AMOUNT`](crate::model::MAX_AMOUNT), far below, but a hand-built
+    /// one may not; a saturated total exceeds every capacity, so nothing fits it.
     pub fn totals(&self) -> Resources {
         let mut t = Resources::new();
         for g in &self.groups {
             for (c, a) in &g.resources {
-                *t.entry(c.clone()).or_insert(0) += a;
+                let e = t.entry(c.clone()).or_insert(0);
+                *e = e.saturating_add(*a);
             }
         }
         t
@@ -140,9 +144,12 @@ impl Flavor {
         if self.name.is_empty() || self.name.len() > 255 {
             return Err(Error::invalid("flavor.name", "must be 1 to 255 characters"));
         }
+        // Nova's flavor schema bounds every size by its database's 32-bit integer columns,
+        // the same bound as Placement's amounts.
+        let max = crate::model::MAX_AMOUNT;
         for (f, v) in [("flavor.vcpus", self.vcpus), ("flavor.memory_mb", self.memory_mb)] {
-            if v < 1 {
-                return Err(Error::invalid(f, format!("{v} must be at least 1")));
+            if !(1..=max).contains(&v) {
+                return Err(Error::invalid(f, format!("{v} must be between 1 and {max}")));
             }
         }
         for (f, v) in [
@@ -150,8 +157,8 @@ impl Flavor {
             ("flavor.ephemeral_gb", self.ephemeral_gb),
             ("flavor.swap_mb", self.swap_mb),
         ] {
-            if v < 0 {
-                return Err(Error::invalid(f, format!("{v} must not be negative")));
+            if !(0..=max).contains(&v) {
+                return Err(Error::invalid(f, format!("{v} must be between 0 and {max}")));
             }
         }
         self.resource_request(false).map(|_| ())
@@ -176,10 +183,25 @@ impl Flavor {
                 ));
             }
         };
-        let disk = if is_bfv { 0 } else { self.root_gb } + self.ephemeral_gb + (self.swap_mb + 1023) / 1024;
+        // Checked: sizes come from API bodies and catalogs, and a flavor that was never
+        // validated may carry anything.
+        let too_big = |what: &str| {
+            Error::invalid(
+                "flavor",
+                format!("{what} exceeds the largest amount Placement accepts ({})", crate::model::MAX_AMOUNT),
+            )
+        };
+        let swap_gb = self.swap_mb.checked_add(1023).map(|s| s / 1024).ok_or_else(|| too_big("swap_mb"))?;
+        let disk = (if is_bfv { 0 } else { self.root_gb })
+            .checked_add(self.ephemeral_gb)
+            .and_then(|d| d.checked_add(swap_gb))
+            .ok_or_else(|| too_big("root_gb + ephemeral_gb + swap"))?;
         for (class, amount) in
             [(cpu_class, self.vcpus), (ResourceClass::MemoryMb, self.memory_mb), (ResourceClass::DiskGb, disk)]
         {
+            if amount > crate::model::MAX_AMOUNT {
+                return Err(too_big(&format!("{class} {amount}")));
+            }
             if amount > 0 {
                 base.resources.insert(class, amount);
             }
@@ -206,8 +228,11 @@ impl Flavor {
                 let class = ResourceClass::parse(name).map_err(|e| Error::invalid(field(), e.to_string()))?;
                 let amount: i64 =
                     value.parse().map_err(|_| Error::invalid(field(), format!("{value:?} is not an integer")))?;
-                if amount < 0 {
-                    return Err(Error::invalid(field(), format!("{amount} must not be negative")));
+                if !(0..=crate::model::MAX_AMOUNT).contains(&amount) {
+                    return Err(Error::invalid(
+                        field(),
+                        format!("{amount} must be between 0 and {}", crate::model::MAX_AMOUNT),
+                    ));
                 }
                 if amount == 0 {
                     group.resources.remove(&class);
@@ -384,4 +409,66 @@ pub struct Selection {
     pub allocation: AllocationMap,
     /// The host's availability zone.
     pub availability_zone: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    fn flavor(vcpus: i64, memory_mb: i64, root_gb: i64, ephemeral_gb: i64, swap_mb: i64) -> Flavor {
+        Flavor {
+            id: FlavorId::new("f").unwrap(),
+            name: "f".into(),
+            vcpus,
+            memory_mb,
+            root_gb,
+            ephemeral_gb,
+            swap_mb,
+            extra_specs: BTreeMap::new(),
+        }
+    }
+
+    /// Sizes from API bodies and catalogs: out-of-range ones are InvalidInput from both
+    /// `validate` and `resource_request` (which may see an unvalidated flavor), never a
+    /// panic (debug) or a wrapped amount (release).
+    #[test]
+    fn huge_flavor_sizes_and_extra_specs_are_invalid_input() {
+        let max = crate::model::MAX_AMOUNT;
+        let huge = [
+            flavor(i64::MAX, 1, 0, 0, 0),
+            flavor(1, i64::MAX, 0, 0, 0),
+            flavor(1, 1, i64::MAX, i64::MAX, 0),
+            flavor(1, 1, 0, 0, i64::MAX),
+            flavor(1, 1, max, max, max),
+            flavor(1, 1, max, 0, 2048),
+        ];
+        for f in huge {
+            assert!(matches!(f.validate(), Err(Error::InvalidInput { .. })), "{f:?} validated");
+            assert!(matches!(f.resource_request(false), Err(Error::InvalidInput { .. })), "{f:?} requested");
+        }
+        let ok = flavor(1, 1, max, 0, 0);
+        assert_eq!(ok.resource_request(false).unwrap().totals()[&ResourceClass::DiskGb], max);
+        for amount in [i64::MAX.to_string(), (max + 1).to_string(), "99999999999999999999".into(), "-1".into()] {
+            let mut f = flavor(1, 1, 0, 0, 0);
+            f.extra_specs.insert("resources:VCPU".into(), amount.clone());
+            assert!(matches!(f.validate(), Err(Error::InvalidInput { .. })), "resources:VCPU={amount} accepted");
+        }
+        // Many numbered groups of the largest amount add up without wrapping.
+        let mut f = flavor(1, 1, 0, 0, 0);
+        for g in 1..=8 {
+            f.extra_specs.insert(format!("resources{g}:VCPU"), max.to_string());
+        }
+        let totals = f.resource_request(false).unwrap().totals();
+        assert_eq!(totals[&ResourceClass::Vcpu], max * 8 + 1);
+        let hand_built = ResourceRequest {
+            groups: (0..3)
+                .map(|_| RequestGroup {
+                    resources: BTreeMap::from([(ResourceClass::Vcpu, i64::MAX)]),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        assert_eq!(hand_built.totals()[&ResourceClass::Vcpu], i64::MAX);
+    }
 }

@@ -89,7 +89,7 @@ impl ProviderNode {
     /// `capacity - used` for `class`, or `None` when the provider has no such inventory.
     /// Negative when inventory shrank under existing allocations.
     pub fn free(&self, class: &ResourceClass) -> Option<i64> {
-        self.inventories.get(class).map(|inv| inv.capacity() - self.used(class))
+        self.inventories.get(class).map(|inv| inv.capacity().saturating_sub(self.used(class)))
     }
 }
 
@@ -131,7 +131,9 @@ impl ProviderTree {
             if let Some(node) = self.node_mut(*provider) {
                 for (class, amount) in resources {
                     let used = node.usages.entry(class.clone()).or_insert(0);
-                    *used += sign * amount;
+                    // Saturating: a snapshot's usage is advisory (the claim re-checks
+                    // against the store), so an absurd amount pins it, never wraps it.
+                    *used = used.saturating_add(sign.saturating_mul(*amount));
                     if *used <= 0 {
                         node.usages.remove(class);
                     }
@@ -241,7 +243,7 @@ impl ClaimRequest {
             for (class, amount) in resources {
                 let capacity = node.inventories.get(class).map(Inventory::capacity).unwrap_or(0);
                 let used = node.used(class);
-                if used + amount > capacity {
+                if used.checked_add(*amount).is_none_or(|total| total > capacity) {
                     return Err(Error::Capacity {
                         provider: *provider,
                         class: class.clone(),

@@ -233,7 +233,9 @@ impl Inventory {
 
     /// `floor((total - reserved) * allocation_ratio)`, Placement's capacity rule.
     pub fn capacity(&self) -> i64 {
-        let c = ((self.total - self.reserved) as f64 * self.allocation_ratio).floor();
+        // Saturating and in f64: an inventory that was never validated (a hand-built one,
+        // a corrupt record) gives a capacity in 0..=i64::MAX, never a panic or a wrap.
+        let c = (self.total.saturating_sub(self.reserved) as f64 * self.allocation_ratio).floor();
         if c.is_finite() { c.max(0.0).min(i64::MAX as f64) as i64 } else { 0 }
     }
 
@@ -343,5 +345,33 @@ mod tests {
         assert!(inv.check_units("x", 3).is_err());
         assert!(inv.check_units("x", 10).is_err());
         assert!(inv.check_units("x", 0).is_err());
+    }
+
+    /// Allocation ratios up to Placement's float maximum and unvalidated inventories give a
+    /// capacity in `0..=i64::MAX`, and the usage arithmetic on top saturates.
+    #[test]
+    fn huge_ratios_and_usages_do_not_overflow() {
+        let inv = Inventory { total: MAX_AMOUNT, allocation_ratio: 3.40282e38, ..Inventory::default() };
+        assert!(inv.validate("VCPU").is_ok());
+        assert_eq!(inv.capacity(), i64::MAX);
+        let odd = Inventory { total: i64::MIN, reserved: i64::MAX, ..Inventory::default() };
+        assert_eq!(odd.capacity(), 0);
+        let mut node = crate::model::ProviderNode {
+            id: crate::model::ProviderId::new_v4(),
+            name: "n".into(),
+            parent: None,
+            traits: Default::default(),
+            aggregates: Default::default(),
+            inventories: Default::default(),
+            usages: Default::default(),
+        };
+        node.inventories.insert(ResourceClass::Vcpu, inv);
+        node.usages.insert(ResourceClass::Vcpu, i64::MAX - 1);
+        assert_eq!(node.free(&ResourceClass::Vcpu), Some(1));
+        node.inventories.insert(ResourceClass::Vcpu, Inventory::with_total(1));
+        assert_eq!(node.free(&ResourceClass::Vcpu), Some(1 - (i64::MAX - 1)));
+        node.usages.insert(ResourceClass::Vcpu, -5);
+        node.inventories.insert(ResourceClass::Vcpu, Inventory { allocation_ratio: 3.40282e38, ..inv });
+        assert_eq!(node.free(&ResourceClass::Vcpu), Some(i64::MAX));
     }
 }

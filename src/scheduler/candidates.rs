@@ -60,7 +60,7 @@ fn fits(node: &ProviderNode, class: &ResourceClass, amount: i64) -> bool {
             amount >= inv.min_unit
                 && amount <= inv.max_unit
                 && amount % inv.step_size == 0
-                && node.used(class) + amount <= inv.capacity()
+                && node.used(class).saturating_add(amount) <= inv.capacity()
         }
         None => false,
     }
@@ -103,12 +103,13 @@ impl<'a> Search<'a> {
             let Some(inv) = node.inventories.get(*c) else {
                 return false;
             };
-            if node.used(c) + have + a > inv.capacity() {
+            if node.used(c).saturating_add(have).saturating_add(*a) > inv.capacity() {
                 return false;
             }
         }
         for (c, a) in amounts {
-            *self.sums.entry((p, *c)).or_insert(0) += a;
+            let s = self.sums.entry((p, *c)).or_insert(0);
+            *s = s.saturating_add(*a);
         }
         true
     }
@@ -263,7 +264,8 @@ fn single_provider(p: &ProviderNode, req: &CandidateRequest) -> Option<Allocatio
             if !fits(p, c, *a) {
                 return None;
             }
-            *sums.entry(c.clone()).or_insert(0) += a;
+            let s = sums.entry(c.clone()).or_insert(0);
+            *s = s.saturating_add(*a);
         }
     }
     if !sums.iter().all(|(c, a)| fits(p, c, *a)) {

@@ -9,11 +9,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use crate::model::{AggregateId, GroupId, InstanceId, ProviderId, ResourceClass, Trait};
 
 /// Why a host was not a candidate before filters ran (the Placement-like stage and the
 /// request scope).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Rejection {
     /// The host is not in the requested cell.
@@ -66,7 +69,7 @@ impl fmt::Display for Rejection {
 }
 
 /// One stage of the pipeline for the instance that could not be placed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageCount {
     /// `scope`, `resources` or a filter's name (`ComputeFilter`, ...).
     pub stage: String,
@@ -75,11 +78,14 @@ pub struct StageCount {
     /// Hosts it removed.
     pub removed: usize,
     /// For the scope and resources stages, how many hosts were removed for each reason.
+    /// (In JSON a list of `{"reason": ..., "hosts": n}`: a reason is not a string key.)
+    #[serde(with = "why_as_list")]
     pub why: BTreeMap<Rejection, usize>,
 }
 
 /// Why a claim on a host failed, as the store explained it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ClaimFailureCause {
     /// Not enough of `class` on `provider` (another scheduler got there first).
@@ -110,6 +116,9 @@ pub enum ClaimFailureCause {
     Invalid(String),
     /// Any other conflict.
     Other(String),
+    /// The part of the store holding the tree did not answer (`Unavailable` or `Timeout`):
+    /// the scheduler moved on to a host elsewhere.
+    Unavailable(String),
 }
 
 impl fmt::Display for ClaimFailureCause {
@@ -128,12 +137,13 @@ impl fmt::Display for ClaimFailureCause {
             ClaimFailureCause::Gone(s) => write!(f, "gone: {s}"),
             ClaimFailureCause::Invalid(s) => write!(f, "invalid: {s}"),
             ClaimFailureCause::Other(s) => f.write_str(s),
+            ClaimFailureCause::Unavailable(s) => write!(f, "store unreachable: {s}"),
         }
     }
 }
 
 /// A failed claim during one request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClaimFailure {
     /// The instance the claim was for.
     pub instance: InstanceId,
@@ -146,8 +156,10 @@ pub struct ClaimFailure {
 }
 
 /// The structured reason of a `NoValidHost`: everything an operator needs to see why a
-/// request failed without reading code or DEBUG logs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// request failed without reading code or DEBUG logs. Serializable (serde), so that it can
+/// be stored with a fault, sent over an API or written to a report; it names hosts, so only
+/// admins may read it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NoValidHostReason {
     /// The instance that could not be placed.
     pub instance: Option<InstanceId>,
@@ -173,6 +185,29 @@ pub struct NoValidHostReason {
     pub released_claims: usize,
     /// Aggregates the request required, for the message (`member_of`).
     pub member_of: Vec<Vec<AggregateId>>,
+}
+
+/// `StageCount::why` as a list of pairs.
+mod why_as_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Rejection;
+
+    #[derive(Serialize, Deserialize)]
+    struct Entry {
+        reason: Rejection,
+        hosts: usize,
+    }
+
+    pub fn serialize<S: Serializer>(why: &BTreeMap<Rejection, usize>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(why.iter().map(|(r, n)| Entry { reason: r.clone(), hosts: *n }))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Rejection, usize>, D::Error> {
+        Ok(Vec::<Entry>::deserialize(d)?.into_iter().map(|e| (e.reason, e.hosts)).collect())
+    }
 }
 
 impl NoValidHostReason {
@@ -270,5 +305,53 @@ impl ScheduleError {
             ScheduleError::NoValidHost { reason } => Some(reason),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_valid_host_reason_round_trips_through_json() {
+        let root = ProviderId::new_v4();
+        let reason = NoValidHostReason {
+            instance: Some(InstanceId::new_v4()),
+            instance_index: 1,
+            num_instances: 3,
+            message: None,
+            hosts_known: 4,
+            stages: vec![StageCount {
+                stage: "resources".into(),
+                before: 4,
+                removed: 3,
+                why: BTreeMap::from([
+                    (Rejection::NoInventory(ResourceClass::Vcpu), 1),
+                    (Rejection::OtherCell, 1),
+                    (Rejection::NumberedGroup("1".into()), 1),
+                ]),
+            }],
+            hosts_passed: 1,
+            claims_tried: 1,
+            claim_failures: vec![ClaimFailure {
+                instance: InstanceId::new_v4(),
+                host: "cmp-1".into(),
+                root,
+                cause: ClaimFailureCause::Capacity {
+                    provider: root,
+                    class: ResourceClass::MemoryMb,
+                    requested: 2048,
+                    used: 1024,
+                    capacity: 2048,
+                },
+            }],
+            claim_budget_exhausted: false,
+            released_claims: 1,
+            member_of: vec![],
+        };
+        let json = serde_json::to_string(&reason).unwrap();
+        assert!(json.contains("\"reason\":{\"no_inventory\":\"VCPU\"}"), "{json}");
+        let back: NoValidHostReason = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, reason);
     }
 }

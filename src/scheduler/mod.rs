@@ -209,6 +209,12 @@ pub struct SchedulerStats {
     pub claims_released: u64,
     /// Alternates returned.
     pub alternates_returned: u64,
+    /// Claims that failed with a retryable store error (a shard or node down, a timeout),
+    /// after which the request moved on to a host elsewhere.
+    pub claim_store_errors: u64,
+    /// Requests scheduled on a stale view because refreshing the snapshot failed with a
+    /// retryable store error (the hosts as last seen).
+    pub stale_schedules: u64,
     /// Incremental refreshes through the change feed (of the snapshot: shared by every
     /// scheduler of a shared snapshot).
     pub refreshes: u64,
@@ -230,6 +236,8 @@ struct Counters {
     claim_conflicts: AtomicU64,
     claims_released: AtomicU64,
     alternates_returned: AtomicU64,
+    claim_store_errors: AtomicU64,
+    stale_schedules: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -418,6 +426,8 @@ impl Scheduler {
             claim_conflicts: g(&c.claim_conflicts),
             claims_released: g(&c.claims_released),
             alternates_returned: g(&c.alternates_returned),
+            claim_store_errors: g(&c.claim_store_errors),
+            stale_schedules: g(&c.stale_schedules),
             refreshes: s.refreshes,
             trees_reread: s.trees_reread,
             full_reloads: s.full_reloads,

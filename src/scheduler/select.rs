@@ -95,6 +95,11 @@ enum ClaimOutcome {
     Refused(ClaimFailureCause),
 }
 
+/// How many claims of one request may fail with a retryable store error (a shard or node
+/// down, a timeout) before the request fails with the store error: each one moves the
+/// request on to a host in another part of the store.
+const MAX_STORE_ERRORS_PER_REQUEST: usize = 8;
+
 fn classify(e: Error) -> Result<ClaimFailureCause, Error> {
     Ok(match e {
         Error::Capacity { provider, class, requested, used, capacity } => {
@@ -794,13 +799,27 @@ impl Scheduler {
             )));
         }
         let plan = self.plan(spec).await?;
-        self.snapshot.maybe_refresh(self.config.min_refresh_interval).await?;
+        if let Err(e) = self.snapshot.maybe_refresh(self.config.min_refresh_interval).await {
+            // Part of the store did not answer the change feed or a tree read: schedule on
+            // the hosts as last seen (every claim re-checks against the store) and report
+            // that the view is stale; a non-retryable error still fails the request.
+            if !e.is_retryable() {
+                return Err(e.into());
+            }
+            bump(&self.counters.stale_schedules, 1);
+            tracing::warn!(error = %e, "snapshot refresh failed; scheduling on the hosts as last seen (stale view)");
+        }
 
         let span = tracing::Span::current();
         let mut placed: Vec<(InstanceId, Selection, Vec<Ranked>)> = Vec::new();
         let mut failed_roots: HashSet<ProviderId> = HashSet::new();
         let mut failures: Vec<ClaimFailure> = Vec::new();
         let mut claims_tried = 0usize;
+        // Parts of the store (tree shards, when the backend has them) where a claim failed
+        // with a retryable error during this request: hosts there are skipped, so that one
+        // unreachable shard or node costs one attempt, not one per host on it.
+        let mut down_shards: HashSet<usize> = HashSet::new();
+        let mut store_errors = 0usize;
         let exhaustive_only = self.config.ranking == RankingMode::Exhaustive
             || spec.requested_destination.as_ref().is_some_and(|d| d.node.is_some() && d.host.is_none());
 
@@ -842,6 +861,11 @@ impl Scheduler {
                     if failed_roots.contains(&r.root) {
                         continue;
                     }
+                    if !down_shards.is_empty()
+                        && self.snapshot.store().tree_shard(r.root).is_some_and(|s| down_shards.contains(&s))
+                    {
+                        continue;
+                    }
                     if self.config.max_claim_attempts.is_some_and(|m| attempts >= m) {
                         budget_exhausted = true;
                         break;
@@ -861,6 +885,37 @@ impl Scheduler {
                         self.snapshot.reserve(&view, &res.rec, &res.parts, plan.group.as_ref().map(|g| g.id));
                     let outcome = match self.try_claim(spec, &plan, instance, &res.sel).await {
                         Ok(o) => o,
+                        Err(e) if e.is_retryable() && store_errors < MAX_STORE_ERRORS_PER_REQUEST => {
+                            // This tree's part of the store is down or slow: record it and
+                            // move on to a host elsewhere instead of failing the request.
+                            store_errors += 1;
+                            bump(&self.counters.claim_store_errors, 1);
+                            self.snapshot.cancel(&reservation);
+                            tracing::warn!(host = %res.sel.host, error = %e,
+                                "claim failed with a retryable store error; trying a host in another part of the store");
+                            // A timed-out claim may have been made: release what this
+                            // instance may hold before it claims elsewhere. If that fails
+                            // too, the allocation (if any) stays with the instance's
+                            // consumer, and goes when the instance is deleted or the build
+                            // fails (both release the consumer everywhere).
+                            if matches!(e, Error::Timeout { .. })
+                                && let Err(re) = self.snapshot.store().release(ConsumerId::from(instance)).await
+                            {
+                                tracing::warn!(instance = %instance, error = %re,
+                                    "could not release a claim of unknown outcome; it stays with the instance");
+                            }
+                            if let Some(s) = self.snapshot.store().tree_shard(r.root) {
+                                down_shards.insert(s);
+                            }
+                            failures.push(ClaimFailure {
+                                instance,
+                                host: res.sel.host,
+                                root: r.root,
+                                cause: ClaimFailureCause::Unavailable(e.to_string()),
+                            });
+                            failed_roots.insert(r.root);
+                            continue;
+                        }
                         Err(e) => {
                             // Unknown outcome (timeout) or store down: release this instance too.
                             self.snapshot.cancel(&reservation);
@@ -886,6 +941,12 @@ impl Scheduler {
                             failures.push(ClaimFailure { instance, host: res.sel.host, root: r.root, cause });
                             failed_roots.insert(r.root);
                             if let Err(e) = self.snapshot.refresh_trees(vec![r.root]).await {
+                                if e.is_retryable() {
+                                    // The tree is skipped for this request anyway.
+                                    tracing::warn!(root = %r.root, error = %e,
+                                        "could not re-read a tree after a refused claim");
+                                    continue;
+                                }
                                 let all: Vec<_> = placed.iter().map(|(i, s, _)| (*i, s.provider)).collect();
                                 let _ = self.release_all(&all).await;
                                 return Err(ScheduleError::Store(e));

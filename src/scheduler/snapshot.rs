@@ -1014,7 +1014,16 @@ impl SharedSnapshot {
     async fn load_catalog(&self) -> Result<(Vec<Host>, Vec<Aggregate>, Vec<Cell>, HashMap<String, u32>)> {
         let mut hosts = Vec::new();
         for scope in self.scopes() {
-            hosts.extend(self.store.list_hosts(scope).await?);
+            match self.store.list_hosts(scope).await {
+                Ok(h) => hosts.extend(h),
+                // One cell's part of the store did not answer: its hosts are left out
+                // until it answers again (Nova's HostManager skips such a cell), and the
+                // other cells keep scheduling.
+                Err(e) if e.is_retryable() && scope.is_some() => {
+                    tracing::warn!(cell = ?scope, error = %e, "cannot read a cell's hosts; left out of this catalog load");
+                }
+                Err(e) => return Err(e),
+            }
         }
         let aggregates = self.store.list_aggregates().await?;
         let cells = self.store.list_cells().await?;
@@ -1081,7 +1090,10 @@ impl SharedSnapshot {
                 trees
                     .iter()
                     .map(|t| {
-                        t.providers.iter().filter_map(|p| p.inventories.get(rc).map(Inventory::capacity)).sum::<i64>()
+                        t.providers
+                            .iter()
+                            .filter_map(|p| p.inventories.get(rc).map(Inventory::capacity))
+                            .fold(0i64, i64::saturating_add)
                     })
                     .max()
                     .unwrap_or(1)

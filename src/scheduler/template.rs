@@ -489,7 +489,8 @@ fn compile_single(shape: &Shape, p: &ProvShape, req: &CandidateRequest) -> Optio
                 return None;
             }
             parts.push((e as u16, *amount));
-            *sums.entry(e as u16).or_insert(0) += amount;
+            let s = sums.entry(e as u16).or_insert(0);
+            *s = s.saturating_add(*amount);
         }
     }
     if !sums.iter().all(|(e, sum)| shape.entries[*e as usize].units_ok(*sum)) {
@@ -500,7 +501,7 @@ fn compile_single(shape: &Shape, p: &ProvShape, req: &CandidateRequest) -> Optio
 
 /// The option fits on its own (the oracle's candidate list: units are class-level).
 fn standalone<U: Usage>(u: &U, o: &Opt) -> bool {
-    o.parts.iter().all(|(e, a)| u.used(*e as usize) + a <= u.cap(*e as usize))
+    o.parts.iter().all(|(e, a)| u.used(*e as usize).saturating_add(*a) <= u.cap(*e as usize))
 }
 
 struct Search<'a, U: Usage> {
@@ -517,12 +518,12 @@ impl<U: Usage> Search<'_, U> {
     fn try_add(&mut self, o: &Opt) -> bool {
         for (e, a) in &o.parts {
             let e = *e as usize;
-            if self.u.used(e) + self.sums[e] + a > self.u.cap(e) {
+            if self.u.used(e).saturating_add(self.sums[e]).saturating_add(*a) > self.u.cap(e) {
                 return false;
             }
         }
         for (e, a) in &o.parts {
-            self.sums[*e as usize] += a;
+            self.sums[*e as usize] = self.sums[*e as usize].saturating_add(*a);
             self.count[*e as usize] += 1;
         }
         true
@@ -530,7 +531,7 @@ impl<U: Usage> Search<'_, U> {
 
     fn remove(&mut self, o: &Opt) {
         for (e, a) in &o.parts {
-            self.sums[*e as usize] -= a;
+            self.sums[*e as usize] = self.sums[*e as usize].saturating_sub(*a);
             self.count[*e as usize] -= 1;
         }
     }

@@ -148,7 +148,7 @@ pub async fn run(
             Arc::clone(store),
             scheduler,
             driver,
-            ConductorConfig { num_alternates: setup.alternates as usize },
+            ConductorConfig::with_alternates(setup.alternates as usize),
         )));
     }
     let scheduler_start_seconds = started.elapsed().as_secs_f64();

@@ -30,7 +30,7 @@ pub mod redis;
 pub mod sql;
 mod url;
 
-pub use self::url::{Scheme, StoreUrl};
+pub use self::url::{Scheme, StoreUrl, redact_text};
 
 /// The one storage contract of unicell, the sum of five per-concern traits. Object safe; used
 /// as `Arc<dyn Store>`. Calling a method on a `dyn Store` needs its sub-trait in scope: `use
@@ -149,6 +149,14 @@ pub trait Store: Providers + Claims + ChangeFeed + Catalog + Instances + std::fm
     /// This store as a [`PlacementStore`](placement::PlacementStore) (the state only the
     /// Placement API needs), or `None` for a backend that does not keep it.
     fn placement(&self) -> Option<&dyn placement::PlacementStore> {
+        None
+    }
+
+    /// The part of the store that holds `root`'s tree, for a backend that splits its data
+    /// so that one part can fail while the others answer (Redis's tree shards, each on the
+    /// cluster master owning its slots); `None` when the backend does not say. The
+    /// scheduler uses it to move on to a host in another part after a retryable error.
+    fn tree_shard(&self, _root: ProviderId) -> Option<usize> {
         None
     }
 }
@@ -275,6 +283,9 @@ pub trait Catalog: Send + Sync {
     async fn get_server_group(&self, id: GroupId) -> Result<ServerGroup>;
     /// Deletes a server group (`NotFound` if missing).
     async fn delete_server_group(&self, id: GroupId) -> Result<()>;
+    /// Every server group of every project, ordered by id (callers filter by project; Nova's
+    /// quota keeps a project's groups few, so one read of all of them is the whole cost).
+    async fn list_server_groups(&self) -> Result<Vec<ServerGroup>>;
 
     /// Stores (or replaces) the request spec of `spec.instance_uuid`.
     async fn put_request_spec(&self, spec: &RequestSpec) -> Result<()>;

@@ -319,7 +319,8 @@ impl PlacementTree {
                     let what = format!("'{class}' on resource provider '{provider}'");
                     let inv = node.inventories.get(class).ok_or_else(|| Error::not_found(Kind::Inventory, &what))?;
                     inv.check_units(&what, *amount)?;
-                    *sums.entry((*provider, class.clone())).or_insert(0) += amount;
+                    let s = sums.entry((*provider, class.clone())).or_insert(0);
+                    *s = s.saturating_add(*amount);
                 }
             }
         }
@@ -327,7 +328,7 @@ impl PlacementTree {
             let node = next.tree.node(*provider).ok_or_else(|| Error::not_found(Kind::Provider, provider))?;
             let capacity = node.inventories.get(class).map(Inventory::capacity).unwrap_or(0);
             let used = node.used(class);
-            let after = used + amount;
+            let after = used.saturating_add(*amount);
             let prev = before.get(&(*provider, class.clone())).copied();
             if after > capacity && prev.is_none_or(|p| after > p) {
                 return Err(Error::Capacity {
@@ -581,7 +582,8 @@ pub fn usages_of(
             let entry = out.entry(group.clone()).or_default();
             for resources in a.allocations.values() {
                 for (class, amount) in resources {
-                    *entry.0.entry(class.clone()).or_insert(0) += amount;
+                    let s = entry.0.entry(class.clone()).or_insert(0);
+                    *s = s.saturating_add(*amount);
                 }
             }
             if counted.entry(group).or_default().insert(c.allocation.consumer) {

@@ -255,20 +255,9 @@ impl StoreUrl {
 
     /// The URL with every password masked (see the type's docs).
     pub fn redacted(&self) -> String {
-        let mut u = self.url.clone();
-        if u.password().is_some() {
-            let _ = u.set_password(Some("***"));
-        }
-        let pairs: Vec<(String, String)> = u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-        let masked: Vec<(String, String)> = pairs
-            .iter()
-            .map(|(k, v)| (k.clone(), if is_secret_key(k) { "***".into() } else { redact_nested(v) }))
-            .collect();
-        if masked != pairs {
-            u.query_pairs_mut().clear().extend_pairs(masked);
-        }
+        let u = redact_parsed(&self.url);
         if self.hosts.len() <= 1 {
-            return u.to_string();
+            return u;
         }
         let list: Vec<String> = self
             .hosts
@@ -278,8 +267,173 @@ impl StoreUrl {
                 None => h.clone(),
             })
             .collect();
-        format!("{}{}{}", &u[..Position::BeforeHost], list.join(","), &u[Position::AfterPort..])
+        // `u` is the single-host URL with the password masked; put the list back where
+        // its one host was.
+        match url::Url::parse(&u) {
+            Ok(m) => format!("{}{}{}", &m[..Position::BeforeHost], list.join(","), &m[Position::AfterPort..]),
+            Err(_) => redact_text(&u),
+        }
     }
+}
+
+/// A parsed URL of any scheme with its password, its secret query values and the passwords
+/// of URLs nested in its query values masked.
+fn redact_parsed(url: &url::Url) -> String {
+    let mut u = url.clone();
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    let pairs: Vec<(String, String)> = u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let masked: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| (k.clone(), if is_secret_key(k) { "***".into() } else { redact_nested(v) }))
+        .collect();
+    if masked != pairs {
+        u.query_pairs_mut().clear().extend_pairs(masked);
+    }
+    if let Some(frag) = u.fragment().filter(|f| f.contains("://") || f.contains('=')) {
+        let f = redact_text(frag);
+        u.set_fragment(Some(&f));
+    }
+    u.to_string()
+}
+
+/// Masks every credential in free text: the password of every URL in it (whatever its
+/// scheme, CQL host lists included), the values of query keys that name a secret
+/// (`password=`, `pwd=`, `secret=`, `token=`, ...), and the same inside URLs nested in
+/// query values (`cell_url=`, percent-encoded or not). Text that is not even a URL is
+/// masked best-effort (what sits between `scheme://user:` and the last `@` of the
+/// authority, and secret `key=value`s), erring towards hiding too much.
+///
+/// Every place that shows something a user typed as a URL (errors, reports, the
+/// command line, log lines) goes through this or [`StoreUrl`]'s `Display`.
+pub fn redact_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(sep) = rest.find("://") {
+        let scheme_start = scheme_start_before(rest, sep);
+        // The URL runs to the next whitespace or quote.
+        let mut end = rest[sep..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
+            .map_or(rest.len(), |e| sep + e);
+        // A second URL in the same token (`memory://,mysql://u:p@h`, an unencoded
+        // `cell_url=mysql://...`) starts a new one: each is masked on its own.
+        if let Some(next) = rest[sep + 3..end].find("://") {
+            let next = sep + 3 + next;
+            let k = scheme_start_before(rest, next);
+            if k > sep + 3 && k < next {
+                end = k;
+            }
+        }
+        out.push_str(&mask_secret_pairs(&rest[..scheme_start]));
+        out.push_str(&redact_one(&rest[scheme_start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(&mask_secret_pairs(rest));
+    out
+}
+
+/// Where the scheme ending at `sep` (the index of its `://`) starts: the run of scheme
+/// characters before it.
+fn scheme_start_before(s: &str, sep: usize) -> usize {
+    s[..sep]
+        .char_indices()
+        .rev()
+        .take_while(|(_, c)| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        .last()
+        .map_or(sep, |(i, _)| i)
+}
+
+/// One URL-like token (no whitespace): parsed and masked if it parses (host lists
+/// allowed), masked best-effort otherwise.
+fn redact_one(token: &str) -> String {
+    // Trailing punctuation of prose (`... at redis://h/0.`, `(mysql://u:p@h)`) is not part
+    // of the URL.
+    let trimmed = token.trim_end_matches([')', ']', '.', ',', ';', ':']);
+    let (token, tail) = token.split_at(trimmed.len());
+    let (single, extra) = split_host_list(token);
+    if !token.starts_with("://")
+        && let Ok(u) = url::Url::parse(&single)
+    {
+        let shown = redact_parsed(&u);
+        let shown = if extra.is_empty() {
+            shown
+        } else {
+            match url::Url::parse(&shown) {
+                Ok(m) if m.has_host() => {
+                    let first = &m[Position::BeforeHost..Position::AfterPort];
+                    let mut list = vec![first.to_string()];
+                    list.extend(extra.iter().map(|h| mask_secret_pairs(h)));
+                    format!("{}{}{}", &m[..Position::BeforeHost], list.join(","), &m[Position::AfterPort..])
+                }
+                _ => redact_fallback(token),
+            }
+        };
+        return shown + tail;
+    }
+    redact_fallback(token) + tail
+}
+
+/// Masking for a token that does not parse as a URL: the userinfo's password (up to the
+/// last `@` before the path, or the last `@` at all when unsure) and secret pairs.
+fn redact_fallback(token: &str) -> String {
+    let masked = match token.find("://") {
+        Some(i) => {
+            let rest = &token[i + 3..];
+            match rest.rfind('@') {
+                Some(at) => match rest[..at].find(':') {
+                    Some(colon) => format!("{}{}:***{}", &token[..i + 3], &rest[..colon], &rest[at..]),
+                    None => token.to_string(),
+                },
+                None => token.to_string(),
+            }
+        }
+        None => token.to_string(),
+    };
+    mask_secret_pairs(&masked)
+}
+
+/// Masks `key=value` pairs whose key names a secret, in free text or a query string, and
+/// nested URLs in percent-encoded values (`cell_url=mysql%3A%2F%2Fu%3Ap%40h`).
+fn mask_secret_pairs(s: &str) -> String {
+    if !s.contains('=') {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(eq) = rest.find('=') {
+        let key_start = rest[..eq]
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            .last()
+            .map_or(eq, |(i, _)| i);
+        let key = &rest[key_start..eq];
+        let value_end = rest[eq + 1..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '&' | ';' | '"' | '\'' | ',' | ')'))
+            .map_or(rest.len(), |e| eq + 1 + e);
+        let value = &rest[eq + 1..value_end];
+        out.push_str(&rest[..eq + 1]);
+        if !key.is_empty() && is_secret_key(key) && !value.is_empty() {
+            out.push_str("***");
+        } else if value.to_ascii_lowercase().contains("%3a%2f%2f") {
+            let decoded: String = url::form_urlencoded::parse(format!("v={value}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            let masked = redact_text(&decoded);
+            if masked == decoded {
+                out.push_str(value);
+            } else {
+                out.extend(url::form_urlencoded::byte_serialize(masked.as_bytes()));
+            }
+        } else {
+            out.push_str(value);
+        }
+        rest = &rest[value_end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Splits a comma-separated host list out of the authority: the URL with its first host
@@ -301,39 +455,24 @@ fn split_host_list(s: &str) -> (String, Vec<String>) {
     (format!("{}{}{}", &s[..start + hosts_at], first, &after[end..]), extra)
 }
 
-/// A query value that is itself a URL with a password (SQL's `cell_url`), masked.
+/// A query value that may itself be a URL with credentials (SQL's `cell_url`), masked.
 fn redact_nested(v: &str) -> String {
-    if !v.contains("://") {
-        return v.to_string();
-    }
-    match url::Url::parse(v) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(_) => v.to_string(),
-        Err(_) => redact_str(v),
-    }
+    if v.contains("://") || v.contains('=') { redact_text(v) } else { v.to_string() }
 }
 
+/// Whether a query key (or `key=` in free text) names a secret: `password`, `passwd`,
+/// `pwd`, `pass`, `secret`, `token`, `auth`, `credential(s)`, `api_key`/`apikey`, any case,
+/// alone or inside a longer key (`db_password`, `authToken`).
 fn is_secret_key(k: &str) -> bool {
     let k = k.to_ascii_lowercase();
-    k.contains("password") || k.contains("secret") || k.contains("token")
+    ["pass", "pwd", "secret", "token", "auth", "credential", "apikey", "api_key", "api-key"]
+        .iter()
+        .any(|s| k.contains(s))
 }
 
-/// Best-effort masking for text that did not even parse as a URL: hides what sits between
-/// `://user:` and `@`.
+/// Masking for text that did not parse as a URL (see [`redact_text`]).
 pub(crate) fn redact_str(s: &str) -> String {
-    if let Some(scheme_end) = s.find("://") {
-        let rest = &s[scheme_end + 3..];
-        if let Some(at) = rest.rfind('@') {
-            let userinfo = &rest[..at];
-            if let Some(colon) = userinfo.find(':') {
-                return format!("{}{}:***{}", &s[..scheme_end + 3], &userinfo[..colon], &rest[at..]);
-            }
-        }
-    }
-    s.to_string()
+    redact_text(s)
 }
 
 impl fmt::Display for StoreUrl {
@@ -411,5 +550,75 @@ mod tests {
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("h2"), "{shown}");
         assert_eq!(u.params("cell_url"), vec!["postgres://p:s3cret@h2/c1"]);
+    }
+
+    /// Every form a URL with a secret can take, alone and inside free text: each one's
+    /// secret (`hunter2`) must vanish while the rest stays readable.
+    const SECRET_FORMS: &[&str] = &[
+        "mysql://root:hunter2@127.0.0.1:3306/nova",
+        "redis://:hunter2@h:6379/0",
+        "redis://u:hunter2@h/0?prefix=x",
+        "mysql://root@h/nova?password=hunter2",
+        "mysql://root@h/nova?x=1&PassWord=hunter2&y=2",
+        "postgres://p@h/api?db_password=hunter2",
+        "redis://h/0?auth_token=hunter2",
+        "postgres://h/api?pwd=hunter2",
+        "postgres://p:pw@h/api?cell_url=postgres%3A%2F%2Fp%3Ahunter2%40h2%2Fc1&cells=2",
+        "postgres://p@h/api?cell_url=postgres%3A%2F%2Fp%40h2%2Fc1%3Fpassword%3Dhunter2",
+        "postgres://p@h/api?cell_url=postgres://p:hunter2@h2/c1",
+        "postgres://p@h/api?cell_url=mysql%3A%2F%2Fr%3Ahunter2%40h2%2Fc1&cell_url=mysql%3A%2F%2Fr%3Ahunter2%40h3%2Fc2",
+        "scylla://app:hunter2@10.0.0.1:9042,10.0.0.2,[::1]:19042/nova",
+        "cassandra://app:hunter2@a,b,c/ks?replication=3",
+        "scylla://app:hunter2@a,b:99999/ks",
+        "redis://admin:hunter2@[broken",
+        "bogus://admin:hunter2@db.example:1/x",
+        "mysql://u:hunt@er2:hunter2@h/x",
+        "mysql://u:p%40hunter2@h/x",
+        "memory://,mysql://root:hunter2@h/x",
+    ];
+
+    #[test]
+    fn every_form_of_secret_is_masked_everywhere() {
+        for form in SECRET_FORMS {
+            let texts = [
+                form.to_string(),
+                format!("cannot open store {form}: connection refused"),
+                format!("unicell bench list --stores={form} --quick"),
+                format!("error at \"{form}\"."),
+                format!("(see {form})"),
+                format!("--stores memory://,{form}"),
+                format!("password=hunter2 {form}"),
+            ];
+            for t in &texts {
+                let shown = redact_text(t);
+                assert!(!shown.contains("hunter2"), "{t:?} shown as {shown:?}");
+                assert!(shown.contains("***"), "{t:?} shown as {shown:?}");
+            }
+            if let Ok(u) = StoreUrl::parse(form) {
+                for shown in [u.to_string(), format!("{u:?}"), u.redacted()] {
+                    assert!(!shown.contains("hunter2"), "{form:?} shown as {shown:?}");
+                }
+            } else {
+                let e = StoreUrl::parse(form).unwrap_err();
+                for shown in [e.to_string(), format!("{e:?}")] {
+                    assert!(!shown.contains("hunter2"), "{form:?} error shown as {shown:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn redaction_keeps_what_is_not_secret() {
+        assert_eq!(redact_text("no url here, key=value"), "no url here, key=value");
+        assert_eq!(redact_text("redis://127.0.0.1:6379/0?prefix=a"), "redis://127.0.0.1:6379/0?prefix=a");
+        assert_eq!(redact_text("mysql://root:pw@h/x"), "mysql://root:***@h/x");
+        assert_eq!(
+            redact_text("stores memory://,mysql://root:pw@h/x and more"),
+            "stores memory://,mysql://root:***@h/x and more"
+        );
+        let shown = redact_text("scylla://app:pw@10.0.0.1:9042,10.0.0.2/ks");
+        assert_eq!(shown, "scylla://app:***@10.0.0.1:9042,10.0.0.2/ks");
+        let shown = redact_text("postgres://p@h/api?cell_url=postgres%3A%2F%2Fp%3Apw%40h2%2Fc1&cells=2");
+        assert!(shown.contains("h2") && shown.contains("cells=2") && !shown.contains("pw%40"), "{shown}");
     }
 }

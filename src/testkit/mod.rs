@@ -12,6 +12,7 @@
 
 pub mod cassandra;
 pub mod cql_proxy;
+pub mod faulty;
 pub mod redis_server;
 
 use std::net::TcpListener;

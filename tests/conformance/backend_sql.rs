@@ -2,7 +2,9 @@
 //! differential checker (random claim/release/inventory sequences compared step by step
 //! with the memory store), an instance moving from build request to a cell while it is
 //! being listed (both list strategies), and a cell database going down during listings
-//! (`down_cell=skip` and `fail`, through a TCP proxy this test kills; cells mode only).
+//! (`down_cell=skip` and `fail`, through a TCP proxy this test kills; cells mode only):
+//! listings skip it or fail, and so does `list_hosts` over all cells (what a scheduler's
+//! catalog load reads), so scheduling goes on in the healthy cells.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -214,6 +216,46 @@ async fn down_cell_case(url: String) -> Result<(), String> {
         if list_all(&store, &token).await?.len() != 10 {
             return Err("before the cut, all 10 instances must be listed".to_string());
         }
+        // Two compute hosts per cell (trees in the API database, host records in the cell
+        // databases, as Nova's compute_nodes).
+        for k in 0..4 {
+            let cell = if k % 2 == 0 { c0 } else { c1 };
+            let name = format!("{token}-h{k}");
+            let root = ProviderId::new_v4();
+            store
+                .create_provider(&NewProvider {
+                    id: root,
+                    name: name.clone(),
+                    parent: None,
+                    cell: Some(cell),
+                    inventories: std::collections::BTreeMap::from([
+                        (ResourceClass::Vcpu, Inventory::with_total(8)),
+                        (ResourceClass::MemoryMb, Inventory::with_total(16384)),
+                        (ResourceClass::DiskGb, Inventory::with_total(100)),
+                    ]),
+                    traits: BTreeSet::new(),
+                    aggregates: BTreeSet::new(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            store
+                .put_host(&Host {
+                    name: name.clone(),
+                    cell,
+                    root_provider: root,
+                    node: name.clone(),
+                    enabled: true,
+                    disabled_reason: None,
+                    last_heartbeat: Timestamp::now(),
+                    availability_zone: None,
+                    capabilities: Default::default(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if store.list_hosts(None).await.map_err(|e| e.to_string())?.len() != 4 {
+            return Err("before the cut, list_hosts over all cells must give the 4 hosts".to_string());
+        }
         let mut fail_url = u.clone();
         fail_url.query_pairs_mut().append_pair("down_cell", "fail").append_pair("create", "false");
         let failing = SqlStore::open(&StoreUrl::parse(fail_url.as_str()).map_err(|e| e.to_string())?)
@@ -230,6 +272,19 @@ async fn down_cell_case(url: String) -> Result<(), String> {
         match failing.list_instances(&ListQuery::default()).await {
             Err(e) if e.is_retryable() => {}
             other => return Err(format!("down_cell=fail must fail retryably, got {other:?}")),
+        }
+        // Scheduling goes on in the healthy cell (Nova's HostManager skips a cell that
+        // fails): list_hosts over all cells gives cell 0's hosts instead of failing.
+        let hosts = store.list_hosts(None).await.map_err(|e| format!("list_hosts with a cell down: {e}"))?;
+        if hosts.len() != 2 || hosts.iter().any(|h| h.cell != c0) {
+            return Err(format!(
+                "list_hosts with cell 1 down gave {:?}",
+                hosts.iter().map(|h| &h.name).collect::<Vec<_>>()
+            ));
+        }
+        match failing.list_hosts(None).await {
+            Err(e) if e.is_retryable() => {}
+            other => return Err(format!("down_cell=fail list_hosts must fail retryably, got {other:?}")),
         }
         failing.close().await;
         store.close().await;

@@ -41,10 +41,36 @@ pub enum Why {
 }
 
 impl Why {
-    /// `Skip` for an error that says the server is unreachable (retryable), else `Fail`.
-    pub fn from_open_error(what: &str, e: &unicell::Error) -> Why {
-        if e.is_retryable() { Why::Skip(format!("{what}: {e}")) } else { Why::Fail(format!("{what}: {e}")) }
+    /// Why opening the store at `url` failed with `e`: `Skip` only when no server answers
+    /// at any of the URL's hosts (nothing accepts a TCP connection there), `Fail` otherwise,
+    /// whatever the error. A retryable error from a server that accepts connections (a
+    /// migration stuck on a lock, an authentication or protocol bug that surfaces as a
+    /// timeout) is a failure: it must not pass CI as "ignored".
+    pub async fn from_open_error(what: &str, url: &str, e: &unicell::Error) -> Why {
+        if e.is_retryable() && !answers(url).await {
+            Why::Skip(format!("{what}: {e} (nothing answers at {})", unicell::store::redact_text(url)))
+        } else {
+            Why::Fail(format!("{what}: {e}"))
+        }
     }
+}
+
+/// Whether something accepts a TCP connection at one of `url`'s hosts (within a second
+/// each). `memory://` and URLs that do not parse answer trivially (their errors are never
+/// "unreachable").
+pub async fn answers(url: &str) -> bool {
+    let Ok(parsed) = unicell::store::StoreUrl::parse(url) else { return true };
+    let hosts = parsed.host_ports();
+    if hosts.is_empty() {
+        return true;
+    }
+    for hp in hosts {
+        let connect = tokio::net::TcpStream::connect(hp.clone());
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), connect).await {
+            return true;
+        }
+    }
+    false
 }
 
 /// A store for one case, or why not.

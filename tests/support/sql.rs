@@ -128,7 +128,9 @@ impl Sql {
             }
             Err(e) => {
                 let reason = format!("{} ({}): {e}", self.name, server.origin);
-                if e.is_retryable() {
+                // Skipped only when nothing answers any more; a server that accepts
+                // connections but whose store does not open is a failure.
+                if matches!(Why::from_open_error(self.name, &url, &e).await, Why::Skip(_)) {
                     // An unreachable server is not tried again for the other mode.
                     self.servers
                         .unreachable

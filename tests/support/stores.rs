@@ -44,7 +44,10 @@ impl Backend for ByUrl {
         Box::pin(async move {
             let url = isolated(&self.url);
             let what = format!("opening store {}", self.label);
-            unicell::store::open(&url).await.map_err(|e| Why::from_open_error(&what, &e))
+            match unicell::store::open(&url).await {
+                Ok(s) => Ok(s),
+                Err(e) => Err(Why::from_open_error(&what, &url, &e).await),
+            }
         })
     }
 }

@@ -297,7 +297,7 @@ pub async fn builds(
                 store.clone(),
                 s.clone(),
                 driver,
-                ConductorConfig { num_alternates: setup.alternates as usize },
+                ConductorConfig::with_alternates(setup.alternates as usize),
             ))
         })
         .collect();

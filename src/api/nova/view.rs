@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{Map, Value, json};
 
 use super::NovaCtx;
-use crate::model::{Flavor, FlavorId, Host, Instance, TaskState, Timestamp, VmState};
+use crate::model::{Fault, Flavor, FlavorId, Host, Instance, TaskState, Timestamp, VmState};
 
 /// Keys of [`Instance::system_metadata`] written by the API.
 pub mod sysmeta {
@@ -166,11 +166,7 @@ pub fn detail(ctx: &NovaCtx, i: &Instance, data: &ViewData, show_groups: bool) -
     if (status == "ERROR" || status == "DELETED")
         && let Some(f) = &i.fault
     {
-        let mut fault = json!({"code": f.code, "created": isotime(f.created_at), "message": f.message});
-        if !f.details.is_empty() && (admin || f.code != 500) {
-            fault["details"] = json!(f.details);
-        }
-        s.insert("fault".into(), fault);
+        s.insert("fault".into(), fault_view(f, [i.host.as_deref(), i.node.as_deref()], admin));
     }
     if matches!(status, "ACTIVE" | "BUILD" | "REBUILD" | "RESIZE" | "VERIFY_RESIZE" | "MIGRATING") {
         s.insert("progress".into(), json!(0));
@@ -413,9 +409,64 @@ fn sha224_hex(data: &[u8]) -> String {
     h[..7].iter().map(|x| format!("{x:08x}")).collect()
 }
 
+/// An instance's fault as a caller may see it. Nova's rule (`ViewBuilder._get_fault`): the
+/// details only for admins or when the code is not 500. Further, a non-admin never reads a
+/// host name (Nova hides which hosts exist from projects): every name the fault can hold,
+/// the instance's host and node and the hosts its build history lists (detail lines
+/// `<host>: ...`), is replaced by `***` in the message and in details shown to them.
+pub fn fault_view<'a>(f: &Fault, known_hosts: impl IntoIterator<Item = Option<&'a str>>, admin: bool) -> Value {
+    let show_details = !f.details.is_empty() && (admin || f.code != 500);
+    if admin {
+        let mut fault = json!({"code": f.code, "created": isotime(f.created_at), "message": f.message});
+        if show_details {
+            fault["details"] = json!(f.details);
+        }
+        return fault;
+    }
+    let mut hosts: Vec<&str> = known_hosts.into_iter().flatten().filter(|h| !h.is_empty()).collect();
+    hosts.extend(
+        f.details
+            .lines()
+            .filter(|l| !l.starts_with(char::is_whitespace))
+            .filter_map(|l| l.split_once(": ").map(|(h, _)| h))
+            .filter(|h| !h.is_empty() && !h.contains(char::is_whitespace)),
+    );
+    // Longest first, so that `node-1` is not half-masked by `node`.
+    hosts.sort_by_key(|h| std::cmp::Reverse(h.len()));
+    hosts.dedup();
+    let scrub = |text: &str| hosts.iter().fold(text.to_string(), |t, h| t.replace(h, "***"));
+    let mut fault = json!({"code": f.code, "created": isotime(f.created_at), "message": scrub(&f.message)});
+    if show_details {
+        fault["details"] = json!(scrub(&f.details));
+    }
+    fault
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn faults_hide_host_names_and_500_details_from_non_admins() {
+        let f = Fault {
+            code: 500,
+            message: "Build of instance 1 aborted: simulated fatal failure spawning 1 on cmp-0042".into(),
+            details: "cmp-0007: simulated transient failure\ncmp-0042: simulated fatal failure".into(),
+            created_at: Timestamp::from_micros(1_795_000_000_000_000),
+        };
+        let user = fault_view(&f, [None, None], false);
+        let text = user.to_string();
+        assert!(!text.contains("cmp-00"), "{text}");
+        assert!(user.get("details").is_none(), "{text}");
+        assert_eq!(user["message"], "Build of instance 1 aborted: simulated fatal failure spawning 1 on ***");
+        let admin = fault_view(&f, [None, None], true);
+        assert_eq!(admin["message"], json!(f.message));
+        assert_eq!(admin["details"], json!(f.details));
+        // A 4xx fault shows details to its owner, host names masked.
+        let f = Fault { code: 409, message: "refused on node-a1".into(), ..f };
+        let user = fault_view(&f, [Some("node-a"), Some("node-a1")], false).to_string();
+        assert!(!user.contains("node-a") && !user.contains("cmp-00") && user.contains("details"), "{user}");
+    }
 
     #[test]
     fn sha224_known_answers() {

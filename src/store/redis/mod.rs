@@ -139,4 +139,8 @@ impl Store for RedisStore {
     fn placement(&self) -> Option<&dyn crate::store::placement::PlacementStore> {
         Some(self)
     }
+
+    fn tree_shard(&self, root: ProviderId) -> Option<usize> {
+        Some(self.keys.tree_shard(root.0))
+    }
 }

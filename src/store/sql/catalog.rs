@@ -9,7 +9,7 @@ use crate::model::*;
 use crate::sql_args;
 use crate::store::prelude::*;
 use crate::store::sql::conn::{Row, is_unique_violation, map_err};
-use crate::store::sql::{SqlStore, from_json, to_json};
+use crate::store::sql::{DownCell, SqlStore, from_json, to_json};
 
 fn cell_from(r: &Row) -> Result<Cell> {
     Ok(Cell { id: CellId(r.uuid(0)?), name: r.opt_str(1)?.unwrap_or_default(), disabled: r.bool(2)? })
@@ -227,14 +227,49 @@ impl Catalog for SqlStore {
                 // Every cell, concurrently (Nova's HostManager scatters over all cells too).
                 let sql: std::sync::Arc<str> =
                     self.stmts.adapt(&format!("SELECT {HOST_COLS} FROM compute_nodes")).into();
+                // A cell database that is down or slower than `cell_timeout` must not stop
+                // scheduling in the others: with `down_cell=skip` (the default, as Nova's
+                // HostManager skips cells that fail or time out in its scatter-gather) its
+                // hosts are left out with a warning naming the cell; with `down_cell=fail`,
+                // or when no cell answers, the first error is returned.
+                let timeout = self.opts.cell_timeout;
                 let futs = self.cells.iter().map(|c| {
                     let sql = sql.clone();
-                    async move { c.pool.fetch_all(crate::store::sql::conn::Sql::Dynamic(sql), vec![]).await }
-                });
-                for rows in futures::future::join_all(futs).await {
-                    for r in rows? {
-                        hosts.push(host_from(&r)?);
+                    async move {
+                        match tokio::time::timeout(
+                            timeout,
+                            c.pool.fetch_all(crate::store::sql::conn::Sql::Dynamic(sql), vec![]),
+                        )
+                        .await
+                        {
+                            Ok(r) => r,
+                            Err(_) => Err(Error::Timeout {
+                                backend: "sql",
+                                message: format!("cell database {} did not answer within {timeout:?}", c.label),
+                            }),
+                        }
                     }
+                });
+                let mut first_down = None;
+                let mut answered = 0usize;
+                for (c, rows) in self.cells.iter().zip(futures::future::join_all(futs).await) {
+                    match rows {
+                        Ok(rows) => {
+                            answered += 1;
+                            for r in rows {
+                                hosts.push(host_from(&r)?);
+                            }
+                        }
+                        Err(e) if e.is_retryable() && self.opts.down_cell == DownCell::Skip => {
+                            tracing::warn!(cell_database = %c.label, error = %e,
+                                "cell database did not respond; its compute hosts are left out of this listing");
+                            first_down.get_or_insert(e);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                if let Some(e) = first_down.filter(|_| answered == 0) {
+                    return Err(e);
                 }
                 hosts.sort_by(|a, b| a.name.cmp(&b.name));
             }
@@ -368,14 +403,21 @@ impl Catalog for SqlStore {
             )
             .await?
             .ok_or_else(|| Error::not_found(Kind::ServerGroup, id))?;
-        Ok(ServerGroup {
-            id: GroupId(r.uuid(0)?),
-            name: r.str(1)?,
-            project_id: r.str(2)?,
-            user_id: r.str(3)?,
-            policy: policy_from(&r.str(4)?)?,
-            max_per_host: r.opt_i64(5)?.and_then(|v| u32::try_from(v).ok()),
-        })
+        group_from_row(&r)
+    }
+
+    async fn list_server_groups(&self) -> Result<Vec<ServerGroup>> {
+        let rows = self
+            .api
+            .fetch_all(
+                "SELECT uuid, name, project_id, user_id, policy, max_per_host FROM instance_groups ORDER BY uuid",
+                sql_args![],
+            )
+            .await?;
+        let mut v = rows.iter().map(group_from_row).collect::<Result<Vec<_>>>()?;
+        // Text order of uuids is their order, but keep the contract independent of collation.
+        v.sort_by_key(|g| g.id);
+        Ok(v)
     }
 
     async fn delete_server_group(&self, id: GroupId) -> Result<()> {
@@ -414,4 +456,16 @@ impl Catalog for SqlStore {
         self.api.execute("DELETE FROM request_specs WHERE instance_uuid = ?", sql_args![instance.to_string()]).await?;
         Ok(())
     }
+}
+
+/// A server group from `SELECT uuid, name, project_id, user_id, policy, max_per_host`.
+fn group_from_row(r: &Row) -> Result<ServerGroup> {
+    Ok(ServerGroup {
+        id: GroupId(r.uuid(0)?),
+        name: r.str(1)?,
+        project_id: r.str(2)?,
+        user_id: r.str(3)?,
+        policy: policy_from(&r.str(4)?)?,
+        max_per_host: r.opt_i64(5)?.and_then(|v| u32::try_from(v).ok()),
+    })
 }
