@@ -629,3 +629,174 @@ async fn live_leases_are_not_taken_and_finished_builds_drop_theirs() {
     let other = replica(api.store.clone()).await;
     assert_eq!(other.builds().reap_once().await.unwrap(), 0);
 }
+
+async fn post(api: &Api, path: &str, token: &str, version: &str, body: Value) -> Reply {
+    api.call(
+        Method::POST,
+        path,
+        &[("x-auth-token", token), ("openstack-api-version", version)],
+        Some(serde_json::to_vec(&body).unwrap()),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn server_groups_create_list_show_delete_and_schedule() {
+    let api = Api::new().await;
+    small_cloud(&api.store, 3).await;
+
+    // 2.1: `policies` (one of affinity / anti-affinity) and an empty `metadata`.
+    let r = post(
+        &api,
+        "/v2.1/os-server-groups",
+        "alice:p1",
+        "compute 2.1",
+        json!({"server_group": {"name": "web", "policies": ["anti-affinity"]}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let g = &r.body["server_group"];
+    let keys: BTreeSet<&str> = g.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, BTreeSet::from(["id", "name", "policies", "members", "metadata"]));
+    assert_eq!(g["policies"], json!(["anti-affinity"]));
+    let anti = g["id"].as_str().unwrap().to_string();
+
+    // Soft policies only from 2.15; rules only from 2.64 and only with anti-affinity.
+    for (version, body, status) in [
+        ("compute 2.14", json!({"server_group": {"name": "s", "policies": ["soft-affinity"]}}), 400),
+        ("compute 2.1", json!({"server_group": {"name": "s", "policies": ["affinity", "anti-affinity"]}}), 400),
+        ("compute 2.1", json!({"server_group": {"name": "s", "policies": []}}), 400),
+        ("compute 2.1", json!({"server_group": {"name": " s", "policies": ["affinity"]}}), 400),
+        ("compute 2.1", json!({"server_group": {"name": "s", "policy": "affinity"}}), 400),
+        ("compute 2.64", json!({"server_group": {"name": "s", "policies": ["affinity"]}}), 400),
+        (
+            "compute 2.64",
+            json!({"server_group": {"name": "s", "policy": "affinity", "rules": {"max_server_per_host": 2}}}),
+            400,
+        ),
+        (
+            "compute 2.64",
+            json!({"server_group": {"name": "s", "policy": "anti-affinity", "rules": {"max_server_per_host": 0}}}),
+            400,
+        ),
+        ("compute 2.64", json!({"server_group": {"name": "s", "policy": "anti-affinity", "rules": {"other": 1}}}), 400),
+        ("compute 2.64", json!({"server_group": {"name": "s", "policy": "nearby"}}), 400),
+        ("compute 2.64", json!({"group": {}}), 400),
+    ] {
+        let r = post(&api, "/v2.1/os-server-groups", "alice:p1", version, body.clone()).await;
+        assert_fault(&r, status, &format!("{version} {body}"));
+    }
+    let r = post(
+        &api,
+        "/v2.1/os-server-groups",
+        "alice:p1",
+        "compute 2.64",
+        json!({"server_group": {"name": "db", "policy": "anti-affinity", "rules": {"max_server_per_host": "2"}}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let g = &r.body["server_group"];
+    let keys: BTreeSet<&str> = g.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, BTreeSet::from(["id", "name", "policy", "rules", "members", "project_id", "user_id"]));
+    assert_eq!(g["rules"], json!({"max_server_per_host": 2}));
+    assert_eq!((g["project_id"].as_str(), g["user_id"].as_str()), (Some("p1"), Some("alice")));
+    let r = post(
+        &api,
+        "/v2.1/os-server-groups",
+        "alice:p1",
+        "compute 2.15",
+        json!({"server_group": {"name": "near", "policies": ["affinity"]}}),
+    )
+    .await;
+    let affinity = r.body["server_group"]["id"].as_str().unwrap().to_string();
+
+    // Three anti-affinity servers land on three hosts; a fourth finds no host.
+    let mut members = BTreeSet::new();
+    for i in 0..4 {
+        let body = json!({"server": {"name": format!("a{i}"), "imageRef": "x", "flavorRef": "small"},
+                          "os:scheduler_hints": {"group": anti}});
+        let r = post(&api, "/v2.1/servers", "alice:p1", "compute 2.1", body).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+        members.insert(r.body["server"]["id"].as_str().unwrap().to_string());
+    }
+    let mut hosts = BTreeSet::new();
+    let mut errors = 0;
+    for id in &members {
+        let s = wait_settled(&api, id, "alice:p1").await;
+        if s["status"] == "ERROR" {
+            errors += 1;
+            continue;
+        }
+        assert_eq!(s["status"], "ACTIVE", "{s}");
+        let admin = api
+            .call(
+                Method::GET,
+                &format!("/v2.1/servers/{id}"),
+                &[("x-auth-token", "admin"), ("openstack-api-version", "compute 2.71")],
+                None,
+            )
+            .await;
+        assert_eq!(admin.body["server"]["server_groups"], json!([anti]));
+        assert!(
+            hosts.insert(admin.body["server"]["OS-EXT-SRV-ATTR:host"].as_str().unwrap().to_string()),
+            "two on one host"
+        );
+    }
+    assert_eq!((hosts.len(), errors), (3, 1));
+
+    // Affinity plus same_host / different_host hints.
+    let mut near_hosts = BTreeSet::new();
+    for i in 0..2 {
+        let body = json!({"server": {"name": format!("n{i}"), "imageRef": "x", "flavorRef": "small"},
+                          "os:scheduler_hints": {"group": affinity}});
+        let r = post(&api, "/v2.1/servers", "alice:p1", "compute 2.1", body).await;
+        let id = r.body["server"]["id"].as_str().unwrap().to_string();
+        assert_eq!(wait_settled(&api, &id, "alice:p1").await["status"], "ACTIVE");
+        let admin = api.call(Method::GET, &format!("/v2.1/servers/{id}"), &[("x-auth-token", "admin")], None).await;
+        near_hosts.insert(admin.body["server"]["OS-EXT-SRV-ATTR:host"].as_str().unwrap().to_string());
+    }
+    assert_eq!(near_hosts.len(), 1, "affinity members share a host");
+
+    // Show: members are the live servers; another project gets 403, a bad id 404.
+    let r =
+        api.call(Method::GET, &format!("/v2.1/os-server-groups/{anti}"), &[("x-auth-token", "alice:p1")], None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let listed: BTreeSet<String> =
+        r.body["server_group"]["members"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().to_string()).collect();
+    assert_eq!(listed, members);
+    assert_fault(&api.get(&format!("/v2.1/os-server-groups/{anti}"), "bob:p2").await, 403, "other project's group");
+    assert_fault(&api.get("/v2.1/os-server-groups/nope", "alice:p1").await, 404, "bad group id");
+    assert_fault(
+        &api.get(&format!("/v2.1/os-server-groups/{}", uuid::Uuid::new_v4()), "alice:p1").await,
+        404,
+        "unknown group",
+    );
+
+    // List: own project only; all_projects for admins; offset and limit.
+    assert_eq!(api.get("/v2.1/os-server-groups", "alice:p1").await.body["server_groups"].as_array().unwrap().len(), 3);
+    assert_eq!(api.get("/v2.1/os-server-groups", "bob:p2").await.body["server_groups"], json!([]));
+    assert_fault(&api.get("/v2.1/os-server-groups?all_projects=1", "bob:p2").await, 403, "all_projects for a member");
+    assert_eq!(api.get("/v2.1/os-server-groups", "admin").await.body["server_groups"], json!([]));
+    assert_eq!(
+        api.get("/v2.1/os-server-groups?all_projects=1", "admin").await.body["server_groups"].as_array().unwrap().len(),
+        3
+    );
+    assert_eq!(
+        api.get("/v2.1/os-server-groups?limit=1&offset=2", "alice:p1").await.body["server_groups"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_fault(&api.get("/v2.1/os-server-groups?limit=-1", "alice:p1").await, 400, "negative limit");
+
+    // Delete: 204 then 404.
+    let r = api
+        .call(Method::DELETE, &format!("/v2.1/os-server-groups/{affinity}"), &[("x-auth-token", "alice:p1")], None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = api
+        .call(Method::DELETE, &format!("/v2.1/os-server-groups/{affinity}"), &[("x-auth-token", "alice:p1")], None)
+        .await;
+    assert_fault(&r, 404, "deleting twice");
+}

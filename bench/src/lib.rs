@@ -28,6 +28,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod api_list;
 pub mod candidate;
 pub mod chart;
 pub mod claims;
@@ -38,6 +39,7 @@ pub mod error;
 pub mod evaluate;
 pub mod list;
 pub mod page;
+pub mod placement;
 pub mod progress;
 pub mod proxy;
 pub mod report;
@@ -47,10 +49,12 @@ pub mod stats;
 
 use std::path::PathBuf;
 
+pub use self::api_list::ApiListOptions;
 pub use self::claims::ClaimsOptions;
 pub use self::demo::DemoOptions;
 pub use self::error::{Error, Result};
 pub use self::list::ListOptions;
+pub use self::placement::PlacementOptions;
 pub use self::schedule::ScheduleOptions;
 pub use self::sites::SitesOptions;
 

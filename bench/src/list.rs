@@ -459,7 +459,7 @@ pub async fn run(global_store: &str, a: ListOptions) -> Result<()> {
 }
 
 /// Loads instances `0..n` into `store` with `concurrency` writers; returns seconds taken.
-async fn load(
+pub(crate) async fn load(
     store: &Arc<dyn Store>,
     cand: &Candidate,
     cells: &[unicell::model::Cell],

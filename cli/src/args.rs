@@ -56,6 +56,67 @@ pub enum BenchCommand {
     Schedule(ScheduleArgs),
     /// Sites with injected latency (a delaying TCP proxy): list and claim latency.
     Sites(SitesArgs),
+    /// Placement's GET /allocation_candidates over N compute trees: p50/p99 per store.
+    Placement(PlacementArgs),
+    /// `GET /servers/detail` paged through the Nova API over each store, beside the store call.
+    ApiList(ApiListArgs),
+}
+
+/// `unicell bench placement`
+#[derive(Debug, Clone, Args)]
+pub struct PlacementArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Compute trees (each with two NUMA children and an SR-IOV PF), comma-separated
+    /// [default: 1000,10000; quick: 100].
+    #[arg(long, value_delimiter = ',')]
+    pub trees: Vec<usize>,
+    /// Timed requests per store and size [default: 30; quick: 5].
+    #[arg(long)]
+    pub requests: Option<usize>,
+    /// Untimed requests first [default: 2; quick: 1].
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Concurrent writers while loading the trees.
+    #[arg(long, default_value_t = 32)]
+    pub load_concurrency: usize,
+}
+
+/// `unicell bench api-list`
+#[derive(Debug, Clone, Args)]
+pub struct ApiListArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Instances to load into each candidate [default: 1000000; quick: 2000].
+    #[arg(long)]
+    pub instances: Option<usize>,
+    /// Cell databases of the SQL baseline in cells mode.
+    #[arg(long, default_value_t = 4)]
+    pub cells: usize,
+    /// Page size [default: 1000; quick: 100].
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Concurrent writers while loading.
+    #[arg(long, default_value_t = 32)]
+    pub load_concurrency: usize,
+    /// Number of page-depth buckets in the report.
+    #[arg(long, default_value_t = 10)]
+    pub depth_buckets: usize,
+}
+
+impl From<ApiListArgs> for unicell_bench::ApiListOptions {
+    fn from(a: ApiListArgs) -> Self {
+        unicell_bench::ApiListOptions {
+            common: a.common.into(),
+            instances: a.instances,
+            cells: a.cells,
+            limit: a.limit,
+            load_concurrency: a.load_concurrency,
+            depth_buckets: a.depth_buckets,
+        }
+    }
 }
 
 /// Options every benchmark takes.
@@ -278,6 +339,11 @@ pub struct ServeArgs {
     /// On SIGTERM, how long to wait for the builds in flight before exiting.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// How long a build lease lasts without renewal: a replica that dies (SIGKILL, power
+    /// loss) has its builds taken over by another replica after about this long. Leases are
+    /// renewed, and expired ones looked for, every sixth of it.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub build_lease_ttl: Duration,
 }
 
 /// `unicell computes`
@@ -360,6 +426,18 @@ impl From<BenchCommon> for unicell_bench::Common {
     fn from(a: BenchCommon) -> Self {
         let stores = a.stores.iter().flat_map(|s| unicell_bench::candidate::split_candidates(s)).collect();
         unicell_bench::Common { stores, out: a.out, quick: a.quick, seed: a.seed }
+    }
+}
+
+impl From<PlacementArgs> for unicell_bench::PlacementOptions {
+    fn from(a: PlacementArgs) -> Self {
+        unicell_bench::PlacementOptions {
+            common: a.common.into(),
+            trees: a.trees,
+            requests: a.requests,
+            warmup: a.warmup,
+            load_concurrency: a.load_concurrency,
+        }
     }
 }
 

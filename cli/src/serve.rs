@@ -39,6 +39,10 @@ pub async fn serve(store_url: &str, a: ServeArgs) -> Result<bool> {
     if let Some(r) = a.replica {
         config.replica = r;
     }
+    let tick = (a.build_lease_ttl / 6).max(Duration::from_millis(50));
+    config.builds.lease_ttl = a.build_lease_ttl;
+    config.builds.renew_every = tick;
+    config.builds.reap_every = tick;
     let compute = SimulatedCompute::new(a.cloud.seed)
         .with_latency(Duration::from_millis(a.build_ms), Duration::from_millis(a.build_ms / 2))
         .with_failure_rate(a.build_failure_rate, 1.0);

@@ -146,6 +146,12 @@ pub trait Store: Providers + Claims + ChangeFeed + Catalog + Instances + std::fm
         None
     }
 
+    /// This store as a [`PlacementStore`](placement::PlacementStore) (the state only the
+    /// Placement API needs), or `None` for a backend that does not keep it.
+    fn placement(&self) -> Option<&dyn placement::PlacementStore> {
+        None
+    }
+
     /// The part of the store that holds `root`'s tree, for a backend that splits its data
     /// so that one part can fail while the others answer (Redis's tree shards, each on the
     /// cluster master owning its slots); `None` when the backend does not say. The
@@ -277,6 +283,9 @@ pub trait Catalog: Send + Sync {
     async fn get_server_group(&self, id: GroupId) -> Result<ServerGroup>;
     /// Deletes a server group (`NotFound` if missing).
     async fn delete_server_group(&self, id: GroupId) -> Result<()>;
+    /// Every server group of every project, ordered by id (callers filter by project; Nova's
+    /// quota keeps a project's groups few, so one read of all of them is the whole cost).
+    async fn list_server_groups(&self) -> Result<Vec<ServerGroup>>;
 
     /// Stores (or replaces) the request spec of `spec.instance_uuid`.
     async fn put_request_spec(&self, spec: &RequestSpec) -> Result<()>;

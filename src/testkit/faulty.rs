@@ -301,6 +301,10 @@ impl Catalog for FaultyStore {
         self.faults.check("delete_server_group")?;
         self.inner.delete_server_group(id).await
     }
+    async fn list_server_groups(&self) -> Result<Vec<ServerGroup>> {
+        self.faults.check("list_server_groups")?;
+        self.inner.list_server_groups().await
+    }
     async fn put_request_spec(&self, spec: &RequestSpec) -> Result<()> {
         self.faults.check("put_request_spec")?;
         self.inner.put_request_spec(spec).await

@@ -11,6 +11,7 @@
 
 mod error;
 mod flavors;
+mod groups;
 mod query;
 mod servers;
 mod view;
@@ -81,6 +82,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v2.1/servers/{server_id}", get(servers::show).delete(servers::delete))
         .route("/v2.1/os-availability-zone", get(zones::index))
         .route("/v2.1/os-availability-zone/detail", get(zones::detail))
+        .route("/v2.1/os-server-groups", get(groups::index).post(groups::create))
+        .route("/v2.1/os-server-groups/{group_id}", get(groups::show).delete(groups::delete))
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), context));
     Router::new()

@@ -109,6 +109,14 @@ async fn server_groups_and_request_specs(store: Arc<dyn Store>) -> CaseResult {
     };
     store.create_server_group(&group).await?;
     check!(store.get_server_group(group.id).await? == group, "group round trip");
+    let second =
+        ServerGroup { id: GroupId::new_v4(), policy: GroupPolicy::SoftAffinity, max_per_host: None, ..group.clone() };
+    store.create_server_group(&second).await?;
+    let listed = store.list_server_groups().await?;
+    check!(listed.contains(&group) && listed.contains(&second), "list_server_groups shows both groups");
+    check!(listed.windows(2).all(|w| w[0].id < w[1].id), "list_server_groups is ordered by id");
+    store.delete_server_group(second.id).await?;
+    check!(!store.list_server_groups().await?.contains(&second), "a deleted group leaves the list");
     expect_err(store.create_server_group(&group).await, "duplicate group", |e| {
         matches!(e, Error::AlreadyExists { kind: Kind::ServerGroup, .. })
     })?;

@@ -135,6 +135,12 @@ impl Catalog for CqlStore {
         Ok(())
     }
 
+    async fn list_server_groups(&self) -> Result<Vec<ServerGroup>> {
+        let mut v: Vec<ServerGroup> = self.list_docs("server_groups").await?;
+        v.sort_by_key(|g| g.id);
+        Ok(v)
+    }
+
     async fn put_request_spec(&self, spec: &RequestSpec) -> Result<()> {
         self.put_doc("request_specs", "instance", uuid(spec.instance_uuid.0), spec).await
     }

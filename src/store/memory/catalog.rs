@@ -100,6 +100,12 @@ impl Catalog for MemoryStore {
         write(&self.catalog).groups.remove(&id).map(|_| ()).ok_or_else(|| Error::not_found(Kind::ServerGroup, id))
     }
 
+    async fn list_server_groups(&self) -> Result<Vec<ServerGroup>> {
+        let mut v: Vec<ServerGroup> = read(&self.catalog).groups.values().cloned().collect();
+        v.sort_by_key(|g| g.id);
+        Ok(v)
+    }
+
     async fn put_request_spec(&self, spec: &RequestSpec) -> Result<()> {
         write(&self.catalog).specs.insert(spec.instance_uuid, spec.clone());
         Ok(())

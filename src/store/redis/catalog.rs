@@ -118,6 +118,12 @@ impl Catalog for RedisStore {
         Ok(())
     }
 
+    async fn list_server_groups(&self) -> Result<Vec<ServerGroup>> {
+        let mut v: Vec<ServerGroup> = self.hash_values("groups").await?;
+        v.sort_by_key(|g| g.id);
+        Ok(v)
+    }
+
     async fn put_request_spec(&self, spec: &RequestSpec) -> Result<()> {
         self.pool
             .query::<Value>(redis::cmd("SET").arg(self.keys.spec(spec.instance_uuid.0)).arg(json(spec)?))

@@ -403,14 +403,21 @@ impl Catalog for SqlStore {
             )
             .await?
             .ok_or_else(|| Error::not_found(Kind::ServerGroup, id))?;
-        Ok(ServerGroup {
-            id: GroupId(r.uuid(0)?),
-            name: r.str(1)?,
-            project_id: r.str(2)?,
-            user_id: r.str(3)?,
-            policy: policy_from(&r.str(4)?)?,
-            max_per_host: r.opt_i64(5)?.and_then(|v| u32::try_from(v).ok()),
-        })
+        group_from_row(&r)
+    }
+
+    async fn list_server_groups(&self) -> Result<Vec<ServerGroup>> {
+        let rows = self
+            .api
+            .fetch_all(
+                "SELECT uuid, name, project_id, user_id, policy, max_per_host FROM instance_groups ORDER BY uuid",
+                sql_args![],
+            )
+            .await?;
+        let mut v = rows.iter().map(group_from_row).collect::<Result<Vec<_>>>()?;
+        // Text order of uuids is their order, but keep the contract independent of collation.
+        v.sort_by_key(|g| g.id);
+        Ok(v)
     }
 
     async fn delete_server_group(&self, id: GroupId) -> Result<()> {
@@ -449,4 +456,16 @@ impl Catalog for SqlStore {
         self.api.execute("DELETE FROM request_specs WHERE instance_uuid = ?", sql_args![instance.to_string()]).await?;
         Ok(())
     }
+}
+
+/// A server group from `SELECT uuid, name, project_id, user_id, policy, max_per_host`.
+fn group_from_row(r: &Row) -> Result<ServerGroup> {
+    Ok(ServerGroup {
+        id: GroupId(r.uuid(0)?),
+        name: r.str(1)?,
+        project_id: r.str(2)?,
+        user_id: r.str(3)?,
+        policy: policy_from(&r.str(4)?)?,
+        max_per_host: r.opt_i64(5)?.and_then(|v| u32::try_from(v).ok()),
+    })
 }
