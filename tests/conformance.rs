@@ -50,6 +50,14 @@ fn main() {
             format!("conformance::{b}::{case}")
         }));
     }
+    // Placement's state: on the backends that keep it.
+    let mut placement: Vec<Arc<dyn Backend>> = vec![stores::memory(), redis.clone(), redis_cluster.clone()];
+    placement.extend(sql.iter().map(|b| b.clone() as Arc<dyn Backend>));
+    for b in &placement {
+        trials.extend(case_trials(b, unicell::store::conformance::placement_cases(), |b, case| {
+            format!("conformance::{b}::{case}")
+        }));
+    }
     trials.extend(backend_redis::trials(&redis, &redis_cluster));
     trials.extend(backend_cql::trials(&cql));
     trials.extend(backend_sql::trials(&sql));

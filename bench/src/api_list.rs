@@ -220,6 +220,7 @@ pub async fn run(global_store: &str, a: ApiListOptions) -> Result<()> {
     println!("by depth:\n{}", d.render());
 
     let rep = report::Report {
+        durability: Vec::new(),
         bench: "api-list",
         parameters: Params {
             instances: n,

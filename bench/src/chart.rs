@@ -300,3 +300,66 @@ fn format_value(v: f64) -> String {
         format!("{v:.2}")
     }
 }
+
+/// Appends `lines` under the chart in `path` (an SVG this module drew), growing the image:
+/// how every bench states each candidate's durability on its chart. Lines are XML-escaped.
+pub fn footer(path: &Path, lines: &[String]) -> Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let svg = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let Some(end) = svg.find('>') else {
+        return Err(Error::Measurement(format!("{} is not an SVG", path.display())));
+    };
+    let head = &svg[..end];
+    let num = |attr: &str| -> Option<u32> {
+        let at = head.find(&format!(" {attr}=\""))? + attr.len() + 3;
+        head[at..].split('"').next()?.parse().ok()
+    };
+    let (Some(width), Some(height)) = (num("width"), num("height")) else {
+        return Err(Error::Measurement(format!("{} has no width and height", path.display())));
+    };
+    let extra = 18 * lines.len() as u32 + 12;
+    let new_height = height + extra;
+    let head = head.replacen(&format!(" height=\"{height}\""), &format!(" height=\"{new_height}\""), 1).replacen(
+        &format!("viewBox=\"0 0 {width} {height}\""),
+        &format!("viewBox=\"0 0 {width} {new_height}\""),
+        1,
+    );
+    let escape = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let mut text = format!(
+        "<rect x=\"0\" y=\"{height}\" width=\"{width}\" height=\"{extra}\" fill=\"#FFFFFF\" stroke=\"none\"/>\n"
+    );
+    for (i, l) in lines.iter().enumerate() {
+        text.push_str(&format!(
+            "<text x=\"10\" y=\"{}\" font-family=\"sans-serif\" font-size=\"12\" fill=\"#333333\">{}</text>\n",
+            height + 16 + 18 * i as u32,
+            escape(l)
+        ));
+    }
+    let body = &svg[end..];
+    let Some(close) = body.rfind("</svg>") else {
+        return Err(Error::Measurement(format!("{} is not a complete SVG", path.display())));
+    };
+    let out = format!("{head}{}{text}{}", &body[..close], &body[close..]);
+    std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod footer_tests {
+    #[test]
+    fn footer_grows_the_image_and_escapes() {
+        let dir = std::env::temp_dir().join(format!("unicell-footer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.svg");
+        std::fs::write(&p, "<svg width=\"640\" height=\"480\" viewBox=\"0 0 640 480\" xmlns=\"x\">\n<rect/>\n</svg>\n")
+            .unwrap();
+        super::footer(&p, &["durability: a <b> & c".into(), "two".into()]).unwrap();
+        let s = std::fs::read_to_string(&p).unwrap();
+        assert!(s.starts_with("<svg width=\"640\" height=\"528\" viewBox=\"0 0 640 528\""), "{s}");
+        assert!(s.contains("a &lt;b&gt; &amp; c"));
+        assert!(s.trim_end().ends_with("</svg>"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -146,6 +146,7 @@ pub fn write(
         bench: "conformance",
         parameters: Params { filter, candidates: outcomes.iter().map(|o| o.candidate.as_str()).collect() },
         environment,
+        durability: Vec::new(),
         results: outcomes,
         notes: vec![
             "The store conformance suite (unicell::store::conformance): the same cases every backend's own tests run."

@@ -82,6 +82,7 @@ pub async fn run(store_url: &str, a: DemoOptions) -> Result<bool> {
         bail!(Invalid, "--failure-rate must be between 0 and 1, got {}", a.failure_rate);
     }
     let store = open_store(store_url).await?;
+    let durability = crate::durability::read(store_url, &[], None).await;
     let env = report::Environment::capture();
     let mut spec = CloudSpec::new(a.cells, a.hosts, a.seed);
     spec.oversized_flavor = true;
@@ -198,6 +199,12 @@ pub async fn run(store_url: &str, a: DemoOptions) -> Result<bool> {
         bench: "demo",
         parameters: Params { cloud: spec, mix, setup },
         environment: env,
+        durability: vec![crate::candidate::CandidateDurability {
+            candidate: store.describe(),
+            durability: durability.clone(),
+            servers_started: 0,
+            cell_servers: 0,
+        }],
         results: Results { store: store.describe(), cloud_load_seconds, providers, build: &b, listing, audit: &au },
         notes: Vec::new(),
     };
@@ -233,6 +240,7 @@ pub async fn run(store_url: &str, a: DemoOptions) -> Result<bool> {
             },
         ],
     )?;
+    chart::footer(&svg, &[format!("{}: {}", store.describe(), durability.summary)])?;
     println!("\nreport: {} and {}", json.display(), svg.display());
     Ok(ok)
 }

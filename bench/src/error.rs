@@ -66,3 +66,15 @@ macro_rules! bail {
     };
 }
 pub(crate) use bail;
+
+/// `e` and every error in its `source` chain, joined with ": " (the step and its cause).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

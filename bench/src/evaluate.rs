@@ -238,6 +238,7 @@ pub async fn run(global_store: &str, o: EvaluateOptions) -> Result<bool> {
                     seed: o.seed,
                 },
                 environment: env.clone(),
+                durability: Vec::new(),
                 results: Results { steps },
                 notes: notes.clone(),
             },
@@ -291,6 +292,7 @@ fn claims_options(common: &Common, size: Size) -> ClaimsOptions {
 fn list_options(common: &Common, size: Size) -> ListOptions {
     let small = size == Size::Small;
     ListOptions {
+        workloads: Vec::new(),
         common: common.clone(),
         instances: small.then_some(20_000),
         cells: if small { vec![1, 4, 16] } else { Vec::new() },

@@ -14,7 +14,9 @@
 //! * [`evaluate`]: `unicell evaluate`, conformance then every bench then the report, for
 //!   a set of candidate stores (some started through testcontainers).
 //! * [`conformance`]: the store conformance suite against any URL, case by case.
-//! * [`candidate`]: candidate URLs, per-run namespaces on shared servers, cleanup.
+//! * [`candidate`]: candidate URLs, throwaway servers (`testkit:redis`, `testkit:cassandra`,
+//!   `cell_servers=K`), per-run namespaces on shared servers, cleanup.
+//! * [`durability`]: what each candidate keeps on disk, read from its servers.
 //! * [`Error`]: what went wrong, by kind (invalid options, a run that found something
 //!   wrong, a figure that could not be measured, the environment).
 //! * [`page`]: `unicell report DIR`, one self-contained HTML page from every report JSON.
@@ -32,10 +34,12 @@ pub mod chart;
 pub mod claims;
 pub mod conformance;
 pub mod demo;
+pub mod durability;
 pub mod error;
 pub mod evaluate;
 pub mod list;
 pub mod page;
+pub mod placement;
 pub mod progress;
 pub mod proxy;
 pub mod report;
@@ -50,6 +54,7 @@ pub use self::claims::ClaimsOptions;
 pub use self::demo::DemoOptions;
 pub use self::error::{Error, Result};
 pub use self::list::ListOptions;
+pub use self::placement::PlacementOptions;
 pub use self::schedule::ScheduleOptions;
 pub use self::sites::SitesOptions;
 

@@ -192,6 +192,8 @@ pub struct Report<P: Serialize, R: Serialize> {
     pub parameters: P,
     /// Where it ran.
     pub environment: Environment,
+    /// What each candidate keeps on disk (read from its servers), beside its figures.
+    pub durability: Vec<crate::candidate::CandidateDurability>,
     /// Figures: per candidate, and ratios.
     pub results: R,
     /// Notes for the reader (skipped candidates, caveats).

@@ -175,6 +175,7 @@ pub async fn run(global_store: &str, a: SitesOptions) -> Result<()> {
             bench: "sites",
             parameters: params,
             environment: env,
+            durability: crate::candidate::durabilities(&cands),
             results: Results { points: Vec::new(), skipped },
             notes,
         };
@@ -324,6 +325,7 @@ pub async fn run(global_store: &str, a: SitesOptions) -> Result<()> {
         bench: "sites",
         parameters: params,
         environment: env,
+        durability: crate::candidate::durabilities(&cands),
         results: Results { points: points.clone(), skipped },
         notes,
     };
@@ -349,6 +351,7 @@ pub async fn run(global_store: &str, a: SitesOptions) -> Result<()> {
             },
         ],
     )?;
+    chart::footer(&svg, &crate::candidate::durability_lines(&cands))?;
     print_outputs(&json, &svg);
     Ok(())
 }
@@ -361,11 +364,12 @@ async fn local_redis() -> Option<Candidate> {
     let reachable = tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect("127.0.0.1:6379"))
         .await
         .is_ok_and(|r| r.is_ok());
-    reachable.then(|| Candidate {
-        url: "redis://127.0.0.1:6379".into(),
-        label: "redis://127.0.0.1:6379".into(),
-        scheme: Scheme::Redis,
-    })
+    if !reachable {
+        return None;
+    }
+    let url = "redis://127.0.0.1:6379";
+    let durability = crate::durability::read(url, &[], None).await;
+    Some(Candidate::new(url.into(), url.into(), Scheme::Redis, durability))
 }
 
 /// `host:port` of a single-endpoint store URL (default ports per scheme).

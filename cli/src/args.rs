@@ -56,8 +56,31 @@ pub enum BenchCommand {
     Schedule(ScheduleArgs),
     /// Sites with injected latency (a delaying TCP proxy): list and claim latency.
     Sites(SitesArgs),
+    /// Placement's GET /allocation_candidates over N compute trees: p50/p99 per store.
+    Placement(PlacementArgs),
     /// `GET /servers/detail` paged through the Nova API over each store, beside the store call.
     ApiList(ApiListArgs),
+}
+
+/// `unicell bench placement`
+#[derive(Debug, Clone, Args)]
+pub struct PlacementArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Compute trees (each with two NUMA children and an SR-IOV PF), comma-separated
+    /// [default: 1000,10000; quick: 100].
+    #[arg(long, value_delimiter = ',')]
+    pub trees: Vec<usize>,
+    /// Timed requests per store and size [default: 30; quick: 5].
+    #[arg(long)]
+    pub requests: Option<usize>,
+    /// Untimed requests first [default: 2; quick: 1].
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Concurrent writers while loading the trees.
+    #[arg(long, default_value_t = 32)]
+    pub load_concurrency: usize,
 }
 
 /// `unicell bench api-list`
@@ -100,8 +123,12 @@ impl From<ApiListArgs> for unicell_bench::ApiListOptions {
 #[derive(Debug, Clone, Args)]
 pub struct BenchCommon {
     /// Candidate stores, comma-separated URLs (default: the global --store). Each candidate
-    /// gets the same generated data.
-    #[arg(long, value_delimiter = ',')]
+    /// gets the same generated data. A comma starts a new candidate only when a URL scheme
+    /// follows it, so CQL host lists (`scylla://h1,h2:9042/ks`) and Redis Cluster seeds stay
+    /// whole. Besides store URLs: `testkit:redis?appendfsync=everysec|always|no` and
+    /// `testkit:cassandra` start a throwaway server for the run, and `cell_servers=K` on a
+    /// SQL URL puts its cell databases on K throwaway servers.
+    #[arg(long)]
     pub stores: Vec<String>,
     /// Directory for `<bench>.json` and `<bench>.svg` (created if missing).
     #[arg(long, default_value = "bench-out")]
@@ -135,6 +162,16 @@ pub struct ListArgs {
     /// Number of page-depth buckets in the report.
     #[arg(long, default_value_t = 10)]
     pub depth_buckets: usize,
+    /// Listing workloads, comma-separated: all (unfiltered), project (a member's own
+    /// project), status (vm_state ERROR), host (one compute host), changes-since (the newer
+    /// half) [default: all five].
+    #[arg(long, value_delimiter = ',', value_parser = parse_workload)]
+    pub workloads: Vec<unicell_bench::list::Workload>,
+}
+
+fn parse_workload(s: &str) -> Result<unicell_bench::list::Workload, String> {
+    unicell_bench::list::Workload::parse(s)
+        .ok_or_else(|| format!("unknown workload {s:?}: one of all, project, status, host, changes-since"))
 }
 
 /// `unicell bench claims`
@@ -387,7 +424,20 @@ pub struct ReportArgs {
 
 impl From<BenchCommon> for unicell_bench::Common {
     fn from(a: BenchCommon) -> Self {
-        unicell_bench::Common { stores: a.stores, out: a.out, quick: a.quick, seed: a.seed }
+        let stores = a.stores.iter().flat_map(|s| unicell_bench::candidate::split_candidates(s)).collect();
+        unicell_bench::Common { stores, out: a.out, quick: a.quick, seed: a.seed }
+    }
+}
+
+impl From<PlacementArgs> for unicell_bench::PlacementOptions {
+    fn from(a: PlacementArgs) -> Self {
+        unicell_bench::PlacementOptions {
+            common: a.common.into(),
+            trees: a.trees,
+            requests: a.requests,
+            warmup: a.warmup,
+            load_concurrency: a.load_concurrency,
+        }
     }
 }
 
@@ -400,6 +450,7 @@ impl From<ListArgs> for unicell_bench::ListOptions {
             limit: a.limit,
             load_concurrency: a.load_concurrency,
             depth_buckets: a.depth_buckets,
+            workloads: a.workloads,
         }
     }
 }

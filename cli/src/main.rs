@@ -83,6 +83,7 @@ async fn run(cli: Cli) -> Result<bool> {
                 BenchCommand::Claims(a) => unicell_bench::claims::run(store, a.into()).await?,
                 BenchCommand::Sites(a) => unicell_bench::sites::run(store, a.into()).await?,
                 BenchCommand::Schedule(a) => unicell_bench::schedule::run(store, a.into()).await?,
+                BenchCommand::Placement(a) => unicell_bench::placement::run(store, a.into()).await?,
                 BenchCommand::ApiList(a) => unicell_bench::api_list::run(store, a.into()).await?,
             }
             Ok(true)

@@ -6,6 +6,8 @@
 -- ARGV[5] signature "pid=CLASS=amount,..." (normalized, key order)  ARGV[6] meta JSON
 -- ARGV[7] root  ARGV[8] index member ('' = none)  ARGV[9] n providers, then n provider ids,
 -- then triples (provider, class, amount) in key order.
+-- A claim also moves Placement's generation ('pg:<provider>') of every provider it names and
+-- starts the consumer at Placement generation 1 (no 'cg:<consumer>' field).
 local tree, alloc, chg, feed = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local consumer, token, group, maxph = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local sig, meta, root, member = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
@@ -49,6 +51,8 @@ for _, it in ipairs(items) do
   redis.call('HINCRBY', tree, 'u:' .. it[1] .. ':' .. it[2], it[3])
 end
 if group ~= '' then redis.call('HINCRBY', tree, 'g:' .. group, 1) end
+for i = 1, np do redis.call('HINCRBY', tree, 'pg:' .. ARGV[9 + i], 1) end
+redis.call('HDEL', tree, 'cg:' .. consumer)
 redis.call('HSET', alloc, consumer, token .. '\n' .. group .. '\n' .. sig .. '\n' .. meta)
 if KEYS[5] and member ~= '' then redis.call('SADD', KEYS[5], member) end
 local newgen = redis.call('HINCRBY', tree, 'gen', 1)

@@ -54,6 +54,7 @@ end
 mine[#mine + 1] = 'p:' .. pid
 mine[#mine + 1] = 't:' .. pid
 mine[#mine + 1] = 'ag:' .. pid
+mine[#mine + 1] = 'pg:' .. pid
 redis.call('HDEL', tree, unpack(mine))
 local newgen = redis.call('HINCRBY', tree, 'gen', 1)
 seq = redis.call('HINCRBY', feed, 'seq', 1)

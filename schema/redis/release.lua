@@ -17,6 +17,7 @@ if group and group ~= '' then
   if redis.call('HINCRBY', tree, f, -1) <= 0 then redis.call('HDEL', tree, f) end
 end
 redis.call('HDEL', alloc, consumer)
+redis.call('HDEL', tree, 'cg:' .. consumer)
 if KEYS[5] then
   for _, m in ipairs(redis.call('SMEMBERS', KEYS[5])) do
     if string.sub(m, 1, #root + 1) == root .. '|' then redis.call('SREM', KEYS[5], m) end

@@ -9,6 +9,7 @@ if not gen then return {'no_tree'} end
 if tonumber(gen) ~= tonumber(expected) then return {'generation', tonumber(gen)} end
 if redis.call('HEXISTS', tree, 'p:' .. pid) == 0 then return {'not_found'} end
 redis.call('HSET', tree, ARGV[4] .. pid, ARGV[5])
+redis.call('HINCRBY', tree, 'pg:' .. pid, 1)
 local newgen = redis.call('HINCRBY', tree, 'gen', 1)
 local seq = redis.call('HINCRBY', feed, 'seq', 1)
 redis.call('ZADD', chg, seq, root)

@@ -30,6 +30,7 @@ end
 if #inuse > 1 then return inuse end
 if #old > 0 then redis.call('HDEL', tree, unpack(old)) end
 for class, inv in pairs(new) do redis.call('HSET', tree, ipre .. class, inv) end
+redis.call('HINCRBY', tree, 'pg:' .. pid, 1)
 local newgen = redis.call('HINCRBY', tree, 'gen', 1)
 local seq = redis.call('HINCRBY', feed, 'seq', 1)
 redis.call('ZADD', chg, seq, root)

@@ -21,7 +21,8 @@ pub fn list_cells(seed: u64, n: usize) -> Vec<Cell> {
 /// candidate gets exactly the same instances without keeping them all in memory. Every
 /// four consecutive instances share a `created_at`, so the uuid tie-break of the listing
 /// order is exercised; instances are spread over the cells by a hash, so every page needs
-/// rows from every cell.
+/// rows from every cell. For the filtered listings: 50 projects, 500 hosts per cell, and
+/// vm states 5% ERROR, 10% STOPPED, the rest ACTIVE (all by hash).
 pub fn list_instance(seed: u64, i: u64, cells: &[Cell], flavor: &FlavorId) -> Instance {
     let a = mix(seed ^ i.wrapping_mul(0xA24B_AED4_963E_E407));
     let b = mix(a ^ 0x5851_F42D_4C95_7F2D);
@@ -39,7 +40,11 @@ pub fn list_instance(seed: u64, i: u64, cells: &[Cell], flavor: &FlavorId) -> In
         host: Some(host.clone()),
         node: Some(host),
         flavor: flavor.clone(),
-        vm_state: VmState::Active,
+        vm_state: match (a >> 20) % 20 {
+            0 => VmState::Error,
+            1 | 2 => VmState::Stopped,
+            _ => VmState::Active,
+        },
         task_state: None,
         created_at: created,
         updated_at: created,

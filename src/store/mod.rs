@@ -146,6 +146,12 @@ pub trait Store: Providers + Claims + ChangeFeed + Catalog + Instances + std::fm
         None
     }
 
+    /// This store as a [`PlacementStore`](placement::PlacementStore) (the state only the
+    /// Placement API needs), or `None` for a backend that does not keep it.
+    fn placement(&self) -> Option<&dyn placement::PlacementStore> {
+        None
+    }
+
     /// The part of the store that holds `root`'s tree, for a backend that splits its data
     /// so that one part can fail while the others answer (Redis's tree shards, each on the
     /// cluster master owning its slots); `None` when the backend does not say. The
@@ -294,6 +300,17 @@ pub trait Catalog: Send + Sync {
 pub trait Instances: Send + Sync {
     /// Creates an instance (`AlreadyExists` for a known uuid).
     async fn create_instance(&self, instance: &Instance) -> Result<()>;
+    /// Creates many new instances: a bulk load (benchmarks, imports). Each instance is
+    /// created as by [`create_instance`](Self::create_instance), but the whole is not atomic:
+    /// after an error some of them may exist, and a known uuid may fail the call with
+    /// `AlreadyExists` or with a backend error. The default creates them one by one;
+    /// backends with a cheaper path (the SQL baseline's multi-row `INSERT`s) override it.
+    async fn create_instances(&self, instances: &[Instance]) -> Result<()> {
+        for i in instances {
+            self.create_instance(i).await?;
+        }
+        Ok(())
+    }
     /// An instance by uuid (soft-deleted ones included).
     async fn get_instance(&self, id: InstanceId) -> Result<Instance>;
     /// Applies `patch` atomically and returns the updated instance.

@@ -491,20 +491,40 @@ pub trait PlacementStore: Store {
 }
 
 /// Opens a store that keeps Placement's state, by URL (the schemes of
-/// [`open`](crate::store::open) whose backend implements [`PlacementStore`]).
+/// [`open`](crate::store::open) whose backend implements [`PlacementStore`]: memory, and
+/// Redis and the SQL baseline when built with features `redis` and `sql`; not the CQL
+/// backend, whose per-tree lightweight transactions do not cover the consumer records and
+/// registries yet).
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn PlacementStore>> {
     let parsed = crate::store::StoreUrl::parse(url)?;
     match parsed.scheme() {
         crate::store::Scheme::Memory => Ok(std::sync::Arc::new(crate::store::memory::MemoryStore::new())),
+        #[cfg(feature = "redis")]
+        crate::store::Scheme::Redis | crate::store::Scheme::RedisCluster => {
+            Ok(std::sync::Arc::new(crate::store::redis::RedisStore::open(&parsed).await?))
+        }
+        #[cfg(feature = "sql")]
+        crate::store::Scheme::MySql | crate::store::Scheme::Postgres => {
+            Ok(std::sync::Arc::new(crate::store::sql::SqlStore::open(&parsed).await?))
+        }
         other => Err(Error::invalid(
             "store url",
             format!(
-                "the {} backend does not keep Placement's state yet; the Placement API runs on: memory",
-                other.backend()
+                "the {} backend does not keep Placement's state; the Placement API runs on: {}",
+                other.backend(),
+                PLACEMENT_BACKENDS
             ),
         )),
     }
 }
+
+/// The backends that implement [`PlacementStore`] in this build, for error messages.
+const PLACEMENT_BACKENDS: &str = match (cfg!(feature = "redis"), cfg!(feature = "sql")) {
+    (true, true) => "memory, redis, mysql, postgres",
+    (true, false) => "memory, redis",
+    (false, true) => "memory, mysql, postgres",
+    (false, false) => "memory",
+};
 
 /// Reads the tree of `provider`, applies `decide` and writes the result with
 /// [`PlacementStore::replace_tree`], re-reading and re-deciding up to [`UPDATE_ATTEMPTS`]

@@ -148,6 +148,14 @@ impl Cassandra {
         Ok(me)
     }
 
+    /// A setting of the `cassandra.yaml` this server was started with (written as JSON),
+    /// e.g. `commitlog_sync`; `None` when the file does not set it.
+    pub fn setting(&self, key: &str) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("cassandra.yaml")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v.get(key).cloned()
+    }
+
     /// The native-protocol (v3) address.
     pub fn native_addr(&self) -> SocketAddr {
         self.native

@@ -24,6 +24,54 @@ pub fn raw_command(port: u16, cmd: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// How a throwaway server persists its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Persistence {
+    /// `appendonly yes|no` (RDB snapshots are always off).
+    pub appendonly: bool,
+    /// `appendfsync` (only meaningful with `appendonly`).
+    pub appendfsync: AppendFsync,
+}
+
+impl Default for Persistence {
+    /// `appendonly yes`, `appendfsync everysec`: what the tests run with.
+    fn default() -> Self {
+        Persistence { appendonly: true, appendfsync: AppendFsync::EverySec }
+    }
+}
+
+/// Redis's `appendfsync` policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendFsync {
+    /// fsync after every write, before the reply.
+    Always,
+    /// fsync once a second (up to a second of acknowledged writes can be lost).
+    EverySec,
+    /// Leave flushing to the operating system.
+    No,
+}
+
+impl AppendFsync {
+    /// Redis's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppendFsync::Always => "always",
+            AppendFsync::EverySec => "everysec",
+            AppendFsync::No => "no",
+        }
+    }
+
+    /// Parses Redis's name (`always`, `everysec`, `no`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "always" => Some(AppendFsync::Always),
+            "everysec" => Some(AppendFsync::EverySec),
+            "no" => Some(AppendFsync::No),
+            _ => None,
+        }
+    }
+}
+
 /// One redis-server process, killed when dropped.
 #[derive(Debug)]
 pub struct RedisServer {
@@ -40,6 +88,12 @@ impl RedisServer {
     /// Starts a server in `dir` (created) on a free port; `cluster` enables cluster mode;
     /// data is persisted with an append-only file so that a killed server restarts with it.
     pub fn start(dir: &Path, cluster: bool) -> Result<RedisServer, LaunchError> {
+        Self::start_with(dir, cluster, Persistence::default())
+    }
+
+    /// As [`start`](Self::start) with the given persistence (benchmarks compare Redis with
+    /// the append-only file fsynced every second, on every write, or not at all).
+    pub fn start_with(dir: &Path, cluster: bool, persistence: Persistence) -> Result<RedisServer, LaunchError> {
         let binary =
             find_binary("redis-server").ok_or("redis-server is not installed (Debian package redis-server)")?;
         let port = free_port(cluster)?;
@@ -54,9 +108,9 @@ impl RedisServer {
             "--save",
             "",
             "--appendonly",
-            "yes",
+            if persistence.appendonly { "yes" } else { "no" },
             "--appendfsync",
-            "everysec",
+            persistence.appendfsync.as_str(),
             "--daemonize",
             "no",
             "--protected-mode",
@@ -141,8 +195,13 @@ pub struct RedisSingle {
 impl RedisSingle {
     /// Starts one server.
     pub fn start() -> Result<RedisSingle, LaunchError> {
+        Self::start_with(Persistence::default())
+    }
+
+    /// Starts one server with the given persistence.
+    pub fn start_with(persistence: Persistence) -> Result<RedisSingle, LaunchError> {
         let dir = TempDir::new("redis")?;
-        let server = RedisServer::start(dir.path(), false)?;
+        let server = RedisServer::start_with(dir.path(), false, persistence)?;
         Ok(RedisSingle { server, _dir: dir })
     }
 

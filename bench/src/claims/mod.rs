@@ -6,24 +6,30 @@
 //! 1 VCPU + 64 MEMORY_MB on the tree chosen by a seeded hash of the claim's number. T = 1
 //! puts every claim on one tiny tree (pure contention); large T spreads them.
 //!
-//! Ceiling: the cheapest operation the backend could possibly do for one claim, by the same
-//! W tasks over the same T keys:
-//! * memory: lock a per-tree mutex, check and add the usage, record the consumer's
-//!   allocation, bump the generation (what the store's claim does, without the contract's
-//!   bookkeeping);
-//! * SQL (mysql://, postgres://): a single-row `UPDATE ... SET used = used + 1, generation =
-//!   generation + 1 WHERE id = ?` loop on a scratch table;
-//! * Redis: see `redis_ceiling.rs`.
+//! Ceiling, one definition for every backend: the cheapest conditional update of one key
+//! or row through the backend's native client, by the same W tasks over T keys with the
+//! same operation -> key mapping: "if used + 1 <= total then used += 1".
+//! * memory: a per-key mutex around `(used, total)`;
+//! * Redis: EVALSHA of a minimal check-and-increment script (redis-rs), see
+//!   [`redis_ceiling`];
+//! * SQL (mysql://, postgres://): `UPDATE ... SET used = used + 1 WHERE id = ? AND used + 1
+//!   <= total`, autocommit (sqlx), on the API database's server;
+//! * CQL: `UPDATE ... SET used = ? WHERE id = ? IF used = ?` (the scylla driver).
 //!
-//! The reported ratio is backend claims/s divided by ceiling ops/s.
+//! Each ceiling checks afterwards that its keys hold exactly its successful updates. The
+//! reported ratio is claims/s through unicell's full claim path divided by ceiling ops/s.
+//! SQL candidates get an API pool of W connections (`pool_size`, unless the URL sets it),
+//! as many as the ceiling uses.
 
+#[cfg(feature = "cql")]
+mod cql_ceiling;
 #[cfg(feature = "redis")]
 mod redis_ceiling;
 #[cfg(feature = "sql")]
 mod sql_ceiling;
 pub mod workload;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::error::{Context, Result, bail};
@@ -96,7 +102,10 @@ pub async fn run(global_store: &str, a: ClaimsOptions) -> Result<()> {
     );
     let mut rows = Vec::new();
     for (i, cand) in cands.iter().enumerate() {
-        let url = run_url(cand, &format!("{tag}_c{i}"), Some(1))?;
+        let mut url = run_url(cand, &format!("{tag}_c{i}"), Some(1))?;
+        if cand.is_sql() {
+            url = candidate::with_param(&url, "pool_size", &w.tasks.clamp(1, 64).to_string())?;
+        }
         let store = open_store(&url).await?;
         let claims = store_claims(&store, cand, &w, &format!("{tag}-{i}"))
             .await
@@ -131,8 +140,18 @@ pub async fn run(global_store: &str, a: ClaimsOptions) -> Result<()> {
         });
     }
 
-    let mut t = Table::new(["candidate", "claims/s", "p50 ms", "p99 ms", "ok", "failed", "ceiling ops/s", "ceiling"]);
-    for r in &rows {
+    let mut t = Table::new([
+        "candidate",
+        "claims/s",
+        "p50 ms",
+        "p99 ms",
+        "ok",
+        "failed",
+        "ceiling ops/s",
+        "ceiling",
+        "durability",
+    ]);
+    for (r, cand) in rows.iter().zip(&cands) {
         t.row([
             r.candidate.clone(),
             format!("{:.0}", r.claims.per_second),
@@ -149,6 +168,7 @@ pub async fn run(global_store: &str, a: ClaimsOptions) -> Result<()> {
                 },
                 |c| c.what.clone(),
             ),
+            cand.durability.summary.clone(),
         ]);
     }
     println!("\nclaim throughput\n{}", t.render());
@@ -176,10 +196,13 @@ pub async fn run(global_store: &str, a: ClaimsOptions) -> Result<()> {
         }
     }
     let notes = vec![
-        "Ceilings: memory = lock a per-tree mutex, check and add usage, record the \
-         consumer's allocation, bump the generation; SQL = single-row UPDATE loop (autocommit) \
-         on a scratch table; Redis = redis-benchmark running EVALSHA of the backend's claim \
-         script."
+        "Ceiling (one definition for every backend): the cheapest conditional update of one key \
+         or row, 'if used + 1 <= total then used += 1', through the backend's native client, by \
+         the same tasks over the same number of keys: memory = a per-key mutex; Redis = EVALSHA \
+         of a minimal check-and-increment Lua script (redis-rs, one multiplexed connection); SQL = \
+         UPDATE ... WHERE id = ? AND used + 1 <= total, autocommit (sqlx, one connection per \
+         task); CQL = UPDATE ... IF used = ? (lightweight transaction, scylla driver). Ratio = \
+         claims/s through unicell's full claim path / ceiling ops/s."
             .to_string(),
         "Each claim is a fresh consumer taking 1 VCPU + 64 MEMORY_MB on one root provider; \
          trees are sized so that no claim fails for capacity. The ceiling runs the same \
@@ -190,6 +213,7 @@ pub async fn run(global_store: &str, a: ClaimsOptions) -> Result<()> {
         bench: "claims",
         parameters: Params { workload: w, quick, candidates: cands.iter().map(|c| c.label.clone()).collect() },
         environment: env,
+        durability: candidate::durabilities(&cands),
         results: rows,
         notes,
     };
@@ -202,6 +226,7 @@ pub async fn run(global_store: &str, a: ClaimsOptions) -> Result<()> {
         &bars,
         true,
     )?;
+    chart::footer(&svg, &candidate::durability_lines(&cands))?;
     print_outputs(&json, &svg);
     Ok(())
 }
@@ -267,71 +292,48 @@ async fn ceiling(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
         "memory" => memory_ceiling(w).await,
         "redis" => redis_ceiling(cand, w, tag).await,
         "sql" => sql_ceiling(cand, w, tag).await,
+        "cql" => cql_ceiling(cand, w, tag).await,
         _ => bail!(Measurement, "no ceiling is defined for {}:// stores", cand.scheme),
     }
 }
 
-/// One tree of the memory ceiling: the same data a memory-store tree keeps for claims.
-struct MiniTree {
-    generation: u64,
-    capacity: BTreeMap<ResourceClass, i64>,
-    used: BTreeMap<ResourceClass, i64>,
-    allocations: HashMap<ConsumerId, AllocationMap>,
+/// CQL's ceiling: a lightweight-transaction update loop (see [`cql_ceiling`]).
+#[cfg(feature = "cql")]
+async fn cql_ceiling(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
+    cql_ceiling::run(cand, w, tag).await
 }
 
-/// Memory's ceiling: a per-tree mutex update doing what a claim must do at the least.
+#[cfg(not(feature = "cql"))]
+async fn cql_ceiling(_cand: &Candidate, _w: &Workload, _tag: &str) -> Result<Outcome> {
+    bail!(Measurement, "this build has no `cql` feature")
+}
+
+/// Memory's ceiling: a per-key mutex around `(used, total)`.
 async fn memory_ceiling(w: &Workload) -> Result<Outcome> {
-    let per_tree = (w.claims / w.trees + 1) as i64 * 2;
-    let trees: Arc<Vec<(ProviderId, std::sync::Mutex<MiniTree>)>> = Arc::new(
-        (0..w.trees)
-            .map(|_| {
-                (
-                    ProviderId::new_v4(),
-                    std::sync::Mutex::new(MiniTree {
-                        generation: 0,
-                        capacity: BTreeMap::from([
-                            (ResourceClass::Vcpu, per_tree),
-                            (ResourceClass::MemoryMb, per_tree * 64),
-                        ]),
-                        used: BTreeMap::new(),
-                        allocations: HashMap::new(),
-                    }),
-                )
-            })
-            .collect(),
-    );
+    let total = (w.claims / w.trees + 1) as i64 * 2;
+    let keys: Arc<Vec<std::sync::Mutex<i64>>> = Arc::new((0..w.trees).map(|_| std::sync::Mutex::new(0)).collect());
     let bar = progress::bar("ceiling memory", w.claims as u64);
-    measure("per-tree mutex update".into(), w, bar, move |tree| {
-        let trees = Arc::clone(&trees);
+    let k = Arc::clone(&keys);
+    let out = measure("per-key mutex: if used + 1 <= total then used += 1".into(), w, bar, move |tree| {
+        let keys = Arc::clone(&k);
         async move {
-            let (root, m) = &trees[tree];
-            let amounts = BTreeMap::from([(ResourceClass::Vcpu, 1i64), (ResourceClass::MemoryMb, 64)]);
-            let mut t = m.lock().unwrap_or_else(|e| e.into_inner());
-            for (c, a) in &amounts {
-                let cap = t.capacity.get(c).copied().unwrap_or(0);
-                let used = t.used.get(c).copied().unwrap_or(0);
-                if used + a > cap {
-                    return Err(Error::Capacity {
-                        provider: *root,
-                        class: c.clone(),
-                        requested: *a,
-                        used,
-                        capacity: cap,
-                    });
-                }
+            let mut used = keys[tree].lock().unwrap_or_else(|e| e.into_inner());
+            if *used + 1 > total {
+                return Err(Error::backend("ceiling", "the ceiling's key is full"));
             }
-            for (c, a) in &amounts {
-                *t.used.entry(c.clone()).or_insert(0) += a;
-            }
-            t.allocations.insert(ConsumerId::new_v4(), BTreeMap::from([(*root, amounts)]));
-            t.generation += 1;
+            *used += 1;
             Ok(())
         }
     })
-    .await
+    .await?;
+    let sum: i64 = keys.iter().map(|m| *m.lock().unwrap_or_else(|e| e.into_inner())).sum();
+    if sum != out.ok as i64 {
+        bail!(Measurement, "the memory ceiling reported {} updates but its keys sum to {sum}", out.ok);
+    }
+    Ok(out)
 }
 
-/// Redis's ceiling: `redis-benchmark` running EVALSHA of the backend's own claim script.
+/// Redis's ceiling: EVALSHA of a check-and-increment script (see [`redis_ceiling`]).
 #[cfg(feature = "redis")]
 async fn redis_ceiling(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
     redis_ceiling::run(cand, w, tag).await
@@ -342,7 +344,7 @@ async fn redis_ceiling(_cand: &Candidate, _w: &Workload, _tag: &str) -> Result<O
     bail!(Measurement, "this build has no `redis` feature")
 }
 
-/// SQL's ceiling: a single-row UPDATE loop on a scratch table (see the module docs).
+/// SQL's ceiling: a conditional single-row UPDATE loop (see [`sql_ceiling`]).
 #[cfg(feature = "sql")]
 async fn sql_ceiling(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
     sql_ceiling::run(cand, w, tag).await

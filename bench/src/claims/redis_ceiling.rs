@@ -1,244 +1,106 @@
-//! The Redis ceiling of `bench claims`.
+//! The Redis ceiling of `bench claims`: `EVALSHA` of a minimal check-and-increment script
+//! through redis-rs (the client the Redis backend uses), one multiplexed connection shared
+//! by the W tasks as the backend shares its own, over T hashes `{used, total}`:
 //!
-//! The ceiling is `redis-benchmark` sending the very EVALSHA the Redis backend sends for a
-//! claim ([`RedisStore::claim_command`]): same script, same keys, same arguments, with the
-//! consumer id replaced by redis-benchmark's `__rand_int__` so that (almost) every call
-//! takes the write path, not the cheaper replay path. The claims go to one tree sized for
-//! all of them (a single Redis executes scripts one at a time, so spreading keys changes
-//! nothing there). Same number of operations and the same concurrency (`-c`) as the claims
-//! through unicell; run twice, without pipelining (`-P 1`, how redis-benchmark figures are
-//! usually quoted) and with 16 commands in flight per connection (`-P 16`, closer to what a
-//! multiplexed client does), and the better run is the ceiling. Afterwards the tree's
-//! usage is read back to prove the calls really claimed.
+//! ```lua
+//! local used = tonumber(redis.call('HGET', KEYS[1], 'used'))
+//! local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
+//! if used + tonumber(ARGV[1]) > total then return 0 end
+//! redis.call('HINCRBY', KEYS[1], 'used', ARGV[1])
+//! return 1
+//! ```
+//!
+//! Afterwards the hashes' `used` are summed and must equal the successful calls, so a
+//! script that did not update cannot pass for a fast one. The keys live under the run's
+//! prefix and are deleted afterwards.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::Arc;
 
 use crate::error::{Context, Result, bail};
-use unicell::model::*;
-use unicell::store::prelude::*;
-use unicell::store::redis::RedisStore;
 use unicell::store::{Scheme, StoreUrl};
 
-use super::workload::{Outcome, Workload};
+use super::workload::{Outcome, Workload, measure};
 use crate::candidate::{Candidate, run_url};
-use crate::stats::Summary;
+use crate::progress;
+
+const SCRIPT: &str = "local used = tonumber(redis.call('HGET', KEYS[1], 'used'))\n\
+local total = tonumber(redis.call('HGET', KEYS[1], 'total'))\n\
+if used + tonumber(ARGV[1]) > total then return 0 end\n\
+redis.call('HINCRBY', KEYS[1], 'used', ARGV[1])\n\
+return 1";
+
+fn backend_err(e: redis::RedisError) -> unicell::Error {
+    unicell::Error::backend("redis-ceiling", e)
+}
 
 /// Measures the ceiling (see the module docs).
 pub async fn run(cand: &Candidate, w: &Workload, tag: &str) -> Result<Outcome> {
     let url = run_url(cand, &format!("{tag}_x"), None)?;
     let parsed = StoreUrl::parse(&url)?;
     if parsed.scheme() != Scheme::Redis {
-        bail!(Measurement, "the redis-benchmark ceiling needs a single-node redis:// URL");
+        bail!(Measurement, "the Redis ceiling is defined for single-node redis:// URLs");
     }
-    let exe = which("redis-benchmark").ok_or_else(|| {
-        crate::Error::Measurement("redis-benchmark is not installed (Debian package redis-tools)".into())
-    })?;
-    let store = RedisStore::open(&parsed).await?;
-    let result = measure(&store, &parsed, &exe, w).await;
-    if let Err(e) = store.purge().await {
-        tracing::warn!("could not purge the ceiling's keys: {e}");
+    let u = parsed.expose();
+    let mut conn_url = url::Url::parse(&format!(
+        "redis://{}:{}/{}",
+        u.host_str().unwrap_or("127.0.0.1"),
+        u.port().unwrap_or(6379),
+        u.path().trim_start_matches('/')
+    ))
+    .context("bad Redis URL")?;
+    if let Some(pw) = u.password() {
+        let _ = conn_url.set_password(Some(pw));
+        let _ = conn_url.set_username(u.username());
     }
-    result
-}
-
-async fn measure(store: &RedisStore, parsed: &StoreUrl, exe: &std::path::Path, w: &Workload) -> Result<Outcome> {
-    // Room for both redis-benchmark runs (see below).
-    let per = w.claims as i64 * 4 + 10;
-    let root = ProviderId::new_v4();
-    store
-        .create_provider(&NewProvider {
-            id: root,
-            name: format!("ceiling-{root}"),
-            parent: None,
-            cell: None,
-            inventories: BTreeMap::from([
-                (ResourceClass::Vcpu, Inventory::with_total(per)),
-                (ResourceClass::MemoryMb, Inventory::with_total(per * 64)),
-            ]),
-            traits: Default::default(),
-            aggregates: Default::default(),
+    let client = redis::Client::open(conn_url.as_str()).context("bad Redis URL")?;
+    let mut conn =
+        client.get_multiplexed_async_connection().await.with_context(|| format!("cannot connect to {parsed}"))?;
+    let prefix = parsed.param("prefix").unwrap_or_else(|| format!("unicell-bench-{tag}"));
+    let keys: Arc<Vec<String>> = Arc::new((0..w.trees).map(|i| format!("{prefix}:ceiling:{i}")).collect());
+    let total = (w.claims / w.trees + 1) as i64 * 2;
+    for chunk in keys.chunks(1000) {
+        let mut p = redis::pipe();
+        for k in chunk {
+            p.cmd("HSET").arg(k).arg("used").arg(0).arg("total").arg(total).ignore();
+        }
+        let () = p.query_async(&mut conn).await.context("creating the ceiling's keys")?;
+    }
+    let script = Arc::new(redis::Script::new(SCRIPT));
+    // Loaded up front, so that every measured call is a plain EVALSHA.
+    let _: String = script.prepare_invoke().load_async(&mut conn).await.context("SCRIPT LOAD")?;
+    let bar = progress::bar("ceiling redis", w.claims as u64);
+    let c = conn.clone();
+    let (k, s) = (Arc::clone(&keys), Arc::clone(&script));
+    let measured =
+        measure("EVALSHA check-and-increment (redis-rs, one multiplexed connection)".into(), w, bar, move |tree| {
+            let (mut c, key, script) = (c.clone(), k[tree].clone(), Arc::clone(&s));
+            async move {
+                let applied: i64 = script.key(key).arg(1).invoke_async(&mut c).await.map_err(backend_err)?;
+                if applied == 1 { Ok(()) } else { Err(unicell::Error::backend("ceiling", "the ceiling's key is full")) }
+            }
         })
-        .await
-        .context("create the ceiling's tree")?;
-    let consumer = ConsumerId::new_v4();
-    let req = ClaimRequest {
-        consumer,
-        project_id: "bench".into(),
-        user_id: "bench".into(),
-        allocations: BTreeMap::from([(
-            root,
-            BTreeMap::from([(ResourceClass::Vcpu, 1), (ResourceClass::MemoryMb, 64)]),
-        )]),
-        group: None,
-    };
-    let eval = store.claim_command(&req).await?;
-    // Without pipelining (how redis-benchmark figures are usually quoted) and with 16 commands in flight
-    // per connection (what a multiplexed client such as unicell's does): the ceiling is the
-    // better of the two.
-    let mut runs = Vec::new();
-    for pipeline in [1usize, 16] {
-        runs.push((pipeline, benchmark(exe, parsed, w, &eval, &consumer.to_string(), pipeline).await?));
+        .await;
+    let mut used_total = 0i64;
+    let mut read = Ok(());
+    for chunk in keys.chunks(1000) {
+        let mut p = redis::pipe();
+        for k in chunk {
+            p.cmd("HGET").arg(k).arg("used");
+        }
+        match p.query_async::<Vec<Option<i64>>>(&mut conn).await {
+            Ok(v) => used_total += v.into_iter().flatten().sum::<i64>(),
+            Err(e) => read = Err(e),
+        }
+        let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
     }
-    // Prove the script really claimed: usage on the tree counts successful claims.
-    let tree = store.provider_tree(root).await?;
-    let used = tree.root_node().map_or(0, |n| n.used(&ResourceClass::Vcpu));
-    let sent = w.claims * runs.len();
-    if (used as f64) < sent as f64 * 0.99 {
+    let out = measured?;
+    read.context("reading the ceiling's keys back")?;
+    if used_total != out.ok as i64 {
         bail!(
             Measurement,
-            "redis-benchmark ran {sent} EVALSHA calls but the tree shows only {used} claims: the script did \
-             not claim"
+            "the Redis ceiling reported {} successful EVALSHA calls but its keys sum to {used_total}",
+            out.ok
         );
     }
-    let rps = |r: &(BTreeMap<String, f64>, f64)| r.0.get("rps").copied().unwrap_or(0.0);
-    let what = format!(
-        "redis-benchmark EVALSHA claim.lua -c {} ({})",
-        w.tasks,
-        runs.iter().map(|(p, r)| format!("-P {p}: {:.0}/s", rps(r))).collect::<Vec<_>>().join(", ")
-    );
-    let Some((_, (row, seconds))) = runs.into_iter().max_by(|a, b| rps(&a.1).total_cmp(&rps(&b.1))) else {
-        bail!(Measurement, "no redis-benchmark run");
-    };
-    let get = |k: &str| row.get(k).copied().unwrap_or(f64::NAN);
-    Ok(Outcome {
-        what,
-        ops: w.claims,
-        ok: w.claims,
-        capacity_failures: 0,
-        conflicts: 0,
-        errors: 0,
-        first_error: None,
-        seconds,
-        per_second: get("rps"),
-        latency: Summary {
-            count: w.claims as u64,
-            mean_ms: get("avg_latency_ms"),
-            p50_ms: get("p50_latency_ms"),
-            // redis-benchmark reports p95, not p90.
-            p90_ms: f64::NAN,
-            p99_ms: get("p99_latency_ms"),
-            max_ms: get("max_latency_ms"),
-        },
-    })
-}
-
-/// One redis-benchmark run of `w.claims` EVALSHA calls from `w.tasks` clients with
-/// `pipeline` commands in flight each; returns its CSV figures and the wall time.
-async fn benchmark(
-    exe: &std::path::Path,
-    parsed: &StoreUrl,
-    w: &Workload,
-    eval: &unicell::store::redis::ClaimEval,
-    consumer: &str,
-    pipeline: usize,
-) -> Result<(BTreeMap<String, f64>, f64)> {
-    let subst = |s: &String| s.replace(consumer, "c__rand_int__");
-    let u = parsed.expose();
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("-h")
-        .arg(u.host_str().unwrap_or("127.0.0.1"))
-        .arg("-p")
-        .arg(u.port().unwrap_or(6379).to_string())
-        .arg("-c")
-        .arg(w.tasks.to_string())
-        .arg("-n")
-        .arg(w.claims.to_string())
-        .arg("-P")
-        .arg(pipeline.to_string())
-        .arg("-r")
-        .arg("1000000000")
-        .arg("--csv");
-    let db = u.path().trim_start_matches('/');
-    if !db.is_empty() {
-        cmd.arg("--dbnum").arg(db);
-    }
-    if let Some(pw) = u.password() {
-        // redis-benchmark 7 takes the password only as an argument (it ignores
-        // REDISCLI_AUTH); it is never printed or logged here.
-        cmd.arg("-a").arg(percent_decode(pw));
-        if !u.username().is_empty() {
-            cmd.arg("--user").arg(percent_decode(u.username()));
-        }
-    }
-    cmd.arg("EVALSHA")
-        .arg(&eval.sha)
-        .arg(eval.keys.len().to_string())
-        .args(eval.keys.iter().map(subst))
-        .args(eval.args.iter().map(subst));
-    cmd.kill_on_drop(true);
-    let started = std::time::Instant::now();
-    let out = tokio::time::timeout(Duration::from_secs(1800), cmd.output())
-        .await
-        .context("redis-benchmark did not finish within 30 minutes")?
-        .context("cannot run redis-benchmark")?;
-    let seconds = started.elapsed().as_secs_f64();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!(Measurement, "redis-benchmark failed ({}): {}", out.status, stderr.lines().next().unwrap_or(""));
-    }
-    let row = parse_csv(&stdout).ok_or_else(|| {
-        crate::Error::Measurement(format!(
-            "cannot read redis-benchmark's output: {}",
-            stdout.lines().chain(stderr.lines()).next().unwrap_or("")
-        ))
-    })?;
-    Ok((row, seconds))
-}
-
-/// Parses redis-benchmark's `--csv` output (a header line and one row) into name -> value.
-fn parse_csv(s: &str) -> Option<BTreeMap<String, f64>> {
-    let mut lines = s.lines().filter(|l| l.starts_with('"'));
-    let header: Vec<String> = lines.next()?.split(',').map(|f| f.trim_matches('"').to_string()).collect();
-    let row = lines.next()?;
-    // The first field is the command line, which may itself contain quotes and commas (the
-    // claim's JSON metadata); the figures are the last fields and contain neither.
-    let fields: Vec<&str> = row.split(',').collect();
-    let numeric = header.len().checked_sub(1)?;
-    let values = fields.get(fields.len().checked_sub(numeric)?..)?;
-    let map: BTreeMap<String, f64> = header
-        .into_iter()
-        .skip(1)
-        .zip(values)
-        .filter_map(|(k, v)| v.trim_matches('"').parse().ok().map(|v| (k, v)))
-        .collect();
-    map.contains_key("rps").then_some(map)
-}
-
-/// Decodes `%XX` escapes (URL userinfo is percent-encoded; `+` stays `+`).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn reads_redis_benchmark_csv() {
-        let out = "\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\",\"p50_latency_ms\",\"p95_latency_ms\",\"p99_latency_ms\",\"max_latency_ms\"\n\"EVALSHA abc 5 k1 {\"p\":\"x\",\"u\":\"y\"} a,b\",\"116279.07\",\"0.301\",\"0.080\",\"0.287\",\"0.455\",\"0.631\",\"2.007\"\n";
-        let m = super::parse_csv(out).unwrap();
-        assert_eq!(super::percent_decode("a%40b+c%2"), "a@b+c%2");
-        assert_eq!(m["rps"], 116279.07);
-        assert_eq!(m["p99_latency_ms"], 0.631);
-    }
+    Ok(out)
 }

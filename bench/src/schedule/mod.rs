@@ -596,6 +596,7 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
             sweep: sweep.clone(),
         },
         environment: env,
+        durability: crate::candidate::durabilities(&cands),
         results: Results { candidates: &rows, quality: &quality, fill_to_failure: fill.as_ref(), sweep: &sweep_rows },
         notes: vec![
             "claimed placements/s: instances claimed in the store by the schedulers (no conductor, no \
@@ -616,6 +617,7 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
         &format!("bench schedule: {hosts} hosts, {nreq} requests, {schedulers} schedulers"),
         &panels,
     )?;
+    chart::footer(&svg, &crate::candidate::durability_lines(&cands))?;
     print_outputs(&json, &svg);
     drop(aof);
     if broken {

@@ -42,6 +42,7 @@ mod instances;
 mod inventory;
 mod leases;
 mod model;
+mod placement;
 mod providers;
 mod race;
 
@@ -96,6 +97,12 @@ pub fn cases() -> Vec<Case> {
         leases::cases(),
     ]
     .concat()
+}
+
+/// The [`PlacementStore`](crate::store::placement::PlacementStore) cases, for the backends
+/// whose [`Store::placement`] is `Some` (they fail on the others, naming the backend).
+pub fn placement_cases() -> Vec<Case> {
+    placement::cases()
 }
 
 /// Runs every case in order and returns the failures by case name; empty means the store

@@ -99,4 +99,8 @@ impl Store for MemoryStore {
     fn leases(&self) -> Option<&dyn super::leases::Leases> {
         Some(&self.leases)
     }
+
+    fn placement(&self) -> Option<&dyn super::placement::PlacementStore> {
+        Some(self)
+    }
 }

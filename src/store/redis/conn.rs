@@ -86,6 +86,8 @@ scripts! {
     instance_create => "instance_create.lua",
     instance_delete => "instance_delete.lua",
     lease_cas => "lease_cas.lua",
+    placement_read => "placement_read.lua",
+    replace_tree => "replace_tree.lua",
 }
 
 /// Maps a client error into the store's error: connection failures, cluster reconfiguration

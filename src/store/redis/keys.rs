@@ -143,6 +143,10 @@ impl Keys {
     pub fn pname(&self, name: &str) -> String {
         format!("{}:pname:{name}", self.prefix)
     }
+    /// A Placement registry hash (`classes` or `traits`): custom name -> creation time (µs).
+    pub fn registry(&self, kind: &str) -> String {
+        format!("{}:reg:{kind}", self.prefix)
+    }
     /// A consumer's set of tree references.
     pub fn consumer(&self, consumer: Uuid) -> String {
         format!("{}:cons:{consumer}", self.prefix)

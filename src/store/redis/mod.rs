@@ -17,6 +17,7 @@ mod feed;
 mod instances;
 mod keys;
 mod leases;
+mod placement;
 mod trees;
 
 use std::collections::HashMap;
@@ -132,6 +133,10 @@ impl Store for RedisStore {
     }
 
     fn leases(&self) -> Option<&dyn crate::store::leases::Leases> {
+        Some(self)
+    }
+
+    fn placement(&self) -> Option<&dyn crate::store::placement::PlacementStore> {
         Some(self)
     }
 

@@ -41,17 +41,17 @@ use crate::store::prelude::*;
 const ROOT_CACHE_MAX: usize = 1 << 20;
 
 /// `value owner ms` of a reservation key.
-fn parse_reservation(v: &str) -> Option<(String, u64)> {
+pub(super) fn parse_reservation(v: &str) -> Option<(String, u64)> {
     let (owner, ms) = v.rsplit_once(' ')?;
     Some((owner.to_string(), ms.parse().ok()?))
 }
 
 /// A member of a consumer's index: the tree, the claim's token and when it was written.
-struct IndexMember {
-    raw: String,
-    root: ProviderId,
-    token: String,
-    ms: u64,
+pub(super) struct IndexMember {
+    pub(super) raw: String,
+    pub(super) root: ProviderId,
+    pub(super) token: String,
+    pub(super) ms: u64,
 }
 
 fn parse_member(raw: String) -> Option<IndexMember> {
@@ -76,11 +76,11 @@ pub struct ClaimEval {
 impl RedisStore {
     // ---- provider lookups -----------------------------------------------------------
 
-    fn cached_root(&self, p: ProviderId) -> Option<ProviderId> {
+    pub(super) fn cached_root(&self, p: ProviderId) -> Option<ProviderId> {
         self.roots.read().unwrap_or_else(|e| e.into_inner()).get(&p).copied()
     }
 
-    fn cache_root(&self, p: ProviderId, root: ProviderId) {
+    pub(super) fn cache_root(&self, p: ProviderId, root: ProviderId) {
         let mut m = self.roots.write().unwrap_or_else(|e| e.into_inner());
         if m.len() >= ROOT_CACHE_MAX {
             m.clear();
@@ -88,12 +88,12 @@ impl RedisStore {
         m.insert(p, root);
     }
 
-    fn forget_root(&self, p: ProviderId) {
+    pub(super) fn forget_root(&self, p: ProviderId) {
         self.roots.write().unwrap_or_else(|e| e.into_inner()).remove(&p);
     }
 
     /// The roots of `providers` (None for unknown ones), from the cache unless `fresh`.
-    async fn roots_of(&self, providers: &[ProviderId], fresh: bool) -> Result<Vec<Option<ProviderId>>> {
+    pub(super) async fn roots_of(&self, providers: &[ProviderId], fresh: bool) -> Result<Vec<Option<ProviderId>>> {
         let mut out: Vec<Option<ProviderId>> =
             providers.iter().map(|p| if fresh { None } else { self.cached_root(*p) }).collect();
         let missing: Vec<usize> = (0..providers.len()).filter(|i| out[*i].is_none()).collect();
@@ -120,7 +120,7 @@ impl RedisStore {
         Ok(out)
     }
 
-    async fn root_of(&self, p: ProviderId, fresh: bool) -> Result<ProviderId> {
+    pub(super) async fn root_of(&self, p: ProviderId, fresh: bool) -> Result<ProviderId> {
         self.roots_of(&[p], fresh)
             .await?
             .into_iter()
@@ -129,13 +129,13 @@ impl RedisStore {
             .ok_or_else(|| Error::not_found(Kind::Provider, p))
     }
 
-    async fn read_tree(&self, root: ProviderId) -> Result<Option<ProviderTree>> {
+    pub(super) async fn read_tree(&self, root: ProviderId) -> Result<Option<ProviderTree>> {
         let v: Value = self.pool.query(redis::cmd("HGETALL").arg(self.keys.tree(root.0))).await?;
         decode_tree(root, pairs(v)?)
     }
 
     /// Whether `p` exists (its mapping names a tree that contains it).
-    async fn provider_live(&self, p: ProviderId) -> Result<bool> {
+    pub(super) async fn provider_live(&self, p: ProviderId) -> Result<bool> {
         let Some(root) = self.roots_of(&[p], true).await?.into_iter().next().flatten() else {
             return Ok(false);
         };
@@ -143,13 +143,13 @@ impl RedisStore {
         Ok(n == 1)
     }
 
-    fn tree_keys(&self, root: ProviderId) -> (String, String, String) {
+    pub(super) fn tree_keys(&self, root: ProviderId) -> (String, String, String) {
         let shard = self.keys.tree_shard(root.0);
         (self.keys.tree(root.0), self.keys.chg(shard), self.keys.feed(shard))
     }
 
     /// Releases a reservation this call made (`Some`), best effort.
-    async fn undo(&self, key: &str, reservation: &Option<String>) {
+    pub(super) async fn undo(&self, key: &str, reservation: &Option<String>) {
         if let Some(v) = reservation
             && let Err(e) = self.cas_del(key, v).await
         {
@@ -157,14 +157,14 @@ impl RedisStore {
         }
     }
 
-    async fn cas_del(&self, key: &str, expected: &str) -> Result<()> {
+    pub(super) async fn cas_del(&self, key: &str, expected: &str) -> Result<()> {
         let cmd = self.pool.scripts.cas.cmd(&[key], &[expected, "", "del"]);
         self.pool.eval::<i64>(&cmd).await.map(|_| ())
     }
 
     /// Reserves the unique name for provider `id`. Ok(Some(value)) when newly reserved (undo
     /// with `cas_del` on failure), Ok(None) when `id` already held it.
-    async fn reserve_name(&self, name: &str, id: ProviderId) -> Result<Option<String>> {
+    pub(super) async fn reserve_name(&self, name: &str, id: ProviderId) -> Result<Option<String>> {
         let key = self.keys.pname(name);
         let value = format!("{id} {}", now_ms());
         for _ in 0..2 {
@@ -273,7 +273,7 @@ impl RedisStore {
         Ok(self.claim_eval(request, root).0)
     }
 
-    async fn srem(&self, key: String, members: Vec<String>) {
+    pub(super) async fn srem(&self, key: String, members: Vec<String>) {
         if members.is_empty() {
             return;
         }
@@ -283,7 +283,7 @@ impl RedisStore {
     }
 
     /// The members of a consumer's index.
-    async fn index_members(&self, consumer: ConsumerId) -> Result<Vec<IndexMember>> {
+    pub(super) async fn index_members(&self, consumer: ConsumerId) -> Result<Vec<IndexMember>> {
         let v: Value = self.pool.query(redis::cmd("SMEMBERS").arg(self.keys.consumer(consumer.0))).await?;
         Ok(members(v)?.into_iter().filter_map(parse_member).collect())
     }
@@ -311,7 +311,7 @@ impl RedisStore {
     }
 }
 
-fn rand_u64() -> u64 {
+pub(super) fn rand_u64() -> u64 {
     let u = uuid::Uuid::new_v4().as_u128();
     (u >> 64) as u64 ^ u as u64
 }

@@ -151,20 +151,40 @@ fn pg_text(sql: &'static str) -> Arc<str> {
     s
 }
 
-/// A connection pool of either dialect.
+/// How long a request waits in a pool's queue before it fails with `Timeout`: far longer
+/// than any queue a healthy server builds, short enough to end a self-deadlock.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(120);
+
+/// A connection pool of either dialect, with a queue in front of it.
+///
+/// Every statement and transaction first takes one of `max_connections` permits from a
+/// FIFO semaphore, waiting as long as it takes, and only then asks sqlx for a connection.
+/// So a request that finds every connection busy waits its turn instead of failing with
+/// "timed out waiting for a pooled connection" after sqlx's acquire timeout: that timeout
+/// is left to mean what it should, a server that does not give a connection (down,
+/// refusing, over its `max_connections`). The wait in the queue is bounded all the same
+/// ([`QUEUE_WAIT`]), because a caller that holds a transaction and asks the same pool for a
+/// second connection could otherwise wait forever once every permit is held that way.
 #[derive(Clone, Debug)]
-pub enum Pool {
-    /// MariaDB/MySQL.
+pub struct Pool {
+    kind: PoolKind,
+    queue: Arc<tokio::sync::Semaphore>,
+}
+
+#[derive(Clone, Debug)]
+enum PoolKind {
     My(MySqlPool),
-    /// PostgreSQL.
     Pg(PgPool),
 }
 
-/// An open transaction of either dialect.
-pub enum Tx {
-    /// MariaDB/MySQL.
+/// An open transaction of either dialect (it holds its pool permit until it ends).
+pub struct Tx {
+    kind: TxKind,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+enum TxKind {
     My(Transaction<'static, MySql>),
-    /// PostgreSQL.
     Pg(Transaction<'static, Postgres>),
 }
 
@@ -246,11 +266,24 @@ pub fn map_err(e: sqlx::Error) -> Error {
 }
 
 impl Pool {
+    fn new(kind: PoolKind, max: u32) -> Pool {
+        Pool { kind, queue: Arc::new(tokio::sync::Semaphore::new(max.max(1) as usize)) }
+    }
+
+    /// Waits for this pool's turn (see [`Pool`]); sqlx's `PoolTimedOut` after [`QUEUE_WAIT`].
+    async fn turn(&self) -> std::result::Result<tokio::sync::OwnedSemaphorePermit, sqlx::Error> {
+        match tokio::time::timeout(QUEUE_WAIT, Arc::clone(&self.queue).acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(sqlx::Error::PoolClosed),
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        }
+    }
+
     /// The pool's dialect.
     pub fn dialect(&self) -> Dialect {
-        match self {
-            Pool::My(_) => Dialect::MySql,
-            Pool::Pg(_) => Dialect::Postgres,
+        match &self.kind {
+            PoolKind::My(_) => Dialect::MySql,
+            PoolKind::Pg(_) => Dialect::Postgres,
         }
     }
 
@@ -266,18 +299,20 @@ impl Pool {
         args: Vec<Arg>,
     ) -> std::result::Result<Vec<Row>, sqlx::Error> {
         let sql = sql.into();
-        Ok(match self {
-            Pool::My(p) => bind_all!(my_query(&sql), args).fetch_all(p).await?.into_iter().map(Row::My).collect(),
-            Pool::Pg(p) => bind_all!(pg_query(&sql), args).fetch_all(p).await?.into_iter().map(Row::Pg).collect(),
+        let _turn = self.turn().await?;
+        Ok(match &self.kind {
+            PoolKind::My(p) => bind_all!(my_query(&sql), args).fetch_all(p).await?.into_iter().map(Row::My).collect(),
+            PoolKind::Pg(p) => bind_all!(pg_query(&sql), args).fetch_all(p).await?.into_iter().map(Row::Pg).collect(),
         })
     }
 
     /// Runs a statement and returns the first row, if any.
     pub async fn fetch_optional(&self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<Option<Row>> {
         let sql = sql.into();
-        Ok(match self {
-            Pool::My(p) => bind_all!(my_query(&sql), args).fetch_optional(p).await.map_err(map_err)?.map(Row::My),
-            Pool::Pg(p) => bind_all!(pg_query(&sql), args).fetch_optional(p).await.map_err(map_err)?.map(Row::Pg),
+        let _turn = self.turn().await.map_err(map_err)?;
+        Ok(match &self.kind {
+            PoolKind::My(p) => bind_all!(my_query(&sql), args).fetch_optional(p).await.map_err(map_err)?.map(Row::My),
+            PoolKind::Pg(p) => bind_all!(pg_query(&sql), args).fetch_optional(p).await.map_err(map_err)?.map(Row::Pg),
         })
     }
 
@@ -289,20 +324,22 @@ impl Pool {
     /// As [`execute`](Self::execute) with the raw sqlx error (to recognise duplicates).
     pub async fn execute_raw(&self, sql: impl Into<Sql>, args: Vec<Arg>) -> std::result::Result<u64, sqlx::Error> {
         let sql = sql.into();
-        Ok(match self {
-            Pool::My(p) => bind_all!(my_query(&sql), args).execute(p).await?.rows_affected(),
-            Pool::Pg(p) => bind_all!(pg_query(&sql), args).execute(p).await?.rows_affected(),
+        let _turn = self.turn().await?;
+        Ok(match &self.kind {
+            PoolKind::My(p) => bind_all!(my_query(&sql), args).execute(p).await?.rows_affected(),
+            PoolKind::Pg(p) => bind_all!(pg_query(&sql), args).execute(p).await?.rows_affected(),
         })
     }
 
     /// Runs a statement without preparing it (DDL, `SET`).
     pub async fn execute_unprepared(&self, sql: &str) -> std::result::Result<(), sqlx::Error> {
         let sql = AssertSqlSafe(sql.to_string());
-        match self {
-            Pool::My(p) => {
+        let _turn = self.turn().await?;
+        match &self.kind {
+            PoolKind::My(p) => {
                 sqlx::raw_sql(sql).execute(p).await?;
             }
-            Pool::Pg(p) => {
+            PoolKind::Pg(p) => {
                 sqlx::raw_sql(sql).execute(p).await?;
             }
         }
@@ -312,26 +349,31 @@ impl Pool {
     /// Begins a transaction at the database's default isolation (REPEATABLE READ on InnoDB,
     /// READ COMMITTED on PostgreSQL).
     pub async fn begin(&self) -> std::result::Result<Tx, sqlx::Error> {
-        Ok(match self {
-            Pool::My(p) => Tx::My(p.begin().await?),
-            Pool::Pg(p) => Tx::Pg(p.begin().await?),
-        })
+        let permit = self.turn().await?;
+        let kind = match &self.kind {
+            PoolKind::My(p) => TxKind::My(p.begin().await?),
+            PoolKind::Pg(p) => TxKind::Pg(p.begin().await?),
+        };
+        Ok(Tx { kind, _permit: permit })
     }
 
     /// Begins a read-only transaction with one snapshot for all its statements (for reading
     /// whole provider trees consistently).
     pub async fn begin_snapshot(&self) -> std::result::Result<Tx, sqlx::Error> {
-        Ok(match self {
-            Pool::My(p) => Tx::My(p.begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY").await?),
-            Pool::Pg(p) => Tx::Pg(p.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?),
-        })
+        let permit = self.turn().await?;
+        let kind = match &self.kind {
+            PoolKind::My(p) => TxKind::My(p.begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY").await?),
+            PoolKind::Pg(p) => TxKind::Pg(p.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?),
+        };
+        Ok(Tx { kind, _permit: permit })
     }
 
     /// Closes the pool.
     pub async fn close(&self) {
-        match self {
-            Pool::My(p) => p.close().await,
-            Pool::Pg(p) => p.close().await,
+        self.queue.close();
+        match &self.kind {
+            PoolKind::My(p) => p.close().await,
+            PoolKind::Pg(p) => p.close().await,
         }
     }
 }
@@ -344,9 +386,13 @@ impl Tx {
         args: Vec<Arg>,
     ) -> std::result::Result<Vec<Row>, sqlx::Error> {
         let sql = sql.into();
-        Ok(match self {
-            Tx::My(t) => bind_all!(my_query(&sql), args).fetch_all(&mut **t).await?.into_iter().map(Row::My).collect(),
-            Tx::Pg(t) => bind_all!(pg_query(&sql), args).fetch_all(&mut **t).await?.into_iter().map(Row::Pg).collect(),
+        Ok(match &mut self.kind {
+            TxKind::My(t) => {
+                bind_all!(my_query(&sql), args).fetch_all(&mut **t).await?.into_iter().map(Row::My).collect()
+            }
+            TxKind::Pg(t) => {
+                bind_all!(pg_query(&sql), args).fetch_all(&mut **t).await?.into_iter().map(Row::Pg).collect()
+            }
         })
     }
 
@@ -357,29 +403,29 @@ impl Tx {
         args: Vec<Arg>,
     ) -> std::result::Result<Option<Row>, sqlx::Error> {
         let sql = sql.into();
-        Ok(match self {
-            Tx::My(t) => bind_all!(my_query(&sql), args).fetch_optional(&mut **t).await?.map(Row::My),
-            Tx::Pg(t) => bind_all!(pg_query(&sql), args).fetch_optional(&mut **t).await?.map(Row::Pg),
+        Ok(match &mut self.kind {
+            TxKind::My(t) => bind_all!(my_query(&sql), args).fetch_optional(&mut **t).await?.map(Row::My),
+            TxKind::Pg(t) => bind_all!(pg_query(&sql), args).fetch_optional(&mut **t).await?.map(Row::Pg),
         })
     }
 
     /// Runs a statement inside the transaction; returns the rows affected.
     pub async fn execute(&mut self, sql: impl Into<Sql>, args: Vec<Arg>) -> std::result::Result<u64, sqlx::Error> {
         let sql = sql.into();
-        Ok(match self {
-            Tx::My(t) => bind_all!(my_query(&sql), args).execute(&mut **t).await?.rows_affected(),
-            Tx::Pg(t) => bind_all!(pg_query(&sql), args).execute(&mut **t).await?.rows_affected(),
+        Ok(match &mut self.kind {
+            TxKind::My(t) => bind_all!(my_query(&sql), args).execute(&mut **t).await?.rows_affected(),
+            TxKind::Pg(t) => bind_all!(pg_query(&sql), args).execute(&mut **t).await?.rows_affected(),
         })
     }
 
     /// Runs (possibly several) statements without preparing them (DDL).
     pub async fn execute_unprepared(&mut self, sql: &str) -> std::result::Result<(), sqlx::Error> {
         let sql = AssertSqlSafe(sql.to_string());
-        match self {
-            Tx::My(t) => {
+        match &mut self.kind {
+            TxKind::My(t) => {
                 sqlx::raw_sql(sql).execute(&mut **t).await?;
             }
-            Tx::Pg(t) => {
+            TxKind::Pg(t) => {
                 sqlx::raw_sql(sql).execute(&mut **t).await?;
             }
         }
@@ -388,17 +434,17 @@ impl Tx {
 
     /// Commits.
     pub async fn commit(self) -> std::result::Result<(), sqlx::Error> {
-        match self {
-            Tx::My(t) => t.commit().await,
-            Tx::Pg(t) => t.commit().await,
+        match self.kind {
+            TxKind::My(t) => t.commit().await,
+            TxKind::Pg(t) => t.commit().await,
         }
     }
 
     /// Rolls back.
     pub async fn rollback(self) -> std::result::Result<(), sqlx::Error> {
-        match self {
-            Tx::My(t) => t.rollback().await,
-            Tx::Pg(t) => t.rollback().await,
+        match self.kind {
+            TxKind::My(t) => t.rollback().await,
+            TxKind::Pg(t) => t.rollback().await,
         }
     }
 }
@@ -616,8 +662,8 @@ impl Target {
 
     pub(super) fn pool(&self, max: u32) -> Pool {
         let acquire = Duration::from_secs(10);
-        match self.dialect {
-            Dialect::MySql => Pool::My(
+        let kind = match self.dialect {
+            Dialect::MySql => PoolKind::My(
                 MySqlPoolOptions::new()
                     .max_connections(max)
                     .min_connections(0)
@@ -626,7 +672,7 @@ impl Target {
                     .test_before_acquire(false)
                     .connect_lazy_with(self.my_options(Some(&self.database))),
             ),
-            Dialect::Postgres => Pool::Pg(
+            Dialect::Postgres => PoolKind::Pg(
                 PgPoolOptions::new()
                     .max_connections(max)
                     .min_connections(0)
@@ -635,7 +681,8 @@ impl Target {
                     .test_before_acquire(false)
                     .connect_lazy_with(self.pg_options(&self.database)),
             ),
-        }
+        };
+        Pool::new(kind, max)
     }
 }
 

@@ -251,77 +251,67 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Bulk load for benchmarks: inserts many instances with multi-row statements (mapping
-    /// rows in the API database, instance rows in their cells). Not part of the contract;
-    /// instances must be new.
+    /// Bulk load: inserts many new instances with multi-row statements, mapping rows into
+    /// the API database 1000 at a time, then each cell's instance (and tag) rows into its
+    /// database 500 at a time, the cells concurrently. Not atomic: mappings may exist for
+    /// instances whose cell insert failed. Backs [`Instances::create_instances`].
     pub async fn bulk_create_instances(&self, instances: &[Instance]) -> Result<()> {
-        for chunk in instances.chunks(500) {
-            let mut values = Vec::new();
-            let mut args = Vec::new();
-            let mut by_loc: std::collections::BTreeMap<usize, Vec<&Instance>> = Default::default();
+        let mut by_loc: std::collections::BTreeMap<usize, Vec<&Instance>> = Default::default();
+        for i in instances {
+            i.validate()?;
+            let k = match self.loc_of_cell(i.cell).await? {
+                Loc::Build => usize::MAX,
+                Loc::Cell(s) => s,
+            };
+            by_loc.entry(k).or_default().push(i);
+        }
+        for chunk in instances.chunks(1000) {
+            let mut args = Vec::with_capacity(chunk.len() * 3);
             for i in chunk {
-                i.validate()?;
-                values.push("(?, ?, ?)");
                 args.extend(sql_args![i.uuid.to_string(), i.cell.map(|c| c.to_string()), &i.project_id]);
-                let loc = self.loc_of_cell(i.cell).await?;
-                let k = match loc {
-                    Loc::Build => usize::MAX,
-                    Loc::Cell(s) => s,
-                };
-                by_loc.entry(k).or_default().push(i);
             }
-            self.api
-                .execute(
-                    Sql::Dynamic(
-                        self.stmts
-                            .adapt(&format!(
-                                "INSERT INTO instance_mappings (instance_uuid, cell_uuid, project_id) VALUES {}",
-                                values.join(", ")
-                            ))
-                            .into(),
-                    ),
-                    args,
-                )
-                .await?;
-            for (k, list) in by_loc {
-                let loc = if k == usize::MAX { Loc::Build } else { Loc::Cell(k) };
-                let ph = format!("({})", vec!["?"; 18].join(", "));
+            let sql = format!(
+                "INSERT INTO instance_mappings (instance_uuid, cell_uuid, project_id) VALUES {}",
+                vec!["(?, ?, ?)"; chunk.len()].join(", ")
+            );
+            match self.api.execute_raw(Sql::Dynamic(self.stmts.adapt(&sql).into()), args).await {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(Error::already_exists(Kind::Instance, chunk[0].uuid));
+                }
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        let per_loc = by_loc.into_iter().map(|(k, list)| async move {
+            let loc = if k == usize::MAX { Loc::Build } else { Loc::Cell(k) };
+            let pool = self.pool_of(loc);
+            for part in list.chunks(500) {
+                let ph = format!("({})", vec!["?"; COLS.split(',').count()].join(", "));
                 let mut args = Vec::new();
                 let mut tag_values = Vec::new();
                 let mut tag_args = Vec::new();
-                for i in &list {
+                for i in part {
                     args.extend(row_args(i)?);
                     for t in &i.tags {
                         tag_values.push("(?, ?)");
                         tag_args.extend(sql_args![i.uuid.to_string(), t]);
                     }
                 }
-                let pool = self.pool_of(loc);
-                pool.execute(
-                    Sql::Dynamic(
-                        self.stmts
-                            .adapt(&format!(
-                                "INSERT INTO {} ({COLS}) VALUES {}",
-                                table(idx(loc)),
-                                vec![ph.as_str(); list.len()].join(", ")
-                            ))
-                            .into(),
-                    ),
-                    args,
-                )
-                .await?;
+                let sql = format!(
+                    "INSERT INTO {} ({COLS}) VALUES {}",
+                    table(idx(loc)),
+                    vec![ph.as_str(); part.len()].join(", ")
+                );
+                pool.execute(Sql::Dynamic(self.stmts.adapt(&sql).into()), args).await?;
                 if loc != Loc::Build && !tag_values.is_empty() {
-                    pool.execute(
-                        Sql::Dynamic(
-                            self.stmts
-                                .adapt(&format!("INSERT INTO tags (resource_id, tag) VALUES {}", tag_values.join(", ")))
-                                .into(),
-                        ),
-                        tag_args,
-                    )
-                    .await?;
+                    let sql = format!("INSERT INTO tags (resource_id, tag) VALUES {}", tag_values.join(", "));
+                    pool.execute(Sql::Dynamic(self.stmts.adapt(&sql).into()), tag_args).await?;
                 }
             }
+            Ok::<_, Error>(())
+        });
+        for r in futures::future::join_all(per_loc).await {
+            r?;
         }
         Ok(())
     }
@@ -484,6 +474,10 @@ impl SqlStore {
 
 #[async_trait]
 impl Instances for SqlStore {
+    async fn create_instances(&self, instances: &[Instance]) -> Result<()> {
+        self.bulk_create_instances(instances).await
+    }
+
     async fn create_instance(&self, i: &Instance) -> Result<()> {
         i.validate()?;
         let loc = self.loc_of_cell(i.cell).await?;

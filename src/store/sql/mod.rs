@@ -47,6 +47,7 @@ mod feed;
 mod instances;
 mod leases;
 pub mod migrate;
+mod placement;
 mod trees;
 
 use self::config::targets;
@@ -221,6 +222,10 @@ impl Store for SqlStore {
     }
 
     fn leases(&self) -> Option<&dyn crate::store::leases::Leases> {
+        Some(self)
+    }
+
+    fn placement(&self) -> Option<&dyn crate::store::placement::PlacementStore> {
         Some(self)
     }
 }

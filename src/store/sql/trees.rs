@@ -44,7 +44,7 @@ impl From<Error> for Fail {
 
 /// Which trees to load.
 #[derive(Clone, Copy)]
-enum Sel<'a> {
+pub(super) enum Sel<'a> {
     Root(i64),
     Cell(&'a str),
     All,
@@ -69,18 +69,18 @@ impl Sel<'_> {
 
 /// A provider row as the claim path needs it.
 #[derive(Clone, Debug)]
-struct ProviderRow {
-    id: i64,
-    generation: i64,
+pub(super) struct ProviderRow {
+    pub(super) id: i64,
+    pub(super) generation: i64,
 }
 
 /// Loaded trees plus the per-provider ids and generations the writes need.
-struct Loaded {
-    trees: Vec<ProviderTree>,
-    rows: HashMap<ProviderId, ProviderRow>,
+pub(super) struct Loaded {
+    pub(super) trees: Vec<ProviderTree>,
+    pub(super) rows: HashMap<ProviderId, ProviderRow>,
 }
 
-fn gen_u64(g: i64) -> u64 {
+pub(super) fn gen_u64(g: i64) -> u64 {
     u64::try_from(g).unwrap_or(0)
 }
 
@@ -95,7 +95,7 @@ impl SqlStore {
 
     /// Loads whole trees (providers, inventories, usages, traits, aggregates, group counts)
     /// inside `tx`. The providers (and so the generations) are read first.
-    async fn load_trees(&self, tx: &mut Tx, sel: Sel<'_>) -> Result<Loaded, Fail> {
+    pub(super) async fn load_trees(&self, tx: &mut Tx, sel: Sel<'_>) -> Result<Loaded, Fail> {
         self.load_trees_with(tx, sel, true, true).await
     }
 
@@ -273,7 +273,7 @@ impl SqlStore {
     }
 
     /// `(provider id, root id, root uuid)` of a provider, or `NotFound`.
-    async fn locate(&self, provider: ProviderId) -> Result<(i64, i64, ProviderId)> {
+    pub(super) async fn locate(&self, provider: ProviderId) -> Result<(i64, i64, ProviderId)> {
         let row = self
             .api
             .fetch_optional(
@@ -455,7 +455,7 @@ impl SqlStore {
             None => {
                 let r = tx
                     .execute(
-                        "INSERT INTO consumers (uuid, project_id, user_id, generation) VALUES (?, ?, ?, 0)",
+                        "INSERT INTO consumers (uuid, project_id, user_id, generation) VALUES (?, ?, ?, 1)",
                         sql_args![&consumer, &request.project_id, &request.user_id],
                     )
                     .await;
@@ -698,8 +698,8 @@ impl Providers for SqlStore {
                     )
                     .await?;
                     tx.execute(
-                        "UPDATE resource_providers SET tree_generation = tree_generation + 1, \
-                         generation = generation + 1 WHERE id = ?",
+                        // Placement leaves the other providers' generations alone.
+                        "UPDATE resource_providers SET tree_generation = tree_generation + 1 WHERE id = ?",
                         sql_args![root_id],
                     )
                     .await?;
