@@ -151,6 +151,12 @@ fn pg_text(sql: &'static str) -> Arc<str> {
     s
 }
 
+/// How many times a single statement (autocommit, outside any transaction of ours) is run
+/// again after the server chose it as a deadlock victim or failed it for serialization: the
+/// server rolled the statement back, so running it again is safe, and a concurrent writer
+/// (InnoDB gap locks between inserts) is no reason to fail the caller.
+const STATEMENT_RETRIES: u32 = 4;
+
 /// How long a request waits in a pool's queue before it fails with `Timeout`: far longer
 /// than any queue a healthy server builds, short enough to end a self-deadlock.
 pub const QUEUE_WAIT: Duration = Duration::from_secs(120);
@@ -299,21 +305,45 @@ impl Pool {
         args: Vec<Arg>,
     ) -> std::result::Result<Vec<Row>, sqlx::Error> {
         let sql = sql.into();
-        let _turn = self.turn().await?;
-        Ok(match &self.kind {
-            PoolKind::My(p) => bind_all!(my_query(&sql), args).fetch_all(p).await?.into_iter().map(Row::My).collect(),
-            PoolKind::Pg(p) => bind_all!(pg_query(&sql), args).fetch_all(p).await?.into_iter().map(Row::Pg).collect(),
-        })
+        let mut attempt = 0;
+        loop {
+            let _turn = self.turn().await?;
+            let r = match &self.kind {
+                PoolKind::My(p) => bind_all!(my_query(&sql), args.clone())
+                    .fetch_all(p)
+                    .await
+                    .map(|v| v.into_iter().map(Row::My).collect()),
+                PoolKind::Pg(p) => bind_all!(pg_query(&sql), args.clone())
+                    .fetch_all(p)
+                    .await
+                    .map(|v| v.into_iter().map(Row::Pg).collect()),
+            };
+            match r {
+                Err(e) if is_retryable_tx_error(&e) && attempt < STATEMENT_RETRIES => attempt += 1,
+                other => return other,
+            }
+        }
     }
 
     /// Runs a statement and returns the first row, if any.
     pub async fn fetch_optional(&self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<Option<Row>> {
         let sql = sql.into();
-        let _turn = self.turn().await.map_err(map_err)?;
-        Ok(match &self.kind {
-            PoolKind::My(p) => bind_all!(my_query(&sql), args).fetch_optional(p).await.map_err(map_err)?.map(Row::My),
-            PoolKind::Pg(p) => bind_all!(pg_query(&sql), args).fetch_optional(p).await.map_err(map_err)?.map(Row::Pg),
-        })
+        let mut attempt = 0;
+        loop {
+            let _turn = self.turn().await.map_err(map_err)?;
+            let r = match &self.kind {
+                PoolKind::My(p) => {
+                    bind_all!(my_query(&sql), args.clone()).fetch_optional(p).await.map(|r| r.map(Row::My))
+                }
+                PoolKind::Pg(p) => {
+                    bind_all!(pg_query(&sql), args.clone()).fetch_optional(p).await.map(|r| r.map(Row::Pg))
+                }
+            };
+            match r {
+                Err(e) if is_retryable_tx_error(&e) && attempt < STATEMENT_RETRIES => attempt += 1,
+                other => return other.map_err(map_err),
+            }
+        }
     }
 
     /// Runs a statement and returns the number of rows it affected.
@@ -324,11 +354,18 @@ impl Pool {
     /// As [`execute`](Self::execute) with the raw sqlx error (to recognise duplicates).
     pub async fn execute_raw(&self, sql: impl Into<Sql>, args: Vec<Arg>) -> std::result::Result<u64, sqlx::Error> {
         let sql = sql.into();
-        let _turn = self.turn().await?;
-        Ok(match &self.kind {
-            PoolKind::My(p) => bind_all!(my_query(&sql), args).execute(p).await?.rows_affected(),
-            PoolKind::Pg(p) => bind_all!(pg_query(&sql), args).execute(p).await?.rows_affected(),
-        })
+        let mut attempt = 0;
+        loop {
+            let _turn = self.turn().await?;
+            let r = match &self.kind {
+                PoolKind::My(p) => bind_all!(my_query(&sql), args.clone()).execute(p).await.map(|d| d.rows_affected()),
+                PoolKind::Pg(p) => bind_all!(pg_query(&sql), args.clone()).execute(p).await.map(|d| d.rows_affected()),
+            };
+            match r {
+                Err(e) if is_retryable_tx_error(&e) && attempt < STATEMENT_RETRIES => attempt += 1,
+                other => return other,
+            }
+        }
     }
 
     /// Runs a statement without preparing it (DDL, `SET`).
