@@ -157,9 +157,11 @@ fn pg_text(sql: &'static str) -> Arc<str> {
 /// (InnoDB gap locks between inserts) is no reason to fail the caller.
 const STATEMENT_RETRIES: u32 = 4;
 
-/// How long a request waits in a pool's queue before it fails with `Timeout`: far longer
-/// than any queue a healthy server builds, short enough to end a self-deadlock.
-pub const QUEUE_WAIT: Duration = Duration::from_secs(120);
+/// How long a request waits in a pool's queue before it fails with `Timeout`. Ten seconds,
+/// sqlx's own acquire timeout: a caller that holds a transaction and asks the same pool for a
+/// second connection can wait on itself, and in `bench schedule` on MariaDB such waits
+/// stalled every build for the whole queue wait when it was 120 s.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 /// A connection pool of either dialect, with a queue in front of it.
 ///
