@@ -329,6 +329,15 @@ pub enum Changes {
     Trees {
         /// Roots of the trees to re-read (deleted trees included).
         roots: Vec<ProviderId>,
+        /// For roots of `roots` whose latest reported change the backend can vouch for: the
+        /// tree's generation once every change reported here is applied (never lower than
+        /// the generation any reported change produced). A reader that already holds this
+        /// generation of the tree, or a later one (its own claim, confirmed with the
+        /// generation the store returned), need not read the tree again; that is what
+        /// keeps a scheduler from re-reading every tree it just claimed on. A root missing
+        /// here must be re-read. Backends that cannot tell leave it empty.
+        #[serde(default)]
+        generations: BTreeMap<ProviderId, u64>,
         /// Cursor for the next call.
         next: ChangeCursor,
     },

@@ -221,6 +221,9 @@ pub struct SchedulerStats {
     /// Trees of the snapshot's scope re-read (by the change feed or after a failed claim;
     /// of the snapshot).
     pub trees_reread: u64,
+    /// Trees the change feed named that were not read, the snapshot holding their
+    /// generation already (of the snapshot).
+    pub trees_skipped: u64,
     /// Full reloads (start and `Resync`; of the snapshot).
     pub full_reloads: u64,
     /// Catalog (hosts, aggregates, cells) reloads (of the snapshot).
@@ -430,6 +433,7 @@ impl Scheduler {
             stale_schedules: g(&c.stale_schedules),
             refreshes: s.refreshes,
             trees_reread: s.trees_reread,
+            trees_skipped: s.trees_skipped,
             full_reloads: s.full_reloads,
             catalog_reloads: s.catalog_reloads,
         }

@@ -129,6 +129,9 @@ pub struct SnapshotStats {
     /// a release). A tree of another cell named by the feed is read once, not counted, and
     /// then ignored.
     pub trees_reread: u64,
+    /// Trees the change feed named that were not read because the snapshot already held
+    /// the generation the feed gave for them (mostly this process's own claims).
+    pub trees_skipped: u64,
     /// Full reloads (start and `Resync`).
     pub full_reloads: u64,
     /// Catalog (hosts, aggregates, cells) reloads.
@@ -141,6 +144,7 @@ pub struct SnapshotStats {
 struct Counters {
     refreshes: AtomicU64,
     trees_reread: AtomicU64,
+    trees_skipped: AtomicU64,
     full_reloads: AtomicU64,
     catalog_reloads: AtomicU64,
     views_published: AtomicU64,
@@ -847,6 +851,7 @@ impl SharedSnapshot {
         SnapshotStats {
             refreshes: g(&c.refreshes),
             trees_reread: g(&c.trees_reread),
+            trees_skipped: g(&c.trees_skipped),
             full_reloads: g(&c.full_reloads),
             catalog_reloads: g(&c.catalog_reloads),
             views_published: g(&c.views_published),
@@ -945,8 +950,9 @@ impl SharedSnapshot {
                 tracing::info!("change feed answered Resync: full reload");
                 self.full_reload(r).await?;
             }
-            Changes::Trees { roots, next } => {
+            Changes::Trees { roots, generations, next } => {
                 bump(&self.counters.refreshes, 1);
+                let roots = self.not_yet_held(roots, &generations);
                 let unknown = if roots.is_empty() {
                     false
                 } else {
@@ -965,6 +971,33 @@ impl SharedSnapshot {
         }
         lock(&self.freshness).fresh_as_of = Some(started);
         Ok(())
+    }
+
+    /// The roots of a feed answer this snapshot must read: those the feed gives no
+    /// generation for, and those whose host holds an older confirmed generation. A tree this
+    /// process just claimed on is usually already at the feed's generation (the claim was
+    /// confirmed with the generation the store returned), so it is not read again.
+    fn not_yet_held(&self, roots: Vec<ProviderId>, generations: &BTreeMap<ProviderId, u64>) -> Vec<ProviderId> {
+        if generations.is_empty() {
+            return roots;
+        }
+        let view = self.view();
+        let before = roots.len();
+        let out: Vec<ProviderId> = roots
+            .into_iter()
+            .filter(|root| {
+                let Some(&g) = generations.get(root) else {
+                    return true;
+                };
+                let Some(rec) = view.by_root.get(root).and_then(|s| view.rec(*s)) else {
+                    return true;
+                };
+                let m = lock(&rec.d.m);
+                m.retired || m.generation < g
+            })
+            .collect();
+        bump(&self.counters.trees_skipped, (before - out.len()) as u64);
+        out
     }
 
     /// Forces a catalog reload (hosts, aggregates, cells, building counts).

@@ -129,6 +129,11 @@ pub struct ClaimRun {
     pub alternate_equals_chosen: u64,
     /// Placement quality (when measured).
     pub quality: Option<QualityStats>,
+    /// Trees the shared snapshot read again during the run (change feed, failed claims).
+    pub trees_reread: u64,
+    /// Trees the change feed named that the snapshot did not read: it already held the
+    /// generation the feed gave (its own confirmed claims).
+    pub trees_skipped: u64,
     /// Snapshot memory estimate per host, bytes.
     pub snapshot_bytes_per_host: f64,
     /// Hosts in the snapshot.
@@ -157,6 +162,7 @@ pub async fn claims(
     let stop = Arc::new(AtomicBool::new(false));
     let instances: usize = reqs.iter().map(|r| r.instances.len()).sum();
     let phase = progress.phase(&format!("claims {label}"), instances as u64);
+    let stats0 = snap.stats();
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     let mut tasks = Vec::new();
@@ -224,6 +230,9 @@ pub async fn claims(
     }
     run.seconds = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds().zip(cpu0).map(|(b, a)| b - a);
+    let stats1 = snap.stats();
+    run.trees_reread = stats1.trees_reread - stats0.trees_reread;
+    run.trees_skipped = stats1.trees_skipped - stats0.trees_skipped;
     drop(phase);
     run.load_seconds = load_seconds;
     run.placements_per_second = run.placed as f64 / run.seconds.max(1e-9);

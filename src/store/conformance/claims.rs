@@ -25,6 +25,7 @@ pub(super) fn cases() -> Vec<Case> {
         case!("claims::bad_input_errors", bad_input_errors),
         case!("claims::consumer_on_two_trees", consumer_on_two_trees),
         case!("claims::group_limit", group_limit),
+        case!("claims::batch_applies_each_claim_on_its_own", batch_applies_each_claim_on_its_own),
     ]
 }
 
@@ -259,4 +260,59 @@ async fn group_limit(store: Arc<dyn Store>) -> CaseResult {
     store.release(first.consumer).await?;
     check!(store.provider_tree(f.root).await?.groups.get(&group) == Some(&2), "release decrements the group");
     audit_clean(&*store, &[f.root]).await
+}
+
+/// `claim_batch`: one result per request, in order; an impossible claim fails alone and the
+/// others are applied; replaying the batch replays the claims that landed.
+async fn batch_applies_each_claim_on_its_own(store: Arc<dyn Store>) -> CaseResult {
+    let a = make_tree(&*store, None, 12, 4096).await?;
+    let b = make_tree(&*store, None, 12, 4096).await?;
+    let batch = vec![
+        claim_req(ConsumerId::new_v4(), &[(a.root, "VCPU", 2), (a.numa[0], "PCPU", 1)]),
+        claim_req(ConsumerId::new_v4(), &[(a.root, "VCPU", 100)]),
+        claim_req(ConsumerId::new_v4(), &[(b.root, "VCPU", 3)]),
+        claim_req(ConsumerId::new_v4(), &[(b.root, "VCPU", 1), (b.sriov, "SRIOV_NET_VF", 3)]),
+        claim_req(ConsumerId::new_v4(), &[(a.root, "VCPU", 4)]),
+    ];
+    let results = store.claim_batch(&batch).await?;
+    check!(results.len() == batch.len(), "{} results for a batch of {}", results.len(), batch.len());
+    let landed: Vec<bool> = results.iter().map(|r| r.is_ok()).collect();
+    check!(landed == [true, false, true, false, true], "which claims of the batch landed: {landed:?}");
+    check!(
+        matches!(&results[1], Err(Error::Capacity { provider, .. }) if *provider == a.root),
+        "the impossible VCPU claim must fail with a capacity error on A: {:?}",
+        results[1]
+    );
+    check!(
+        matches!(&results[3], Err(Error::Capacity { provider, .. }) if *provider == b.sriov),
+        "three VFs on a two-VF function must fail with a capacity error on it: {:?}",
+        results[3]
+    );
+    for (i, r) in results.iter().enumerate() {
+        if let Ok(c) = r {
+            check!(!c.replayed, "claim {i} of a fresh batch says it was replayed");
+            let want = if i == 2 { b.root } else { a.root };
+            check!(c.root == want, "claim {i} landed on {} instead of {want}", c.root);
+        }
+    }
+    let ta = store.provider_tree(a.root).await?;
+    let tb = store.provider_tree(b.root).await?;
+    let used = |t: &ProviderTree, p: ProviderId, c: &str| {
+        t.providers.iter().find(|n| n.id == p).map_or(-1, |n| n.used(&rc(c)))
+    };
+    check!(used(&ta, a.root, "VCPU") == 6, "VCPU used on A: {} (want 2 + 4)", used(&ta, a.root, "VCPU"));
+    check!(used(&ta, a.numa[0], "PCPU") == 1, "PCPU used on A's NUMA 0");
+    check!(used(&tb, b.root, "VCPU") == 3, "VCPU used on B: {} (want 3)", used(&tb, b.root, "VCPU"));
+    check!(used(&tb, b.sriov, "SRIOV_NET_VF") == 0, "the refused claim left VFs used on B");
+    // The failed claim of B also took nothing of its VCPU amount (all-or-nothing per claim).
+    let again = store.claim_batch(&batch).await?;
+    for (i, (r, first)) in again.iter().zip(&results).enumerate() {
+        match (r, first) {
+            (Ok(c), Ok(_)) => check!(c.replayed, "claim {i} replayed in a second batch must say replayed"),
+            (Err(_), Err(_)) => {}
+            _ => return Err(Failure(format!("claim {i}: replay gave {r:?} after {first:?}"))),
+        }
+    }
+    check!(store.claim_batch(&[]).await?.is_empty(), "an empty batch must answer an empty list");
+    audit_clean(&*store, &[a.root, b.root]).await
 }

@@ -17,6 +17,7 @@ pub(super) fn cases() -> Vec<Case> {
         case!("race::concurrent_claims_never_overcommit", concurrent_claims_never_overcommit),
         case!("race::group_limit_under_concurrency", group_limit_under_concurrency),
         case!("race::claim_release_churn", claim_release_churn),
+        case!("race::concurrent_batches_never_overcommit", concurrent_batches_never_overcommit),
     ]
 }
 
@@ -220,4 +221,94 @@ async fn claim_release_churn(store: Arc<dyn Store>) -> CaseResult {
     let tree = store.provider_tree(root).await?;
     check!(usages(&tree).is_empty(), "usage left after every release: {:?}", usages(&tree));
     Ok(())
+}
+
+/// Batched claims from many workers at once (`claim_batch`, as the scheduler's claim
+/// batcher sends them): each claim all-or-nothing on its own tree, none overcommits, and
+/// usage ends equal to the claims that were acknowledged.
+async fn concurrent_batches_never_overcommit(store: Arc<dyn Store>) -> CaseResult {
+    use rand::{Rng, SeedableRng};
+    let mut trees = Vec::new();
+    for _ in 0..3 {
+        trees.push(make_tree(&*store, None, 16, 8192).await?);
+    }
+    let trees = Arc::new(trees);
+    let workers = RACE_WORKERS / 4;
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let store = store.clone();
+        let trees = trees.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(0xba7c + w as u64);
+            let mut won: Vec<ClaimRequest> = Vec::new();
+            let mut refused = 0usize;
+            for _ in 0..6 {
+                let batch: Vec<ClaimRequest> = (0..rng.random_range(1..=8))
+                    .map(|_| {
+                        let t = &trees[rng.random_range(0..trees.len())];
+                        let mut parts = vec![(t.root, "VCPU", rng.random_range(1..=2))];
+                        if rng.random_bool(0.3) {
+                            parts.push((t.numa[rng.random_range(0..2)], "PCPU", 1));
+                        }
+                        claim_req(ConsumerId::new_v4(), &parts)
+                    })
+                    .collect();
+                let mut attempt = 0;
+                let results = loop {
+                    match store.claim_batch(&batch).await {
+                        Err(e) if e.is_retryable() && attempt < 20 => {
+                            attempt += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
+                        }
+                        other => break other.map_err(|e| Failure(format!("batch failed as a whole: {e}")))?,
+                    }
+                };
+                if results.len() != batch.len() {
+                    return Err(Failure(format!("{} results for a batch of {}", results.len(), batch.len())));
+                }
+                for (req, r) in batch.into_iter().zip(results) {
+                    // A claim whose outcome is unknown (retryable) is replayed alone: claims
+                    // are idempotent.
+                    let r = match r {
+                        Err(e) if e.is_retryable() => claim_retrying(&*store, &req).await,
+                        other => other,
+                    };
+                    match r {
+                        Ok(_) => won.push(req),
+                        Err(Error::Capacity { .. }) => refused += 1,
+                        Err(e) => return Err(Failure(format!("unexpected claim error in a batch: {e}"))),
+                    }
+                }
+            }
+            Ok::<_, Failure>((won, refused))
+        }));
+    }
+    let mut expected: BTreeMap<(ProviderId, ResourceClass), i64> = BTreeMap::new();
+    let (mut wins, mut refusals) = (0, 0);
+    for t in tasks {
+        let (won, refused) = t.await.map_err(|e| Failure(format!("worker panicked: {e}")))??;
+        refusals += refused;
+        for req in won {
+            wins += 1;
+            for (p, res) in &req.allocations {
+                for (c, n) in res {
+                    *expected.entry((*p, c.clone())).or_insert(0) += n;
+                }
+            }
+        }
+    }
+    check!(wins > 0 && refusals > 0, "the batches must both win and lose claims: {wins} won, {refusals} refused");
+    for t in trees.iter() {
+        let tree = store.provider_tree(t.root).await?;
+        for node in &tree.providers {
+            for (class, inv) in &node.inventories {
+                let used = node.used(class);
+                let want = expected.get(&(node.id, class.clone())).copied().unwrap_or(0);
+                check!(used == want, "{class} on {}: usage {used} != sum of acknowledged claims {want}", node.id);
+                check!(used <= inv.capacity(), "{class} on {}: OVERCOMMIT {used} > {}", node.id, inv.capacity());
+            }
+        }
+    }
+    let roots: Vec<_> = trees.iter().map(|t| t.root).collect();
+    audit_clean(&*store, &roots).await
 }

@@ -79,6 +79,11 @@ impl ChangeFeed for CqlStore {
         for rows in results {
             roots.extend(rows.iter().filter_map(|r| get_uuid(r, 0)).map(ProviderId));
         }
-        Ok(Changes::Trees { roots: roots.into_iter().collect(), next: ChangeCursor(format!("{PREFIX}{now}")) })
+        // Feed rows name trees, not generations: every reported tree is re-read.
+        Ok(Changes::Trees {
+            roots: roots.into_iter().collect(),
+            generations: Default::default(),
+            next: ChangeCursor(format!("{PREFIX}{now}")),
+        })
     }
 }

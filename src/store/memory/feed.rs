@@ -7,7 +7,7 @@
 //! counter read first is a safe next cursor: nothing below it can be missed. Each shard keeps
 //! the last [`SHARD_CAPACITY`] entries; an older cursor gets [`Changes::Resync`].
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,7 +21,8 @@ use super::{MemoryStore, SHARD_CAPACITY, SHARDS, lock, shard_of};
 
 #[derive(Default)]
 struct LogShard {
-    entries: VecDeque<(u64, ProviderId)>,
+    /// `(seq, root, generation the write left the tree at; None for a deletion)`.
+    entries: VecDeque<(u64, ProviderId, Option<u64>)>,
     /// Highest seq dropped from this shard (0: none).
     dropped_upto: u64,
 }
@@ -36,12 +37,15 @@ impl ChangeLog {
         ChangeLog { seq: AtomicU64::new(0), shards: (0..SHARDS).map(|_| Mutex::default()).collect() }
     }
 
-    pub(super) fn record(&self, root: ProviderId) {
+    /// Records a write to `root`'s tree that left it at `generation` (`None`: the tree is
+    /// gone, or the caller cannot say). Called while the tree's lock is held, so entries of
+    /// one root carry rising generations.
+    pub(super) fn record(&self, root: ProviderId, generation: Option<u64>) {
         let mut shard = lock(&self.shards[shard_of(&root, SHARDS)]);
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        shard.entries.push_back((seq, root));
+        shard.entries.push_back((seq, root, generation));
         if shard.entries.len() > SHARD_CAPACITY
-            && let Some((dropped, _)) = shard.entries.pop_front()
+            && let Some((dropped, _, _)) = shard.entries.pop_front()
         {
             shard.dropped_upto = dropped;
         }
@@ -56,16 +60,25 @@ impl ChangeLog {
             Error::invalid("change cursor", format!("{:?} was not issued by a memory store", cursor.0))
         })?;
         let next = self.seq.load(Ordering::SeqCst);
-        let mut roots = BTreeSet::new();
+        // root -> generation of its latest entry (None: re-read it).
+        let mut latest: BTreeMap<ProviderId, Option<u64>> = BTreeMap::new();
         for shard in &self.shards {
             let shard = lock(shard);
             if shard.dropped_upto > since {
                 return Ok(Changes::Resync);
             }
-            let start = shard.entries.partition_point(|(s, _)| *s <= since);
-            roots.extend(shard.entries.range(start..).map(|(_, r)| *r));
+            let start = shard.entries.partition_point(|(s, _, _)| *s <= since);
+            // Entries are in seq order, so the last one of a root is its latest write.
+            for (_, root, generation) in shard.entries.range(start..) {
+                latest.insert(*root, *generation);
+            }
         }
-        Ok(Changes::Trees { roots: roots.into_iter().collect(), next: ChangeCursor(format!("mem:{next}")) })
+        let generations = latest.iter().filter_map(|(r, g)| g.map(|g| (*r, g))).collect();
+        Ok(Changes::Trees {
+            roots: latest.into_keys().collect(),
+            generations,
+            next: ChangeCursor(format!("mem:{next}")),
+        })
     }
 }
 

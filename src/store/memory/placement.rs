@@ -206,7 +206,7 @@ impl PlacementStore for MemoryStore {
                 d.tree.providers = crate::store::placement::order_parents_first(std::mem::take(&mut d.tree.providers));
                 d.extra.generations.extend(gens);
                 d.tree.generation += 1;
-                self.changes.record(d.tree.root);
+                self.changes.record(d.tree.root, Some(d.tree.generation));
             }
             None => {
                 let tree = ProviderTree {
@@ -223,7 +223,7 @@ impl PlacementStore for MemoryStore {
                     extra: Extra { generations: gens, consumers: HashMap::new() },
                 };
                 write(&self.trees).insert(provider, Arc::new(Mutex::new(state)));
-                self.changes.record(provider);
+                self.changes.record(provider, Some(1));
             }
         }
         {
@@ -235,10 +235,11 @@ impl PlacementStore for MemoryStore {
         if provider == src_root {
             s.deleted = true;
             write(&self.trees).remove(&src_root);
+            self.changes.record(src_root, None);
         } else {
             s.tree.generation += 1;
+            self.changes.record(src_root, Some(s.tree.generation));
         }
-        self.changes.record(src_root);
         Ok(())
     }
 

@@ -59,7 +59,9 @@ impl MemoryStore {
         let (value, wrote) = f(&mut state)?;
         if wrote {
             state.tree.generation += 1;
-            self.changes.record(state.tree.root);
+            // A deleted tree must be re-read (to learn it is gone), so it carries no generation.
+            let generation = (!state.deleted).then_some(state.tree.generation);
+            self.changes.record(state.tree.root, generation);
         }
         Ok(value)
     }
@@ -128,7 +130,7 @@ impl Providers for MemoryStore {
                             })),
                         );
                         slot.insert(p.id);
-                        self.changes.record(p.id);
+                        self.changes.record(p.id, Some(1));
                         Ok(1)
                     }
                 }

@@ -9,7 +9,7 @@
 //! than `tombstones` (URL option, default 4,096) accumulate in a shard the oldest are
 //! dropped and cursors older than them get [`Changes::Resync`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 
@@ -49,9 +49,15 @@ impl ChangeFeed for RedisStore {
         let cmds = since
             .iter()
             .enumerate()
-            .map(|(s, n)| self.pool.scripts.feed_read.cmd(&[self.keys.chg(s), self.keys.feed(s)], &[n.to_string()]))
+            .map(|(s, n)| {
+                self.pool
+                    .scripts
+                    .feed_read
+                    .cmd(&[self.keys.chg(s), self.keys.feed(s)], &[n.to_string(), self.keys.tree_prefix(s)])
+            })
             .collect();
         let mut roots = BTreeSet::new();
+        let mut generations = BTreeMap::new();
         let mut next = Vec::with_capacity(since.len());
         for (s, v) in self.pool.bulk(cmds).await?.into_iter().enumerate() {
             let r = Reply::from(v)?;
@@ -61,11 +67,23 @@ impl ChangeFeed for RedisStore {
             if since[s] < trimmed || since[s] > seq {
                 return Ok(Changes::Resync);
             }
-            for i in 2..r.0.len() {
-                roots.insert(r.s(i)?.parse::<ProviderId>().map_err(|_| corrupt("feed root"))?);
+            if r.0.len() % 2 != 0 {
+                return Err(corrupt("feed reply (root without generation)"));
+            }
+            for i in (2..r.0.len()).step_by(2) {
+                let root = r.s(i)?.parse::<ProviderId>().map_err(|_| corrupt("feed root"))?;
+                roots.insert(root);
+                let generation = r.s(i + 1)?;
+                if !generation.is_empty() {
+                    generations.insert(root, generation.parse::<u64>().map_err(|_| corrupt("feed generation"))?);
+                }
             }
             next.push(seq.max(since[s]).to_string());
         }
-        Ok(Changes::Trees { roots: roots.into_iter().collect(), next: ChangeCursor(format!("r1:{}", next.join(","))) })
+        Ok(Changes::Trees {
+            roots: roots.into_iter().collect(),
+            generations,
+            next: ChangeCursor(format!("r1:{}", next.join(","))),
+        })
     }
 }

@@ -102,6 +102,11 @@ impl Keys {
         format!("{}:{{{}}}", self.prefix, self.tree_tags[shard])
     }
 
+    /// The prefix of every tree hash key of a shard (`tree(root)` is this plus the root).
+    pub fn tree_prefix(&self, shard: usize) -> String {
+        format!("{}:tree:", self.t(shard))
+    }
+
     /// A tree's hash.
     pub fn tree(&self, root: Uuid) -> String {
         format!("{}:tree:{root}", self.t(self.tree_shard(root)))

@@ -141,6 +141,7 @@ impl ChangeFeed for SqlStore {
         for r in &rows {
             roots.insert(ProviderId(r.uuid(0)?));
         }
-        Ok(Changes::Trees { roots: roots.into_iter().collect(), next })
+        // The feed's rows name trees, not generations: every reported tree is re-read.
+        Ok(Changes::Trees { roots: roots.into_iter().collect(), generations: Default::default(), next })
     }
 }
