@@ -16,6 +16,9 @@ use clap::Parser;
 
 use self::args::{BenchCommand, Cli, Command};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = logging::init() {

@@ -651,15 +651,18 @@ impl Scheduler {
             let soft = chosen.len();
             if eligible_hosts * 8 < view.live {
                 // Few classes can serve: read their hosts and keep the best keys.
-                let mut all: Vec<&Arc<HostRec>> = eligible
+                let w = self.walk();
+                // Keys are read once: other requests move them (atomics) while this one
+                // sorts, and a comparison that changes under the sort is not an order.
+                let mut all: Vec<(f64, &Arc<HostRec>)> = eligible
                     .iter()
                     .enumerate()
                     .filter(|(_, t)| t.is_some())
                     .flat_map(|(c, _)| view.class_hosts[c].iter().filter_map(|s| view.rec(*s)))
+                    .map(|rec| (w.value(rec.place()), rec))
                     .collect();
-                let w = self.walk();
-                all.sort_unstable_by(|a, b| w.value(b.place()).total_cmp(&w.value(a.place())));
-                for rec in all {
+                all.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+                for (_, rec) in all {
                     if chosen.len() >= soft + k {
                         break;
                     }
@@ -1086,15 +1089,17 @@ impl Scheduler {
             mine.iter().enumerate().filter(|(_, t)| t.is_some()).map(|(c, _)| view.class_hosts[c].len()).sum();
         let mut out = Vec::new();
         if hosts * 8 < view.live {
-            let mut all: Vec<&Arc<HostRec>> = mine
+            let w = self.walk();
+            // Keys read once (see rank_indexed): they move while the sort runs.
+            let mut all: Vec<(f64, &Arc<HostRec>)> = mine
                 .iter()
                 .enumerate()
                 .filter(|(_, t)| t.is_some())
                 .flat_map(|(c, _)| view.class_hosts[c].iter().filter_map(|s| view.rec(*s)))
+                .map(|rec| (w.value(rec.place()), rec))
                 .collect();
-            let w = self.walk();
-            all.sort_unstable_by(|a, b| w.value(b.place()).total_cmp(&w.value(a.place())));
-            for rec in all {
+            all.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+            for (_, rec) in all {
                 if out.len() >= n {
                     break;
                 }
