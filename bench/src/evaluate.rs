@@ -319,6 +319,7 @@ fn schedule_options(common: &Common, size: Size) -> ScheduleOptions {
         no_quality: false,
         fill_hosts: small.then_some(200),
         redis_aof: false,
+        claim_batch: 0,
     }
 }
 

@@ -233,6 +233,10 @@ pub struct ScheduleArgs {
     /// Skip the placement-quality and fill-to-failure runs.
     #[arg(long)]
     pub no_quality: bool,
+    /// Claims each scheduler coalesces into one store call (a pipeline on Redis); 0 or 1:
+    /// each claim alone.
+    #[arg(long, default_value_t = 0, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=4096))]
+    pub claim_batch: usize,
     /// Hosts of the fill-to-failure cloud [default: 500; quick: 40].
     #[arg(long)]
     pub fill_hosts: Option<usize>,
@@ -478,6 +482,7 @@ impl From<ScheduleArgs> for unicell_bench::ScheduleOptions {
             no_quality: a.no_quality,
             fill_hosts: a.fill_hosts,
             redis_aof: a.redis_aof,
+            claim_batch: a.claim_batch,
         }
     }
 }

@@ -45,6 +45,7 @@
 //!   store's rule); with any other scheme the claim stays counted as in flight until the
 //!   change feed brings the tree again.
 
+mod batch;
 pub mod candidates;
 pub mod error;
 pub mod filters;
@@ -148,6 +149,13 @@ pub struct SchedulerConfig {
     /// how the chosen host compares ([`Scheduler::quality`]). For benchmarks; off by
     /// default.
     pub measure_quality: bool,
+    /// Coalesce the claims of this scheduler's concurrent requests into batches of at most
+    /// this many ([`Claims::claim_batch`](crate::store::Claims::claim_batch), one round trip
+    /// on backends that pipeline them); 0 or 1 (the default): every claim is sent alone.
+    /// Worth it over a network; in-process stores only pay the hand-off.
+    pub claim_batch: usize,
+    /// Batches of claims outstanding at once when `claim_batch` is on (4).
+    pub claim_batches_in_flight: usize,
     /// How many hosts that fit the request's resources, traits and aggregates go on to the
     /// filters and weighers (`[scheduler]max_placement_results`, 1000; `None`: all). The
     /// hosts kept are a random sample (seeded by [`seed`](Self::seed)), as Placement's
@@ -188,6 +196,8 @@ impl Default for SchedulerConfig {
             ranking: RankingMode::Indexed,
             indexed_candidates: 16,
             measure_quality: false,
+            claim_batch: 0,
+            claim_batches_in_flight: 4,
         }
     }
 }
@@ -322,6 +332,8 @@ pub struct Scheduler {
     rng: Mutex<SplitMix64>,
     counters: Counters,
     quality: Quality,
+    /// The claim coalescer when `claim_batch` is on.
+    batcher: Option<batch::ClaimBatcher>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -390,7 +402,11 @@ impl Scheduler {
     fn build(snapshot: Arc<SharedSnapshot>, config: SchedulerConfig) -> Result<Scheduler> {
         let fs = config.enabled_filters.iter().filter_map(|n| filters::by_name(n)).collect();
         let seed = config.seed.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0);
+        let batcher = (config.claim_batch > 1).then(|| {
+            batch::ClaimBatcher::new(snapshot.store().clone(), config.claim_batch, config.claim_batches_in_flight)
+        });
         Ok(Scheduler {
+            batcher,
             snapshot,
             filters: fs,
             weighers: weighers::all(),

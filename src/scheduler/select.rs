@@ -745,7 +745,11 @@ impl Scheduler {
             group: plan.group.as_ref().map(|g| GroupClaim { group: g.id, max_per_host: g.claim_limit() }),
         };
         bump(&self.counters.claims_tried, 1);
-        match self.snapshot.store().claim(&req).await {
+        let claimed = match &self.batcher {
+            Some(batcher) => batcher.claim(req).await,
+            None => self.snapshot.store().claim(&req).await,
+        };
+        match claimed {
             Ok(c) => Ok(ClaimOutcome::Claimed { replayed: c.replayed, generation: c.generation }),
             Err(e) => {
                 let cause = classify(e)?;

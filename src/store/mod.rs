@@ -97,7 +97,9 @@ pub use self::url::{Scheme, StoreUrl, redact_text};
 ///     [`changes_since`](ChangeFeed::changes_since) are the cheap change check: take a cursor,
 ///     load everything, then ask for the trees that changed since the cursor; the answer costs
 ///     in proportion to the changes, may name a tree that did not change, never omits one that
-///     did, and says [`Changes::Resync`] when the feed no longer reaches back that far.
+///     did, and says [`Changes::Resync`] when the feed no longer reaches back that far. A
+///     generation it gives for a tree is never behind the changes it reports (and is never
+///     given for a deleted tree): a reader holding that generation may skip the tree.
 ///
 /// # Catalog
 ///

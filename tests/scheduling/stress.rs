@@ -69,6 +69,8 @@ async fn many_schedulers_thousands_of_requests_then_audit(store: Arc<dyn Store>)
             host_subset_size: 1 + k,
             min_refresh_interval: if k % 2 == 1 { Duration::from_millis(50) } else { Duration::ZERO },
             seed: Some(k as u64 + 1),
+            // Every third scheduler coalesces its claims, so batched and lone claims race.
+            claim_batch: if k % 3 == 2 { 16 } else { 0 },
             ..cloud.config()
         };
         let s = cloud.scheduler_with(config).await.map_err(e)?;

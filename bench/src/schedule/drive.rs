@@ -44,6 +44,8 @@ pub struct SchedulerSetup {
     pub stop_at_first_failure: bool,
     /// Seed of the schedulers.
     pub seed: u64,
+    /// Claims coalesced per store call by each scheduler (0: each claim alone).
+    pub claim_batch: usize,
 }
 
 fn ranking_name<S: serde::Serializer>(r: &RankingMode, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -66,6 +68,7 @@ impl SchedulerSetup {
             ranking: self.ranking,
             indexed_candidates: self.indexed_candidates.max(1),
             measure_quality: self.measure_quality,
+            claim_batch: self.claim_batch,
             max_placement_results: if self.ranking == RankingMode::Exhaustive { None } else { Some(1000) },
             ..SchedulerConfig::default()
         }

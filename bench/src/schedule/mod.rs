@@ -72,6 +72,8 @@ pub struct ScheduleOptions {
     pub no_quality: bool,
     /// Hosts of the fill-to-failure cloud [default: 500; quick: 40].
     pub fill_hosts: Option<usize>,
+    /// Claims each scheduler coalesces into one store call (0: each claim alone).
+    pub claim_batch: usize,
     /// Add a throwaway redis-server with `appendonly yes`, `appendfsync everysec` (started
     /// by the bench on a free port) as a candidate.
     pub redis_aof: bool,
@@ -257,6 +259,7 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
         measure_quality: false,
         stop_at_first_failure: false,
         seed: a.common.seed,
+        claim_batch: a.claim_batch,
     };
     println!(
         "bench schedule: {hosts} hosts in {cells} cells, {nreq} requests, {schedulers} schedulers sharing one \

@@ -569,21 +569,95 @@ impl Providers for RedisStore {
     }
 }
 
-#[async_trait]
-impl Claims for RedisStore {
-    async fn claim(&self, request: &ClaimRequest) -> Result<Claim> {
+/// A claim's script reply, read: the claim, its refusal, or `Stale` when the cached root of
+/// one of its providers was wrong (the caller looks the roots up again and retries once).
+enum ClaimReply {
+    Done(Result<Claim>),
+    Stale,
+}
+
+/// Where a claim goes: its providers, their roots as looked up, and the tree of the first.
+struct ClaimTarget {
+    providers: Vec<ProviderId>,
+    roots: Vec<Option<ProviderId>>,
+    root: ProviderId,
+}
+
+impl RedisStore {
+    /// Validates `request` and finds its tree (through the root cache unless `fresh`).
+    async fn claim_root(&self, request: &ClaimRequest, fresh: bool) -> Result<ClaimTarget> {
         request.validate()?;
         let providers: Vec<ProviderId> = request.allocations.keys().copied().collect();
         let first =
             *providers.first().ok_or_else(|| Error::invalid("allocations", "a claim needs at least one amount"))?;
-        for fresh in [false, true] {
-            let roots = self.roots_of(&providers, fresh).await?;
-            for (p, r) in providers.iter().zip(&roots) {
-                if r.is_none() {
-                    return Err(Error::not_found(Kind::Provider, p));
-                }
+        let roots = self.roots_of(&providers, fresh).await?;
+        for (p, r) in providers.iter().zip(&roots) {
+            if r.is_none() {
+                return Err(Error::not_found(Kind::Provider, p));
             }
-            let root = roots[0].ok_or_else(|| Error::not_found(Kind::Provider, first))?;
+        }
+        let root = roots[0].ok_or_else(|| Error::not_found(Kind::Provider, first))?;
+        Ok(ClaimTarget { providers, roots, root })
+    }
+
+    /// Reads the claim script's reply for `request` on `root`.
+    fn claim_reply(&self, request: &ClaimRequest, target: &ClaimTarget, fresh: bool, r: &Reply) -> Result<ClaimReply> {
+        let ClaimTarget { providers, roots, root } = target;
+        let root = *root;
+        let status = r.status();
+        let done = |res| Ok(ClaimReply::Done(res));
+        match status.as_str() {
+            "ok" => done(Ok(Claim { root, generation: r.u(1)?, replayed: r.i(2)? == 1 })),
+            "no_tree" | "not_in_tree" if !fresh => {
+                for p in providers {
+                    self.forget_root(*p);
+                }
+                Ok(ClaimReply::Stale)
+            }
+            "no_tree" => done(Err(Error::not_found(Kind::Provider, providers.first().copied().unwrap_or(root)))),
+            "not_in_tree" => {
+                let p: ProviderId = r.s(1)?.parse().map_err(|_| corrupt("provider"))?;
+                let i = providers.iter().position(|x| *x == p).unwrap_or(0);
+                if roots.get(i).copied().flatten() == Some(root) {
+                    return done(Err(Error::not_found(Kind::Provider, p)));
+                }
+                done(Err(Error::invalid(
+                    "allocations",
+                    format!("provider {p} is not in tree {root}: a claim covers one provider tree"),
+                )))
+            }
+            "mismatch" => done(Err(Error::Conflict(Conflict::ConsumerMismatch { consumer: request.consumer, root }))),
+            "no_inventory" => {
+                done(Err(Error::not_found(Kind::Inventory, format!("{} on provider {}", r.s(2)?, r.s(1)?))))
+            }
+            "units" => {
+                let inv = Inventory { min_unit: r.i(4)?, max_unit: r.i(5)?, step_size: r.i(6)?, ..Inventory::default() };
+                inv.check_units(&format!("{} on provider {}", r.s(2)?, r.s(1)?), r.i(3)?)?;
+                Err(corrupt("units failure the inventory accepts"))
+            }
+            "capacity" => done(Err(Error::Capacity {
+                provider: r.s(1)?.parse().map_err(|_| corrupt("provider"))?,
+                class: ResourceClass::parse(&r.s(2)?).map_err(|_| corrupt("class"))?,
+                requested: r.i(3)?,
+                used: r.i(4)?,
+                capacity: r.i(5)?,
+            })),
+            "group_limit" => done(Err(Error::Conflict(Conflict::GroupLimit {
+                group: r.s(1)?.parse().map_err(|_| corrupt("group"))?,
+                root,
+                max_per_host: u32::try_from(r.i(2)?).unwrap_or(u32::MAX),
+            }))),
+            other => Err(corrupt(format!("claim status {other}"))),
+        }
+    }
+}
+
+#[async_trait]
+impl Claims for RedisStore {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim> {
+        for fresh in [false, true] {
+            let target = self.claim_root(request, fresh).await?;
+            let root = target.root;
             let (eval, member) = self.claim_eval(request, root);
             let index_key = self.keys.consumer(request.consumer.0);
             let cluster = self.pool.is_cluster();
@@ -594,64 +668,55 @@ impl Claims for RedisStore {
             }
             let cmd = self.pool.scripts.claim.cmd(&eval.keys, &eval.args);
             let r = Reply::from(self.pool.eval(&cmd).await?)?;
-            let status = r.status();
-            let keep_member = status == "ok" && r.i(2)? == 0;
+            let keep_member = r.status() == "ok" && r.i(2)? == 0;
             if cluster && !keep_member {
                 self.srem(index_key, vec![member]).await;
             }
-            match status.as_str() {
-                "ok" => {
-                    return Ok(Claim { root, generation: r.u(1)?, replayed: r.i(2)? == 1 });
-                }
-                "no_tree" | "not_in_tree" if !fresh => {
-                    for p in &providers {
-                        self.forget_root(*p);
-                    }
-                }
-                "no_tree" => return Err(Error::not_found(Kind::Provider, first)),
-                "not_in_tree" => {
-                    let p: ProviderId = r.s(1)?.parse().map_err(|_| corrupt("provider"))?;
-                    let i = providers.iter().position(|x| *x == p).unwrap_or(0);
-                    if roots[i] == Some(root) {
-                        return Err(Error::not_found(Kind::Provider, p));
-                    }
-                    return Err(Error::invalid(
-                        "allocations",
-                        format!("provider {p} is not in tree {root}: a claim covers one provider tree"),
-                    ));
-                }
-                "mismatch" => {
-                    return Err(Error::Conflict(Conflict::ConsumerMismatch { consumer: request.consumer, root }));
-                }
-                "no_inventory" => {
-                    return Err(Error::not_found(Kind::Inventory, format!("{} on provider {}", r.s(2)?, r.s(1)?)));
-                }
-                "units" => {
-                    let inv =
-                        Inventory { min_unit: r.i(4)?, max_unit: r.i(5)?, step_size: r.i(6)?, ..Inventory::default() };
-                    inv.check_units(&format!("{} on provider {}", r.s(2)?, r.s(1)?), r.i(3)?)?;
-                    return Err(corrupt("units failure the inventory accepts"));
-                }
-                "capacity" => {
-                    return Err(Error::Capacity {
-                        provider: r.s(1)?.parse().map_err(|_| corrupt("provider"))?,
-                        class: ResourceClass::parse(&r.s(2)?).map_err(|_| corrupt("class"))?,
-                        requested: r.i(3)?,
-                        used: r.i(4)?,
-                        capacity: r.i(5)?,
-                    });
-                }
-                "group_limit" => {
-                    return Err(Error::Conflict(Conflict::GroupLimit {
-                        group: r.s(1)?.parse().map_err(|_| corrupt("group"))?,
-                        root,
-                        max_per_host: u32::try_from(r.i(2)?).unwrap_or(u32::MAX),
-                    }));
-                }
-                other => return Err(corrupt(format!("claim status {other}"))),
+            match self.claim_reply(request, &target, fresh, &r)? {
+                ClaimReply::Done(result) => return result,
+                ClaimReply::Stale => {}
             }
         }
-        Err(Error::not_found(Kind::Provider, first))
+        match request.allocations.keys().next() {
+            Some(first) => Err(Error::not_found(Kind::Provider, first)),
+            None => Err(Error::invalid("allocations", "a claim needs at least one amount")),
+        }
+    }
+
+    /// On a single node, one pipeline of claim scripts (each still atomic on its own tree;
+    /// a claim whose cached root was stale is sent again alone). On a cluster every claim
+    /// first writes its consumer-index member on another node, so the claims go
+    /// concurrently, each as [`claim`](Claims::claim).
+    async fn claim_batch(&self, requests: &[ClaimRequest]) -> Result<Vec<Result<Claim>>> {
+        if self.pool.is_cluster() || requests.len() < 2 {
+            return Ok(futures::future::join_all(requests.iter().map(|r| self.claim(r))).await);
+        }
+        let mut out: Vec<Option<Result<Claim>>> = (0..requests.len()).map(|_| None).collect();
+        let mut sent: Vec<(usize, ClaimTarget)> = Vec::new();
+        let mut cmds = Vec::new();
+        for (i, request) in requests.iter().enumerate() {
+            match self.claim_root(request, false).await {
+                Ok(target) => {
+                    let (eval, _member) = self.claim_eval(request, target.root);
+                    cmds.push(self.pool.scripts.claim.cmd(&eval.keys, &eval.args));
+                    sent.push((i, target));
+                }
+                Err(e) if e.is_retryable() => return Err(e),
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        let replies = self.pool.bulk(cmds).await?;
+        for ((i, target), v) in sent.into_iter().zip(replies) {
+            let r = Reply::from(v)?;
+            out[i] = Some(match self.claim_reply(&requests[i], &target, false, &r)? {
+                ClaimReply::Done(result) => result,
+                ClaimReply::Stale => self.claim(&requests[i]).await,
+            });
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(corrupt("a batched claim without a result"))))
+            .collect())
     }
 
     async fn release(&self, consumer: ConsumerId) -> Result<Released> {
