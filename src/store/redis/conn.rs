@@ -143,6 +143,10 @@ pub struct Pool {
     conns: Vec<Conn>,
     next: AtomicUsize,
     cluster: bool,
+    /// `wait_replicas` of the URL (0: writes do not wait).
+    wait_replicas: u32,
+    /// `wait_timeout_ms` of the URL.
+    wait_timeout_ms: u64,
     /// The scripts.
     pub scripts: Scripts,
 }
@@ -183,7 +187,14 @@ impl Pool {
                 ));
             }
         }
-        let pool = Pool { conns, next: AtomicUsize::new(0), cluster: cfg.cluster, scripts: Scripts::new() };
+        let pool = Pool {
+            conns,
+            next: AtomicUsize::new(0),
+            cluster: cfg.cluster,
+            wait_replicas: cfg.wait_replicas,
+            wait_timeout_ms: u64::try_from(cfg.wait_timeout.as_millis()).unwrap_or(u64::MAX),
+            scripts: Scripts::new(),
+        };
         pool.load_scripts().await?;
         Ok(pool)
     }
@@ -226,6 +237,95 @@ impl Pool {
             }
             r => r.map_err(map_err),
         }
+    }
+
+    /// Whether claims and releases wait for replicas (`wait_replicas` > 0).
+    pub fn waits(&self) -> bool {
+        self.wait_replicas > 0
+    }
+
+    /// Whether writes wait for replicas (`wait_replicas` above 0).
+    pub fn waits_for_replicas(&self) -> bool {
+        self.wait_replicas > 0
+    }
+
+    /// Runs one write (`cmd`: an EVALSHA, loading the scripts once on NOSCRIPT as
+    /// [`eval`](Self::eval) does, or a plain command) and, when the URL sets
+    /// `wait_replicas`, makes it durable before answering: `INCR barrier` and
+    /// `WAIT wait_replicas wait_timeout_ms` follow it in **one pipeline**, so all three go
+    /// down one connection to the one master that owns the slot (a pipeline is routed by its
+    /// first keyed command; WAIT has no key, and alone the cluster client would send it to
+    /// every master). WAIT counts the replicas that acknowledged everything this connection
+    /// wrote, which is why the barrier (a key in `cmd`'s slot) is there: a script that
+    /// writes nothing (a replayed claim, a release of nothing) would otherwise let WAIT
+    /// answer for older writes only, while the state the script read may not be replicated
+    /// yet. If the cluster client resends the pipeline elsewhere (MOVED, a dead
+    /// connection), all three go again, together.
+    ///
+    /// Fewer acknowledgements than asked for within the timeout is a retryable
+    /// [`Error::Unavailable`]: the write happened on the master and may or may not survive a
+    /// failover, and the caller replays it (claims and releases are idempotent).
+    pub async fn write_waited<T: FromRedisValue>(&self, cmd: &Cmd, barrier: Option<&str>) -> Result<T> {
+        if self.wait_replicas == 0 {
+            return self.eval(cmd).await;
+        }
+        let mut c = self.pick();
+        let v = match self.waited_once(&mut c, cmd, barrier).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.load_scripts().await?;
+                self.waited_once(&mut c, cmd, barrier).await
+            }
+            r => r,
+        }
+        .map_err(map_err)?;
+        T::from_redis_value(v).map_err(|e| map_err(e.into()))
+    }
+
+    async fn waited_once(&self, c: &mut Conn, cmd: &Cmd, barrier: Option<&str>) -> redis::RedisResult<Value> {
+        let mut p = redis::pipe();
+        p.add_command(cmd.clone());
+        if let Some(b) = barrier {
+            p.cmd("INCR").arg(b).ignore();
+        }
+        p.cmd("WAIT").arg(self.wait_replicas).arg(self.wait_timeout_ms);
+        // Each reply is inspected below: the command's own error (NOSCRIPT) comes first.
+        p.ignore_errors();
+        let replies: Value = match c {
+            Conn::Single(c) => p.query_async(c).await?,
+            Conn::Cluster(c) => p.query_async(c).await?,
+        };
+        let mut replies = match replies {
+            Value::Array(v) if v.len() == 2 => v.into_iter(),
+            other => {
+                return Err(RedisError::from((
+                    ErrorKind::Parse,
+                    "unexpected reply to a waited write",
+                    format!("{other:?}"),
+                )));
+            }
+        };
+        let (Some(reply), Some(acks)) = (replies.next(), replies.next()) else {
+            return Err(RedisError::from((ErrorKind::Parse, "unexpected reply to a waited write")));
+        };
+        let reply = reply.extract_error()?;
+        let acks = match acks.extract_error()? {
+            Value::Int(n) => n,
+            other => {
+                return Err(RedisError::from((ErrorKind::Parse, "unexpected reply to WAIT", format!("{other:?}"))));
+            }
+        };
+        if acks < i64::from(self.wait_replicas) {
+            return Err(RedisError::from((
+                ErrorKind::Server(ServerErrorKind::TryAgain),
+                "write not replicated",
+                format!(
+                    "{acks} of {} replicas acknowledged it within {} ms (wait_replicas); it is on the master \
+                     and may or may not survive a failover: replay it",
+                    self.wait_replicas, self.wait_timeout_ms
+                ),
+            )));
+        }
+        Ok(reply)
     }
 
     /// Runs many independent commands with few round trips: pipelines on a single node; on a

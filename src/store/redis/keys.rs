@@ -135,6 +135,12 @@ impl Keys {
     pub fn feed(&self, shard: usize) -> String {
         format!("{}:feed", self.t(shard))
     }
+    /// A shard's replication barrier: a counter that claims and releases increment before
+    /// Redis `WAIT` when the URL sets `wait_replicas`, so that the wait covers the state the
+    /// script read even when the script itself wrote nothing.
+    pub fn wait(&self, shard: usize) -> String {
+        format!("{}:wait", self.t(shard))
+    }
     /// A shard's tombstones of deleted trees.
     pub fn dead(&self, shard: usize) -> String {
         format!("{}:dead", self.t(shard))

@@ -293,11 +293,13 @@ impl PlacementStore for RedisStore {
             args.push(key_number.to_string());
         }
         // Cluster: index members first, as claims do (an allocation is never unfindable).
+        // With `wait_replicas`, both wait for replicas as claims do: this writes allocations.
         for (key, member) in &added_members {
-            self.pool.query::<Value>(redis::cmd("SADD").arg(key).arg(member)).await?;
+            self.pool.write_waited::<Value>(redis::cmd("SADD").arg(key).arg(member), None).await?;
         }
         let cmd = self.pool.scripts.replace_tree.cmd(&keys, &args);
-        let outcome = match self.pool.eval(&cmd).await {
+        let barrier = self.keys.wait(self.keys.tree_shard(root.0));
+        let outcome = match self.pool.write_waited(&cmd, Some(&barrier)).await {
             Ok(v) => Reply::from(v),
             Err(e) => Err(e),
         };

@@ -664,10 +664,14 @@ impl Claims for RedisStore {
             if cluster {
                 // Index first: a crash after this leaves a harmless member, never an
                 // allocation nobody can find.
-                self.pool.query::<Value>(redis::cmd("SADD").arg(&index_key).arg(&member)).await?;
+                // With `wait_replicas`, the member is replicated before the claim is made:
+                // a claim whose index entry a failover lost could be neither found nor
+                // released.
+                self.pool.write_waited::<Value>(redis::cmd("SADD").arg(&index_key).arg(&member), None).await?;
             }
             let cmd = self.pool.scripts.claim.cmd(&eval.keys, &eval.args);
-            let r = Reply::from(self.pool.eval(&cmd).await?)?;
+            let barrier = self.keys.wait(self.keys.tree_shard(root.0));
+            let r = Reply::from(self.pool.write_waited(&cmd, Some(&barrier)).await?)?;
             let keep_member = r.status() == "ok" && r.i(2)? == 0;
             if cluster && !keep_member {
                 self.srem(index_key, vec![member]).await;
@@ -685,10 +689,11 @@ impl Claims for RedisStore {
 
     /// On a single node, one pipeline of claim scripts (each still atomic on its own tree;
     /// a claim whose cached root was stale is sent again alone). On a cluster every claim
-    /// first writes its consumer-index member on another node, so the claims go
-    /// concurrently, each as [`claim`](Claims::claim).
+    /// first writes its consumer-index member on another node, and with `wait_replicas`
+    /// every claim waits for its replicas, so there the claims go concurrently, each as
+    /// [`claim`](Claims::claim).
     async fn claim_batch(&self, requests: &[ClaimRequest]) -> Result<Vec<Result<Claim>>> {
-        if self.pool.is_cluster() || requests.len() < 2 {
+        if self.pool.is_cluster() || self.pool.waits_for_replicas() || requests.len() < 2 {
             return Ok(futures::future::join_all(requests.iter().map(|r| self.claim(r))).await);
         }
         let mut out: Vec<Option<Result<Claim>>> = (0..requests.len()).map(|_| None).collect();
@@ -725,7 +730,7 @@ impl Claims for RedisStore {
         let roots: BTreeSet<ProviderId> = members.iter().map(|m| m.root).collect();
         let roots: Vec<ProviderId> = roots.into_iter().collect();
         let single = !self.pool.is_cluster();
-        let cmds = roots
+        let cmds: Vec<(redis::Cmd, String)> = roots
             .iter()
             .map(|root| {
                 let shard = self.keys.tree_shard(root.0);
@@ -734,10 +739,20 @@ impl Claims for RedisStore {
                 if single {
                     keys.push(index_key.clone());
                 }
-                self.pool.scripts.release.cmd(&keys, &[consumer.to_string(), root.to_string()])
+                (self.pool.scripts.release.cmd(&keys, &[consumer.to_string(), root.to_string()]), self.keys.wait(shard))
             })
             .collect();
-        let replies = self.pool.bulk(cmds).await?;
+        let replies = if self.pool.waits() {
+            // One waited pipeline per tree (each on its own master), concurrently.
+            futures::future::join_all(
+                cmds.iter().map(|(cmd, barrier)| self.pool.write_waited::<Value>(cmd, Some(barrier))),
+            )
+            .await
+            .into_iter()
+            .collect::<Result<Vec<Value>>>()?
+        } else {
+            self.pool.bulk(cmds.into_iter().map(|(cmd, _)| cmd).collect()).await?
+        };
         let mut released = Vec::new();
         let mut remove = Vec::new();
         for (root, v) in roots.iter().zip(replies) {
