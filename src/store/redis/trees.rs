@@ -631,7 +631,8 @@ impl RedisStore {
                 done(Err(Error::not_found(Kind::Inventory, format!("{} on provider {}", r.s(2)?, r.s(1)?))))
             }
             "units" => {
-                let inv = Inventory { min_unit: r.i(4)?, max_unit: r.i(5)?, step_size: r.i(6)?, ..Inventory::default() };
+                let inv =
+                    Inventory { min_unit: r.i(4)?, max_unit: r.i(5)?, step_size: r.i(6)?, ..Inventory::default() };
                 inv.check_units(&format!("{} on provider {}", r.s(2)?, r.s(1)?), r.i(3)?)?;
                 Err(corrupt("units failure the inventory accepts"))
             }
@@ -718,10 +719,7 @@ impl Claims for RedisStore {
                 ClaimReply::Stale => self.claim(&requests[i]).await,
             });
         }
-        Ok(out
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(corrupt("a batched claim without a result"))))
-            .collect())
+        Ok(out.into_iter().map(|r| r.unwrap_or_else(|| Err(corrupt("a batched claim without a result")))).collect())
     }
 
     async fn release(&self, consumer: ConsumerId) -> Result<Released> {
