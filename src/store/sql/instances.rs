@@ -383,7 +383,9 @@ impl SqlStore {
         if new_pool.same_as(pool) {
             self.insert_at(&mut tx, new_loc, &inst).await.map_err(map_err)?;
             tx.execute(REMAP, remap_args).await.map_err(map_err)?;
-        } else if let Some(mut a) = api_tx.take().filter(|_| new_pool.same_as(&self.api)) {
+        } else if new_pool.same_as(&self.api)
+            && let Some(mut a) = api_tx.take()
+        {
             self.insert_at(&mut a, new_loc, &inst).await.map_err(map_err)?;
             a.execute(REMAP, remap_args).await.map_err(map_err)?;
             a.commit().await.map_err(map_err)?;
