@@ -113,6 +113,22 @@ fn fault(code: u16, message: impl Into<String>, details: impl Into<String>) -> F
     Fault { code, message: message.into(), details: details.into(), created_at: Timestamp::now() }
 }
 
+/// Whether `stored` is the record `wanted` was created as, in what a build sets once and
+/// nobody else does: owner, name, flavor, creation time, metadata, tags and the boot
+/// request's attributes (`system_metadata` carries the request's `reservation_id`). State
+/// fields are not compared: another writer (a reaper) may have moved it on since.
+fn same_record(stored: &Instance, wanted: &Instance) -> bool {
+    stored.uuid == wanted.uuid
+        && stored.project_id == wanted.project_id
+        && stored.user_id == wanted.user_id
+        && stored.name == wanted.name
+        && stored.flavor == wanted.flavor
+        && stored.created_at == wanted.created_at
+        && stored.metadata == wanted.metadata
+        && stored.tags == wanted.tags
+        && stored.system_metadata == wanted.system_metadata
+}
+
 fn error_patch(f: Fault) -> InstancePatch {
     InstancePatch {
         vm_state: Some(VmState::Error),
@@ -126,8 +142,9 @@ fn error_patch(f: Fault) -> InstancePatch {
 
 impl Conductor {
     /// Runs the store call `op`, retrying a retryable failure (`Unavailable`, `Timeout`)
-    /// up to `store_retries` times with exponential backoff. Store writes of a build are
-    /// idempotent (a patch, a release), so repeating one whose outcome is unknown is safe.
+    /// up to `store_retries` times with exponential backoff. For idempotent writes only (a
+    /// patch, a release, an upsert), where repeating one whose outcome is unknown is safe;
+    /// a create goes through [`create_instance`](Self::create_instance).
     async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
     where
         F: Fn() -> Fut,
@@ -144,6 +161,47 @@ impl Conductor {
                     wait = (wait * 2).min(Duration::from_secs(2));
                 }
                 other => return other,
+            }
+        }
+    }
+
+    /// Creates `instance` with the retries of [`retry`](Self::retry). A create is not
+    /// idempotent: when an attempt fails with its outcome unknown (a pool or network
+    /// timeout after the server committed the INSERT) the next attempt meets the record
+    /// that attempt made, as `AlreadyExists` ("Duplicate entry" on MariaDB). So after a
+    /// failed attempt, `AlreadyExists` is read back: if the stored record is this one (see
+    /// [`same_record`]) the create succeeded; anything else is the conflict it says.
+    /// `AlreadyExists` on the first attempt is always a conflict.
+    async fn create_instance(&self, instance: &Instance) -> Result<()> {
+        let mut wait = self.config.store_backoff;
+        let mut attempt = 0u32;
+        loop {
+            match self.store.create_instance(instance).await {
+                Ok(()) => return Ok(()),
+                Err(e @ Error::AlreadyExists { .. }) if attempt > 0 => {
+                    let stored = self.retry("get_instance", || self.store.get_instance(instance.uuid)).await?;
+                    if same_record(&stored, instance) {
+                        tracing::info!(
+                            instance = %instance.uuid,
+                            attempt,
+                            "an earlier attempt of the create had landed; taking it as done"
+                        );
+                        return Ok(());
+                    }
+                    return Err(e);
+                }
+                Err(e) if e.is_retryable() && attempt < self.config.store_retries => {
+                    attempt += 1;
+                    tracing::warn!(
+                        instance = %instance.uuid,
+                        attempt,
+                        error = %e,
+                        "create_instance failed; retrying after {wait:?}"
+                    );
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -240,15 +298,23 @@ impl Conductor {
             inst.updated_at = inst.updated_at.max(now);
             let mut own = spec.clone();
             own.instance_uuid = inst.uuid;
-            let recorded = match self.store.create_instance(inst).await {
-                Ok(()) => self.store.put_request_spec(&own).await,
+            let recorded = match self.create_instance(inst).await {
+                Ok(()) => self.retry("put_request_spec", || self.store.put_request_spec(&own)).await,
                 Err(err) => Err(err),
             };
             if let Err(err) = recorded {
-                // Do not leave the instances already recorded BUILDING forever.
+                // Do not leave the instances already recorded BUILDING forever: the earlier
+                // ones, and this one unless the store said it was someone else's (its
+                // create may have landed with the answer lost).
                 let f = fault(500, format!("Build request could not be recorded: {err}"), "");
-                for earlier in &ids[..k] {
-                    let _ = self.store.update_instance(*earlier, &error_patch(f.clone())).await;
+                let settled = if matches!(err, Error::AlreadyExists { .. }) { k } else { k + 1 };
+                for earlier in &ids[..settled] {
+                    match self.store.update_instance(*earlier, &error_patch(f.clone())).await {
+                        Ok(_) | Err(Error::NotFound { .. }) => {}
+                        Err(e) => {
+                            tracing::warn!(instance = %earlier, error = %e, "could not put an unrecorded build in ERROR")
+                        }
+                    }
                 }
                 return Err(err);
             }

@@ -1,7 +1,8 @@
 //! A store decorator that injects failures into a real store, for degraded-operation tests:
 //! part of the store unreachable (the trees of chosen roots, as when the shard or node that
 //! holds them is down), a claim whose write lands but whose answer is lost (a timeout with
-//! the outcome unknown), or the next N calls of an operation failing.
+//! the outcome unknown), the next N calls of an operation failing, or the next N writes of
+//! an operation landing and then answering with a lost answer.
 //!
 //! Every injected failure is `Unavailable` or `Timeout` (what a backend returns when a node
 //! is down or slow), so callers see exactly what they would see from a real outage; what
@@ -23,6 +24,7 @@ pub struct Faults {
     down_roots: Mutex<HashSet<ProviderId>>,
     lost_acks: Mutex<HashSet<ProviderId>>,
     fail_next: Mutex<HashMap<&'static str, u32>>,
+    lose_next: Mutex<HashMap<&'static str, u32>>,
     injected: Mutex<BTreeMap<&'static str, u64>>,
     shards: Mutex<HashMap<ProviderId, usize>>,
 }
@@ -56,6 +58,15 @@ impl Faults {
         *lock(&self.fail_next).entry(op).or_insert(0) += n;
     }
 
+    /// The next `n` calls of write operation `op` (`create_instance`, `update_instance`,
+    /// `put_request_spec`, `claim`, `release`, ...: any method that writes) reach the store
+    /// and are applied, and then fail with `Timeout`, as when a pool or a network timed
+    /// out after the server committed: the caller cannot know the write was made. A call
+    /// the store refuses returns the store's own error (nothing was applied).
+    pub fn lose_next_acks(&self, op: &'static str, n: u32) {
+        *lock(&self.lose_next).entry(op).or_insert(0) += n;
+    }
+
     /// Says that `root`'s tree lives in shard `shard` ([`Store::tree_shard`]), for a
     /// wrapped store that does not shard (memory).
     pub fn assign_shard(&self, root: ProviderId, shard: usize) {
@@ -80,6 +91,25 @@ impl Faults {
             return Err(unavailable(format!("injected failure of {op}")));
         }
         Ok(())
+    }
+
+    /// Passes the answer of an applied write `r` on, unless [`lose_next_acks`] says it is
+    /// lost.
+    ///
+    /// [`lose_next_acks`]: Self::lose_next_acks
+    fn ack<T>(&self, op: &'static str, r: Result<T>) -> Result<T> {
+        let r = r?;
+        let mut next = lock(&self.lose_next);
+        if let Some(n) = next.get_mut(op).filter(|n| **n > 0) {
+            *n -= 1;
+            drop(next);
+            self.count(op);
+            return Err(Error::Timeout {
+                backend: "faulty",
+                message: format!("{op}: the answer was lost (injected; the write was applied)"),
+            });
+        }
+        Ok(r)
     }
 
     fn check_root(&self, op: &'static str, root: ProviderId) -> Result<()> {
@@ -132,11 +162,13 @@ impl FaultyStore {
 impl Providers for FaultyStore {
     async fn create_provider(&self, provider: &NewProvider) -> Result<u64> {
         self.faults.check("create_provider")?;
-        self.inner.create_provider(provider).await
+        let r = self.inner.create_provider(provider).await;
+        self.faults.ack("create_provider", r)
     }
     async fn delete_provider(&self, provider: ProviderId) -> Result<()> {
         self.faults.check_root("delete_provider", self.root_of(provider))?;
-        self.inner.delete_provider(provider).await
+        let r = self.inner.delete_provider(provider).await;
+        self.faults.ack("delete_provider", r)
     }
     async fn provider_tree(&self, provider: ProviderId) -> Result<ProviderTree> {
         self.faults.check_root("provider_tree", self.root_of(provider))?;
@@ -165,11 +197,13 @@ impl Providers for FaultyStore {
         inventories: &BTreeMap<ResourceClass, Inventory>,
     ) -> Result<InventoryWrite> {
         self.faults.check_root("set_inventories", self.root_of(provider))?;
-        self.inner.set_inventories(provider, generation, inventories).await
+        let r = self.inner.set_inventories(provider, generation, inventories).await;
+        self.faults.ack("set_inventories", r)
     }
     async fn set_traits(&self, provider: ProviderId, generation: u64, traits: &BTreeSet<Trait>) -> Result<u64> {
         self.faults.check_root("set_traits", self.root_of(provider))?;
-        self.inner.set_traits(provider, generation, traits).await
+        let r = self.inner.set_traits(provider, generation, traits).await;
+        self.faults.ack("set_traits", r)
     }
     async fn set_aggregates(
         &self,
@@ -178,7 +212,8 @@ impl Providers for FaultyStore {
         aggregates: &BTreeSet<AggregateId>,
     ) -> Result<u64> {
         self.faults.check_root("set_aggregates", self.root_of(provider))?;
-        self.inner.set_aggregates(provider, generation, aggregates).await
+        let r = self.inner.set_aggregates(provider, generation, aggregates).await;
+        self.faults.ack("set_aggregates", r)
     }
 }
 
@@ -199,7 +234,8 @@ impl Claims for FaultyStore {
         } else {
             self.faults.check("claim")?;
         }
-        self.inner.claim(request).await
+        let r = self.inner.claim(request).await;
+        self.faults.ack("claim", r)
     }
     async fn release(&self, consumer: ConsumerId) -> Result<Released> {
         self.faults.check("release")?;
@@ -215,7 +251,8 @@ impl Claims for FaultyStore {
                 }
             }
         }
-        self.inner.release(consumer).await
+        let r = self.inner.release(consumer).await;
+        self.faults.ack("release", r)
     }
     async fn allocations(&self, consumer: ConsumerId) -> Result<Vec<TreeAllocation>> {
         self.faults.check("allocations")?;
@@ -243,7 +280,8 @@ impl ChangeFeed for FaultyStore {
 impl Catalog for FaultyStore {
     async fn put_cell(&self, cell: &Cell) -> Result<()> {
         self.faults.check("put_cell")?;
-        self.inner.put_cell(cell).await
+        let r = self.inner.put_cell(cell).await;
+        self.faults.ack("put_cell", r)
     }
     async fn get_cell(&self, id: CellId) -> Result<Cell> {
         self.faults.check("get_cell")?;
@@ -255,7 +293,8 @@ impl Catalog for FaultyStore {
     }
     async fn put_host(&self, host: &Host) -> Result<()> {
         self.faults.check("put_host")?;
-        self.inner.put_host(host).await
+        let r = self.inner.put_host(host).await;
+        self.faults.ack("put_host", r)
     }
     async fn get_host(&self, name: &str) -> Result<Host> {
         self.faults.check("get_host")?;
@@ -267,7 +306,8 @@ impl Catalog for FaultyStore {
     }
     async fn put_flavor(&self, flavor: &Flavor) -> Result<()> {
         self.faults.check("put_flavor")?;
-        self.inner.put_flavor(flavor).await
+        let r = self.inner.put_flavor(flavor).await;
+        self.faults.ack("put_flavor", r)
     }
     async fn get_flavor(&self, id: &FlavorId) -> Result<Flavor> {
         self.faults.check("get_flavor")?;
@@ -279,7 +319,8 @@ impl Catalog for FaultyStore {
     }
     async fn put_aggregate(&self, aggregate: &Aggregate) -> Result<()> {
         self.faults.check("put_aggregate")?;
-        self.inner.put_aggregate(aggregate).await
+        let r = self.inner.put_aggregate(aggregate).await;
+        self.faults.ack("put_aggregate", r)
     }
     async fn get_aggregate(&self, id: AggregateId) -> Result<Aggregate> {
         self.faults.check("get_aggregate")?;
@@ -291,7 +332,8 @@ impl Catalog for FaultyStore {
     }
     async fn create_server_group(&self, group: &ServerGroup) -> Result<()> {
         self.faults.check("create_server_group")?;
-        self.inner.create_server_group(group).await
+        let r = self.inner.create_server_group(group).await;
+        self.faults.ack("create_server_group", r)
     }
     async fn get_server_group(&self, id: GroupId) -> Result<ServerGroup> {
         self.faults.check("get_server_group")?;
@@ -299,7 +341,8 @@ impl Catalog for FaultyStore {
     }
     async fn delete_server_group(&self, id: GroupId) -> Result<()> {
         self.faults.check("delete_server_group")?;
-        self.inner.delete_server_group(id).await
+        let r = self.inner.delete_server_group(id).await;
+        self.faults.ack("delete_server_group", r)
     }
     async fn list_server_groups(&self) -> Result<Vec<ServerGroup>> {
         self.faults.check("list_server_groups")?;
@@ -307,7 +350,8 @@ impl Catalog for FaultyStore {
     }
     async fn put_request_spec(&self, spec: &RequestSpec) -> Result<()> {
         self.faults.check("put_request_spec")?;
-        self.inner.put_request_spec(spec).await
+        let r = self.inner.put_request_spec(spec).await;
+        self.faults.ack("put_request_spec", r)
     }
     async fn get_request_spec(&self, instance: InstanceId) -> Result<RequestSpec> {
         self.faults.check("get_request_spec")?;
@@ -315,7 +359,8 @@ impl Catalog for FaultyStore {
     }
     async fn delete_request_spec(&self, instance: InstanceId) -> Result<()> {
         self.faults.check("delete_request_spec")?;
-        self.inner.delete_request_spec(instance).await
+        let r = self.inner.delete_request_spec(instance).await;
+        self.faults.ack("delete_request_spec", r)
     }
 }
 
@@ -323,7 +368,8 @@ impl Catalog for FaultyStore {
 impl Instances for FaultyStore {
     async fn create_instance(&self, instance: &Instance) -> Result<()> {
         self.faults.check("create_instance")?;
-        self.inner.create_instance(instance).await
+        let r = self.inner.create_instance(instance).await;
+        self.faults.ack("create_instance", r)
     }
     async fn get_instance(&self, id: InstanceId) -> Result<Instance> {
         self.faults.check("get_instance")?;
@@ -331,11 +377,13 @@ impl Instances for FaultyStore {
     }
     async fn update_instance(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance> {
         self.faults.check("update_instance")?;
-        self.inner.update_instance(id, patch).await
+        let r = self.inner.update_instance(id, patch).await;
+        self.faults.ack("update_instance", r)
     }
     async fn delete_instance(&self, id: InstanceId) -> Result<()> {
         self.faults.check("delete_instance")?;
-        self.inner.delete_instance(id).await
+        let r = self.inner.delete_instance(id).await;
+        self.faults.ack("delete_instance", r)
     }
     async fn list_instances(&self, query: &ListQuery) -> Result<InstancePage> {
         self.faults.check("list_instances")?;

@@ -9,12 +9,15 @@
 //! was lost is released before claiming elsewhere; a failed snapshot refresh schedules on
 //! the hosts as last seen and is counted as stale; the conductor rides out a short outage
 //! with retries, and after a long one puts the instance in ERROR with a fault and its claim
-//! released; every case ends with a clean audit.
+//! released; writes that landed but whose answers were lost (the create included, which a
+//! retry meets as `AlreadyExists`) still end ACTIVE, while a create that meets someone
+//! else's record stays the conflict it is; every case ends with a clean audit.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::fixtures::{audit, e, flavor, instance, spec};
+use unicell::Error;
 use unicell::conductor::{Conductor, ConductorConfig};
 use unicell::model::*;
 use unicell::scheduler::ScheduleError;
@@ -33,6 +36,8 @@ pub fn cases() -> Vec<Case> {
         case!(failed_refresh_schedules_on_the_last_view),
         case!(conductor_rides_out_a_short_store_outage),
         case!(conductor_store_down_mid_build_ends_in_error_without_claim),
+        case!(conductor_writes_whose_answers_were_lost_end_active),
+        case!(conductor_create_conflict_is_not_taken_for_a_lost_answer),
     ]
 }
 
@@ -184,6 +189,72 @@ async fn conductor_store_down_mid_build_ends_in_error_without_claim(store: Arc<d
     let fault = rec.fault.ok_or("fault missing")?;
     check!(fault.code == 500 && fault.message.contains("the store did not answer"), "{fault:?}");
     check!(held_roots(&cloud.store, inst.uuid).await?.is_empty(), "claim released");
+    audit(&cloud.store, cloud.cell).await?;
+    Ok(())
+}
+
+async fn conductor_writes_whose_answers_were_lost_end_active(store: Arc<dyn Store>) -> R {
+    let (cloud, faults) = faulty_cloud(store, 2).await?;
+    let c = Conductor::new(
+        cloud.store.clone(),
+        cloud.scheduler().await.map_err(e)?,
+        Arc::new(SimulatedCompute::new(9)),
+        quick_retries(),
+    );
+    // Every write of the build lands and then answers with a timeout once (a pool timing
+    // out after the commit): the create's retry meets its own record as AlreadyExists.
+    faults.lose_next_acks("create_instance", 1);
+    faults.lose_next_acks("put_request_spec", 1);
+    faults.lose_next_acks("update_instance", 2);
+    let f = flavor(2, 2048, 10);
+    let mut inst = instance(&f);
+    inst.system_metadata.insert("reservation_id".into(), "r-lost-acks".into());
+    let out = c.build_instances(spec(f), vec![inst.clone()]).await.map_err(e)?;
+    check!(out[0].is_active(), "{out:?}");
+    let injected = faults.injected();
+    check!(injected.get("create_instance") == Some(&1), "{injected:?}");
+    check!(injected.get("put_request_spec") == Some(&1), "{injected:?}");
+    check!(injected.get("update_instance") == Some(&2), "{injected:?}");
+    let rec = cloud.store.get_instance(inst.uuid).await.map_err(e)?;
+    check!(rec.vm_state == VmState::Active && rec.task_state.is_none() && rec.fault.is_none(), "{rec:?}");
+    check!(rec.system_metadata == inst.system_metadata, "the record is the one created: {rec:?}");
+    cloud.store.get_request_spec(inst.uuid).await.map_err(e)?;
+    check!(held_roots(&cloud.store, inst.uuid).await?.len() == 1, "one allocation");
+    audit(&cloud.store, cloud.cell).await?;
+    Ok(())
+}
+
+async fn conductor_create_conflict_is_not_taken_for_a_lost_answer(store: Arc<dyn Store>) -> R {
+    let (cloud, faults) = faulty_cloud(store, 2).await?;
+    let c = Conductor::new(
+        cloud.store.clone(),
+        cloud.scheduler().await.map_err(e)?,
+        Arc::new(SimulatedCompute::new(10)),
+        quick_retries(),
+    );
+    let f = flavor(2, 2048, 10);
+    let theirs = instance(&f);
+    cloud.store.create_instance(&theirs).await.map_err(e)?;
+    // Same uuid, another record: AlreadyExists at the first attempt is a conflict...
+    let mut mine = instance(&f);
+    mine.uuid = theirs.uuid;
+    mine.name = "someone-else".into();
+    match c.build_instances(spec(f.clone()), vec![mine.clone()]).await {
+        Err(Error::AlreadyExists { .. }) => {}
+        other => return Err(format!("expected AlreadyExists, got {other:?}").into()),
+    }
+    // ... and after a failed attempt too, when the record read back is not this one.
+    faults.fail_next("create_instance", 1);
+    match c.build_instances(spec(f), vec![mine]).await {
+        Err(Error::AlreadyExists { .. }) => {}
+        other => return Err(format!("expected AlreadyExists after a retry, got {other:?}").into()),
+    }
+    let rec = cloud.store.get_instance(theirs.uuid).await.map_err(e)?;
+    check!(
+        rec.name == theirs.name && rec.vm_state == theirs.vm_state && rec.fault.is_none(),
+        "the other record is untouched: {rec:?}"
+    );
+    check!(held_roots(&cloud.store, theirs.uuid).await?.is_empty(), "nothing claimed");
     audit(&cloud.store, cloud.cell).await?;
     Ok(())
 }

@@ -287,6 +287,13 @@ impl Pool {
         }
     }
 
+    /// Whether `other` is this very pool (single mode hands the API pool to its one cell):
+    /// a caller holding a transaction of a pool must write through that transaction, not
+    /// ask the same pool again.
+    pub fn same_as(&self, other: &Pool) -> bool {
+        Arc::ptr_eq(&self.queue, &other.queue)
+    }
+
     /// The pool's dialect.
     pub fn dialect(&self) -> Dialect {
         match &self.kind {

@@ -316,6 +316,97 @@ impl SqlStore {
         Ok(())
     }
 
+    /// One attempt of `update_instance` on the instance found at `loc`, moving it to
+    /// `new_loc` when that differs; `None` when the row was no longer at `loc` (moved or
+    /// deleted since the mapping was read: the caller resolves it again).
+    ///
+    /// No pool is ever asked for a second connection by a caller already holding one of
+    /// it: whatever this writes to the pool of `loc` (the instance mapping when `loc` is the
+    /// API database, the new row in single mode) goes through the transaction that locked
+    /// the row. When that was not so, every connection of the API pool could be held by a
+    /// build moving its instance into a cell while waiting for one more, and the pool
+    /// starved until its queue wait ran out (`bench schedule` on MariaDB). Across pools
+    /// the order is always the API pool first, then a cell's: a patch that may change the
+    /// cell of an instance in a cell opens its API transaction before the cell's.
+    async fn update_at(
+        &self,
+        id: InstanceId,
+        loc: Loc,
+        new_loc: Loc,
+        patch: &InstancePatch,
+    ) -> Result<Option<Instance>> {
+        const REMAP: &str = "UPDATE instance_mappings SET cell_uuid = ? WHERE instance_uuid = ?";
+        let pool = self.pool_of(loc);
+        // The API database's own transaction, when `loc` is another database and the
+        // patch may have to write the API database (a new cell: the mapping, maybe the row).
+        let mut api_tx = match pool.same_as(&self.api) || patch.cell.is_none() {
+            true => None,
+            false => Some(self.api.begin().await.map_err(map_err)?),
+        };
+        let mut tx = pool.begin().await.map_err(map_err)?;
+        let Some(row) = tx
+            .fetch_optional(Sql::Dynamic(self.stmts.select_for_update[idx(loc)].clone()), sql_args![id.to_string()])
+            .await
+            .map_err(map_err)?
+        else {
+            return Ok(None);
+        };
+        let mut inst = instance_from(&row)?;
+        let tags_before = inst.tags.clone();
+        let cell_before = inst.cell;
+        inst.apply(patch, Timestamp::now());
+        let remap_args = sql_args![inst.cell.map(|c| c.to_string()), id.to_string()];
+        if new_loc == loc {
+            tx.execute(Sql::Dynamic(self.stmts.update[idx(loc)].clone()), update_args(&inst)?)
+                .await
+                .map_err(map_err)?;
+            if loc != Loc::Build && inst.tags != tags_before {
+                tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![id.to_string()])
+                    .await
+                    .map_err(map_err)?;
+                write_tags(&mut tx, &inst).await.map_err(map_err)?;
+            }
+            if inst.cell != cell_before {
+                let api = api_tx.as_mut().unwrap_or(&mut tx);
+                api.execute(REMAP, remap_args).await.map_err(map_err)?;
+            }
+            if let Some(a) = api_tx {
+                a.commit().await.map_err(map_err)?;
+            }
+            tx.commit().await.map_err(map_err)?;
+            return Ok(Some(inst));
+        }
+        // A move (see the module docs for why this order): (1) the new row, committed
+        // before (2) the mapping, committed before (3) the old row's delete. Steps that
+        // share a database share a transaction (never reordering them).
+        let new_pool = self.pool_of(new_loc);
+        if new_pool.same_as(pool) {
+            self.insert_at(&mut tx, new_loc, &inst).await.map_err(map_err)?;
+            tx.execute(REMAP, remap_args).await.map_err(map_err)?;
+        } else if let Some(mut a) = api_tx.take().filter(|_| new_pool.same_as(&self.api)) {
+            self.insert_at(&mut a, new_loc, &inst).await.map_err(map_err)?;
+            a.execute(REMAP, remap_args).await.map_err(map_err)?;
+            a.commit().await.map_err(map_err)?;
+        } else {
+            let mut ntx = new_pool.begin().await.map_err(map_err)?;
+            self.insert_at(&mut ntx, new_loc, &inst).await.map_err(map_err)?;
+            ntx.commit().await.map_err(map_err)?;
+            let api = api_tx.as_mut().unwrap_or(&mut tx);
+            api.execute(REMAP, remap_args).await.map_err(map_err)?;
+            if let Some(a) = api_tx {
+                a.commit().await.map_err(map_err)?;
+            }
+        }
+        tx.execute(Sql::Dynamic(self.stmts.delete[idx(loc)].clone()), sql_args![id.to_string()])
+            .await
+            .map_err(map_err)?;
+        if loc != Loc::Build {
+            tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![id.to_string()]).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some(inst))
+    }
+
     /// The marker's sort values, found through its instance mapping as Nova does (unknown
     /// marker: `NotFound` of kind `Marker`; soft-deleted markers are fine).
     async fn marker_key(&self, marker: InstanceId) -> Result<SortKey> {
@@ -491,7 +582,19 @@ impl Instances for SqlStore {
         match r {
             Ok(_) => {}
             Err(e) if is_unique_violation(&e) => {
-                return Err(Error::already_exists(Kind::Instance, i.uuid));
+                if self.find(i.uuid).await?.is_some() {
+                    return Err(Error::already_exists(Kind::Instance, i.uuid));
+                }
+                // A mapping without its instance row is what a create that failed half way
+                // leaves when its clean-up below could not reach the API database either
+                // (a starved pool, a lost connection): the retry of that create takes it
+                // over instead of failing with a duplicate of a record that never was.
+                self.api
+                    .execute(
+                        "UPDATE instance_mappings SET cell_uuid = ?, project_id = ? WHERE instance_uuid = ?",
+                        sql_args![i.cell.map(|c| c.to_string()), &i.project_id, i.uuid.to_string()],
+                    )
+                    .await?;
             }
             Err(e) => return Err(map_err(e)),
         }
@@ -502,13 +605,14 @@ impl Instances for SqlStore {
         }
         .await;
         if let Err(e) = r {
+            if is_unique_violation(&e) {
+                // The row is there: the mapping is its own, keep it.
+                return Err(Error::already_exists(Kind::Instance, i.uuid));
+            }
             let _ = self
                 .api
                 .execute("DELETE FROM instance_mappings WHERE instance_uuid = ?", sql_args![i.uuid.to_string()])
                 .await;
-            if is_unique_violation(&e) {
-                return Err(Error::already_exists(Kind::Instance, i.uuid));
-            }
             return Err(map_err(e));
         }
         Ok(())
@@ -519,72 +623,20 @@ impl Instances for SqlStore {
     }
 
     async fn update_instance(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance> {
+        // Where the patched instance belongs is resolved before any transaction begins:
+        // `slot_of` may read the API database, and a caller that holds a pooled connection
+        // must never wait for another one (see `update_at`).
+        let patched_loc = match patch.cell {
+            Some(cell) => Some(self.loc_of_cell(cell).await?),
+            None => None,
+        };
         for _ in 0..10 {
             let Some(loc) = self.mapping(id).await? else {
                 return Err(Error::not_found(Kind::Instance, id));
             };
-            let mut tx = self.pool_of(loc).begin().await.map_err(map_err)?;
-            let Some(row) = tx
-                .fetch_optional(Sql::Dynamic(self.stmts.select_for_update[idx(loc)].clone()), sql_args![id.to_string()])
-                .await
-                .map_err(map_err)?
-            else {
-                // Moved (or deleted) since the mapping was read: resolve again.
-                let _ = tx.rollback().await;
-                continue;
-            };
-            let mut inst = instance_from(&row)?;
-            let tags_before = inst.tags.clone();
-            inst.apply(patch, Timestamp::now());
-            let new_loc = self.loc_of_cell(inst.cell).await?;
-            if new_loc == loc {
-                tx.execute(Sql::Dynamic(self.stmts.update[idx(loc)].clone()), update_args(&inst)?)
-                    .await
-                    .map_err(map_err)?;
-                if loc != Loc::Build && inst.tags != tags_before {
-                    tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![id.to_string()])
-                        .await
-                        .map_err(map_err)?;
-                    write_tags(&mut tx, &inst).await.map_err(map_err)?;
-                }
-                if inst.cell != row.opt_uuid(4)?.map(CellId) {
-                    self.api
-                        .execute(
-                            "UPDATE instance_mappings SET cell_uuid = ? WHERE instance_uuid = ?",
-                            sql_args![inst.cell.map(|c| c.to_string()), id.to_string()],
-                        )
-                        .await?;
-                }
-                tx.commit().await.map_err(map_err)?;
+            if let Some(inst) = self.update_at(id, loc, patched_loc.unwrap_or(loc), patch).await? {
                 return Ok(inst);
             }
-            // A move (see the module docs for why this order).
-            let r: std::result::Result<(), sqlx::Error> = async {
-                let mut ntx = self.pool_of(new_loc).begin().await?;
-                self.insert_at(&mut ntx, new_loc, &inst).await?;
-                ntx.commit().await
-            }
-            .await;
-            if let Err(e) = r {
-                let _ = tx.rollback().await;
-                return Err(map_err(e));
-            }
-            self.api
-                .execute(
-                    "UPDATE instance_mappings SET cell_uuid = ? WHERE instance_uuid = ?",
-                    sql_args![inst.cell.map(|c| c.to_string()), id.to_string()],
-                )
-                .await?;
-            tx.execute(Sql::Dynamic(self.stmts.delete[idx(loc)].clone()), sql_args![id.to_string()])
-                .await
-                .map_err(map_err)?;
-            if loc != Loc::Build {
-                tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![id.to_string()])
-                    .await
-                    .map_err(map_err)?;
-            }
-            tx.commit().await.map_err(map_err)?;
-            return Ok(inst);
         }
         Err(Error::Timeout { backend: "sql", message: format!("instance {id} kept moving while being updated") })
     }
