@@ -163,12 +163,13 @@ pub async fn run(a: FailoverOptions) -> Result<()> {
             let _ = tokio::task::spawn_blocking(move || drop(cluster)).await;
             println!(
                 "  run {run} wait_replicas={wait}: promotion {:.0} ms, resume {} after it, resync {:.0} ms; \
-                 {} acked, {} lost; {:.0} -> {:.0} claims/s; {} (load {load_average})",
+                 {} acked, {} lost, {} calls hung; {:.0} -> {:.0} claims/s; {} (load {load_average})",
                 report.promotion_ms,
                 report.resume_ms.map(|m| format!("{m:.0} ms")).unwrap_or_else(|| "never".into()),
                 report.resynced_ms,
                 report.claims_acknowledged,
                 report.lost_claims,
+                report.hung_calls,
                 report.claims_per_s_before,
                 report.claims_per_s_after,
                 if report.audit_clean { "audit clean" } else { "AUDIT FAILED" },
