@@ -56,7 +56,7 @@ fn experiment(wait_replicas: u32) -> Result<Result<FailoverReport, Failed>, Comp
 fn check_common(r: &FailoverReport) -> Result<(), Failed> {
     eprintln!(
         "failover (wait_replicas={}): promotion after {:.0} ms, claims resumed {} after it, old master resynced \
-         {:.0} ms after it; {} claims and {} releases acknowledged, {} retryable errors; LOST {} acknowledged \
+         {:.0} ms after it; {} claims and {} releases acknowledged, {} retryable errors, {} calls abandoned as hung; LOST {} acknowledged \
          claims, {} unindexed, {} releases undone; {:.0} claims/s before, {:.0} after; {}",
         r.wait_replicas,
         r.promotion_ms,
@@ -65,6 +65,7 @@ fn check_common(r: &FailoverReport) -> Result<(), Failed> {
         r.claims_acknowledged,
         r.releases_acknowledged,
         r.retryable_errors,
+        r.hung_calls,
         r.lost_claims,
         r.unindexed_claims,
         r.resurrected_releases,

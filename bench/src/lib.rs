@@ -9,7 +9,9 @@
 //! ratios, notes) and `<name>.svg` into its output directory.
 //!
 //! * [`list`], [`claims`], [`schedule`], [`sites`]: the benchmarks, each a `run(global_store,
-//!   options)` with an options struct that mirrors its command-line flags.
+//!   options)` with an options struct that mirrors its command-line flags; `failover`
+//!   (feature `redis`) kills a master of its own replicated Redis Cluster under load;
+//!   [`soak`] makes millions of claims and releases, then audits everything.
 //! * [`demo`]: the main job end to end on one store.
 //! * [`evaluate`]: `unicell evaluate`, conformance then every bench then the report, for
 //!   a set of candidate stores (some started through testcontainers).
@@ -37,6 +39,8 @@ pub mod demo;
 pub mod durability;
 pub mod error;
 pub mod evaluate;
+#[cfg(feature = "redis")]
+pub mod failover;
 pub mod list;
 pub mod page;
 pub mod placement;
@@ -45,6 +49,7 @@ pub mod proxy;
 pub mod report;
 pub mod schedule;
 pub mod sites;
+pub mod soak;
 pub mod stats;
 
 use std::path::PathBuf;
@@ -57,6 +62,7 @@ pub use self::list::ListOptions;
 pub use self::placement::PlacementOptions;
 pub use self::schedule::ScheduleOptions;
 pub use self::sites::SitesOptions;
+pub use self::soak::SoakOptions;
 
 /// Options every benchmark takes.
 #[derive(Debug, Clone)]

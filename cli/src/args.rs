@@ -60,6 +60,91 @@ pub enum BenchCommand {
     Placement(PlacementArgs),
     /// `GET /servers/detail` paged through the Nova API over each store, beside the store call.
     ApiList(ApiListArgs),
+    /// SIGKILL a master of a replicated Redis Cluster (its own) under claims: time to fail
+    /// over and resume, acknowledged claims lost with and without `wait_replicas=1`, audit.
+    #[cfg(feature = "redis")]
+    Failover(FailoverArgs),
+    /// Millions of claims and releases from concurrent schedulers, then a full audit.
+    Soak(SoakArgs),
+}
+
+/// `unicell bench soak`
+#[derive(Debug, Clone, Args)]
+pub struct SoakArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Claims plus releases per candidate [default: 10000000; quick: 20000].
+    #[arg(long)]
+    pub ops: Option<u64>,
+    /// Concurrent schedulers (tasks).
+    #[arg(long, default_value_t = 8)]
+    pub schedulers: usize,
+    /// Provider trees [default: 1000; quick: 50].
+    #[arg(long)]
+    pub trees: Option<usize>,
+    /// Claims each scheduler holds before releasing its oldest.
+    #[arg(long, default_value_t = 64)]
+    pub hold: usize,
+}
+
+impl From<SoakArgs> for unicell_bench::SoakOptions {
+    fn from(a: SoakArgs) -> Self {
+        unicell_bench::SoakOptions {
+            common: a.common.into(),
+            ops: a.ops,
+            schedulers: a.schedulers,
+            trees: a.trees,
+            hold: a.hold,
+        }
+    }
+}
+
+/// `unicell bench failover`
+#[cfg(feature = "redis")]
+#[derive(Debug, Clone, Args)]
+pub struct FailoverArgs {
+    /// Common options (`--stores` is ignored: the benchmark starts its own cluster).
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Runs per `--wait-replicas` value, each on a fresh cluster [default: 3; quick: 1].
+    #[arg(long)]
+    pub runs: Option<usize>,
+    /// Provider trees, spread over every master [default: 48; quick: 12].
+    #[arg(long)]
+    pub trees: Option<usize>,
+    /// Concurrent claiming and releasing tasks [default: 32; quick: 8].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Load before the kill, in ms [default: 4000; quick: 1500].
+    #[arg(long)]
+    pub before_ms: Option<u64>,
+    /// Load after the old master has resynced as a replica, in ms [default: 4000; quick: 1500].
+    #[arg(long)]
+    pub after_ms: Option<u64>,
+    /// `cluster-node-timeout` of the nodes, in ms: how long before a silent master is
+    /// declared failed and its replica promoted.
+    #[arg(long, default_value_t = 1000)]
+    pub node_timeout_ms: u64,
+    /// The store URL's `wait_replicas` values to compare, comma-separated [default: 0,1].
+    #[arg(long, value_delimiter = ',')]
+    pub wait_replicas: Vec<u32>,
+}
+
+#[cfg(feature = "redis")]
+impl From<FailoverArgs> for unicell_bench::failover::FailoverOptions {
+    fn from(a: FailoverArgs) -> Self {
+        unicell_bench::failover::FailoverOptions {
+            common: a.common.into(),
+            runs: a.runs,
+            trees: a.trees,
+            workers: a.workers,
+            before_ms: a.before_ms,
+            after_ms: a.after_ms,
+            node_timeout_ms: a.node_timeout_ms,
+            wait_replicas: a.wait_replicas,
+        }
+    }
 }
 
 /// `unicell bench placement`

@@ -88,6 +88,9 @@ async fn run(cli: Cli) -> Result<bool> {
                 BenchCommand::Schedule(a) => unicell_bench::schedule::run(store, a.into()).await?,
                 BenchCommand::Placement(a) => unicell_bench::placement::run(store, a.into()).await?,
                 BenchCommand::ApiList(a) => unicell_bench::api_list::run(store, a.into()).await?,
+                #[cfg(feature = "redis")]
+                BenchCommand::Failover(a) => unicell_bench::failover::run(a.into()).await?,
+                BenchCommand::Soak(a) => unicell_bench::soak::run(store, a.into()).await?,
             }
             Ok(true)
         }

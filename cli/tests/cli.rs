@@ -53,7 +53,7 @@ fn help_lists_the_real_subcommands() {
     let o = run(&["bench", "--help"]);
     assert!(o.status.success());
     let (out, _) = text(&o);
-    for cmd in ["list", "claims", "schedule", "sites"] {
+    for cmd in ["list", "claims", "schedule", "sites", "soak"] {
         assert!(out.contains(cmd), "bench --help lacks {cmd}:\n{out}");
     }
 }
@@ -260,4 +260,19 @@ fn evaluate_runs_conformance_a_bench_and_the_report() {
     assert!(page.contains("of 1") || page.contains("passed"), "no conformance result on the page");
     assert!(page.contains(">evaluate <span"), "no evaluate section on the page");
     let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn bench_soak_quick_ends_with_a_clean_audit() {
+    let d = TempDir::new("soak");
+    let o = run(&["bench", "soak", "--quick", "--stores", "memory://", "--out", d.path().to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "bench soak failed:\n{out}\n{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("soak.json")).expect("json written")).unwrap();
+    assert_eq!(report["bench"], "soak");
+    let row = &report["results"][0];
+    assert_eq!(row["ops"], 20_000, "{row}");
+    assert_eq!(row["audit_clean"], true, "{row}");
+    assert_eq!(row["allocations_left"], 0, "{row}");
 }

@@ -88,6 +88,11 @@ pub struct FailoverReport {
     /// Calls that failed with a retryable error (the node was down, the cluster failing
     /// over, or too few replicas acknowledged).
     pub retryable_errors: u64,
+    /// Calls that had not answered after [`CALL_BOUND`] (the client's own timeouts should
+    /// end every call sooner): abandoned, their outcome unknown (also counted among the
+    /// retryable errors), so that a client that hangs on a dead node shows in the figures
+    /// instead of stalling the run.
+    pub hung_calls: u64,
     /// Acknowledged claims, not released, missing from their tree afterwards.
     pub lost_claims: u64,
     /// Acknowledged claims still on their tree but not found through the consumer (a lost
@@ -114,6 +119,9 @@ pub enum FailoverError {
     #[error("{0}")]
     Run(String),
 }
+
+/// How long the experiment waits for one claim or release before abandoning it as hung.
+pub const CALL_BOUND: Duration = Duration::from_secs(10);
 
 /// A tiny deterministic generator (xorshift64*): the library has no `rand` here.
 struct Rng(u64);
@@ -156,6 +164,7 @@ struct WorkerLog {
     released: BTreeMap<ConsumerId, ProviderId>,
     refused: u64,
     retryable: u64,
+    hung: u64,
 }
 
 fn request(consumer: ConsumerId, root: ProviderId, rng: &mut Rng) -> ClaimRequest {
@@ -208,7 +217,14 @@ async fn worker(
             // acknowledged.
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
-                match store.release(c).await {
+                let answer = match tokio::time::timeout(CALL_BOUND, store.release(c)).await {
+                    Ok(a) => a,
+                    Err(_) => {
+                        log.hung += 1;
+                        Err(Error::Timeout { backend: "redis", message: "release abandoned by the experiment".into() })
+                    }
+                };
+                match answer {
                     Ok(_) => {
                         log.events.push(Event { at: start.elapsed(), op: Op::Release, root, ok: true });
                         log.held.remove(&c);
@@ -228,7 +244,14 @@ async fn worker(
         let c = ConsumerId::new_v4();
         let root = roots[rng.below(roots.len())];
         let req = request(c, root, &mut rng);
-        match store.claim(&req).await {
+        let answer = match tokio::time::timeout(CALL_BOUND, store.claim(&req)).await {
+            Ok(a) => a,
+            Err(_) => {
+                log.hung += 1;
+                Err(Error::Timeout { backend: "redis", message: "claim abandoned by the experiment".into() })
+            }
+        };
+        match answer {
             Ok(_) => {
                 log.events.push(Event { at: start.elapsed(), op: Op::Claim, root, ok: true });
                 log.held.insert(c, req);
@@ -378,6 +401,7 @@ pub async fn run(cluster: Arc<Mutex<RedisCluster>>, cfg: &FailoverConfig) -> Res
         claims_refused: logs.iter().map(|l| l.refused).sum(),
         releases_acknowledged: events().filter(|e| e.op == Op::Release && e.ok).count() as u64,
         retryable_errors: logs.iter().map(|l| l.retryable).sum(),
+        hung_calls: logs.iter().map(|l| l.hung).sum(),
         ..FailoverReport::default()
     };
 

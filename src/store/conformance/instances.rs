@@ -70,6 +70,14 @@ async fn create_read_update_delete(store: Arc<dyn Store>) -> CaseResult {
     check!(cleared.host.is_none() && cleared.node.is_none(), "Some(None) must clear host and node");
     check!(cleared.fault == Some(fault), "fault must round trip");
     check!(cleared.cell == Some(cell), "fields not in the patch are kept");
+    // Moves between cells and back to no cell (a backend may keep each cell apart, as the
+    // SQL baseline's cell databases): the record follows, whole.
+    for to in [Some(CellId::new_v4()), Some(CellId::new_v4()), None, Some(cell)] {
+        let moved =
+            store.update_instance(i.uuid, &InstancePatch { cell: Some(to), ..InstancePatch::default() }).await?;
+        check!(moved.cell == to && moved.fault == cleared.fault, "moved to cell {to:?}: {moved:?}");
+        check!(store.get_instance(i.uuid).await? == moved, "read after a move to cell {to:?}");
+    }
     store.delete_instance(i.uuid).await?;
     expect_err(store.get_instance(i.uuid).await, "read deleted", |e| {
         matches!(e, Error::NotFound { kind: Kind::Instance, .. })

@@ -251,6 +251,19 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Step (1) of a move: writes the instance's row at `loc`, first removing a copy left
+    /// there by a move that was interrupted after its step (1) (its process died before
+    /// the mapping was repointed). The caller holds the lock on the row the mapping points
+    /// at, so any other copy is stale; without this, the next move of that instance into
+    /// the same database failed on the duplicate and the build ended in ERROR.
+    async fn replace_at(&self, tx: &mut Tx, loc: Loc, i: &Instance) -> std::result::Result<(), sqlx::Error> {
+        tx.execute(Sql::Dynamic(self.stmts.delete[idx(loc)].clone()), sql_args![i.uuid.to_string()]).await?;
+        if loc != Loc::Build {
+            tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![i.uuid.to_string()]).await?;
+        }
+        self.insert_at(tx, loc, i).await
+    }
+
     /// Bulk load: inserts many new instances with multi-row statements, mapping rows into
     /// the API database 1000 at a time, then each cell's instance (and tag) rows into its
     /// database 500 at a time, the cells concurrently. Not atomic: mappings may exist for
@@ -381,15 +394,17 @@ impl SqlStore {
         // share a database share a transaction (never reordering them).
         let new_pool = self.pool_of(new_loc);
         if new_pool.same_as(pool) {
-            self.insert_at(&mut tx, new_loc, &inst).await.map_err(map_err)?;
+            self.replace_at(&mut tx, new_loc, &inst).await.map_err(map_err)?;
             tx.execute(REMAP, remap_args).await.map_err(map_err)?;
-        } else if let Some(mut a) = api_tx.take().filter(|_| new_pool.same_as(&self.api)) {
-            self.insert_at(&mut a, new_loc, &inst).await.map_err(map_err)?;
+        } else if new_pool.same_as(&self.api)
+            && let Some(mut a) = api_tx.take()
+        {
+            self.replace_at(&mut a, new_loc, &inst).await.map_err(map_err)?;
             a.execute(REMAP, remap_args).await.map_err(map_err)?;
             a.commit().await.map_err(map_err)?;
         } else {
             let mut ntx = new_pool.begin().await.map_err(map_err)?;
-            self.insert_at(&mut ntx, new_loc, &inst).await.map_err(map_err)?;
+            self.replace_at(&mut ntx, new_loc, &inst).await.map_err(map_err)?;
             ntx.commit().await.map_err(map_err)?;
             let api = api_tx.as_mut().unwrap_or(&mut tx);
             api.execute(REMAP, remap_args).await.map_err(map_err)?;
