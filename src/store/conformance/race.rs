@@ -91,29 +91,13 @@ async fn concurrent_claims_never_overcommit(store: Arc<dyn Store>) -> CaseResult
         refused_on.extend(refused);
         for req in won {
             wins += 1;
-            for (p, res) in &req.allocations {
-                for (c, n) in res {
-                    *expected.entry((*p, c.clone())).or_insert(0) += n;
-                }
-            }
+            expect(&mut expected, &req);
         }
     }
     check!(wins > 0, "no claim succeeded at all");
     for t in trees.iter() {
         let tree = store.provider_tree(t.root).await?;
-        for node in &tree.providers {
-            for (class, inv) in &node.inventories {
-                let used = node.used(class);
-                let want = expected.get(&(node.id, class.clone())).copied().unwrap_or(0);
-                check!(used == want, "{class} on {}: usage {used} != sum of successful claims {want}", node.id);
-                check!(
-                    used <= inv.capacity(),
-                    "{class} on {}: OVERCOMMIT usage {used} > capacity {}",
-                    node.id,
-                    inv.capacity()
-                );
-            }
-        }
+        usage_is_the_claims_won(&tree, &expected)?;
         // The race really raced: every tree took claims and refused some for lack of room.
         check!(
             tree.providers.iter().any(|p| !p.usages.is_empty()),
@@ -290,25 +274,41 @@ async fn concurrent_batches_never_overcommit(store: Arc<dyn Store>) -> CaseResul
         refusals += refused;
         for req in won {
             wins += 1;
-            for (p, res) in &req.allocations {
-                for (c, n) in res {
-                    *expected.entry((*p, c.clone())).or_insert(0) += n;
-                }
-            }
+            expect(&mut expected, &req);
         }
     }
     check!(wins > 0 && refusals > 0, "the batches must both win and lose claims: {wins} won, {refusals} refused");
     for t in trees.iter() {
         let tree = store.provider_tree(t.root).await?;
-        for node in &tree.providers {
-            for (class, inv) in &node.inventories {
-                let used = node.used(class);
-                let want = expected.get(&(node.id, class.clone())).copied().unwrap_or(0);
-                check!(used == want, "{class} on {}: usage {used} != sum of acknowledged claims {want}", node.id);
-                check!(used <= inv.capacity(), "{class} on {}: OVERCOMMIT {used} > {}", node.id, inv.capacity());
-            }
-        }
+        usage_is_the_claims_won(&tree, &expected)?;
     }
     let roots: Vec<_> = trees.iter().map(|t| t.root).collect();
     audit_clean(&*store, &roots).await
+}
+
+/// Adds a won claim's amounts to the usage expected per provider and class.
+fn expect(expected: &mut BTreeMap<(ProviderId, ResourceClass), i64>, req: &ClaimRequest) {
+    for (p, res) in &req.allocations {
+        for (c, n) in res {
+            *expected.entry((*p, c.clone())).or_insert(0) += n;
+        }
+    }
+}
+
+/// Every provider of `tree` uses exactly what the won claims put there, within capacity.
+fn usage_is_the_claims_won(tree: &ProviderTree, expected: &BTreeMap<(ProviderId, ResourceClass), i64>) -> CaseResult {
+    for node in &tree.providers {
+        for (class, inv) in &node.inventories {
+            let used = node.used(class);
+            let want = expected.get(&(node.id, class.clone())).copied().unwrap_or(0);
+            check!(used == want, "{class} on {}: usage {used} != sum of successful claims {want}", node.id);
+            check!(
+                used <= inv.capacity(),
+                "{class} on {}: OVERCOMMIT usage {used} > capacity {}",
+                node.id,
+                inv.capacity()
+            );
+        }
+    }
+    Ok(())
 }

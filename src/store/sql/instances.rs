@@ -257,11 +257,18 @@ impl SqlStore {
     /// at, so any other copy is stale; without this, the next move of that instance into
     /// the same database failed on the duplicate and the build ended in ERROR.
     async fn replace_at(&self, tx: &mut Tx, loc: Loc, i: &Instance) -> std::result::Result<(), sqlx::Error> {
-        tx.execute(Sql::Dynamic(self.stmts.delete[idx(loc)].clone()), sql_args![i.uuid.to_string()]).await?;
-        if loc != Loc::Build {
-            tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![i.uuid.to_string()]).await?;
-        }
+        self.delete_at(tx, loc, i.uuid).await?;
         self.insert_at(tx, loc, i).await
+    }
+
+    /// Removes the instance's row at `loc` and, in a cell, its tags (the build table of the
+    /// API database keeps none).
+    async fn delete_at(&self, tx: &mut Tx, loc: Loc, id: InstanceId) -> std::result::Result<(), sqlx::Error> {
+        tx.execute(Sql::Dynamic(self.stmts.delete[idx(loc)].clone()), sql_args![id.to_string()]).await?;
+        if loc != Loc::Build {
+            tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![id.to_string()]).await?;
+        }
+        Ok(())
     }
 
     /// Bulk load: inserts many new instances with multi-row statements, mapping rows into
@@ -412,12 +419,7 @@ impl SqlStore {
                 a.commit().await.map_err(map_err)?;
             }
         }
-        tx.execute(Sql::Dynamic(self.stmts.delete[idx(loc)].clone()), sql_args![id.to_string()])
-            .await
-            .map_err(map_err)?;
-        if loc != Loc::Build {
-            tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![id.to_string()]).await.map_err(map_err)?;
-        }
+        self.delete_at(&mut tx, loc, id).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(Some(inst))
     }
@@ -661,12 +663,7 @@ impl Instances for SqlStore {
             return Err(Error::not_found(Kind::Instance, id));
         };
         let mut tx = self.pool_of(loc).begin().await.map_err(map_err)?;
-        tx.execute(Sql::Dynamic(self.stmts.delete[idx(loc)].clone()), sql_args![id.to_string()])
-            .await
-            .map_err(map_err)?;
-        if loc != Loc::Build {
-            tx.execute("DELETE FROM tags WHERE resource_id = ?", sql_args![id.to_string()]).await.map_err(map_err)?;
-        }
+        self.delete_at(&mut tx, loc, id).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         self.api.execute("DELETE FROM instance_mappings WHERE instance_uuid = ?", sql_args![id.to_string()]).await?;
         Ok(())
