@@ -651,18 +651,7 @@ impl Scheduler {
             let soft = chosen.len();
             if eligible_hosts * 8 < view.live {
                 // Few classes can serve: read their hosts and keep the best keys.
-                let w = self.walk();
-                // Keys are read once: other requests move them (atomics) while this one
-                // sorts, and a comparison that changes under the sort is not an order.
-                let mut all: Vec<(f64, &Arc<HostRec>)> = eligible
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, t)| t.is_some())
-                    .flat_map(|(c, _)| view.class_hosts[c].iter().filter_map(|s| view.rec(*s)))
-                    .map(|rec| (w.value(rec.place()), rec))
-                    .collect();
-                all.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
-                for (_, rec) in all {
+                for rec in self.best_first(view, &eligible) {
                     if chosen.len() >= soft + k {
                         break;
                     }
@@ -690,6 +679,23 @@ impl Scheduler {
     }
 
     /// A best-first walk of the snapshot's index for this scheduler's weights.
+    /// Every host of the classes that have a template, best index key first (for requests
+    /// few classes can serve, where sorting them beats walking the whole index). Keys are
+    /// read once: other requests move them (atomics) while this one sorts, and a
+    /// comparison that changes under the sort is not an order (the sort panics).
+    fn best_first<'v>(&self, view: &'v View, classes: &[Option<Arc<Template>>]) -> Vec<&'v Arc<HostRec>> {
+        let w = self.walk();
+        let mut all: Vec<(f64, &Arc<HostRec>)> = classes
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.is_some())
+            .flat_map(|(c, _)| view.class_hosts[c].iter().filter_map(|s| view.rec(*s)))
+            .map(|rec| (w.value(rec.place()), rec))
+            .collect();
+        all.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        all.into_iter().map(|(_, rec)| rec).collect()
+    }
+
     fn walk(&self) -> Walk<'_> {
         let w = self.snapshot.config().index_weights;
         let c = &self.config;
@@ -1093,17 +1099,7 @@ impl Scheduler {
             mine.iter().enumerate().filter(|(_, t)| t.is_some()).map(|(c, _)| view.class_hosts[c].len()).sum();
         let mut out = Vec::new();
         if hosts * 8 < view.live {
-            let w = self.walk();
-            // Keys read once (see rank_indexed): they move while the sort runs.
-            let mut all: Vec<(f64, &Arc<HostRec>)> = mine
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| t.is_some())
-                .flat_map(|(c, _)| view.class_hosts[c].iter().filter_map(|s| view.rec(*s)))
-                .map(|rec| (w.value(rec.place()), rec))
-                .collect();
-            all.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
-            for (_, rec) in all {
+            for rec in self.best_first(view, &mine) {
                 if out.len() >= n {
                     break;
                 }
