@@ -215,6 +215,11 @@ impl Conductor {
     async fn abandon(&self, mut outcome: BuildOutcome, error: &Error, history: &[String]) -> Result<BuildOutcome> {
         let id = outcome.instance;
         tracing::error!(instance = %id, %error, "build abandoned: the store failed mid-build");
+        // The failed call may have been an instance write stopped half way (SQL cells: a
+        // move between databases); this build is the instance's only writer.
+        if let Err(e) = self.store.repair_instance(id).await {
+            tracing::warn!(instance = %id, error = %e, "could not repair the instance of an abandoned build");
+        }
         let released = self.retry("release", || self.store.release(ConsumerId::from(id))).await;
         let message = format!("Build of instance {id} failed: the store did not answer ({error})");
         let f = fault(500, &message, history.join("\n"));

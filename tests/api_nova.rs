@@ -611,6 +611,50 @@ async fn a_lease_without_its_instance_releases_the_claim() {
     assert!(store.allocations(ConsumerId::from(id)).await.unwrap().is_empty());
 }
 
+/// The conductor gives up on a build without recording its outcome (every write of the
+/// instance fails, including the one that would put it in ERROR): the replica must not drop
+/// the lease of an instance left BUILDING, or nobody would ever finish it. The lease is
+/// left to expire and a reaper reschedules the build.
+#[tokio::test]
+async fn a_build_that_ends_still_building_keeps_its_lease_for_the_reaper() {
+    use unicell::testkit::faulty::{Faults, FaultyStore};
+    let memory: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    small_cloud(&memory, 1).await;
+    let faults = Faults::new();
+    let store: Arc<dyn Store> = FaultyStore::new(memory.clone(), faults.clone());
+    let mut config = ApiConfig { replica: "flaky".into(), ..ApiConfig::default() };
+    config.conductor.store_backoff = std::time::Duration::from_millis(1);
+    config.builds.lease_ttl = std::time::Duration::from_millis(300);
+    config.builds.renew_every = std::time::Duration::from_millis(50);
+    config.builds.reap_every = std::time::Duration::from_secs(3600);
+    let state = ApiState::new(store.clone(), config, None).await.unwrap();
+    let api = Api { router: nova::router(state.clone()), store: store.clone() };
+    // Enough failures for the spawning write and for every retry of the ERROR write.
+    let retries = ApiConfig::default().conductor.store_retries + 1;
+    faults.fail_next("update_instance", 2 * retries);
+    let r = api.call(Method::POST, "/v2.1/servers", &[("x-auth-token", "p")], Some(server_body("flaky"))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    let id: InstanceId = r.body["server"]["id"].as_str().unwrap().parse().unwrap();
+    for _ in 0..500 {
+        if state.builds().in_flight() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(state.builds().in_flight(), 0, "the build ended");
+    assert_eq!(faults.injected().get("update_instance"), Some(&u64::from(2 * retries)));
+    assert_eq!(memory.get_instance(id).await.unwrap().vm_state, VmState::Building);
+    assert_eq!(state.builds().leases_held(), 0, "no longer renewed");
+    assert!(memory.leases().unwrap().get_lease(id).await.unwrap().is_some(), "the lease is kept for a reaper");
+    // Once it expired, a reaper (here this very replica) takes the build over.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(state.builds().reap_once().await.unwrap(), 1);
+    let inst = settled_instance(&memory, id).await;
+    assert_eq!(inst.vm_state, VmState::Active, "{inst:?}");
+    assert_eq!(memory.allocations(ConsumerId::from(id)).await.unwrap().len(), 1, "exactly its claim");
+    assert!(unicell::store::audit::audit(memory.as_ref(), &Default::default()).await.unwrap().is_clean());
+}
+
 #[tokio::test]
 async fn live_leases_are_not_taken_and_finished_builds_drop_theirs() {
     let api = Api::new().await;

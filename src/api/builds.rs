@@ -233,14 +233,56 @@ impl Inner {
             Err(e) => tracing::warn!(target: "unicell::api", error = %e, "build failed in the store"),
         }
         for id in ids {
-            if let Err(e) = settle(self.store.as_ref(), id).await {
-                tracing::warn!(target: "unicell::api", instance = %id, error = %e, "could not settle a build");
-                // Keep the lease: it expires and a reaper settles the instance.
-                lock(&self.held).remove(&id);
-                continue;
+            match settle(self.store.as_ref(), id).await {
+                Ok(Settled::Done) => self.finish(id).await,
+                Ok(Settled::StillBuilding) if self.store.leases().is_some() => {
+                    // The conductor gave up on this instance without recording an outcome
+                    // (the store failed while it wrote one). Deleting the lease now would
+                    // leave it BUILDING with nobody responsible; stop renewing instead, so
+                    // that the lease expires and a reaper reschedules it or puts it in
+                    // ERROR, releasing what it holds.
+                    tracing::warn!(
+                        target: "unicell::api",
+                        instance = %id,
+                        "build ended with the instance still BUILDING; its lease is left to expire for a reaper"
+                    );
+                    lock(&self.held).remove(&id);
+                }
+                Ok(Settled::StillBuilding) => {
+                    // No leases in this store: nobody else will take it over.
+                    if let Err(e) = self.interrupted(id, "the build ended without an outcome").await {
+                        tracing::warn!(target: "unicell::api", instance = %id, error = %e, "could not put an unfinished build in ERROR");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(target: "unicell::api", instance = %id, error = %e, "could not settle a build");
+                    // Keep the lease: it expires and a reaper settles the instance.
+                    lock(&self.held).remove(&id);
+                }
             }
-            self.finish(id).await;
         }
+    }
+
+    /// Puts a BUILDING instance whose build cannot go on in ERROR with a fault saying
+    /// `why`, and releases what it holds.
+    async fn interrupted(&self, id: InstanceId, why: &str) -> Result<()> {
+        let f = Fault {
+            code: 500,
+            message: format!("Build of instance {id} was interrupted: {why}."),
+            details: format!("settled by {}", self.replica),
+            created_at: Timestamp::now(),
+        };
+        let patch = InstancePatch {
+            vm_state: Some(VmState::Error),
+            task_state: Some(None),
+            host: Some(None),
+            node: Some(None),
+            fault: Some(Some(f)),
+            ..Default::default()
+        };
+        self.store.update_instance(id, &patch).await?;
+        settle(self.store.as_ref(), id).await?;
+        Ok(())
     }
 
     /// Deletes the lease of a settled build.
@@ -344,6 +386,11 @@ impl Inner {
     /// Settles a build whose replica stopped renewing its lease.
     async fn take_over(&self, id: InstanceId, attempts: u32, previous: &str) -> Result<()> {
         let consumer = ConsumerId::from(id);
+        // The dead build may have stopped in the middle of an instance write (SQL cells: a
+        // move between databases); nobody else writes this instance now.
+        if let Err(e) = self.store.repair_instance(id).await {
+            tracing::warn!(target: "unicell::api", instance = %id, error = %e, "could not repair an interrupted build's instance");
+        }
         let inst = match self.store.get_instance(id).await {
             Ok(i) => i,
             Err(crate::Error::NotFound { .. }) => {
@@ -368,24 +415,11 @@ impl Inner {
             Err(e) => return Err(e),
         };
         let Some(mut spec) = spec.filter(|_| attempts <= self.config.max_takeovers) else {
-            let f = Fault {
-                code: 500,
-                message: format!(
-                    "Build of instance {id} was interrupted: the API replica running it ({previous}) stopped and its lease expired."
-                ),
-                details: format!("taken over by {} after {attempts} interruption(s)", self.replica),
-                created_at: Timestamp::now(),
-            };
-            let patch = InstancePatch {
-                vm_state: Some(VmState::Error),
-                task_state: Some(None),
-                host: Some(None),
-                node: Some(None),
-                fault: Some(Some(f)),
-                ..Default::default()
-            };
-            self.store.update_instance(id, &patch).await?;
-            settle(self.store.as_ref(), id).await?;
+            let why = format!(
+                "the API replica running it ({previous}) stopped and its lease expired (taken over by {} after {attempts} interruption(s))",
+                self.replica
+            );
+            self.interrupted(id, &why).await?;
             self.finish(id).await;
             return Ok(());
         };
@@ -404,16 +438,25 @@ impl Inner {
     }
 }
 
+/// What [`settle`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// The instance's claims agree with its state; its lease can go.
+    Done,
+    /// It is still BUILDING (and not deleted): somebody must still finish its build.
+    StillBuilding,
+}
+
 /// Makes an instance's claims agree with its state after a build: a deleted instance (or
 /// one gone for good) holds nothing and reads deleted; an ERROR instance holds nothing; an
-/// ACTIVE one without a claim goes to ERROR.
-async fn settle(store: &dyn Store, id: InstanceId) -> Result<()> {
+/// ACTIVE one without a claim goes to ERROR; a BUILDING one is left as it is and reported.
+async fn settle(store: &dyn Store, id: InstanceId) -> Result<Settled> {
     let consumer = ConsumerId::from(id);
     let inst = match store.get_instance(id).await {
         Ok(i) => i,
         Err(crate::Error::NotFound { .. }) => {
             store.release(consumer).await?;
-            return Ok(());
+            return Ok(Settled::Done);
         }
         Err(e) => return Err(e),
     };
@@ -424,7 +467,7 @@ async fn settle(store: &dyn Store, id: InstanceId) -> Result<()> {
                 InstancePatch { vm_state: Some(VmState::Deleted), task_state: Some(None), ..Default::default() };
             store.update_instance(id, &patch).await?;
         }
-        return Ok(());
+        return Ok(Settled::Done);
     }
     match inst.vm_state {
         VmState::Error => {
@@ -445,7 +488,8 @@ async fn settle(store: &dyn Store, id: InstanceId) -> Result<()> {
             };
             store.update_instance(id, &patch).await?;
         }
+        VmState::Building => return Ok(Settled::StillBuilding),
         _ => {}
     }
-    Ok(())
+    Ok(Settled::Done)
 }

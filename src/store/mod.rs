@@ -112,7 +112,10 @@ pub use self::url::{Scheme, StoreUrl, redact_text};
 /// 13. [`create_instance`](Instances::create_instance) fails with `AlreadyExists` for a known
 ///     uuid; [`update_instance`](Instances::update_instance) applies an [`InstancePatch`]
 ///     atomically and bumps `updated_at`; soft delete is a patch (`deleted: Some(true)`);
-///     [`delete_instance`](Instances::delete_instance) removes the record for good.
+///     [`delete_instance`](Instances::delete_instance) removes the record for good. A write
+///     interrupted by a crash is either applied or not as far as reads and listings can
+///     tell; what it left behind is removed by
+///     [`repair_instance`](Instances::repair_instance).
 /// 14. [`list_instances`](Instances::list_instances) has Nova's semantics: order `created_at`
 ///     descending then uuid descending (a total order); `limit` defaults to and is clamped
 ///     at [`MAX_LIMIT`](crate::model::MAX_LIMIT); `marker` is the uuid of the previous
@@ -321,6 +324,15 @@ pub trait Instances: Send + Sync {
     async fn delete_instance(&self, id: InstanceId) -> Result<()>;
     /// One page of the instance listing (contract line 14).
     async fn list_instances(&self, query: &ListQuery) -> Result<InstancePage>;
+    /// Removes what an instance write interrupted by a crash left behind (contract line
+    /// 13): on the SQL baseline, copies of the instance that a move between databases
+    /// wrote before its process died, outside the database its mapping names. Call it
+    /// when taking over an interrupted build, while nobody else writes the instance.
+    /// Idempotent and best effort (a part of the store that cannot be reached keeps its
+    /// copy, which reads and listings never show). Required, not defaulted, so that a
+    /// decorator cannot silently swallow it; stores whose instance writes touch one record
+    /// leave nothing behind and do nothing.
+    async fn repair_instance(&self, id: InstanceId) -> Result<()>;
 }
 
 /// The store traits, for `use unicell::store::prelude::*;`: calling a method on a

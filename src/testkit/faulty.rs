@@ -389,6 +389,10 @@ impl Instances for FaultyStore {
         self.faults.check("list_instances")?;
         self.inner.list_instances(query).await
     }
+    async fn repair_instance(&self, id: InstanceId) -> Result<()> {
+        self.faults.check("repair_instance")?;
+        self.inner.repair_instance(id).await
+    }
 }
 
 impl Store for FaultyStore {

@@ -4,7 +4,9 @@
 //! being listed (both list strategies), and a cell database going down during listings
 //! (`down_cell=skip` and `fail`, through a TCP proxy this test kills; cells mode only):
 //! listings skip it or fail, and so does `list_hosts` over all cells (what a scheduler's
-//! catalog load reads), so scheduling goes on in the healthy cells.
+//! catalog load reads), so scheduling goes on in the healthy cells; and a move between
+//! cell databases interrupted after its first step (a process killed mid-build): the
+//! copy it leaves is never listed, and `repair_instance` removes it.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -32,6 +34,13 @@ pub fn trials(configs: &[Arc<Sql>]) -> Vec<Trial> {
         out.push(trial(format!("sql::{name}::differential"), &backend, differential_case));
         out.push(trial(format!("sql::{name}::build_request_moves_while_listing"), &backend, move_case));
         if sql.is_cells() {
+            let s = sql.clone();
+            out.push(trial_on(
+                format!("sql::{name}::interrupted_move_leaves_no_visible_copy"),
+                false,
+                move || async move { s.url().await },
+                interrupted_move_case,
+            ));
             let s = sql.clone();
             out.push(trial_on(
                 format!("sql::{name}::down_cell_skip_and_fail"),
@@ -301,5 +310,113 @@ async fn down_cell_case(url: String) -> Result<(), String> {
     if let Ok(c) = StoreUrl::parse(cleanup.as_str()) {
         let _ = SqlStore::drop_databases(&c).await;
     }
+    result
+}
+
+/// A move interrupted after its first step (the process SIGKILLed between writing the new
+/// row and repointing the mapping, as in the replicas test) leaves a stale copy of the
+/// instance in the other cell database. Before the fix, a listing showed whichever copy
+/// its merge met first: a server listed BUILD forever after it had become ACTIVE.
+async fn interrupted_move_case(url: String) -> Result<(), String> {
+    // A database of its own, so that its two cells get slots 0 and 1 (one per database).
+    let base = StoreUrl::parse(&url).map_err(|e| e.to_string())?;
+    let mut own = base.expose().clone();
+    let db = format!("{}_stale", own.path().trim_start_matches('/'));
+    own.set_path(&format!("/{db}"));
+    // The shared URL says `create=false` (its databases exist); these are created here.
+    let query: Vec<(String, String)> =
+        own.query_pairs().filter(|(k, _)| k != "create").map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    own.query_pairs_mut().clear().extend_pairs(query);
+    let own = StoreUrl::parse(own.as_str()).map_err(|e| e.to_string())?;
+    let result = async {
+        let store = SqlStore::open(&own).await.map_err(|e| e.to_string())?;
+        let (a, b) = (CellId::new_v4(), CellId::new_v4());
+        store.put_cell(&Cell { id: a, name: "a".into(), disabled: false }).await.map_err(|e| e.to_string())?;
+        store.put_cell(&Cell { id: b, name: "b".into(), disabled: false }).await.map_err(|e| e.to_string())?;
+        let token = format!("st{}", uuid::Uuid::new_v4().simple());
+        let t0 = Timestamp::now();
+        let mut ids = Vec::new();
+        for k in 0..5 {
+            let i = building(&token, k, t0.plus(Duration::from_micros(k as u64)));
+            store.create_instance(&i).await.map_err(|e| e.to_string())?;
+            ids.push(i.uuid);
+        }
+        // Instance 2: the dead build's move into cell a stopped after step (1); the
+        // takeover then built it in cell b, where it became ACTIVE.
+        let victim = ids[2];
+        let mut half_moved = store.get_instance(victim).await.map_err(|e| e.to_string())?;
+        half_moved.cell = Some(a);
+        half_moved.host = Some("dead-host".into());
+        half_moved.task_state = Some(TaskState::Spawning);
+        store.interrupted_move(&half_moved, a).await.map_err(|e| format!("interrupted_move: {e}"))?;
+        // While the mapping still names the build request, the listing shows that copy.
+        let listed = list_all(&store, &token).await?;
+        if listed.len() != 5 || listed.iter().filter(|id| **id == victim).count() != 1 {
+            return Err(format!("mid-move listing: {listed:?}"));
+        }
+        let active = InstancePatch {
+            cell: Some(Some(b)),
+            host: Some(Some("live-host".into())),
+            vm_state: Some(VmState::Active),
+            task_state: Some(None),
+            ..Default::default()
+        };
+        store.update_instance(victim, &active).await.map_err(|e| format!("update_instance: {e}"))?;
+        for limit in [1, 2, 3, 7] {
+            let mut shown = Vec::new();
+            let mut marker = None;
+            loop {
+                let page = store
+                    .list_instances(&ListQuery {
+                        filters: InstanceFilters { name: Some(token.clone()), ..Default::default() },
+                        limit: Some(limit),
+                        marker,
+                    })
+                    .await
+                    .map_err(|e| format!("list: {e}"))?;
+                shown.extend(page.instances);
+                match page.next_marker {
+                    Some(m) => marker = Some(m),
+                    None => break,
+                }
+            }
+            let ids_shown: Vec<InstanceId> = shown.iter().map(|i| i.uuid).collect();
+            if ids_shown.len() != 5 || ids_shown.iter().collect::<BTreeSet<_>>().len() != 5 {
+                return Err(format!("limit {limit}: listed {ids_shown:?}"));
+            }
+            let v = shown.iter().find(|i| i.uuid == victim).ok_or("victim not listed")?;
+            if v.vm_state != VmState::Active || v.cell != Some(b) {
+                return Err(format!("limit {limit}: the stale copy was listed: {v:?}"));
+            }
+        }
+        // The stale copy is still there (a status filter finds it) until the repair.
+        let building_filter = ListQuery {
+            filters: InstanceFilters {
+                name: Some(token.clone()),
+                vm_states: vec![VmState::Building],
+                ..Default::default()
+            },
+            limit: None,
+            marker: None,
+        };
+        let before = store.list_instances(&building_filter).await.map_err(|e| e.to_string())?;
+        if !before.instances.iter().any(|i| i.uuid == victim) {
+            return Err("the interrupted move left no copy to repair: the test did not set up the case".into());
+        }
+        store.repair_instance(victim).await.map_err(|e| format!("repair_instance: {e}"))?;
+        store.repair_instance(victim).await.map_err(|e| format!("repair_instance again: {e}"))?;
+        let after = store.list_instances(&building_filter).await.map_err(|e| e.to_string())?;
+        if after.instances.iter().any(|i| i.uuid == victim) || after.instances.len() != 4 {
+            return Err(format!("after the repair, BUILDING lists {:?}", after.instances));
+        }
+        let got = store.get_instance(victim).await.map_err(|e| e.to_string())?;
+        if got.vm_state != VmState::Active || got.cell != Some(b) {
+            return Err(format!("the repair changed the instance: {got:?}"));
+        }
+        store.close().await;
+        Ok::<(), String>(())
+    }
+    .await;
+    SqlStore::drop_databases(&own).await.map_err(|e| format!("dropping {db}: {e}"))?;
     result
 }

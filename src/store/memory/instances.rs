@@ -61,6 +61,11 @@ impl Instances for MemoryStore {
         Ok(())
     }
 
+    async fn repair_instance(&self, _id: InstanceId) -> Result<()> {
+        // Nothing to repair: one record per instance, written under one lock, so no write leaves a part behind.
+        Ok(())
+    }
+
     async fn list_instances(&self, query: &ListQuery) -> Result<InstancePage> {
         let t = read(&self.instances);
         let start = match query.marker {

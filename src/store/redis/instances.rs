@@ -185,6 +185,11 @@ impl Instances for RedisStore {
         })
     }
 
+    async fn repair_instance(&self, _id: InstanceId) -> Result<()> {
+        // Nothing to repair: an instance and its index entries are written by one script, so no write leaves a part behind.
+        Ok(())
+    }
+
     async fn list_instances(&self, query: &ListQuery) -> Result<InstancePage> {
         let mut pos = match query.marker {
             Some(m) => {

@@ -203,6 +203,74 @@ impl SqlStore {
         })
     }
 
+    /// Takes the head of stream `n` of a listing merge, refilling the stream when that
+    /// empties it and putting its new head on the heap.
+    async fn advance(
+        &self,
+        s: &mut Stream,
+        n: usize,
+        heap: &mut BinaryHeap<Reverse<(SortKey, usize)>>,
+        f: &InstanceFilters,
+        want: usize,
+        batch: usize,
+    ) -> Result<Option<Instance>> {
+        let Some(i) = s.buf.pop_front() else {
+            return Ok(None);
+        };
+        while s.buf.is_empty() && !s.exhausted {
+            let b = if s.loc == Loc::Build { want } else { batch };
+            self.fill(s, f, b).await?;
+        }
+        if let Some(next) = s.buf.front() {
+            heap.push(Reverse((next.sort_key(), n)));
+        }
+        Ok(Some(i))
+    }
+
+    /// The one copy of an instance a listing shows when it met several: the one its
+    /// mapping points at. Two copies exist while a move is between its steps (the mapping
+    /// still names the old one, which is then the instance) and after a move interrupted
+    /// by a crash, which leaves a stale copy behind until [`Instances::repair_instance`]
+    /// removes it: showing that copy would show a state the instance left long ago (a
+    /// server BUILDING forever). `None`: the instance was deleted meanwhile.
+    async fn resolve_copies(&self, id: InstanceId, mut copies: Vec<(Loc, Instance)>) -> Result<Option<Instance>> {
+        if copies.len() < 2 {
+            return Ok(copies.pop().map(|(_, i)| i));
+        }
+        let Some(loc) = self.mapping(id).await? else {
+            return Ok(None);
+        };
+        let pick = copies.iter().position(|(l, _)| *l == loc).unwrap_or(0);
+        tracing::debug!(instance = %id, copies = copies.len(), "listing met several copies of an instance; showing the mapped one");
+        Ok(Some(copies.swap_remove(pick).1))
+    }
+
+    /// Deletes every copy of `id` outside `keep`, best effort: a database that fails is
+    /// logged and skipped (the listing still shows the mapped copy only).
+    async fn delete_copies(&self, id: InstanceId, keep: Loc) {
+        let others = std::iter::once(Loc::Build).chain((0..self.cells.len()).map(Loc::Cell)).filter(|l| *l != keep);
+        for loc in others {
+            let done = async {
+                let mut tx = self.pool_of(loc).begin().await.map_err(map_err)?;
+                self.delete_at(&mut tx, loc, id).await.map_err(map_err)?;
+                tx.commit().await.map_err(map_err)
+            };
+            if let Err(e) = done.await {
+                tracing::warn!(instance = %id, location = ?loc, error = %e, "could not remove a stale copy of an instance");
+            }
+        }
+    }
+
+    /// Failure tests: performs step (1) of a move of `instance` into `cell` and stops, as
+    /// a process killed there would: a copy of the instance (as given) is written into
+    /// that cell's database, and neither the mapping nor the current row changes.
+    pub async fn interrupted_move(&self, instance: &Instance, cell: CellId) -> Result<()> {
+        let loc = self.loc_of_cell(Some(cell)).await?;
+        let mut tx = self.pool_of(loc).begin().await.map_err(map_err)?;
+        self.replace_at(&mut tx, loc, instance).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
     /// The instance mapping: `None` when the instance is unknown.
     async fn mapping(&self, id: InstanceId) -> Result<Option<Loc>> {
         let Some(r) = self
@@ -669,6 +737,13 @@ impl Instances for SqlStore {
         Ok(())
     }
 
+    async fn repair_instance(&self, id: InstanceId) -> Result<()> {
+        if let Some(loc) = self.mapping(id).await? {
+            self.delete_copies(id, loc).await;
+        }
+        Ok(())
+    }
+
     async fn list_instances(&self, q: &ListQuery) -> Result<InstancePage> {
         let after = match q.marker {
             Some(m) => Some(self.marker_key(m).await?),
@@ -731,18 +806,24 @@ impl Instances for SqlStore {
         }
         let mut out: Vec<Instance> = Vec::with_capacity(want);
         let mut seen: HashSet<InstanceId> = HashSet::new();
-        while let Some(Reverse((_, n))) = heap.pop() {
-            let s = &mut streams[n];
-            let Some(i) = s.buf.pop_front() else {
+        while let Some(Reverse((key, n))) = heap.pop() {
+            let Some(first) = self.advance(&mut streams[n], n, &mut heap, f, want, batch).await? else {
                 continue;
             };
-            while s.buf.is_empty() && !s.exhausted {
-                let b = if s.loc == Loc::Build { want } else { batch };
-                self.fill(s, f, b).await?;
+            // Copies of one instance share its sort key, so they leave the heap together
+            // (all of them, even across a page boundary).
+            let mut copies = vec![(streams[n].loc, first)];
+            while heap.peek().is_some_and(|Reverse((k, _))| *k == key) {
+                let Some(Reverse((_, m))) = heap.pop() else {
+                    break;
+                };
+                if let Some(i) = self.advance(&mut streams[m], m, &mut heap, f, want, batch).await? {
+                    copies.push((streams[m].loc, i));
+                }
             }
-            if let Some(next) = s.buf.front() {
-                heap.push(Reverse((next.sort_key(), n)));
-            }
+            let Some(i) = self.resolve_copies(key.uuid, copies).await? else {
+                continue;
+            };
             if seen.insert(i.uuid) {
                 out.push(i);
                 if out.len() == want {
