@@ -51,6 +51,7 @@ pub mod error;
 pub mod filters;
 pub mod host_state;
 mod select;
+pub(crate) use self::select::candidate_request;
 pub mod snapshot;
 mod template;
 pub mod weighers;

@@ -258,50 +258,7 @@ impl Scheduler {
     }
 
     async fn plan(&self, spec: &RequestSpec) -> Result<Plan, ScheduleError> {
-        let mut request = spec.flavor.resource_request(spec.is_bfv).map_err(ScheduleError::InvalidRequest)?;
-        if let Some(list) = spec.image_properties.get("traits_required") {
-            let traits: Vec<Trait> = list
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(Trait::new)
-                .collect::<Result<_, _>>()
-                .map_err(ScheduleError::InvalidRequest)?;
-            if request.groups.first().is_none_or(|g| g.suffix.is_some()) {
-                request.groups.insert(0, Default::default());
-            }
-            if let Some(g) = request.groups.first_mut() {
-                if let Some(t) = traits.iter().find(|t| g.forbidden.contains(*t)) {
-                    return Err(ScheduleError::InvalidRequest(Error::invalid(
-                        "image_properties[traits_required]",
-                        format!("trait {t} is required by the image but forbidden by the flavor"),
-                    )));
-                }
-                g.required.extend(traits);
-            }
-        }
-        let isolate = match spec.flavor.extra_specs.get("group_policy").map(String::as_str) {
-            None | Some("none") => false,
-            Some("isolate") => true,
-            Some(other) => {
-                return Err(ScheduleError::InvalidRequest(Error::invalid(
-                    "flavor.extra_specs[group_policy]",
-                    format!("{other:?} must be none or isolate"),
-                )));
-            }
-        };
-        let mut cand = CandidateRequest::new(request, isolate, self.config.candidate_search_budget);
-        if cand.is_empty() {
-            return Err(ScheduleError::InvalidRequest(Error::invalid(
-                "flavor",
-                "the request asks for no resources, nothing can be claimed",
-            )));
-        }
-        if let Some(d) = &spec.requested_destination {
-            cand.member_of =
-                d.aggregates.iter().filter(|g| !g.is_empty()).map(|g| g.iter().copied().collect()).collect();
-            cand.forbidden_aggregates = d.forbidden_aggregates.iter().copied().collect();
-        }
+        let cand = candidate_request(spec, self.config.candidate_search_budget)?;
         let group = match spec.hints.group {
             Some(g) => Some(self.store().get_server_group(g).await.map_err(|e| match e {
                 Error::NotFound { .. } => ScheduleError::InvalidRequest(e),
@@ -1127,6 +1084,60 @@ impl Scheduler {
         }
         out
     }
+}
+
+/// The part of a request's plan that reads nothing but the spec: the flavor's resource
+/// request (root disk dropped for boot from volume), the image's `traits_required`, the
+/// flavor's `group_policy` and the requested destination's aggregates, as one
+/// [`CandidateRequest`] searched with `budget`. Anything wrong in the spec is
+/// [`ScheduleError::InvalidRequest`] naming the field. Pure and visible to the crate so that
+/// the fuzzing checks (`testkit::fuzzing`) drive exactly what `select_destinations` does
+/// with a spec.
+pub(crate) fn candidate_request(spec: &RequestSpec, budget: usize) -> Result<CandidateRequest, ScheduleError> {
+    let mut request = spec.flavor.resource_request(spec.is_bfv).map_err(ScheduleError::InvalidRequest)?;
+    if let Some(list) = spec.image_properties.get("traits_required") {
+        let traits: Vec<Trait> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(Trait::new)
+            .collect::<Result<_, _>>()
+            .map_err(ScheduleError::InvalidRequest)?;
+        if request.groups.first().is_none_or(|g| g.suffix.is_some()) {
+            request.groups.insert(0, Default::default());
+        }
+        if let Some(g) = request.groups.first_mut() {
+            if let Some(t) = traits.iter().find(|t| g.forbidden.contains(*t)) {
+                return Err(ScheduleError::InvalidRequest(Error::invalid(
+                    "image_properties[traits_required]",
+                    format!("trait {t} is required by the image but forbidden by the flavor"),
+                )));
+            }
+            g.required.extend(traits);
+        }
+    }
+    let isolate = match spec.flavor.extra_specs.get("group_policy").map(String::as_str) {
+        None | Some("none") => false,
+        Some("isolate") => true,
+        Some(other) => {
+            return Err(ScheduleError::InvalidRequest(Error::invalid(
+                "flavor.extra_specs[group_policy]",
+                format!("{other:?} must be none or isolate"),
+            )));
+        }
+    };
+    let mut cand = CandidateRequest::new(request, isolate, budget);
+    if cand.is_empty() {
+        return Err(ScheduleError::InvalidRequest(Error::invalid(
+            "flavor",
+            "the request asks for no resources, nothing can be claimed",
+        )));
+    }
+    if let Some(d) = &spec.requested_destination {
+        cand.member_of = d.aggregates.iter().filter(|g| !g.is_empty()).map(|g| g.iter().copied().collect()).collect();
+        cand.forbidden_aggregates = d.forbidden_aggregates.iter().copied().collect();
+    }
+    Ok(cand)
 }
 
 #[cfg(test)]

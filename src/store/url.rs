@@ -438,7 +438,7 @@ fn mask_secret_pairs(s: &str) -> String {
 
 /// Splits a comma-separated host list out of the authority: the URL with its first host
 /// only, and the text of the other hosts.
-fn split_host_list(s: &str) -> (String, Vec<String>) {
+pub(crate) fn split_host_list(s: &str) -> (String, Vec<String>) {
     let Some(i) = s.find("://") else { return (s.to_string(), Vec::new()) };
     let start = i + 3;
     let after = &s[start..];
@@ -463,7 +463,7 @@ fn redact_nested(v: &str) -> String {
 /// Whether a query key (or `key=` in free text) names a secret: `password`, `passwd`,
 /// `pwd`, `pass`, `secret`, `token`, `auth`, `credential(s)`, `api_key`/`apikey`, any case,
 /// alone or inside a longer key (`db_password`, `authToken`).
-fn is_secret_key(k: &str) -> bool {
+pub(crate) fn is_secret_key(k: &str) -> bool {
     let k = k.to_ascii_lowercase();
     ["pass", "pwd", "secret", "token", "auth", "credential", "apikey", "api_key", "api-key"]
         .iter()

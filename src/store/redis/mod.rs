@@ -8,17 +8,19 @@
 //! connection pool, scripts and error mapping), `trees.rs` (providers and claims),
 //! `feed.rs` (the change feed), `catalog.rs`, `instances.rs`; and Redis's own `keys.rs`
 //! (key names and hash-tag shards) and `codec.rs` (stored encodings and script replies).
+//! `codec`, `trees` and `placement` are visible to the crate so that the fuzzing checks
+//! (`testkit::fuzzing`) decode replies and records with the very functions the store uses.
 
 mod catalog;
-mod codec;
+pub(crate) mod codec;
 mod config;
 mod conn;
 mod feed;
 mod instances;
 mod keys;
 mod leases;
-mod placement;
-mod trees;
+pub(crate) mod placement;
+pub(crate) mod trees;
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -44,11 +46,11 @@ fn age(ms: u64) -> Duration {
     Duration::from_millis(now_ms().saturating_sub(ms))
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Result<String> {
+pub(crate) fn json<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| Error::backend("redis", e))
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|e| corrupt(format!("record: {e}")))
 }
 

@@ -32,7 +32,7 @@ use crate::store::placement::{ConsumerRecord, PlacementStore, PlacementTree, Reg
 use crate::store::prelude::*;
 
 /// Decodes a [`PlacementTree`] from the two hashes `placement_read.lua` returns.
-fn decode_placement(root: ProviderId, v: Value) -> Result<Option<PlacementTree>> {
+pub(crate) fn decode_placement(root: ProviderId, v: Value) -> Result<Option<PlacementTree>> {
     let Value::Array(mut parts) = v else {
         return Err(corrupt("placement_read reply"));
     };
@@ -70,7 +70,7 @@ fn decode_placement(root: ProviderId, v: Value) -> Result<Option<PlacementTree>>
 /// Every field of the tree hash of `t` except `gen`, `cell` and `nseq` (the layout of
 /// `schema/redis/README.md`); providers get their position as creation sequence, which keeps
 /// parents before children.
-fn tree_fields(t: &PlacementTree) -> Vec<(String, String)> {
+pub(crate) fn tree_fields(t: &PlacementTree) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (seq, p) in t.tree.providers.iter().enumerate() {
         let id = p.id;

@@ -571,16 +571,21 @@ impl Providers for RedisStore {
 
 /// A claim's script reply, read: the claim, its refusal, or `Stale` when the cached root of
 /// one of its providers was wrong (the caller looks the roots up again and retries once).
-enum ClaimReply {
+pub(crate) enum ClaimReply {
+    /// The claim, or why it was refused.
     Done(Result<Claim>),
+    /// A cached root was wrong: look the roots up again and retry.
     Stale,
 }
 
 /// Where a claim goes: its providers, their roots as looked up, and the tree of the first.
-struct ClaimTarget {
-    providers: Vec<ProviderId>,
-    roots: Vec<Option<ProviderId>>,
-    root: ProviderId,
+pub(crate) struct ClaimTarget {
+    /// The providers of the claim, in key order.
+    pub(crate) providers: Vec<ProviderId>,
+    /// Their roots as looked up (`None`: unknown provider).
+    pub(crate) roots: Vec<Option<ProviderId>>,
+    /// The tree of the first provider, where the claim goes.
+    pub(crate) root: ProviderId,
 }
 
 impl RedisStore {
@@ -600,56 +605,68 @@ impl RedisStore {
         Ok(ClaimTarget { providers, roots, root })
     }
 
-    /// Reads the claim script's reply for `request` on `root`.
+    /// Reads the claim script's reply for `request` on `target`; on `Stale`, forgets the
+    /// cached roots of its providers so that the retry looks them up again.
     fn claim_reply(&self, request: &ClaimRequest, target: &ClaimTarget, fresh: bool, r: &Reply) -> Result<ClaimReply> {
-        let ClaimTarget { providers, roots, root } = target;
-        let root = *root;
-        let status = r.status();
-        let done = |res| Ok(ClaimReply::Done(res));
-        match status.as_str() {
-            "ok" => done(Ok(Claim { root, generation: r.u(1)?, replayed: r.i(2)? == 1 })),
-            "no_tree" | "not_in_tree" if !fresh => {
-                for p in providers {
-                    self.forget_root(*p);
-                }
-                Ok(ClaimReply::Stale)
+        let reply = read_claim_reply(request, target, fresh, r)?;
+        if matches!(reply, ClaimReply::Stale) {
+            for p in &target.providers {
+                self.forget_root(*p);
             }
-            "no_tree" => done(Err(Error::not_found(Kind::Provider, providers.first().copied().unwrap_or(root)))),
-            "not_in_tree" => {
-                let p: ProviderId = r.s(1)?.parse().map_err(|_| corrupt("provider"))?;
-                let i = providers.iter().position(|x| *x == p).unwrap_or(0);
-                if roots.get(i).copied().flatten() == Some(root) {
-                    return done(Err(Error::not_found(Kind::Provider, p)));
-                }
-                done(Err(Error::invalid(
-                    "allocations",
-                    format!("provider {p} is not in tree {root}: a claim covers one provider tree"),
-                )))
-            }
-            "mismatch" => done(Err(Error::Conflict(Conflict::ConsumerMismatch { consumer: request.consumer, root }))),
-            "no_inventory" => {
-                done(Err(Error::not_found(Kind::Inventory, format!("{} on provider {}", r.s(2)?, r.s(1)?))))
-            }
-            "units" => {
-                let inv =
-                    Inventory { min_unit: r.i(4)?, max_unit: r.i(5)?, step_size: r.i(6)?, ..Inventory::default() };
-                inv.check_units(&format!("{} on provider {}", r.s(2)?, r.s(1)?), r.i(3)?)?;
-                Err(corrupt("units failure the inventory accepts"))
-            }
-            "capacity" => done(Err(Error::Capacity {
-                provider: r.s(1)?.parse().map_err(|_| corrupt("provider"))?,
-                class: ResourceClass::parse(&r.s(2)?).map_err(|_| corrupt("class"))?,
-                requested: r.i(3)?,
-                used: r.i(4)?,
-                capacity: r.i(5)?,
-            })),
-            "group_limit" => done(Err(Error::Conflict(Conflict::GroupLimit {
-                group: r.s(1)?.parse().map_err(|_| corrupt("group"))?,
-                root,
-                max_per_host: u32::try_from(r.i(2)?).unwrap_or(u32::MAX),
-            }))),
-            other => Err(corrupt(format!("claim status {other}"))),
         }
+        Ok(reply)
+    }
+}
+
+/// Reads the claim script's reply `r` for `request` on `target` (`fresh`: the roots were
+/// just read, so a wrong root is an answer, not a stale cache). Pure, without I/O or the
+/// root cache, so that the fuzzing checks (`testkit::fuzzing`) can feed it any reply: a
+/// reply the script cannot have sent is a backend error, never a panic.
+pub(crate) fn read_claim_reply(
+    request: &ClaimRequest,
+    target: &ClaimTarget,
+    fresh: bool,
+    r: &Reply,
+) -> Result<ClaimReply> {
+    let ClaimTarget { providers, roots, root } = target;
+    let root = *root;
+    let status = r.status();
+    let done = |res| Ok(ClaimReply::Done(res));
+    match status.as_str() {
+        "ok" => done(Ok(Claim { root, generation: r.u(1)?, replayed: r.i(2)? == 1 })),
+        "no_tree" | "not_in_tree" if !fresh => Ok(ClaimReply::Stale),
+        "no_tree" => done(Err(Error::not_found(Kind::Provider, providers.first().copied().unwrap_or(root)))),
+        "not_in_tree" => {
+            let p: ProviderId = r.s(1)?.parse().map_err(|_| corrupt("provider"))?;
+            let i = providers.iter().position(|x| *x == p).unwrap_or(0);
+            if roots.get(i).copied().flatten() == Some(root) {
+                return done(Err(Error::not_found(Kind::Provider, p)));
+            }
+            done(Err(Error::invalid(
+                "allocations",
+                format!("provider {p} is not in tree {root}: a claim covers one provider tree"),
+            )))
+        }
+        "mismatch" => done(Err(Error::Conflict(Conflict::ConsumerMismatch { consumer: request.consumer, root }))),
+        "no_inventory" => done(Err(Error::not_found(Kind::Inventory, format!("{} on provider {}", r.s(2)?, r.s(1)?)))),
+        "units" => {
+            let inv = Inventory { min_unit: r.i(4)?, max_unit: r.i(5)?, step_size: r.i(6)?, ..Inventory::default() };
+            inv.check_units(&format!("{} on provider {}", r.s(2)?, r.s(1)?), r.i(3)?)?;
+            Err(corrupt("units failure the inventory accepts"))
+        }
+        "capacity" => done(Err(Error::Capacity {
+            provider: r.s(1)?.parse().map_err(|_| corrupt("provider"))?,
+            class: ResourceClass::parse(&r.s(2)?).map_err(|_| corrupt("class"))?,
+            requested: r.i(3)?,
+            used: r.i(4)?,
+            capacity: r.i(5)?,
+        })),
+        "group_limit" => done(Err(Error::Conflict(Conflict::GroupLimit {
+            group: r.s(1)?.parse().map_err(|_| corrupt("group"))?,
+            root,
+            max_per_host: u32::try_from(r.i(2)?).unwrap_or(u32::MAX),
+        }))),
+        other => Err(corrupt(format!("claim status {other}"))),
     }
 }
 

@@ -74,7 +74,7 @@ pub struct SqlOptions {
 
 impl SqlOptions {
     /// The options of `url` (`mode` as [`targets`] found it).
-    pub(super) fn parse(url: &StoreUrl, mode: Mode) -> Result<SqlOptions> {
+    pub(crate) fn parse(url: &StoreUrl, mode: Mode) -> Result<SqlOptions> {
         Ok(SqlOptions {
             mode,
             list_strategy: match url.param("list_strategy").as_deref() {
@@ -141,7 +141,7 @@ const OUR_PARAMS: &[&str] = &[
 
 /// Where one database is: the server and the database name.
 #[derive(Clone)]
-pub(super) struct Target {
+pub(crate) struct Target {
     pub(super) dialect: Dialect,
     pub(super) url: url::Url,
     pub(super) database: String,
@@ -190,14 +190,14 @@ impl Target {
         t
     }
 
-    pub(super) fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         StoreUrl::parse(self.url.as_str()).map(|u| u.redacted()).unwrap_or_else(|_| "<unparsable url>".into())
     }
 }
 
 /// The databases a URL names: the API database and the cell databases (the same one in
 /// single mode).
-pub(super) fn targets(url: &StoreUrl) -> Result<(Target, Vec<Target>, Mode)> {
+pub(crate) fn targets(url: &StoreUrl) -> Result<(Target, Vec<Target>, Mode)> {
     let api = Target::parse(url)?;
     let mode = match url.param("mode").as_deref() {
         None | Some("cells") => Mode::Cells,
