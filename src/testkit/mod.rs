@@ -6,6 +6,9 @@
 //! directories. Everything listens on loopback only, and is killed (and its directory
 //! removed) when dropped.
 //!
+//! [`fuzzing`] holds the checks of the fuzz targets (`fuzz/`), shared with their replay on
+//! stable (`tests/fuzz_regressions.rs`).
+//!
 //! Nothing here is used by a store: it exists so that the crate's tests, the benchmarks and
 //! `unicell evaluate` can run real servers on a machine that has the binaries, and say
 //! precisely why not ([`LaunchError`]) on one that does not.
@@ -15,6 +18,7 @@ pub mod cql_proxy;
 #[cfg(feature = "redis")]
 pub mod failover;
 pub mod faulty;
+pub mod fuzzing;
 pub mod redis_server;
 pub mod sql_server;
 
