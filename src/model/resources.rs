@@ -278,13 +278,20 @@ impl Inventory {
                 format!("amount {amount} is outside min_unit {} .. max_unit {}", self.min_unit, self.max_unit),
             ));
         }
-        if amount % self.step_size != 0 {
-            return Err(Error::invalid(
+        // Checked: a stored inventory has a step of at least 1, but this also reads
+        // inventories off the wire (a Redis claim script's `units` reply), where a step of 0
+        // or -1 must be an error, not a division by zero or an overflow.
+        match amount.checked_rem(self.step_size) {
+            Some(0) => Ok(()),
+            Some(_) => Err(Error::invalid(
                 format!("allocation {what}"),
                 format!("amount {amount} is not a multiple of step_size {}", self.step_size),
-            ));
+            )),
+            None => Err(Error::invalid(
+                format!("inventory {what}"),
+                format!("step_size {} must be between 1 and {MAX_AMOUNT}", self.step_size),
+            )),
         }
-        Ok(())
     }
 }
 

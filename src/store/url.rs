@@ -168,7 +168,7 @@ impl StoreUrl {
     /// where its scheme does not allow it is `InvalidInput`, and the message repeats the
     /// input only with its password masked.
     pub fn parse(s: &str) -> Result<Self> {
-        let shown = || redact_str(s);
+        let shown = || shown_input(s);
         let scheme_end = s.find("://");
         let scheme = match scheme_end {
             Some(i) => Scheme::from_name(&s[..i]).ok_or_else(|| {
@@ -470,9 +470,27 @@ pub(crate) fn is_secret_key(k: &str) -> bool {
         .any(|s| k.contains(s))
 }
 
-/// Masking for text that did not parse as a URL (see [`redact_text`]).
-pub(crate) fn redact_str(s: &str) -> String {
-    redact_text(s)
+/// The input of [`StoreUrl::parse`] as its errors show it. Text meant as one store URL is
+/// masked as a whole, not word by word as [`redact_text`] masks free text (where a quote,
+/// a space or a control character ends a URL, so a password containing one would be cut in
+/// two and shown): when its single-host form parses, exactly as `Display` shows a parsed URL
+/// (the other hosts of a host list follow); otherwise everything between `://` and the last
+/// `@` is masked, the user too, along with secret `key=value`s.
+fn shown_input(s: &str) -> String {
+    let (single, extra) = split_host_list(s);
+    if let Ok(u) = url::Url::parse(&single) {
+        let shown = redact_parsed(&u);
+        if extra.is_empty() {
+            return shown;
+        }
+        let hosts: Vec<String> = extra.iter().map(|h| mask_secret_pairs(h)).collect();
+        return format!("{shown} (and hosts {})", hosts.join(","));
+    }
+    let masked = match (s.find("://"), s.rfind('@')) {
+        (Some(i), Some(at)) if at > i => format!("{}***{}", &s[..i + 3], &s[at..]),
+        _ => s.to_string(),
+    };
+    mask_secret_pairs(&masked)
 }
 
 impl fmt::Display for StoreUrl {
