@@ -50,6 +50,7 @@ pub mod candidates;
 pub mod error;
 pub mod filters;
 pub mod host_state;
+pub mod nova;
 mod select;
 pub mod snapshot;
 mod template;
@@ -378,7 +379,7 @@ impl Scheduler {
         Self::build(snapshot, config)
     }
 
-    fn check(config: &SchedulerConfig) -> Result<()> {
+    pub(crate) fn check(config: &SchedulerConfig) -> Result<()> {
         for name in &config.enabled_filters {
             if filters::by_name(name).is_none() {
                 return Err(Error::invalid(
