@@ -25,6 +25,10 @@
 //!   the same moment by different schedulers cannot both put a member on one host.
 //! * **A NoValidHost an operator can read** ([`NoValidHostReason`]).
 //!
+//! [`nova::NovaScheduler`] is the other design, kept for comparison: Nova's filter
+//! scheduler on the SQL baseline (Placement's candidate query per request, the same filters
+//! and weighers over the candidates, claims as Placement's `PUT /allocations`).
+//!
 //! Many schedulers (tasks or processes) may run against one store; across processes they
 //! share nothing but the store. `Scheduler` itself is `Sync`: one instance may serve
 //! concurrent requests.
