@@ -4,7 +4,9 @@
 //! Per request, as Nova's `FilterScheduler._schedule` does:
 //! 1. **Placement's `GET /allocation_candidates`** as SQL on the API database
 //!    ([`CandidateQueries::allocation_candidates`], `LIMIT max_placement_results`, lifted
-//!    as Nova lifts it for groups, hints and named hosts). What part of Placement's query
+//!    as Nova lifts it for groups, hints and named hosts; a requested availability zone
+//!    becomes a `member_of` of the aggregates defining it, as Nova's
+//!    `map_az_to_placement_aggregate` request filter does). What part of Placement's query
 //!    is reproduced (resources on the root provider only, no nested or sharing providers,
 //!    no numbered groups) is written in [`crate::store::candidates`]; a request with
 //!    numbered groups is refused with `InvalidRequest`.
@@ -224,12 +226,26 @@ impl NovaScheduler {
         num_alternates: usize,
     ) -> Result<Vec<Vec<Selection>>, ScheduleError> {
         let plan = Plan::new(&self.store, &self.config, spec).await?;
-        let query = Self::query(&plan)?;
+        let mut query = Self::query(&plan)?;
         let q = self.queries()?;
+        let catalog = self.catalog().await?;
+        // Nova's map_az_to_placement_aggregate request filter
+        // (`query_placement_for_availability_zone`, on by default since Xena): a requested
+        // zone becomes a member_of of the aggregates that define it, when any does.
+        if let Some(az) = &spec.availability_zone {
+            let zone: BTreeSet<AggregateId> = catalog
+                .aggregates
+                .values()
+                .filter(|a| a.availability_zone.as_deref() == Some(az.as_str()))
+                .map(|a| a.id)
+                .collect();
+            if !zone.is_empty() {
+                query.member_of.push(zone);
+            }
+        }
         // 1. GET /allocation_candidates.
         let trees = q.allocation_candidates(&query).await?;
         bump(&self.counters.candidates_returned, trees.len() as u64);
-        let catalog = self.catalog().await?;
         // 2. Host states of the candidates (and the hosts of an affinity group's members).
         let mut roots: Vec<(ProviderId, Option<CellId>)> = trees.iter().map(|t| (t.root, t.cell)).collect();
         let group_roots: Vec<ProviderId> = match &plan.group {
