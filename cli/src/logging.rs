@@ -29,6 +29,18 @@ pub fn init() -> Result<()> {
         }
         _ => EnvFilter::new(DEFAULT_FILTER),
     };
+    // Records of the `log` crate (ureq, mio and others) are forwarded to `tracing`; with
+    // the bridge's default maximum (TRACE) every `log::trace!` in a dependency's hot path
+    // went through the subscriber only to be dropped (a tenth of the CPU of a Nova API
+    // list page). The bridge now stops at the most verbose level the filter can print.
+    let log_max = match filter.max_level_hint() {
+        Some(l) if l == tracing::level_filters::LevelFilter::OFF => log::LevelFilter::Off,
+        Some(l) if l == tracing::level_filters::LevelFilter::ERROR => log::LevelFilter::Error,
+        Some(l) if l == tracing::level_filters::LevelFilter::WARN => log::LevelFilter::Warn,
+        Some(l) if l == tracing::level_filters::LevelFilter::INFO => log::LevelFilter::Info,
+        Some(l) if l == tracing::level_filters::LevelFilter::DEBUG => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
     let indicatif = IndicatifLayer::new().with_span_field_formatter(hide_indicatif_span_fields(DefaultFields::new()));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(Redacting(indicatif.get_stderr_writer()))
@@ -40,6 +52,7 @@ pub fn init() -> Result<()> {
         .with(indicatif.with_filter(IndicatifFilter::new(false)))
         .try_init()
         .context("cannot install the log subscriber")?;
+    log::set_max_level(log_max);
     Ok(())
 }
 

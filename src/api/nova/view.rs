@@ -10,10 +10,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use serde::Serialize;
+use serde::ser::{SerializeMap, SerializeSeq};
 use serde_json::{Map, Value, json};
 
 use super::NovaCtx;
-use crate::model::{Fault, Flavor, FlavorId, Host, Instance, TaskState, Timestamp, VmState};
+use crate::model::{Fault, Flavor, FlavorId, Host, Instance, InstanceId, TaskState, Timestamp, VmState};
 
 /// Keys of [`Instance::system_metadata`] written by the API.
 pub mod sysmeta {
@@ -127,155 +129,308 @@ fn meta<'a>(i: &'a Instance, key: &str) -> Option<&'a str> {
     i.system_metadata.get(key).map(String::as_str)
 }
 
-fn meta_or_null(i: &Instance, key: &str) -> Value {
-    meta(i, key).map_or(Value::Null, |s| json!(s))
+/// `GET /servers` item: id, name, links.
+pub fn basic<'a>(ctx: &'a NovaCtx, i: &'a Instance) -> Basic<'a> {
+    Basic { id: i.uuid, name: &i.name, links: Links { base: &ctx.base, collection: "servers", id: i.uuid } }
 }
 
-/// `GET /servers` item: id, name, links.
-pub fn basic(ctx: &NovaCtx, i: &Instance) -> Value {
-    let id = i.uuid.to_string();
-    json!({"id": id, "name": i.name, "links": ctx.links("servers", &id)})
+/// The `GET /servers` item, serialized straight into the response body.
+#[derive(Debug, Serialize)]
+pub struct Basic<'a> {
+    id: InstanceId,
+    name: &'a str,
+    links: Links<'a>,
+}
+
+/// A resource's `self` and `bookmark` links, written without building them first.
+#[derive(Debug, Clone, Copy)]
+pub struct Links<'a> {
+    base: &'a str,
+    collection: &'static str,
+    id: InstanceId,
+}
+
+impl Serialize for Links<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Link<'b> {
+            rel: &'static str,
+            href: std::fmt::Arguments<'b>,
+        }
+        let (base, collection, id) = (self.base, self.collection, self.id);
+        let mut seq = ser.serialize_seq(Some(2))?;
+        seq.serialize_element(&Link { rel: "self", href: format_args!("{base}/v2.1/{collection}/{id}") })?;
+        seq.serialize_element(&Link { rel: "bookmark", href: format_args!("{base}/{collection}/{id}") })?;
+        seq.end()
+    }
+}
+
+/// `{}`.
+#[derive(Debug, Clone, Copy)]
+struct EmptyObject;
+
+impl Serialize for EmptyObject {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_map(Some(0))?.end()
+    }
+}
+
+/// `[]`.
+#[derive(Debug, Clone, Copy)]
+struct EmptyList;
+
+impl Serialize for EmptyList {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_seq(Some(0))?.end()
+    }
+}
+
+/// The detailed server view (`ViewBuilder.show`), serialized straight into the response
+/// body: a list page of 1,000 servers is written without building a JSON tree first.
+///
+/// Field presence follows the microversion and the caller: a field that is `None` here is
+/// absent from the body; a nullable field is `Some(None)` when it shows `null`.
+#[derive(Debug, Serialize)]
+pub struct Detail<'a> {
+    #[serde(rename = "accessIPv4")]
+    access_ipv4: &'a str,
+    #[serde(rename = "accessIPv6")]
+    access_ipv6: &'a str,
+    addresses: EmptyObject,
+    created: String,
+    flavor: FlavorView<'a>,
+    #[serde(rename = "hostId")]
+    host_id: String,
+    id: InstanceId,
+    image: ImageView<'a>,
+    links: Links<'a>,
+    metadata: &'a BTreeMap<String, String>,
+    name: &'a str,
+    status: &'static str,
+    tenant_id: &'a str,
+    user_id: &'a str,
+    updated: String,
+    #[serde(rename = "OS-DCF:diskConfig")]
+    disk_config: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fault: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<u8>,
+    #[serde(rename = "OS-EXT-AZ:availability_zone")]
+    availability_zone: &'a str,
+    config_drive: &'a str,
+    key_name: Option<&'a str>,
+    #[serde(rename = "OS-SRV-USG:launched_at")]
+    launched_at: Option<String>,
+    #[serde(rename = "OS-SRV-USG:terminated_at")]
+    terminated_at: Option<String>,
+    #[serde(rename = "OS-EXT-SRV-ATTR:host", skip_serializing_if = "Option::is_none")]
+    host: Option<Option<&'a str>>,
+    #[serde(rename = "OS-EXT-SRV-ATTR:instance_name", skip_serializing_if = "Option::is_none")]
+    instance_name: Option<String>,
+    #[serde(rename = "OS-EXT-SRV-ATTR:hypervisor_hostname", skip_serializing_if = "Option::is_none")]
+    hypervisor_hostname: Option<Option<&'a str>>,
+    #[serde(rename = "OS-EXT-SRV-ATTR:hostname", skip_serializing_if = "Option::is_none")]
+    hostname: Option<String>,
+    #[serde(rename = "OS-EXT-SRV-ATTR:kernel_id", skip_serializing_if = "Option::is_none")]
+    kernel_id: Option<&'static str>,
+    #[serde(rename = "OS-EXT-SRV-ATTR:launch_index", skip_serializing_if = "Option::is_none")]
+    launch_index: Option<i64>,
+    #[serde(rename = "OS-EXT-SRV-ATTR:ramdisk_id", skip_serializing_if = "Option::is_none")]
+    ramdisk_id: Option<&'static str>,
+    #[serde(rename = "OS-EXT-SRV-ATTR:reservation_id", skip_serializing_if = "Option::is_none")]
+    reservation_id: Option<&'a str>,
+    #[serde(rename = "OS-EXT-SRV-ATTR:root_device_name", skip_serializing_if = "Option::is_none")]
+    root_device_name: Option<Option<&'static str>>,
+    #[serde(rename = "OS-EXT-SRV-ATTR:user_data", skip_serializing_if = "Option::is_none")]
+    user_data: Option<Option<&'a str>>,
+    #[serde(rename = "OS-EXT-STS:task_state")]
+    task_state: Option<&'static str>,
+    #[serde(rename = "OS-EXT-STS:vm_state")]
+    vm_state: &'static str,
+    #[serde(rename = "OS-EXT-STS:power_state")]
+    power_state: u8,
+    #[serde(rename = "os-extended-volumes:volumes_attached")]
+    volumes_attached: EmptyList,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locked: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tags: Option<&'a std::collections::BTreeSet<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trusted_image_certificates: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_groups: Option<Vec<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locked_reason: Option<Option<&'static str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pinned_availability_zone: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheduler_hints: Option<Value>,
 }
 
 /// The detailed view (`ViewBuilder.show`). `show_groups`: 2.71's `server_groups`, shown by
 /// `GET /servers/{id}` but not by the detail list.
-pub fn detail(ctx: &NovaCtx, i: &Instance, data: &ViewData, show_groups: bool) -> Value {
-    let id = i.uuid.to_string();
+pub fn detail<'a>(ctx: &'a NovaCtx, i: &'a Instance, data: &'a ViewData, show_groups: bool) -> Detail<'a> {
     let admin = ctx.caller.is_admin;
     let status = status(i);
-    let mut s = Map::new();
-    s.insert("accessIPv4".into(), json!(meta(i, sysmeta::ACCESS_IP_V4).unwrap_or("")));
-    s.insert("accessIPv6".into(), json!(meta(i, sysmeta::ACCESS_IP_V6).unwrap_or("")));
-    s.insert("addresses".into(), json!({}));
-    s.insert("created".into(), json!(isotime(i.created_at)));
-    s.insert("flavor".into(), flavor(ctx, i, data));
-    s.insert("hostId".into(), json!(host_id(i)));
-    s.insert("id".into(), json!(id));
-    s.insert("image".into(), image(ctx, i));
-    s.insert("links".into(), ctx.links("servers", &id));
-    s.insert("metadata".into(), json!(i.metadata));
-    s.insert("name".into(), json!(i.name));
-    s.insert("status".into(), json!(status));
-    s.insert("tenant_id".into(), json!(i.project_id));
-    s.insert("user_id".into(), json!(i.user_id));
-    s.insert("updated".into(), json!(isotime(i.updated_at)));
-    s.insert(
-        "OS-DCF:diskConfig".into(),
-        json!(if meta(i, sysmeta::DISK_CONFIG) == Some("AUTO") { "AUTO" } else { "MANUAL" }),
-    );
-    if (status == "ERROR" || status == "DELETED")
-        && let Some(f) = &i.fault
-    {
-        s.insert("fault".into(), fault_view(f, [i.host.as_deref(), i.node.as_deref()], admin));
-    }
-    if matches!(status, "ACTIVE" | "BUILD" | "REBUILD" | "RESIZE" | "VERIFY_RESIZE" | "MIGRATING") {
-        s.insert("progress".into(), json!(0));
-    }
-    let az = i.availability_zone.clone().unwrap_or_default();
-    s.insert("OS-EXT-AZ:availability_zone".into(), json!(az));
-    s.insert("config_drive".into(), json!(meta(i, sysmeta::CONFIG_DRIVE).unwrap_or("")));
-    s.insert("key_name".into(), meta_or_null(i, sysmeta::KEY_NAME));
-    s.insert("OS-SRV-USG:launched_at".into(), i.launched_at.map_or(Value::Null, |t| json!(naive(t))));
-    s.insert("OS-SRV-USG:terminated_at".into(), if i.deleted { json!(naive(i.updated_at)) } else { Value::Null });
-    let hostname = meta(i, sysmeta::HOSTNAME).map(str::to_string).unwrap_or_else(|| sanitize_hostname(&i.name));
-    if admin {
-        s.insert("OS-EXT-SRV-ATTR:host".into(), json!(i.host));
-        s.insert("OS-EXT-SRV-ATTR:instance_name".into(), json!(instance_name(i)));
-        s.insert("OS-EXT-SRV-ATTR:hypervisor_hostname".into(), json!(i.node));
-        if ctx.at_least(2, 3) {
-            s.insert("OS-EXT-SRV-ATTR:hostname".into(), json!(hostname));
-            s.insert("OS-EXT-SRV-ATTR:kernel_id".into(), json!(""));
-            let index: i64 = meta(i, sysmeta::LAUNCH_INDEX).and_then(|v| v.parse().ok()).unwrap_or(0);
-            s.insert("OS-EXT-SRV-ATTR:launch_index".into(), json!(index));
-            s.insert("OS-EXT-SRV-ATTR:ramdisk_id".into(), json!(""));
-            s.insert("OS-EXT-SRV-ATTR:reservation_id".into(), json!(meta(i, sysmeta::RESERVATION_ID).unwrap_or("")));
-            s.insert("OS-EXT-SRV-ATTR:root_device_name".into(), Value::Null);
-            s.insert("OS-EXT-SRV-ATTR:user_data".into(), meta_or_null(i, sysmeta::USER_DATA));
+    let fault = match &i.fault {
+        Some(f) if status == "ERROR" || status == "DELETED" => {
+            Some(fault_view(f, [i.host.as_deref(), i.node.as_deref()], admin))
         }
+        _ => None,
+    };
+    let progress =
+        matches!(status, "ACTIVE" | "BUILD" | "REBUILD" | "RESIZE" | "VERIFY_RESIZE" | "MIGRATING").then_some(0);
+    let hostname = || meta(i, sysmeta::HOSTNAME).map(str::to_string).unwrap_or_else(|| sanitize_hostname(&i.name));
+    let ext = admin && ctx.at_least(2, 3);
+    Detail {
+        access_ipv4: meta(i, sysmeta::ACCESS_IP_V4).unwrap_or(""),
+        access_ipv6: meta(i, sysmeta::ACCESS_IP_V6).unwrap_or(""),
+        addresses: EmptyObject,
+        created: isotime(i.created_at),
+        flavor: flavor(ctx, i, data),
+        host_id: host_id(i),
+        id: i.uuid,
+        image: image(ctx, i),
+        links: Links { base: &ctx.base, collection: "servers", id: i.uuid },
+        metadata: &i.metadata,
+        name: &i.name,
+        status,
+        tenant_id: &i.project_id,
+        user_id: &i.user_id,
+        updated: isotime(i.updated_at),
+        disk_config: if meta(i, sysmeta::DISK_CONFIG) == Some("AUTO") { "AUTO" } else { "MANUAL" },
+        fault,
+        progress,
+        availability_zone: i.availability_zone.as_deref().unwrap_or(""),
+        config_drive: meta(i, sysmeta::CONFIG_DRIVE).unwrap_or(""),
+        key_name: meta(i, sysmeta::KEY_NAME),
+        launched_at: i.launched_at.map(naive),
+        terminated_at: i.deleted.then(|| naive(i.updated_at)),
+        host: admin.then_some(i.host.as_deref()),
+        instance_name: admin.then(|| instance_name(i)),
+        hypervisor_hostname: admin.then_some(i.node.as_deref()),
+        hostname: (ext || (ctx.at_least(2, 90) && !admin)).then(hostname),
+        kernel_id: ext.then_some(""),
+        launch_index: ext.then(|| meta(i, sysmeta::LAUNCH_INDEX).and_then(|v| v.parse().ok()).unwrap_or(0)),
+        ramdisk_id: ext.then_some(""),
+        reservation_id: ext.then(|| meta(i, sysmeta::RESERVATION_ID).unwrap_or("")),
+        root_device_name: ext.then_some(None),
+        user_data: ext.then(|| meta(i, sysmeta::USER_DATA)),
+        task_state: i.task_state.map(task_name),
+        vm_state: i.vm_state.as_str(),
+        power_state: power_state(i),
+        volumes_attached: EmptyList,
+        locked: ctx.at_least(2, 9).then_some(false),
+        host_status: match &data.hosts {
+            Some(hosts) if ctx.at_least(2, 16) && admin => Some(host_status(i, hosts, data.service_down_time)),
+            _ => None,
+        },
+        description: ctx.at_least(2, 19).then(|| meta(i, sysmeta::DESCRIPTION)),
+        tags: ctx.at_least(2, 26).then_some(&i.tags),
+        trusted_image_certificates: ctx.at_least(2, 63).then(|| {
+            meta(i, sysmeta::TRUSTED_CERTS).and_then(|c| serde_json::from_str::<Value>(c).ok()).unwrap_or(Value::Null)
+        }),
+        server_groups: (show_groups && ctx.at_least(2, 71)).then(|| meta(i, sysmeta::GROUP).into_iter().collect()),
+        locked_reason: ctx.at_least(2, 73).then_some(None),
+        pinned_availability_zone: ctx.at_least(2, 96).then(|| meta(i, sysmeta::PINNED_AZ)),
+        scheduler_hints: ctx.at_least(2, 100).then(|| {
+            meta(i, sysmeta::SCHEDULER_HINTS)
+                .and_then(|h| serde_json::from_str::<Value>(h).ok())
+                .unwrap_or_else(|| json!({}))
+        }),
     }
-    s.insert("OS-EXT-STS:task_state".into(), i.task_state.map_or(Value::Null, |t| json!(task_name(t))));
-    s.insert("OS-EXT-STS:vm_state".into(), json!(i.vm_state.as_str()));
-    s.insert("OS-EXT-STS:power_state".into(), json!(power_state(i)));
-    s.insert("os-extended-volumes:volumes_attached".into(), json!([]));
-    if ctx.at_least(2, 9) {
-        s.insert("locked".into(), json!(false));
-    }
-    if ctx.at_least(2, 16)
-        && admin
-        && let Some(hosts) = &data.hosts
-    {
-        s.insert("host_status".into(), json!(host_status(i, hosts, data.service_down_time)));
-    }
-    if ctx.at_least(2, 19) {
-        s.insert("description".into(), meta_or_null(i, sysmeta::DESCRIPTION));
-    }
-    if ctx.at_least(2, 26) {
-        s.insert("tags".into(), json!(i.tags));
-    }
-    if ctx.at_least(2, 63) {
-        let certs = meta(i, sysmeta::TRUSTED_CERTS).and_then(|c| serde_json::from_str::<Value>(c).ok());
-        s.insert("trusted_image_certificates".into(), certs.unwrap_or(Value::Null));
-    }
-    if show_groups && ctx.at_least(2, 71) {
-        let groups: Vec<&str> = meta(i, sysmeta::GROUP).into_iter().collect();
-        s.insert("server_groups".into(), json!(groups));
-    }
-    if ctx.at_least(2, 73) {
-        s.insert("locked_reason".into(), Value::Null);
-    }
-    if ctx.at_least(2, 90) && !admin {
-        s.insert("OS-EXT-SRV-ATTR:hostname".into(), json!(hostname));
-    }
-    if ctx.at_least(2, 96) {
-        s.insert("pinned_availability_zone".into(), meta_or_null(i, sysmeta::PINNED_AZ));
-    }
-    if ctx.at_least(2, 100) {
-        let hints = meta(i, sysmeta::SCHEDULER_HINTS).and_then(|h| serde_json::from_str::<Value>(h).ok());
-        s.insert("scheduler_hints".into(), hints.unwrap_or_else(|| json!({})));
-    }
-    Value::Object(s)
 }
 
 fn task_name(t: TaskState) -> &'static str {
     t.as_str()
 }
 
-fn image(ctx: &NovaCtx, i: &Instance) -> Value {
-    match meta(i, sysmeta::IMAGE_REF) {
-        Some(id) if !id.is_empty() => {
-            let mut v = json!({
-                "id": id,
-                "links": [{"rel": "bookmark", "href": format!("{}/images/{id}", ctx.base)}],
-            });
-            if ctx.at_least(2, 98) {
-                // Image properties come from the image service, which unicell does not
-                // have: none are known.
-                v["properties"] = json!({});
-            }
-            v
-        }
-        _ => json!(""),
+/// A `{"rel": "bookmark", "href": "<base>/<collection>/<id>"}` link.
+#[derive(Debug, Clone, Copy)]
+struct Bookmark<'a> {
+    base: &'a str,
+    collection: &'static str,
+    id: &'a str,
+}
+
+impl Serialize for Bookmark<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let (base, collection, id) = (self.base, self.collection, self.id);
+        let mut map = ser.serialize_map(Some(2))?;
+        map.serialize_entry("rel", "bookmark")?;
+        map.serialize_entry("href", &format_args!("{base}/{collection}/{id}"))?;
+        map.end()
     }
 }
 
-fn flavor(ctx: &NovaCtx, i: &Instance, data: &ViewData) -> Value {
-    if ctx.at_least(2, 47) {
-        match data.flavors.get(&i.flavor) {
-            Some(f) => json!({
-                "vcpus": f.vcpus,
-                "ram": f.memory_mb,
-                "disk": f.root_gb,
-                "ephemeral": f.ephemeral_gb,
-                "swap": f.swap_mb,
-                "original_name": f.name,
-                "extra_specs": f.extra_specs,
-            }),
-            // Nova shows `{}` when the flavor is gone.
-            None => json!({}),
-        }
-    } else {
+/// The server's `image`: `""` when booted from a volume.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum ImageView<'a> {
+    Link {
+        id: &'a str,
+        links: [Bookmark<'a>; 1],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        properties: Option<EmptyObject>,
+    },
+    None(&'static str),
+}
+
+fn image<'a>(ctx: &'a NovaCtx, i: &'a Instance) -> ImageView<'a> {
+    match meta(i, sysmeta::IMAGE_REF) {
+        Some(id) if !id.is_empty() => ImageView::Link {
+            id,
+            links: [Bookmark { base: &ctx.base, collection: "images", id }],
+            // Image properties (2.98) come from the image service, which unicell does not
+            // have: none are known.
+            properties: ctx.at_least(2, 98).then_some(EmptyObject),
+        },
+        _ => ImageView::None(""),
+    }
+}
+
+/// The server's `flavor`: a link before 2.47, the flavor itself from 2.47 (`{}` when the
+/// flavor is gone, as Nova shows it).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum FlavorView<'a> {
+    Link {
+        id: &'a str,
+        links: [Bookmark<'a>; 1],
+    },
+    Embedded {
+        vcpus: i64,
+        ram: i64,
+        disk: i64,
+        ephemeral: i64,
+        swap: i64,
+        original_name: &'a str,
+        extra_specs: &'a BTreeMap<String, String>,
+    },
+    Gone(EmptyObject),
+}
+
+fn flavor<'a>(ctx: &'a NovaCtx, i: &'a Instance, data: &'a ViewData) -> FlavorView<'a> {
+    if !ctx.at_least(2, 47) {
         let id = i.flavor.as_str();
-        json!({"id": id, "links": [{"rel": "bookmark", "href": format!("{}/flavors/{id}", ctx.base)}]})
+        return FlavorView::Link { id, links: [Bookmark { base: &ctx.base, collection: "flavors", id }] };
+    }
+    match data.flavors.get(&i.flavor) {
+        Some(f) => FlavorView::Embedded {
+            vcpus: f.vcpus,
+            ram: f.memory_mb,
+            disk: f.root_gb,
+            ephemeral: f.ephemeral_gb,
+            swap: f.swap_mb,
+            original_name: &f.name,
+            extra_specs: &f.extra_specs,
+        },
+        None => FlavorView::Gone(EmptyObject),
     }
 }
 

@@ -636,7 +636,17 @@ impl SqlStore {
 
     fn cell_failed(&self, s: &mut Stream, slot: usize, e: Error) -> Result<()> {
         match self.opts.down_cell {
-            DownCell::Fail => Err(e),
+            // Name the part of the store that failed: a bare driver error ("connection
+            // refused") does not say which of the cell databases is down.
+            DownCell::Fail => {
+                let label = &self.cells[slot].label;
+                let named = |m: String| if m.contains(label) { m } else { format!("cell database {label}: {m}") };
+                Err(match e {
+                    Error::Unavailable { backend, message } => Error::Unavailable { backend, message: named(message) },
+                    Error::Timeout { backend, message } => Error::Timeout { backend, message: named(message) },
+                    other => other,
+                })
+            }
             DownCell::Skip => {
                 tracing::warn!(cell_database = %self.cells[slot].label, error = %e,
                     "cell did not respond; skipping it in this listing");
