@@ -129,7 +129,8 @@ fn same_record(stored: &Instance, wanted: &Instance) -> bool {
         && stored.system_metadata == wanted.system_metadata
 }
 
-fn error_patch(f: Fault) -> InstancePatch {
+/// The patch that puts an instance in ERROR with fault `f`, off any host.
+pub(crate) fn error_patch(f: Fault) -> InstancePatch {
     InstancePatch {
         vm_state: Some(VmState::Error),
         task_state: Some(None),

@@ -17,6 +17,7 @@ mod support;
 mod scheduling {
     pub mod conductor;
     pub mod degraded;
+    pub mod nova;
     pub mod scheduler;
     pub mod stress;
 }
@@ -40,6 +41,18 @@ fn main() {
         for b in &backends {
             trials.push(trial(format!("{}::{}", b.name(), case.name), b, case.run));
         }
+    }
+    // The Nova-faithful scheduler needs Placement's tables: every SQL configuration, found
+    // as the conformance binary finds them (ignored with the reason when no server answers).
+    for sql in support::sql::all() {
+        let b: Arc<dyn Backend> = sql;
+        for case in scheduling::nova::sql_cases() {
+            trials.push(trial(format!("nova::{}::{}", b.name(), case.name), &b, case.run));
+        }
+        backends.push(b);
+    }
+    for case in scheduling::nova::other_cases() {
+        trials.push(trial(format!("nova::memory::{}", case.name), &backends[0], case.run));
     }
     support::run(trials, backends);
 }

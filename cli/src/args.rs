@@ -329,6 +329,12 @@ pub struct ScheduleArgs {
     /// started by the bench on a free port.
     #[arg(long)]
     pub redis_aof: bool,
+    /// Scheduling designs, comma-separated, run side by side on each candidate: unicell
+    /// (the snapshot scheduler) and nova (per request Placement's allocation candidates as
+    /// SQL, Nova's filters and weighers over them, PUT /allocations; SQL stores only,
+    /// claims phase only) [default: unicell].
+    #[arg(long, value_delimiter = ',')]
+    pub design: Vec<String>,
 }
 
 /// `unicell bench sites`
@@ -568,6 +574,7 @@ impl From<ScheduleArgs> for unicell_bench::ScheduleOptions {
             fill_hosts: a.fill_hosts,
             redis_aof: a.redis_aof,
             claim_batch: a.claim_batch,
+            designs: a.design,
         }
     }
 }

@@ -17,9 +17,10 @@
 //! (127.0.0.1:3306, root) and PostgreSQL (127.0.0.1:5432, postgres), the SQL baseline in
 //! cells mode with databases of their own; each is removed at the end. A store whose
 //! server does not accept a TCP connection is reported ignored with the reason; one that
-//! answers and misbehaves fails. Memory cannot be shared by separate processes, and
-//! Cassandra (through the test proxy of `unicell::testkit`) is left to the library's
-//! tests: its throwaway server lives in the test process's runtime.
+//! answers and misbehaves fails. Memory cannot be shared by separate processes. Apache
+//! Cassandra 2.1 is started by the test (`unicell::testkit::cassandra`) behind the v4<->v3
+//! protocol proxy, which runs in this process while the replicas use it; ignored with the
+//! reason where Java or the package is missing, unless `UNICELL_REQUIRE_CASSANDRA=1` (CI).
 //!
 //! `UNICELL_REPLICAS_SERVERS` sets the number of servers (default 2,000, as the issue
 //! asks). Each run's logs go to a scratch directory, kept and named when a trial fails.
@@ -64,6 +65,7 @@ fn main() {
         ("redis", Kind::Redis, "127.0.0.1:6379"),
         ("mariadb-cells", Kind::MariaDb, "127.0.0.1:3306"),
         ("postgres-cells", Kind::Postgres, "127.0.0.1:5432"),
+        ("cassandra-2.1", Kind::Cassandra, ""),
     ];
     let trials = stores
         .into_iter()
@@ -77,19 +79,37 @@ enum Kind {
     Redis,
     MariaDb,
     Postgres,
+    /// Apache Cassandra 2.1 started by this test (`unicell::testkit::cassandra`), behind the
+    /// v4<->v3 protocol proxy, which lives in this process while the replicas run.
+    Cassandra,
 }
 
 fn trial(name: &str, kind: Kind, addr: &str) -> Result<Completion, Failed> {
-    if !answers(addr) {
+    // Cassandra is started here; it stops when `cassandra` is dropped, after the cleanup.
+    let mut cassandra = None;
+    if kind == Kind::Cassandra {
+        match unicell::testkit::cassandra::CassandraBehindProxy::start() {
+            Ok(c) => cassandra = Some(c),
+            // CI sets UNICELL_REQUIRE_CASSANDRA=1: there, a Cassandra that cannot start fails.
+            Err(e) if std::env::var("UNICELL_REQUIRE_CASSANDRA").is_ok_and(|v| v == "1") => {
+                return Err(format!("starting Cassandra 2.1: {e}").into());
+            }
+            Err(e) => return Ok(Completion::ignored_with(format!("Cassandra 2.1 cannot start here: {e}"))),
+        }
+    } else if !answers(addr) {
         return Ok(Completion::ignored_with(format!("nothing accepts a connection at {addr} for {name}")));
     }
     let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let url = match kind {
-        Kind::Redis => format!("redis://{addr}/?prefix=replicas-{id}"),
+    let url = match (kind, &cassandra) {
+        (Kind::Cassandra, Some(c)) => c.url(&format!("replicas_{id}")),
+        (Kind::Cassandra, None) => return Err("Cassandra was not started".into()),
+        (Kind::Redis, _) => format!("redis://{addr}/?prefix=replicas-{id}"),
         // Cells mode with two cell databases; pools small enough for five processes on one
         // server (PostgreSQL allows 100 connections by default).
-        Kind::MariaDb => format!("mysql://root@{addr}/replicas_{id}?cells=2&pool_size=10&cell_pool_size=3"),
-        Kind::Postgres => format!("postgres://postgres@{addr}/replicas_{id}?cells=2&pool_size=10&cell_pool_size=3"),
+        (Kind::MariaDb, _) => format!("mysql://root@{addr}/replicas_{id}?cells=2&pool_size=10&cell_pool_size=3"),
+        (Kind::Postgres, _) => {
+            format!("postgres://postgres@{addr}/replicas_{id}?cells=2&pool_size=10&cell_pool_size=3")
+        }
     };
     let servers = std::env::var("UNICELL_REPLICAS_SERVERS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000usize);
     let logs = std::env::temp_dir().join(format!("unicell-replicas-{name}-{id}"));
@@ -128,6 +148,8 @@ async fn remove_store(kind: Kind, url: &str) -> R<()> {
         Kind::MariaDb | Kind::Postgres => {
             unicell::store::sql::SqlStore::drop_databases(&parsed).await.map_err(|e| e.to_string())?;
         }
+        // The throwaway server and its data go when the trial drops it.
+        Kind::Cassandra => {}
     }
     Ok(())
 }

@@ -272,15 +272,7 @@ impl Inner {
             details: format!("settled by {}", self.replica),
             created_at: Timestamp::now(),
         };
-        let patch = InstancePatch {
-            vm_state: Some(VmState::Error),
-            task_state: Some(None),
-            host: Some(None),
-            node: Some(None),
-            fault: Some(Some(f)),
-            ..Default::default()
-        };
-        self.store.update_instance(id, &patch).await?;
+        self.store.update_instance(id, &crate::conductor::error_patch(f)).await?;
         settle(self.store.as_ref(), id).await?;
         Ok(())
     }

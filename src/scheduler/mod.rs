@@ -25,6 +25,10 @@
 //!   the same moment by different schedulers cannot both put a member on one host.
 //! * **A NoValidHost an operator can read** ([`NoValidHostReason`]).
 //!
+//! [`nova::NovaScheduler`] is the other design, kept for comparison: Nova's filter
+//! scheduler on the SQL baseline (Placement's candidate query per request, the same filters
+//! and weighers over the candidates, claims as Placement's `PUT /allocations`).
+//!
 //! Many schedulers (tasks or processes) may run against one store; across processes they
 //! share nothing but the store. `Scheduler` itself is `Sync`: one instance may serve
 //! concurrent requests.
@@ -50,6 +54,7 @@ pub mod candidates;
 pub mod error;
 pub mod filters;
 pub mod host_state;
+pub mod nova;
 mod select;
 pub(crate) use self::select::candidate_request;
 pub mod snapshot;
@@ -379,7 +384,7 @@ impl Scheduler {
         Self::build(snapshot, config)
     }
 
-    fn check(config: &SchedulerConfig) -> Result<()> {
+    pub(crate) fn check(config: &SchedulerConfig) -> Result<()> {
         for name in &config.enabled_filters {
             if filters::by_name(name).is_none() {
                 return Err(Error::invalid(

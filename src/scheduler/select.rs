@@ -35,17 +35,64 @@ use crate::scheduler::filters::FilterContext;
 use crate::scheduler::host_state::HostView;
 use crate::scheduler::snapshot::{HostRec, LEVELS, Members, Place, Reservation, Verdicts, View, unordered};
 use crate::scheduler::template::Template;
-use crate::scheduler::{RankingMode, Scheduler, SplitMix64, bump, lock, weighers};
+use crate::scheduler::{RankingMode, Scheduler, SchedulerConfig, SplitMix64, bump, lock, weighers};
+use crate::store::Store;
 
-/// What a request needs, prepared once.
-struct Plan {
-    cand: CandidateRequest,
-    group: Option<ServerGroup>,
-    same_host: Option<BTreeSet<String>>,
-    different_host: BTreeSet<String>,
-    forced: bool,
+/// What a request needs, prepared once (by both designs: this module's and
+/// [`nova`](crate::scheduler::nova)'s).
+pub(crate) struct Plan {
+    /// The resource request with traits and aggregates.
+    pub(crate) cand: CandidateRequest,
+    /// The request's server group.
+    pub(crate) group: Option<ServerGroup>,
+    /// `same_host`: hosts of the hinted instances.
+    pub(crate) same_host: Option<BTreeSet<String>>,
+    /// `different_host`: hosts of the hinted instances.
+    pub(crate) different_host: BTreeSet<String>,
+    /// `force_hosts` given.
+    pub(crate) forced: bool,
     /// `max_placement_results` for this request (`None`: lifted or unlimited).
-    limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
+}
+
+impl Plan {
+    /// Translates `spec` (flavor, image traits, group policy, destination aggregates,
+    /// group, hints) for a scheduler configured with `config`.
+    pub(crate) async fn new(
+        store: &Arc<dyn Store>,
+        config: &SchedulerConfig,
+        spec: &RequestSpec,
+    ) -> Result<Plan, ScheduleError> {
+        let cand = candidate_request(spec, config.candidate_search_budget)?;
+        let group = match spec.hints.group {
+            Some(g) => Some(store.get_server_group(g).await.map_err(|e| match e {
+                Error::NotFound { .. } => ScheduleError::InvalidRequest(e),
+                e => ScheduleError::Store(e),
+            })?),
+            None => None,
+        };
+        let mut same_host = None;
+        if !spec.hints.same_host.is_empty() {
+            same_host = Some(Self::hosts_of(store, &spec.hints.same_host).await?);
+        }
+        let different_host = Self::hosts_of(store, &spec.hints.different_host).await?;
+        let forced = !spec.force_hosts.is_empty();
+        let limit = placement_limit(config.max_placement_results, spec);
+        Ok(Plan { cand, group, same_host, different_host, forced, limit })
+    }
+
+    /// Hosts currently running these instances (unknown or unplaced ones are skipped).
+    async fn hosts_of(store: &Arc<dyn Store>, ids: &[InstanceId]) -> Result<BTreeSet<String>, ScheduleError> {
+        let mut out = BTreeSet::new();
+        for id in ids {
+            match store.get_instance(*id).await {
+                Ok(i) => out.extend(i.host),
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(ScheduleError::Store(e)),
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// A host that passed every stage.
@@ -53,7 +100,6 @@ struct Plan {
 struct Ranked {
     slot: u32,
     root: ProviderId,
-    weight: f64,
 }
 
 /// The request's `max_placement_results`, lifted as Nova lifts it
@@ -83,6 +129,70 @@ fn sample_in_place<T>(v: &mut Vec<T>, k: usize, rng: &mut SplitMix64) {
     v.truncate(k);
 }
 
+/// Where a host is, as the request's scope sees it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HostPlace<'a> {
+    /// Service host name.
+    pub(crate) name: &'a str,
+    /// Node name.
+    pub(crate) node: &'a str,
+    /// Its cell.
+    pub(crate) cell: CellId,
+    /// Whether that cell is disabled.
+    pub(crate) cell_disabled: bool,
+}
+
+/// Why a host is out of the request's scope (requested cell, disabled cell, requested
+/// host or node, ignored hosts, forced hosts), `None` when in scope: Nova's HostManager
+/// and `requested_destination` handling, before any filter.
+pub(crate) fn scope_rejection(spec: &RequestSpec, plan: &Plan, host: HostPlace<'_>) -> Option<Rejection> {
+    let dest = spec.requested_destination.as_ref();
+    if dest.and_then(|d| d.cell).is_some_and(|c| c != host.cell) {
+        Some(Rejection::OtherCell)
+    } else if host.cell_disabled {
+        Some(Rejection::CellDisabled)
+    } else if dest.is_some_and(|d| {
+        d.host.as_ref().is_some_and(|n| n != host.name) || d.node.as_ref().is_some_and(|n| n != host.node)
+    }) {
+        Some(Rejection::NotRequestedHost)
+    } else if spec.ignore_hosts.iter().any(|n| n == host.name) {
+        Some(Rejection::Ignored)
+    } else if plan.forced && !spec.force_hosts.iter().any(|n| n == host.name) {
+        Some(Rejection::NotForced)
+    } else {
+        None
+    }
+}
+
+/// Sorts weighed hosts best first (ties by name), then applies
+/// `shuffle_best_same_weighed_hosts` and `host_subset_size` (Nova's `_get_sorted_hosts`).
+pub(crate) fn sort_weighed<'a, T>(
+    config: &SchedulerConfig,
+    rng: &Mutex<SplitMix64>,
+    mut weighed: Vec<(f64, T)>,
+    name: impl Fn(&T) -> &'a str,
+) -> Vec<(f64, T)> {
+    weighed.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then_with(|| name(&a.1).cmp(name(&b.1))));
+    if !weighed.is_empty() {
+        let mut rng = lock(rng);
+        if config.shuffle_best_same_weighed_hosts {
+            let best = weighed[0].0;
+            let tied = weighed.iter().take_while(|h| h.0 == best).count();
+            for i in (1..tied).rev() {
+                let j = rng.below(i + 1);
+                weighed.swap(i, j);
+            }
+        }
+        let subset = config.host_subset_size.min(weighed.len());
+        if subset > 1 {
+            let pick = rng.below(subset);
+            let chosen = weighed.remove(pick);
+            weighed.insert(0, chosen);
+        }
+    }
+    weighed
+}
+
 struct Ranking {
     hosts: Vec<Ranked>,
     stages: Vec<StageCount>,
@@ -100,7 +210,7 @@ enum ClaimOutcome {
 /// request on to a host in another part of the store.
 const MAX_STORE_ERRORS_PER_REQUEST: usize = 8;
 
-fn classify(e: Error) -> Result<ClaimFailureCause, Error> {
+pub(crate) fn classify(e: Error) -> Result<ClaimFailureCause, Error> {
     Ok(match e {
         Error::Capacity { provider, class, requested, used, capacity } => {
             ClaimFailureCause::Capacity { provider, class, requested, used, capacity }
@@ -191,22 +301,16 @@ impl Round<'_> {
     /// Scope by name and cell for one host (the old stage 1), `None` when in scope.
     fn scope_rejection(&self, rec: &HostRec) -> Option<Rejection> {
         let class = &self.view.classes[rec.class as usize];
-        let dest = self.spec.requested_destination.as_ref();
-        if dest.and_then(|d| d.cell).is_some_and(|c| c != class.cell) {
-            Some(Rejection::OtherCell)
-        } else if self.view.class_catalog[rec.class as usize].cell_disabled {
-            Some(Rejection::CellDisabled)
-        } else if dest.is_some_and(|d| {
-            d.host.as_ref().is_some_and(|n| n != rec.name()) || d.node.as_ref().is_some_and(|n| n != rec.node())
-        }) {
-            Some(Rejection::NotRequestedHost)
-        } else if self.spec.ignore_hosts.iter().any(|n| n == rec.name()) {
-            Some(Rejection::Ignored)
-        } else if self.plan.forced && !self.spec.force_hosts.iter().any(|n| n == rec.name()) {
-            Some(Rejection::NotForced)
-        } else {
-            None
-        }
+        scope_rejection(
+            self.spec,
+            self.plan,
+            HostPlace {
+                name: rec.name(),
+                node: rec.node(),
+                cell: class.cell,
+                cell_disabled: self.view.class_catalog[rec.class as usize].cell_disabled,
+            },
+        )
     }
 
     fn template(&self, class: u32) -> Arc<Template> {
@@ -258,35 +362,7 @@ impl Scheduler {
     }
 
     async fn plan(&self, spec: &RequestSpec) -> Result<Plan, ScheduleError> {
-        let cand = candidate_request(spec, self.config.candidate_search_budget)?;
-        let group = match spec.hints.group {
-            Some(g) => Some(self.store().get_server_group(g).await.map_err(|e| match e {
-                Error::NotFound { .. } => ScheduleError::InvalidRequest(e),
-                e => ScheduleError::Store(e),
-            })?),
-            None => None,
-        };
-        let mut same_host = None;
-        if !spec.hints.same_host.is_empty() {
-            same_host = Some(self.hosts_of(&spec.hints.same_host).await?);
-        }
-        let different_host = self.hosts_of(&spec.hints.different_host).await?;
-        let forced = !spec.force_hosts.is_empty();
-        let limit = placement_limit(self.config.max_placement_results, spec);
-        Ok(Plan { cand, group, same_host, different_host, forced, limit })
-    }
-
-    /// Hosts currently running these instances (unknown or unplaced ones are skipped).
-    async fn hosts_of(&self, ids: &[InstanceId]) -> Result<BTreeSet<String>, ScheduleError> {
-        let mut out = BTreeSet::new();
-        for id in ids {
-            match self.store().get_instance(*id).await {
-                Ok(i) => out.extend(i.host),
-                Err(Error::NotFound { .. }) => {}
-                Err(e) => return Err(ScheduleError::Store(e)),
-            }
-        }
-        Ok(out)
+        Plan::new(self.store(), &self.config, spec).await
     }
 
     fn round<'a>(&'a self, view: &'a View, spec: &'a RequestSpec, plan: &'a Plan) -> Round<'a> {
@@ -366,28 +442,11 @@ impl Scheduler {
         let io_max = f64::from(self.snapshot.io_max());
         let reference = |name: &str| (sample && name == "IoOpsWeigher").then_some((0.0, io_max));
         let weights = weighers::weigh_within(&self.weighers, &dyns, &ctx, &reference);
-        let mut order: Vec<(f64, &Arc<HostRec>)> = weights.into_iter().zip(hosts).collect();
-        order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.name().cmp(b.1.name())));
-        let mut ranked: Vec<Ranked> =
-            order.into_iter().map(|(weight, r)| Ranked { slot: r.slot, root: r.root, weight }).collect();
-        if !ranked.is_empty() {
-            let mut rng = lock(&self.rng);
-            if self.config.shuffle_best_same_weighed_hosts {
-                let best = ranked[0].weight;
-                let tied = ranked.iter().take_while(|h| h.weight == best).count();
-                for i in (1..tied).rev() {
-                    let j = rng.below(i + 1);
-                    ranked.swap(i, j);
-                }
-            }
-            let subset = self.config.host_subset_size.min(ranked.len());
-            if subset > 1 {
-                let pick = rng.below(subset);
-                let chosen = ranked.remove(pick);
-                ranked.insert(0, chosen);
-            }
-        }
-        ranked
+        let order: Vec<(f64, &Arc<HostRec>)> = weights.into_iter().zip(hosts).collect();
+        sort_weighed(&self.config, &self.rng, order, |r| r.name())
+            .into_iter()
+            .map(|(_, r)| Ranked { slot: r.slot, root: r.root })
+            .collect()
     }
 
     /// Nova's pipeline over every host of the scope, with per-stage counts and reasons.

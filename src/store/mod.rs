@@ -17,6 +17,7 @@ use crate::model::{
 };
 
 pub mod audit;
+pub mod candidates;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 #[cfg(feature = "cql")]
@@ -155,6 +156,13 @@ pub trait Store: Providers + Claims + ChangeFeed + Catalog + Instances + std::fm
     /// This store as a [`PlacementStore`](placement::PlacementStore) (the state only the
     /// Placement API needs), or `None` for a backend that does not keep it.
     fn placement(&self) -> Option<&dyn placement::PlacementStore> {
+        None
+    }
+
+    /// Placement's candidate query and Nova's host reads ([`candidates`]), for the
+    /// Nova-faithful scheduler; `None` for a backend without Placement's tables (every
+    /// backend but the SQL baseline).
+    fn candidate_queries(&self) -> Option<&dyn candidates::CandidateQueries> {
         None
     }
 

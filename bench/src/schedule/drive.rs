@@ -13,6 +13,8 @@ use serde::Serialize;
 use unicell::compute::ComputeDriver;
 use unicell::conductor::{BuildStatus, Conductor, ConductorConfig};
 use unicell::model::{ConsumerId, GroupPolicy, InstanceId};
+use unicell::model::{RequestSpec, Selection};
+use unicell::scheduler::nova::NovaScheduler;
 use unicell::scheduler::{
     QualityStats, RankingMode, ScheduleError, Scheduler, SchedulerConfig, SharedSnapshot, SnapshotConfig,
 };
@@ -148,6 +150,65 @@ pub struct ClaimRun {
     pub consumers: Vec<ConsumerId>,
 }
 
+/// How a run schedules: unicell's snapshot scheduler, or Nova's way (Placement's candidate
+/// query per request, filters and weighers over the candidates, `PUT /allocations`;
+/// [`unicell::scheduler::nova`], SQL baseline only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Design {
+    /// `unicell::scheduler::Scheduler`.
+    Unicell,
+    /// `unicell::scheduler::nova::NovaScheduler`.
+    Nova,
+}
+
+impl Design {
+    /// The name in options and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Design::Unicell => "unicell",
+            Design::Nova => "nova",
+        }
+    }
+
+    /// Parses `unicell` or `nova`.
+    pub fn parse(s: &str) -> Result<Design> {
+        match s.trim() {
+            "unicell" => Ok(Design::Unicell),
+            "nova" => Ok(Design::Nova),
+            other => crate::error::bail!(Invalid, "--design: unknown design {other:?}; known: unicell, nova"),
+        }
+    }
+}
+
+/// One scheduler of a claims run, of either design.
+enum Placer {
+    Unicell(Arc<Scheduler>),
+    Nova(Arc<NovaScheduler>),
+}
+
+impl Placer {
+    async fn select(
+        &self,
+        spec: &RequestSpec,
+        ids: &[InstanceId],
+        alternates: usize,
+    ) -> std::result::Result<Vec<Vec<Selection>>, ScheduleError> {
+        match self {
+            Placer::Unicell(s) => s.select_destinations(spec, ids, alternates).await,
+            Placer::Nova(s) => s.select_destinations(spec, ids, alternates).await,
+        }
+    }
+
+    /// (claims tried, claims refused).
+    fn claim_counts(&self) -> (u64, u64) {
+        match self {
+            Placer::Unicell(s) => (s.stats().claims_tried, s.stats().claim_conflicts),
+            Placer::Nova(s) => (s.stats().claims_tried, s.stats().claim_conflicts),
+        }
+    }
+}
+
 /// Places `reqs` with `setup.schedulers` schedulers sharing one snapshot, each serving
 /// `setup.tasks_per_scheduler` requests at once; nothing but schedulers and the store.
 pub async fn claims(
@@ -157,15 +218,43 @@ pub async fn claims(
     label: &str,
     progress: &dyn Progress,
 ) -> Result<ClaimRun> {
+    claims_with(Design::Unicell, store, reqs, setup, label, progress).await
+}
+
+/// [`claims`] with the schedulers of `design`: Nova's schedulers share nothing (each asks
+/// the store per request), with the same configuration (weighers, `host_subset_size`,
+/// `max_placement_results`) as unicell's.
+pub async fn claims_with(
+    design: Design,
+    store: &Arc<dyn Store>,
+    reqs: &[BuildRequest],
+    setup: &SchedulerSetup,
+    label: &str,
+    progress: &dyn Progress,
+) -> Result<ClaimRun> {
     let t = Instant::now();
-    let (snap, schedulers) = schedulers(store, setup).await?;
+    let (snap, schedulers): (Option<Arc<SharedSnapshot>>, Vec<Placer>) = match design {
+        Design::Unicell => {
+            let (snap, s) = schedulers(store, setup).await?;
+            (Some(snap), s.into_iter().map(Placer::Unicell).collect())
+        }
+        Design::Nova => {
+            let mut out = Vec::new();
+            for i in 0..setup.schedulers.max(1) {
+                let s = NovaScheduler::new(store.clone(), setup.config(i)).context("starting a Nova scheduler")?;
+                out.push(Placer::Nova(Arc::new(s)));
+            }
+            (None, out)
+        }
+    };
+    let schedulers: Vec<Arc<Placer>> = schedulers.into_iter().map(Arc::new).collect();
     let load_seconds = t.elapsed().as_secs_f64();
     let queue: Arc<Vec<BuildRequest>> = Arc::new(reqs.to_vec());
     let next = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let instances: usize = reqs.iter().map(|r| r.instances.len()).sum();
     let phase = progress.phase(&format!("claims {label}"), instances as u64);
-    let stats0 = snap.stats();
+    let stats0 = snap.as_ref().map(|s| s.stats());
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     let mut tasks = Vec::new();
@@ -187,7 +276,7 @@ pub async fn claims(
                     let mut spec = req.spec.clone();
                     spec.instance_uuid = ids[0];
                     spec.num_instances = ids.len() as u32;
-                    match s.select_destinations(&spec, &ids, alternates).await {
+                    match s.select(&spec, &ids, alternates).await {
                         Ok(lists) => {
                             for (list, id) in lists.iter().zip(&ids) {
                                 w.placed += 1;
@@ -233,19 +322,21 @@ pub async fn claims(
     }
     run.seconds = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds().zip(cpu0).map(|(b, a)| b - a);
-    let stats1 = snap.stats();
-    run.trees_reread = stats1.trees_reread - stats0.trees_reread;
-    run.trees_skipped = stats1.trees_skipped - stats0.trees_skipped;
+    if let (Some(snap), Some(stats0)) = (&snap, stats0) {
+        let stats1 = snap.stats();
+        run.trees_reread = stats1.trees_reread - stats0.trees_reread;
+        run.trees_skipped = stats1.trees_skipped - stats0.trees_skipped;
+    }
     drop(phase);
     run.load_seconds = load_seconds;
     run.placements_per_second = run.placed as f64 / run.seconds.max(1e-9);
     run.cpu_us_per_placement = cpu.filter(|_| run.placed > 0).map(|c| c * 1e6 / run.placed as f64);
     let mut quality: Option<(u64, f64, f64, f64, u64)> = None;
     for s in &schedulers {
-        let st = s.stats();
-        run.claims_tried += st.claims_tried;
-        run.claim_conflicts += st.claim_conflicts;
-        if setup.measure_quality {
+        let (tried, refused) = s.claim_counts();
+        run.claims_tried += tried;
+        run.claim_conflicts += refused;
+        if let (true, Placer::Unicell(s)) = (setup.measure_quality, &**s) {
             let q = s.quality();
             let acc = quality.get_or_insert((0, 0.0, f64::INFINITY, 0.0, 0));
             acc.0 += q.decisions;
@@ -267,9 +358,11 @@ pub async fn claims(
             below_0_9: below,
         }
     });
-    run.hosts = snap.known_hosts();
-    run.classes = snap.classes();
-    run.snapshot_bytes_per_host = snap.memory_bytes() as f64 / run.hosts.max(1) as f64;
+    if let Some(snap) = &snap {
+        run.hosts = snap.known_hosts();
+        run.classes = snap.classes();
+        run.snapshot_bytes_per_host = snap.memory_bytes() as f64 / run.hosts.max(1) as f64;
+    }
     Ok(run)
 }
 

@@ -29,7 +29,7 @@ use unicell::store::audit::{AuditReport, AuditScope, audit};
 use unicell::store::memory::MemoryStore;
 use unicell::store::prelude::*;
 
-use self::drive::{ClaimRun, EndState, SchedulerSetup};
+use self::drive::{ClaimRun, Design, EndState, SchedulerSetup};
 use crate::candidate::{self, Candidate, candidates, open_store, run_tag, run_url};
 use crate::chart::{self, Panel, Series};
 use crate::progress::Bars;
@@ -77,6 +77,11 @@ pub struct ScheduleOptions {
     /// Add a throwaway redis-server with `appendonly yes`, `appendfsync everysec` (started
     /// by the bench on a free port) as a candidate.
     pub redis_aof: bool,
+    /// Scheduling designs to run on each candidate, side by side on the same cloud:
+    /// `unicell` (the snapshot scheduler) and `nova` (Placement's candidate query per
+    /// request, Nova's filter scheduler over the candidates, `PUT /allocations`; SQL
+    /// candidates only, claims phase only) [default: unicell].
+    pub designs: Vec<String>,
 }
 
 /// A build run's figures as reports show them: the driver's counts and timeline with the
@@ -117,6 +122,11 @@ struct Params {
     cloud: CloudSpec,
     mix: RequestMix,
     claims: SchedulerSetup,
+    /// The scheduling designs run on each candidate.
+    designs: Vec<Design>,
+    /// Flavors left out of the stream (every design) because the Nova-faithful query
+    /// cannot serve them (`--design nova`).
+    flavors_left_out: Vec<String>,
     builds_per_scheduler: usize,
     failure_rate: f64,
     quick: bool,
@@ -128,13 +138,17 @@ struct Params {
 #[derive(Debug, Serialize)]
 struct Row {
     candidate: String,
+    /// How it scheduled (`unicell` or `nova`).
+    design: &'static str,
     /// What the candidate's server says about durability (Redis: appendonly, appendfsync).
     durability: String,
     load_seconds: f64,
     claims: ClaimRun,
     claims_audit: AuditReport,
-    build: BuildFigures,
-    audit: AuditReport,
+    /// The builds phase (unicell's design only: the conductor drives unicell's scheduler).
+    build: Option<BuildFigures>,
+    /// The audit after the builds phase.
+    audit: Option<AuditReport>,
     end_state: EndState,
     /// claimed placements/s over Nomad's 3,750/s.
     claims_vs_nomad_c1m: Option<f64>,
@@ -182,6 +196,16 @@ fn smallest(cloud: &Cloud) -> (i64, i64, i64) {
         .map(|(f, _)| (f.vcpus, f.memory_mb, f.root_gb + f.ephemeral_gb))
         .min_by_key(|(c, m, _)| (*m, *c))
         .unwrap_or((1, 512, 1))
+}
+
+/// Whether the Nova-faithful scheduler's query can serve `flavor` as Placement would: one
+/// unnumbered request group of classes the generated cloud keeps on its roots.
+fn root_only(flavor: &unicell::model::Flavor) -> bool {
+    use unicell::model::ResourceClass::{DiskGb, MemoryMb, Vcpu};
+    flavor.resource_request(false).is_ok_and(|r| match r.groups.as_slice() {
+        [g] => g.suffix.is_none() && g.resources.keys().all(|c| matches!(c, Vcpu | MemoryMb | DiskGb)),
+        _ => false,
+    })
 }
 
 fn groups(cloud: &Cloud) -> Vec<(unicell::model::GroupId, GroupPolicy, Option<u32>)> {
@@ -239,12 +263,29 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
     if !(0.0..=1.0).contains(&a.failure_rate) {
         bail!(Invalid, "--failure-rate must be between 0 and 1, got {}", a.failure_rate);
     }
+    let mut designs = Vec::new();
+    for d in if a.designs.is_empty() { vec!["unicell".to_string()] } else { a.designs.clone() } {
+        let d = Design::parse(&d)?;
+        if !designs.contains(&d) {
+            designs.push(d);
+        }
+    }
+    let nova = designs.contains(&Design::Nova);
     let mut common = a.common.clone();
     let aof = if a.redis_aof { Some(redis_aof::AofRedis::start().await?) } else { None };
     if let Some(server) = &aof {
         common.stores.push(server.url());
     }
     let cands = candidates(global_store, &common)?;
+    if nova && let Some(c) = cands.iter().find(|c| c.scheme.backend() != "sql") {
+        bail!(
+            Invalid,
+            "--design nova needs Placement's tables, which only the SQL baseline keeps (mysql://, mariadb://, \
+             postgres://); candidate {} is {}",
+            c.label,
+            c.scheme.backend()
+        );
+    }
     let env = report::Environment::capture();
     let tag = run_tag();
     let spec = CloudSpec::new(cells, hosts, a.common.seed);
@@ -263,56 +304,92 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
     };
     println!(
         "bench schedule: {hosts} hosts in {cells} cells, {nreq} requests, {schedulers} schedulers sharing one \
-         snapshot ({tasks} requests each at once, k = {k}), {} alternates, build failure rate {}, {} candidate(s), {} build",
+         snapshot ({tasks} requests each at once, k = {k}), {} alternates, build failure rate {}, {} candidate(s), {} build, \
+         design(s) {}",
         a.alternates,
         a.failure_rate,
         cands.len(),
-        env.build
+        env.build,
+        designs.iter().map(|d| d.name()).collect::<Vec<_>>().join(",")
     );
+    if nova {
+        println!(
+            "  --design nova: flavors with numbered groups or classes on child providers are left out of the \
+             stream for every design (the Nova-faithful query reads root providers only)"
+        );
+    }
     let mut rows = Vec::new();
+    let mut left_out: Vec<String> = Vec::new();
     for (i, cand) in cands.iter().enumerate() {
         let url = run_url(cand, &format!("{tag}_s{i}"), Some(cells))?;
         let store = open_store(&url).await?;
         let durability = durability(&store, cand, aof.as_ref()).await;
         let t = std::time::Instant::now();
-        let cloud = Cloud::generate(store.clone(), &spec, 16, &Bars).await?;
+        let mut cloud = Cloud::generate(store.clone(), &spec, 16, &Bars).await?;
         let load_seconds = t.elapsed().as_secs_f64();
+        if nova {
+            left_out = cloud.flavors.iter().filter(|(f, _)| !root_only(f)).map(|(f, _)| f.name.clone()).collect();
+            cloud.flavors.retain(|(f, _)| root_only(f));
+        }
         let reqs = requests::generate(&cloud, &mix)?;
-        let claims = drive::claims(&store, &reqs, &setup, cand.scheme.name(), &Bars).await?;
-        let claims_audit = audit(&*store, &AuditScope::default()).await?;
-        let claims_end = drive::end_state(&store, smallest(&cloud), &groups(&cloud)).await?;
-        drive::release(&store, &claims.consumers).await?;
-        let b = drive::builds(&store, reqs, &setup, a.builds_per_scheduler, a.failure_rate, cand.scheme.name(), &Bars)
-            .await?;
-        let au = audit(&*store, &AuditScope::everything()).await?;
-        let b = BuildFigures::from(b);
-        println!(
-            "  {:<44} claims: {} placed in {:.2} s = {:.0}/s ({} conflicts, {} NoValidHost, {}); \
-             builds: {} ACTIVE, {} ERROR in {:.2} s = {:.0}/s; {}",
-            cand.label,
-            claims.placed,
-            claims.seconds,
-            claims.placements_per_second,
-            claims.claim_conflicts,
-            claims.no_valid_host,
-            if claims_audit.is_clean() { "audit OK" } else { "AUDIT FAILED" },
-            b.report.active,
-            b.report.failed,
-            b.report.seconds,
-            b.report.placements_per_second,
-            if au.is_clean() { "audit OK" } else { "AUDIT FAILED" }
-        );
-        rows.push(Row {
-            candidate: cand.label.clone(),
-            durability,
-            load_seconds,
-            claims_vs_nomad_c1m: ratio(claims.placements_per_second, NOMAD_C1M_PER_SECOND),
-            claims,
-            claims_audit,
-            build: b,
-            audit: au,
-            end_state: claims_end,
-        });
+        // Every design's claims phase on the same cloud (released after each), then the
+        // builds phase of unicell's design.
+        let mut phases = Vec::new();
+        for &design in &designs {
+            let label = format!("{} {}", cand.scheme.name(), design.name());
+            let claims = drive::claims_with(design, &store, &reqs, &setup, &label, &Bars).await?;
+            let claims_audit = audit(&*store, &AuditScope::default()).await?;
+            let claims_end = drive::end_state(&store, smallest(&cloud), &groups(&cloud)).await?;
+            drive::release(&store, &claims.consumers).await?;
+            println!(
+                "  {:<44} {:<8} claims: {} placed in {:.2} s = {:.0}/s ({} conflicts, {} NoValidHost, {})",
+                cand.label,
+                design.name(),
+                claims.placed,
+                claims.seconds,
+                claims.placements_per_second,
+                claims.claim_conflicts,
+                claims.no_valid_host,
+                if claims_audit.is_clean() { "audit OK" } else { "AUDIT FAILED" },
+            );
+            phases.push((design, claims, claims_audit, claims_end));
+        }
+        let mut built = None;
+        if designs.contains(&Design::Unicell) {
+            let b =
+                drive::builds(&store, reqs, &setup, a.builds_per_scheduler, a.failure_rate, cand.scheme.name(), &Bars)
+                    .await?;
+            let au = audit(&*store, &AuditScope::everything()).await?;
+            let b = BuildFigures::from(b);
+            println!(
+                "  {:<44} unicell  builds: {} ACTIVE, {} ERROR in {:.2} s = {:.0}/s; {}",
+                cand.label,
+                b.report.active,
+                b.report.failed,
+                b.report.seconds,
+                b.report.placements_per_second,
+                if au.is_clean() { "audit OK" } else { "AUDIT FAILED" }
+            );
+            built = Some((b, au));
+        }
+        for (design, claims, claims_audit, claims_end) in phases {
+            let (build, audit) = match (design, &mut built) {
+                (Design::Unicell, b) => b.take().map_or((None, None), |(b, au)| (Some(b), Some(au))),
+                _ => (None, None),
+            };
+            rows.push(Row {
+                candidate: cand.label.clone(),
+                design: design.name(),
+                durability: durability.clone(),
+                load_seconds,
+                claims_vs_nomad_c1m: ratio(claims.placements_per_second, NOMAD_C1M_PER_SECOND),
+                claims,
+                claims_audit,
+                build,
+                audit,
+                end_state: claims_end,
+            });
+        }
         drop(cloud);
         drop(store);
         candidate::cleanup(cand, &url).await;
@@ -387,6 +464,7 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
 
     let mut t = Table::new([
         "candidate",
+        "design",
         "claimed/s",
         "CPU µs/pl.",
         "conflicts",
@@ -400,19 +478,26 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
         "audits",
     ]);
     for r in &rows {
+        let b = |f: &dyn Fn(&BuildFigures) -> String| r.build.as_ref().map_or("–".to_string(), f);
         t.row([
             r.candidate.clone(),
+            r.design.to_string(),
             format!("{:.0}", r.claims.placements_per_second),
             r.claims.cpu_us_per_placement.map_or("?".into(), |c| format!("{c:.1}")),
             r.claims.claim_conflicts.to_string(),
             r.claims.no_valid_host.to_string(),
-            format!("{:.0}", r.build.report.placements_per_second),
-            r.build.report.active.to_string(),
-            r.build.report.failed.to_string(),
-            r.build.report.reschedules.to_string(),
-            fmt_ms(r.build.request_latency.p50_ms),
-            fmt_ms(r.build.request_latency.p99_ms),
-            if r.claims_audit.is_clean() && r.audit.is_clean() { "OK" } else { "FAILED" }.to_string(),
+            b(&|b| format!("{:.0}", b.report.placements_per_second)),
+            b(&|b| b.report.active.to_string()),
+            b(&|b| b.report.failed.to_string()),
+            b(&|b| b.report.reschedules.to_string()),
+            b(&|b| fmt_ms(b.request_latency.p50_ms)),
+            b(&|b| fmt_ms(b.request_latency.p99_ms)),
+            if r.claims_audit.is_clean() && r.audit.as_ref().is_none_or(AuditReport::is_clean) {
+                "OK"
+            } else {
+                "FAILED"
+            }
+            .to_string(),
         ]);
     }
     println!(
@@ -420,14 +505,14 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
         t.render()
     );
     for r in &rows {
-        println!("  {}: {}", r.candidate, r.durability);
-        if !r.build.report.failure_reasons.is_empty() {
+        println!("  {} ({}): {}", r.candidate, r.design, r.durability);
+        if let Some(b) = r.build.as_ref().filter(|b| !b.report.failure_reasons.is_empty()) {
             println!("  {} failures by reason:", r.candidate);
-            for (reason, n) in &r.build.report.failure_reasons {
+            for (reason, n) in &b.report.failure_reasons {
                 println!("    {n:>6}  {reason}");
             }
         }
-        for au in [&r.claims_audit, &r.audit] {
+        for au in std::iter::once(&r.claims_audit).chain(r.audit.as_ref()) {
             if !au.is_clean() {
                 println!("\n{}: {au}", r.candidate);
             }
@@ -444,7 +529,7 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
     ]);
     for r in &rows {
         t.row([
-            r.candidate.clone(),
+            format!("{} ({})", r.candidate, r.design),
             r.claims.wrong_zone.to_string(),
             r.claims.alternates_from_other_cell.to_string(),
             r.claims.alternate_equals_chosen.to_string(),
@@ -522,25 +607,20 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
     }
     let mut t = Table::new(["candidate", "claimed/s / Nomad C1M 3750/s"]);
     for r in &rows {
-        t.row([r.candidate.clone(), fmt_ratio(r.claims_vs_nomad_c1m)]);
+        t.row([format!("{} ({})", r.candidate, r.design), fmt_ratio(r.claims_vs_nomad_c1m)]);
     }
     println!("\nratios\n{}", t.render());
 
     let mut cumulative = Vec::new();
     let mut rate = Vec::new();
-    for (ci, r) in rows.iter().enumerate() {
+    for (ci, (r, b)) in rows.iter().filter_map(|r| Some((r, r.build.as_ref()?))).enumerate() {
         cumulative.push(Series {
             name: r.candidate.clone(),
-            points: r.build.report.timeline.iter().map(|(t, n)| (*t, *n as f64)).collect(),
+            points: b.report.timeline.iter().map(|(t, n)| (*t, *n as f64)).collect(),
             color: ci,
             dashed: false,
         });
-        rate.push(Series {
-            name: r.candidate.clone(),
-            points: rates(&r.build.report.timeline),
-            color: ci,
-            dashed: false,
-        });
+        rate.push(Series { name: r.candidate.clone(), points: rates(&b.report.timeline), color: ci, dashed: false });
     }
     let mut panels = vec![
         Panel {
@@ -578,7 +658,7 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
     let broken =
         rows.iter().any(|r| {
             !r.claims_audit.is_clean()
-                || !r.audit.is_clean()
+                || r.audit.as_ref().is_some_and(|a| !a.is_clean())
                 || r.claims.wrong_zone > 0
                 || r.claims.alternates_from_other_cell > 0
                 || r.claims.alternate_equals_chosen > 0
@@ -591,6 +671,8 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
             cloud: spec,
             mix,
             claims: setup,
+            designs: designs.clone(),
+            flavors_left_out: left_out.clone(),
             builds_per_scheduler: a.builds_per_scheduler,
             failure_rate: a.failure_rate,
             quick,
@@ -606,6 +688,12 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
              instance records) per second of wall time; ACTIVE/s: instances built to ACTIVE through \
              conductors and the simulated compute. CPU per placement is the process's (a Redis or SQL \
              server's own CPU is not in it)."
+                .into(),
+            "design nova (--design): per request, Placement's allocation candidates as SQL on the API \
+             database (root providers only), Nova's filters and weighers over those hosts, claims as \
+             PUT /allocations (the store's Placement transaction, retried on generation conflicts); claims \
+             phase only (the conductor drives unicell's scheduler). With it, flavors the root-only query \
+             cannot serve are left out of the stream of every design (parameters.flavors_left_out)."
                 .into(),
             "quality: every decision of each run is compared with an exhaustive weighing (every host that \
              passes every stage, weights normalized over all of them) of the same state: q = (w - worst) / \

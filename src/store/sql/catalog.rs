@@ -15,7 +15,7 @@ fn cell_from(r: &Row) -> Result<Cell> {
     Ok(Cell { id: CellId(r.uuid(0)?), name: r.opt_str(1)?.unwrap_or_default(), disabled: r.bool(2)? })
 }
 
-fn host_from(r: &Row) -> Result<Host> {
+pub(super) fn host_from(r: &Row) -> Result<Host> {
     Ok(Host {
         name: r.str(0)?,
         cell: CellId(r.uuid(1)?),
@@ -29,7 +29,7 @@ fn host_from(r: &Row) -> Result<Host> {
     })
 }
 
-const HOST_COLS: &str = "host, cell_uuid, hypervisor_hostname, root_provider_uuid, enabled, \
+pub(super) const HOST_COLS: &str = "host, cell_uuid, hypervisor_hostname, root_provider_uuid, enabled, \
                          disabled_reason, last_heartbeat, availability_zone, capabilities";
 
 fn flavor_from(r: &Row) -> Result<Flavor> {

@@ -235,6 +235,16 @@ fn pg_query(sql: &Sql) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::
     }
 }
 
+/// How [`map_err`] starts the message of a transaction the server rolled back (deadlock
+/// victim, serialization failure, lock wait timeout).
+const ROLLED_BACK: &str = "the database rolled the transaction back (deadlock or serialization failure)";
+
+/// Whether `e` is a transaction the server rolled back ([`map_err`] of a retryable
+/// transaction error): nothing was applied, the same transaction can run again.
+pub(crate) fn rolled_back(e: &Error) -> bool {
+    matches!(e, Error::Unavailable { message, .. } if message.starts_with(ROLLED_BACK))
+}
+
 /// What a transient database condition means for the caller.
 pub fn is_retryable_tx_error(e: &sqlx::Error) -> bool {
     match e {
@@ -262,6 +272,12 @@ pub fn is_unique_violation(e: &sqlx::Error) -> bool {
 /// pool and statement timeouts `Timeout`, anything else `Backend` (sqlx never puts the
 /// password in its messages; URLs are redacted by the caller).
 pub fn map_err(e: sqlx::Error) -> Error {
+    if is_retryable_tx_error(&e) {
+        // The server rolled the whole transaction back: nothing of it was applied, and
+        // running it again is the server's own advice. Retryable, so that a caller does not
+        // fail a build on a deadlock between two concurrent moves (InnoDB gap locks).
+        return Error::Unavailable { backend: BACKEND, message: format!("{ROLLED_BACK}: {e}") };
+    }
     match e {
         sqlx::Error::Io(io) => Error::Unavailable { backend: BACKEND, message: io.to_string() },
         sqlx::Error::PoolTimedOut => {

@@ -37,7 +37,7 @@ use crate::error::{Error, Kind, Result};
 use crate::model::*;
 use crate::sql_args;
 use crate::store::prelude::*;
-use crate::store::sql::conn::{Arg, Dialect, Pool, Row, Sql, Tx, is_unique_violation, map_err, to_pg};
+use crate::store::sql::conn::{Arg, Dialect, Pool, Row, Sql, Tx, is_unique_violation, map_err, rolled_back, to_pg};
 use crate::store::sql::{DownCell, ListStrategy, SqlStore, from_json, to_json};
 
 const COLS: &str = "uuid, display_name, project_id, user_id, cell_uuid, host, node, instance_type_id, \
@@ -636,7 +636,17 @@ impl SqlStore {
 
     fn cell_failed(&self, s: &mut Stream, slot: usize, e: Error) -> Result<()> {
         match self.opts.down_cell {
-            DownCell::Fail => Err(e),
+            // Name the part of the store that failed: a bare driver error ("connection
+            // refused") does not say which of the cell databases is down.
+            DownCell::Fail => {
+                let label = &self.cells[slot].label;
+                let named = |m: String| if m.contains(label) { m } else { format!("cell database {label}: {m}") };
+                Err(match e {
+                    Error::Unavailable { backend, message } => Error::Unavailable { backend, message: named(message) },
+                    Error::Timeout { backend, message } => Error::Timeout { backend, message: named(message) },
+                    other => other,
+                })
+            }
             DownCell::Skip => {
                 tracing::warn!(cell_database = %self.cells[slot].label, error = %e,
                     "cell did not respond; skipping it in this listing");
@@ -715,12 +725,23 @@ impl Instances for SqlStore {
             Some(cell) => Some(self.loc_of_cell(cell).await?),
             None => None,
         };
-        for _ in 0..10 {
+        let mut backoff = std::time::Duration::from_millis(5);
+        for attempt in 0..10 {
             let Some(loc) = self.mapping(id).await? else {
                 return Err(Error::not_found(Kind::Instance, id));
             };
-            if let Some(inst) = self.update_at(id, loc, patched_loc.unwrap_or(loc), patch).await? {
-                return Ok(inst);
+            match self.update_at(id, loc, patched_loc.unwrap_or(loc), patch).await {
+                Ok(Some(inst)) => return Ok(inst),
+                Ok(None) => {}
+                // A deadlock between concurrent moves (InnoDB gap locks on the build
+                // requests and mappings): that attempt was rolled back; a move's committed
+                // first step is replaced by the next attempt (`replace_at`).
+                Err(e) if rolled_back(&e) && attempt < 9 => {
+                    tracing::debug!(instance = %id, error = %e, "instance update rolled back; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
             }
         }
         Err(Error::Timeout { backend: "sql", message: format!("instance {id} kept moving while being updated") })

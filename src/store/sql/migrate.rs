@@ -40,6 +40,7 @@ const MYSQL_API: &[Migration] = &[
 const MYSQL_CELL: &[Migration] = &[
     Migration { version: 1, sql: include_str!("../../../schema/sql/mysql/cell/0001_cell.sql") },
     Migration { version: 2, sql: include_str!("../../../schema/sql/mysql/cell/0002_unicell.sql") },
+    Migration { version: 3, sql: include_str!("../../../schema/sql/mysql/cell/0003_compute_node_uuid.sql") },
 ];
 const PG_API: &[Migration] = &[
     Migration { version: 1, sql: include_str!("../../../schema/sql/postgres/api/0001_api.sql") },
@@ -49,6 +50,7 @@ const PG_API: &[Migration] = &[
 const PG_CELL: &[Migration] = &[
     Migration { version: 1, sql: include_str!("../../../schema/sql/postgres/cell/0001_cell.sql") },
     Migration { version: 2, sql: include_str!("../../../schema/sql/postgres/cell/0002_unicell.sql") },
+    Migration { version: 3, sql: include_str!("../../../schema/sql/postgres/cell/0003_compute_node_uuid.sql") },
 ];
 
 /// Applies every migration of `part` that `pool`'s database lacks.

@@ -40,6 +40,7 @@ use crate::model::*;
 use crate::store::StoreUrl;
 use crate::store::prelude::*;
 
+mod candidates;
 mod catalog;
 pub mod config;
 pub mod conn;
@@ -226,6 +227,10 @@ impl Store for SqlStore {
     }
 
     fn placement(&self) -> Option<&dyn crate::store::placement::PlacementStore> {
+        Some(self)
+    }
+
+    fn candidate_queries(&self) -> Option<&dyn crate::store::candidates::CandidateQueries> {
         Some(self)
     }
 }

@@ -46,6 +46,8 @@ impl From<Error> for Fail {
 #[derive(Clone, Copy)]
 pub(super) enum Sel<'a> {
     Root(i64),
+    /// The trees of these root ids (non-empty).
+    Roots(&'a [i64]),
     Cell(&'a str),
     All,
 }
@@ -54,6 +56,7 @@ impl Sel<'_> {
     fn clause(&self, alias: &str) -> String {
         match self {
             Sel::Root(_) => format!(" WHERE {alias}.root_provider_id = ?"),
+            Sel::Roots(ids) => format!(" WHERE {alias}.root_provider_id IN ({})", vec!["?"; ids.len()].join(", ")),
             Sel::Cell(_) => format!(" WHERE {alias}.cell_uuid = ?"),
             Sel::All => String::new(),
         }
@@ -61,6 +64,7 @@ impl Sel<'_> {
     fn args(&self) -> Vec<Arg> {
         match self {
             Sel::Root(id) => sql_args![*id],
+            Sel::Roots(ids) => ids.iter().map(|id| Arg::I64(*id)).collect(),
             Sel::Cell(c) => sql_args![*c],
             Sel::All => vec![],
         }
