@@ -473,18 +473,17 @@ pub(crate) fn is_secret_key(k: &str) -> bool {
 /// The input of [`StoreUrl::parse`] as its errors show it. Text meant as one store URL is
 /// masked as a whole, not word by word as [`redact_text`] masks free text (where a quote,
 /// a space or a control character ends a URL, so a password containing one would be cut in
-/// two and shown): when its single-host form parses, exactly as `Display` shows a parsed URL
-/// (the other hosts of a host list follow); otherwise everything between `://` and the last
-/// `@` is masked, the user too, along with secret `key=value`s.
+/// two and shown): a single-host URL that parses exactly as `Display` shows a parsed URL;
+/// anything else with everything between the first `://` and the last `@` masked, the user
+/// too, along with secret `key=value`s.
 fn shown_input(s: &str) -> String {
     let (single, extra) = split_host_list(s);
-    if let Ok(u) = url::Url::parse(&single) {
-        let shown = redact_parsed(&u);
-        if extra.is_empty() {
-            return shown;
-        }
-        let hosts: Vec<String> = extra.iter().map(|h| mask_secret_pairs(h)).collect();
-        return format!("{shown} (and hosts {})", hosts.join(","));
+    // A host list splits the text where a URL-shaped password could hide (`memory://,mysql://u:p@h`):
+    // only a single-host URL is shown parsed.
+    if extra.is_empty()
+        && let Ok(u) = url::Url::parse(&single)
+    {
+        return redact_parsed(&u);
     }
     let masked = match (s.find("://"), s.rfind('@')) {
         (Some(i), Some(at)) if at > i => format!("{}***{}", &s[..i + 3], &s[at..]),
