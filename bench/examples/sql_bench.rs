@@ -147,7 +147,12 @@ async fn listing(base: &str, run: &str, n: usize, cells: usize) -> anyhow::Resul
                 loop {
                     let t = Instant::now();
                     let page = store
-                        .list_instances(&ListQuery { filters: InstanceFilters::default(), limit: Some(1000), marker })
+                        .list_instances(&ListQuery {
+                            filters: InstanceFilters::default(),
+                            limit: Some(1000),
+                            marker,
+                            partial: false,
+                        })
                         .await?;
                     lat.record(t.elapsed());
                     total += page.instances.len();

@@ -518,7 +518,7 @@ impl Pager {
     }
 
     fn query(&self, marker: Option<InstanceId>) -> ListQuery {
-        ListQuery { filters: self.filters.clone(), limit: Some(self.limit), marker }
+        ListQuery { filters: self.filters.clone(), limit: Some(self.limit), marker, partial: false }
     }
 
     /// Reads the first few pages without recording them (connections, caches).

@@ -420,6 +420,16 @@ pub struct ListQuery {
     pub limit: Option<u32>,
     /// The uuid of the last instance of the previous page. An unknown marker is an error.
     pub marker: Option<InstanceId>,
+    /// Accept a partial page when part of the store cannot be read (the [`Store`] contract,
+    /// line 17): the page then lists what the readable parts hold, names the unreachable
+    /// parts in [`InstancePage::unreachable`] and lists in [`InstancePage::stubs`] the
+    /// instances the store still knows there without their records. `false` (the default):
+    /// such a listing fails with an error naming the unreachable part (the SQL baseline's
+    /// `down_cell=skip` excepted, Nova's default, which skips and says so in the page).
+    ///
+    /// [`Store`]: crate::store::Store
+    #[serde(default)]
+    pub partial: bool,
 }
 
 impl ListQuery {
@@ -435,6 +445,63 @@ pub struct InstancePage {
     /// The instances, in listing order.
     pub instances: Vec<Instance>,
     /// Set only when more instances remain after this page (unlike Nova, which sets it on
-    /// every full page): the marker for the next page.
+    /// every full page): the marker for the next page. Computed over the parts that could
+    /// be read.
     pub next_marker: Option<InstanceId>,
+    /// The parts of the store this page could not read (empty: the page is complete). Only
+    /// a [`ListQuery::partial`] listing, or the SQL baseline's `down_cell=skip`, returns a
+    /// page with unreachable parts; every other listing that cannot read a part fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<UnreachablePart>,
+    /// Instances of the unreachable parts that the store still knows without their records
+    /// (id, project, creation time), newest first, never one of [`instances`](Self::instances):
+    /// what Nova 2.69 shows as servers with status `UNKNOWN`. Only on a
+    /// [`ListQuery::partial`] page without a marker, within the limit left by `instances`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stubs: Vec<InstanceStub>,
+}
+
+impl InstancePage {
+    /// Whether every part of the store was read (nothing unreachable).
+    pub fn is_complete(&self) -> bool {
+        self.unreachable.is_empty()
+    }
+}
+
+/// A part of the store a listing could not read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreachablePart {
+    /// What part, named for an operator, credentials never included: `cell database
+    /// mysql://root@10.0.0.7:3306/nova_cell1` on the SQL baseline, `redis instance shard 3
+    /// (slot 1234)` on Redis.
+    pub part: String,
+    /// Why it could not be read: the backend's error, credentials masked.
+    pub reason: String,
+    /// Whether every instance of this part that the page could show is listed in
+    /// [`InstancePage::stubs`] (SQL: the API database's instance mappings were read); when
+    /// `false` the part's instances are simply missing from the page.
+    pub stubbed: bool,
+}
+
+/// What the store still knows of an instance whose record it cannot read: what Nova's API
+/// database keeps in `instance_mappings` while the instance's cell database is down.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStub {
+    /// Its uuid.
+    pub uuid: InstanceId,
+    /// Owning project.
+    pub project_id: String,
+    /// Creation time; `None` for an instance created before the store recorded it outside
+    /// the record (a mapping written by an older unicell).
+    pub created_at: Option<Timestamp>,
+    /// Its cell.
+    pub cell: Option<CellId>,
+}
+
+impl InstanceStub {
+    /// The listing position of the stub: its creation time (the oldest possible when
+    /// unknown) and uuid, so stubs sort as their instances would.
+    pub fn sort_key(&self) -> SortKey {
+        SortKey { created_at: self.created_at.unwrap_or(Timestamp::EPOCH), uuid: self.uuid }
+    }
 }

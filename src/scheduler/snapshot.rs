@@ -1075,6 +1075,7 @@ impl SharedSnapshot {
                             },
                             limit: None,
                             marker,
+                            partial: false,
                         })
                         .await?;
                     for i in &page.instances {

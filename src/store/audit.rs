@@ -304,6 +304,14 @@ async fn check_instances(store: &dyn Store, cell: Option<CellId>, report: &mut A
         };
         loop {
             let page = store.list_instances(&query).await?;
+            // A page that skipped part of the store (the SQL baseline's down_cell=skip) would
+            // make the audit report the skipped instances' claims as leaks: stop instead.
+            if let Some(part) = page.unreachable.first() {
+                return Err(crate::Error::Unavailable {
+                    backend: "audit",
+                    message: format!("the instance listing skipped {}: {}", part.part, part.reason),
+                });
+            }
             report.instances += page.instances.len();
             let next = page.next_marker;
             let mut held = futures::stream::iter(page.instances.into_iter().map(|i| async move {

@@ -12,8 +12,9 @@ use async_trait::async_trait;
 use crate::error::Result;
 use crate::model::{
     Aggregate, AggregateId, Cell, CellId, ChangeCursor, Changes, Claim, ClaimRequest, ConsumerId, Flavor, FlavorId,
-    GroupId, Host, Instance, InstanceId, InstancePage, InstancePatch, Inventory, InventoryWrite, ListQuery,
-    NewProvider, ProviderId, ProviderTree, Released, RequestSpec, ResourceClass, ServerGroup, Trait, TreeAllocation,
+    GroupId, Host, Instance, InstanceId, InstancePage, InstancePatch, InstanceStub, Inventory, InventoryWrite,
+    ListQuery, NewProvider, ProviderId, ProviderTree, Released, RequestSpec, ResourceClass, ServerGroup, Trait,
+    TreeAllocation,
 };
 
 pub mod audit;
@@ -40,7 +41,7 @@ pub(crate) use self::url::{is_secret_key, split_host_list};
 ///
 /// The numbered lines below are the whole contract, written once here; each sub-trait names
 /// the lines it carries ([`Providers`]: 7 to 10, [`Claims`]: 1 to 7, [`ChangeFeed`]: 11,
-/// [`Catalog`]: 12, [`Instances`]: 13 and 14; lines 15 and 16 bind every method). The
+/// [`Catalog`]: 12, [`Instances`]: 13, 14 and 17; lines 15 and 16 bind every method). The
 /// conformance suite (feature `conformance`) checks every line on every backend.
 ///
 /// # Claims (the invariant everything else serves)
@@ -139,6 +140,39 @@ pub(crate) use self::url::{is_secret_key, split_host_list};
 ///     itself, so repeating the claim is the re-read). Nothing panics on bad input.
 /// 16. Credentials in URLs never appear in `Debug`, `Display`, errors or logs (see
 ///     [`StoreUrl`]).
+///
+/// # Degraded listings
+///
+/// 17. A listing that cannot read part of the store (a cell database down, a Redis master
+///     with its slots lost, CQL replicas short of the consistency level) never returns a
+///     page that silently lacks instances:
+///     * **Without [`ListQuery::partial`]** it fails with a retryable `Unavailable` or
+///       `Timeout` whose message names the unreachable part (the cell database's redacted
+///       URL, the Redis shard and slot, the CQL partition), never a credential. One
+///       exception, for fidelity to Nova's default (`list_records_by_skipping_down_cells`):
+///       the SQL baseline with `down_cell=skip` returns the page without the cell's
+///       instances and names the cell in [`InstancePage::unreachable`] (`stubbed: false`).
+///     * **With `partial`** a backend that can read the other parts returns their page
+///       (line 14 over the readable parts: order, limit, filters, `next_marker`) and names
+///       every part it could not read in [`InstancePage::unreachable`]. Where the store
+///       still knows an unreachable part's instances without their records, the page lists
+///       them in [`InstancePage::stubs`] ([`InstanceStub`]: uuid, project, creation time)
+///       and marks the part `stubbed`: every such instance whose project matches
+///       `filters.project_id` and whose cell matches `filters.cell`, unless known to be
+///       soft-deleted, newest first, never one already in `instances`, at most `limit`
+///       minus the instances listed (Nova prepends its down-cell stubs within the limit).
+///       Other filters cannot be evaluated without the record, so a caller that filters
+///       must not show stubs as matches (Nova asks for stubs only without filters). Stubs
+///       come only on a page without a marker, so paging never repeats one. What each
+///       backend can do: memory is never partial; the SQL baseline skips a down cell
+///       database and stubs its instances from the API database's `instance_mappings`
+///       (the API database itself down fails every listing); Redis skips the index shards
+///       it cannot read, without stubs (an instance's record lives in its index shard's
+///       slot, so nothing else knows it); CQL cannot skip (a partition it cannot read is
+///       a bucket of every shard's time line) and fails as without `partial`.
+///     * A marker whose record cannot be read fails either way (Nova: 500).
+///     * [`instance_stub`](Instances::instance_stub) gives what the store knows of one
+///       instance apart from its record, for a caller whose read of it failed.
 #[async_trait]
 pub trait Store: Providers + Claims + ChangeFeed + Catalog + Instances + std::fmt::Debug + Send + Sync {
     /// The backend's short name (`memory`, `redis`, `cql`, `sql`).
@@ -309,7 +343,7 @@ pub trait Catalog: Send + Sync {
     async fn delete_request_spec(&self, instance: InstanceId) -> Result<()>;
 }
 
-/// Instance records and Nova's paged listing. Carries [`Store`] contract lines 13 and 14.
+/// Instance records and Nova's paged listing. Carries [`Store`] contract lines 13, 14 and 17.
 #[async_trait]
 pub trait Instances: Send + Sync {
     /// Creates an instance (`AlreadyExists` for a known uuid).
@@ -331,8 +365,17 @@ pub trait Instances: Send + Sync {
     async fn update_instance(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance>;
     /// Removes an instance for good (`NotFound` if missing).
     async fn delete_instance(&self, id: InstanceId) -> Result<()>;
-    /// One page of the instance listing (contract line 14).
+    /// One page of the instance listing (contract lines 14 and 17).
     async fn list_instances(&self, query: &ListQuery) -> Result<InstancePage>;
+    /// What the store knows of instance `id` apart from its record (contract line 17):
+    /// `Some` when it keeps the instance's id, project and creation time elsewhere and the
+    /// instance is not known to be soft-deleted (the SQL baseline: its instance mapping in
+    /// the API database, whose cell database may be down); `None` for an unknown instance,
+    /// and always on a backend that keeps nothing apart from the record (memory, Redis,
+    /// CQL). For a caller whose [`get_instance`](Self::get_instance) failed because the
+    /// record's part of the store is unreachable (Nova 2.69's minimal server). Required,
+    /// not defaulted, so that a decorator cannot silently answer `None` for its store.
+    async fn instance_stub(&self, id: InstanceId) -> Result<Option<InstanceStub>>;
     /// Removes what an instance write interrupted by a crash left behind (contract line
     /// 13): on the SQL baseline, copies of the instance that a move between databases
     /// wrote before its process died, outside the database its mapping names. Call it

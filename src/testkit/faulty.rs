@@ -393,6 +393,10 @@ impl Instances for FaultyStore {
         self.faults.check("repair_instance")?;
         self.inner.repair_instance(id).await
     }
+    async fn instance_stub(&self, id: InstanceId) -> Result<Option<InstanceStub>> {
+        self.faults.check("instance_stub")?;
+        self.inner.instance_stub(id).await
+    }
 }
 
 impl Store for FaultyStore {

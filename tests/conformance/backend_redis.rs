@@ -256,8 +256,8 @@ async fn sharded_listing(url: String) -> Result<(), String> {
             let (mut a, mut b) = (None, None);
             let mut pages = 0;
             loop {
-                let qa = ListQuery { filters: filters.clone(), limit: Some(limit), marker: a };
-                let qb = ListQuery { filters: filters.clone(), limit: Some(limit), marker: b };
+                let qa = ListQuery { filters: filters.clone(), limit: Some(limit), marker: a, partial: false };
+                let qb = ListQuery { filters: filters.clone(), limit: Some(limit), marker: b, partial: false };
                 let pa = redis.list_instances(&qa).await.map_err(|e| e.to_string())?;
                 let pb = memory.list_instances(&qb).await.map_err(|e| e.to_string())?;
                 let ids = |p: &InstancePage| p.instances.iter().map(|i| i.uuid).collect::<Vec<_>>();

@@ -91,6 +91,7 @@ async fn members_of(state: &ApiState, groups: &[ServerGroup]) -> NovaResult<BTre
             },
             limit: Some(MAX_LIMIT),
             marker: None,
+            partial: false,
         };
         loop {
             let page = state.store().list_instances(&query).await?;

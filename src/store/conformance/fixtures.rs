@@ -114,7 +114,9 @@ pub(super) async fn list_all(
     let mut out = Vec::new();
     let mut marker = None;
     for _ in 0..100_000 {
-        let page = store.list_instances(&ListQuery { filters: filters.clone(), limit: Some(limit), marker }).await?;
+        let page = store
+            .list_instances(&ListQuery { filters: filters.clone(), limit: Some(limit), marker, partial: false })
+            .await?;
         out.extend(page.instances);
         match page.next_marker {
             Some(m) => marker = Some(m),

@@ -132,8 +132,11 @@ impl CqlStore {
                 .enumerate()
                 .filter(|(_, c)| c.buf.is_empty() && !c.exhausted)
                 .map(|(n, c)| {
-                    let fut = self.slice(bucket, c.shard, project, c.bound.clone(), batch);
-                    async move { fut.await.map(|rows| (n, rows)) }
+                    let shard = c.shard;
+                    let fut = self.slice(bucket, shard, project, c.bound.clone(), batch);
+                    async move {
+                        fut.await.map(|rows| (n, rows)).map_err(|e| unreachable_partition(e, bucket, shard, project))
+                    }
                 })
                 .collect::<Vec<_>>();
             for (n, (rows, last, read)) in futures::future::try_join_all(refills).await? {
@@ -419,7 +422,27 @@ impl Instances for CqlStore {
         } else {
             None
         };
-        Ok(InstancePage { instances: out, next_marker })
+        Ok(InstancePage { instances: out, next_marker, ..Default::default() })
+    }
+
+    async fn instance_stub(&self, _id: InstanceId) -> Result<Option<InstanceStub>> {
+        // The record and its listing copies are all CQL keeps of an instance.
+        Ok(None)
+    }
+}
+
+/// Names the listing partition a failed read was for (contract line 17): the driver says
+/// which consistency it could not reach, not which part of the data that was. CQL cannot
+/// skip the partition (a time bucket of one shard: older buckets of the same shard may
+/// answer, and a page with a hole in its middle would break line 14), so even a partial
+/// listing fails.
+fn unreachable_partition(e: Error, bucket: i64, shard: i32, project: Option<&str>) -> Error {
+    let table = if project.is_some() { "instances_by_project" } else { "instances_by_time" };
+    let named = |m: String| format!("listing partition {table} (bucket {bucket}, shard {shard}): {m}");
+    match e {
+        Error::Unavailable { backend, message } => Error::Unavailable { backend, message: named(message) },
+        Error::Timeout { backend, message } => Error::Timeout { backend, message: named(message) },
+        other => other,
     }
 }
 

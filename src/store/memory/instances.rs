@@ -94,6 +94,13 @@ impl Instances for MemoryStore {
         } else {
             None
         };
-        Ok(InstancePage { instances, next_marker })
+        // One process, one lock: every part is always readable, so the page is complete
+        // whether or not the query accepts a partial one.
+        Ok(InstancePage { instances, next_marker, ..Default::default() })
+    }
+
+    async fn instance_stub(&self, _id: InstanceId) -> Result<Option<InstanceStub>> {
+        // Nothing is kept apart from the record, which is always readable.
+        Ok(None)
     }
 }

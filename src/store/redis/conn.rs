@@ -341,6 +341,69 @@ impl Pool {
         }
     }
 
+    /// Runs independent read commands as [`bulk`](Self::bulk) does, but answers each on its
+    /// own: on a cluster one command's master being down fails that command only, so a
+    /// listing can go on with the shards that answered (contract line 17). On a single
+    /// node, one failure is every command's (they share the server).
+    pub async fn bulk_each(&self, cmds: Vec<Cmd>) -> Vec<Result<Value>> {
+        if !self.cluster {
+            return match self.bulk(cmds.clone()).await {
+                Ok(v) => v.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    let message = e.to_string();
+                    let retry = e.is_retryable();
+                    cmds.iter()
+                        .map(|_| {
+                            Err(if retry {
+                                Error::Unavailable { backend: BACKEND, message: message.clone() }
+                            } else {
+                                Error::backend(BACKEND, message.clone())
+                            })
+                        })
+                        .collect()
+                }
+            };
+        }
+        let futs = cmds.into_iter().map(|cmd| {
+            let mut c = self.pick();
+            async move { c.query::<Value>(&cmd).await.map_err(map_err) }
+        });
+        futures::future::join_all(futs).await
+    }
+
+    /// The address (`host:port`) of the master that serves `slot`, asked of the cluster
+    /// (`CLUSTER SLOTS`, routed to any node that answers), for naming an unreachable part;
+    /// `None` on a single node or when no node answers within a second.
+    pub async fn master_of_slot(&self, slot: u16) -> Option<String> {
+        if !self.cluster {
+            return None;
+        }
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SLOTS");
+        let ask = self.query::<Value>(&cmd);
+        let Ok(Ok(Value::Array(ranges))) = tokio::time::timeout(std::time::Duration::from_secs(1), ask).await else {
+            return None;
+        };
+        let int = |v: &Value| match v {
+            Value::Int(n) => Some(*n),
+            _ => None,
+        };
+        let text = |v: &Value| match v {
+            Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        };
+        ranges.iter().find_map(|r| {
+            let Value::Array(r) = r else { return None };
+            let (start, end) = (int(r.first()?)?, int(r.get(1)?)?);
+            if !(start..=end).contains(&i64::from(slot)) {
+                return None;
+            }
+            let Value::Array(master) = r.get(2)? else { return None };
+            Some(format!("{}:{}", text(master.first()?)?, int(master.get(1)?)?))
+        })
+    }
+
     async fn bulk_once(&self, cmds: &[Cmd]) -> redis::RedisResult<Vec<Value>> {
         if cmds.is_empty() {
             return Ok(Vec::new());

@@ -51,12 +51,18 @@ struct ShardReader {
 
 /// A k-way merge over the shards of a listing index: pops members in global listing order,
 /// reading each shard lazily in chunks (all shards that ran dry in one concurrent round).
+///
+/// A shard whose read fails is recorded in `failed` and read no further (contract line
+/// 17): a partial listing goes on with the others, any other listing stops at once and
+/// fails naming it.
 struct MergedIndex {
     shards: Vec<ShardReader>,
+    partial: bool,
+    failed: Vec<(usize, Error)>,
 }
 
 impl MergedIndex {
-    fn new(keys: Vec<String>, after: Option<String>, first_chunk: usize) -> Self {
+    fn new(keys: Vec<String>, after: Option<String>, first_chunk: usize, partial: bool) -> Self {
         MergedIndex {
             shards: keys
                 .into_iter()
@@ -68,7 +74,24 @@ impl MergedIndex {
                     done: false,
                 })
                 .collect(),
+            partial,
+            failed: Vec::new(),
         }
+    }
+
+    /// Gives up on shard `i` (its reads failed with `e`).
+    fn fail(&mut self, i: usize, e: Error) {
+        let sh = &mut self.shards[i];
+        sh.done = true;
+        sh.buf.clear();
+        if !self.failed.iter().any(|(s, _)| *s == i) {
+            self.failed.push((i, e));
+        }
+    }
+
+    /// Whether the listing must stop: a shard failed and partial results were not asked for.
+    fn stop(&self) -> bool {
+        !self.partial && !self.failed.is_empty()
     }
 
     async fn refill(&mut self, pool: &Pool) -> Result<()> {
@@ -90,8 +113,15 @@ impl MergedIndex {
                 c
             })
             .collect();
-        for (i, v) in dry.into_iter().zip(pool.bulk(cmds).await?) {
-            let got = members(v)?;
+        for (i, v) in dry.into_iter().zip(pool.bulk_each(cmds).await) {
+            let got = match v {
+                Ok(v) => members(v)?,
+                Err(e) if e.is_retryable() => {
+                    self.fail(i, e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let sh = &mut self.shards[i];
             sh.done = got.len() < sh.chunk;
             sh.chunk = (sh.chunk * 2).min(MAX_SCAN_BATCH);
@@ -103,19 +133,48 @@ impl MergedIndex {
         Ok(())
     }
 
-    /// Up to `n` next members in listing order (fewer only at the end of the index).
-    async fn next(&mut self, pool: &Pool, n: usize) -> Result<Vec<String>> {
+    /// Up to `n` next members in listing order with their shards (fewer only at the end of
+    /// the index, or when a shard failed: see [`stop`](Self::stop)).
+    async fn next(&mut self, pool: &Pool, n: usize) -> Result<Vec<(usize, String)>> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             self.refill(pool).await?;
+            if self.stop() {
+                break;
+            }
             let best =
                 (0..self.shards.len()).filter_map(|i| self.shards[i].buf.front().map(|m| (m, i))).min().map(|(_, i)| i);
             let Some(i) = best else { break };
             if let Some(m) = self.shards[i].buf.pop_front() {
-                out.push(m);
+                out.push((i, m));
             }
         }
         Ok(out)
+    }
+}
+
+impl RedisStore {
+    /// Names instance shard `shard` for an operator: its hash tag's slot and, on a cluster,
+    /// the master serving that slot when a live node can say.
+    async fn shard_name(&self, shard: usize) -> String {
+        let key = self.keys.inst_index(shard);
+        let slot = super::keys::slot(key.as_bytes());
+        match self.pool.master_of_slot(slot).await {
+            Some(addr) => format!("redis instance shard {shard} (slot {slot}, master {addr})"),
+            None => format!("redis instance shard {shard} (slot {slot})"),
+        }
+    }
+
+    /// `e`, a failed read of instance shard `shard`, with the shard named (contract line 17).
+    async fn shard_error(&self, shard: usize, e: Error) -> Error {
+        let name = self.shard_name(shard).await;
+        match e {
+            Error::Unavailable { backend, message } => {
+                Error::Unavailable { backend, message: format!("{name}: {message}") }
+            }
+            Error::Timeout { backend, message } => Error::Timeout { backend, message: format!("{name}: {message}") },
+            other => other,
+        }
     }
 }
 
@@ -139,7 +198,11 @@ impl Instances for RedisStore {
     }
 
     async fn get_instance(&self, id: InstanceId) -> Result<Instance> {
-        self.read_instance(id).await?.map(|(_, i)| i).ok_or_else(|| Error::not_found(Kind::Instance, id))
+        let read = match self.read_instance(id).await {
+            Ok(r) => r,
+            Err(e) => return Err(self.shard_error(self.keys.instance_shard(id.0), e).await),
+        };
+        read.map(|(_, i)| i).ok_or_else(|| Error::not_found(Kind::Instance, id))
     }
 
     async fn update_instance(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance> {
@@ -193,7 +256,12 @@ impl Instances for RedisStore {
     async fn list_instances(&self, query: &ListQuery) -> Result<InstancePage> {
         let mut pos = match query.marker {
             Some(m) => {
-                let (_, i) = self.read_instance(m).await?.ok_or_else(|| Error::not_found(Kind::Marker, m))?;
+                // A marker that cannot be read fails, partial or not (contract line 17).
+                let read = match self.read_instance(m).await {
+                    Ok(r) => r,
+                    Err(e) => return Err(self.shard_error(self.keys.instance_shard(m.0), e).await),
+                };
+                let (_, i) = read.ok_or_else(|| Error::not_found(Kind::Marker, m))?;
                 Some(index_member(i.created_at, i.uuid))
             }
             None => None,
@@ -217,20 +285,39 @@ impl Instances for RedisStore {
         // runs dry before the page is complete is read further (doubling chunks).
         let mut batch = if exact { want } else { want.max(100) };
         let first_chunk = if shards == 1 { batch } else { (batch * 3 / 2 / shards).max(16) + 1 };
-        let mut merged = MergedIndex::new(index, pos.take(), first_chunk);
+        let mut merged = MergedIndex::new(index, pos.take(), first_chunk, query.partial);
         let mut found: Vec<Instance> = Vec::with_capacity(want);
         'scan: loop {
             let page = merged.next(&self.pool, batch).await?;
-            let ids = page.iter().map(|m| member_uuid(m)).collect::<Result<Vec<_>>>()?;
-            let cmds = ids
+            if merged.stop() {
+                break;
+            }
+            let cmds = page
                 .iter()
-                .map(|id| {
+                .map(|(_, m)| {
+                    let id = member_uuid(m)?;
                     let mut c = redis::cmd("GET");
                     c.arg(self.keys.instance(id.0));
-                    c
+                    Ok(c)
                 })
-                .collect();
-            for v in self.pool.bulk(cmds).await? {
+                .collect::<Result<Vec<_>>>()?;
+            for ((shard, _), v) in page.iter().zip(self.pool.bulk_each(cmds).await) {
+                // A record lives in its index shard's slot: its read fails only when that
+                // master was lost after the index was read. The shard is then unreachable.
+                let v = match v {
+                    Ok(v) => v,
+                    Err(e) if e.is_retryable() => {
+                        merged.fail(*shard, e);
+                        if merged.stop() {
+                            break 'scan;
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                if merged.failed.iter().any(|(s, _)| s == shard) {
+                    continue;
+                }
                 // A record deleted since its index entry was read is simply not listed.
                 let Some(s) = text(&v) else { continue };
                 let inst: Instance = from_json(&s)?;
@@ -246,12 +333,31 @@ impl Instances for RedisStore {
             }
             batch = (batch * 2).min(MAX_SCAN_BATCH.max(want));
         }
+        let mut failed = std::mem::take(&mut merged.failed);
+        failed.sort_by_key(|(s, _)| *s);
+        if !query.partial
+            && !failed.is_empty()
+        {
+            let (shard, e) = failed.swap_remove(0);
+            return Err(self.shard_error(shard, e).await);
+        }
+        let mut unreachable = Vec::with_capacity(failed.len());
+        for (shard, e) in failed {
+            let part = self.shard_name(shard).await;
+            tracing::warn!(part = %part, error = %e, "instance shard unreachable; listing without it");
+            unreachable.push(UnreachablePart { part, reason: e.to_string(), stubbed: false });
+        }
         let next_marker = if found.len() > limit {
             found.truncate(limit);
             found.last().map(|i| i.uuid)
         } else {
             None
         };
-        Ok(InstancePage { instances: found, next_marker })
+        Ok(InstancePage { instances: found, next_marker, unreachable, stubs: Vec::new() })
+    }
+
+    async fn instance_stub(&self, _id: InstanceId) -> Result<Option<InstanceStub>> {
+        // The record and its index entries share one slot: nothing else knows the instance.
+        Ok(None)
     }
 }

@@ -12,7 +12,8 @@
 //! `pool_size` (API pool, default 8) and `cell_pool_size` (each cell pool, default 4):
 //! sized for a 2-core machine, where more connections only add context switches;
 //! `list_strategy=concurrent|sequential` (default concurrent, see the listing in `instances.rs`);
-//! `down_cell=skip|fail` (default skip, Nova's `list_records_by_skipping_down_cells=True`);
+//! `down_cell=skip|fail` (default skip, Nova's `list_records_by_skipping_down_cells=True`;
+//! a partial listing, `ListQuery::partial`, skips and stubs a down cell whatever this says);
 //! `cell_timeout` (default `60s`, Nova's hard-coded `CELL_TIMEOUT`); `claim_retries`
 //! (default 10, Placement's `allocation_conflict_retry_count`); `create=false` to refuse to
 //! create missing databases. Passwords are redacted wherever the URL is shown.
@@ -33,12 +34,14 @@ pub enum ListStrategy {
     Sequential,
 }
 
-/// What a listing does when a cell database fails or times out.
+/// What a listing that did not ask for partial results does when a cell database fails or
+/// times out (the [`Store`](crate::store::Store) contract, line 17).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DownCell {
-    /// Log a warning and return what the other cells have (Nova's default).
+    /// Log a warning and return what the other cells have (Nova's default), naming the
+    /// skipped cell database in `InstancePage::unreachable`.
     Skip,
-    /// Fail the request (`Unavailable` / `Timeout`).
+    /// Fail the request (`Unavailable` / `Timeout`) naming the cell database.
     Fail,
 }
 

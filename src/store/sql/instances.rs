@@ -26,6 +26,16 @@
 //! database *before* the cells. `list_strategy=concurrent` fetches the cells' first batches
 //! in parallel; `sequential` fetches them one after another, as Nova's lazily pulled
 //! generators do.
+//!
+//! # A cell database down (contract line 17)
+//!
+//! A cell database that fails or exceeds `cell_timeout` fails the listing naming it
+//! (`down_cell=fail`), or is skipped (`down_cell=skip`, Nova's default, or a partial query)
+//! and named in the page. A partial first page then lists the skipped databases' instances
+//! as stubs from `instance_mappings`, which keeps each instance's project, creation time and
+//! `queued_for_delete` (set by a soft-delete patch, after the record, as Nova does): Nova's
+//! `_generate_minimal_construct_for_down_cells`, a query per down database joined through
+//! `cell_mappings.database_slot`. The API database itself down fails every listing.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet, VecDeque};
@@ -186,6 +196,11 @@ struct Stream {
     /// Sort key of the last row read (filtered or not): the keyset position of the next batch.
     after: Option<SortKey>,
     exhausted: bool,
+    /// Whether a cell database that fails is skipped (`down_cell=skip` or a partial
+    /// listing) rather than failing the listing.
+    skip: bool,
+    /// Why this stream's cell database could not be read, once it was skipped.
+    failed: Option<Error>,
 }
 
 impl SqlStore {
@@ -290,8 +305,25 @@ impl SqlStore {
         let r = self
             .pool_of(loc)
             .fetch_optional(Sql::Dynamic(self.stmts.select[idx(loc)].clone()), sql_args![id.to_string()])
-            .await?;
+            .await;
+        let r = match (r, loc) {
+            (Err(e), Loc::Cell(slot)) => return Err(self.name_cell(slot, e)),
+            (r, _) => r?,
+        };
         r.map(|r| instance_from(&r)).transpose()
+    }
+
+    /// `e`, a failure to reach cell database `slot`, with the database named (its URL,
+    /// redacted): a bare driver error ("connection refused") does not say which of the
+    /// cell databases is down (contract line 17).
+    fn name_cell(&self, slot: usize, e: Error) -> Error {
+        let label = &self.cells[slot].label;
+        let named = |m: String| if m.contains(label) { m } else { format!("cell database {label}: {m}") };
+        match e {
+            Error::Unavailable { backend, message } => Error::Unavailable { backend, message: named(message) },
+            Error::Timeout { backend, message } => Error::Timeout { backend, message: named(message) },
+            other => other,
+        }
     }
 
     /// Resolves and reads an instance; re-resolves when it moved between the two reads.
@@ -354,13 +386,20 @@ impl SqlStore {
             by_loc.entry(k).or_default().push(i);
         }
         for chunk in instances.chunks(1000) {
-            let mut args = Vec::with_capacity(chunk.len() * 3);
+            let mut args = Vec::with_capacity(chunk.len() * 5);
             for i in chunk {
-                args.extend(sql_args![i.uuid.to_string(), i.cell.map(|c| c.to_string()), &i.project_id]);
+                args.extend(sql_args![
+                    i.uuid.to_string(),
+                    i.cell.map(|c| c.to_string()),
+                    &i.project_id,
+                    i.created_at.as_micros(),
+                    i.deleted
+                ]);
             }
             let sql = format!(
-                "INSERT INTO instance_mappings (instance_uuid, cell_uuid, project_id) VALUES {}",
-                vec!["(?, ?, ?)"; chunk.len()].join(", ")
+                "INSERT INTO instance_mappings (instance_uuid, cell_uuid, project_id, created_at, queued_for_delete) \
+                 VALUES {}",
+                vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ")
             );
             match self.api.execute_raw(Sql::Dynamic(self.stmts.adapt(&sql).into()), args).await {
                 Ok(_) => {}
@@ -634,27 +673,61 @@ impl SqlStore {
         Ok(())
     }
 
+    /// A cell database's read failed: fail the listing naming the database, or skip it
+    /// and remember why (`down_cell=skip`, or a partial listing: contract line 17).
     fn cell_failed(&self, s: &mut Stream, slot: usize, e: Error) -> Result<()> {
-        match self.opts.down_cell {
-            // Name the part of the store that failed: a bare driver error ("connection
-            // refused") does not say which of the cell databases is down.
-            DownCell::Fail => {
-                let label = &self.cells[slot].label;
-                let named = |m: String| if m.contains(label) { m } else { format!("cell database {label}: {m}") };
-                Err(match e {
-                    Error::Unavailable { backend, message } => Error::Unavailable { backend, message: named(message) },
-                    Error::Timeout { backend, message } => Error::Timeout { backend, message: named(message) },
-                    other => other,
-                })
-            }
-            DownCell::Skip => {
-                tracing::warn!(cell_database = %self.cells[slot].label, error = %e,
-                    "cell did not respond; skipping it in this listing");
-                s.exhausted = true;
-                s.buf.clear();
-                Ok(())
-            }
+        let e = self.name_cell(slot, e);
+        if !s.skip {
+            return Err(e);
         }
+        tracing::warn!(cell_database = %self.cells[slot].label, error = %e,
+            "cell did not respond; skipping it in this listing");
+        s.exhausted = true;
+        s.buf.clear();
+        s.failed = Some(e);
+        Ok(())
+    }
+
+    /// The stubs of the instances of cell database `slot` (contract line 17): from the API
+    /// database's instance mappings, as Nova's `_generate_minimal_construct_for_down_cells`,
+    /// those not queued for delete, of the filters' project and cell, newest first.
+    async fn stubs_of(&self, slot: usize, f: &InstanceFilters, limit: usize) -> Result<Vec<InstanceStub>> {
+        let mut w = vec!["m.queued_for_delete = ?".to_string()];
+        let mut a: Vec<Arg> = sql_args![false];
+        let from = if self.cells.len() == 1 {
+            // One cell database holds every cell (its mappings may not record a slot).
+            w.push("m.cell_uuid IS NOT NULL".into());
+            "instance_mappings m"
+        } else {
+            w.push("c.database_slot = ?".into());
+            a.push(Arg::I64(slot as i64));
+            "instance_mappings m JOIN cell_mappings c ON c.uuid = m.cell_uuid"
+        };
+        if let Some(p) = &f.project_id {
+            w.push("m.project_id = ?".into());
+            a.push(p.into());
+        }
+        if let Some(c) = f.cell {
+            w.push("m.cell_uuid = ?".into());
+            a.push(c.to_string().into());
+        }
+        a.push(Arg::I64(limit as i64));
+        let sql = format!(
+            "SELECT m.instance_uuid, m.project_id, m.created_at, m.cell_uuid FROM {from} WHERE {} \
+             ORDER BY COALESCE(m.created_at, 0) DESC, m.instance_uuid DESC LIMIT ?",
+            w.join(" AND ")
+        );
+        let rows = self.api.fetch_all(Sql::Dynamic(self.stmts.adapt(&sql).into()), a).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(InstanceStub {
+                    uuid: InstanceId(r.uuid(0)?),
+                    project_id: r.str(1)?,
+                    created_at: r.opt_i64(2)?.map(Timestamp::from_micros),
+                    cell: r.opt_uuid(3)?.map(CellId),
+                })
+            })
+            .collect()
     }
 }
 
@@ -670,8 +743,15 @@ impl Instances for SqlStore {
         let r = self
             .api
             .execute_raw(
-                "INSERT INTO instance_mappings (instance_uuid, cell_uuid, project_id) VALUES (?, ?, ?)",
-                sql_args![i.uuid.to_string(), i.cell.map(|c| c.to_string()), &i.project_id],
+                "INSERT INTO instance_mappings (instance_uuid, cell_uuid, project_id, created_at, queued_for_delete) \
+                 VALUES (?, ?, ?, ?, ?)",
+                sql_args![
+                    i.uuid.to_string(),
+                    i.cell.map(|c| c.to_string()),
+                    &i.project_id,
+                    i.created_at.as_micros(),
+                    i.deleted
+                ],
             )
             .await;
         match r {
@@ -686,8 +766,15 @@ impl Instances for SqlStore {
                 // over instead of failing with a duplicate of a record that never was.
                 self.api
                     .execute(
-                        "UPDATE instance_mappings SET cell_uuid = ?, project_id = ? WHERE instance_uuid = ?",
-                        sql_args![i.cell.map(|c| c.to_string()), &i.project_id, i.uuid.to_string()],
+                        "UPDATE instance_mappings SET cell_uuid = ?, project_id = ?, created_at = ?, \
+                         queued_for_delete = ? WHERE instance_uuid = ?",
+                        sql_args![
+                            i.cell.map(|c| c.to_string()),
+                            &i.project_id,
+                            i.created_at.as_micros(),
+                            i.deleted,
+                            i.uuid.to_string()
+                        ],
                     )
                     .await?;
             }
@@ -731,7 +818,21 @@ impl Instances for SqlStore {
                 return Err(Error::not_found(Kind::Instance, id));
             };
             match self.update_at(id, loc, patched_loc.unwrap_or(loc), patch).await {
-                Ok(Some(inst)) => return Ok(inst),
+                Ok(Some(inst)) => {
+                    if let Some(deleted) = patch.deleted {
+                        // Nova's queued_for_delete: what a listing that cannot reach the
+                        // instance's cell database goes by (contract line 17). Written after
+                        // the record, as Nova does; a failure here fails the update, whose
+                        // patch the caller may simply repeat.
+                        self.api
+                            .execute(
+                                "UPDATE instance_mappings SET queued_for_delete = ? WHERE instance_uuid = ?",
+                                sql_args![deleted, id.to_string()],
+                            )
+                            .await?;
+                    }
+                    return Ok(inst);
+                }
                 Ok(None) => {}
                 // A deadlock between concurrent moves (InnoDB gap locks on the build
                 // requests and mappings): that attempt was rolled back; a move's committed
@@ -776,6 +877,7 @@ impl Instances for SqlStore {
         }
         let want = limit + 1;
         let f = &q.filters;
+        let skip = q.partial || self.opts.down_cell == DownCell::Skip;
         let slots: Vec<usize> = match f.cell {
             Some(c) => vec![self.slot_of(c).await?],
             None => (0..self.cells.len()).collect(),
@@ -789,13 +891,20 @@ impl Instances for SqlStore {
         let mut streams: Vec<Stream> = Vec::with_capacity(slots.len() + 1);
         // Build requests first (completed before any cell is read: see the module docs).
         if f.cell.is_none() {
-            let mut s = Stream { loc: Loc::Build, buf: VecDeque::new(), after, exhausted: false };
+            let mut s = Stream { loc: Loc::Build, buf: VecDeque::new(), after, exhausted: false, skip, failed: None };
             self.fill(&mut s, f, want).await?;
             streams.push(s);
         }
         let mut cells: Vec<Stream> = slots
             .iter()
-            .map(|slot| Stream { loc: Loc::Cell(*slot), buf: VecDeque::new(), after, exhausted: false })
+            .map(|slot| Stream {
+                loc: Loc::Cell(*slot),
+                buf: VecDeque::new(),
+                after,
+                exhausted: false,
+                skip,
+                failed: None,
+            })
             .collect();
         match self.opts.list_strategy {
             ListStrategy::Concurrent => {
@@ -858,7 +967,61 @@ impl Instances for SqlStore {
         } else {
             None
         };
-        Ok(InstancePage { instances: out, next_marker })
+        // The cell databases skipped (contract line 17): named in the page, and with a
+        // partial query on a first page, their instances stubbed from the API database.
+        let down: Vec<(usize, Error)> = streams
+            .into_iter()
+            .filter_map(|s| match (s.loc, s.failed) {
+                (Loc::Cell(slot), Some(e)) => Some((slot, e)),
+                _ => None,
+            })
+            .collect();
+        let stubbed = q.partial && q.marker.is_none();
+        let mut stubs: Vec<InstanceStub> = Vec::new();
+        let mut unreachable = Vec::with_capacity(down.len());
+        let room = limit.saturating_sub(out.len());
+        for (slot, e) in down {
+            if stubbed && room > 0 {
+                let listed: HashSet<InstanceId> = out.iter().map(|i| i.uuid).collect();
+                // More than the room by what is listed: an instance both listed and mapped to
+                // the down cell (read before its cell failed, or a move between its steps) is
+                // not stubbed.
+                let got = self.stubs_of(slot, f, room + listed.len()).await?;
+                stubs.extend(got.into_iter().filter(|s| !listed.contains(&s.uuid)));
+            }
+            unreachable.push(UnreachablePart {
+                part: format!("cell database {}", self.cells[slot].label),
+                reason: e.to_string(),
+                stubbed,
+            });
+        }
+        stubs.sort_by_key(InstanceStub::sort_key);
+        stubs.dedup_by_key(|s| s.uuid);
+        stubs.truncate(room);
+        Ok(InstancePage { instances: out, next_marker, unreachable, stubs })
+    }
+
+    async fn instance_stub(&self, id: InstanceId) -> Result<Option<InstanceStub>> {
+        let row = self
+            .api
+            .fetch_optional(
+                "SELECT project_id, created_at, cell_uuid, queued_for_delete FROM instance_mappings \
+                 WHERE instance_uuid = ?",
+                sql_args![id.to_string()],
+            )
+            .await?;
+        let Some(r) = row else {
+            return Ok(None);
+        };
+        if r.bool(3)? {
+            return Ok(None);
+        }
+        Ok(Some(InstanceStub {
+            uuid: id,
+            project_id: r.str(0)?,
+            created_at: r.opt_i64(1)?.map(Timestamp::from_micros),
+            cell: r.opt_uuid(2)?.map(CellId),
+        }))
     }
 }
 

@@ -36,6 +36,7 @@ const MYSQL_API: &[Migration] = &[
     Migration { version: 1, sql: include_str!("../../../schema/sql/mysql/api/0001_api.sql") },
     Migration { version: 2, sql: include_str!("../../../schema/sql/mysql/api/0002_unicell.sql") },
     Migration { version: 3, sql: include_str!("../../../schema/sql/mysql/api/0003_placement.sql") },
+    Migration { version: 4, sql: include_str!("../../../schema/sql/mysql/api/0004_instance_mapping_stubs.sql") },
 ];
 const MYSQL_CELL: &[Migration] = &[
     Migration { version: 1, sql: include_str!("../../../schema/sql/mysql/cell/0001_cell.sql") },
@@ -46,6 +47,7 @@ const PG_API: &[Migration] = &[
     Migration { version: 1, sql: include_str!("../../../schema/sql/postgres/api/0001_api.sql") },
     Migration { version: 2, sql: include_str!("../../../schema/sql/postgres/api/0002_unicell.sql") },
     Migration { version: 3, sql: include_str!("../../../schema/sql/postgres/api/0003_placement.sql") },
+    Migration { version: 4, sql: include_str!("../../../schema/sql/postgres/api/0004_instance_mapping_stubs.sql") },
 ];
 const PG_CELL: &[Migration] = &[
     Migration { version: 1, sql: include_str!("../../../schema/sql/postgres/cell/0001_cell.sql") },
