@@ -35,9 +35,42 @@ pub(super) async fn show(
     Extension(ctx): Extension<NovaCtx>,
     Path(id): Path<String>,
 ) -> NovaResult<Json<Value>> {
-    let inst = visible(&state, &ctx, &id, "show").await?;
+    let inst = match visible(&state, &ctx, &id, "show").await {
+        Ok(inst) => inst,
+        // Nova 2.69: a server whose cell is down is shown in its minimal form, from what
+        // the API database knows (the store's instance stub and the request spec).
+        Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE && ctx.at_least(2, 69) => {
+            return match unknown_server(&state, &ctx, &id).await? {
+                Some(server) => Ok(Json(json!({ "server": server }))),
+                None => Err(e),
+            };
+        }
+        Err(e) => return Err(e),
+    };
     let data = view_data(&state, &ctx, std::slice::from_ref(&inst)).await?;
     Ok(Json(json!({ "server": view::detail(&ctx, &inst, &data, true) })))
+}
+
+/// The minimal form of server `id` whose record could not be read, if the store still knows
+/// it ([`Instances::instance_stub`](crate::store::Instances::instance_stub)); 403 for another
+/// project's, as for a server that could be read.
+async fn unknown_server(state: &ApiState, ctx: &NovaCtx, id: &str) -> NovaResult<Option<Value>> {
+    let Ok(uuid) = id.parse::<InstanceId>() else {
+        return Ok(None);
+    };
+    let Some(stub) = state.store().instance_stub(uuid).await? else {
+        return Ok(None);
+    };
+    if !ctx.caller.owns(&stub.project_id) {
+        return Err(NovaError::policy("os_compute_api:servers:show"));
+    }
+    let spec = match state.store().get_request_spec(uuid).await {
+        Ok(spec) => Some(spec),
+        Err(crate::Error::NotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    tracing::warn!(instance = %uuid, "the server's record cannot be read; showing its minimal form (2.69)");
+    Ok(Some(view::show_unknown(ctx, &stub, spec.as_ref())))
 }
 
 pub(super) async fn delete(
@@ -297,6 +330,14 @@ async fn list(state: &ApiState, ctx: &NovaCtx, raw: Option<&str>, detail: bool) 
     if admin && let Some(k) = q.keys().find(|k| k.starts_with('_') || JOINED.contains(k)) {
         return Err(bad(format!("Invalid filter field: {}.", k.escape_default())));
     }
+    // Nova's `_is_cell_down_supported`: at 2.69, servers of a part of the store that cannot
+    // be read are listed as UNKNOWN, unless the request pages, sorts or filters (their
+    // records are needed to do that right); `all_tenants` is the one filter allowed. The
+    // filters counted are those left after the caller's disallowed ones are dropped.
+    let cell_down_support = ctx.at_least(2, 69)
+        && !q
+            .keys()
+            .any(|k| matches!(k, "limit" | "marker" | "sort_key" | "sort_dir") || (k != "all_tenants" && allowed(k)));
 
     let mut filters = InstanceFilters::default();
     let mut residual: Vec<Residual> = Vec::new();
@@ -453,10 +494,18 @@ async fn list(state: &ApiState, ctx: &NovaCtx, raw: Option<&str>, detail: bool) 
         residual.push(Residual::TaskStates(vec![v.to_string()]));
     }
 
-    let page = fetch_page(state, filters, &residual, limit, marker).await?;
+    let (page, stubs) = if cell_down_support {
+        // No filters but the project, no marker: one store call. Nova prepends its minimal
+        // constructs within the limit; the store returns them within it.
+        let query = ListQuery { filters, limit: Some(limit), marker: None, partial: true };
+        let page = state.store().list_instances(&query).await?;
+        (page.instances, page.stubs)
+    } else {
+        (fetch_page(state, filters, &residual, limit, marker).await?, Vec::new())
+    };
     let collection = if detail { "servers/detail" } else { "servers" };
-    let last = page.last().map(|i| i.uuid.to_string());
-    let servers_links = q.next_links(ctx, collection, page.len(), last.as_deref());
+    let last = page.last().map(|i| i.uuid).or(stubs.last().map(|s| s.uuid)).map(|id| id.to_string());
+    let servers_links = q.next_links(ctx, collection, stubs.len() + page.len(), last.as_deref());
     // Serialized straight from the instances (no JSON tree in between): a 1,000-server
     // detail page is about a megabyte.
     // Sized for the page up front (a detail item is about 1.2 KB), so the buffer is not
@@ -464,10 +513,18 @@ async fn list(state: &ApiState, ctx: &NovaCtx, raw: Option<&str>, detail: bool) 
     let mut body = Vec::with_capacity(256 + page.len() * if detail { 1536 } else { 256 });
     let written = if detail {
         let data = view_data(state, ctx, &page).await?;
-        let servers: Vec<view::Detail<'_>> = page.iter().map(|i| view::detail(ctx, i, &data, false)).collect();
+        let servers: Vec<_> = stubs
+            .iter()
+            .map(|s| view::ListItem::Unknown(view::unknown(ctx, s, true)))
+            .chain(page.iter().map(|i| view::ListItem::Known(view::detail(ctx, i, &data, false))))
+            .collect();
         serde_json::to_writer(&mut body, &ListBody { servers, servers_links })
     } else {
-        let servers: Vec<view::Basic<'_>> = page.iter().map(|i| view::basic(ctx, i)).collect();
+        let servers: Vec<_> = stubs
+            .iter()
+            .map(|s| view::ListItem::Unknown(view::unknown(ctx, s, false)))
+            .chain(page.iter().map(|i| view::ListItem::Known(view::basic(ctx, i))))
+            .collect();
         serde_json::to_writer(&mut body, &ListBody { servers, servers_links })
     };
     written
@@ -495,15 +552,24 @@ async fn fetch_page(
     if limit == 0 {
         // Still check the marker, as Nova does before it looks at the limit.
         if let Some(m) = marker {
-            state.store().list_instances(&ListQuery { filters, limit: Some(1), marker: Some(m) }).await?;
+            state
+                .store()
+                .list_instances(&ListQuery { filters, limit: Some(1), marker: Some(m), partial: false })
+                .await?;
         }
         return Ok(Vec::new());
     }
     let mut out = Vec::with_capacity(limit as usize);
     let mut cursor = marker;
     loop {
-        let query = ListQuery { filters: filters.clone(), limit: Some(limit), marker: cursor };
+        let query = ListQuery { filters: filters.clone(), limit: Some(limit), marker: cursor, partial: false };
         let page = state.store().list_instances(&query).await?;
+        for part in &page.unreachable {
+            // Nova's default (`list_records_by_skipping_down_cells`): the part's servers are
+            // left out of this answer, with a warning.
+            tracing::warn!(target: "unicell::api", part = %part.part, reason = %part.reason,
+                "part of the store is unreachable; its servers are left out of the list");
+        }
         let next = page.next_marker;
         for i in page.instances {
             if residual.iter().all(|r| r.matches(&i)) {

@@ -15,7 +15,9 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde_json::{Map, Value, json};
 
 use super::NovaCtx;
-use crate::model::{Fault, Flavor, FlavorId, Host, Instance, InstanceId, TaskState, Timestamp, VmState};
+use crate::model::{
+    Fault, Flavor, FlavorId, Host, Instance, InstanceId, InstanceStub, RequestSpec, TaskState, Timestamp, VmState,
+};
 
 /// Keys of [`Instance::system_metadata`] written by the API.
 pub mod sysmeta {
@@ -140,6 +142,84 @@ pub struct Basic<'a> {
     id: InstanceId,
     name: &'a str,
     links: Links<'a>,
+}
+
+/// A server whose record the store cannot read right now (its cell database is down), as
+/// Nova 2.69 lists it (`ViewBuilder.basic` and `_show_from_down_cell` with
+/// `cell_down_support`): `id`, `status: UNKNOWN` and `links`; the detail list adds
+/// `tenant_id` and `created`. (Nova adds `security_groups` when Neutron has bindings for the
+/// server; unicell has no networking, so no server shows them.)
+#[derive(Debug, Serialize)]
+pub struct Unknown<'a> {
+    id: InstanceId,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant_id: Option<&'a str>,
+    /// `null` for an instance whose creation time the store did not keep.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<Option<String>>,
+    links: Links<'a>,
+}
+
+/// The list item of an unreachable server (`detail`: the `/servers/detail` form).
+pub fn unknown<'a>(ctx: &'a NovaCtx, s: &'a InstanceStub, detail: bool) -> Unknown<'a> {
+    Unknown {
+        id: s.uuid,
+        status: "UNKNOWN",
+        tenant_id: detail.then_some(s.project_id.as_str()),
+        created: detail.then(|| s.created_at.map(isotime)),
+        links: Links { base: &ctx.base, collection: "servers", id: s.uuid },
+    }
+}
+
+/// An item of a server list: a server of an unreachable part, or one the store read.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum ListItem<'a, T> {
+    /// A server whose record could not be read.
+    Unknown(Unknown<'a>),
+    /// A server as read.
+    Known(T),
+}
+
+/// `GET /servers/{id}` of a server whose record the store cannot read, at 2.69 and later
+/// (Nova's `_show_from_down_cell` for a show): what the instance mapping knows (`id`,
+/// `tenant_id`, `created`) plus what its request spec knows (`flavor`, `user_id`,
+/// `OS-EXT-AZ:availability_zone`, server groups at 2.71), `status: UNKNOWN`, power state 0
+/// (NOSTATE). The request spec of a multi-create is kept under its first instance only;
+/// for the others `user_id` and the zone are `UNKNOWN` (as Nova shows a spec without them)
+/// and `flavor` is `{}` (as Nova shows a flavor it cannot find).
+pub fn show_unknown(ctx: &NovaCtx, s: &InstanceStub, spec: Option<&RequestSpec>) -> Value {
+    let id = s.uuid.to_string();
+    let flavor = match spec.map(|r| &r.flavor) {
+        None => json!({}),
+        Some(f) if ctx.at_least(2, 47) => json!({
+            "vcpus": f.vcpus, "ram": f.memory_mb, "disk": f.root_gb, "ephemeral": f.ephemeral_gb,
+            "swap": f.swap_mb, "original_name": f.name, "extra_specs": f.extra_specs,
+        }),
+        Some(f) => json!({
+            "id": f.id.as_str(),
+            "links": [{"rel": "bookmark", "href": format!("{}/flavors/{}", ctx.base, f.id.as_str())}],
+        }),
+    };
+    let mut server = json!({
+        "id": id,
+        "status": "UNKNOWN",
+        "tenant_id": s.project_id,
+        "created": s.created_at.map(isotime),
+        "links": ctx.links("servers", &id),
+        // The request spec keeps no image id: shown as for a server booted from a volume.
+        "image": "",
+        "flavor": flavor,
+        "OS-EXT-AZ:availability_zone": spec.and_then(|r| r.availability_zone.clone()).unwrap_or_else(|| "UNKNOWN".into()),
+        "OS-EXT-STS:power_state": 0,
+        "user_id": spec.map(|r| r.user_id.clone()).filter(|u| !u.is_empty()).unwrap_or_else(|| "UNKNOWN".into()),
+    });
+    if ctx.at_least(2, 71) {
+        let groups: Vec<String> = spec.and_then(|r| r.hints.group).map(|g| g.to_string()).into_iter().collect();
+        server["server_groups"] = json!(groups);
+    }
+    server
 }
 
 /// A resource's `self` and `bookmark` links, written without building them first.
