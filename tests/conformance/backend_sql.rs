@@ -6,7 +6,10 @@
 //! listings skip it or fail, and so does `list_hosts` over all cells (what a scheduler's
 //! catalog load reads), so scheduling goes on in the healthy cells; and a move between
 //! cell databases interrupted after its first step (a process killed mid-build): the
-//! copy it leaves is never listed, and `repair_instance` removes it.
+//! copy it leaves is never listed, and `repair_instance` removes it; and a cell database
+//! on a server of its own (a throwaway mariadbd or postgres) that is then stopped: listings
+//! fail naming it, skip it and say so, or with `partial` list its instances as stubs from
+//! the API database (contract line 17).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -48,6 +51,13 @@ pub fn trials(configs: &[Arc<Sql>]) -> Vec<Trial> {
                 move || async move { s.url().await },
                 down_cell_case,
             ));
+            let s = sql.clone();
+            out.push(trial_on(
+                format!("sql::{name}::stopped_cell_server_partial_listing"),
+                false,
+                move || async move { s.url().await },
+                stopped_cell_server_case,
+            ));
         }
     }
     out
@@ -85,6 +95,7 @@ async fn list_all(store: &dyn Store, token: &str) -> Result<Vec<InstanceId>, Str
                 filters: InstanceFilters { name: Some(token.to_string()), ..Default::default() },
                 limit: Some(7),
                 marker,
+                partial: false,
             })
             .await
             .map_err(|e| format!("list: {e}"))?;
@@ -372,6 +383,7 @@ async fn interrupted_move_case(url: String) -> Result<(), String> {
                         filters: InstanceFilters { name: Some(token.clone()), ..Default::default() },
                         limit: Some(limit),
                         marker,
+                        partial: false,
                     })
                     .await
                     .map_err(|e| format!("list: {e}"))?;
@@ -399,6 +411,7 @@ async fn interrupted_move_case(url: String) -> Result<(), String> {
             },
             limit: None,
             marker: None,
+            partial: false,
         };
         let before = store.list_instances(&building_filter).await.map_err(|e| e.to_string())?;
         if !before.instances.iter().any(|i| i.uuid == victim) {
@@ -419,5 +432,196 @@ async fn interrupted_move_case(url: String) -> Result<(), String> {
     }
     .await;
     SqlStore::drop_databases(&own).await.map_err(|e| format!("dropping {db}: {e}"))?;
+    result
+}
+
+/// Contract line 17 on a real outage: cell 1's database lives on a server of its own
+/// (started here), which is stopped after the instances are written. Then a listing
+/// without `partial` fails naming the cell database (`down_cell=fail`) or skips it and names
+/// it in the page (`down_cell=skip`); with `partial`, every instance of the reachable parts
+/// is listed once and exactly cell 1's live instances of the project come back as stubs,
+/// newest first, within the limit, never on a page with a marker.
+async fn stopped_cell_server_case(url: String) -> Result<(), String> {
+    use unicell::testkit::sql_server::{SqlKind, SqlServer};
+    let base = StoreUrl::parse(&url).map_err(|e| e.to_string())?;
+    let kind = if base.expose().scheme().starts_with("postgres") { SqlKind::Postgres } else { SqlKind::MariaDb };
+    let server = tokio::task::spawn_blocking(move || SqlServer::start(kind))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("starting the cell server: {e}"))?;
+    let api = base.expose().clone();
+    let db = format!("{}_stop", api.path().trim_start_matches('/'));
+    let mut cell0 = api.clone();
+    cell0.set_path(&format!("/{db}_c0"));
+    cell0.set_query(None);
+    let mut cell1 = url::Url::parse(&server.url()).map_err(|e| e.to_string())?;
+    cell1.set_path(&format!("/{db}_c1"));
+    let mut u = api.clone();
+    u.set_path(&format!("/{db}"));
+    u.set_query(None);
+    u.query_pairs_mut()
+        .append_pair("cell_url", cell0.as_str())
+        .append_pair("cell_url", cell1.as_str())
+        .append_pair("cell_timeout", "3s");
+    let c1_label = format!("{}/{db}_c1", server.port);
+    let mut server = Some(server);
+    let result = async {
+        let skip_url = StoreUrl::parse(u.as_str()).map_err(|e| e.to_string())?;
+        let store = SqlStore::open(&skip_url).await.map_err(|e| e.to_string())?;
+        let mut fail_url = u.clone();
+        fail_url.query_pairs_mut().append_pair("down_cell", "fail").append_pair("create", "false");
+        let failing = SqlStore::open(&StoreUrl::parse(fail_url.as_str()).map_err(|e| e.to_string())?)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (c0, c1) = (CellId::new_v4(), CellId::new_v4());
+        store.put_cell(&Cell { id: c0, name: "c0".into(), disabled: false }).await.map_err(|e| e.to_string())?;
+        store.put_cell(&Cell { id: c1, name: "c1".into(), disabled: false }).await.map_err(|e| e.to_string())?;
+        let project = format!("p-{}", uuid::Uuid::new_v4().simple());
+        let other = format!("q-{}", uuid::Uuid::new_v4().simple());
+        let t0 = Timestamp::now();
+        let at = |k: u64| t0.plus(Duration::from_micros(k * 10));
+        // Project `project`: 6 in cell 0, 6 in cell 1 (one soft-deleted), 2 build requests;
+        // project `other`: 3 in cell 1. Creation times interleave the cells.
+        let (mut reachable, mut in_c1) = (BTreeSet::new(), Vec::new());
+        for k in 0..12u64 {
+            let mut i = building("stop", k as usize, at(k));
+            i.project_id = project.clone();
+            i.cell = Some(if k % 2 == 0 { c0 } else { c1 });
+            store.create_instance(&i).await.map_err(|e| e.to_string())?;
+            if k % 2 == 0 {
+                reachable.insert(i.uuid);
+            } else if k == 5 {
+                store
+                    .update_instance(i.uuid, &InstancePatch { deleted: Some(true), ..Default::default() })
+                    .await
+                    .map_err(|e| e.to_string())?;
+            } else {
+                in_c1.push(i.clone());
+            }
+        }
+        for k in 12..14u64 {
+            let mut i = building("stop", k as usize, at(k));
+            i.project_id = project.clone();
+            store.create_instance(&i).await.map_err(|e| e.to_string())?;
+            reachable.insert(i.uuid);
+        }
+        let mut others = Vec::new();
+        for k in 14..17u64 {
+            let mut i = building("stop", k as usize, at(k));
+            i.project_id = other.clone();
+            i.cell = Some(c1);
+            store.create_instance(&i).await.map_err(|e| e.to_string())?;
+            others.push(i.uuid);
+        }
+        let mine = InstanceFilters { project_id: Some(project.clone()), ..Default::default() };
+        let q =
+            |limit: u32, partial: bool| ListQuery { filters: mine.clone(), limit: Some(limit), marker: None, partial };
+        let before = failing.list_instances(&q(100, false)).await.map_err(|e| e.to_string())?;
+        if before.instances.len() != 13 || !before.is_complete() {
+            return Err(format!(
+                "before the stop: {} instances, complete {}",
+                before.instances.len(),
+                before.is_complete()
+            ));
+        }
+
+        // Stop cell 1's server (SIGTERM, wait for it to exit).
+        if let Some(s) = server.take() {
+            tokio::task::spawn_blocking(move || drop(s)).await.map_err(|e| e.to_string())?;
+        }
+
+        // down_cell=fail, not partial: an error naming the cell database (never a password).
+        match failing.list_instances(&q(100, false)).await {
+            Err(e) if e.is_retryable() && e.to_string().contains(&c1_label) => {}
+            other => return Err(format!("down_cell=fail must fail retryably naming {c1_label}, got {other:?}")),
+        }
+        // down_cell=skip, not partial: Nova's skip, but the page names the skipped cell.
+        let skipped = store.list_instances(&q(100, false)).await.map_err(|e| e.to_string())?;
+        let ids: BTreeSet<InstanceId> = skipped.instances.iter().map(|i| i.uuid).collect();
+        if ids != reachable || !skipped.stubs.is_empty() {
+            return Err(format!("skip: listed {} (want the 8 reachable), {} stubs", ids.len(), skipped.stubs.len()));
+        }
+        match skipped.unreachable.as_slice() {
+            [p] if p.part.contains(&c1_label) && !p.stubbed => {}
+            other => return Err(format!("skip must name the one skipped cell database, got {other:?}")),
+        }
+        // Partial (either policy): every reachable instance once, cell 1's live ones as stubs.
+        in_c1.sort_by_key(|i| i.sort_key());
+        let want_stubs: Vec<InstanceId> = in_c1.iter().map(|i| i.uuid).collect();
+        for s in [&store, &failing] {
+            let page = s.list_instances(&q(100, true)).await.map_err(|e| e.to_string())?;
+            let listed: Vec<InstanceId> = page.instances.iter().map(|i| i.uuid).collect();
+            let stubs: Vec<InstanceId> = page.stubs.iter().map(|s| s.uuid).collect();
+            if listed.iter().collect::<BTreeSet<_>>().len() != listed.len()
+                || listed.iter().copied().collect::<BTreeSet<_>>() != reachable
+            {
+                return Err(format!("partial listed {listed:?}, want each of {reachable:?} once"));
+            }
+            if stubs != want_stubs {
+                return Err(format!("partial stubs {stubs:?}, want cell 1's live instances {want_stubs:?}"));
+            }
+            for (stub, i) in page.stubs.iter().zip(&in_c1) {
+                if stub.project_id != project || stub.created_at != Some(i.created_at) || stub.cell != Some(c1) {
+                    return Err(format!("stub {stub:?} does not say what the mapping knows of {i:?}"));
+                }
+            }
+            match page.unreachable.as_slice() {
+                [p] if p.part.contains(&c1_label) && p.stubbed => {}
+                other => return Err(format!("partial must name the stubbed cell database, got {other:?}")),
+            }
+            // Stubs fill what the reachable instances leave of the limit, newest first.
+            let small = s.list_instances(&q(10, true)).await.map_err(|e| e.to_string())?;
+            let want: Vec<InstanceId> = want_stubs.iter().take(2).copied().collect();
+            let got: Vec<InstanceId> = small.stubs.iter().map(|s| s.uuid).collect();
+            if small.instances.len() != 8 || got != want {
+                return Err(format!(
+                    "limit 10: {} instances and stubs {got:?}, want 8 and {want:?}",
+                    small.instances.len()
+                ));
+            }
+            // A page with a marker has no stubs (paging never repeats one).
+            let marker = page.instances.first().map(|i| i.uuid);
+            let next = s
+                .list_instances(&ListQuery { filters: mine.clone(), limit: Some(100), marker, partial: true })
+                .await
+                .map_err(|e| e.to_string())?;
+            if !next.stubs.is_empty() || next.instances.len() != 7 || next.is_complete() {
+                return Err(format!("with a marker: {} instances, {} stubs", next.instances.len(), next.stubs.len()));
+            }
+            // Without a project filter, the other project's instances of cell 1 too.
+            let all = s
+                .list_instances(&ListQuery { limit: Some(1000), partial: true, ..Default::default() })
+                .await
+                .map_err(|e| e.to_string())?;
+            let all_stubs: BTreeSet<InstanceId> = all.stubs.iter().map(|s| s.uuid).collect();
+            if !others.iter().chain(&want_stubs).all(|id| all_stubs.contains(id)) {
+                return Err("an unfiltered partial listing must stub every project's instances of cell 1".into());
+            }
+        }
+        // One instance: its record fails naming the cell, its stub is there.
+        let victim = &in_c1[0];
+        match store.get_instance(victim.uuid).await {
+            Err(e) if e.is_retryable() => {}
+            other => return Err(format!("get_instance in the stopped cell must fail retryably, got {other:?}")),
+        }
+        match store.instance_stub(victim.uuid).await.map_err(|e| e.to_string())? {
+            Some(s) if s.project_id == project && s.cell == Some(c1) => {}
+            other => return Err(format!("instance_stub of a stopped cell's instance: {other:?}")),
+        }
+        failing.close().await;
+        store.close().await;
+        Ok(())
+    }
+    .await;
+    if let Some(s) = server.take() {
+        let _ = tokio::task::spawn_blocking(move || drop(s)).await;
+    }
+    // Drop the API and cell 0 databases (cell 1's went with its server).
+    let mut cleanup = u.clone();
+    cleanup.set_query(None);
+    cleanup.query_pairs_mut().append_pair("cell_url", cell0.as_str());
+    if let Ok(c) = StoreUrl::parse(cleanup.as_str()) {
+        let _ = SqlStore::drop_databases(&c).await;
+    }
     result
 }

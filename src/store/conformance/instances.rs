@@ -1,5 +1,6 @@
 //! Instance cases: records, soft delete, filters and Nova's paging (contract lines 13 and
-//! 14).
+//! 14), and what a healthy store answers to the degraded-listing calls (line 17; the
+//! unreachable parts themselves are made by per-backend trials that stop a real server).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -21,6 +22,11 @@ pub(super) fn cases() -> Vec<Case> {
         case!("instances::unknown_marker_is_an_error", unknown_marker_is_an_error),
         case!("instances::paging_under_concurrent_inserts", paging_under_concurrent_inserts),
         case!("instances::system_metadata_round_trip", system_metadata_round_trip),
+        case!(
+            "instances::partial_listing_of_a_healthy_store_is_complete",
+            partial_listing_of_a_healthy_store_is_complete
+        ),
+        case!("instances::instance_stub_agrees_with_the_record", instance_stub_agrees_with_the_record),
     ]
 }
 
@@ -216,7 +222,12 @@ async fn limit_cap_zero_and_next_marker(store: Arc<dyn Store>) -> CaseResult {
         futures::future::try_join_all(chunk.iter().map(|i| store.create_instance(i))).await?;
     }
     let filters = InstanceFilters { project_id: Some(project.clone()), ..Default::default() };
-    let q = |limit: Option<u32>, marker: Option<InstanceId>| ListQuery { filters: filters.clone(), limit, marker };
+    let q = |limit: Option<u32>, marker: Option<InstanceId>| ListQuery {
+        filters: filters.clone(),
+        limit,
+        marker,
+        partial: false,
+    };
     let big = store.list_instances(&q(Some(5000), None)).await?;
     check!(big.instances.len() == MAX_LIMIT as usize, "limit above the cap is clamped: got {}", big.instances.len());
     check!(big.next_marker == big.instances.last().map(|i| i.uuid), "next_marker is the last uuid when more remain");
@@ -246,7 +257,14 @@ async fn unknown_marker_is_an_error(store: Arc<dyn Store>) -> CaseResult {
     store.create_instance(&new_instance(&project, "x", Timestamp::now())).await?;
     for filters in [InstanceFilters::default(), InstanceFilters { project_id: Some(project), ..Default::default() }] {
         expect_err(
-            store.list_instances(&ListQuery { filters, limit: Some(10), marker: Some(InstanceId::new_v4()) }).await,
+            store
+                .list_instances(&ListQuery {
+                    filters,
+                    limit: Some(10),
+                    marker: Some(InstanceId::new_v4()),
+                    partial: false,
+                })
+                .await,
             "unknown marker",
             |e| matches!(e, Error::NotFound { kind: Kind::Marker, .. }),
         )?;
@@ -296,14 +314,16 @@ async fn paging_under_concurrent_inserts(store: Arc<dyn Store>) -> CaseResult {
         let mut marker = None;
         loop {
             let limit = rng.random_range(1..=37);
-            let page =
-                match store.list_instances(&ListQuery { filters: filters.clone(), limit: Some(limit), marker }).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        result = Err(Failure(format!("listing failed: {e}")));
-                        break 'outer;
-                    }
-                };
+            let page = match store
+                .list_instances(&ListQuery { filters: filters.clone(), limit: Some(limit), marker, partial: false })
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    result = Err(Failure(format!("listing failed: {e}")));
+                    break 'outer;
+                }
+            };
             if page.instances.len() > limit as usize {
                 result = Err(Failure(format!("page of {} exceeds limit {limit}", page.instances.len())));
                 break 'outer;
@@ -360,6 +380,7 @@ async fn system_metadata_round_trip(store: Arc<dyn Store>) -> CaseResult {
             filters: InstanceFilters { project_id: Some(inst.project_id.clone()), ..Default::default() },
             limit: Some(10),
             marker: None,
+            partial: false,
         })
         .await?;
     check!(
@@ -367,5 +388,62 @@ async fn system_metadata_round_trip(store: Arc<dyn Store>) -> CaseResult {
         "the listing shows system_metadata"
     );
     store.delete_instance(inst.uuid).await?;
+    Ok(())
+}
+
+/// Line 17 on a store whose every part answers: a partial listing is the same page as the
+/// plain one (every page, filters and markers included), complete, with no stubs.
+async fn partial_listing_of_a_healthy_store_is_complete(store: Arc<dyn Store>) -> CaseResult {
+    let project = unique("p");
+    let t0 = Timestamp::now();
+    for k in 0..7u64 {
+        let mut i = new_instance(&project, &format!("vm-{k}"), t0.plus(std::time::Duration::from_micros(k)));
+        i.cell = (k % 2 == 0).then(CellId::new_v4);
+        store.create_instance(&i).await?;
+    }
+    let filters = InstanceFilters { project_id: Some(project.clone()), ..Default::default() };
+    let mut marker = None;
+    let mut pages = 0;
+    loop {
+        let plain = ListQuery { filters: filters.clone(), limit: Some(3), marker, partial: false };
+        let partial = ListQuery { partial: true, ..plain.clone() };
+        let (a, b) = (store.list_instances(&plain).await?, store.list_instances(&partial).await?);
+        check!(a.is_complete() && a.stubs.is_empty(), "a healthy store's page is complete: {:?}", a.unreachable);
+        check!(
+            b.is_complete() && b.stubs.is_empty(),
+            "a healthy store's partial page is complete: {:?}",
+            b.unreachable
+        );
+        let ids = |p: &InstancePage| p.instances.iter().map(|i| i.uuid).collect::<Vec<_>>();
+        check!(ids(&a) == ids(&b) && a.next_marker == b.next_marker, "partial must not change a complete page");
+        pages += 1;
+        match a.next_marker {
+            Some(m) => marker = Some(m),
+            None => break,
+        }
+    }
+    check!(pages == 3, "7 instances in pages of 3 make 3 pages, got {pages}");
+    Ok(())
+}
+
+/// Line 17: what [`Instances::instance_stub`] gives apart from the record is either nothing
+/// or the record's own id, project, cell and creation time (never another's), and nothing
+/// for an unknown or soft-deleted instance.
+async fn instance_stub_agrees_with_the_record(store: Arc<dyn Store>) -> CaseResult {
+    let project = unique("p");
+    check!(store.instance_stub(InstanceId::new_v4()).await?.is_none(), "an unknown instance has no stub");
+    for cell in [None, Some(CellId::new_v4())] {
+        let mut i = new_instance(&project, "vm", Timestamp::now());
+        i.cell = cell;
+        store.create_instance(&i).await?;
+        if let Some(s) = store.instance_stub(i.uuid).await? {
+            let want = InstanceStub { uuid: i.uuid, project_id: project.clone(), created_at: Some(i.created_at), cell };
+            check!(s == want, "the stub must say what the record says: got {s:?}, want {want:?}");
+        }
+        store.update_instance(i.uuid, &InstancePatch { deleted: Some(true), ..Default::default() }).await?;
+        check!(store.instance_stub(i.uuid).await?.is_none(), "a soft-deleted instance has no stub (queued for delete)");
+        store.delete_instance(i.uuid).await?;
+        check!(store.instance_stub(i.uuid).await?.is_none(), "a deleted instance has no stub");
+    }
     Ok(())
 }

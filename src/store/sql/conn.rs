@@ -263,6 +263,22 @@ pub fn is_retryable_tx_error(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether the server said it is going away or cannot take the connection: PostgreSQL's
+/// class 57P (`admin_shutdown`, `crash_shutdown`, `cannot_connect_now`: a pooled connection
+/// to a server being stopped answers 57P01 rather than a socket error) and MariaDB's
+/// `ER_SERVER_SHUTDOWN` (1053) and `ER_CON_COUNT_ERROR` (1040). The server is unreachable
+/// for now, as with a refused connection: retryable, and a listing can skip that database
+/// (contract line 17) instead of failing with a backend error.
+fn is_server_going_away(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    if db.code().is_some_and(|c| c.starts_with("57P")) {
+        return true;
+    }
+    db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().is_some_and(|my| matches!(my.number(), 1053 | 1040))
+}
+
 /// Whether the error is a unique-key violation.
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
@@ -277,6 +293,9 @@ pub fn map_err(e: sqlx::Error) -> Error {
         // running it again is the server's own advice. Retryable, so that a caller does not
         // fail a build on a deadlock between two concurrent moves (InnoDB gap locks).
         return Error::Unavailable { backend: BACKEND, message: format!("{ROLLED_BACK}: {e}") };
+    }
+    if is_server_going_away(&e) {
+        return Error::Unavailable { backend: BACKEND, message: e.to_string() };
     }
     match e {
         sqlx::Error::Io(io) => Error::Unavailable { backend: BACKEND, message: io.to_string() },
