@@ -844,3 +844,140 @@ async fn server_groups_create_list_show_delete_and_schedule() {
         .await;
     assert_fault(&r, 404, "deleting twice");
 }
+
+/// Nova 2.69 on a real outage: the SQL baseline with cell 1's database on a MariaDB server of
+/// its own (the API and cell 0 databases on another), both started here; cell 1's server is
+/// stopped, then the API lists and shows servers at 2.69 and 2.68. Ignored (with a message)
+/// where `mariadbd` is not installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_cell_servers_are_unknown_at_2_69_and_skipped_before() {
+    use unicell::store::StoreUrl;
+    use unicell::store::sql::SqlStore;
+    use unicell::testkit::sql_server::{SqlKind, SqlServer};
+    let start = || tokio::task::spawn_blocking(|| SqlServer::start(SqlKind::MariaDb));
+    let (a, b) = match (start().await.expect("join"), start().await.expect("join")) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("skipped: cannot start MariaDB servers: {e}");
+            return;
+        }
+    };
+    let url = |down: &str| {
+        format!(
+            "{}/nova?cell_url={}&cell_url={}&cell_timeout=3s&down_cell={down}",
+            a.url(),
+            url_escape(&format!("{}/nova_c0", a.url())),
+            url_escape(&format!("{}/nova_c1", b.url()))
+        )
+    };
+    let store: Arc<dyn Store> =
+        Arc::new(SqlStore::open(&StoreUrl::parse(&url("skip")).expect("url")).await.expect("open skip store"));
+    let (c0, c1) = (CellId::new_v4(), CellId::new_v4());
+    store.put_cell(&Cell { id: c0, name: "c0".into(), disabled: false }).await.unwrap();
+    store.put_cell(&Cell { id: c1, name: "c1".into(), disabled: false }).await.unwrap();
+    store.put_flavor(&flavor("small", 1, 512, 1)).await.unwrap();
+    let t0 = Timestamp::now();
+    let (mut up, mut down, mut all) = (Vec::new(), Vec::new(), Vec::new());
+    for k in 0..6u64 {
+        let mut i = Instance::new_building(
+            InstanceId::new_v4(),
+            &format!("vm{k}"),
+            "p1",
+            "alice",
+            FlavorId::new("small").unwrap(),
+        );
+        i.created_at = t0.plus(std::time::Duration::from_secs(k));
+        i.updated_at = i.created_at;
+        i.vm_state = VmState::Active;
+        i.task_state = None;
+        i.cell = Some(if k % 2 == 0 { c0 } else { c1 });
+        store.create_instance(&i).await.unwrap();
+        all.push(i.uuid.to_string());
+        if k % 2 == 0 { up.push(i.uuid.to_string()) } else { down.push(i.uuid.to_string()) }
+    }
+    up.reverse();
+    down.reverse();
+    all.reverse();
+    let failing: Arc<dyn Store> = Arc::new(
+        SqlStore::open(&StoreUrl::parse(&(url("fail") + "&create=false")).expect("url"))
+            .await
+            .expect("open fail store"),
+    );
+    let api = Api::on(store.clone()).await;
+    let api_fail = Api::on(failing.clone()).await;
+    let at = |v: &'static str| [("x-auth-token", "alice:p1"), ("openstack-api-version", v)];
+    let ids = |r: &Reply| -> Vec<String> {
+        r.body["servers"].as_array().expect("servers").iter().map(|s| s["id"].as_str().unwrap().to_string()).collect()
+    };
+    let r = api.call(Method::GET, "/v2.1/servers", &at("compute 2.69"), None).await;
+    assert_eq!(ids(&r), all, "before the stop: {}", r.body);
+
+    tokio::task::spawn_blocking(move || drop(b)).await.unwrap();
+
+    // 2.69, no filters: cell 1's servers first, as UNKNOWN stubs, then cell 0's.
+    for (api, what) in [(&api, "skip"), (&api_fail, "fail")] {
+        let r = api.call(Method::GET, "/v2.1/servers", &at("compute 2.69"), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{what}: {}", r.body);
+        assert_eq!(ids(&r), [down.clone(), up.clone()].concat(), "{what}: {}", r.body);
+        let stub = &r.body["servers"][0];
+        assert_eq!(stub["status"], "UNKNOWN", "{stub}");
+        assert!(stub.get("name").is_none() && stub.get("tenant_id").is_none(), "basic stub: {stub}");
+        assert_eq!(stub["links"][0]["href"], format!("http://nova.test:8774/v2.1/servers/{}", down[0]));
+        assert_eq!(r.body["servers"][3]["name"], "vm4");
+        let r = api.call(Method::GET, "/v2.1/servers/detail", &at("compute 2.69"), None).await;
+        assert_eq!(ids(&r), [down.clone(), up.clone()].concat(), "{what} detail: {}", r.body);
+        let stub = &r.body["servers"][0];
+        assert_eq!(stub["status"], "UNKNOWN");
+        assert_eq!(stub["tenant_id"], "p1");
+        assert_eq!(stub["created"], view_time(t0.plus(std::time::Duration::from_secs(5))));
+        assert!(stub.get("flavor").is_none(), "the detail list shows no flavor for a stub: {stub}");
+        assert_eq!(r.body["servers"][3]["status"], "ACTIVE");
+        // Paging (or sorting, or a filter) turns the stubs off: Nova's default applies.
+        let r = api.call(Method::GET, "/v2.1/servers?limit=10", &at("compute 2.69"), None).await;
+        match what {
+            "skip" => assert_eq!(ids(&r), up, "skip with paging: {}", r.body),
+            _ => assert_fault(&r, 503, "fail with paging"),
+        }
+    }
+    // 2.68: skipped (down_cell=skip, Nova's default) or a 503 naming the cell database.
+    let r = api.call(Method::GET, "/v2.1/servers/detail", &at("compute 2.68"), None).await;
+    assert_eq!(ids(&r), up, "2.68 skips the down cell: {}", r.body);
+    let r = api_fail.call(Method::GET, "/v2.1/servers", &at("compute 2.68"), None).await;
+    assert_fault(&r, 503, "2.68 without skipping");
+    let msg = r.body["serviceUnavailable"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("nova_c1"), "the fault names the cell database: {msg}");
+    // Show: the minimal form at 2.69, an error before.
+    let path = format!("/v2.1/servers/{}", down[1]);
+    let r = api.call(Method::GET, &path, &at("compute 2.69"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let s = &r.body["server"];
+    assert_eq!(s["status"], "UNKNOWN");
+    assert_eq!(s["tenant_id"], "p1");
+    assert_eq!(s["OS-EXT-STS:power_state"], 0);
+    assert_eq!(s["user_id"], "UNKNOWN", "no request spec was stored for it: {s}");
+    assert!(s.get("name").is_none(), "{s}");
+    assert_fault(&api.call(Method::GET, &path, &at("compute 2.68"), None).await, 503, "show at 2.68");
+    assert_fault(
+        &api.call(Method::GET, &path, &[("x-auth-token", "bob:p2"), ("openstack-api-version", "compute 2.69")], None)
+            .await,
+        403,
+        "another project's unknown server",
+    );
+    drop(api);
+    drop(api_fail);
+    tokio::task::spawn_blocking(move || drop(a)).await.unwrap();
+}
+
+/// Percent-encodes a URL given as a query parameter value.
+fn url_escape(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The `created` of a server as the API shows it.
+fn view_time(t: Timestamp) -> String {
+    let s = t.to_string();
+    match s.split_once('.') {
+        Some((head, _)) => format!("{head}Z"),
+        None => s,
+    }
+}

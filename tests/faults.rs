@@ -255,6 +255,114 @@ fn cluster_trial() -> Trial {
     })
 }
 
+/// Contract line 17 on Redis Cluster: one master of three killed (no replica), the others
+/// serving their slots (`cluster-require-full-coverage no`, as a deployment that prefers
+/// partial service sets it). A listing fails naming the unreachable instance shard; a
+/// partial listing lists every instance whose shard answers, once, in order (paging too),
+/// names the shards it could not read, and has no stubs (nothing outside a shard knows its
+/// instances).
+fn partial_listing_trial() -> Trial {
+    Trial::ignorable_test("fault::redis-cluster::listing_with_a_master_killed", || {
+        let cluster = match RedisCluster::start(3) {
+            Ok(c) => c,
+            Err(e) => return Ok(Completion::ignored_with(format!("cannot start a redis cluster: {e}"))),
+        };
+        for n in &cluster.nodes {
+            unicell::testkit::redis_server::raw_command(n.port, "CONFIG SET cluster-require-full-coverage no")
+                .filter(|r| r.starts_with("+OK"))
+                .ok_or("CONFIG SET cluster-require-full-coverage no was refused")?;
+        }
+        let url = cluster.url();
+        let victim = *cluster.masters().first().ok_or("no master")?;
+        let victim_port = cluster.nodes[victim].port;
+        let cluster = Arc::new(std::sync::Mutex::new(cluster));
+        let killer = cluster.clone();
+        block_on(false, async move {
+            let prefix = format!("partial-{}", uuid::Uuid::new_v4().simple());
+            let url = format!("{url}&prefix={prefix}&timeout_ms=1000&connect_timeout_ms=300&retries=1");
+            let store = RedisStore::open(&StoreUrl::parse(&url).map_err(|e| e.to_string())?)
+                .await
+                .map_err(|e| format!("open: {e}"))?;
+            let t0 = Timestamp::now();
+            let mut all = Vec::new();
+            for k in 0..48u64 {
+                let mut i = Instance::new_building(
+                    InstanceId::new_v4(),
+                    &format!("vm{k}"),
+                    "p-partial",
+                    "u",
+                    FlavorId::new("m1").map_err(|e| e.to_string())?,
+                );
+                i.created_at = t0.plus(Duration::from_micros(k));
+                i.updated_at = i.created_at;
+                store.create_instance(&i).await.map_err(|e| format!("create: {e}"))?;
+                all.push(i.uuid);
+            }
+            all.reverse();
+            killer.lock().unwrap_or_else(|e| e.into_inner()).kill(victim);
+            // Past cluster-node-timeout (2 s): the others have marked it failed and serve on.
+            tokio::time::sleep(Duration::from_millis(3000)).await;
+
+            let q = |limit: u32, marker: Option<InstanceId>, partial: bool| ListQuery {
+                limit: Some(limit),
+                marker,
+                partial,
+                ..Default::default()
+            };
+            match store.list_instances(&q(1000, None, false)).await {
+                Err(e) if e.is_retryable() && e.to_string().contains("redis instance shard") => {
+                    eprintln!("listing without partial: {e}");
+                }
+                other => return Err(Failed::from(format!("a listing must fail naming the shard, got {other:?}"))),
+            }
+            let page = store.list_instances(&q(1000, None, true)).await.map_err(|e| format!("partial: {e}"))?;
+            let listed: Vec<InstanceId> = page.instances.iter().map(|i| i.uuid).collect();
+            eprintln!("partial listing: {} of 48 listed; unreachable: {:?}", listed.len(), page.unreachable);
+            if page.unreachable.is_empty() || page.unreachable.iter().any(|p| p.stubbed) || !page.stubs.is_empty() {
+                return Err(
+                    format!("the killed master's shards must be named, unstubbed: {:?}", page.unreachable).into()
+                );
+            }
+            if page.unreachable.iter().any(|p| !p.part.contains(&format!("master 127.0.0.1:{victim_port}"))) {
+                return Err(
+                    format!("each part must name the killed master {victim_port}: {:?}", page.unreachable).into()
+                );
+            }
+            let want: Vec<InstanceId> = all.iter().copied().filter(|id| listed.contains(id)).collect();
+            if listed != want || listed.is_empty() || listed.len() == all.len() {
+                return Err(format!("partial must list the reachable instances once, in order: {listed:?}").into());
+            }
+            // Every instance left out is one whose record cannot be read; every one listed can.
+            for id in &all {
+                match (listed.contains(id), store.get_instance(*id).await) {
+                    (true, Ok(_)) => {}
+                    (false, Err(e)) if e.is_retryable() && e.to_string().contains("redis instance shard") => {}
+                    (l, r) => return Err(format!("instance {id}: listed {l}, read {r:?}").into()),
+                }
+            }
+            // Paging partial pages gives the same instances, each once.
+            let (mut paged, mut marker) = (Vec::new(), None);
+            loop {
+                let p = store.list_instances(&q(5, marker, true)).await.map_err(|e| format!("page: {e}"))?;
+                if p.is_complete() {
+                    return Err("a page while the master is down must say it is partial".into());
+                }
+                paged.extend(p.instances.iter().map(|i| i.uuid));
+                match p.next_marker {
+                    Some(m) => marker = Some(m),
+                    None => break,
+                }
+            }
+            if paged != listed {
+                return Err(format!("paging gave {} instances, want the {} listed", paged.len(), listed.len()).into());
+            }
+            Ok::<(), Failed>(())
+        })??;
+        drop(cluster);
+        Ok(Completion::Completed)
+    })
+}
+
 fn main() {
-    support::run(vec![single_trial(), cluster_trial()], Vec::new());
+    support::run(vec![single_trial(), cluster_trial(), partial_listing_trial()], Vec::new());
 }
