@@ -335,9 +335,7 @@ impl Instances for RedisStore {
         }
         let mut failed = std::mem::take(&mut merged.failed);
         failed.sort_by_key(|(s, _)| *s);
-        if !query.partial
-            && !failed.is_empty()
-        {
+        if !query.partial && !failed.is_empty() {
             let (shard, e) = failed.swap_remove(0);
             return Err(self.shard_error(shard, e).await);
         }
