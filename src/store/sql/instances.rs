@@ -302,13 +302,25 @@ impl SqlStore {
     }
 
     async fn read_at(&self, loc: Loc, id: InstanceId) -> Result<Option<Instance>> {
-        let r = self
+        let read = self
             .pool_of(loc)
-            .fetch_optional(Sql::Dynamic(self.stmts.select[idx(loc)].clone()), sql_args![id.to_string()])
-            .await;
-        let r = match (r, loc) {
-            (Err(e), Loc::Cell(slot)) => return Err(self.name_cell(slot, e)),
-            (r, _) => r?,
+            .fetch_optional(Sql::Dynamic(self.stmts.select[idx(loc)].clone()), sql_args![id.to_string()]);
+        let r = match loc {
+            Loc::Build => read.await?,
+            // A cell database gets `cell_timeout`, as in a listing (Nova's CELL_TIMEOUT for a
+            // single cell): a down one otherwise held the caller for the pool's own wait.
+            Loc::Cell(slot) => match tokio::time::timeout(self.opts.cell_timeout, read).await {
+                Ok(r) => r.map_err(|e| self.name_cell(slot, e))?,
+                Err(_) => {
+                    return Err(self.name_cell(
+                        slot,
+                        Error::Timeout {
+                            backend: "sql",
+                            message: format!("no answer within {:?}", self.opts.cell_timeout),
+                        },
+                    ));
+                }
+            },
         };
         r.map(|r| instance_from(&r)).transpose()
     }
