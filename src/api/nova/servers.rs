@@ -1,6 +1,13 @@
 //! `/servers`: create (202, the build runs in the background through this replica's
 //! conductor), list and detail with Nova's paging and filters, show, delete
 //! (`nova.api.openstack.compute.servers`).
+//!
+//! With part of the store unreachable (store contract line 17), list and show follow Nova's
+//! down-cell handling: from 2.69, a list without paging, sorting or filters (`all_tenants`
+//! aside) asks the store for a partial page and prepends its stubs as `UNKNOWN` servers, and
+//! a show of an unreachable server gives its minimal form; otherwise the store's default
+//! applies (the SQL baseline's `down_cell=skip` leaves them out with a warning, any other
+//! failure is a 503 naming the unreachable part).
 
 use std::collections::{BTreeMap, BTreeSet};
 
