@@ -11,11 +11,21 @@
 //! * `SUPPORTED`: `COMPRESSION` is removed, so the driver never negotiates compression;
 //! * a `Prepared` result: v4 carries a partition-key count (and indexes) after the flags and
 //!   column count of the bind metadata, v3 does not, so a count of 0 is inserted (the driver
-//!   then routes without token awareness, which a one-node server does not need);
+//!   then routes without token awareness: any node coordinates any request, which costs a
+//!   hop in a cluster and nothing on one node);
 //! * 2.1.0's `system.local` has no `rpc_address` column (added in 2.1.6), which the driver's
 //!   topology query selects: the proxy removes it from that query's text and adds it back to
 //!   the result metadata and to every row, with the proxy's own address as its value, so the
-//!   driver keeps talking to the proxy.
+//!   driver keeps talking to the proxy;
+//! * `STATUS_CHANGE` and `TOPOLOGY_CHANGE` events name a node by its native address
+//!   (`rpc_address` and the server's own port): the proxy gives them its own port, so that
+//!   the driver can match the node it announces with the one it reaches through a proxy.
+//!
+//! In a cluster ([`CassandraCluster`](super::cassandra::CassandraCluster)) each node has its
+//! own proxy, on the node's address and one port common to all proxies. The driver reaches a
+//! peer at the `rpc_address` that `system.peers` gives (2.1.0 has that column there) with the
+//! port of its control connection (the scylla driver's `query_peers` builds every peer's
+//! address that way), that is, at the peer's proxy: `system.peers` needs no rewriting.
 //!
 //! What the proxy does NOT translate, and the backend therefore never uses: `UNSET` values
 //! (v4 only; 2.1.0 would store them as null) and v4-only error codes. Static columns read on
@@ -37,6 +47,7 @@ const OP_QUERY: u8 = 0x07;
 const OP_RESULT: u8 = 0x08;
 const OP_PREPARE: u8 = 0x09;
 const OP_EXECUTE: u8 = 0x0A;
+const OP_EVENT: u8 = 0x0C;
 
 const FLAG_TRACING: u8 = 0x02;
 
@@ -59,12 +70,21 @@ impl CqlProxy {
     /// own small runtime so that it outlives the runtimes of its callers (a test harness gives
     /// each test its own).
     pub fn start(upstream: SocketAddr) -> io::Result<CqlProxy> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), upstream)
+    }
+
+    /// Like [`start`](Self::start), listening on `listen` (port 0: a free one). A cluster's
+    /// proxies listen on their node's address and one common port, which is what lets the
+    /// driver find each of them from `system.peers` (see the module documentation).
+    /// While `upstream` is down the proxy accepts connections and closes them at once, as
+    /// a refused connection would.
+    pub fn start_on(listen: SocketAddr, upstream: SocketAddr) -> io::Result<CqlProxy> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("cql-proxy")
             .enable_all()
             .build()?;
-        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0"))?;
+        let listener = runtime.block_on(TcpListener::bind(listen))?;
         let addr = listener.local_addr()?;
         runtime.spawn(async move {
             loop {
@@ -73,7 +93,7 @@ impl CqlProxy {
                 };
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
-                        let _ = serve(client, server, addr.ip()).await;
+                        let _ = serve(client, server, addr).await;
                     }
                 });
             }
@@ -111,7 +131,7 @@ struct ConnState {
     topology_ids: HashMap<Vec<u8>, usize>,
 }
 
-async fn serve(client: TcpStream, server: TcpStream, own_ip: IpAddr) -> io::Result<()> {
+async fn serve(client: TcpStream, server: TcpStream, own: SocketAddr) -> io::Result<()> {
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
     let (mut cr, mut cw) = client.into_split();
@@ -133,7 +153,7 @@ async fn serve(client: TcpStream, server: TcpStream, own_ip: IpAddr) -> io::Resu
         let Some((mut header, body)) = read_frame(&mut sr).await? else {
             break;
         };
-        let body = translate_response(&mut header, body, &state, own_ip);
+        let body = translate_response(&mut header, body, &state, own);
         write_frame(&mut cw, &header, &body).await?;
     }
     up.abort();
@@ -200,7 +220,8 @@ fn translate_request(header: &mut [u8; 9], body: Vec<u8>, state: &Mutex<ConnStat
     }
 }
 
-fn translate_response(header: &mut [u8; 9], body: Vec<u8>, state: &Mutex<ConnState>, own_ip: IpAddr) -> Vec<u8> {
+fn translate_response(header: &mut [u8; 9], body: Vec<u8>, state: &Mutex<ConnState>, own: SocketAddr) -> Vec<u8> {
+    let own_ip = own.ip();
     if header[0] & 0x7f == 3 {
         header[0] = (header[0] & 0x80) | 4;
     }
@@ -216,6 +237,7 @@ fn translate_response(header: &mut [u8; 9], body: Vec<u8>, state: &Mutex<ConnSta
             }
         }
         OP_RESULT => rewrite_result(&body, fix, state, own_ip).unwrap_or(body),
+        OP_EVENT => rewrite_event(&body, own.port()).unwrap_or(body),
         OP_ERROR => body,
         _ => body,
     }
@@ -237,6 +259,23 @@ fn strip_rpc_address(query: &str) -> Option<(String, usize)> {
     let index = columns.iter().position(|c| c.eq_ignore_ascii_case("rpc_address"))?;
     let kept: Vec<&str> = columns.iter().enumerate().filter(|(i, _)| *i != index).map(|(_, c)| *c).collect();
     Some((format!("SELECT {}{}", kept.join(", "), &query[from..]), index))
+}
+
+/// A `STATUS_CHANGE` or `TOPOLOGY_CHANGE` event with the port of its `[inet]` replaced by
+/// `port` (the proxy's); other events unchanged (`None`).
+fn rewrite_event(body: &[u8], port: u16) -> Option<Vec<u8>> {
+    let mut pos = 0;
+    let kind = read_string(body, &mut pos)?;
+    if kind != "STATUS_CHANGE" && kind != "TOPOLOGY_CHANGE" {
+        return None;
+    }
+    read_string(body, &mut pos)?;
+    let n = usize::from(*body.get(pos)?);
+    let port_at = pos + 1 + n;
+    body.get(port_at..port_at + 4)?;
+    let mut out = body.to_vec();
+    out[port_at..port_at + 4].copy_from_slice(&i32::from(port).to_be_bytes());
+    Some(out)
 }
 
 fn rewrite_startup(body: &[u8]) -> Option<Vec<u8>> {
