@@ -75,16 +75,18 @@ struct NodeSpec {
 }
 
 /// Log levels: WARN, except what says what the cluster does (gossip marking nodes up and
-/// down, hinted handoff, dropped messages, a node joining the ring), which the failover
-/// experiment reports.
+/// down, hinted handoff, dropped messages, a node joining the ring, commit log replay, the
+/// native port opening), which the failover experiment reports.
 const LOGBACK: &str = r#"<configuration>
   <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
-    <encoder><pattern>%-5level %date{HH:mm:ss,SSS} %msg%n</pattern></encoder>
+    <encoder><pattern>%-5level %date{HH:mm:ss.SSS} %msg%n</pattern></encoder>
   </appender>
   <logger name="org.apache.cassandra.gms.Gossiper" level="INFO" />
   <logger name="org.apache.cassandra.db.HintedHandOffManager" level="INFO" />
   <logger name="org.apache.cassandra.net.MessagingService" level="INFO" />
   <logger name="org.apache.cassandra.service.StorageService" level="INFO" />
+  <logger name="org.apache.cassandra.db.commitlog" level="INFO" />
+  <logger name="org.apache.cassandra.transport.Server" level="INFO" />
   <root level="WARN"><appender-ref ref="STDOUT" /></root>
 </configuration>
 "#;
@@ -404,6 +406,19 @@ pub struct CassandraCluster {
     startup: Vec<Duration>,
     /// Start of the first node -> every node sees the two others UP.
     whole_after: Duration,
+    /// What the testkit saw happen (kills, restarts, the proxies' counters then), for
+    /// [`server_events`](Self::server_events).
+    notes: Vec<String>,
+}
+
+/// Marks the last line of `out` with how many times it was said in a row (when more than
+/// once), for [`CassandraCluster::server_events`].
+fn flush(out: &mut [String], last: &mut Option<(String, usize)>) {
+    if let (Some((_, n)), Some(line)) = (last.take(), out.last_mut())
+        && n > 1
+    {
+        line.push_str(&format!(" (x{n})"));
+    }
 }
 
 /// Node `i`'s address (127.0.0.`i+1`).
@@ -413,7 +428,8 @@ pub fn node_ip(i: usize) -> Ipv4Addr {
 
 /// A port free on every one of `ips` and not in `taken`: `preferred` when it is.
 fn common_port(ips: &[Ipv4Addr], preferred: u16, taken: &[u16]) -> Result<u16, LaunchError> {
-    let free_everywhere = |port: u16| !taken.contains(&port) && ips.iter().all(|ip| TcpListener::bind((*ip, port)).is_ok());
+    let free_everywhere =
+        |port: u16| !taken.contains(&port) && ips.iter().all(|ip| TcpListener::bind((*ip, port)).is_ok());
     if free_everywhere(preferred) {
         return Ok(preferred);
     }
@@ -437,7 +453,9 @@ impl CassandraCluster {
         for ip in &ips[1..] {
             TcpListener::bind((*ip, 0)).map_err(|e| {
                 LaunchError::new(
-                    format!("{ip} is not a local address here (Linux routes 127.0.0.0/8 to lo; other systems need an alias)"),
+                    format!(
+                        "{ip} is not a local address here (Linux routes 127.0.0.0/8 to lo; other systems need an alias)"
+                    ),
                     e,
                 )
             })?;
@@ -488,6 +506,7 @@ impl CassandraCluster {
             seen_from: vec![vec![0; CLUSTER_NODES]; CLUSTER_NODES],
             startup,
             whole_after: Duration::ZERO,
+            notes: Vec::new(),
         };
         me.wait_all_up(Duration::from_secs(90))?;
         me.whole_after = begun.elapsed();
@@ -530,6 +549,8 @@ impl CassandraCluster {
             }
         }
         self.nodes[i].kill();
+        let note = format!("testkit: node {} SIGKILLed; its proxy so far: {}", node_ip(i), self.proxies[i].stats());
+        self.notes.push(note);
         Ok(())
     }
 
@@ -538,7 +559,15 @@ impl CassandraCluster {
     pub fn restart(&mut self, i: usize) -> Result<(), LaunchError> {
         self.node_index(i)?;
         self.seen_from[i] = vec![0; CLUSTER_NODES];
-        self.nodes[i].restart().map_err(|e| LaunchError(format!("restarting node {}: {e}", node_ip(i))))
+        let before = self.proxies[i].stats();
+        let t = Instant::now();
+        self.nodes[i].restart().map_err(|e| LaunchError(format!("restarting node {}: {e}", node_ip(i))))?;
+        self.notes.push(format!(
+            "testkit: node {} restarted, listening {:.1} s later; its proxy at the restart: {before}",
+            node_ip(i),
+            t.elapsed().as_secs_f64()
+        ));
+        Ok(())
     }
 
     fn node_index(&self, i: usize) -> Result<(), LaunchError> {
@@ -619,34 +648,56 @@ impl CassandraCluster {
         }
     }
 
-    /// What the servers logged about the cluster (every incarnation): nodes marked DOWN and
-    /// UP again, restarts seen, hinted handoffs, dropped messages, warnings and errors, each
+    /// What happened to the cluster: first the testkit's notes (kills, restarts and how long
+    /// a restarted node took to listen, the proxies' counters then and now: how the driver
+    /// reconnected), then what the servers logged (every incarnation): nodes marked DOWN and
+    /// UP again, restarts seen, hinted handoffs, commit log replays, the native port opening,
+    /// dropped messages, warnings and errors, each
     /// prefixed with the node that logged it. Start-up noise (the first UP of each peer,
     /// start-up warnings about the JVM) is left out.
     pub fn server_events(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = self.notes.clone();
+        for (i, p) in self.proxies.iter().enumerate() {
+            out.push(format!("testkit: proxy of {} now: {}", node_ip(i), p.stats()));
+        }
         for (i, node) in self.nodes.iter().enumerate() {
             for log in node.all_logs() {
-            let mut ups = 0;
-            for line in log.lines() {
-                let keep = if line.contains("now UP") {
-                    // The first UP of each peer is start-up.
-                    ups += 1;
-                    ups > CLUSTER_NODES - 1 || line.contains("restarted")
-                } else {
-                    line.contains("now DOWN")
-                        || line.contains("inted handoff")
-                        || line.contains("dropped")
-                        || ((line.starts_with("WARN") || line.starts_with("ERROR"))
-                            && !line.contains("OpenJDK")
-                            && !line.contains("doesn't exist")
-                            && !line.contains("No host ID found")
-                            && !line.contains("JNA"))
-                };
-                if keep {
-                    out.push(format!("{}: {line}", node_ip(i)));
+                let mut last: Option<(String, usize)> = None;
+                let mut ups = 0;
+                for line in log.lines() {
+                    let keep = if line.contains("now UP") {
+                        // The first UP of each peer is start-up.
+                        ups += 1;
+                        ups > CLUSTER_NODES - 1 || line.contains("restarted")
+                    } else {
+                        line.contains("now DOWN")
+                            || line.contains("inted handoff")
+                            || line.contains("eplay")
+                            || line.contains("Starting listening for CQL")
+                            || line.contains("dropped")
+                            || ((line.starts_with("WARN") || line.starts_with("ERROR"))
+                                && !line.contains("OpenJDK")
+                                && !line.contains("doesn't exist")
+                                && !line.contains("No host ID found")
+                                && !line.contains("JNA"))
+                    };
+                    if !keep {
+                        continue;
+                    }
+                    // Gossip repeats itself (an UP per handshake): a line that says what
+                    // the previous kept one said is counted, not repeated.
+                    // After the level (5 wide) and the time (`HH:mm:ss.SSS`) of the pattern in LOGBACK.
+                    let said = line.get(19..).unwrap_or(line);
+                    match &mut last {
+                        Some((prev, n)) if prev.as_str() == said => *n += 1,
+                        _ => {
+                            flush(&mut out, &mut last);
+                            out.push(format!("{}: {line}", node_ip(i)));
+                            last = Some((said.to_string(), 1));
+                        }
+                    }
                 }
-            }
+                flush(&mut out, &mut last);
             }
         }
         out

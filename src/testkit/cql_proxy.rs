@@ -35,6 +35,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,6 +64,38 @@ const FLAG_NO_METADATA: i32 = 0x0004;
 pub struct CqlProxy {
     addr: SocketAddr,
     runtime: Option<tokio::runtime::Runtime>,
+    stats: Arc<Counters>,
+}
+
+/// What a proxy has seen since it started: how a client (re)connected and how much it sent
+/// through, which is how a test tells what the driver did with a node that went down.
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: AtomicU64,
+    upstream_refused: AtomicU64,
+    requests: AtomicU64,
+}
+
+/// A snapshot of a proxy's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProxyStats {
+    /// Client connections accepted.
+    pub accepted: u64,
+    /// Of those, closed at once because the server did not accept the proxy's connection
+    /// (the node was down).
+    pub upstream_refused: u64,
+    /// Request frames forwarded to the server.
+    pub requests: u64,
+}
+
+impl std::fmt::Display for ProxyStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} connections accepted ({} closed at once, node down), {} requests forwarded",
+            self.accepted, self.upstream_refused, self.requests
+        )
+    }
 }
 
 impl CqlProxy {
@@ -86,19 +119,37 @@ impl CqlProxy {
             .build()?;
         let listener = runtime.block_on(TcpListener::bind(listen))?;
         let addr = listener.local_addr()?;
+        let stats = Arc::new(Counters::default());
+        let counters = stats.clone();
         runtime.spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
+                counters.accepted.fetch_add(1, Ordering::Relaxed);
+                let counters = counters.clone();
                 tokio::spawn(async move {
-                    if let Ok(server) = TcpStream::connect(upstream).await {
-                        let _ = serve(client, server, addr).await;
+                    match TcpStream::connect(upstream).await {
+                        Ok(server) => {
+                            let _ = serve(client, server, addr, &counters).await;
+                        }
+                        Err(_) => {
+                            counters.upstream_refused.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 });
             }
         });
-        Ok(CqlProxy { addr, runtime: Some(runtime) })
+        Ok(CqlProxy { addr, runtime: Some(runtime), stats })
+    }
+
+    /// Its counters so far.
+    pub fn stats(&self) -> ProxyStats {
+        ProxyStats {
+            accepted: self.stats.accepted.load(Ordering::Relaxed),
+            upstream_refused: self.stats.upstream_refused.load(Ordering::Relaxed),
+            requests: self.stats.requests.load(Ordering::Relaxed),
+        }
     }
 
     /// Where clients connect.
@@ -131,18 +182,20 @@ struct ConnState {
     topology_ids: HashMap<Vec<u8>, usize>,
 }
 
-async fn serve(client: TcpStream, server: TcpStream, own: SocketAddr) -> io::Result<()> {
+async fn serve(client: TcpStream, server: TcpStream, own: SocketAddr, counters: &Arc<Counters>) -> io::Result<()> {
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let state = Arc::new(Mutex::new(ConnState::default()));
     let st = state.clone();
+    let counters = counters.clone();
     let up = tokio::spawn(async move {
         loop {
             let Some((mut header, body)) = read_frame(&mut cr).await? else {
                 break;
             };
+            counters.requests.fetch_add(1, Ordering::Relaxed);
             let body = translate_request(&mut header, body, &st);
             write_frame(&mut sw, &header, &body).await?;
         }

@@ -85,8 +85,9 @@ impl FailoverTarget for RedisCluster {
 
     fn victim(&self, which: usize) -> Result<Self::Node, LaunchError> {
         let masters = self.masters();
-        let victim =
-            *masters.get(which % masters.len().max(1)).ok_or_else(|| LaunchError("the cluster has no master".into()))?;
+        let victim = *masters
+            .get(which % masters.len().max(1))
+            .ok_or_else(|| LaunchError("the cluster has no master".into()))?;
         let replicas = self.replicas_of(victim);
         if replicas.is_empty() {
             return Err(LaunchError(format!("master {victim} has no replica to fail over to")));
@@ -535,7 +536,10 @@ fn ms(d: Duration) -> f64 {
 /// Runs one experiment on `target` (every node running and in sync) and checks the store
 /// against what was acknowledged. The target is left whole (the killed node restarted), so
 /// it can serve the next run in a fresh namespace.
-pub async fn run<C: FailoverTarget>(target: Arc<Mutex<C>>, cfg: &FailoverConfig) -> Result<FailoverReport, FailoverError> {
+pub async fn run<C: FailoverTarget>(
+    target: Arc<Mutex<C>>,
+    cfg: &FailoverConfig,
+) -> Result<FailoverReport, FailoverError> {
     use std::sync::atomic::Ordering;
     let run_id = format!("failover_{}", uuid::Uuid::new_v4().simple());
     let (url, victim) = on_target(&target, {
@@ -570,7 +574,8 @@ pub async fn run<C: FailoverTarget>(target: Arc<Mutex<C>>, cfg: &FailoverConfig)
     let mut instances = BTreeSet::new();
     let flavor = FlavorId::new("failover")?;
     for i in 0..cfg.instances {
-        let inst = Instance::new_building(InstanceId::new_v4(), &format!("vm-{i}"), &project, "u-failover", flavor.clone());
+        let inst =
+            Instance::new_building(InstanceId::new_v4(), &format!("vm-{i}"), &project, "u-failover", flavor.clone());
         store.create_instance(&inst).await?;
         instances.insert(inst.uuid);
     }
@@ -593,8 +598,11 @@ pub async fn run<C: FailoverTarget>(target: Arc<Mutex<C>>, cfg: &FailoverConfig)
     let killed_at = on_target(&target, {
         let v = victim.clone();
         move |c| {
+            // Stamped before the signal: calls broken by the kill fail after this instant,
+            // some of them before the kill returns (it reaps the process).
+            let at = Instant::now();
             c.kill(&v)?;
-            Ok(Instant::now())
+            Ok(at)
         }
     })
     .await?;
