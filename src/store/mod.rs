@@ -247,6 +247,27 @@ pub trait Claims: Send + Sync {
     async fn tree_allocations(&self, provider: ProviderId) -> Result<Vec<TreeAllocation>>;
 }
 
+/// [`Claims::claim_batch`] for a backend whose claims are independent round trips (a CQL
+/// lightweight transaction, a SQL transaction): up to `width` claims in flight at once on
+/// the backend's connection pool, results in request order. Each claim is still
+/// all-or-nothing on its own tree; two requests of one batch on the same tree race as two
+/// schedulers would, and the backend's own conflict handling settles them.
+#[cfg(any(feature = "cql", feature = "sql"))]
+pub(crate) async fn claim_in_parallel<S: Claims + ?Sized>(
+    store: &S,
+    requests: &[ClaimRequest],
+    width: usize,
+) -> Vec<Result<Claim>> {
+    use futures::StreamExt;
+    // Built in a loop, not a `map` closure: a closure returning the `async_trait` future
+    // trips the compiler's higher-ranked lifetime inference inside another `Send` future.
+    let mut claims = Vec::with_capacity(requests.len());
+    for r in requests {
+        claims.push(store.claim(r));
+    }
+    futures::stream::iter(claims).buffered(width.max(1)).collect().await
+}
+
 /// The change feed a scheduler polls to keep its snapshot fresh. Carries [`Store`] contract
 /// line 11.
 #[async_trait]

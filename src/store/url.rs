@@ -172,14 +172,17 @@ impl StoreUrl {
         let scheme_end = s.find("://");
         let scheme = match scheme_end {
             Some(i) => Scheme::from_name(&s[..i]).ok_or_else(|| {
+                // What precedes the first `://` is repeated only when it looks like a
+                // scheme: otherwise it is arbitrary text (`user:pw@h?x=y://...`), which may
+                // hold a secret the masked form below hides.
+                let name = &s[..i];
+                let looks_like_scheme = name.len() <= 32
+                    && name.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+                let what = if looks_like_scheme { format!("unknown scheme {name:?}") } else { "no scheme".into() };
                 Error::invalid(
                     "store url",
-                    format!(
-                        "unknown scheme {:?} in {:?}; this build knows: {}",
-                        &s[..i],
-                        shown(),
-                        Scheme::known_names().join(", ")
-                    ),
+                    format!("{what} in {:?}; this build knows: {}", shown(), Scheme::known_names().join(", ")),
                 )
             })?,
             None => {
@@ -279,23 +282,116 @@ impl StoreUrl {
 /// A parsed URL of any scheme with its password, its secret query values and the passwords
 /// of URLs nested in its query values masked.
 fn redact_parsed(url: &url::Url) -> String {
+    redact_parsed_at(url, 0)
+}
+
+/// How deep URLs nested in query values are followed; a value nested deeper is masked
+/// whole (no store URL nests more than one level: SQL's `cell_url`).
+const MAX_NESTING: usize = 4;
+
+fn redact_parsed_at(url: &url::Url, depth: usize) -> String {
     let mut u = url.clone();
     if u.password().is_some() {
         let _ = u.set_password(Some("***"));
     }
+    // A secret can recur outside the place that makes it one: in a query key, in another
+    // value, in the fragment (a URL pasted twice, a password that is also a prefix). Every
+    // secret of the URL, at any nesting level, is masked wherever it recurs in the query
+    // and the fragment (the scheme, user, host and path are shown as they are: a password
+    // equal to the user name or the database name cannot be told apart from them).
+    let mut secrets = Vec::new();
+    collect_secrets(url, depth, &mut secrets);
+    // First in the query as typed (a secret holding `=`, `&` or `+` is split or changed by
+    // decoding, so no decoded pair holds it whole), then pair by pair, decoded.
+    if let Some(q) = u.query() {
+        let m = mask_recurrences(q, &secrets);
+        if m != q {
+            u.set_query(Some(&m));
+        }
+    }
     let pairs: Vec<(String, String)> = u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     let masked: Vec<(String, String)> = pairs
         .iter()
-        .map(|(k, v)| (k.clone(), if is_secret_key(k) { "***".into() } else { redact_nested(v) }))
+        .map(|(k, v)| {
+            let shown =
+                if is_secret_key(k) { "***".into() } else { redact_nested(&mask_recurrences(v, &secrets), depth) };
+            (mask_recurrences(k, &secrets), shown)
+        })
         .collect();
     if masked != pairs {
         u.query_pairs_mut().clear().extend_pairs(masked);
     }
-    if let Some(frag) = u.fragment().filter(|f| f.contains("://") || f.contains('=')) {
-        let f = redact_text(frag);
-        u.set_fragment(Some(&f));
+    if let Some(frag) = u.fragment() {
+        let f = mask_recurrences(frag, &secrets);
+        let f = if f.contains("://") || f.contains('=') { redact_text(&f) } else { f };
+        if f != frag {
+            u.set_fragment(Some(&f));
+        }
     }
     u.to_string()
+}
+
+/// The secrets of a parsed URL, as typed and percent-decoded: its password, the values of
+/// its secret query keys, and those of URLs nested in its query values. Secrets shorter
+/// than 4 characters are left out: their recurrences cannot be told apart from other text
+/// (the secret itself is still masked where it stands).
+fn collect_secrets(u: &url::Url, depth: usize, out: &mut Vec<String>) {
+    let mut push = |s: &str| {
+        if s.chars().count() >= 4 && !out.iter().any(|o| o == s) {
+            out.push(s.to_string());
+        }
+    };
+    if let Some(p) = u.password() {
+        push(p);
+        push(&percent_decode_lossy(p));
+    }
+    let mut nested = Vec::new();
+    for (k, v) in u.query_pairs() {
+        if is_secret_key(&k) {
+            push(&v);
+        } else if v.contains("://") && depth < MAX_NESTING {
+            nested.push(v.into_owned());
+        }
+    }
+    for v in nested {
+        if let Ok(n) = url::Url::parse(&split_host_list(&v).0) {
+            collect_secrets(&n, depth + 1, out);
+        }
+    }
+}
+
+/// `text` with every occurrence of every secret replaced by `***`, longest secrets first
+/// (so a secret that contains another is masked whole).
+fn mask_recurrences(text: &str, secrets: &[String]) -> String {
+    let mut by_len: Vec<&String> = secrets.iter().collect();
+    by_len.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_string();
+    for s in by_len {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "***");
+        }
+    }
+    out
+}
+
+/// `%XX` decoding (a password as `url::Url` holds it), lossy; malformed escapes stay.
+fn percent_decode_lossy(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c)))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Masks every credential in free text: the password of every URL in it (whatever its
@@ -455,9 +551,17 @@ pub(crate) fn split_host_list(s: &str) -> (String, Vec<String>) {
     (format!("{}{}{}", &s[..start + hosts_at], first, &after[end..]), extra)
 }
 
-/// A query value that may itself be a URL with credentials (SQL's `cell_url`), masked.
-fn redact_nested(v: &str) -> String {
-    if v.contains("://") || v.contains('=') { redact_text(v) } else { v.to_string() }
+/// A query value that may itself be a URL with credentials (SQL's `cell_url`), masked as
+/// one URL, the way [`StoreUrl::parse`]'s errors show their input: not word by word, which
+/// would let a space or a quote in the nested password cut its masking short.
+fn redact_nested(v: &str, depth: usize) -> String {
+    if v.contains("://") {
+        if depth >= MAX_NESTING { "***".into() } else { shown_value(v, depth + 1) }
+    } else if v.contains('=') {
+        mask_secret_pairs(v)
+    } else {
+        v.to_string()
+    }
 }
 
 /// Whether a query key (or `key=` in free text) names a secret: `password`, `passwd`,
@@ -477,13 +581,17 @@ pub(crate) fn is_secret_key(k: &str) -> bool {
 /// anything else with everything between the first `://` and the last `@` masked, the user
 /// too, along with secret `key=value`s.
 fn shown_input(s: &str) -> String {
+    shown_value(s, 0)
+}
+
+fn shown_value(s: &str, depth: usize) -> String {
     let (single, extra) = split_host_list(s);
     // A host list splits the text where a URL-shaped password could hide (`memory://,mysql://u:p@h`):
     // only a single-host URL is shown parsed.
     if extra.is_empty()
         && let Ok(u) = url::Url::parse(&single)
     {
-        return redact_parsed(&u);
+        return redact_parsed_at(&u, depth);
     }
     let masked = match (s.find("://"), s.rfind('@')) {
         (Some(i), Some(at)) if at > i => format!("{}***{}", &s[..i + 3], &s[at..]),
@@ -622,6 +730,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Found by the `store_url` fuzz target: secrets shown where they recur, nested URLs of
+    /// unknown schemes masked word by word, garbage repeated as a scheme name.
+    #[test]
+    fn recurring_and_nested_secrets_are_masked() {
+        for (input, secret) in [
+            ("postgres://p:hunter22@h/api?x=hunter22&y=1", "hunter22"),
+            ("postgres://p:hunt=er22@h/api?ahunt=er22b", "hunt=er22"),
+            ("postgres://p:hunt+er22@h/api?q=hunt+er22", "hunt+er22"),
+            ("postgres://p:hunter22@h/api#frag-hunter22", "hunter22"),
+            ("postgres://p@h/api?token=hunter22&note=hunter22", "hunter22"),
+            ("postgres://p@h/api?cell_url=mysql%3A%2F%2Fr%3Ahunter22%40h2%2Fc1&label=hunter22", "hunter22"),
+            ("bogus://p:x@h/api?cell_url=postgres%3A%2F%2Fp%3Ahunt%20er22%40h2%2Fc1", "er22"),
+            ("bogus:/x@h/api?a_token=z=hunter22/x://y", "hunter22"),
+        ] {
+            let shown = match StoreUrl::parse(input) {
+                Ok(u) => vec![u.to_string(), format!("{u:?}")],
+                Err(e) => vec![e.to_string(), format!("{e:?}")],
+            };
+            for s in shown {
+                assert!(!s.contains(secret), "{input:?} shown as {s:?}");
+            }
+        }
+        let e = StoreUrl::parse("ftp://h/x").unwrap_err().to_string();
+        assert!(e.contains("unknown scheme \"ftp\""), "{e}");
+        let e = StoreUrl::parse("a b:/x?t=1://h").unwrap_err().to_string();
+        assert!(e.contains("no scheme in"), "{e}");
+        // What is not a secret stays readable.
+        let u = StoreUrl::parse("postgres://p:pw@h/api?cells=4&x=pw").unwrap();
+        assert_eq!(u.to_string(), "postgres://p:***@h/api?cells=4&x=pw");
     }
 
     #[test]

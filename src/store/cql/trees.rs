@@ -777,6 +777,10 @@ impl Providers for CqlStore {
     }
 }
 
+/// Claims of one [`Claims::claim_batch`] in flight at once: enough to hide the round trips
+/// of Paxos (four per LWT) without flooding the coordinator's LWT queue.
+const CLAIM_BATCH_WIDTH: usize = 16;
+
 #[async_trait]
 impl Claims for CqlStore {
     // ---- claims ---------------------------------------------------------------------
@@ -790,6 +794,13 @@ impl Claims for CqlStore {
                 .await?
                 .ok_or_else(|| Error::backend(BACKEND, "provider -> root index changed during the claim")),
         }
+    }
+
+    /// The lightweight transactions of a batch in parallel (a CQL `BATCH` of conditional
+    /// updates must stay within one partition, and a batch spans trees): at most
+    /// [`CLAIM_BATCH_WIDTH`] at once.
+    async fn claim_batch(&self, requests: &[ClaimRequest]) -> Result<Vec<Result<Claim>>> {
+        Ok(crate::store::claim_in_parallel(self, requests, CLAIM_BATCH_WIDTH).await)
     }
 
     async fn release(&self, consumer: ConsumerId) -> Result<Released> {

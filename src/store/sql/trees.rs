@@ -971,6 +971,15 @@ impl Claims for SqlStore {
         Err(Error::Conflict(Conflict::Generation { root: tree.root, expected: tried, actual: tree.generation }))
     }
 
+    /// The claims of a batch in parallel, as many at once as the API pool has connections
+    /// (each claim is its own transaction: one per tree, as Placement's). Not one
+    /// multi-statement transaction: a claim's generation conflict retries that claim alone,
+    /// and one transaction over many trees would hold their rows locked together.
+    async fn claim_batch(&self, requests: &[ClaimRequest]) -> Result<Vec<Result<Claim>>> {
+        let width = self.opts.pool_size as usize;
+        Ok(crate::store::claim_in_parallel(self, requests, width).await)
+    }
+
     async fn release(&self, consumer: ConsumerId) -> Result<Released> {
         let c = consumer.to_string();
         let trees = self
