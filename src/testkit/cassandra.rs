@@ -385,11 +385,12 @@ const TOKENS: [&str; CLUSTER_NODES] = ["-9223372036854775808", "-307445734561825
 /// with one (other) common port, and the store URL names the three proxies. The storage
 /// (gossip) port is common too, as Cassandra requires.
 ///
-/// Start-up, measured on the 2-core development machine: about 6 s per node, started one
+/// Start-up, measured on the 2-core development machine: 4 to 9 s per node, started one
 /// after the other (each joins through the seed; `auto_bootstrap: false` with a fixed
 /// `initial_token` so that no node streams data or sleeps `ring_delay` to join;
 /// `-Dcassandra.skip_wait_for_gossip_to_settle=0` so that no node waits for gossip to
-/// settle), then until every node's gossip has marked the two others UP.
+/// settle), then until every node's gossip has marked the two others UP: 14 to 26 s for the
+/// whole cluster on that machine under load 5 to 15.
 ///
 /// Gossip state is read from the nodes' logs (`InetAddress /127.0.0.N is now UP/DOWN`, the
 /// `Gossiper` logs at INFO): 2.1 has no CQL view of it (`system.peers` lists known peers,
