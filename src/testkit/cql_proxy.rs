@@ -579,3 +579,38 @@ fn read_short_bytes(b: &[u8], mut pos: usize) -> Option<(Vec<u8>, usize)> {
     let s = b.get(pos..pos + n)?;
     Some((s.to_vec(), pos + n))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str, change: &str, ip: [u8; 4], port: i32) -> Vec<u8> {
+        let mut b = Vec::new();
+        write_string(&mut b, kind);
+        write_string(&mut b, change);
+        b.push(4);
+        b.extend_from_slice(&ip);
+        b.extend_from_slice(&port.to_be_bytes());
+        b
+    }
+
+    /// The driver matches a node's UP/DOWN event with the address it reaches the node at:
+    /// the proxy's port must replace the server's.
+    #[test]
+    fn status_and_topology_events_get_the_proxy_port() {
+        for kind in ["STATUS_CHANGE", "TOPOLOGY_CHANGE"] {
+            let out = rewrite_event(&event(kind, "UP", [127, 0, 0, 2], 9042), 9043).unwrap();
+            assert_eq!(out, event(kind, "UP", [127, 0, 0, 2], 9043));
+        }
+    }
+
+    #[test]
+    fn other_and_truncated_events_are_left_alone() {
+        let mut schema = Vec::new();
+        write_string(&mut schema, "SCHEMA_CHANGE");
+        write_string(&mut schema, "CREATED");
+        assert_eq!(rewrite_event(&schema, 9043), None);
+        let whole = event("STATUS_CHANGE", "DOWN", [127, 0, 0, 3], 9042);
+        assert_eq!(rewrite_event(&whole[..whole.len() - 1], 9043), None);
+    }
+}
