@@ -153,6 +153,7 @@ pub async fn run(a: FailoverOptions) -> Result<()> {
                 wait_replicas: wait,
                 kill: run - 1,
                 seed: a.common.seed.wrapping_add(run as u64),
+                ..FailoverConfig::default()
             };
             let load_average = loadavg();
             let cluster = Arc::new(Mutex::new(cluster));

@@ -11,11 +11,21 @@
 //! * `SUPPORTED`: `COMPRESSION` is removed, so the driver never negotiates compression;
 //! * a `Prepared` result: v4 carries a partition-key count (and indexes) after the flags and
 //!   column count of the bind metadata, v3 does not, so a count of 0 is inserted (the driver
-//!   then routes without token awareness, which a one-node server does not need);
+//!   then routes without token awareness: any node coordinates any request, which costs a
+//!   hop in a cluster and nothing on one node);
 //! * 2.1.0's `system.local` has no `rpc_address` column (added in 2.1.6), which the driver's
 //!   topology query selects: the proxy removes it from that query's text and adds it back to
 //!   the result metadata and to every row, with the proxy's own address as its value, so the
-//!   driver keeps talking to the proxy.
+//!   driver keeps talking to the proxy;
+//! * `STATUS_CHANGE` and `TOPOLOGY_CHANGE` events name a node by its native address
+//!   (`rpc_address` and the server's own port): the proxy gives them its own port, so that
+//!   the driver can match the node it announces with the one it reaches through a proxy.
+//!
+//! In a cluster ([`CassandraCluster`](super::cassandra::CassandraCluster)) each node has its
+//! own proxy, on the node's address and one port common to all proxies. The driver reaches a
+//! peer at the `rpc_address` that `system.peers` gives (2.1.0 has that column there) with the
+//! port of its control connection (the scylla driver's `query_peers` builds every peer's
+//! address that way), that is, at the peer's proxy: `system.peers` needs no rewriting.
 //!
 //! What the proxy does NOT translate, and the backend therefore never uses: `UNSET` values
 //! (v4 only; 2.1.0 would store them as null) and v4-only error codes. Static columns read on
@@ -25,6 +35,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,6 +48,7 @@ const OP_QUERY: u8 = 0x07;
 const OP_RESULT: u8 = 0x08;
 const OP_PREPARE: u8 = 0x09;
 const OP_EXECUTE: u8 = 0x0A;
+const OP_EVENT: u8 = 0x0C;
 
 const FLAG_TRACING: u8 = 0x02;
 
@@ -52,6 +64,38 @@ const FLAG_NO_METADATA: i32 = 0x0004;
 pub struct CqlProxy {
     addr: SocketAddr,
     runtime: Option<tokio::runtime::Runtime>,
+    stats: Arc<Counters>,
+}
+
+/// What a proxy has seen since it started: how a client (re)connected and how much it sent
+/// through, which is how a test tells what the driver did with a node that went down.
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: AtomicU64,
+    upstream_refused: AtomicU64,
+    requests: AtomicU64,
+}
+
+/// A snapshot of a proxy's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProxyStats {
+    /// Client connections accepted.
+    pub accepted: u64,
+    /// Of those, closed at once because the server did not accept the proxy's connection
+    /// (the node was down).
+    pub upstream_refused: u64,
+    /// Request frames forwarded to the server.
+    pub requests: u64,
+}
+
+impl std::fmt::Display for ProxyStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} connections accepted ({} closed at once, node down), {} requests forwarded",
+            self.accepted, self.upstream_refused, self.requests
+        )
+    }
 }
 
 impl CqlProxy {
@@ -59,26 +103,53 @@ impl CqlProxy {
     /// own small runtime so that it outlives the runtimes of its callers (a test harness gives
     /// each test its own).
     pub fn start(upstream: SocketAddr) -> io::Result<CqlProxy> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), upstream)
+    }
+
+    /// Like [`start`](Self::start), listening on `listen` (port 0: a free one). A cluster's
+    /// proxies listen on their node's address and one common port, which is what lets the
+    /// driver find each of them from `system.peers` (see the module documentation).
+    /// While `upstream` is down the proxy accepts connections and closes them at once, as
+    /// a refused connection would.
+    pub fn start_on(listen: SocketAddr, upstream: SocketAddr) -> io::Result<CqlProxy> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("cql-proxy")
             .enable_all()
             .build()?;
-        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0"))?;
+        let listener = runtime.block_on(TcpListener::bind(listen))?;
         let addr = listener.local_addr()?;
+        let stats = Arc::new(Counters::default());
+        let counters = stats.clone();
         runtime.spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
+                counters.accepted.fetch_add(1, Ordering::Relaxed);
+                let counters = counters.clone();
                 tokio::spawn(async move {
-                    if let Ok(server) = TcpStream::connect(upstream).await {
-                        let _ = serve(client, server, addr.ip()).await;
+                    match TcpStream::connect(upstream).await {
+                        Ok(server) => {
+                            let _ = serve(client, server, addr, &counters).await;
+                        }
+                        Err(_) => {
+                            counters.upstream_refused.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 });
             }
         });
-        Ok(CqlProxy { addr, runtime: Some(runtime) })
+        Ok(CqlProxy { addr, runtime: Some(runtime), stats })
+    }
+
+    /// Its counters so far.
+    pub fn stats(&self) -> ProxyStats {
+        ProxyStats {
+            accepted: self.stats.accepted.load(Ordering::Relaxed),
+            upstream_refused: self.stats.upstream_refused.load(Ordering::Relaxed),
+            requests: self.stats.requests.load(Ordering::Relaxed),
+        }
     }
 
     /// Where clients connect.
@@ -111,18 +182,20 @@ struct ConnState {
     topology_ids: HashMap<Vec<u8>, usize>,
 }
 
-async fn serve(client: TcpStream, server: TcpStream, own_ip: IpAddr) -> io::Result<()> {
+async fn serve(client: TcpStream, server: TcpStream, own: SocketAddr, counters: &Arc<Counters>) -> io::Result<()> {
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let state = Arc::new(Mutex::new(ConnState::default()));
     let st = state.clone();
+    let counters = counters.clone();
     let up = tokio::spawn(async move {
         loop {
             let Some((mut header, body)) = read_frame(&mut cr).await? else {
                 break;
             };
+            counters.requests.fetch_add(1, Ordering::Relaxed);
             let body = translate_request(&mut header, body, &st);
             write_frame(&mut sw, &header, &body).await?;
         }
@@ -133,7 +206,7 @@ async fn serve(client: TcpStream, server: TcpStream, own_ip: IpAddr) -> io::Resu
         let Some((mut header, body)) = read_frame(&mut sr).await? else {
             break;
         };
-        let body = translate_response(&mut header, body, &state, own_ip);
+        let body = translate_response(&mut header, body, &state, own);
         write_frame(&mut cw, &header, &body).await?;
     }
     up.abort();
@@ -200,7 +273,8 @@ fn translate_request(header: &mut [u8; 9], body: Vec<u8>, state: &Mutex<ConnStat
     }
 }
 
-fn translate_response(header: &mut [u8; 9], body: Vec<u8>, state: &Mutex<ConnState>, own_ip: IpAddr) -> Vec<u8> {
+fn translate_response(header: &mut [u8; 9], body: Vec<u8>, state: &Mutex<ConnState>, own: SocketAddr) -> Vec<u8> {
+    let own_ip = own.ip();
     if header[0] & 0x7f == 3 {
         header[0] = (header[0] & 0x80) | 4;
     }
@@ -216,6 +290,7 @@ fn translate_response(header: &mut [u8; 9], body: Vec<u8>, state: &Mutex<ConnSta
             }
         }
         OP_RESULT => rewrite_result(&body, fix, state, own_ip).unwrap_or(body),
+        OP_EVENT => rewrite_event(&body, own.port()).unwrap_or(body),
         OP_ERROR => body,
         _ => body,
     }
@@ -237,6 +312,23 @@ fn strip_rpc_address(query: &str) -> Option<(String, usize)> {
     let index = columns.iter().position(|c| c.eq_ignore_ascii_case("rpc_address"))?;
     let kept: Vec<&str> = columns.iter().enumerate().filter(|(i, _)| *i != index).map(|(_, c)| *c).collect();
     Some((format!("SELECT {}{}", kept.join(", "), &query[from..]), index))
+}
+
+/// A `STATUS_CHANGE` or `TOPOLOGY_CHANGE` event with the port of its `[inet]` replaced by
+/// `port` (the proxy's); other events unchanged (`None`).
+fn rewrite_event(body: &[u8], port: u16) -> Option<Vec<u8>> {
+    let mut pos = 0;
+    let kind = read_string(body, &mut pos)?;
+    if kind != "STATUS_CHANGE" && kind != "TOPOLOGY_CHANGE" {
+        return None;
+    }
+    read_string(body, &mut pos)?;
+    let n = usize::from(*body.get(pos)?);
+    let port_at = pos + 1 + n;
+    body.get(port_at..port_at + 4)?;
+    let mut out = body.to_vec();
+    out[port_at..port_at + 4].copy_from_slice(&i32::from(port).to_be_bytes());
+    Some(out)
 }
 
 fn rewrite_startup(body: &[u8]) -> Option<Vec<u8>> {
@@ -486,4 +578,39 @@ fn read_short_bytes(b: &[u8], mut pos: usize) -> Option<(Vec<u8>, usize)> {
     let n = read_u16(b, &mut pos)? as usize;
     let s = b.get(pos..pos + n)?;
     Some((s.to_vec(), pos + n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str, change: &str, ip: [u8; 4], port: i32) -> Vec<u8> {
+        let mut b = Vec::new();
+        write_string(&mut b, kind);
+        write_string(&mut b, change);
+        b.push(4);
+        b.extend_from_slice(&ip);
+        b.extend_from_slice(&port.to_be_bytes());
+        b
+    }
+
+    /// The driver matches a node's UP/DOWN event with the address it reaches the node at:
+    /// the proxy's port must replace the server's.
+    #[test]
+    fn status_and_topology_events_get_the_proxy_port() {
+        for kind in ["STATUS_CHANGE", "TOPOLOGY_CHANGE"] {
+            let out = rewrite_event(&event(kind, "UP", [127, 0, 0, 2], 9042), 9043).unwrap();
+            assert_eq!(out, event(kind, "UP", [127, 0, 0, 2], 9043));
+        }
+    }
+
+    #[test]
+    fn other_and_truncated_events_are_left_alone() {
+        let mut schema = Vec::new();
+        write_string(&mut schema, "SCHEMA_CHANGE");
+        write_string(&mut schema, "CREATED");
+        assert_eq!(rewrite_event(&schema, 9043), None);
+        let whole = event("STATUS_CHANGE", "DOWN", [127, 0, 0, 3], 9042);
+        assert_eq!(rewrite_event(&whole[..whole.len() - 1], 9043), None);
+    }
 }

