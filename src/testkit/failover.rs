@@ -487,6 +487,7 @@ async fn lister(sh: Arc<Shared>) -> Result<ListerLog, FailoverError> {
                 filters: InstanceFilters { project_id: Some(sh.project.clone()), ..InstanceFilters::default() },
                 limit: Some(20),
                 marker,
+                partial: false,
             };
             match bounded(sh.bound, sh.backend, "listing page", &mut log.hung, sh.store.list_instances(&q)).await {
                 Ok(page) => {
