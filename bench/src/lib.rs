@@ -11,6 +11,8 @@
 //! * [`list`], [`claims`], [`schedule`], [`sites`]: the benchmarks, each a `run(global_store,
 //!   options)` with an options struct that mirrors its command-line flags; `failover`
 //!   (feature `redis`) kills a master of its own replicated Redis Cluster under load;
+//!   `faults` (features `redis` and `sql`) loses a Redis master and a Nova cell's database
+//!   server under the same load, side by side;
 //!   [`soak`] makes millions of claims and releases, then audits everything.
 //! * [`demo`]: the main job end to end on one store.
 //! * [`evaluate`]: `unicell evaluate`, conformance then every bench then the report, for
@@ -41,6 +43,8 @@ pub mod error;
 pub mod evaluate;
 #[cfg(feature = "redis")]
 pub mod failover;
+#[cfg(all(feature = "redis", feature = "sql"))]
+pub mod faults;
 pub mod list;
 pub mod page;
 pub mod placement;

@@ -64,6 +64,10 @@ pub enum BenchCommand {
     /// over and resume, acknowledged claims lost with and without `wait_replicas=1`, audit.
     #[cfg(feature = "redis")]
     Failover(FailoverArgs),
+    /// Both designs losing a node under the same builds and listings: a Redis Cluster
+    /// master (unicell) and a cell's database server (the SQL cells baseline, Nova's layout).
+    #[cfg(all(feature = "redis", feature = "sql"))]
+    Faults(FaultsArgs),
     /// Millions of claims and releases from concurrent schedulers, then a full audit.
     Soak(SoakArgs),
 }
@@ -143,6 +147,57 @@ impl From<FailoverArgs> for unicell_bench::failover::FailoverOptions {
             after_ms: a.after_ms,
             node_timeout_ms: a.node_timeout_ms,
             wait_replicas: a.wait_replicas,
+        }
+    }
+}
+
+/// `unicell bench faults`
+#[cfg(all(feature = "redis", feature = "sql"))]
+#[derive(Debug, Clone, Args)]
+pub struct FaultsArgs {
+    /// Common options (`--stores` is ignored: the benchmark starts its own servers).
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Provider trees, spread over the three cells [default: 60; quick: 24].
+    #[arg(long)]
+    pub trees: Option<usize>,
+    /// Concurrent building tasks (create, claim, move into the cell) [default: 16; quick: 6].
+    #[arg(long)]
+    pub builders: Option<usize>,
+    /// Concurrent listing tasks [default: 4; quick: 2].
+    #[arg(long)]
+    pub listers: Option<usize>,
+    /// Instances of the listed project, spread over the cells [default: 600; quick: 150].
+    #[arg(long)]
+    pub instances: Option<usize>,
+    /// Load before the kill, in ms [default: 10000; quick: 5000].
+    #[arg(long)]
+    pub before_ms: Option<u64>,
+    /// How long the killed node stays down, in ms [default: 20000; quick: 10000].
+    #[arg(long)]
+    pub down_ms: Option<u64>,
+    /// Load after the restart, in ms [default: 10000; quick: 6000].
+    #[arg(long)]
+    pub after_ms: Option<u64>,
+    /// `cluster-node-timeout` of the Redis nodes, in ms: how long before a silent master is
+    /// declared failed and its replica promoted.
+    #[arg(long, default_value_t = 1000)]
+    pub node_timeout_ms: u64,
+}
+
+#[cfg(all(feature = "redis", feature = "sql"))]
+impl From<FaultsArgs> for unicell_bench::faults::FaultsOptions {
+    fn from(a: FaultsArgs) -> Self {
+        unicell_bench::faults::FaultsOptions {
+            common: a.common.into(),
+            trees: a.trees,
+            builders: a.builders,
+            listers: a.listers,
+            instances: a.instances,
+            before_ms: a.before_ms,
+            down_ms: a.down_ms,
+            after_ms: a.after_ms,
+            node_timeout_ms: a.node_timeout_ms,
         }
     }
 }

@@ -90,6 +90,8 @@ async fn run(cli: Cli) -> Result<bool> {
                 BenchCommand::ApiList(a) => unicell_bench::api_list::run(store, a.into()).await?,
                 #[cfg(feature = "redis")]
                 BenchCommand::Failover(a) => unicell_bench::failover::run(a.into()).await?,
+                #[cfg(all(feature = "redis", feature = "sql"))]
+                BenchCommand::Faults(a) => unicell_bench::faults::run(a.into()).await?,
                 BenchCommand::Soak(a) => unicell_bench::soak::run(store, a.into()).await?,
             }
             Ok(true)

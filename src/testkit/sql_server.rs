@@ -14,7 +14,8 @@
 //!   child is the postmaster itself).
 //!
 //! A server is stopped (SIGTERM, then SIGKILL after 10 s) and its directory removed when
-//! dropped.
+//! dropped. [`SqlServer::kill`] and [`SqlServer::restart`] crash it and bring it back on
+//! the same port and data directory, as a fault benchmark loses a cell's database server.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,6 +31,8 @@ pub struct SqlServer {
     pub port: u16,
     kind: SqlKind,
     dir: TempDir,
+    /// The server's command line (program and arguments), kept to restart it as it was.
+    argv: Vec<std::ffi::OsString>,
 }
 
 /// Which engine.
@@ -63,6 +66,36 @@ impl SqlServer {
     /// The engine.
     pub fn kind(&self) -> SqlKind {
         self.kind
+    }
+
+    /// Kills the server with SIGKILL (a crash: no clean shutdown) and reaps it. The data
+    /// directory is kept for [`restart`](Self::restart).
+    pub fn kill(&mut self) -> Result<(), LaunchError> {
+        if let Some(mut c) = self.child.take() {
+            c.kill().map_err(|e| LaunchError::new("SIGKILL of the SQL server", e))?;
+            c.wait().map_err(|e| LaunchError::new("reaping the SQL server", e))?;
+        }
+        Ok(())
+    }
+
+    /// Starts the killed server again, same command line, port and data (crash recovery
+    /// runs), and waits until it listens.
+    pub fn restart(&mut self) -> Result<(), LaunchError> {
+        if self.child.is_some() {
+            return Err(LaunchError("the SQL server is running: kill it first".into()));
+        }
+        let (program, args) =
+            self.argv.split_first().ok_or_else(|| LaunchError::from("the SQL server has no command line"))?;
+        let (out, err) = log_file(self.dir.path())?;
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| LaunchError::new("restarting the SQL server", e))?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(90))
     }
 
     /// The last lines of the server's log (for failure messages).
@@ -114,6 +147,11 @@ impl Drop for SqlServer {
     }
 }
 
+/// A command's program and arguments, to start it again.
+fn argv_of(cmd: &Command) -> Vec<std::ffi::OsString> {
+    std::iter::once(cmd.get_program().to_os_string()).chain(cmd.get_args().map(|a| a.to_os_string())).collect()
+}
+
 fn log_tail(dir: &Path) -> String {
     let s = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
@@ -155,19 +193,21 @@ fn start_mariadb() -> Result<SqlServer, LaunchError> {
     run_setup(cmd, "mariadb-install-db", dir.path())?;
     let port = free_port(false)?;
     let (out, err) = log_file(dir.path())?;
-    let child = Command::new(server)
-        .arg("--no-defaults")
+    let mut cmd = Command::new(server);
+    cmd.arg("--no-defaults")
         .arg(format!("--datadir={}", data.display()))
         .arg(format!("--socket={}", dir.path().join("mysqld.sock").display()))
         .arg(format!("--pid-file={}", dir.path().join("mysqld.pid").display()))
         .arg(format!("--port={port}"))
-        .args(["--bind-address=127.0.0.1", "--user=root", "--skip-grant-tables", "--max-connections=1000"])
+        .args(["--bind-address=127.0.0.1", "--user=root", "--skip-grant-tables", "--max-connections=1000"]);
+    let argv = argv_of(&cmd);
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         .spawn()
         .map_err(|e| LaunchError::new("starting mariadbd", e))?;
-    let mut s = SqlServer { child: Some(child), port, kind: SqlKind::MariaDb, dir };
+    let mut s = SqlServer { child: Some(child), port, kind: SqlKind::MariaDb, dir, argv };
     s.wait_ready(Duration::from_secs(60))?;
     Ok(s)
 }
@@ -228,20 +268,22 @@ fn start_postgres() -> Result<SqlServer, LaunchError> {
     let port = free_port(false)?;
     let (out, err) = log_file(dir.path())?;
     let mut cmd = as_postgres(&bin.join("postgres"))?;
+    cmd.arg("-D").arg(&data).arg("-p").arg(port.to_string()).arg("-k").arg(dir.path()).args([
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "max_connections=1000",
+        "-c",
+        "shared_buffers=64MB",
+    ]);
+    let argv = argv_of(&cmd);
     let child = cmd
-        .arg("-D")
-        .arg(&data)
-        .arg("-p")
-        .arg(port.to_string())
-        .arg("-k")
-        .arg(dir.path())
-        .args(["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=1000", "-c", "shared_buffers=64MB"])
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         .spawn()
         .map_err(|e| LaunchError::new("starting postgres", e))?;
-    let mut s = SqlServer { child: Some(child), port, kind: SqlKind::Postgres, dir };
+    let mut s = SqlServer { child: Some(child), port, kind: SqlKind::Postgres, dir, argv };
     s.wait_ready(Duration::from_secs(60))?;
     Ok(s)
 }
