@@ -271,47 +271,45 @@ fn claim_request(consumer: ConsumerId, root: ProviderId, rng: &mut Rng) -> Claim
     }
 }
 
-/// Builds instances one after another; keeps `HOLD` and tears down the oldest.
+/// The queue of built instances to tear down, shared by the tearing-down tasks.
+type Teardowns = Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<InstanceId>>>;
+
+/// Tears built instances down (release the claim, whose consumer is the instance; delete
+/// it), as other API requests would: in tasks of their own, so that a teardown waiting on a
+/// down cell holds no builder. One that fails is queued again after [`AVOID`].
+async fn teardown(sh: Arc<Shared>, rx: Teardowns, again: tokio::sync::mpsc::UnboundedSender<InstanceId>) -> Log {
+    let mut log = Log::default();
+    while !sh.stop.load(Ordering::Relaxed) {
+        let next = tokio::time::timeout(Duration::from_millis(200), async { rx.lock().await.recv().await }).await;
+        let Ok(Some(old)) = next else { continue };
+        let done = match bounded(sh.store.release(ConsumerId::from(old))).await {
+            Ok(_) | Err(unicell::Error::NotFound { .. }) => {
+                matches!(bounded(sh.store.delete_instance(old)).await, Ok(()) | Err(unicell::Error::NotFound { .. }))
+            }
+            Err(_) => false,
+        };
+        if !done {
+            log.teardowns_failed += 1;
+            let again = again.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(AVOID).await;
+                let _ = again.send(old);
+            });
+        }
+    }
+    log
+}
+
+/// Builds instances one after another and queues each for teardown.
 ///
 /// Like a scheduler that drops the hosts it could not read, a builder avoids a cell for
 /// [`AVOID`] after a build into it failed (on both candidates), so that builds go on in the
-/// healthy cells. An instance whose teardown fails (its cell down) is set aside and retried
-/// every [`AVOID`], so that it does not hold the builder.
-async fn builder(sh: Arc<Shared>, seed: u64) -> Log {
-    const HOLD: usize = 6;
+/// healthy cells.
+async fn builder(sh: Arc<Shared>, seed: u64, done: tokio::sync::mpsc::UnboundedSender<InstanceId>) -> Log {
     let mut rng = Rng::new(seed);
     let mut log = Log::default();
-    let mut held: std::collections::VecDeque<InstanceId> = std::collections::VecDeque::new();
-    let mut stuck: Vec<InstanceId> = Vec::new();
-    let mut stuck_retry = Instant::now();
     let mut avoid: BTreeMap<CellId, Instant> = BTreeMap::new();
     while !sh.stop.load(Ordering::Relaxed) {
-        let teardown = if held.len() >= HOLD {
-            held.pop_front()
-        } else if !stuck.is_empty() && Instant::now() >= stuck_retry {
-            stuck_retry = Instant::now() + AVOID;
-            stuck.pop()
-        } else {
-            None
-        };
-        if let Some(old) = teardown {
-            // Tear down: release its claim (its consumer is the instance), delete it.
-            let consumer = ConsumerId::from(old);
-            let done = match bounded(sh.store.release(consumer)).await {
-                Ok(_) | Err(unicell::Error::NotFound { .. }) => {
-                    matches!(
-                        bounded(sh.store.delete_instance(old)).await,
-                        Ok(()) | Err(unicell::Error::NotFound { .. })
-                    )
-                }
-                Err(_) => false,
-            };
-            if !done {
-                log.teardowns_failed += 1;
-                stuck.push(old);
-            }
-            continue;
-        }
         let now = Instant::now();
         avoid.retain(|_, until| *until > now);
         let usable: Vec<usize> = (0..sh.trees.len()).filter(|&i| !avoid.contains_key(&sh.trees[i].1)).collect();
@@ -354,7 +352,7 @@ async fn builder(sh: Arc<Shared>, seed: u64) -> Log {
         match bounded(sh.store.update_instance(id, &patch)).await {
             Ok(_) => {
                 log.events.push((sh.now(), Ev::BuildOk));
-                held.push_back(id);
+                let _ = done.send(id);
             }
             Err(e) => {
                 // Nova's conductor would put the instance in ERROR (cell0); here it is
@@ -362,7 +360,7 @@ async fn builder(sh: Arc<Shared>, seed: u64) -> Log {
                 log.error("into cell", &e);
                 log.events.push((sh.now(), Ev::BuildFailed));
                 avoid.insert(cell, Instant::now() + AVOID);
-                stuck.push(id);
+                let _ = done.send(id);
             }
         }
     }
@@ -521,9 +519,13 @@ async fn run_one(mut target: Target, setup: Setup, p: &Params) -> Result<(Outcom
             }
         })
     };
-    let builders: Vec<_> = (0..p.builders)
-        .map(|b| tokio::spawn(builder(sh.clone(), p.seed.wrapping_mul(1000).wrapping_add(b as u64))))
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let rx: Teardowns = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut builders: Vec<_> = (0..p.builders)
+        .map(|b| tokio::spawn(builder(sh.clone(), p.seed.wrapping_mul(1000).wrapping_add(b as u64), tx.clone())))
         .collect();
+    builders.extend((0..p.builders).map(|_| tokio::spawn(teardown(sh.clone(), rx.clone(), tx.clone()))));
+    drop(tx);
     let listers: Vec<_> = (0..p.listers).map(|_| tokio::spawn(lister(sh.clone()))).collect();
 
     tokio::time::sleep(Duration::from_millis(p.before_ms)).await;
