@@ -250,6 +250,8 @@ struct Shared {
     flavor: FlavorId,
     start: Instant,
     stop: AtomicBool,
+    /// The cells whose hosts the last catalog load read (see [`catalog`]).
+    cells_seen: std::sync::RwLock<BTreeSet<CellId>>,
 }
 
 impl Shared {
@@ -269,6 +271,25 @@ fn claim_request(consumer: ConsumerId, root: ProviderId, rng: &mut Rng) -> Claim
         allocations: AllocationMap::from([(root, r)]),
         group: None,
     }
+}
+
+/// Loads the host catalog (`list_hosts` over every cell) every [`AVOID`], as a scheduler's
+/// HostManager refreshes its host states, and publishes the cells whose hosts it read. On
+/// the SQL baseline a down cell's hosts are left out (`down_cell=skip`), so builders stop
+/// choosing its trees; a load that fails keeps the previous catalog.
+async fn catalog(sh: Arc<Shared>) -> Log {
+    let mut log = Log::default();
+    while !sh.stop.load(Ordering::Relaxed) {
+        match bounded(sh.store.list_hosts(None)).await {
+            Ok(hosts) => {
+                let cells: BTreeSet<CellId> = hosts.iter().map(|h| h.cell).collect();
+                *sh.cells_seen.write().unwrap_or_else(|e| e.into_inner()) = cells;
+            }
+            Err(e) => log.error("host catalog", &e),
+        }
+        tokio::time::sleep(AVOID).await;
+    }
+    log
 }
 
 /// The queue of built instances to tear down, shared by the tearing-down tasks.
@@ -302,9 +323,9 @@ async fn teardown(sh: Arc<Shared>, rx: Teardowns, again: tokio::sync::mpsc::Unbo
 
 /// Builds instances one after another and queues each for teardown.
 ///
-/// Like a scheduler that drops the hosts it could not read, a builder avoids a cell for
-/// [`AVOID`] after a build into it failed (on both candidates), so that builds go on in the
-/// healthy cells.
+/// A builder chooses among the trees of the cells the last host catalog load read
+/// ([`catalog`]), and avoids a cell for [`AVOID`] after a build into it failed (on both
+/// candidates), as a scheduler drops the hosts it could not read.
 async fn builder(sh: Arc<Shared>, seed: u64, done: tokio::sync::mpsc::UnboundedSender<InstanceId>) -> Log {
     let mut rng = Rng::new(seed);
     let mut log = Log::default();
@@ -312,7 +333,12 @@ async fn builder(sh: Arc<Shared>, seed: u64, done: tokio::sync::mpsc::UnboundedS
     while !sh.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         avoid.retain(|_, until| *until > now);
-        let usable: Vec<usize> = (0..sh.trees.len()).filter(|&i| !avoid.contains_key(&sh.trees[i].1)).collect();
+        let usable: Vec<usize> = {
+            let seen = sh.cells_seen.read().unwrap_or_else(|e| e.into_inner());
+            (0..sh.trees.len())
+                .filter(|&i| seen.contains(&sh.trees[i].1) && !avoid.contains_key(&sh.trees[i].1))
+                .collect()
+        };
         let pick = if usable.is_empty() { rng.below(sh.trees.len()) } else { usable[rng.below(usable.len())] };
         let (root, cell, host) = sh.trees[pick].clone();
         let id = InstanceId::new_v4();
@@ -481,6 +507,19 @@ async fn run_one(mut target: Target, setup: Setup, p: &Params) -> Result<(Outcom
                 aggregates: BTreeSet::new(),
             })
             .await?;
+        store
+            .put_host(&Host {
+                name: name.clone(),
+                cell,
+                root_provider: id,
+                node: name.clone(),
+                enabled: true,
+                disabled_reason: None,
+                last_heartbeat: Timestamp::now(),
+                availability_zone: None,
+                capabilities: BTreeMap::new(),
+            })
+            .await?;
         trees.push((id, cell, name));
     }
     let project = format!("p-faults-{run_id}");
@@ -507,6 +546,7 @@ async fn run_one(mut target: Target, setup: Setup, p: &Params) -> Result<(Outcom
         flavor,
         start: Instant::now(),
         stop: AtomicBool::new(false),
+        cells_seen: std::sync::RwLock::new(cells.iter().copied().collect()),
     });
     let total_s = (p.before_ms + p.down_ms + p.after_ms) / 1000;
     let bar = progress::bar(&format!("faults: {}", setup.label), total_s.max(1));
@@ -526,7 +566,8 @@ async fn run_one(mut target: Target, setup: Setup, p: &Params) -> Result<(Outcom
         .collect();
     builders.extend((0..p.builders).map(|_| tokio::spawn(teardown(sh.clone(), rx.clone(), tx.clone()))));
     drop(tx);
-    let listers: Vec<_> = (0..p.listers).map(|_| tokio::spawn(lister(sh.clone()))).collect();
+    let mut listers: Vec<_> = (0..p.listers).map(|_| tokio::spawn(lister(sh.clone()))).collect();
+    listers.push(tokio::spawn(catalog(sh.clone())));
 
     tokio::time::sleep(Duration::from_millis(p.before_ms)).await;
     let kill_s = sh.now();
