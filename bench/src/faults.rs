@@ -80,7 +80,7 @@ pub struct FaultsOptions {
     pub instances: Option<usize>,
     /// Load before the kill, ms [default: 10000; quick: 5000].
     pub before_ms: Option<u64>,
-    /// The node stays down this long, ms [default: 20000; quick: 10000].
+    /// The node stays down this long, ms [default: 30000; quick: 14000].
     pub down_ms: Option<u64>,
     /// Load after the restart, ms [default: 10000; quick: 6000].
     pub after_ms: Option<u64>,
@@ -739,7 +739,7 @@ pub async fn run(a: FaultsOptions) -> Result<()> {
         cells: CELLS,
         page: PAGE,
         before_ms: knob(a.before_ms, quick, 5000, 10_000),
-        down_ms: knob(a.down_ms, quick, 10_000, 20_000),
+        down_ms: knob(a.down_ms, quick, 14_000, 30_000),
         after_ms: knob(a.after_ms, quick, 6000, 10_000),
         node_timeout_ms: a.node_timeout_ms,
         seed: a.common.seed,

@@ -173,7 +173,8 @@ pub struct FaultsArgs {
     /// Load before the kill, in ms [default: 10000; quick: 5000].
     #[arg(long)]
     pub before_ms: Option<u64>,
-    /// How long the killed node stays down, in ms [default: 20000; quick: 10000].
+    /// How long the killed node stays down, in ms [default: 30000; quick: 14000]: longer than
+    /// the SQL pools' 10 s acquire timeout, so that builds can resume in the healthy cells.
     #[arg(long)]
     pub down_ms: Option<u64>,
     /// Load after the restart, in ms [default: 10000; quick: 6000].
