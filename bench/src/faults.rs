@@ -788,8 +788,18 @@ pub async fn run(a: FaultsOptions) -> Result<()> {
 
     // 2. The SQL cells baseline, each cell's database on a server of its own.
     let servers = tokio::task::spawn_blocking(|| {
-        let started: Vec<std::thread::JoinHandle<_>> =
-            (0..CELLS).map(|_| std::thread::spawn(|| SqlServer::start(SqlKind::MariaDb))).collect();
+        let started: Vec<std::thread::JoinHandle<_>> = (0..CELLS)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    // mariadb-install-db run three at a time has failed now and then on this
+                    // machine: one more try, alone, before giving up.
+                    SqlServer::start(SqlKind::MariaDb).or_else(|e| {
+                        tracing::warn!(error = %e, "starting a MariaDB server failed; trying again");
+                        SqlServer::start(SqlKind::MariaDb)
+                    })
+                })
+            })
+            .collect();
         started
             .into_iter()
             .map(|h| h.join().map_err(|_| crate::Error::Failed("a server start panicked".into())))
