@@ -152,10 +152,10 @@ struct Outcome {
     unreachable_named: BTreeSet<String>,
     /// Instances of the listed project.
     expected_visible: usize,
-    /// The fewest a full listing begun and ended while the node was down showed (None:
-    /// no listing did).
+    /// The fewest a full listing that overlapped the outage (ended after the kill, began
+    /// before the node was back) showed (None: no listing did).
     visible_min_while_down: Option<usize>,
-    /// Full listings completed while the node was down, and those that showed everything.
+    /// Full listings that overlapped the outage, and those that showed everything.
     listings_while_down: u64,
     listings_whole_while_down: u64,
     /// Kill -> the last failed build, failed page or partial page.
@@ -676,7 +676,7 @@ async fn run_one(mut target: Target, setup: Setup, p: &Params) -> Result<(Outcom
     let listings_down: Vec<&(f64, f64, usize, bool)> = logs
         .iter()
         .flat_map(|l| l.listings.iter())
-        .filter(|(began, at, _, _)| *began >= kill_s && *at < restart_s)
+        .filter(|(began, at, _, _)| *at > kill_s && *began < back_s)
         .collect();
     let mut errors = BTreeMap::new();
     let mut unreachable = BTreeSet::new();
@@ -835,7 +835,7 @@ pub async fn run(a: FaultsOptions) -> Result<()> {
         "after",
         "builds failed",
         "pages ok/partial/failed",
-        "visible while down",
+        "visible (outage)",
         "kill->last fault",
         "kill->full rate",
         "audit",
