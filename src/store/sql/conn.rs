@@ -427,6 +427,18 @@ impl Pool {
         Ok(())
     }
 
+    /// Whether the database gives a connection now: takes a turn and a connection (sqlx
+    /// pings it) and gives both back at once. For a caller about to hold another pool's
+    /// connection while it waits on this one (see `update_at` in `instances.rs`).
+    pub async fn check(&self) -> std::result::Result<(), sqlx::Error> {
+        let _permit = self.turn().await?;
+        match &self.kind {
+            PoolKind::My(p) => drop(p.acquire().await?),
+            PoolKind::Pg(p) => drop(p.acquire().await?),
+        }
+        Ok(())
+    }
+
     /// Begins a transaction at the database's default isolation (REPEATABLE READ on InnoDB,
     /// READ COMMITTED on PostgreSQL).
     pub async fn begin(&self) -> std::result::Result<Tx, sqlx::Error> {

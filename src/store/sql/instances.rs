@@ -455,6 +455,22 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Whether the cell database at `loc` gives a connection within `cell_timeout`, asked
+    /// while holding no connection (see `update_at`). The API database is not checked:
+    /// nothing works without it.
+    async fn reachable(&self, loc: Loc) -> Result<()> {
+        let Loc::Cell(slot) = loc else { return Ok(()) };
+        let unreachable = |why: String| Error::Unavailable {
+            backend: "sql",
+            message: format!("cell database {}: {why}", self.cells[slot].label),
+        };
+        match tokio::time::timeout(self.opts.cell_timeout, self.pool_of(loc).check()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(unreachable(map_err(e).to_string())),
+            Err(_) => Err(unreachable(format!("no connection within {:?}", self.opts.cell_timeout))),
+        }
+    }
+
     /// One attempt of `update_instance` on the instance found at `loc`, moving it to
     /// `new_loc` when that differs; `None` when the row was no longer at `loc` (moved or
     /// deleted since the mapping was read: the caller resolves it again).
@@ -476,6 +492,22 @@ impl SqlStore {
     ) -> Result<Option<Instance>> {
         const REMAP: &str = "UPDATE instance_mappings SET cell_uuid = ? WHERE instance_uuid = ?";
         let pool = self.pool_of(loc);
+        // This call may hold an API connection (and a row lock) while it waits for a cell
+        // database's connection: the instance's own cell when the patch may move it (the
+        // API transaction is opened first), and the destination of a move. With that cell's
+        // server down, every such call held an API connection for the pool's whole wait,
+        // the API pool ran dry and builds into the healthy cells stopped too (`bench
+        // faults`). So those cells are checked first, holding nothing, within
+        // `cell_timeout`; a cell that dies between the check and the wait still holds a
+        // connection, for one wait at most.
+        let holds_api = !pool.same_as(&self.api);
+        if holds_api && patch.cell.is_some() {
+            self.reachable(loc).await?;
+        }
+        let target = self.pool_of(new_loc);
+        if new_loc != loc && !target.same_as(pool) && !target.same_as(&self.api) {
+            self.reachable(new_loc).await?;
+        }
         // The API database's own transaction, when `loc` is another database and the
         // patch may have to write the API database (a new cell: the mapping, maybe the row).
         let mut api_tx = match pool.same_as(&self.api) || patch.cell.is_none() {
