@@ -33,7 +33,7 @@ pub mod sql;
 mod url;
 
 pub use self::url::{Scheme, StoreUrl, redact_text};
-pub(crate) use self::url::{is_secret_key, split_host_list};
+pub(crate) use self::url::{is_secret_key, percent_decode_lossy, split_host_list};
 
 /// The one storage contract of unicell, the sum of five per-concern traits. Object safe; used
 /// as `Arc<dyn Store>`. Calling a method on a `dyn Store` needs its sub-trait in scope: `use

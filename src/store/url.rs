@@ -375,7 +375,7 @@ fn mask_recurrences(text: &str, secrets: &[String]) -> String {
 }
 
 /// `%XX` decoding (a password as `url::Url` holds it), lossy; malformed escapes stay.
-fn percent_decode_lossy(s: &str) -> String {
+pub(crate) fn percent_decode_lossy(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -154,15 +154,15 @@ fn collect_url_parts(s: &str, depth: usize, secrets: &mut Vec<String>, public: &
     };
     public.push(u.scheme().to_string());
     public.push(u.username().to_string());
-    public.push(percent_decode(u.username()));
+    public.push(crate::store::percent_decode_lossy(u.username()));
     public.extend(u.host_str().map(str::to_string));
     public.extend(u.port().map(|p| p.to_string()));
     public.push(u.path().to_string());
-    public.push(percent_decode(u.path()));
+    public.push(crate::store::percent_decode_lossy(u.path()));
     public.extend(u.fragment().map(str::to_string));
     if let Some(p) = u.password() {
         secrets.push(p.to_string());
-        secrets.push(percent_decode(p));
+        secrets.push(crate::store::percent_decode_lossy(p));
     }
     for (k, v) in u.query_pairs() {
         public.push(k.to_string());
@@ -180,26 +180,6 @@ fn collect_url_parts(s: &str, depth: usize, secrets: &mut Vec<String>, public: &
 fn leaks(text: &str, secret: &str) -> bool {
     let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
     text.contains(secret) || text.contains(&encoded) || text.contains(&encoded.replace('+', "%20"))
-}
-
-/// `%XX` decoding, lossy; malformed escapes stay as they are.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && let (Some(h), Some(l)) = (b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c)))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 // ---------------------------------------------------------------------------------------
