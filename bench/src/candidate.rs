@@ -458,6 +458,13 @@ pub fn check_store_url(url: &str) -> Result<StoreUrl> {
     Ok(parsed)
 }
 
+/// Checks one candidate as [`candidates`] would (a store URL, or a `testkit:` server, with
+/// `cell_servers=`), without starting anything: for commands that take candidates but start
+/// them later, so that a typo fails before minutes of other work.
+pub fn check_candidate(text: &str) -> Result<()> {
+    Spec::parse(text).map(|_| ())
+}
+
 /// Opens a store, naming it (redacted) when it fails.
 pub async fn open_store(url: &str) -> Result<Arc<dyn Store>> {
     let parsed = check_store_url(url)?;

@@ -125,7 +125,7 @@ pub async fn run(global_store: &str, o: EvaluateOptions) -> Result<bool> {
         o.stores.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
     };
     for s in &stores {
-        crate::candidate::check_store_url(s)?;
+        crate::candidate::check_candidate(s)?;
     }
     let benches: Vec<&str> =
         BENCHES.iter().copied().filter(|b| o.benches.is_empty() || o.benches.iter().any(|x| x == b)).collect();
@@ -166,7 +166,7 @@ pub async fn run(global_store: &str, o: EvaluateOptions) -> Result<bool> {
         for url in &stores {
             let t = Instant::now();
             let label = report::redact_text(url);
-            match crate::conformance::run_suite(url, None).await {
+            match conformance_of(global_store, url, o.seed).await {
                 Ok(outcome) => {
                     let status = if outcome.all_passed() { "ok" } else { "failed" };
                     let detail = (!outcome.all_passed())
@@ -272,6 +272,25 @@ fn source_chain(e: &Error) -> String {
         s = x.source();
     }
     out
+}
+
+/// The conformance suite on one candidate, as the benches will see it: a `testkit:` server
+/// or `cell_servers=` layout is started for the suite and stopped after it (each bench then
+/// starts its own), and the suite runs in a namespace of its own (Redis key prefix, CQL
+/// keyspace, SQL databases), removed afterwards, so that it neither sees nor leaves data
+/// on a shared server. The outcome is labelled with the candidate as given.
+async fn conformance_of(global_store: &str, text: &str, seed: u64) -> Result<crate::conformance::StoreOutcome> {
+    let common = Common { stores: vec![text.to_string()], out: PathBuf::new(), quick: true, seed };
+    let cands = crate::candidate::candidates(global_store, &common)?;
+    let Some(cand) = cands.first() else {
+        bail!(Invalid, "no candidate in {text:?}");
+    };
+    let url = crate::candidate::run_url(cand, &format!("conf{}", crate::candidate::run_tag()), None)?;
+    let outcome = crate::conformance::run_suite(&url, None).await;
+    crate::candidate::cleanup(cand, &url).await;
+    let mut outcome = outcome?;
+    outcome.candidate = cand.label.clone();
+    Ok(outcome)
 }
 
 /// What `small` means, for the report's notes.
