@@ -387,8 +387,8 @@ pub struct ScheduleArgs {
     pub redis_aof: bool,
     /// Scheduling designs, comma-separated, run side by side on each candidate: unicell
     /// (the snapshot scheduler) and nova (per request Placement's allocation candidates as
-    /// SQL, Nova's filters and weighers over them, PUT /allocations; SQL stores only,
-    /// claims phase only) [default: unicell].
+    /// SQL, Nova's filters and weighers over them, PUT /allocations; claims phase only, on
+    /// the SQL candidates: the other candidates run unicell's design only) [default: unicell].
     #[arg(long, value_delimiter = ',')]
     pub design: Vec<String>,
 }

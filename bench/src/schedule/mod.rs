@@ -79,8 +79,8 @@ pub struct ScheduleOptions {
     pub redis_aof: bool,
     /// Scheduling designs to run on each candidate, side by side on the same cloud:
     /// `unicell` (the snapshot scheduler) and `nova` (Placement's candidate query per
-    /// request, Nova's filter scheduler over the candidates, `PUT /allocations`; SQL
-    /// candidates only, claims phase only) [default: unicell].
+    /// request, Nova's filter scheduler over the candidates, `PUT /allocations`; claims
+    /// phase only, on the SQL candidates: the others run `unicell` only) [default: unicell].
     pub designs: Vec<String>,
 }
 
@@ -140,7 +140,7 @@ struct Row {
     candidate: String,
     /// How it scheduled (`unicell` or `nova`).
     design: &'static str,
-    /// What the candidate's server says about durability (Redis: appendonly, appendfsync).
+    /// The candidate's durability, as read from its server(s) at the start of the run.
     durability: String,
     load_seconds: f64,
     claims: ClaimRun,
@@ -212,30 +212,14 @@ fn groups(cloud: &Cloud) -> Vec<(unicell::model::GroupId, GroupPolicy, Option<u3
     cloud.groups.iter().map(|g| (g.id, g.policy, g.max_per_host)).collect()
 }
 
-/// Durability of a candidate's server, as it says (Redis only).
-async fn durability(store: &std::sync::Arc<dyn Store>, cand: &Candidate, aof: Option<&redis_aof::AofRedis>) -> String {
-    if let Some(a) = aof
-        && cand.url == a.url()
-    {
-        return "Redis appendonly yes, appendfsync everysec (throwaway redis-server started by the bench)".into();
-    }
-    let _ = store;
-    match cand.scheme.backend() {
-        "memory" => "in-process, not durable".into(),
-        "redis" => {
-            let port = cand.url.rsplit(':').next().and_then(|p| p.split(['/', '?']).next()).unwrap_or("6379");
-            let get = |key: &str| {
-                std::process::Command::new("redis-cli")
-                    .args(["-p", port, "config", "get", key])
-                    .output()
-                    .ok()
-                    .and_then(|o| String::from_utf8(o.stdout).ok())
-                    .and_then(|s| s.lines().nth(1).map(str::to_string))
-                    .unwrap_or_else(|| "?".into())
-            };
-            format!("Redis appendonly {}, appendfsync {}", get("appendonly"), get("appendfsync"))
+/// The candidate's durability as read from its server(s) when the run started (the same
+/// line every other bench prints), naming the throwaway server of `--redis-aof`.
+fn durability(cand: &Candidate, aof: Option<&redis_aof::AofRedis>) -> String {
+    match aof {
+        Some(a) if cand.url == a.url() => {
+            format!("{} (throwaway redis-server started by the bench)", cand.durability.summary)
         }
-        other => format!("{other}: as configured on the server"),
+        _ => cand.durability.summary.clone(),
     }
 }
 
@@ -277,13 +261,24 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
         common.stores.push(server.url());
     }
     let cands = candidates(global_store, &common)?;
-    if nova && let Some(c) = cands.iter().find(|c| c.scheme.backend() != "sql") {
+    // Nova's design needs Placement's tables, which only the SQL baseline keeps: it runs on
+    // the SQL candidates, the others run unicell's design only (one run can still put every
+    // store beside both designs).
+    if nova && !cands.iter().any(|c| c.is_sql()) {
         bail!(
             Invalid,
             "--design nova needs Placement's tables, which only the SQL baseline keeps (mysql://, mariadb://, \
-             postgres://); candidate {} is {}",
-            c.label,
-            c.scheme.backend()
+             postgres://); no candidate is one: {}",
+            cands.iter().map(|c| c.label.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let unicell_only: Vec<&str> =
+        if nova { cands.iter().filter(|c| !c.is_sql()).map(|c| c.label.as_str()).collect() } else { Vec::new() };
+    if nova && !designs.contains(&Design::Unicell) && !unicell_only.is_empty() {
+        bail!(
+            Invalid,
+            "--design nova alone runs on the SQL baseline only; add unicell to --design or leave out {}",
+            unicell_only.join(", ")
         );
     }
     let env = report::Environment::capture();
@@ -318,12 +313,15 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
              stream for every design (the Nova-faithful query reads root providers only)"
         );
     }
+    if !unicell_only.is_empty() {
+        println!("  --design nova runs on the SQL baseline only; unicell's design only on {}", unicell_only.join(", "));
+    }
     let mut rows = Vec::new();
     let mut left_out: Vec<String> = Vec::new();
     for (i, cand) in cands.iter().enumerate() {
         let url = run_url(cand, &format!("{tag}_s{i}"), Some(cells))?;
         let store = open_store(&url).await?;
-        let durability = durability(&store, cand, aof.as_ref()).await;
+        let durability = durability(cand, aof.as_ref());
         let t = std::time::Instant::now();
         let mut cloud = Cloud::generate(store.clone(), &spec, 16, &Bars).await?;
         let load_seconds = t.elapsed().as_secs_f64();
@@ -335,7 +333,7 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
         // Every design's claims phase on the same cloud (released after each), then the
         // builds phase of unicell's design.
         let mut phases = Vec::new();
-        for &design in &designs {
+        for &design in designs.iter().filter(|d| **d != Design::Nova || cand.is_sql()) {
             let label = format!("{} {}", cand.scheme.name(), design.name());
             let claims = drive::claims_with(design, &store, &reqs, &setup, &label, &Bars).await?;
             let claims_audit = audit(&*store, &AuditScope::default()).await?;
