@@ -28,7 +28,7 @@ use unicell::store::prelude::*;
 
 use crate::candidate::{self, candidates, open_store, run_tag, run_url};
 use crate::error::{Context, Result, bail};
-use crate::report::{self, print_outputs};
+use crate::report;
 use crate::stats::{Latency, Summary, Table, fmt_ms};
 use crate::{Common, knob, progress};
 
@@ -120,6 +120,9 @@ pub async fn run(global_store: &str, a: ApiListOptions) -> Result<()> {
     let env = report::Environment::capture();
     let tag = run_tag();
     println!("bench api-list: {n} instances, limit {limit}, {} candidate(s), {} build", cands.len(), env.build);
+    for line in candidate::durability_lines(&cands) {
+        println!("  durability: {line}");
+    }
     let flavor = FlavorId::new("m1.small")?;
     let mut runs = Vec::new();
     for (i, cand) in cands.iter().enumerate() {
@@ -220,7 +223,7 @@ pub async fn run(global_store: &str, a: ApiListOptions) -> Result<()> {
     println!("by depth:\n{}", d.render());
 
     let rep = report::Report {
-        durability: Vec::new(),
+        durability: candidate::durabilities(&cands),
         bench: "api-list",
         parameters: Params {
             instances: n,
@@ -243,7 +246,7 @@ pub async fn run(global_store: &str, a: ApiListOptions) -> Result<()> {
         ],
     };
     let json = report::write_json(&a.common.out, "api-list", &rep)?;
-    print_outputs(&json, &json);
+    println!("\nwrote {} (no chart: the page latencies are in the JSON and the tables above)", json.display());
     Ok(())
 }
 

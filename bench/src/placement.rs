@@ -79,10 +79,28 @@ pub async fn run(global_store: &str, a: PlacementOptions) -> Result<()> {
     if sizes.contains(&0) || requests == 0 {
         bail!(Invalid, "--trees values and --requests must be at least 1");
     }
-    let cands = candidates(global_store, &a.common)?;
+    let all = candidates(global_store, &a.common)?;
+    // Only some backends keep Placement's state: the others are left out with the reason
+    // (before any tree is loaded), so one candidate list can serve every bench.
+    let (cands, left_out): (Vec<_>, Vec<_>) =
+        all.into_iter().partition(|c| unicell::store::placement::keeps_placement_state(c.scheme));
+    let skipped: Vec<String> = left_out
+        .iter()
+        .map(|c| format!("{}: skipped: the {} backend does not keep Placement's state", c.label, c.scheme.backend()))
+        .collect();
+    for s in &skipped {
+        println!("{s}");
+    }
+    if cands.is_empty() {
+        bail!(Invalid, "no candidate keeps Placement's state (memory://, redis://, mysql://, postgres://)");
+    }
     let env = report::Environment::capture();
+    let load_at_start = loadavg();
     let tag = run_tag();
     println!("bench placement: GET {QUERY}, trees {sizes:?}, {requests} requests, {} candidate(s)", cands.len());
+    for line in candidate::durability_lines(&cands) {
+        println!("  durability: {line}");
+    }
     let mut runs = Vec::new();
     for &n in &sizes {
         for (i, cand) in cands.iter().enumerate() {
@@ -125,7 +143,7 @@ pub async fn run(global_store: &str, a: PlacementOptions) -> Result<()> {
     }
     println!("\n{}", table.render());
     let report = Report {
-        durability: Vec::new(),
+        durability: candidate::durabilities(&cands),
         bench: "placement",
         parameters: Params {
             trees: sizes,
@@ -139,7 +157,7 @@ pub async fn run(global_store: &str, a: PlacementOptions) -> Result<()> {
         },
         environment: env,
         results: runs,
-        notes: vec![format!("load average at start: {}", loadavg())],
+        notes: std::iter::once(format!("load average at start: {load_at_start}")).chain(skipped).collect(),
     };
     let json = report::write_json(&a.common.out, "placement", &report)?;
     println!("\nwrote {}", json.display());

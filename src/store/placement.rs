@@ -490,6 +490,17 @@ pub trait PlacementStore: Store {
     async fn delete_trait(&self, name: &Trait) -> Result<()>;
 }
 
+/// Whether a store of this scheme keeps Placement's state in this build (what [`open`]
+/// accepts), so that a caller with several stores can tell before opening any.
+pub fn keeps_placement_state(scheme: crate::store::Scheme) -> bool {
+    match scheme {
+        crate::store::Scheme::Memory => true,
+        crate::store::Scheme::Redis | crate::store::Scheme::RedisCluster => cfg!(feature = "redis"),
+        crate::store::Scheme::MySql | crate::store::Scheme::Postgres => cfg!(feature = "sql"),
+        _ => false,
+    }
+}
+
 /// Opens a store that keeps Placement's state, by URL (the schemes of
 /// [`open`](crate::store::open) whose backend implements [`PlacementStore`]: memory, and
 /// Redis and the SQL baseline when built with features `redis` and `sql`; not the CQL
