@@ -52,11 +52,16 @@ impl Cas {
 
 /// Opens a driver session to the URL's contact points. Schema metadata is not fetched: the
 /// backend never needs it, and Cassandra 2.x has no `system_schema` keyspace to fetch it from.
+/// The price: without the keyspace's replication the driver cannot route a statement to a
+/// replica of its partition (token awareness), so on a multi-node cluster a statement may
+/// take one more hop through a coordinator that does not own the partition. (The full-
+/// metadata flag is switched off too only because the driver warns when the two disagree.)
 pub(crate) async fn connect(cfg: &CqlConfig) -> Result<Session> {
     let mut builder = SessionBuilder::new()
         .known_nodes(&cfg.hosts)
         .connection_timeout(cfg.connect_timeout)
-        .fetch_schema_metadata(false);
+        .fetch_schema_metadata(false)
+        .fetch_full_schema_metadata(false);
     if let Some((user, password)) = &cfg.credentials {
         builder = builder.user(user.clone(), password.clone());
     }

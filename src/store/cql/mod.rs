@@ -28,7 +28,10 @@
 //! LWT on tablet keyspaces) and Apache Cassandra (no `tablets` option; tested against 2.1.0
 //! through a protocol-translating test proxy, see `unicell::testkit::cql_proxy`). The session
 //! does not fetch schema metadata (`fetch_schema_metadata(false)`): the backend never needs
-//! it, and Cassandra 2.x has no `system_schema` keyspace. Bound values are always explicit
+//! it, and Cassandra 2.x has no `system_schema` keyspace. This turns the driver's token-aware
+//! routing off (it needs the keyspace's replication), so on a multi-node cluster a statement
+//! may be coordinated by a node that is not a replica of its partition: one more hop, not a
+//! correctness issue. Fetching the metadata where the server has it is not done yet. Bound values are always explicit
 //! (a value or null, never unset) and tree partitions are read in one page, which keeps the
 //! backend correct on native protocol v3 servers.
 //!
