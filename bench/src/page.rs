@@ -438,15 +438,23 @@ fn candidate_of(v: &Value) -> Option<String> {
 // ---- durability and machines -----------------------------------------------------------------
 
 /// Every durability the reports state, by candidate: from any record with a `durability`
-/// text beside its candidate, or a `durability` object mapping candidates to texts.
+/// beside its candidate (a text, or the benches' object with a `summary` text, which is how
+/// every bench's report-level `durability` list states it and so comes first), or a
+/// `durability` object mapping candidates to texts.
 fn durability_map(reports: &[Loaded]) -> BTreeMap<String, String> {
     fn walk(v: &Value, out: &mut BTreeMap<String, String>) {
         match v {
             Value::Object(m) => {
+                let summary = m.get("durability").and_then(|d| d.get("summary")).and_then(Value::as_str);
                 match m.get("durability") {
                     Some(Value::String(d)) => {
                         if let Some(c) = candidate_of(v) {
                             out.entry(c).or_insert_with(|| d.clone());
+                        }
+                    }
+                    Some(Value::Object(_)) if summary.is_some() && candidate_of(v).is_some() => {
+                        if let (Some(c), Some(d)) = (candidate_of(v), summary) {
+                            out.entry(c).or_insert_with(|| d.to_string());
                         }
                     }
                     Some(Value::Object(dm)) => {
@@ -1194,6 +1202,33 @@ mod tests {
         });
         let page = render("dir", &[loaded("schedule", v)], &[]).expect("renders");
         assert!(page.contains("appendfsync everysec"));
+        assert!(!page.contains("<td>not stated</td>"));
+    }
+
+    /// The shape every bench writes (`candidate::durabilities`): an object with a summary
+    /// beside the candidate, which must not be read as a map of candidates ("summary",
+    /// "settings", "source"), and which wins over a per-row text of the same report.
+    #[test]
+    fn the_benches_durability_list_is_read() {
+        let v = serde_json::json!({
+            "bench": "claims",
+            "durability": [{"candidate": "mysql://root@127.0.0.1:3306/x",
+                "durability": {"summary": "InnoDB redo log fsynced at every commit",
+                    "settings": {"127.0.0.1:3306 innodb_flush_log_at_trx_commit": "1"}, "source": "SELECT @@..."},
+                "servers_started": 0, "cell_servers": 0}],
+            "results": [{"candidate": "mysql://root@127.0.0.1:3306/x", "durability": "sql: as configured",
+                "claims": {"per_second": 10.0}}]
+        });
+        let reports = [loaded("claims", v)];
+        let map = durability_map(&reports);
+        assert_eq!(
+            map.get("mysql://root@127.0.0.1:3306/x").map(String::as_str),
+            Some("InnoDB redo log fsynced at every commit"),
+            "the server's word wins over a row's text"
+        );
+        assert!(!map.contains_key("summary"), "the object was read as a map of candidates: {map:?}");
+        let page = render("dir", &reports, &[]).expect("renders");
+        assert!(page.contains("InnoDB redo log fsynced at every commit"));
         assert!(!page.contains("<td>not stated</td>"));
     }
 }

@@ -493,12 +493,10 @@ pub trait PlacementStore: Store {
 /// Whether a store of this scheme keeps Placement's state in this build (what [`open`]
 /// accepts), so that a caller with several stores can tell before opening any.
 pub fn keeps_placement_state(scheme: crate::store::Scheme) -> bool {
-    match scheme {
-        crate::store::Scheme::Memory => true,
-        crate::store::Scheme::Redis | crate::store::Scheme::RedisCluster => cfg!(feature = "redis"),
-        crate::store::Scheme::MySql | crate::store::Scheme::Postgres => cfg!(feature = "sql"),
-        _ => false,
-    }
+    use crate::store::Scheme;
+    scheme == Scheme::Memory
+        || (cfg!(feature = "redis") && matches!(scheme, Scheme::Redis | Scheme::RedisCluster))
+        || (cfg!(feature = "sql") && matches!(scheme, Scheme::MySql | Scheme::Postgres))
 }
 
 /// Opens a store that keeps Placement's state, by URL (the schemes of
