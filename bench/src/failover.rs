@@ -136,6 +136,8 @@ pub async fn run(a: FailoverOptions) -> Result<()> {
         a.node_timeout_ms
     );
     let mut all = Vec::new();
+    // Every cluster is started alike, so the first one's settings are the report's.
+    let mut durability: Vec<crate::candidate::CandidateDurability> = Vec::new();
     for run in 1..=runs {
         for &wait in &waits {
             let cluster = tokio::task::spawn_blocking({
@@ -155,6 +157,16 @@ pub async fn run(a: FailoverOptions) -> Result<()> {
                 seed: a.common.seed.wrapping_add(run as u64),
                 ..FailoverConfig::default()
             };
+            if durability.is_empty() {
+                let d = crate::durability::read(&cluster.url(), &[], None).await;
+                println!("  durability: redis-cluster 3+3: {}", d.summary);
+                durability.push(crate::candidate::CandidateDurability {
+                    candidate: "redis-cluster 3+3".into(),
+                    durability: d,
+                    servers_started: 6,
+                    cell_servers: 0,
+                });
+            }
             let load_average = loadavg();
             let cluster = Arc::new(Mutex::new(cluster));
             let report = unicell::testkit::failover::run(cluster.clone(), &cfg)
@@ -255,7 +267,7 @@ pub async fn run(a: FailoverOptions) -> Result<()> {
             quick,
         },
         environment: env,
-        durability: Vec::new(),
+        durability,
         results: Results { runs: all, summary },
         notes,
     };
