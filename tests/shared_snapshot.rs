@@ -39,6 +39,7 @@ fn main() {
         case2!(tailer_follows_hosts_appearing_and_leaving),
         case2!(schedulers_sharing_a_snapshot_never_overcommit),
         case2!(indexed_ranking_matches_the_exhaustive_best_weight),
+        case2!(requests_few_hosts_can_serve_walk_their_classes),
     ];
     support::run(trials(cases), Vec::new());
 }
@@ -308,6 +309,64 @@ async fn indexed_ranking_matches_the_exhaustive_best_weight(store: Arc<dyn Store
     eprintln!("quality on {}: indexed {qi:?}, exhaustive {qe:?}", store.backend());
     check!(qe.decisions == 60 && qe.min_q == 1.0, "the exhaustive ranking picks the best (subset 1): {qe:?}");
     check!(qi.decisions == 60 && qi.mean_q >= 0.97, "indexed close to the best: {qi:?}");
+    audit(&store, cloud.cell).await?;
+    Ok(())
+}
+
+/// A request only a few hosts can serve (a trait on 4 hosts of 48) is ranked from those
+/// hosts' classes alone, best first, with alternates from them too; a host that gains the
+/// trait (its class changes under the same slot) is found there at once.
+async fn requests_few_hosts_can_serve_walk_their_classes(store: Arc<dyn Store>, _other: Arc<dyn Store>) -> R {
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    let mut fast = Vec::new();
+    for i in 0..48i64 {
+        let mut h = HostSpec::sized(8 + (i % 5) * 4, 16384 + (i % 7) * 4096, 200);
+        if i % 12 == 0 {
+            h = h.with_trait("CUSTOM_FAST").map_err(e)?;
+        }
+        if i == 5 {
+            h = HostSpec::sized(64, 262_144, 2000);
+        }
+        let host = cloud.add_host(h).await.map_err(e)?;
+        if i % 12 == 0 {
+            fast.push(host.name.clone());
+        }
+    }
+    let big = cloud.hosts[5].clone();
+    let snap = tailing(store.clone(), &cloud).await?;
+    let measured = SchedulerConfig { measure_quality: true, ..cloud.config() };
+    let indexed = Scheduler::with_snapshot(snap.clone(), measured.clone()).map_err(e)?;
+    let exhaustive = Scheduler::with_snapshot(
+        snap.clone(),
+        SchedulerConfig { ranking: RankingMode::Exhaustive, max_placement_results: None, ..measured },
+    )
+    .map_err(e)?;
+    let mut f = flavor(1, 1024, 10);
+    f.extra_specs.insert("trait:CUSTOM_FAST".into(), "required".into());
+    for _ in 0..8 {
+        let lists = indexed.select_destinations(&spec(f.clone()), &[InstanceId::new_v4()], 2).await.map_err(e)?;
+        for s in &lists[0] {
+            check!(fast.contains(&s.host), "{} (chosen or alternate) lacks the trait; trait hosts: {fast:?}", s.host);
+        }
+        check!(lists[0].len() == 3, "two alternates among the other trait hosts: {:?}", lists[0]);
+        exhaustive.select_destinations(&spec(f.clone()), &[InstanceId::new_v4()], 0).await.map_err(e)?;
+    }
+    let qi = indexed.quality();
+    check!(qi.decisions == 8 && qi.mean_q >= 0.97, "indexed close to the best among the trait hosts: {qi:?}");
+
+    // The biggest host gains the trait: another class, the same slot.
+    let tree = store.provider_tree(big.root).await.map_err(e)?;
+    let traits: std::collections::BTreeSet<Trait> = [Trait::new("CUSTOM_FAST").map_err(e)?].into();
+    store.set_traits(big.root, tree.generation, &traits).await.map_err(e)?;
+    let t0 = Instant::now();
+    loop {
+        let lists = indexed.select_destinations(&spec(f.clone()), &[InstanceId::new_v4()], 0).await.map_err(e)?;
+        if lists[0][0].host == big.name {
+            break;
+        }
+        check!(t0.elapsed() < Duration::from_secs(10), "the host that gained the trait (the biggest) was never chosen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     audit(&store, cloud.cell).await?;
     Ok(())
 }

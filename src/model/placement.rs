@@ -235,7 +235,8 @@ impl ClaimRequest {
                     .inventories
                     .get(class)
                     .ok_or_else(|| Error::not_found(Kind::Inventory, format!("{class} on provider {provider}")))?;
-                inv.check_units(&format!("{class} on provider {provider}"), *amount)?;
+                // Named lazily: this runs for every amount of every claim, the text only on an error.
+                inv.check_units(&format_args!("{class} on provider {provider}"), *amount)?;
             }
         }
         for (provider, resources) in &self.allocations {

@@ -271,7 +271,7 @@ impl Inventory {
     /// Checks that one allocation of `amount` is allowed by this inventory's unit rules
     /// (`min_unit <= amount <= max_unit`, `amount % step_size == 0`). Capacity is checked
     /// separately because it depends on usage.
-    pub fn check_units(&self, what: &str, amount: i64) -> Result<(), Error> {
+    pub fn check_units(&self, what: &dyn std::fmt::Display, amount: i64) -> Result<(), Error> {
         if amount < self.min_unit || amount > self.max_unit {
             return Err(Error::invalid(
                 format!("allocation {what}"),
@@ -348,10 +348,10 @@ mod tests {
     #[test]
     fn units() {
         let inv = Inventory { min_unit: 2, max_unit: 8, step_size: 2, ..Inventory::with_total(16) };
-        assert!(inv.check_units("x", 4).is_ok());
-        assert!(inv.check_units("x", 3).is_err());
-        assert!(inv.check_units("x", 10).is_err());
-        assert!(inv.check_units("x", 0).is_err());
+        assert!(inv.check_units(&"x", 4).is_ok());
+        assert!(inv.check_units(&"x", 3).is_err());
+        assert!(inv.check_units(&"x", 10).is_err());
+        assert!(inv.check_units(&"x", 0).is_err());
     }
 
     /// Allocation ratios up to Placement's float maximum and unvalidated inventories give a

@@ -33,7 +33,7 @@ use crate::scheduler::error::{
 };
 use crate::scheduler::filters::FilterContext;
 use crate::scheduler::host_state::HostView;
-use crate::scheduler::snapshot::{HostRec, LEVELS, Members, Place, Reservation, Verdicts, View, unordered};
+use crate::scheduler::snapshot::{Cursors, HostRec, Members, Reservation, Verdicts, View, unordered};
 use crate::scheduler::template::Template;
 use crate::scheduler::{RankingMode, Scheduler, SchedulerConfig, SplitMix64, bump, lock, weighers};
 use crate::store::Store;
@@ -53,6 +53,19 @@ pub(crate) struct Plan {
     pub(crate) forced: bool,
     /// `max_placement_results` for this request (`None`: lifted or unlimited).
     pub(crate) limit: Option<usize>,
+    /// The compiled request for the last view it was ranked on (the view is held, so its
+    /// identity cannot be taken by another): a request ranks and resolves several times,
+    /// and looking its verdicts up in the view's shared cache each time costs a hash and a
+    /// lock every scheduler of the process contends on.
+    verdicts: Mutex<Option<OnView>>,
+}
+
+/// What a request compiled for one view: its verdicts and, once ranked, which classes may
+/// serve it (both depend on the request and the view only).
+struct OnView {
+    view: Arc<View>,
+    verdicts: Arc<Verdicts>,
+    eligible: Option<Vec<bool>>,
 }
 
 impl Plan {
@@ -78,7 +91,37 @@ impl Plan {
         let different_host = Self::hosts_of(store, &spec.hints.different_host).await?;
         let forced = !spec.force_hosts.is_empty();
         let limit = placement_limit(config.max_placement_results, spec);
-        Ok(Plan { cand, group, same_host, different_host, forced, limit })
+        Ok(Plan { cand, group, same_host, different_host, forced, limit, verdicts: Mutex::new(None) })
+    }
+
+    /// The compiled request for `view`.
+    fn verdicts_on(&self, view: &Arc<View>) -> Arc<Verdicts> {
+        let mut cached = lock(&self.verdicts);
+        if let Some(c) = cached.as_ref()
+            && Arc::ptr_eq(&c.view, view)
+        {
+            return c.verdicts.clone();
+        }
+        let verdicts = view.verdicts(&self.cand);
+        *cached = Some(OnView { view: view.clone(), verdicts: verdicts.clone(), eligible: None });
+        verdicts
+    }
+
+    /// The classes that may serve the request on `view`, computed by `compute` once per view.
+    fn eligible_on(&self, view: &Arc<View>, compute: impl FnOnce() -> Vec<bool>) -> Vec<bool> {
+        if let Some(c) = lock(&self.verdicts).as_ref()
+            && Arc::ptr_eq(&c.view, view)
+            && let Some(e) = &c.eligible
+        {
+            return e.clone();
+        }
+        let e = compute();
+        if let Some(c) = lock(&self.verdicts).as_mut()
+            && Arc::ptr_eq(&c.view, view)
+        {
+            c.eligible = Some(e.clone());
+        }
+        e
     }
 
     /// Hosts currently running these instances (unknown or unplaced ones are skipped).
@@ -228,34 +271,81 @@ pub(crate) fn classify(e: Error) -> Result<ClaimFailureCause, Error> {
 
 /// Reads the score index best-first for one scheduler: the io_ops levels are merged with
 /// the io_ops weigher's contribution (the scheduler's multiplier times io_ops normalized
-/// over the range seen), batch by batch.
+/// over the range seen), batch by batch. Over the whole cloud, or over a few classes'
+/// sets (each read from its own cursors and merged the same way).
 struct Walk<'a> {
     snap: &'a crate::scheduler::SharedSnapshot,
     descending: bool,
     io_step: f64,
-    cursors: [Option<(u64, u32)>; LEVELS],
+    /// What is read: `None` the whole-cloud sets, `Some(class)` that class's; with the
+    /// cursors of each level and whether it is exhausted.
+    sources: Vec<(Option<u32>, Cursors, bool)>,
     batch: Vec<(u32, u64, u32)>,
 }
 
 impl Walk<'_> {
     /// The approximate weight of a place under this scheduler's multipliers.
-    fn value(&self, p: Place) -> f64 {
-        let score = unordered(p.key);
-        (if self.descending { score } else { -score }) + self.io_step * f64::from(p.level)
+    fn value(&self, level: u32, key: u64) -> f64 {
+        let score = unordered(key);
+        (if self.descending { score } else { -score }) + self.io_step * f64::from(level)
     }
 
     /// The next slots, best first (about `k` per io_ops level); `None` when exhausted.
     fn next(&mut self, k: usize) -> Option<Vec<u32>> {
         self.batch.clear();
-        let per_level = k.div_ceil(2).max(4);
-        if !self.snap.index.next_batch(&mut self.cursors, per_level, self.descending, &mut self.batch) {
+        let per_level =
+            k.div_ceil(2).div_ceil(self.sources.len().max(1)).max(if self.sources.len() > 1 { 2 } else { 4 });
+        let mut any = false;
+        for (class, cursors, done) in &mut self.sources {
+            if *done {
+                continue;
+            }
+            let index = &self.snap.index;
+            let got = match class {
+                None => index.next_batch(cursors, per_level, self.descending, &mut self.batch),
+                Some(c) => index.next_batch_of(*c, cursors, per_level, self.descending, &mut self.batch),
+            };
+            *done = !got;
+            any |= got;
+        }
+        if !any {
             return None;
         }
         let mut scored: Vec<(f64, u32)> =
-            self.batch.iter().map(|(l, key, slot)| (self.value(Place { level: *l, key: *key }), *slot)).collect();
+            self.batch.iter().map(|(l, key, slot)| (self.value(*l, *key), *slot)).collect();
         scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
         Some(scored.into_iter().map(|(_, s)| s).collect())
     }
+
+    /// Offers hosts best first to `take` (which says whether it kept one) until `want`
+    /// were kept or the walk is exhausted.
+    fn take(&mut self, view: &View, k: usize, want: usize, mut take: impl FnMut(&Arc<HostRec>) -> bool) {
+        let mut kept = 0;
+        while kept < want {
+            let Some(batch) = self.next(k) else {
+                return;
+            };
+            for slot in batch {
+                if kept >= want {
+                    return;
+                }
+                if let Some(rec) = view.rec(slot)
+                    && take(rec)
+                {
+                    kept += 1;
+                }
+            }
+        }
+    }
+}
+
+/// The classes of `eligible` (those with a template) when they hold few of the view's hosts
+/// (under an eighth): walking their own index sets then beats walking the whole cloud's
+/// and skipping most of it. `None`: walk the whole cloud.
+fn few_classes(view: &View, eligible: &[Option<&Template>]) -> Option<Vec<u32>> {
+    let classes: Vec<u32> = eligible.iter().enumerate().filter(|(_, t)| t.is_some()).map(|(c, _)| c as u32).collect();
+    let hosts: usize = classes.iter().map(|c| view.class_hosts[*c as usize].len()).sum();
+    (hosts * 8 < view.live).then_some(classes)
 }
 
 /// A host resolved against the snapshot now: what a claim or an alternate needs.
@@ -267,14 +357,18 @@ struct Resolved {
 
 /// Everything one ranking reads, taken once.
 struct Round<'a> {
-    view: &'a View,
+    view: &'a Arc<View>,
     config: &'a crate::scheduler::SchedulerConfig,
     spec: &'a RequestSpec,
     plan: &'a Plan,
-    verdicts: Arc<Mutex<Verdicts>>,
-    /// The request's group members by slot, and the names of their hosts.
+    verdicts: Arc<Verdicts>,
+    /// The request's group members by slot, and (for an affinity group, the only policy
+    /// whose filter asks by name) the names of their hosts.
     members: Option<(crate::model::GroupId, Members)>,
     group_hosts: BTreeSet<String>,
+    /// Nothing narrows the scope but disabled cells: no requested cell, host or node, no
+    /// ignored or forced hosts. Most requests; their scope check reads no name.
+    plain_scope: bool,
     now: Timestamp,
 }
 
@@ -300,6 +394,9 @@ impl Round<'_> {
 
     /// Scope by name and cell for one host (the old stage 1), `None` when in scope.
     fn scope_rejection(&self, rec: &HostRec) -> Option<Rejection> {
+        if self.plain_scope {
+            return self.view.class_catalog[rec.class as usize].cell_disabled.then_some(Rejection::CellDisabled);
+        }
         let class = &self.view.classes[rec.class as usize];
         scope_rejection(
             self.spec,
@@ -313,7 +410,7 @@ impl Round<'_> {
         )
     }
 
-    fn template(&self, class: u32) -> Arc<Template> {
+    fn template(&self, class: u32) -> Option<&Template> {
         self.view.template(&self.verdicts, &self.plan.cand, class)
     }
 }
@@ -365,25 +462,33 @@ impl Scheduler {
         Plan::new(self.store(), &self.config, spec).await
     }
 
-    fn round<'a>(&'a self, view: &'a View, spec: &'a RequestSpec, plan: &'a Plan) -> Round<'a> {
+    fn round<'a>(&'a self, view: &'a Arc<View>, spec: &'a RequestSpec, plan: &'a Plan) -> Round<'a> {
         let members = plan.group.as_ref().map(|g| (g.id, self.snapshot.group_members(g.id)));
+        let affinity = plan.group.as_ref().is_some_and(|g| g.policy == GroupPolicy::Affinity);
         let group_hosts: BTreeSet<String> = match &members {
-            Some((_, m)) => m
+            Some((_, m)) if affinity => m
                 .iter()
                 .filter(|(_, n)| **n > 0)
                 .filter_map(|(slot, _)| view.rec(*slot))
                 .map(|r| r.name().to_string())
                 .collect(),
-            None => BTreeSet::new(),
+            _ => BTreeSet::new(),
         };
+        let plain_scope = spec
+            .requested_destination
+            .as_ref()
+            .is_none_or(|d| d.cell.is_none() && d.host.is_none() && d.node.is_none())
+            && spec.ignore_hosts.is_empty()
+            && !plan.forced;
         Round {
             view,
             config: &self.config,
             spec,
             plan,
-            verdicts: view.verdicts(&plan.cand),
+            verdicts: plan.verdicts_on(view),
             members,
             group_hosts,
+            plain_scope,
             now: Timestamp::now(),
         }
     }
@@ -487,10 +592,10 @@ impl Scheduler {
         let mut fitting: Vec<&Arc<HostRec>> = Vec::with_capacity(in_scope.len());
         for r in &in_scope {
             let t = round.template(r.class);
-            if t.fits(&***r) {
+            if t.is_some_and(|t| t.fits(&***r)) {
                 fitting.push(r);
             } else {
-                let why = t.evaluate(&***r).err().unwrap_or(Rejection::NoCombination);
+                let why = t.and_then(|t| t.evaluate(&***r).err()).unwrap_or(Rejection::NoCombination);
                 *res_why.entry(why).or_insert(0) += 1;
             }
         }
@@ -557,7 +662,15 @@ impl Scheduler {
     }
 
     /// Which classes may serve the request, with their templates (`None`: not this one).
-    fn eligible_classes(&self, round: &Round<'_>) -> Vec<Option<Arc<Template>>> {
+    fn eligible_classes<'r>(&self, round: &'r Round<'_>) -> Vec<Option<&'r Template>> {
+        let mask = round.plan.eligible_on(round.view, || self.eligible_mask(round));
+        mask.iter().enumerate().map(|(c, ok)| if *ok { round.template(c as u32) } else { None }).collect()
+    }
+
+    /// Per class of the view: whether it may serve the request (in this scheduler's cells
+    /// and the requested one, cell enabled, a template that can fit, the class-level filters
+    /// passed by its first host).
+    fn eligible_mask(&self, round: &Round<'_>) -> Vec<bool> {
         let view = round.view;
         let ctx = round.ctx();
         let class_filters: Vec<_> =
@@ -566,22 +679,20 @@ impl Scheduler {
         (0..view.classes.len())
             .map(|c| {
                 let class = &view.classes[c];
-                let first = view.class_hosts[c].first().and_then(|s| view.rec(*s))?;
+                let Some(first) = view.class_hosts[c].first().and_then(|s| view.rec(*s)) else {
+                    return false;
+                };
                 if !self.in_my_cells(class.cell)
                     || dest_cell.is_some_and(|d| d != class.cell)
                     || view.class_catalog[c].cell_disabled
                 {
-                    return None;
+                    return false;
                 }
-                let t = round.template(c as u32);
-                if t.impossible() {
-                    return None;
+                if round.template(c as u32).is_none_or(Template::impossible) {
+                    return false;
                 }
                 let host = view.compact(first, round.members_of());
-                if !class_filters.iter().all(|f| f.host_passes(&host, &ctx)) {
-                    return None;
-                }
-                Some(t)
+                class_filters.iter().all(|f| f.host_passes(&host, &ctx))
             })
             .collect()
     }
@@ -591,7 +702,7 @@ impl Scheduler {
         &self,
         round: &Round<'_>,
         ctx: &FilterContext<'_>,
-        eligible: &[Option<Arc<Template>>],
+        eligible: &[Option<&Template>],
         rec: &HostRec,
         skip: &HashSet<ProviderId>,
     ) -> bool {
@@ -662,57 +773,20 @@ impl Scheduler {
                     }
                 }
             }
-            let eligible_hosts: usize =
-                eligible.iter().enumerate().filter(|(_, t)| t.is_some()).map(|(c, _)| view.class_hosts[c].len()).sum();
-            let soft = chosen.len();
-            if eligible_hosts * 8 < view.live {
-                // Few classes can serve: read their hosts and keep the best keys.
-                for rec in self.best_first(view, &eligible) {
-                    if chosen.len() >= soft + k {
-                        break;
-                    }
-                    consider(rec, &mut chosen);
-                }
-            } else {
-                let mut walk = self.walk();
-                while chosen.len() < soft + k {
-                    let Some(batch) = walk.next(k) else {
-                        break;
-                    };
-                    for slot in batch {
-                        if chosen.len() >= soft + k {
-                            break;
-                        }
-                        if let Some(rec) = view.rec(slot) {
-                            consider(rec, &mut chosen);
-                        }
-                    }
-                }
-            }
+            let mut walk = self.walk(few_classes(view, &eligible));
+            walk.take(view, k, k, |rec| {
+                let before = chosen.len();
+                consider(rec, &mut chosen);
+                chosen.len() > before
+            });
         }
         let hosts = self.order(round, &chosen, true);
         Ranking { hosts, stages: Vec::new(), known: view.live, message: None }
     }
 
-    /// A best-first walk of the snapshot's index for this scheduler's weights.
-    /// Every host of the classes that have a template, best index key first (for requests
-    /// few classes can serve, where sorting them beats walking the whole index). Keys are
-    /// read once: other requests move them (atomics) while this one sorts, and a
-    /// comparison that changes under the sort is not an order (the sort panics).
-    fn best_first<'v>(&self, view: &'v View, classes: &[Option<Arc<Template>>]) -> Vec<&'v Arc<HostRec>> {
-        let w = self.walk();
-        let mut all: Vec<(f64, &Arc<HostRec>)> = classes
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.is_some())
-            .flat_map(|(c, _)| view.class_hosts[c].iter().filter_map(|s| view.rec(*s)))
-            .map(|rec| (w.value(rec.place()), rec))
-            .collect();
-        all.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
-        all.into_iter().map(|(_, rec)| rec).collect()
-    }
-
-    fn walk(&self) -> Walk<'_> {
+    /// A best-first walk of the snapshot's index for this scheduler's weights: over the
+    /// whole cloud, or over the sets of `classes` when given.
+    fn walk(&self, classes: Option<Vec<u32>>) -> Walk<'_> {
         let w = self.snapshot.config().index_weights;
         let c = &self.config;
         // The index orders by the snapshot's resource weights; a scheduler whose weights
@@ -721,11 +795,15 @@ impl Scheduler {
             w.ram * c.ram_weight_multiplier + w.cpu * c.cpu_weight_multiplier + w.disk * c.disk_weight_multiplier
                 >= 0.0;
         let io_max = f64::from(self.snapshot.io_max().max(1));
+        let sources = match classes {
+            None => vec![(None, Default::default(), false)],
+            Some(cs) => cs.into_iter().map(|c| (Some(c), Default::default(), false)).collect(),
+        };
         Walk {
             snap: &self.snapshot,
             descending,
             io_step: c.io_ops_weight_multiplier / io_max,
-            cursors: Default::default(),
+            sources,
             batch: Vec::new(),
         }
     }
@@ -733,7 +811,7 @@ impl Scheduler {
     /// A ranked host resolved against the snapshot now.
     fn resolve(&self, view: &View, round: &Round<'_>, slot: u32) -> Option<Resolved> {
         let rec = view.rec(slot)?.clone();
-        let t = round.template(rec.class);
+        let t = round.template(rec.class)?;
         let parts = t.parts(&*rec).ok()?;
         let class = &view.classes[rec.class as usize];
         let allocation = t.to_allocation(&parts, &rec.providers);
@@ -1102,45 +1180,24 @@ impl Scheduler {
     fn cell_candidates(
         &self,
         round: &Round<'_>,
-        eligible: &[Option<Arc<Template>>],
+        eligible: &[Option<&Template>],
         cell: CellId,
         skip: &HashSet<ProviderId>,
         n: usize,
     ) -> Vec<u32> {
         let view = round.view;
         let ctx = round.ctx();
-        let mine: Vec<Option<Arc<Template>>> =
-            eligible.iter().enumerate().map(|(c, t)| t.clone().filter(|_| view.classes[c].cell == cell)).collect();
-        let hosts: usize =
-            mine.iter().enumerate().filter(|(_, t)| t.is_some()).map(|(c, _)| view.class_hosts[c].len()).sum();
+        let mine: Vec<Option<&Template>> =
+            eligible.iter().enumerate().map(|(c, t)| t.filter(|_| view.classes[c].cell == cell)).collect();
         let mut out = Vec::new();
-        if hosts * 8 < view.live {
-            for rec in self.best_first(view, &mine) {
-                if out.len() >= n {
-                    break;
-                }
-                if self.passes(round, &ctx, &mine, rec, skip) {
-                    out.push(rec.slot);
-                }
+        let mut walk = self.walk(few_classes(view, &mine));
+        walk.take(view, n, n, |rec| {
+            let ok = self.passes(round, &ctx, &mine, rec, skip);
+            if ok {
+                out.push(rec.slot);
             }
-        } else {
-            let mut walk = self.walk();
-            while out.len() < n {
-                let Some(batch) = walk.next(n) else {
-                    break;
-                };
-                for slot in batch {
-                    if out.len() >= n {
-                        break;
-                    }
-                    if let Some(rec) = view.rec(slot)
-                        && self.passes(round, &ctx, &mine, rec, skip)
-                    {
-                        out.push(rec.slot);
-                    }
-                }
-            }
-        }
+            ok
+        });
         out
     }
 }

@@ -16,9 +16,10 @@
 //!   hosts or their structure changes: readers take it without a lock and keep it for a
 //!   whole request; usage changes do not swap it (atomics).
 //! * **Indexes**: name -> host and root -> host maps in the view; a score index (hosts
-//!   ordered by an approximation of their weight, sharded `BTreeSet`s) so that a request
-//!   reads its best candidates first instead of every host; and server group -> hosts
-//!   (member counts).
+//!   ordered by an approximation of their weight, `BTreeSet`s per io_ops level, once over
+//!   the cloud and once per class) so that a request reads its best candidates first
+//!   instead of every host, and a request few classes can serve reads only theirs; and
+//!   server group -> hosts (member counts).
 //!
 //! # Freshness
 //! The change feed is read by [`SharedSnapshot::refresh`]: one refresh at a time
@@ -34,7 +35,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -213,6 +214,11 @@ pub(crate) struct ClassCatalog {
     pub cell_disabled: bool,
     /// Index multipliers after aggregate overrides: ram, cpu, disk, io_ops, build failure.
     pub mult: [f64; 5],
+    /// The weighers' aggregate overrides for this class: per metadata key of
+    /// [`weighers::METADATA_KEYS`](crate::scheduler::weighers::METADATA_KEYS) that one of
+    /// its aggregates sets to a finite number, the smallest. Read once per view, where each
+    /// weighing would otherwise look the key up in every aggregate of every host it weighs.
+    pub numbers: Box<[(&'static str, f64)]>,
 }
 
 /// A claim of this process not yet reflected in the snapshot's confirmed state.
@@ -243,6 +249,9 @@ pub(crate) struct HostDyn {
     used: Box<[AtomicI64]>,
     key: AtomicU64,
     level: AtomicU32,
+    /// The class the host is indexed under (its record's class once indexed; the record
+    /// of a later view may name another until the index follows).
+    class: AtomicU32,
     enabled: AtomicBool,
     heartbeat_us: AtomicI64,
     io_ops: AtomicU32,
@@ -286,7 +295,11 @@ impl HostRec {
     }
     /// The current place in the index.
     pub fn place(&self) -> Place {
-        Place { level: self.d.level.load(Ordering::Relaxed), key: self.d.key.load(Ordering::Relaxed) }
+        Place {
+            class: self.d.class.load(Ordering::Relaxed),
+            level: self.d.level.load(Ordering::Relaxed),
+            key: self.d.key.load(Ordering::Relaxed),
+        }
     }
     fn approx_bytes(&self) -> usize {
         std::mem::size_of::<HostRec>()
@@ -371,6 +384,12 @@ impl HostView for Compact<'_> {
         if aggregates.is_empty() {
             return None;
         }
+        if let Some((_, v)) = self.catalog.numbers.iter().find(|(k, _)| *k == key) {
+            return Some(*v);
+        }
+        if crate::scheduler::weighers::METADATA_KEYS.contains(&key) {
+            return None;
+        }
         min_metadata(self.class.root_aggregates(), aggregates, key)
     }
 }
@@ -378,11 +397,13 @@ impl HostView for Compact<'_> {
 // ---------------------------------------------------------------------------------------
 // Views
 
-/// Verdicts of one request signature, per class id (computed lazily).
-pub(crate) type Verdicts = Vec<Option<Arc<Template>>>;
+/// Verdicts of one request signature, per class id of one view (each compiled on first
+/// use, then read without a lock: a ranking borrows them instead of counting references,
+/// which on a shared cache line cost more than the compare they serve).
+pub(crate) type Verdicts = Vec<OnceLock<Template>>;
 
 /// Compiled requests by signature hash (equality of the request decides).
-type VerdictCache = HashMap<u64, Vec<(CandidateRequest, Arc<Mutex<Verdicts>>)>>;
+type VerdictCache = HashMap<u64, Vec<(CandidateRequest, Arc<Verdicts>)>>;
 
 /// An immutable view of the hosts; swapped whole when hosts or their structure change.
 pub(crate) struct View {
@@ -449,7 +470,7 @@ impl View {
     }
 
     /// The template of `req` for class `class` (compiled once per view and signature).
-    pub fn verdicts(&self, req: &CandidateRequest) -> Arc<Mutex<Verdicts>> {
+    pub fn verdicts(&self, req: &CandidateRequest) -> Arc<Verdicts> {
         let sig = signature(req);
         let mut cache = lock(&self.verdicts);
         if cache.len() > 4096 {
@@ -459,24 +480,17 @@ impl View {
         if let Some((_, v)) = bucket.iter().find(|(r, _)| r == req) {
             return v.clone();
         }
-        let v = Arc::new(Mutex::new(vec![None; self.classes.len()]));
+        let v: Arc<Verdicts> = Arc::new(self.classes.iter().map(|_| OnceLock::new()).collect());
         bucket.push((req.clone(), v.clone()));
         v
     }
 
-    /// The template of `req` (whose verdicts are `verdicts`) for `class`.
-    pub fn template(&self, verdicts: &Mutex<Verdicts>, req: &CandidateRequest, class: u32) -> Arc<Template> {
+    /// The template of `req` (whose verdicts, taken from this view, are `verdicts`) for
+    /// `class`; `None` for a class this view does not have.
+    pub fn template<'v>(&self, verdicts: &'v Verdicts, req: &CandidateRequest, class: u32) -> Option<&'v Template> {
         let c = class as usize;
-        if let Some(Some(t)) = lock(verdicts).get(c) {
-            return t.clone();
-        }
-        let t = Arc::new(Template::compile(&self.classes[c].shape, req));
-        let mut v = lock(verdicts);
-        if v.len() <= c {
-            v.resize(c + 1, None);
-        }
-        v[c] = Some(t.clone());
-        t
+        let shape = &self.classes.get(c)?.shape;
+        Some(verdicts.get(c)?.get_or_init(|| Template::compile(shape, req)))
     }
 
     /// A materialized host (service record and tree with usage and group counts).
@@ -558,65 +572,71 @@ fn signature(req: &CandidateRequest) -> u64 {
 /// Levels of the score index: a host's level is its io_ops (capped).
 pub(crate) const LEVELS: usize = 16;
 
-/// Hosts ordered by an approximation of their weight without the io_ops weigher (higher
-/// first), in one set per io_ops level. The io_ops weigher normalizes over the range of
-/// io_ops, which moves with every claim; kept apart, it becomes an offset per level applied
-/// when the levels are merged (by the scheduler's walk), so a change of the range never
-/// re-keys every host.
+/// Where a walk stands in each level: the last `(key, slot)` it read.
+pub(crate) type Cursors = [Option<(u64, u32)>; LEVELS];
+
+/// One ordered set of `(key, slot)` per io_ops level, with a flag per level saying whether
+/// it holds anything: a walk skips empty levels without taking their locks (most hosts sit
+/// on a few levels).
 #[derive(Default)]
-pub(crate) struct ScoreIndex {
-    levels: [Mutex<BTreeSet<(u64, u32)>>; LEVELS],
-}
+struct Levels([Mutex<BTreeSet<(u64, u32)>>; LEVELS], [AtomicBool; LEVELS]);
 
-/// Where one host sits in the index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Place {
-    pub level: u32,
-    pub key: u64,
-}
-
-impl ScoreIndex {
-    fn insert(&self, p: Place, slot: u32) {
-        lock(&self.levels[p.level as usize]).insert((p.key, slot));
+impl Levels {
+    fn insert(&self, level: u32, key: u64, slot: u32) {
+        let l = level as usize;
+        let mut s = lock(&self.0[l]);
+        s.insert((key, slot));
+        self.1[l].store(true, Ordering::Relaxed);
     }
 
-    fn remove(&self, p: Place, slot: u32) {
-        lock(&self.levels[p.level as usize]).remove(&(p.key, slot));
+    fn remove(&self, level: u32, key: u64, slot: u32) {
+        let l = level as usize;
+        let mut s = lock(&self.0[l]);
+        s.remove(&(key, slot));
+        self.1[l].store(!s.is_empty(), Ordering::Relaxed);
     }
 
-    fn moved(&self, old: Place, new: Place, slot: u32) {
+    fn moved(&self, old: (u32, u64), new: (u32, u64), slot: u32) {
         if old == new {
             return;
         }
-        if old.level == new.level {
-            let mut s = lock(&self.levels[old.level as usize]);
-            s.remove(&(old.key, slot));
-            s.insert((new.key, slot));
+        if old.0 == new.0 {
+            let mut s = lock(&self.0[old.0 as usize]);
+            s.remove(&(old.1, slot));
+            s.insert((new.1, slot));
         } else {
-            self.remove(old, slot);
-            self.insert(new, slot);
+            self.remove(old.0, old.1, slot);
+            self.insert(new.0, new.1, slot);
         }
     }
 
     fn clear(&self) {
-        for s in &self.levels {
+        for (s, f) in self.0.iter().zip(&self.1) {
             lock(s).clear();
+            f.store(false, Ordering::Relaxed);
         }
     }
 
-    /// Entries of every level from the best (`descending`) or the worst, strictly past
-    /// each level's cursor, at most `per_level` from each, as `(level, key, slot)`.
-    /// Cursors advance; false when every level is exhausted.
-    pub fn next_batch(
+    fn len(&self) -> usize {
+        self.0.iter().map(|s| lock(s).len()).sum()
+    }
+
+    /// See [`ScoreIndex::next_batch`].
+    fn next_batch(
         &self,
-        cursors: &mut [Option<(u64, u32)>; LEVELS],
+        cursors: &mut Cursors,
         per_level: usize,
         descending: bool,
         out: &mut Vec<(u32, u64, u32)>,
     ) -> bool {
         use std::ops::Bound::{Excluded, Unbounded};
         let mut any = false;
-        for (i, level) in self.levels.iter().enumerate() {
+        for (i, level) in self.0.iter().enumerate() {
+            // A level filled since the flag was read is missed by this batch only: the
+            // walk is best first approximately, the weighing that follows is exact.
+            if !self.1[i].load(Ordering::Relaxed) {
+                continue;
+            }
             let s = lock(level);
             if s.is_empty() {
                 continue;
@@ -637,9 +657,107 @@ impl ScoreIndex {
         }
         any
     }
+}
 
+/// Hosts ordered by an approximation of their weight without the io_ops weigher (higher
+/// first), in one set per io_ops level, once over the whole cloud and once per host class.
+/// The io_ops weigher normalizes over the range of io_ops, which moves with every claim;
+/// kept apart, it becomes an offset per level applied when the levels are merged (by the
+/// scheduler's walk), so a change of the range never re-keys every host. The per-class
+/// sets serve requests only a few classes can serve (a flavor only some hosts fit, a zone,
+/// a cell's alternates): those walk their classes' sets, so their cost follows the hosts
+/// they take, not the size of the classes or of the cloud.
+#[derive(Default)]
+pub(crate) struct ScoreIndex {
+    all: Levels,
+    by_class: RwLock<Vec<Levels>>,
+}
+
+/// Where one host sits in the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Place {
+    /// The host's class when it was indexed.
+    pub class: u32,
+    pub level: u32,
+    pub key: u64,
+}
+
+impl ScoreIndex {
+    /// Runs `f` on the sets of `class`, created on first use.
+    fn with_class<R>(&self, class: u32, f: impl FnOnce(&Levels) -> R) -> R {
+        let c = class as usize;
+        {
+            let classes = self.by_class.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(l) = classes.get(c) {
+                return f(l);
+            }
+        }
+        let mut classes = self.by_class.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if classes.len() <= c {
+            classes.resize_with(c + 1, Levels::default);
+        }
+        f(&classes[c])
+    }
+
+    fn insert(&self, p: Place, slot: u32) {
+        self.all.insert(p.level, p.key, slot);
+        self.with_class(p.class, |l| l.insert(p.level, p.key, slot));
+    }
+
+    fn remove(&self, p: Place, slot: u32) {
+        self.all.remove(p.level, p.key, slot);
+        self.with_class(p.class, |l| l.remove(p.level, p.key, slot));
+    }
+
+    fn moved(&self, old: Place, new: Place, slot: u32) {
+        if old == new {
+            return;
+        }
+        self.all.moved((old.level, old.key), (new.level, new.key), slot);
+        if old.class == new.class {
+            self.with_class(old.class, |l| l.moved((old.level, old.key), (new.level, new.key), slot));
+        } else {
+            self.with_class(old.class, |l| l.remove(old.level, old.key, slot));
+            self.with_class(new.class, |l| l.insert(new.level, new.key, slot));
+        }
+    }
+
+    fn clear(&self) {
+        self.all.clear();
+        for l in self.by_class.read().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+            l.clear();
+        }
+    }
+
+    /// Entries of every level from the best (`descending`) or the worst, strictly past
+    /// each level's cursor, at most `per_level` from each, as `(level, key, slot)`.
+    /// Cursors advance; false when every level is exhausted.
+    pub fn next_batch(
+        &self,
+        cursors: &mut Cursors,
+        per_level: usize,
+        descending: bool,
+        out: &mut Vec<(u32, u64, u32)>,
+    ) -> bool {
+        self.all.next_batch(cursors, per_level, descending, out)
+    }
+
+    /// [`next_batch`](Self::next_batch) over the hosts of one class.
+    pub fn next_batch_of(
+        &self,
+        class: u32,
+        cursors: &mut Cursors,
+        per_level: usize,
+        descending: bool,
+        out: &mut Vec<(u32, u64, u32)>,
+    ) -> bool {
+        let classes = self.by_class.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        classes.get(class as usize).is_some_and(|l| l.next_batch(cursors, per_level, descending, out))
+    }
+
+    /// Entries in the whole-cloud sets (each host is also in its class's sets).
     fn len(&self) -> usize {
-        self.levels.iter().map(|s| lock(s).len()).sum()
+        self.all.len()
     }
 }
 
@@ -890,8 +1008,8 @@ impl SharedSnapshot {
         }
         total += v.class_hosts.iter().map(|h| h.capacity() * 4 + 24).sum::<usize>();
         total += v.unhosted.len() * 2048 + v.treeless.len() * 512;
-        // BTreeSet entries (16 bytes) with node overhead.
-        total += self.index.len() * 24;
+        // BTreeSet entries (16 bytes) with node overhead, in the whole-cloud and the class sets.
+        total += self.index.len() * 48;
         total += self.groups.approx_bytes();
         total
     }
@@ -1351,7 +1469,7 @@ impl SharedSnapshot {
         let key = (ordered(self.score(view, rec)) & !0xF_FFFF) | u64::from(rec.salt & 0xF_FFFF);
         let io = rec.d.io_ops.load(Ordering::Relaxed);
         self.io_max.fetch_max(io, Ordering::Relaxed);
-        Place { level: io.min(LEVELS as u32 - 1), key }
+        Place { class: rec.class, level: io.min(LEVELS as u32 - 1), key }
     }
 
     /// What the io_ops weigher adds to the score of hosts of `level`: the index weight
@@ -1368,6 +1486,7 @@ impl SharedSnapshot {
         let old = rec.place();
         rec.d.key.store(new.key, Ordering::Relaxed);
         rec.d.level.store(new.level, Ordering::Relaxed);
+        rec.d.class.store(new.class, Ordering::Relaxed);
         self.index.moved(old, new, rec.slot);
     }
 
@@ -1708,6 +1827,7 @@ impl<'a> Builder<'a> {
                 used: split.used.iter().map(|u| AtomicI64::new(*u)).collect(),
                 key: AtomicU64::new(0),
                 level: AtomicU32::new(0),
+                class: AtomicU32::new(0),
                 enabled: AtomicBool::new(host.enabled),
                 heartbeat_us: AtomicI64::new(host.last_heartbeat.as_micros()),
                 io_ops: AtomicU32::new(io_ops),
@@ -1777,6 +1897,14 @@ impl<'a> Builder<'a> {
                         num("io_ops_weight_multiplier", weights.io_ops),
                         num("build_failure_weight_multiplier", weights.build_failure),
                     ],
+                    numbers: if self.aggregates.is_empty() {
+                        Box::default()
+                    } else {
+                        crate::scheduler::weighers::METADATA_KEYS
+                            .iter()
+                            .filter_map(|k| min_metadata(c.root_aggregates(), &self.aggregates, k).map(|v| (*k, v)))
+                            .collect()
+                    },
                 }
             })
             .collect();
@@ -1822,6 +1950,7 @@ impl<'a> Builder<'a> {
             let old = rec.place();
             rec.d.key.store(new.key, Ordering::Relaxed);
             rec.d.level.store(new.level, Ordering::Relaxed);
+            rec.d.class.store(new.class, Ordering::Relaxed);
             if added == Some(true) {
                 self.snap.index.insert(new, rec.slot);
                 for (g, n) in &m.groups {
@@ -1850,5 +1979,52 @@ async fn tail(snap: Weak<SharedSnapshot>, period: Duration) {
                 backoff = (backoff * 2).min(Duration::from_secs(5)).max(period);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn walk_of(index: &ScoreIndex, class: Option<u32>) -> Vec<u32> {
+        let mut cursors = Default::default();
+        let mut out = Vec::new();
+        loop {
+            let mut batch = Vec::new();
+            let more = match class {
+                None => index.next_batch(&mut cursors, 2, true, &mut batch),
+                Some(c) => index.next_batch_of(c, &mut cursors, 2, true, &mut batch),
+            };
+            if !more {
+                break;
+            }
+            out.extend(batch.iter().map(|(_, _, slot)| *slot));
+        }
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn class_sets_follow_every_insert_move_and_removal() {
+        let index = ScoreIndex::default();
+        let p = |class, level, key| Place { class, level, key };
+        for slot in 0..10u32 {
+            index.insert(p(slot % 3, slot % 2, u64::from(slot) * 7), slot);
+        }
+        assert_eq!(walk_of(&index, None), (0..10).collect::<Vec<_>>());
+        assert_eq!(walk_of(&index, Some(1)), vec![1, 4, 7]);
+        // Slot 4 changes class and level; slot 7 changes key only; slot 0 leaves.
+        index.moved(p(1, 0, 28), p(2, 1, 5), 4);
+        index.moved(p(1, 1, 49), p(1, 1, 50), 7);
+        index.remove(p(0, 0, 0), 0);
+        assert_eq!(walk_of(&index, Some(0)), vec![3, 6, 9]);
+        assert_eq!(walk_of(&index, Some(1)), vec![1, 7]);
+        assert_eq!(walk_of(&index, Some(2)), vec![2, 4, 5, 8]);
+        assert_eq!(walk_of(&index, Some(9)), Vec::<u32>::new(), "a class never seen has no hosts");
+        assert_eq!(walk_of(&index, None), vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(index.len(), 9);
+        index.clear();
+        assert_eq!(walk_of(&index, Some(2)), Vec::<u32>::new());
+        assert_eq!(walk_of(&index, None), Vec::<u32>::new());
     }
 }

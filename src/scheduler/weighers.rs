@@ -37,6 +37,18 @@ pub trait HostWeigher: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// The aggregate metadata keys of every weigher's multiplier (the snapshot reads them once
+/// per host class).
+pub(crate) const METADATA_KEYS: [&str; 7] = [
+    "ram_weight_multiplier",
+    "cpu_weight_multiplier",
+    "disk_weight_multiplier",
+    "io_ops_weight_multiplier",
+    "build_failure_weight_multiplier",
+    "soft_affinity_weight_multiplier",
+    "soft_anti_affinity_weight_multiplier",
+];
+
 /// Every weigher, in Nova's order.
 pub fn all() -> Vec<Box<dyn HostWeigher>> {
     vec![
@@ -270,6 +282,12 @@ mod tests {
     use crate::scheduler::filters::tests::{Env, group, host};
     use crate::scheduler::host_state::HostState;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn every_weighers_metadata_key_is_read_per_class() {
+        let keys: Vec<&str> = all().iter().map(|w| w.metadata_key()).collect();
+        assert_eq!(keys, METADATA_KEYS.to_vec(), "the snapshot precomputes exactly these overrides");
+    }
 
     fn sized(name: &str, class: ResourceClass, total: i64, used: i64) -> HostState {
         let mut h = host(name);
