@@ -448,8 +448,14 @@ pub async fn builds(
                                 }
                                 BuildStatus::Failed { code, message } => {
                                     w.failed.push(ConsumerId::from(o.instance));
+                                    // Grouped by the message's first clause, with instance
+                                    // ids left out so that one cause is one line.
                                     let first = message.split(['.', ':']).next().unwrap_or(message);
-                                    *w.reasons.entry(format!("{code} {first}")).or_insert(0) += 1;
+                                    let first: Vec<&str> = first
+                                        .split(' ')
+                                        .map(|w| if uuid::Uuid::parse_str(w).is_ok() { "<instance>" } else { w })
+                                        .collect();
+                                    *w.reasons.entry(format!("{code} {}", first.join(" "))).or_insert(0) += 1;
                                 }
                             }
                         }
