@@ -282,6 +282,20 @@ async fn schedulers_sharing_a_snapshot_never_overcommit(store: Arc<dyn Store>, o
     Ok(())
 }
 
+/// Two schedulers measuring the quality of every decision on one snapshot of `cloud`: the
+/// indexed ranking and the exhaustive one (unlimited candidates).
+async fn measured_pair(store: Arc<dyn Store>, cloud: &Cloud) -> Result<(Scheduler, Scheduler), String> {
+    let snap = tailing(store, cloud).await?;
+    let measured = SchedulerConfig { measure_quality: true, ..cloud.config() };
+    let indexed = Scheduler::with_snapshot(snap.clone(), measured.clone()).map_err(e)?;
+    let exhaustive = Scheduler::with_snapshot(
+        snap,
+        SchedulerConfig { ranking: RankingMode::Exhaustive, max_placement_results: None, ..measured },
+    )
+    .map_err(e)?;
+    Ok((indexed, exhaustive))
+}
+
 async fn indexed_ranking_matches_the_exhaustive_best_weight(store: Arc<dyn Store>, _other: Arc<dyn Store>) -> R {
     let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
     for i in 0..40i64 {
@@ -290,14 +304,7 @@ async fn indexed_ranking_matches_the_exhaustive_best_weight(store: Arc<dyn Store
             .await
             .map_err(e)?;
     }
-    let snap = tailing(store.clone(), &cloud).await?;
-    let measured = SchedulerConfig { measure_quality: true, ..cloud.config() };
-    let indexed = Scheduler::with_snapshot(snap.clone(), measured.clone()).map_err(e)?;
-    let exhaustive = Scheduler::with_snapshot(
-        snap.clone(),
-        SchedulerConfig { ranking: RankingMode::Exhaustive, max_placement_results: None, ..measured },
-    )
-    .map_err(e)?;
+    let (indexed, exhaustive) = measured_pair(store.clone(), &cloud).await?;
     // Alternate the two on one cloud of unequal hosts, each decision measured against an
     // exhaustive weighing of the same state.
     for i in 0..60 {
@@ -333,14 +340,7 @@ async fn requests_few_hosts_can_serve_walk_their_classes(store: Arc<dyn Store>, 
         }
     }
     let big = cloud.hosts[5].clone();
-    let snap = tailing(store.clone(), &cloud).await?;
-    let measured = SchedulerConfig { measure_quality: true, ..cloud.config() };
-    let indexed = Scheduler::with_snapshot(snap.clone(), measured.clone()).map_err(e)?;
-    let exhaustive = Scheduler::with_snapshot(
-        snap.clone(),
-        SchedulerConfig { ranking: RankingMode::Exhaustive, max_placement_results: None, ..measured },
-    )
-    .map_err(e)?;
+    let (indexed, exhaustive) = measured_pair(store.clone(), &cloud).await?;
     let mut f = flavor(1, 1024, 10);
     f.extra_specs.insert("trait:CUSTOM_FAST".into(), "required".into());
     for _ in 0..8 {
