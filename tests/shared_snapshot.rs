@@ -351,13 +351,11 @@ async fn requests_few_hosts_can_serve_walk_their_classes(store: Arc<dyn Store>, 
         check!(lists[0].len() == 3, "two alternates among the other trait hosts: {:?}", lists[0]);
         exhaustive.select_destinations(&spec(f.clone()), &[InstanceId::new_v4()], 0).await.map_err(e)?;
     }
-    // Quality is measured, not asserted here: on these four unequal hosts the indexed
-    // ranking's choice and the exhaustive one's differ in about 3 decisions of 8 (q about
-    // 0.73), as they did before the class sets existed (the candidates are the same four
-    // hosts; the weighing of so few is where they part). The bench measures q at scale.
+    // The four are every host that passes: weighed among themselves, as the exhaustive
+    // ranking weighs them (their io_ops once normalized against the whole cloud's range
+    // made the indexed choice differ in 3 decisions of 8, q 0.73).
     let qi = indexed.quality();
-    eprintln!("quality on {} (4 candidate hosts): indexed {qi:?}", store.backend());
-    check!(qi.decisions == 8, "every indexed decision measured: {qi:?}");
+    check!(qi.decisions == 8 && qi.min_q == 1.0, "indexed picks the best of the trait hosts: {qi:?}");
 
     // The biggest host gains the trait: another class, the same slot.
     let tree = store.provider_tree(big.root).await.map_err(e)?;

@@ -318,24 +318,32 @@ impl Walk<'_> {
     }
 
     /// Offers hosts best first to `take` (which says whether it kept one) until `want`
-    /// were kept or the walk is exhausted.
-    fn take(&mut self, view: &View, k: usize, want: usize, mut take: impl FnMut(&Arc<HostRec>) -> bool) {
+    /// were kept or the walk is exhausted. True when every host was offered (the kept ones
+    /// are then all the hosts that `take` would keep).
+    fn take(&mut self, view: &View, k: usize, want: usize, mut take: impl FnMut(&Arc<HostRec>) -> bool) -> bool {
         let mut kept = 0;
         while kept < want {
             let Some(batch) = self.next(k) else {
-                return;
+                return true;
             };
-            for slot in batch {
+            let mut offered = 0;
+            for slot in &batch {
                 if kept >= want {
-                    return;
+                    break;
                 }
-                if let Some(rec) = view.rec(slot)
+                offered += 1;
+                if let Some(rec) = view.rec(*slot)
                     && take(rec)
                 {
                     kept += 1;
                 }
             }
+            if offered < batch.len() {
+                return false;
+            }
         }
+        // `want` reached at the end of a batch: whether more remain is not known.
+        false
     }
 }
 
@@ -537,9 +545,11 @@ impl Scheduler {
 
     /// Weighs `hosts`, sorts them best first (ties by name) and applies
     /// `shuffle_best_same_weighed_hosts` and `host_subset_size`. An indexed candidate list
-    /// (`sample`) stands for every host: the io_ops weigher then normalizes over the range
-    /// of io_ops of the whole snapshot, as an exhaustive ranking would (its range moves
-    /// with every claim, and a handful of candidates would magnify it).
+    /// that stands for more hosts (`sample`) has the io_ops weigher normalize over the
+    /// range of io_ops of the whole snapshot (its range moves with every claim, and a
+    /// handful of candidates would magnify it); a list that holds every passing host is
+    /// normalized over itself, as the exhaustive ranking normalizes (otherwise a request
+    /// only a few hosts can serve weighs their io_ops against hosts it cannot use).
     fn order(&self, round: &Round<'_>, hosts: &[Arc<HostRec>], sample: bool) -> Vec<Ranked> {
         let ctx = round.ctx();
         let views: Vec<_> = hosts.iter().map(|r| round.view.compact(r, round.members_of())).collect();
@@ -748,6 +758,10 @@ impl Scheduler {
         };
         let affinity = round.plan.group.as_ref().is_some_and(|g| g.policy == GroupPolicy::Affinity)
             && !round.group_hosts.is_empty();
+        // Whether the candidates are every host that passes (named hosts, an affinity
+        // group's, or a walk that ran out): they are then weighed among themselves, as the
+        // exhaustive ranking would weigh them. Otherwise they stand for more hosts.
+        let mut complete = true;
         if let Some(names) = named {
             for n in names {
                 if let Some(rec) = view.by_name(n) {
@@ -774,13 +788,13 @@ impl Scheduler {
                 }
             }
             let mut walk = self.walk(few_classes(view, &eligible));
-            walk.take(view, k, k, |rec| {
+            complete = walk.take(view, k, k, |rec| {
                 let before = chosen.len();
                 consider(rec, &mut chosen);
                 chosen.len() > before
             });
         }
-        let hosts = self.order(round, &chosen, true);
+        let hosts = self.order(round, &chosen, !complete);
         Ranking { hosts, stages: Vec::new(), known: view.live, message: None }
     }
 
