@@ -182,18 +182,19 @@ async fn main() -> anyhow::Result<()> {
         t.await??;
     }
     let elapsed = started.elapsed();
-    let (mut tried, mut refused, mut reread) = (0, 0, 0);
+    let (mut tried, mut refused, mut reread, mut from_feed) = (0, 0, 0, 0);
     for s in &schedulers {
         let st = s.stats();
         tried += st.claims_tried;
         refused += st.claim_conflicts;
         reread += st.trees_reread;
+        from_feed += st.trees_from_feed;
     }
     let placed = placed.load(Ordering::Relaxed);
     println!(
         "store={} mode={} hosts={} schedulers={} concurrency={} subset={} stale_ms={} max_placement_results={}: \
          {placed} placed, {} no valid host in {:.2?} => {:.0} placements/s; \
-         claims tried {tried}, refused {refused} ({:.1}%), trees re-read {reread}; setup {:.2?}",
+         claims tried {tried}, refused {refused} ({:.1}%), trees re-read {reread}, from the feed's usage {from_feed}; setup {:.2?}",
         store.backend(),
         a.mode,
         a.hosts,

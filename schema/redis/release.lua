@@ -24,6 +24,13 @@ if KEYS[5] then
   end
 end
 local newgen = redis.call('HINCRBY', tree, 'gen', 1)
+-- A claim or release extends the tree's run of usage-only writes ('us' the generation before
+-- the run, 'ul' its last): the change feed gives the usage of a tree whose 'ul' is its 'gen'.
+-- Any other script leaves 'ul' behind 'gen', which ends the run without knowing of it.
+if tonumber(redis.call('HGET', tree, 'ul') or '-1') ~= newgen - 1 then
+  redis.call('HSET', tree, 'us', newgen - 1)
+end
+redis.call('HSET', tree, 'ul', newgen)
 local seq = redis.call('HINCRBY', feed, 'seq', 1)
 redis.call('ZADD', chg, seq, root)
 return {'ok', token, newgen}

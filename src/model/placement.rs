@@ -339,9 +339,39 @@ pub enum Changes {
         /// here must be re-read. Backends that cannot tell leave it empty.
         #[serde(default)]
         generations: BTreeMap<ProviderId, u64>,
+        /// For roots of `roots` whose writes since some generation were all claims and
+        /// releases: the tree's usage and group counts, so that a reader holding the tree's
+        /// structure brings it up to date without reading the tree (see [`TreeUsage`]).
+        /// Always consistent with `generations` for the same root. Backends that cannot
+        /// tell leave it empty; a root missing here is read as before.
+        #[serde(default)]
+        usages: BTreeMap<ProviderId, TreeUsage>,
         /// Cursor for the next call.
         next: ChangeCursor,
     },
     /// The cursor is too old for the backend's change feed: reload everything.
     Resync,
+}
+
+/// A tree's usage at one generation, as a change feed carries it beside the tree's root.
+///
+/// Why: a scheduler in another process learns of a claim from the feed; without the amounts
+/// it must read the whole tree again (a round trip and a decode per claim anyone makes).
+/// With them it applies the claim as it would a tree read, provided the tree's structure
+/// (providers, inventories, traits, aggregates) is the one it holds: every write after
+/// `usage_only_since` up to `generation` was a claim or a release, so a reader holding the
+/// tree at `usage_only_since` or later has that structure. A reader holding an older
+/// generation must read the tree.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeUsage {
+    /// The tree's generation these figures are read at.
+    pub generation: u64,
+    /// The generation before the run of claims and releases that ends at `generation`
+    /// (the last generation a structural write, or the tree's creation, produced, or a
+    /// later one when the backend cannot tell).
+    pub usage_only_since: u64,
+    /// Usage per provider of the tree; a provider or class missing uses nothing.
+    pub used: BTreeMap<ProviderId, Resources>,
+    /// Server-group members on the tree (as [`ProviderTree::groups`]).
+    pub groups: BTreeMap<GroupId, u32>,
 }

@@ -240,6 +240,9 @@ pub struct SchedulerStats {
     /// Trees the change feed named that were not read, the snapshot holding their
     /// generation already (of the snapshot).
     pub trees_skipped: u64,
+    /// Trees brought up to date from the usage the change feed carried, without reading
+    /// them (of the snapshot).
+    pub trees_from_feed: u64,
     /// Full reloads (start and `Resync`; of the snapshot).
     pub full_reloads: u64,
     /// Catalog (hosts, aggregates, cells) reloads (of the snapshot).
@@ -456,6 +459,7 @@ impl Scheduler {
             refreshes: s.refreshes,
             trees_reread: s.trees_reread,
             trees_skipped: s.trees_skipped,
+            trees_from_feed: s.trees_from_feed,
             full_reloads: s.full_reloads,
             catalog_reloads: s.catalog_reloads,
         }

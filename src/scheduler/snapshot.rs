@@ -44,7 +44,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::error::{Error, Result};
 use crate::model::{
     Aggregate, AggregateId, Cell, CellId, ChangeCursor, Changes, GroupId, Host, InstanceFilters, Inventory, ListQuery,
-    ProviderId, ProviderNode, ProviderTree, ResourceClass, Timestamp, VmState,
+    ProviderId, ProviderNode, ProviderTree, ResourceClass, Timestamp, TreeUsage, VmState,
 };
 use crate::scheduler::candidates::CandidateRequest;
 use crate::scheduler::host_state::{HostState, HostView, min_metadata};
@@ -133,6 +133,9 @@ pub struct SnapshotStats {
     /// Trees the change feed named that were not read because the snapshot already held
     /// the generation the feed gave for them (mostly this process's own claims).
     pub trees_skipped: u64,
+    /// Trees brought up to date from the usage the change feed carried (another process's
+    /// claims and releases), without reading them.
+    pub trees_from_feed: u64,
     /// Full reloads (start and `Resync`).
     pub full_reloads: u64,
     /// Catalog (hosts, aggregates, cells) reloads.
@@ -146,6 +149,7 @@ struct Counters {
     refreshes: AtomicU64,
     trees_reread: AtomicU64,
     trees_skipped: AtomicU64,
+    trees_from_feed: AtomicU64,
     full_reloads: AtomicU64,
     catalog_reloads: AtomicU64,
     views_published: AtomicU64,
@@ -970,6 +974,7 @@ impl SharedSnapshot {
             refreshes: g(&c.refreshes),
             trees_reread: g(&c.trees_reread),
             trees_skipped: g(&c.trees_skipped),
+            trees_from_feed: g(&c.trees_from_feed),
             full_reloads: g(&c.full_reloads),
             catalog_reloads: g(&c.catalog_reloads),
             views_published: g(&c.views_published),
@@ -1068,9 +1073,10 @@ impl SharedSnapshot {
                 tracing::info!("change feed answered Resync: full reload");
                 self.full_reload(r).await?;
             }
-            Changes::Trees { roots, generations, next } => {
+            Changes::Trees { roots, generations, usages, next } => {
                 bump(&self.counters.refreshes, 1);
                 let roots = self.not_yet_held(roots, &generations);
+                let roots = self.apply_feed_usages(roots, &usages);
                 let unknown = if roots.is_empty() {
                     false
                 } else {
@@ -1115,6 +1121,51 @@ impl SharedSnapshot {
             })
             .collect();
         bump(&self.counters.trees_skipped, (before - out.len()) as u64);
+        out
+    }
+
+    /// Applies the usage the feed carried to the trees this snapshot holds with their
+    /// current structure (held at the usage's `usage_only_since` or later); returns the
+    /// roots that must still be read: new trees, trees whose structure changed, trees the
+    /// feed gave no usage for.
+    fn apply_feed_usages(&self, roots: Vec<ProviderId>, usages: &BTreeMap<ProviderId, TreeUsage>) -> Vec<ProviderId> {
+        if usages.is_empty() {
+            return roots;
+        }
+        let view = self.view();
+        let mut applied = 0;
+        let out: Vec<ProviderId> = roots
+            .into_iter()
+            .filter(|root| {
+                let (Some(u), Some(rec)) = (usages.get(root), view.by_root.get(root).and_then(|s| view.rec(*s))) else {
+                    return true;
+                };
+                // Every provider the usage names must be one of the host's (a provider
+                // added or moved in is a structural write, so this only guards the backend).
+                if !u.used.keys().all(|p| rec.providers.contains(p)) {
+                    return true;
+                }
+                let class = &view.classes[rec.class as usize];
+                let mut m = lock(&rec.d.m);
+                if m.retired || m.generation < u.usage_only_since {
+                    return true;
+                }
+                let used: Vec<i64> = class
+                    .shape
+                    .entries
+                    .iter()
+                    .map(|entry| {
+                        let provider = rec.providers.get(entry.slot as usize);
+                        provider.and_then(|p| u.used.get(p)).and_then(|r| r.get(&entry.rc)).copied().unwrap_or(0)
+                    })
+                    .collect();
+                set_usage(&self.groups, &rec.d, &mut m, rec.slot, &used, u.generation, &u.groups);
+                self.rekey_locked(&view, rec, &m);
+                applied += 1;
+                false
+            })
+            .collect();
+        bump(&self.counters.trees_from_feed, applied);
         out
     }
 
@@ -1437,7 +1488,7 @@ impl SharedSnapshot {
         if m.retired {
             return;
         }
-        set_from_tree(&self.groups, &rec.d, &mut m, rec.slot, &used, t);
+        set_usage(&self.groups, &rec.d, &mut m, rec.slot, &used, t.generation, &t.groups);
         self.rekey_locked(view, rec, &m);
     }
 
@@ -1642,14 +1693,23 @@ fn same_structure(view: &View, rec: &HostRec, t: &ProviderTree) -> bool {
     e == shape.entries.len()
 }
 
-/// Replaces usage and group counts of a host by a tree read at a generation not older
-/// than the snapshot's (else nothing): claims of this process the read may not include
-/// (in flight, or answered with a later generation) stay on top.
-fn set_from_tree(groups_index: &GroupIndex, d: &HostDyn, m: &mut HostMut, slot: u32, used: &[i64], t: &ProviderTree) {
-    if t.generation < m.generation {
+/// Replaces usage and group counts of a host by those of its tree at `generation`, read
+/// or carried by the feed, when not older than the snapshot's (else nothing): claims of
+/// this process the read may not include (in flight, or answered with a later generation)
+/// stay on top.
+fn set_usage(
+    groups_index: &GroupIndex,
+    d: &HostDyn,
+    m: &mut HostMut,
+    slot: u32,
+    used: &[i64],
+    generation: u64,
+    read_groups: &BTreeMap<GroupId, u32>,
+) {
+    if generation < m.generation {
         return;
     }
-    m.generation = t.generation;
+    m.generation = generation;
     let seen = m.generation;
     m.pending.retain(|p| p.done.is_none_or(|g| g > seen));
     for (e, read) in used.iter().enumerate() {
@@ -1659,7 +1719,7 @@ fn set_from_tree(groups_index: &GroupIndex, d: &HostDyn, m: &mut HostMut, slot: 
             u.store(read + pending, Ordering::Relaxed);
         }
     }
-    let mut groups: BTreeMap<GroupId, u32> = t.groups.clone();
+    let mut groups: BTreeMap<GroupId, u32> = read_groups.clone();
     for p in &m.pending {
         if let Some(g) = p.group {
             *groups.entry(g).or_insert(0) += 1;
@@ -1819,7 +1879,7 @@ impl<'a> Builder<'a> {
         let d = match reuse {
             Some(d) => {
                 let mut m = lock(&d.m);
-                set_from_tree(&self.snap.groups, &d, &mut m, slot, &split.used, tree);
+                set_usage(&self.snap.groups, &d, &mut m, slot, &split.used, tree.generation, &tree.groups);
                 drop(m);
                 d
             }

@@ -102,7 +102,11 @@ pub(crate) use self::url::{is_secret_key, percent_decode_lossy, split_host_list}
 ///     in proportion to the changes, may name a tree that did not change, never omits one that
 ///     did, and says [`Changes::Resync`] when the feed no longer reaches back that far. A
 ///     generation it gives for a tree is never behind the changes it reports (and is never
-///     given for a deleted tree): a reader holding that generation may skip the tree.
+///     given for a deleted tree): a reader holding that generation may skip the tree. A
+///     [`TreeUsage`](crate::model::TreeUsage) it gives for a tree is the tree's usage and
+///     group counts at the generation it gives for that tree, and every write to the tree
+///     after its `usage_only_since` was a claim or a release: a reader holding the tree at
+///     that generation or later may apply the usage instead of reading the tree.
 ///
 /// # Catalog
 ///

@@ -476,7 +476,8 @@ async fn snapshot_follows_the_change_feed(store: Arc<dyn Store>) -> R {
     let watcher = cloud.scheduler().await.map_err(e)?;
     let other = cloud.scheduler().await.map_err(e)?;
     let sp = spec(flavor(2, 2048, 10));
-    let out = other.select_destinations(&sp, &[InstanceId::new_v4()], 0).await.map_err(e)?;
+    let placed = InstanceId::new_v4();
+    let out = other.select_destinations(&sp, &[placed], 0).await.map_err(e)?;
     let before = watcher.stats();
     watcher.refresh().await.map_err(e)?;
     let after = watcher.stats();
@@ -487,6 +488,36 @@ async fn snapshot_follows_the_change_feed(store: Arc<dyn Store>) -> R {
         after.trees_reread - before.trees_reread <= 1,
         "refresh re-read only the changed tree: {before:?} -> {after:?}"
     );
+    // Memory and Redis carry the claim's usage in the feed: the watcher applies it without
+    // reading the tree, and then holds exactly what the store holds.
+    let carries_usage = matches!(store.backend(), "memory" | "redis");
+    if carries_usage {
+        check!(
+            after.trees_from_feed == before.trees_from_feed + 1 && after.trees_reread == before.trees_reread,
+            "another scheduler's claim applied from the feed's usage, no tree read: {before:?} -> {after:?}"
+        );
+    }
+    let root = cloud.hosts.iter().find(|h| h.name == out[0][0].host).ok_or("chosen host")?.root;
+    let tree = store.provider_tree(root).await.map_err(e)?;
+    check!(
+        hs.tree.generation == tree.generation,
+        "watcher at {} but the store at {}",
+        hs.tree.generation,
+        tree.generation
+    );
+    // A release made outside any scheduler (another process's conductor) comes back too.
+    store.release(ConsumerId::from(placed)).await.map_err(e)?;
+    let before = watcher.stats();
+    watcher.refresh().await.map_err(e)?;
+    let after = watcher.stats();
+    let hs = watcher.host_state(&out[0][0].host).ok_or("host")?;
+    check!(hs.free(&ResourceClass::Vcpu) == 4, "a release by another process is visible after refresh");
+    if carries_usage {
+        check!(
+            after.trees_from_feed == before.trees_from_feed + 1 && after.trees_reread == before.trees_reread,
+            "a release applied from the feed's usage: {before:?} -> {after:?}"
+        );
+    }
     // A new host shows up (its tree is in the feed; its unknown root triggers a catalog read).
     let newcomer = cloud.add_host(HostSpec::default()).await.map_err(e)?;
     watcher.refresh().await.map_err(e)?;

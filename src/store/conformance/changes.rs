@@ -1,6 +1,6 @@
 //! Change feed cases (contract line 11).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::fixtures::*;
@@ -15,6 +15,7 @@ pub(super) fn cases() -> Vec<Case> {
     vec![
         case!("changes::feed_reports_changed_trees", feed_reports_changed_trees),
         case!("changes::feed_generations_are_never_behind", feed_generations_are_never_behind),
+        case!("changes::feed_usage_is_the_trees", feed_usage_is_the_trees),
     ]
 }
 
@@ -70,7 +71,7 @@ async fn feed_generations_are_never_behind(store: Arc<dyn Store>) -> CaseResult 
     let tb = store.provider_tree(b.root).await?;
     let gb = store.set_traits(b.sriov, tb.generation, &BTreeSet::from([Trait::new("CUSTOM_PHYSNET_G")?])).await?;
     let (generations, next) = match store.changes_since(&cursor).await? {
-        Changes::Trees { roots, generations, next } => {
+        Changes::Trees { roots, generations, next, .. } => {
             check!(roots.contains(&a.root) && roots.contains(&b.root), "A and B must be reported: {roots:?}");
             for root in generations.keys() {
                 check!(roots.contains(root), "generation given for unreported tree {root}: {generations:?}");
@@ -100,6 +101,89 @@ async fn feed_generations_are_never_behind(store: Arc<dyn Store>) -> CaseResult 
             );
         }
         Changes::Resync => return Err(Failure("unexpected resync".into())),
+    }
+    Ok(())
+}
+
+/// The feed's answer for one tree: reported, its generation and its usage (if given).
+async fn feed_entry(
+    store: &dyn Store,
+    cursor: &ChangeCursor,
+    root: ProviderId,
+) -> Result<(Option<u64>, Option<TreeUsage>, ChangeCursor), Failure> {
+    match store.changes_since(cursor).await? {
+        Changes::Trees { roots, generations, usages, next } => {
+            check!(roots.contains(&root), "changed tree {root} missing from {roots:?}");
+            for (r, u) in &usages {
+                check!(
+                    generations.get(r) == Some(&u.generation),
+                    "usage of {r} at generation {} but the feed gives generation {:?}",
+                    u.generation,
+                    generations.get(r)
+                );
+            }
+            Ok((generations.get(&root).copied(), usages.get(&root).cloned(), next))
+        }
+        Changes::Resync => Err(Failure("a fresh cursor must not need a resync".into())),
+    }
+}
+
+/// A reader applies a [`TreeUsage`] instead of reading the tree, so it must be the tree's
+/// usage and group counts at the generation given, and `usage_only_since` must never reach
+/// back over a write that was not a claim or a release. Memory and Redis give usages;
+/// the others may not, and a usage they give is checked the same way.
+async fn feed_usage_is_the_trees(store: Arc<dyn Store>) -> CaseResult {
+    let must_give = matches!(store.backend(), "memory" | "redis");
+    let a = make_tree(&*store, None, 8, 4096).await?;
+    let created = store.provider_tree(a.root).await?.generation;
+    let group = GroupId::new_v4();
+    let cursor = store.change_cursor().await?;
+    let mut grouped = claim_req(ConsumerId::new_v4(), &[(a.numa[0], "PCPU", 2), (a.root, "MEMORY_MB", 512)]);
+    grouped.group = Some(GroupClaim { group, max_per_host: None });
+    store.claim(&grouped).await?;
+    let second = ConsumerId::new_v4();
+    store.claim(&claim_req(second, &[(a.numa[1], "PCPU", 1)])).await?;
+    let check_usage = |u: &TreeUsage, tree: &ProviderTree, structural: u64, what: &str| -> CaseResult {
+        check!(
+            u.generation == tree.generation,
+            "{what}: usage at generation {} but the tree is at {}",
+            u.generation,
+            tree.generation
+        );
+        check!(
+            u.usage_only_since >= structural && u.usage_only_since <= u.generation,
+            "{what}: usage-only since {} reaches back over the structural write at {structural} (generation {})",
+            u.usage_only_since,
+            u.generation
+        );
+        let given: BTreeMap<(ProviderId, ResourceClass), i64> = u
+            .used
+            .iter()
+            .flat_map(|(p, r)| r.iter().filter(|(_, n)| **n != 0).map(move |(c, n)| ((*p, c.clone()), *n)))
+            .collect();
+        check!(given == usages(tree), "{what}: feed usage {given:?} but the tree holds {:?}", usages(tree));
+        check!(u.groups == tree.groups, "{what}: feed groups {:?} but the tree holds {:?}", u.groups, tree.groups);
+        Ok(())
+    };
+    let (_, usage, next) = feed_entry(&*store, &cursor, a.root).await?;
+    let tree = store.provider_tree(a.root).await?;
+    match usage {
+        Some(u) => check_usage(&u, &tree, created, "after two claims")?,
+        None => check!(!must_give, "{} must give the usage of a tree changed by claims only", store.backend()),
+    }
+    // A structural write ends the run: a usage given after it starts at it or later.
+    let traits = store.set_traits(a.sriov, tree.generation, &BTreeSet::from([Trait::new("CUSTOM_PHYSNET_U")?])).await?;
+    let (generation, usage, next) = feed_entry(&*store, &next, a.root).await?;
+    check!(usage.is_none(), "the feed gave a usage across a trait write: {usage:?}");
+    if let Some(g) = generation {
+        check!(g >= traits, "feed says generation {g}, the trait write left {traits}");
+    }
+    store.release(second).await?;
+    let (_, usage, _) = feed_entry(&*store, &next, a.root).await?;
+    let tree = store.provider_tree(a.root).await?;
+    match usage {
+        Some(u) => check_usage(&u, &tree, traits, "after a trait write and a release")?,
+        None => check!(!must_give, "{} must give the usage of a tree released on", store.backend()),
     }
     Ok(())
 }

@@ -83,6 +83,7 @@ impl ChangeFeed for CqlStore {
         Ok(Changes::Trees {
             roots: roots.into_iter().collect(),
             generations: Default::default(),
+            usages: Default::default(),
             next: ChangeCursor(format!("{PREFIX}{now}")),
         })
     }

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::model::*;
 use crate::store::prelude::*;
 
-use super::{MemoryStore, SHARD_CAPACITY, SHARDS, lock, shard_of};
+use super::{MemoryStore, SHARD_CAPACITY, SHARDS, lock, read, shard_of};
 
 #[derive(Default)]
 struct LogShard {
@@ -77,6 +77,7 @@ impl ChangeLog {
         Ok(Changes::Trees {
             roots: latest.into_keys().collect(),
             generations,
+            usages: BTreeMap::new(),
             next: ChangeCursor(format!("mem:{next}")),
         })
     }
@@ -89,6 +90,40 @@ impl ChangeFeed for MemoryStore {
     }
 
     async fn changes_since(&self, cursor: &ChangeCursor) -> Result<Changes> {
-        self.changes.since(cursor)
+        let mut changes = self.changes.since(cursor)?;
+        if let Changes::Trees { roots, generations, usages, .. } = &mut changes {
+            // Each tree is read under its lock, so its generation and usage agree; the
+            // generation may be past the log's (a write after `next`), never behind it.
+            for root in roots.iter() {
+                let Some(tree) = read(&self.trees).get(root).cloned() else {
+                    continue;
+                };
+                let state = lock(&tree);
+                let Some((start, last)) = state.usage_run else {
+                    continue;
+                };
+                if state.deleted || last != state.tree.generation {
+                    continue;
+                }
+                generations.insert(*root, last);
+                usages.insert(
+                    *root,
+                    TreeUsage {
+                        generation: last,
+                        usage_only_since: start,
+                        used: state
+                            .tree
+                            .providers
+                            .iter()
+                            .map(|p| (p.id, p.usages.iter().filter(|(_, n)| **n != 0).map(|(c, n)| (c.clone(), *n))))
+                            .map(|(id, used)| (id, used.collect::<Resources>()))
+                            .filter(|(_, used)| !used.is_empty())
+                            .collect(),
+                        groups: state.tree.groups.clone(),
+                    },
+                );
+            }
+        }
+        Ok(changes)
     }
 }

@@ -221,6 +221,7 @@ impl PlacementStore for MemoryStore {
                     allocations: HashMap::new(),
                     deleted: false,
                     extra: Extra { generations: gens, consumers: HashMap::new() },
+                    usage_run: None,
                 };
                 write(&self.trees).insert(provider, Arc::new(Mutex::new(state)));
                 self.changes.record(provider, Some(1));

@@ -25,6 +25,27 @@ pub(super) struct TreeState {
     pub(super) deleted: bool,
     /// Placement's provider generations and consumer records.
     pub(super) extra: super::placement::Extra,
+    /// `(start, last)`: every write from generation `start` up to `last` was a claim or a
+    /// release (what the change feed vouches for in a [`TreeUsage`]). Only claims and
+    /// releases set it, so any other write, present or future, ends the run by default.
+    pub(super) usage_run: Option<(u64, u64)>,
+}
+
+/// What a write to a tree changed, for the change feed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wrote {
+    /// Nothing: no generation change, no feed entry.
+    Nothing,
+    /// Usage and group counts only (a claim or a release).
+    Usage,
+    /// Anything else (inventories, traits, aggregates, providers).
+    Structure,
+}
+
+impl From<bool> for Wrote {
+    fn from(wrote: bool) -> Self {
+        if wrote { Wrote::Structure } else { Wrote::Nothing }
+    }
 }
 
 impl MemoryStore {
@@ -46,10 +67,10 @@ impl MemoryStore {
 
     /// Runs `f` on the locked, live tree of `provider`, recording a change when `f` says it
     /// wrote (returns `(value, true)`) and bumping the generation.
-    pub(super) fn with_tree<T>(
+    pub(super) fn with_tree<T, W: Into<Wrote>>(
         &self,
         provider: ProviderId,
-        f: impl FnOnce(&mut TreeState) -> Result<(T, bool)>,
+        f: impl FnOnce(&mut TreeState) -> Result<(T, W)>,
     ) -> Result<T> {
         let tree = self.tree_of(provider)?;
         let mut state = lock(&tree);
@@ -57,8 +78,15 @@ impl MemoryStore {
             return Err(Error::not_found(Kind::Provider, provider));
         }
         let (value, wrote) = f(&mut state)?;
-        if wrote {
+        let wrote = wrote.into();
+        if wrote != Wrote::Nothing {
+            let before = state.tree.generation;
             state.tree.generation += 1;
+            state.usage_run = match (wrote, state.usage_run) {
+                (Wrote::Usage, Some((start, last))) if last == before => Some((start, before + 1)),
+                (Wrote::Usage, _) => Some((before, before + 1)),
+                _ => None,
+            };
             // A deleted tree must be re-read (to learn it is gone), so it carries no generation.
             let generation = (!state.deleted).then_some(state.tree.generation);
             self.changes.record(state.tree.root, generation);
@@ -127,6 +155,7 @@ impl Providers for MemoryStore {
                                 allocations: HashMap::new(),
                                 deleted: false,
                                 extra: Default::default(),
+                                usage_run: None,
                             })),
                         );
                         slot.insert(p.id);
@@ -253,7 +282,10 @@ impl Claims for MemoryStore {
         self.with_tree(first, |state| {
             let held = state.allocations.get(&request.consumer).map(|a| &a.allocations);
             if request.evaluate(&state.tree, held)? {
-                return Ok((Claim { root: state.tree.root, generation: state.tree.generation, replayed: true }, false));
+                return Ok((
+                    Claim { root: state.tree.root, generation: state.tree.generation, replayed: true },
+                    Wrote::Nothing,
+                ));
             }
             let allocations = normalized(&request.allocations);
             state.tree.apply(&allocations, 1);
@@ -273,7 +305,7 @@ impl Claims for MemoryStore {
             );
             self.consumer_shard(request.consumer).entry(request.consumer).or_default().insert(state.tree.root);
             state.extra.claimed(request);
-            Ok((Claim { root: state.tree.root, generation: state.tree.generation + 1, replayed: false }, true))
+            Ok((Claim { root: state.tree.root, generation: state.tree.generation + 1, replayed: false }, Wrote::Usage))
         })
     }
 
@@ -284,7 +316,7 @@ impl Claims for MemoryStore {
         for root in roots {
             let done = self.with_tree(root, |state| {
                 let Some(alloc) = state.allocations.remove(&consumer) else {
-                    return Ok((false, false));
+                    return Ok((false, Wrote::Nothing));
                 };
                 state.extra.consumers.remove(&consumer);
                 state.tree.apply(&alloc.allocations, -1);
@@ -303,7 +335,7 @@ impl Claims for MemoryStore {
                         index.remove(&consumer);
                     }
                 }
-                Ok((true, true))
+                Ok((true, Wrote::Usage))
             });
             match done {
                 Ok(true) => released.push(root),

@@ -58,6 +58,7 @@ impl ChangeFeed for RedisStore {
             .collect();
         let mut roots = BTreeSet::new();
         let mut generations = BTreeMap::new();
+        let mut usages = BTreeMap::new();
         let mut next = Vec::with_capacity(since.len());
         for (s, v) in self.pool.bulk(cmds).await?.into_iter().enumerate() {
             let r = Reply::from(v)?;
@@ -67,15 +68,22 @@ impl ChangeFeed for RedisStore {
             if since[s] < trimmed || since[s] > seq {
                 return Ok(Changes::Resync);
             }
-            if r.0.len() % 2 != 0 {
-                return Err(corrupt("feed reply (root without generation)"));
+            if r.0.len() % 4 != 2 {
+                return Err(corrupt("feed reply (a root without its generation and usage)"));
             }
-            for i in (2..r.0.len()).step_by(2) {
+            for i in (2..r.0.len()).step_by(4) {
                 let root = r.s(i)?.parse::<ProviderId>().map_err(|_| corrupt("feed root"))?;
                 roots.insert(root);
                 let generation = r.s(i + 1)?;
-                if !generation.is_empty() {
-                    generations.insert(root, generation.parse::<u64>().map_err(|_| corrupt("feed generation"))?);
+                if generation.is_empty() {
+                    continue;
+                }
+                let generation = generation.parse::<u64>().map_err(|_| corrupt("feed generation"))?;
+                generations.insert(root, generation);
+                let from = r.s(i + 2)?;
+                if !from.is_empty() {
+                    let usage_only_since = from.parse::<u64>().map_err(|_| corrupt("feed usage run"))?;
+                    usages.insert(root, decode_usage(generation, usage_only_since, &r.s(i + 3)?)?);
                 }
             }
             next.push(seq.max(since[s]).to_string());
@@ -83,7 +91,30 @@ impl ChangeFeed for RedisStore {
         Ok(Changes::Trees {
             roots: roots.into_iter().collect(),
             generations,
+            usages,
             next: ChangeCursor(format!("r1:{}", next.join(","))),
         })
     }
+}
+
+/// A tree's usage from `feed_read.lua`: `u:PROVIDER:CLASS=n` and `g:GROUP=n`, comma-separated.
+fn decode_usage(generation: u64, usage_only_since: u64, fields: &str) -> Result<TreeUsage> {
+    let mut usage = TreeUsage { generation, usage_only_since, ..Default::default() };
+    for item in fields.split(',').filter(|s| !s.is_empty()) {
+        let (field, n) = item.split_once('=').ok_or_else(|| corrupt(format!("feed usage {item:?}")))?;
+        let n: i64 = n.parse().map_err(|_| corrupt(format!("feed usage {item:?}")))?;
+        if n <= 0 {
+            continue;
+        }
+        if let Some(rest) = field.strip_prefix("u:") {
+            let (p, c) = rest.split_once(':').ok_or_else(|| corrupt(format!("feed usage {item:?}")))?;
+            let p: ProviderId = p.parse().map_err(|_| corrupt(format!("feed usage {item:?}")))?;
+            let c = ResourceClass::parse(c).map_err(|_| corrupt(format!("feed usage {item:?}")))?;
+            usage.used.entry(p).or_default().insert(c, n);
+        } else if let Some(g) = field.strip_prefix("g:") {
+            let g: GroupId = g.parse().map_err(|_| corrupt(format!("feed usage {item:?}")))?;
+            usage.groups.insert(g, u32::try_from(n).unwrap_or(u32::MAX));
+        }
+    }
+    Ok(usage)
 }

@@ -142,6 +142,11 @@ impl ChangeFeed for SqlStore {
             roots.insert(ProviderId(r.uuid(0)?));
         }
         // The feed's rows name trees, not generations: every reported tree is re-read.
-        Ok(Changes::Trees { roots: roots.into_iter().collect(), generations: Default::default(), next })
+        Ok(Changes::Trees {
+            roots: roots.into_iter().collect(),
+            generations: Default::default(),
+            usages: Default::default(),
+            next,
+        })
     }
 }
