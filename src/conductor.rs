@@ -24,8 +24,8 @@ use tracing::Instrument;
 use crate::compute::ComputeDriver;
 use crate::error::{Error, Result};
 use crate::model::{
-    CellId, ClaimRequest, ConsumerId, Fault, GroupClaim, Instance, InstancePatch, RequestSpec, Selection, TaskState,
-    Timestamp, VmState,
+    CellId, ClaimRequest, ConsumerId, Fault, GroupClaim, Instance, InstanceId, InstancePatch, RequestSpec, Selection,
+    TaskState, Timestamp, VmState,
 };
 use crate::scheduler::{ScheduleError, Scheduler};
 
@@ -41,11 +41,21 @@ pub struct ConductorConfig {
     /// Wait before the first retry; doubled after each, at most 2 s (default 100 ms: with
     /// 4 retries a build rides out about 1.5 s of store outage, a Redis failover's order).
     pub store_backoff: Duration,
+    /// Instance writes (state changes during builds) of concurrent builds coalesced into
+    /// one store call ([`Instances::update_instances`](crate::store::Instances::update_instances),
+    /// one pipeline on Redis); 0 or 1: each write alone (default). Each write is still
+    /// atomic on its instance and gets its own answer.
+    pub instance_write_batch: usize,
 }
 
 impl Default for ConductorConfig {
     fn default() -> Self {
-        ConductorConfig { num_alternates: 2, store_retries: 4, store_backoff: Duration::from_millis(100) }
+        ConductorConfig {
+            num_alternates: 2,
+            store_retries: 4,
+            store_backoff: Duration::from_millis(100),
+            instance_write_batch: 0,
+        }
     }
 }
 
@@ -107,7 +117,12 @@ pub struct Conductor {
     scheduler: Arc<Scheduler>,
     compute: Arc<dyn ComputeDriver>,
     config: ConductorConfig,
+    /// The instance-write coalescer when `instance_write_batch` is on.
+    writer: Option<crate::scheduler::batch::InstanceWriteBatcher>,
 }
+
+/// Batches of instance writes outstanding at once when `instance_write_batch` is on.
+const WRITE_BATCHES_IN_FLIGHT: usize = 4;
 
 fn fault(code: u16, message: impl Into<String>, details: impl Into<String>) -> Fault {
     Fault { code, message: message.into(), details: details.into(), created_at: Timestamp::now() }
@@ -225,7 +240,7 @@ impl Conductor {
         let message = format!("Build of instance {id} failed: the store did not answer ({error})");
         let f = fault(500, &message, history.join("\n"));
         let patch = error_patch(f);
-        let recorded = self.retry("update_instance", || self.store.update_instance(id, &patch)).await;
+        let recorded = self.retry("update_instance", || self.write_instance(id, &patch)).await;
         match (released, recorded) {
             (Ok(_), Ok(_)) => {
                 outcome.status = BuildStatus::Failed { code: 500, message };
@@ -245,7 +260,22 @@ impl Conductor {
         compute: Arc<dyn ComputeDriver>,
         config: ConductorConfig,
     ) -> Self {
-        Conductor { store, scheduler, compute, config }
+        let writer = (config.instance_write_batch > 1).then(|| {
+            crate::scheduler::batch::InstanceWriteBatcher::instance_writes(
+                store.clone(),
+                config.instance_write_batch,
+                WRITE_BATCHES_IN_FLIGHT,
+            )
+        });
+        Conductor { store, scheduler, compute, config, writer }
+    }
+
+    /// Writes an instance's new state, through the coalescer when it is on.
+    async fn write_instance(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance> {
+        match &self.writer {
+            Some(w) => w.call((id, patch.clone())).await,
+            None => self.store.update_instance(id, patch).await,
+        }
     }
 
     /// The scheduler this conductor asks.
@@ -315,7 +345,7 @@ impl Conductor {
                 let f = fault(500, format!("Build request could not be recorded: {err}"), "");
                 let settled = if matches!(err, Error::AlreadyExists { .. }) { k } else { k + 1 };
                 for earlier in &ids[..settled] {
-                    match self.store.update_instance(*earlier, &error_patch(f.clone())).await {
+                    match self.write_instance(*earlier, &error_patch(f.clone())).await {
                         Ok(_) | Err(Error::NotFound { .. }) => {}
                         Err(e) => {
                             tracing::warn!(instance = %earlier, error = %e, "could not put an unrecorded build in ERROR")
@@ -407,7 +437,7 @@ impl Conductor {
         for i in instances {
             let f = fault(code, &message, &details);
             let patch = error_patch(f);
-            self.retry("update_instance", || self.store.update_instance(i.uuid, &patch)).await?;
+            self.retry("update_instance", || self.write_instance(i.uuid, &patch)).await?;
             out.push(BuildOutcome {
                 instance: i.uuid,
                 status: BuildStatus::Failed { code, message: message.clone() },
@@ -478,7 +508,7 @@ impl Conductor {
                 availability_zone: Some(current.availability_zone.clone()),
                 ..Default::default()
             };
-            let inst = self.retry("update_instance", || self.store.update_instance(instance.uuid, &spawning)).await?;
+            let inst = self.retry("update_instance", || self.write_instance(instance.uuid, &spawning)).await?;
             let failure = match self.compute.build(&current, &inst).await {
                 Ok(()) => {
                     self.scheduler.report_build(&current.host, true);
@@ -488,7 +518,7 @@ impl Conductor {
                         launched_at: Some(Some(Timestamp::now())),
                         ..Default::default()
                     };
-                    self.retry("update_instance", || self.store.update_instance(instance.uuid, &active)).await?;
+                    self.retry("update_instance", || self.write_instance(instance.uuid, &active)).await?;
                     outcome.status = BuildStatus::Active {
                         host: current.host.clone(),
                         node: current.node.clone(),
@@ -514,7 +544,7 @@ impl Conductor {
                 node: Some(None),
                 ..Default::default()
             };
-            self.retry("update_instance", || self.store.update_instance(instance.uuid, &rescheduling)).await?;
+            self.retry("update_instance", || self.write_instance(instance.uuid, &rescheduling)).await?;
             // Claim the next alternate that still has room.
             let next = loop {
                 let Some(alt) = queue.pop_front() else {
@@ -581,7 +611,7 @@ impl Conductor {
     ) -> Result<BuildOutcome> {
         let f = fault(code, &message, history.join("\n"));
         let patch = error_patch(f);
-        self.retry("update_instance", || self.store.update_instance(outcome.instance, &patch)).await?;
+        self.retry("update_instance", || self.write_instance(outcome.instance, &patch)).await?;
         outcome.status = BuildStatus::Failed { code, message };
         Ok(outcome)
     }

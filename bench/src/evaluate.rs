@@ -339,6 +339,7 @@ fn schedule_options(common: &Common, size: Size) -> ScheduleOptions {
         fill_hosts: small.then_some(200),
         redis_aof: false,
         claim_batch: 0,
+        write_batch: 0,
         // evaluate runs every store (memory, Redis, CQL, SQL); the Nova design is SQL only.
         designs: Vec::new(),
     }

@@ -378,6 +378,10 @@ pub struct ScheduleArgs {
     /// each claim alone.
     #[arg(long, default_value_t = 0, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=4096))]
     pub claim_batch: usize,
+    /// Instance writes each conductor coalesces into one store call (two pipelined rounds
+    /// on Redis) in the build run; 0 or 1: each write alone.
+    #[arg(long, default_value_t = 0, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=4096))]
+    pub write_batch: usize,
     /// Hosts of the fill-to-failure cloud [default: 500; quick: 40].
     #[arg(long)]
     pub fill_hosts: Option<usize>,
@@ -630,6 +634,7 @@ impl From<ScheduleArgs> for unicell_bench::ScheduleOptions {
             fill_hosts: a.fill_hosts,
             redis_aof: a.redis_aof,
             claim_batch: a.claim_batch,
+            write_batch: a.write_batch,
             designs: a.design,
         }
     }

@@ -49,7 +49,7 @@
 //!   store's rule); with any other scheme the claim stays counted as in flight until the
 //!   change feed brings the tree again.
 
-mod batch;
+pub(crate) mod batch;
 pub mod candidates;
 pub mod error;
 pub mod filters;
@@ -412,7 +412,7 @@ impl Scheduler {
         let fs = config.enabled_filters.iter().filter_map(|n| filters::by_name(n)).collect();
         let seed = config.seed.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0);
         let batcher = (config.claim_batch > 1).then(|| {
-            batch::ClaimBatcher::new(snapshot.store().clone(), config.claim_batch, config.claim_batches_in_flight)
+            batch::ClaimBatcher::claims(snapshot.store().clone(), config.claim_batch, config.claim_batches_in_flight)
         });
         Ok(Scheduler {
             batcher,

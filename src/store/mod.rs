@@ -306,6 +306,33 @@ pub(crate) async fn claim_in_parallel<S: Claims + ?Sized>(
     futures::stream::iter(claims).buffered(width.max(1)).collect().await
 }
 
+/// [`Instances::update_instances`] for a backend whose writes are independent round trips
+/// (a CQL lightweight transaction, a SQL transaction): up to `width` in flight at once,
+/// results in request order. Updates of one instance are applied one after the other, in
+/// batch order (they would race otherwise).
+#[cfg(any(feature = "cql", feature = "sql"))]
+pub(crate) async fn update_in_parallel<S: Instances + ?Sized>(
+    store: &S,
+    updates: &[(InstanceId, InstancePatch)],
+    width: usize,
+) -> Vec<Result<Instance>> {
+    use futures::StreamExt;
+    let distinct: std::collections::HashSet<InstanceId> = updates.iter().map(|(id, _)| *id).collect();
+    if distinct.len() != updates.len() {
+        let mut out = Vec::with_capacity(updates.len());
+        for (id, patch) in updates {
+            out.push(store.update_instance(*id, patch).await);
+        }
+        return out;
+    }
+    // Built in a loop for the same reason as in `claim_in_parallel`.
+    let mut writes = Vec::with_capacity(updates.len());
+    for (id, patch) in updates {
+        writes.push(store.update_instance(*id, patch));
+    }
+    futures::stream::iter(writes).buffered(width.max(1)).collect().await
+}
+
 /// The change feed a scheduler polls to keep its snapshot fresh. Carries [`Store`] contract
 /// line 11.
 #[async_trait]
@@ -388,6 +415,22 @@ pub trait Instances: Send + Sync {
     async fn get_instance(&self, id: InstanceId) -> Result<Instance>;
     /// Applies `patch` atomically and returns the updated instance.
     async fn update_instance(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance>;
+    /// Applies several patches in one call: one result per update, in order, each applied
+    /// atomically on its own instance exactly as [`update_instance`](Self::update_instance)
+    /// (one failing update does not undo or stop the others; two updates of one instance
+    /// in a batch are applied in order). The outer `Err` is only for a failure of the
+    /// whole call (transport), after which any of the updates may or may not have been
+    /// applied: a patch sets fields, so applying it again is harmless.
+    ///
+    /// This default applies one update after the other; a backend overrides it when it can
+    /// send the updates in fewer round trips.
+    async fn update_instances(&self, updates: &[(InstanceId, InstancePatch)]) -> Result<Vec<Result<Instance>>> {
+        let mut out = Vec::with_capacity(updates.len());
+        for (id, patch) in updates {
+            out.push(self.update_instance(*id, patch).await);
+        }
+        Ok(out)
+    }
     /// Removes an instance for good (`NotFound` if missing).
     async fn delete_instance(&self, id: InstanceId) -> Result<()>;
     /// One page of the instance listing (contract lines 14 and 17).

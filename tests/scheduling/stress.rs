@@ -74,7 +74,10 @@ async fn many_schedulers_thousands_of_requests_then_audit(store: Arc<dyn Store>)
             ..cloud.config()
         };
         let s = cloud.scheduler_with(config).await.map_err(e)?;
-        conductors.push(Arc::new(Conductor::new(store.clone(), s, compute.clone(), ConductorConfig::default())));
+        // Every other conductor coalesces its instance writes, so batched and lone writes
+        // of concurrent builds interleave.
+        let conductor = ConductorConfig { instance_write_batch: if k % 2 == 0 { 16 } else { 0 }, ..Default::default() };
+        conductors.push(Arc::new(Conductor::new(store.clone(), s, compute.clone(), conductor)));
     }
 
     let next = Arc::new(AtomicUsize::new(0));

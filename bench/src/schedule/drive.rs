@@ -48,6 +48,8 @@ pub struct SchedulerSetup {
     pub seed: u64,
     /// Claims coalesced per store call by each scheduler (0: each claim alone).
     pub claim_batch: usize,
+    /// Instance writes coalesced per store call by each conductor (0: each write alone).
+    pub write_batch: usize,
 }
 
 fn ranking_name<S: serde::Serializer>(r: &RankingMode, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -402,7 +404,10 @@ pub async fn builds(
                 store.clone(),
                 s.clone(),
                 driver,
-                ConductorConfig::with_alternates(setup.alternates as usize),
+                ConductorConfig {
+                    instance_write_batch: setup.write_batch,
+                    ..ConductorConfig::with_alternates(setup.alternates as usize)
+                },
             ))
         })
         .collect();

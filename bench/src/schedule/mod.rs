@@ -74,6 +74,8 @@ pub struct ScheduleOptions {
     pub fill_hosts: Option<usize>,
     /// Claims each scheduler coalesces into one store call (0: each claim alone).
     pub claim_batch: usize,
+    /// Instance writes each conductor coalesces into one store call (0: each write alone).
+    pub write_batch: usize,
     /// Add a throwaway redis-server with `appendonly yes`, `appendfsync everysec` (started
     /// by the bench on a free port) as a candidate.
     pub redis_aof: bool,
@@ -296,6 +298,7 @@ pub async fn run(global_store: &str, a: ScheduleOptions) -> Result<()> {
         stop_at_first_failure: false,
         seed: a.common.seed,
         claim_batch: a.claim_batch,
+        write_batch: a.write_batch,
     };
     println!(
         "bench schedule: {hosts} hosts in {cells} cells, {nreq} requests, {schedulers} schedulers sharing one \

@@ -271,6 +271,13 @@ impl Instances for CqlStore {
         self.read_instance(id).await?.ok_or_else(|| Error::not_found(Kind::Instance, id))
     }
 
+    /// The updates of a batch concurrently, up to
+    /// [`CLAIM_BATCH_WIDTH`](super::trees::CLAIM_BATCH_WIDTH) at once (each is its own
+    /// read and write, as [`update_instance`](Instances::update_instance)).
+    async fn update_instances(&self, updates: &[(InstanceId, InstancePatch)]) -> Result<Vec<Result<Instance>>> {
+        Ok(crate::store::update_in_parallel(self, updates, super::trees::CLAIM_BATCH_WIDTH).await)
+    }
+
     async fn update_instance(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance> {
         let mut i = self.get_instance(id).await?;
         i.apply(patch, Timestamp::now());

@@ -779,7 +779,7 @@ impl Providers for CqlStore {
 
 /// Claims of one [`Claims::claim_batch`] in flight at once: enough to hide the round trips
 /// of Paxos (four per LWT) without flooding the coordinator's LWT queue.
-const CLAIM_BATCH_WIDTH: usize = 16;
+pub(super) const CLAIM_BATCH_WIDTH: usize = 16;
 
 #[async_trait]
 impl Claims for CqlStore {

@@ -13,7 +13,7 @@
 use async_trait::async_trait;
 
 use super::codec::*;
-use super::conn::Pool;
+use super::conn::{Pool, corrupt};
 use super::{RedisStore, from_json, json};
 use crate::error::{Error, Kind, Result};
 use crate::model::*;
@@ -222,6 +222,75 @@ impl Instances for RedisStore {
             backend: "redis",
             message: format!("instance {id} kept changing during {CAS_ATTEMPTS} update attempts"),
         })
+    }
+
+    /// Two pipelined rounds for the whole batch: the records (GET), then one
+    /// compare-and-set script per record. An update whose record changed between the two
+    /// (another writer) is done again alone, as [`update_instance`](Instances::update_instance)
+    /// does it. A batch naming an instance twice is applied one update after the other, so
+    /// that the second sees the first.
+    async fn update_instances(&self, updates: &[(InstanceId, InstancePatch)]) -> Result<Vec<Result<Instance>>> {
+        let distinct: std::collections::HashSet<InstanceId> = updates.iter().map(|(id, _)| *id).collect();
+        if updates.len() < 2 || distinct.len() != updates.len() {
+            let mut out = Vec::with_capacity(updates.len());
+            for (id, patch) in updates {
+                out.push(self.update_instance(*id, patch).await);
+            }
+            return Ok(out);
+        }
+        let reads = updates
+            .iter()
+            .map(|(id, _)| {
+                let mut c = redis::cmd("GET");
+                c.arg(self.keys.instance(id.0));
+                c
+            })
+            .collect();
+        let reads = self.pool.bulk(reads).await?;
+        let mut out: Vec<Option<Result<Instance>>> = (0..updates.len()).map(|_| None).collect();
+        let mut sent: Vec<(usize, Instance)> = Vec::new();
+        let mut cmds = Vec::new();
+        let now = Timestamp::now();
+        for (i, ((id, patch), v)) in updates.iter().zip(reads).enumerate() {
+            let Some(old) = text(&v) else {
+                out[i] = Some(Err(Error::not_found(Kind::Instance, id)));
+                continue;
+            };
+            let mut inst: Instance = match from_json(&old) {
+                Ok(inst) => inst,
+                Err(e) => {
+                    out[i] = Some(Err(e));
+                    continue;
+                }
+            };
+            inst.apply(patch, now);
+            let new = match json(&inst) {
+                Ok(new) => new,
+                Err(e) => {
+                    out[i] = Some(Err(e));
+                    continue;
+                }
+            };
+            cmds.push(self.pool.scripts.cas.cmd(&[self.keys.instance(id.0)], &[old.as_str(), new.as_str(), "set"]));
+            sent.push((i, inst));
+        }
+        let replies = if cmds.is_empty() { Vec::new() } else { self.pool.bulk(cmds).await? };
+        if replies.len() != sent.len() {
+            return Err(corrupt(format!("{} answers to {} instance writes", replies.len(), sent.len())));
+        }
+        for ((i, inst), v) in sent.into_iter().zip(replies) {
+            let (id, patch) = &updates[i];
+            out[i] = Some(match int(&v) {
+                Some(1) => Ok(inst),
+                Some(-1) => Err(Error::not_found(Kind::Instance, id)),
+                Some(_) => self.update_instance(*id, patch).await,
+                None => Err(corrupt(format!("instance write reply {v:?}"))),
+            });
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(corrupt("a batched instance write without a result"))))
+            .collect())
     }
 
     async fn delete_instance(&self, id: InstanceId) -> Result<()> {

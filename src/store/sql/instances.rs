@@ -848,6 +848,14 @@ impl Instances for SqlStore {
         self.find(id).await?.map(|(_, i)| i).ok_or_else(|| Error::not_found(Kind::Instance, id))
     }
 
+    /// The updates of a batch in parallel, as many at once as the API pool has
+    /// connections: each is its own transaction in its instance's cell database, as Nova's
+    /// `instance.save()` is.
+    async fn update_instances(&self, updates: &[(InstanceId, InstancePatch)]) -> Result<Vec<Result<Instance>>> {
+        let width = self.opts.pool_size as usize;
+        Ok(crate::store::update_in_parallel(self, updates, width).await)
+    }
+
     async fn update_instance(&self, id: InstanceId, patch: &InstancePatch) -> Result<Instance> {
         // Where the patched instance belongs is resolved before any transaction begins:
         // `slot_of` may read the API database, and a caller that holds a pooled connection
