@@ -9,7 +9,8 @@
 //!
 //! `select` measures `select_destinations` alone (claim included, one instance per request,
 //! nothing released, so the cloud fills up); `build` runs the whole conductor flow with an
-//! instant simulated compute. Each scheduler has its own snapshot; they share only the
+//! instant simulated compute. Each scheduler has its own snapshot and its own store handle
+//! (as separate processes; one handle on the in-process memory store); they share only the
 //! store. Prints one line per run with placements/s, claims tried and refused.
 
 use std::collections::BTreeMap;
@@ -130,9 +131,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut schedulers = Vec::new();
     for k in 0..a.schedulers {
-        schedulers.push(Arc::new(
-            Scheduler::new(store.clone(), SchedulerConfig { seed: Some(k as u64), ..config.clone() }).await?,
-        ));
+        // Each scheduler on its own handle, as separate processes would be (the memory store
+        // lives in this process: one handle).
+        let handle = if store.backend() == "memory" { store.clone() } else { unicell::store::open(&a.store).await? };
+        schedulers
+            .push(Arc::new(Scheduler::new(handle, SchedulerConfig { seed: Some(k as u64), ..config.clone() }).await?));
     }
     let compute = Arc::new(SimulatedCompute::new(1));
     let next = Arc::new(AtomicUsize::new(0));

@@ -4,8 +4,9 @@
 -- KEYS[5] (single-node mode only) the consumer's tree index set
 -- ARGV[1] consumer  ARGV[2] token  ARGV[3] group ('' = none)  ARGV[4] max_per_host ('' = none)
 -- ARGV[5] signature "pid=CLASS=amount,..." (normalized, key order)  ARGV[6] meta JSON
--- ARGV[7] root  ARGV[8] index member ('' = none)  ARGV[9] n providers, then n provider ids,
--- then triples (provider, class, amount) in key order.
+-- ARGV[7] root  ARGV[8] index member ('' = none)  ARGV[9] writer (the store handle's id, kept
+-- as 'lw' for feed_read.lua)  ARGV[10] n providers, then n provider ids, then triples
+-- (provider, class, amount) in key order.
 -- A claim also moves Placement's generation ('pg:<provider>') of every provider it names and
 -- starts the consumer at Placement generation 1 (no 'cg:<consumer>' field).
 local tree, alloc, chg, feed = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -13,9 +14,10 @@ local consumer, token, group, maxph = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local sig, meta, root, member = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local gen = redis.call('HGET', tree, 'gen')
 if not gen then return {'no_tree'} end
-local np = tonumber(ARGV[9])
+local writer = ARGV[9]
+local np = tonumber(ARGV[10])
 for i = 1, np do
-  local pid = ARGV[9 + i]
+  local pid = ARGV[10 + i]
   if redis.call('HEXISTS', tree, 'p:' .. pid) == 0 then return {'not_in_tree', pid} end
 end
 local held = redis.call('HGET', alloc, consumer)
@@ -24,7 +26,7 @@ if held then
   if hsig == sig then return {'ok', tonumber(gen), 1} end
   return {'mismatch'}
 end
-local first = 10 + np
+local first = 11 + np
 local items = {}
 for i = first, #ARGV, 3 do
   local pid, class, amount = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
@@ -51,7 +53,7 @@ for _, it in ipairs(items) do
   redis.call('HINCRBY', tree, 'u:' .. it[1] .. ':' .. it[2], it[3])
 end
 if group ~= '' then redis.call('HINCRBY', tree, 'g:' .. group, 1) end
-for i = 1, np do redis.call('HINCRBY', tree, 'pg:' .. ARGV[9 + i], 1) end
+for i = 1, np do redis.call('HINCRBY', tree, 'pg:' .. ARGV[10 + i], 1) end
 redis.call('HDEL', tree, 'cg:' .. consumer)
 redis.call('HSET', alloc, consumer, token .. '\n' .. group .. '\n' .. sig .. '\n' .. meta)
 if KEYS[5] and member ~= '' then redis.call('SADD', KEYS[5], member) end
@@ -62,7 +64,7 @@ local newgen = redis.call('HINCRBY', tree, 'gen', 1)
 if tonumber(redis.call('HGET', tree, 'ul') or '-1') ~= newgen - 1 then
   redis.call('HSET', tree, 'us', newgen - 1)
 end
-redis.call('HSET', tree, 'ul', newgen)
+redis.call('HSET', tree, 'ul', newgen, 'lw', writer)
 local seq = redis.call('HINCRBY', feed, 'seq', 1)
 redis.call('ZADD', chg, seq, root)
 return {'ok', newgen, 0}

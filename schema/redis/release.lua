@@ -1,10 +1,10 @@
 -- release.lua: removes one consumer's allocation from one tree (idempotent).
 -- KEYS[1] tree  KEYS[2] allocation hash  KEYS[3] change zset  KEYS[4] feed hash
 -- KEYS[5] (single-node mode only) the consumer's tree index set
--- ARGV[1] consumer  ARGV[2] root
+-- ARGV[1] consumer  ARGV[2] root  ARGV[3] writer (the store handle's id, kept as 'lw')
 -- Returns {'none'} or {'ok', token, new generation}.
 local tree, alloc, chg, feed = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local consumer, root = ARGV[1], ARGV[2]
+local consumer, root, writer = ARGV[1], ARGV[2], ARGV[3] or ''
 local rec = redis.call('HGET', alloc, consumer)
 if not rec then return {'none'} end
 local token, group, sig = string.match(rec, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n')
@@ -30,7 +30,7 @@ local newgen = redis.call('HINCRBY', tree, 'gen', 1)
 if tonumber(redis.call('HGET', tree, 'ul') or '-1') ~= newgen - 1 then
   redis.call('HSET', tree, 'us', newgen - 1)
 end
-redis.call('HSET', tree, 'ul', newgen)
+redis.call('HSET', tree, 'ul', newgen, 'lw', writer)
 local seq = redis.call('HINCRBY', feed, 'seq', 1)
 redis.call('ZADD', chg, seq, root)
 return {'ok', token, newgen}

@@ -50,10 +50,10 @@ impl ChangeFeed for RedisStore {
             .iter()
             .enumerate()
             .map(|(s, n)| {
-                self.pool
-                    .scripts
-                    .feed_read
-                    .cmd(&[self.keys.chg(s), self.keys.feed(s)], &[n.to_string(), self.keys.tree_prefix(s)])
+                self.pool.scripts.feed_read.cmd(
+                    &[self.keys.chg(s), self.keys.feed(s)],
+                    &[n.to_string(), self.keys.tree_prefix(s), self.writer.clone()],
+                )
             })
             .collect();
         let mut roots = BTreeSet::new();

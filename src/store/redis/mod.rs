@@ -63,6 +63,11 @@ pub struct RedisStore {
     /// the provider is deleted (and perhaps re-created elsewhere), which the scripts detect
     /// (`no_tree` / `not_in_tree`), after which the mapping is read again.
     roots: RwLock<HashMap<ProviderId, ProviderId>>,
+    /// This handle's id, random per open: claims and releases record it on the tree
+    /// (`lw`), and the change feed leaves out the usage of trees this handle wrote last (its
+    /// own process's claims, which its snapshot already holds), so that the server does not
+    /// gather usage nobody reads.
+    writer: String,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -85,7 +90,8 @@ impl RedisStore {
             pool.query(redis::cmd("HMGET").arg(&meta).arg("tree_shards").arg("instance_shards")).await?;
         let keys = Keys::new(&cfg.prefix, t.unwrap_or(cfg.tree_shards), i.unwrap_or(cfg.instance_shards));
         tracing::debug!(url = %cfg.url, cluster = cfg.cluster, "redis store open");
-        Ok(RedisStore { cfg, pool, keys, roots: RwLock::new(HashMap::new()) })
+        let writer = format!("{:016x}", trees::rand_u64());
+        Ok(RedisStore { cfg, pool, keys, roots: RwLock::new(HashMap::new()), writer })
     }
 
     /// The parsed configuration.

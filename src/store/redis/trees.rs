@@ -248,6 +248,7 @@ impl RedisStore {
             meta,
             root.to_string(),
             if single { member.clone() } else { String::new() },
+            self.writer.clone(),
             request.allocations.len().to_string(),
         ];
         args.extend(request.allocations.keys().map(|p| p.to_string()));
@@ -754,7 +755,13 @@ impl Claims for RedisStore {
                 if single {
                     keys.push(index_key.clone());
                 }
-                (self.pool.scripts.release.cmd(&keys, &[consumer.to_string(), root.to_string()]), self.keys.wait(shard))
+                (
+                    self.pool
+                        .scripts
+                        .release
+                        .cmd(&keys, &[consumer.to_string(), root.to_string(), self.writer.clone()]),
+                    self.keys.wait(shard),
+                )
             })
             .collect();
         let replies = if self.pool.waits() {
