@@ -317,13 +317,8 @@ pub(crate) async fn update_in_parallel<S: Instances + ?Sized>(
     width: usize,
 ) -> Vec<Result<Instance>> {
     use futures::StreamExt;
-    let distinct: std::collections::HashSet<InstanceId> = updates.iter().map(|(id, _)| *id).collect();
-    if distinct.len() != updates.len() {
-        let mut out = Vec::with_capacity(updates.len());
-        for (id, patch) in updates {
-            out.push(store.update_instance(*id, patch).await);
-        }
-        return out;
+    if repeats_an_instance(updates) {
+        return update_in_order(store, updates).await;
     }
     // Built in a loop for the same reason as in `claim_in_parallel`.
     let mut writes = Vec::with_capacity(updates.len());
@@ -331,6 +326,28 @@ pub(crate) async fn update_in_parallel<S: Instances + ?Sized>(
         writes.push(store.update_instance(*id, patch));
     }
     futures::stream::iter(writes).buffered(width.max(1)).collect().await
+}
+
+/// [`Instances::update_instances`] one update after the other, in batch order: the
+/// default, and what a backend with a faster path falls back to for a batch that names an
+/// instance twice.
+pub(crate) async fn update_in_order<S: Instances + ?Sized>(
+    store: &S,
+    updates: &[(InstanceId, InstancePatch)],
+) -> Vec<Result<Instance>> {
+    let mut out = Vec::with_capacity(updates.len());
+    for (id, patch) in updates {
+        out.push(store.update_instance(*id, patch).await);
+    }
+    out
+}
+
+/// Whether a batch names an instance more than once (its updates must then be applied in
+/// order, not side by side).
+#[cfg(any(feature = "redis", feature = "cql", feature = "sql"))]
+pub(crate) fn repeats_an_instance(updates: &[(InstanceId, InstancePatch)]) -> bool {
+    let distinct: std::collections::HashSet<InstanceId> = updates.iter().map(|(id, _)| *id).collect();
+    distinct.len() != updates.len()
 }
 
 /// The change feed a scheduler polls to keep its snapshot fresh. Carries [`Store`] contract
@@ -425,11 +442,7 @@ pub trait Instances: Send + Sync {
     /// This default applies one update after the other; a backend overrides it when it can
     /// send the updates in fewer round trips.
     async fn update_instances(&self, updates: &[(InstanceId, InstancePatch)]) -> Result<Vec<Result<Instance>>> {
-        let mut out = Vec::with_capacity(updates.len());
-        for (id, patch) in updates {
-            out.push(self.update_instance(*id, patch).await);
-        }
-        Ok(out)
+        Ok(update_in_order(self, updates).await)
     }
     /// Removes an instance for good (`NotFound` if missing).
     async fn delete_instance(&self, id: InstanceId) -> Result<()>;

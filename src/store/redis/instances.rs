@@ -230,13 +230,8 @@ impl Instances for RedisStore {
     /// does it. A batch naming an instance twice is applied one update after the other, so
     /// that the second sees the first.
     async fn update_instances(&self, updates: &[(InstanceId, InstancePatch)]) -> Result<Vec<Result<Instance>>> {
-        let distinct: std::collections::HashSet<InstanceId> = updates.iter().map(|(id, _)| *id).collect();
-        if updates.len() < 2 || distinct.len() != updates.len() {
-            let mut out = Vec::with_capacity(updates.len());
-            for (id, patch) in updates {
-                out.push(self.update_instance(*id, patch).await);
-            }
-            return Ok(out);
+        if updates.len() < 2 || crate::store::repeats_an_instance(updates) {
+            return Ok(crate::store::update_in_order(self, updates).await);
         }
         let reads = updates
             .iter()
