@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::Notify;
 
 use crate::conductor::Conductor;
@@ -39,7 +40,10 @@ use crate::model::{
     ConsumerId, Fault, Instance, InstanceId, InstancePatch, RequestSpec, TaskState, Timestamp, VmState,
 };
 use crate::store::Store;
-use crate::store::leases::BuildLease;
+use crate::store::leases::{BuildLease, Leases};
+
+/// How many lease renewals a replica has in flight at once.
+const RENEW_WIDTH: usize = 16;
 
 /// Lease timing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -298,29 +302,40 @@ impl Inner {
                 return;
             };
             let held: Vec<(InstanceId, (u64, u32))> = lock(&self.held).iter().map(|(k, v)| (*k, *v)).collect();
-            let expires_at = Timestamp::now().plus(self.config.lease_ttl);
-            for (id, (version, attempts)) in held {
-                match leases.replace_lease(id, version, &self.replica, expires_at, attempts).await {
-                    Ok(Some(l)) => {
-                        let mut h = lock(&self.held);
-                        if let Some(v) = h.get_mut(&id)
-                            && v.0 == version
-                        {
-                            v.0 = l.version;
-                        }
-                    }
-                    Ok(None) => {
-                        // Finished meanwhile (removed from `held`) or taken over.
-                        let mut h = lock(&self.held);
-                        if h.get(&id).is_some_and(|v| v.0 == version) {
-                            h.remove(&id);
-                            tracing::warn!(target: "unicell::api", instance = %id, "build lease lost to another replica");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(target: "unicell::api", instance = %id, error = %e, "lease renewal failed")
-                    }
+            // Renewed RENEW_WIDTH at a time, each lease's expiry taken when its own call is
+            // sent: one call after another, with the expiry taken once before the pass, a
+            // pass over hundreds of leases on a loaded SQL server lasted most of the TTL,
+            // and the last leases of the pass expired (and were taken over from this live
+            // replica) soon after they were renewed.
+            futures::stream::iter(held)
+                .for_each_concurrent(RENEW_WIDTH, |(id, (version, attempts))| {
+                    self.renew_one(leases, id, version, attempts)
+                })
+                .await;
+        }
+    }
+
+    async fn renew_one(&self, leases: &dyn Leases, id: InstanceId, version: u64, attempts: u32) {
+        let expires_at = Timestamp::now().plus(self.config.lease_ttl);
+        match leases.replace_lease(id, version, &self.replica, expires_at, attempts).await {
+            Ok(Some(l)) => {
+                let mut h = lock(&self.held);
+                if let Some(v) = h.get_mut(&id)
+                    && v.0 == version
+                {
+                    v.0 = l.version;
                 }
+            }
+            Ok(None) => {
+                // Finished meanwhile (removed from `held`) or taken over.
+                let mut h = lock(&self.held);
+                if h.get(&id).is_some_and(|v| v.0 == version) {
+                    h.remove(&id);
+                    tracing::warn!(target: "unicell::api", instance = %id, "build lease lost to another replica");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(target: "unicell::api", instance = %id, error = %e, "lease renewal failed")
             }
         }
     }

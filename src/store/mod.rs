@@ -460,8 +460,10 @@ pub trait Instances: Send + Sync {
     /// Removes what an instance write interrupted by a crash left behind (contract line
     /// 13): on the SQL baseline, copies of the instance that a move between databases
     /// wrote before its process died, outside the database its mapping names. Call it
-    /// when taking over an interrupted build, while nobody else writes the instance.
-    /// Idempotent and best effort (a part of the store that cannot be reached keeps its
+    /// when taking over an interrupted build. It must be safe while another process
+    /// still writes the instance (a build taken over from a replica that stalled rather
+    /// than died): a copy that a move in progress has written is never removed, and
+    /// neither is the copy the mapping names. Idempotent and best effort (a part of the store that cannot be reached keeps its
     /// copy, which reads and listings never show). Required, not defaulted, so that a
     /// decorator cannot silently swallow it; stores whose instance writes touch one record
     /// leave nothing behind and do nothing.

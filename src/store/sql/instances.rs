@@ -260,20 +260,76 @@ impl SqlStore {
         Ok(Some(copies.swap_remove(pick).1))
     }
 
-    /// Deletes every copy of `id` outside `keep`, best effort: a database that fails is
-    /// logged and skipped (the listing still shows the mapped copy only).
-    async fn delete_copies(&self, id: InstanceId, keep: Loc) {
-        let others = std::iter::once(Loc::Build).chain((0..self.cells.len()).map(Loc::Cell)).filter(|l| *l != keep);
-        for loc in others {
-            let done = async {
-                let mut tx = self.pool_of(loc).begin().await.map_err(map_err)?;
-                self.delete_at(&mut tx, loc, id).await.map_err(map_err)?;
-                tx.commit().await.map_err(map_err)
-            };
-            if let Err(e) = done.await {
-                tracing::warn!(instance = %id, location = ?loc, error = %e, "could not remove a stale copy of an instance");
+    /// Removes every copy of `id` outside `keep`, the database its mapping named when
+    /// read, while holding the lock on the row at `keep`; `false` when no row is there
+    /// (the instance moved or was deleted since the mapping was read, or a create stopped
+    /// half way), and then nothing was removed.
+    ///
+    /// The lock is what makes this safe beside a live writer of the instance (a build
+    /// taken over while its replica still runs it, see `api::builds`): a move holds the
+    /// lock on the row it moves from across its three steps, so while this holds that
+    /// lock no move is between its steps, and a copy outside `keep` can only be one that
+    /// an interrupted move left. Without it, a repair that read the mapping just before a
+    /// move committed deleted the moved row, the only copy left: the instance was gone
+    /// while its mapping remained (the replicas test on MariaDB lost a server that had
+    /// been answered 202).
+    ///
+    /// Which databases hold a copy is found first with plain reads, holding nothing: a
+    /// delete of a missing row would take InnoDB gap locks that block creates. The pools
+    /// are taken in `update_at`'s order, the API database first, and a pool already held
+    /// is never asked for a second connection. A database that cannot be read or written
+    /// through a transaction of its own is logged and skipped (best effort: the listing
+    /// still shows the mapped copy only).
+    async fn remove_stale_copies(&self, id: InstanceId, keep: Loc) -> Result<bool> {
+        let mut stale = Vec::new();
+        for loc in std::iter::once(Loc::Build).chain((0..self.cells.len()).map(Loc::Cell)).filter(|l| *l != keep) {
+            match self.read_at(loc, id).await {
+                Ok(Some(_)) => stale.push(loc),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(instance = %id, location = ?loc, error = %e, "could not look for a stale copy of an instance")
+                }
             }
         }
+        if stale.is_empty() {
+            return Ok(true);
+        }
+        let keep_pool = self.pool_of(keep);
+        let shares_api = |loc: &Loc| self.pool_of(*loc).same_as(&self.api) && !keep_pool.same_as(&self.api);
+        let mut api_tx = match stale.iter().any(shares_api) {
+            true => Some(self.api.begin().await.map_err(map_err)?),
+            false => None,
+        };
+        let mut tx = keep_pool.begin().await.map_err(map_err)?;
+        let locked = tx
+            .fetch_optional(Sql::Dynamic(self.stmts.select_for_update[idx(keep)].clone()), sql_args![id.to_string()])
+            .await
+            .map_err(map_err)?;
+        if locked.is_none() {
+            return Ok(false);
+        }
+        for loc in stale {
+            let pool = self.pool_of(loc);
+            if pool.same_as(keep_pool) {
+                self.delete_at(&mut tx, loc, id).await.map_err(map_err)?;
+            } else if let Some(a) = api_tx.as_mut().filter(|_| pool.same_as(&self.api)) {
+                self.delete_at(a, loc, id).await.map_err(map_err)?;
+            } else {
+                let own = async {
+                    let mut t = pool.begin().await.map_err(map_err)?;
+                    self.delete_at(&mut t, loc, id).await.map_err(map_err)?;
+                    t.commit().await.map_err(map_err)
+                };
+                if let Err(e) = own.await {
+                    tracing::warn!(instance = %id, location = ?loc, error = %e, "could not remove a stale copy of an instance");
+                }
+            }
+        }
+        if let Some(a) = api_tx {
+            a.commit().await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
     }
 
     /// Failure tests: performs step (1) of a move of `instance` into `cell` and stops, as
@@ -912,9 +968,16 @@ impl Instances for SqlStore {
     }
 
     async fn repair_instance(&self, id: InstanceId) -> Result<()> {
-        if let Some(loc) = self.mapping(id).await? {
-            self.delete_copies(id, loc).await;
+        for _ in 0..5 {
+            let Some(loc) = self.mapping(id).await? else {
+                return Ok(());
+            };
+            if self.remove_stale_copies(id, loc).await? {
+                return Ok(());
+            }
         }
+        // The mapping kept naming a database without the row: a create stopped half way,
+        // or an instance moving faster than this looks. Nothing is removed.
         Ok(())
     }
 
