@@ -152,6 +152,24 @@ pub async fn run(
         )));
     }
     let scheduler_start_seconds = started.elapsed().as_secs_f64();
+    drive(&conductors, &compute, reqs, setup.builds_per_scheduler, scheduler_start_seconds, label, progress).await
+}
+
+/// Runs `reqs` through `conductors` (already built on their schedulers), each running
+/// `builds_per_conductor` builds at once, pulling from one queue; `progress` gets a phase
+/// `build <label>` counting instances. `compute` is the conductors' simulated compute (its
+/// counters go into the report); `scheduler_start_seconds` is what building the schedulers
+/// took, reported as is. Shared by [`run`] and the `bench schedule` builds phase, which
+/// sets its conductors up differently (a shared snapshot, batched writes).
+pub async fn drive(
+    conductors: &[Arc<Conductor>],
+    compute: &SimulatedCompute,
+    reqs: Vec<BuildRequest>,
+    builds_per_conductor: usize,
+    scheduler_start_seconds: f64,
+    label: &str,
+    progress: &dyn Progress,
+) -> Result<BuildReport> {
     let requests = reqs.len();
     let instances: usize = reqs.iter().map(|r| r.instances.len()).sum();
     let queue = Arc::new(reqs);
@@ -165,7 +183,7 @@ pub async fn run(
     let timeline = Arc::new(Mutex::new(vec![(0.0, 0u64)]));
     let last_sample_us = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
-    for conductor in conductors.iter().flat_map(|c| std::iter::repeat_n(c, setup.builds_per_scheduler.max(1))) {
+    for conductor in conductors.iter().flat_map(|c| std::iter::repeat_n(c, builds_per_conductor.max(1))) {
         let (conductor, queue, next, placed, phase, timeline, last_sample_us) = (
             conductor.clone(),
             queue.clone(),
@@ -249,7 +267,7 @@ pub async fn run(
     drop(phase);
 
     let (mut claims_tried, mut claim_conflicts, mut no_valid_host) = (0, 0, 0);
-    for c in &conductors {
+    for c in conductors {
         let s = c.scheduler().stats();
         claims_tried += s.claims_tried;
         claim_conflicts += s.claim_conflicts;

@@ -2,16 +2,14 @@
 //! builds to ACTIVE (conductors and the simulated compute too), both with every scheduler of
 //! the process on one [`SharedSnapshot`], as a unicell process runs them.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Context, Error, Result};
 use serde::Serialize;
 use unicell::compute::ComputeDriver;
-use unicell::conductor::{BuildStatus, Conductor, ConductorConfig};
+use unicell::conductor::{Conductor, ConductorConfig};
 use unicell::model::{ConsumerId, GroupPolicy, InstanceId};
 use unicell::model::{RequestSpec, Selection};
 use unicell::scheduler::nova::NovaScheduler;
@@ -378,9 +376,6 @@ pub async fn release(store: &Arc<dyn Store>, consumers: &[ConsumerId]) -> Result
     Ok(())
 }
 
-/// Timeline sampling period (microseconds).
-const SAMPLE_EVERY_US: u64 = 20_000;
-
 /// Builds `reqs` to ACTIVE: `setup.schedulers` schedulers on one shared snapshot, each with
 /// its own conductor running `builds_per_scheduler` builds at once on the simulated compute
 /// (`failure_rate` of builds fail, 90% of them reschedulable).
@@ -412,155 +407,16 @@ pub async fn builds(
         })
         .collect();
     let scheduler_start_seconds = started.elapsed().as_secs_f64();
-    let requests = reqs.len();
-    let instances: usize = reqs.iter().map(|r| r.instances.len()).sum();
-    let queue = Arc::new(reqs);
-    let next = Arc::new(AtomicUsize::new(0));
-    let placed = Arc::new(AtomicU64::new(0));
-    let phase = progress.phase(&format!("build {label}"), instances as u64);
-    let t0 = Instant::now();
-    let timeline = Arc::new(Mutex::new(vec![(0.0, 0u64)]));
-    let last_sample_us = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for c in conductors.iter().flat_map(|c| std::iter::repeat_n(c, builds_per_scheduler.max(1))) {
-        let (c, queue, next, placed, phase, timeline, last_sample_us) = (
-            c.clone(),
-            queue.clone(),
-            next.clone(),
-            placed.clone(),
-            phase.clone(),
-            timeline.clone(),
-            last_sample_us.clone(),
-        );
-        workers.push(tokio::spawn(async move {
-            let mut w = Worker::default();
-            loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some(req) = queue.get(k) else { break };
-                let t = Instant::now();
-                let outcome = c.build_instances(req.spec.clone(), req.instances.clone()).await;
-                w.latency.push(t.elapsed());
-                phase.advance(req.instances.len() as u64);
-                match outcome {
-                    Ok(outcomes) => {
-                        for o in outcomes {
-                            w.reschedules += u64::from(o.reschedules);
-                            w.alternates_skipped += u64::from(o.alternates_skipped);
-                            match &o.status {
-                                BuildStatus::Active { .. } => {
-                                    w.active.push(ConsumerId::from(o.instance));
-                                    placed.fetch_add(1, Ordering::Relaxed);
-                                }
-                                BuildStatus::Failed { code, message } => {
-                                    w.failed.push(ConsumerId::from(o.instance));
-                                    // Grouped by the message's first clause, with instance
-                                    // ids left out so that one cause is one line.
-                                    let first = message.split(['.', ':']).next().unwrap_or(message);
-                                    let first: Vec<&str> = first
-                                        .split(' ')
-                                        .map(|w| if uuid::Uuid::parse_str(w).is_ok() { "<instance>" } else { w })
-                                        .collect();
-                                    *w.reasons.entry(format!("{code} {}", first.join(" "))).or_insert(0) += 1;
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        w.store_errors += 1;
-                        tracing::warn!("build request failed in the store: {e}");
-                        *w.reasons.entry("store error".into()).or_insert(0) += req.instances.len();
-                    }
-                }
-                let now_us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-                let last = last_sample_us.load(Ordering::Relaxed);
-                if now_us.saturating_sub(last) >= SAMPLE_EVERY_US
-                    && last_sample_us.compare_exchange(last, now_us, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-                {
-                    let n = placed.load(Ordering::Relaxed);
-                    timeline.lock().unwrap_or_else(|e| e.into_inner()).push((now_us as f64 / 1e6, n));
-                }
-            }
-            w
-        }));
-    }
-    let mut all = Worker::default();
-    let mut per_scheduler_active = Vec::new();
-    for h in workers {
-        let w = h.await.context("a build worker panicked")?;
-        per_scheduler_active.push(w.active.len() as u64);
-        all.merge(w);
-    }
-    let seconds = t0.elapsed().as_secs_f64();
-    let mut timeline = std::mem::take(&mut *timeline.lock().unwrap_or_else(|e| e.into_inner()));
-    timeline.push((seconds, placed.load(Ordering::Relaxed)));
-    if timeline.len() > 300 {
-        let stride = timeline.len().div_ceil(300);
-        let last = timeline.last().copied();
-        timeline = timeline.into_iter().step_by(stride).collect();
-        if let Some(l) = last
-            && timeline.last() != Some(&l)
-        {
-            timeline.push(l);
-        }
-    }
-    drop(phase);
-    let (mut claims_tried, mut claim_conflicts, mut no_valid_host) = (0, 0, 0);
-    for c in &conductors {
-        let s = c.scheduler().stats();
-        claims_tried += s.claims_tried;
-        claim_conflicts += s.claim_conflicts;
-        no_valid_host += s.no_valid_host;
-    }
-    let cs = compute.stats();
-    Ok(BuildReport {
-        requests,
-        instances,
-        active: all.active.len(),
-        failed: all.failed.len(),
-        failure_reasons: all.reasons,
-        reschedules: all.reschedules,
-        alternates_skipped: all.alternates_skipped,
-        claims_tried,
-        claim_conflicts,
-        no_valid_host,
-        store_errors: all.store_errors,
-        compute_builds: cs.builds,
-        injected_reschedulable_failures: cs.reschedulable_failures,
-        injected_fatal_failures: cs.fatal_failures,
+    Ok(unicell::sim::driver::drive(
+        &conductors,
+        &compute,
+        reqs,
+        builds_per_scheduler,
         scheduler_start_seconds,
-        seconds,
-        placements_per_second: all.active.len() as f64 / seconds.max(1e-9),
-        timeline,
-        per_scheduler_active,
-        active_ids: all.active,
-        failed_ids: all.failed,
-        request_latencies: all.latency,
-    })
-}
-
-#[derive(Default)]
-struct Worker {
-    active: Vec<ConsumerId>,
-    failed: Vec<ConsumerId>,
-    reasons: BTreeMap<String, usize>,
-    reschedules: u64,
-    alternates_skipped: u64,
-    store_errors: usize,
-    latency: Vec<Duration>,
-}
-
-impl Worker {
-    fn merge(&mut self, o: Worker) {
-        self.active.extend(o.active);
-        self.failed.extend(o.failed);
-        for (k, v) in o.reasons {
-            *self.reasons.entry(k).or_insert(0) += v;
-        }
-        self.reschedules += o.reschedules;
-        self.alternates_skipped += o.alternates_skipped;
-        self.store_errors += o.store_errors;
-        self.latency.extend(o.latency);
-    }
+        label,
+        progress,
+    )
+    .await?)
 }
 
 /// The end state of a cloud: spread and packing of its hosts (roots).
