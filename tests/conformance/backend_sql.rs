@@ -263,6 +263,25 @@ impl Proxy {
     }
 }
 
+/// A cells-mode store URL of a test's own: API database `db` on `api`'s server, cell 0's
+/// database `<db>_c0` there too, cell 1's `<db>_c1` on `cell1_server` (its path replaced),
+/// and `cell_timeout`; with cell 0's URL.
+fn two_cell_url(api: &url::Url, db: &str, cell1_server: &url::Url, cell_timeout: &str) -> (url::Url, url::Url) {
+    let mut cell0 = api.clone();
+    cell0.set_path(&format!("/{db}_c0"));
+    cell0.set_query(None);
+    let mut cell1 = cell1_server.clone();
+    cell1.set_path(&format!("/{db}_c1"));
+    let mut u = api.clone();
+    u.set_path(&format!("/{db}"));
+    u.set_query(None);
+    u.query_pairs_mut()
+        .append_pair("cell_url", cell0.as_str())
+        .append_pair("cell_url", cell1.as_str())
+        .append_pair("cell_timeout", cell_timeout);
+    (u, cell0)
+}
+
 /// Two cells, the second behind a proxy; after the proxy dies, `down_cell=skip` lists the
 /// first cell's instances (and warns), `down_cell=fail` fails with a retryable error.
 async fn down_cell_case(url: String) -> Result<(), String> {
@@ -272,19 +291,10 @@ async fn down_cell_case(url: String) -> Result<(), String> {
     let port = api.port().or(base.scheme().default_port()).unwrap_or(3306);
     let proxy = Proxy::start((host.clone(), port)).await?;
     let db = format!("{}_down", api.path().trim_start_matches('/'));
-    let mut cell0 = api.clone();
-    cell0.set_path(&format!("/{db}_c0"));
-    cell0.set_query(None);
-    let mut cell1 = cell0.clone();
-    cell1.set_path(&format!("/{db}_c1"));
-    cell1.set_port(Some(proxy.port)).map_err(|_| "port")?;
-    let mut u = api.clone();
-    u.set_path(&format!("/{db}"));
-    u.set_query(None);
-    u.query_pairs_mut()
-        .append_pair("cell_url", cell0.as_str())
-        .append_pair("cell_url", cell1.as_str())
-        .append_pair("cell_timeout", "2s");
+    let mut via_proxy = api.clone();
+    via_proxy.set_query(None);
+    via_proxy.set_port(Some(proxy.port)).map_err(|_| "port")?;
+    let (u, _) = two_cell_url(&api, &db, &via_proxy, "2s");
     let skip_url = StoreUrl::parse(u.as_str()).map_err(|e| e.to_string())?;
     let result = async {
         let store = SqlStore::open(&skip_url).await.map_err(|e| e.to_string())?;
@@ -383,11 +393,9 @@ async fn down_cell_case(url: String) -> Result<(), String> {
     .await;
     proxy.kill();
     // Drop the three databases directly (cell 1 through the real port).
-    let mut cleanup = u.clone();
-    cleanup.set_query(None);
-    let mut c1_direct = cell1.clone();
-    c1_direct.set_port(Some(port)).map_err(|_| "port")?;
-    cleanup.query_pairs_mut().append_pair("cell_url", cell0.as_str()).append_pair("cell_url", c1_direct.as_str());
+    let mut direct = api.clone();
+    direct.set_query(None);
+    let (cleanup, _) = two_cell_url(&api, &db, &direct, "2s");
     if let Ok(c) = StoreUrl::parse(cleanup.as_str()) {
         let _ = SqlStore::drop_databases(&c).await;
     }
@@ -520,18 +528,8 @@ async fn stopped_cell_server_case(url: String) -> Result<(), String> {
         .map_err(|e| format!("starting the cell server: {e}"))?;
     let api = base.expose().clone();
     let db = format!("{}_stop", api.path().trim_start_matches('/'));
-    let mut cell0 = api.clone();
-    cell0.set_path(&format!("/{db}_c0"));
-    cell0.set_query(None);
-    let mut cell1 = url::Url::parse(&server.url()).map_err(|e| e.to_string())?;
-    cell1.set_path(&format!("/{db}_c1"));
-    let mut u = api.clone();
-    u.set_path(&format!("/{db}"));
-    u.set_query(None);
-    u.query_pairs_mut()
-        .append_pair("cell_url", cell0.as_str())
-        .append_pair("cell_url", cell1.as_str())
-        .append_pair("cell_timeout", "3s");
+    let own_server = url::Url::parse(&server.url()).map_err(|e| e.to_string())?;
+    let (u, cell0) = two_cell_url(&api, &db, &own_server, "3s");
     let c1_label = format!("{}/{db}_c1", server.port);
     let mut server = Some(server);
     let result = async {
