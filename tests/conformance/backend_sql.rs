@@ -108,19 +108,24 @@ async fn list_all(store: &dyn Store, token: &str) -> Result<Vec<InstanceId>, Str
     }
 }
 
+/// `n` BUILDING instances named `<token>-<k>` in the build requests, created 3 µs apart.
+async fn create_building(store: &dyn Store, token: &str, n: usize) -> Result<Vec<InstanceId>, String> {
+    let t0 = Timestamp::now();
+    let mut ids = Vec::with_capacity(n);
+    for k in 0..n {
+        let i = building(token, k, t0.plus(Duration::from_micros(k as u64 * 3)));
+        store.create_instance(&i).await.map_err(|e| e.to_string())?;
+        ids.push(i.uuid);
+    }
+    Ok(ids)
+}
+
 /// Instances scheduled into cells (moved from build_requests to a cell database) while
 /// other tasks page through the listing: every listing sees every instance exactly once.
 async fn move_case(store: Arc<dyn Store>) -> Result<(), String> {
     let token = format!("mv{}", uuid::Uuid::new_v4().simple());
     let cells: Vec<CellId> = (0..4).map(|_| CellId::new_v4()).collect();
-    let t0 = Timestamp::now();
-    let n = 40;
-    let mut ids = Vec::new();
-    for k in 0..n {
-        let i = building(&token, k, t0.plus(Duration::from_micros(k as u64 * 3)));
-        store.create_instance(&i).await.map_err(|e| e.to_string())?;
-        ids.push(i.uuid);
-    }
+    let ids = create_building(&*store, &token, 40).await?;
     let expected: BTreeSet<InstanceId> = ids.iter().copied().collect();
     let mover = {
         let store = store.clone();
@@ -171,14 +176,7 @@ async fn repair_race_case(store: Arc<dyn Store>) -> Result<(), String> {
     use futures::StreamExt;
     let token = format!("rr{}", uuid::Uuid::new_v4().simple());
     let cells: Vec<CellId> = (0..4).map(|_| CellId::new_v4()).collect();
-    let t0 = Timestamp::now();
-    let n = 120;
-    let mut ids = Vec::new();
-    for k in 0..n {
-        let i = building(&token, k, t0.plus(Duration::from_micros(k as u64 * 3)));
-        store.create_instance(&i).await.map_err(|e| e.to_string())?;
-        ids.push(i.uuid);
-    }
+    let ids = create_building(&*store, &token, 120).await?;
     let cell_of = |round: usize, k: usize| cells[(k + round) % cells.len()];
     for round in 0..2 {
         let results: Vec<Result<(), String>> = futures::stream::iter(ids.clone().into_iter().enumerate())
