@@ -37,6 +37,7 @@ fn main() {
     let cases = vec![
         case2!(tailer_applies_claims_made_through_another_handle),
         case2!(tailer_follows_hosts_appearing_and_leaving),
+        case2!(tailer_reads_heartbeats_on_its_timer),
         case2!(schedulers_sharing_a_snapshot_never_overcommit),
         case2!(indexed_ranking_matches_the_exhaustive_best_weight),
         case2!(requests_few_hosts_can_serve_walk_their_classes),
@@ -197,16 +198,51 @@ async fn tailer_follows_hosts_appearing_and_leaving(store: Arc<dyn Store>, other
     f.extra_specs.insert("hw:cpu_policy".into(), "dedicated".into());
     let out = s.select_destinations(&spec(f), &[InstanceId::new_v4()], 0).await.map_err(e)?;
     check!(out[0][0].host == newcomer.name, "the only host with PCPU: {out:?}");
-    // Disabled by an operator through the other handle: seen at the next catalog read.
+    // Disabled by an operator through the other handle: the feed announces the write and
+    // the tailer reads the catalog again (not after the 10 s timer: the wait is 5 s).
     let mut h = other.get_host(&cloud.hosts[0].name).await.map_err(e)?;
     h.enabled = false;
+    let announced = snap.stats().catalog_announcements;
+    let asked = Instant::now();
     other.put_host(&h).await.map_err(e)?;
-    snap.refresh_catalog().await.map_err(e)?;
-    check!(snap.host_state(&h.name).is_some_and(|s| !s.host.enabled), "disabled");
+    eventually("a host disabled", || snap.host_state(&h.name).is_some_and(|s| !s.host.enabled)).await?;
+    check!(asked.elapsed() < Duration::from_secs(5), "the disabled host was seen after {:?}", asked.elapsed());
+    check!(snap.stats().catalog_announcements > announced, "announced by the feed: {:?}", snap.stats());
     // Deleted: forgotten.
     let gone = cloud.hosts[1].clone();
     other.delete_provider(gone.root).await.map_err(e)?;
     eventually("a deleted tree", || snap.known_hosts() == 2 && snap.host_state(&gone.name).is_none()).await?;
+    Ok(())
+}
+
+async fn tailer_reads_heartbeats_on_its_timer(store: Arc<dyn Store>, other: Arc<dyn Store>) -> R {
+    let mut cloud = Cloud::new(store.clone()).await.map_err(e)?;
+    cloud.add_hosts(2, HostSpec::default()).await.map_err(e)?;
+    let config = SnapshotConfig {
+        catalog_refresh_interval: Duration::from_millis(50),
+        ..SnapshotConfig::from_scheduler(&cloud.config(), Some(Duration::from_millis(5)))
+    };
+    let snap = SharedSnapshot::open(store.clone(), config).await.map_err(e)?;
+    let name = cloud.hosts[0].name.clone();
+    let beat = |snap: &SharedSnapshot| snap.host_state(&name).map(|h| h.host.last_heartbeat);
+    let before = beat(&snap).ok_or("host")?;
+    let reloads = snap.stats().catalog_reloads;
+    // A compute's report through the other handle: not a catalog write, read on the timer.
+    let later = before.plus(Duration::from_secs(30));
+    other.report_host(&name, later).await.map_err(e)?;
+    eventually("a heartbeat", || beat(&snap) == Some(later)).await?;
+    let st = snap.stats();
+    check!(st.heartbeat_reads >= 1, "heartbeats read on their timer: {st:?}");
+    // Stores whose trials share nothing (memory, Redis with a prefix per case): nothing
+    // else wrote to the catalog, so the report cost no catalog read.
+    if matches!(store.backend(), "memory" | "redis") {
+        check!(st.catalog_reloads == reloads, "a report is not a catalog change: {st:?}");
+    }
+    // An older report does not move it back, in the store or in the snapshot.
+    other.report_host(&name, before).await.map_err(e)?;
+    let reads = snap.stats().heartbeat_reads;
+    eventually("another heartbeat read", || snap.stats().heartbeat_reads > reads + 1).await?;
+    check!(beat(&snap) == Some(later), "the heartbeat went back to {:?}", beat(&snap));
     Ok(())
 }
 

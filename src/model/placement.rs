@@ -54,6 +54,10 @@ impl NewProvider {
         if self.parent == Some(self.id) {
             return Err(Error::invalid("provider.parent", "a provider cannot be its own parent"));
         }
+        if self.id.0.is_nil() {
+            // Stores record catalog writes in the tree change feed under the nil uuid.
+            return Err(Error::invalid("provider.uuid", "the nil uuid is reserved"));
+        }
         for (class, inv) in &self.inventories {
             inv.validate(&format!("{class} on {}", self.id))?;
         }
@@ -346,11 +350,47 @@ pub enum Changes {
         /// tell leave it empty; a root missing here is read as before.
         #[serde(default)]
         usages: BTreeMap<ProviderId, TreeUsage>,
+        /// A cell, host record or aggregate was written since the cursor (heartbeats,
+        /// [`report_host`](crate::store::Catalog::report_host), are not catalog writes): the
+        /// reader should read the catalog again. Like `roots`, it may be set when nothing a
+        /// reader cares about changed.
+        #[serde(default)]
+        catalog: bool,
         /// Cursor for the next call.
         next: ChangeCursor,
     },
     /// The cursor is too old for the backend's change feed: reload everything.
     Resync,
+}
+
+/// The root under which a backend records catalog writes in its tree change feed: the nil
+/// uuid, which no provider may have ([`NewProvider::validate`] refuses it).
+/// [`Changes::from_feed`] turns it into [`Changes::Trees::catalog`], so it never reaches a
+/// reader as a root.
+pub(crate) const CATALOG_ROOT: ProviderId = ProviderId(uuid::Uuid::nil());
+
+impl Changes {
+    /// A feed answer from what a backend's feed holds: the roots of the trees written (and
+    /// [`CATALOG_ROOT`] for catalog writes) since the cursor.
+    pub(crate) fn from_feed(
+        roots: impl IntoIterator<Item = ProviderId>,
+        mut generations: BTreeMap<ProviderId, u64>,
+        mut usages: BTreeMap<ProviderId, TreeUsage>,
+        next: ChangeCursor,
+    ) -> Changes {
+        let mut catalog = false;
+        let roots = roots
+            .into_iter()
+            .filter(|r| {
+                let entry = *r == CATALOG_ROOT;
+                catalog |= entry;
+                !entry
+            })
+            .collect();
+        generations.remove(&CATALOG_ROOT);
+        usages.remove(&CATALOG_ROOT);
+        Changes::Trees { roots, generations, usages, catalog, next }
+    }
 }
 
 /// A tree's usage at one generation, as a change feed carries it beside the tree's root.

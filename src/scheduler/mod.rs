@@ -34,10 +34,12 @@
 //! concurrent requests.
 //!
 //! # Limits of the store contract, and what this module does about them
-//! * Host records, aggregates and cells are not in the store's change feed (only provider
-//!   trees are): they are re-read every
-//!   [`catalog_refresh_interval`](SchedulerConfig::catalog_refresh_interval) and whenever a
-//!   tree with no known host appears. A feed entry for catalog writes would remove the delay.
+//! * Catalog writes (host records, aggregates, cells) are announced by the store's change
+//!   feed and read again at once; heartbeats are not (a report is not a catalog change), so
+//!   liveness is re-read every
+//!   [`catalog_refresh_interval`](SchedulerConfig::catalog_refresh_interval). A writer that
+//!   stops between its write and its announcement is covered by a whole catalog read every
+//!   [`catalog_resync_interval`](SchedulerConfig::catalog_resync_interval).
 //! * Recent build failures (BuildFailureWeigher) are reported by the conductor to its own
 //!   scheduler ([`Scheduler::report_build`]); the store has no field for them, so another
 //!   scheduler learns of a failing host only through its own conductor.
@@ -99,10 +101,15 @@ pub struct SchedulerConfig {
     pub shuffle_best_same_weighed_hosts: bool,
     /// A compute whose last heartbeat is older than this is down (`service_down_time`, 60 s).
     pub service_down_time: Duration,
-    /// How often host records, aggregates, cells and building counts are re-read (they are
-    /// not in the store's tree change feed). A new tree without a known host also triggers
-    /// a re-read (once per such tree).
+    /// How often what changes without a catalog write is re-read: host heartbeats and
+    /// building counts (host records, aggregates and cells are read again when the change
+    /// feed announces a write). The Nova design, which does not follow the feed, keeps its
+    /// aggregates and cells this long.
     pub catalog_refresh_interval: Duration,
+    /// How often the whole catalog is re-read although the change feed announced no
+    /// catalog write (5 min): the safety net for a writer that stopped between its write
+    /// and its announcement. A new tree without a known host also triggers a re-read.
+    pub catalog_resync_interval: Duration,
     /// Count BUILDING instances per host from the store at each catalog refresh (input of
     /// the IoOps weigher and filter, Nova's `num_io_ops`). Off by default: it costs a
     /// listing of building instances per refresh, which is a scan on backends that do not
@@ -182,6 +189,7 @@ impl Default for SchedulerConfig {
             shuffle_best_same_weighed_hosts: false,
             service_down_time: Duration::from_secs(60),
             catalog_refresh_interval: Duration::from_secs(10),
+            catalog_resync_interval: Duration::from_secs(300),
             count_building_from_store: false,
             enabled_filters: filters::DEFAULT_FILTERS.iter().map(|s| s.to_string()).collect(),
             ram_weight_multiplier: 1.0,
@@ -372,7 +380,7 @@ impl Scheduler {
 
     /// Creates a scheduler over a snapshot shared with other schedulers of the process
     /// ([`SharedSnapshot::open`]). Its cells must be among the snapshot's. Its
-    /// `catalog_refresh_interval`, `count_building_from_store` and `refresh_concurrency`
+    /// `catalog_refresh_interval`, `catalog_resync_interval`, `count_building_from_store` and `refresh_concurrency`
     /// are the snapshot's; `min_refresh_interval` still decides whether a request waits
     /// for a change-feed read (with a tailing snapshot, a non-zero value never waits).
     pub fn with_snapshot(snapshot: Arc<SharedSnapshot>, config: SchedulerConfig) -> Result<Scheduler> {

@@ -32,6 +32,16 @@
 //! generations decide what a re-read replaces: usage read at generation `r` replaces the
 //! snapshot's only when `r` is not older, and claims of this process the read may not
 //! include stay on top until a read at or after their generation.
+//!
+//! The feed also announces catalog writes (cells, host records, aggregates): the snapshot
+//! then reads the catalog again in the same refresh, so an operator disabling a host or
+//! moving it to another zone is seen within one tail period, not after a timer. What changes
+//! without a catalog write is read on a timer
+//! ([`catalog_refresh_interval`](SnapshotConfig::catalog_refresh_interval), 10 s): heartbeats
+//! (liveness is a matter of time, and reports are not announced: a cloud reports every 10 s
+//! per host) and building counts; the whole catalog only every
+//! [`catalog_resync_interval`](SnapshotConfig::catalog_resync_interval) (5 min), the safety
+//! net for a writer that stopped between its write and its announcement.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -58,9 +68,13 @@ use crate::store::prelude::*;
 pub struct SnapshotConfig {
     /// Cells loaded (empty: every cell). Schedulers using the snapshot may serve fewer.
     pub cells: Vec<CellId>,
-    /// How often host records, aggregates, cells and building counts are re-read (they
-    /// are not in the change feed yet).
+    /// How often what changes without a catalog write is re-read: host heartbeats and
+    /// building counts (catalog writes are announced by the change feed).
     pub catalog_refresh_interval: Duration,
+    /// How often the whole catalog is re-read although the change feed announced no
+    /// catalog write: the safety net for a writer that stopped between its write and its
+    /// feed entry.
+    pub catalog_resync_interval: Duration,
     /// Count BUILDING instances per host from the store at each catalog refresh.
     pub count_building_from_store: bool,
     /// Concurrent tree reads during a refresh.
@@ -112,6 +126,7 @@ impl SnapshotConfig {
         SnapshotConfig {
             cells: config.cells.clone(),
             catalog_refresh_interval: config.catalog_refresh_interval,
+            catalog_resync_interval: config.catalog_resync_interval,
             count_building_from_store: config.count_building_from_store,
             refresh_concurrency: config.refresh_concurrency,
             index_weights: IndexWeights::of(config),
@@ -140,6 +155,10 @@ pub struct SnapshotStats {
     pub full_reloads: u64,
     /// Catalog (hosts, aggregates, cells) reloads.
     pub catalog_reloads: u64,
+    /// Change-feed answers that announced a catalog write.
+    pub catalog_announcements: u64,
+    /// Reads of heartbeats and building counts alone (between catalog reloads).
+    pub heartbeat_reads: u64,
     /// New views published (host set or structure changed).
     pub views_published: u64,
 }
@@ -152,11 +171,18 @@ struct Counters {
     trees_from_feed: AtomicU64,
     full_reloads: AtomicU64,
     catalog_reloads: AtomicU64,
+    catalog_announcements: AtomicU64,
+    heartbeat_reads: AtomicU64,
     views_published: AtomicU64,
 }
 
 /// How often the catalog is read again while a tree waits for its host record.
 const UNHOSTED_RECHECK: Duration = Duration::from_millis(250);
+
+/// The least time between two catalog reads the feed's announcements cause: computes
+/// registering by the thousand announce a write each, and a catalog read costs in
+/// proportion to the cloud; announcements that arrive sooner wait (`catalog_due`).
+const CATALOG_MIN_GAP: Duration = Duration::from_millis(250);
 
 fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
@@ -828,6 +854,10 @@ impl GroupIndex {
 struct Refresher {
     cursor: ChangeCursor,
     last_catalog: Instant,
+    /// Last read of heartbeats and building counts (a catalog read is one too).
+    last_live: Instant,
+    /// The feed announced a catalog write not read yet (see [`CATALOG_MIN_GAP`]).
+    catalog_due: bool,
     classes: HashMap<ClassKey, u32>,
     inventories: HashMap<[u64; 6], u32>,
     next_slot: u32,
@@ -931,6 +961,8 @@ impl SharedSnapshot {
             refresher: tokio::sync::Mutex::new(Refresher {
                 cursor: ChangeCursor(String::new()),
                 last_catalog: Instant::now(),
+                last_live: Instant::now(),
+                catalog_due: false,
                 classes: HashMap::new(),
                 inventories: HashMap::new(),
                 next_slot: 0,
@@ -977,6 +1009,8 @@ impl SharedSnapshot {
             trees_from_feed: g(&c.trees_from_feed),
             full_reloads: g(&c.full_reloads),
             catalog_reloads: g(&c.catalog_reloads),
+            catalog_announcements: g(&c.catalog_announcements),
+            heartbeat_reads: g(&c.heartbeat_reads),
             views_published: g(&c.views_published),
         }
     }
@@ -1037,8 +1071,10 @@ impl SharedSnapshot {
     // ---- freshness -------------------------------------------------------------------
 
     /// Brings the snapshot up to date: the trees the store's change feed names since the
-    /// last refresh are re-read (a full reload when the feed answers `Resync`), and the
-    /// catalog is re-read when its interval has passed or an unknown tree appeared.
+    /// last refresh are re-read (a full reload when the feed answers `Resync`); the catalog
+    /// is re-read when the feed announces a catalog write, an unknown tree appeared or
+    /// `catalog_resync_interval` passed, else heartbeats and building counts alone every
+    /// `catalog_refresh_interval`.
     pub async fn refresh(&self) -> Result<()> {
         let mut r = self.refresher.lock().await;
         self.refresh_locked(&mut r).await
@@ -1073,7 +1109,7 @@ impl SharedSnapshot {
                 tracing::info!("change feed answered Resync: full reload");
                 self.full_reload(r).await?;
             }
-            Changes::Trees { roots, generations, usages, next } => {
+            Changes::Trees { roots, generations, usages, catalog, next } => {
                 bump(&self.counters.refreshes, 1);
                 let roots = self.not_yet_held(roots, &generations);
                 let roots = self.apply_feed_usages(roots, &usages);
@@ -1084,12 +1120,19 @@ impl SharedSnapshot {
                     self.apply_trees(r, trees)
                 };
                 r.cursor = next;
-                // A tree without a host record is a compute registering: its record may be
-                // written after its tree, and records are not in the feed, so look again
-                // shortly (not only once).
+                if catalog {
+                    bump(&self.counters.catalog_announcements, 1);
+                    r.catalog_due = true;
+                }
+                let announced = r.catalog_due && r.last_catalog.elapsed() >= CATALOG_MIN_GAP;
+                // A tree without a host record is a compute registering: its record is
+                // announced when written, but a writer that stopped before announcing it
+                // would leave the tree waiting, so look again shortly too.
                 let waiting = !self.view.load().unhosted.is_empty() && r.last_catalog.elapsed() >= UNHOSTED_RECHECK;
-                if unknown || waiting || r.last_catalog.elapsed() >= self.config.catalog_refresh_interval {
+                if announced || unknown || waiting || r.last_catalog.elapsed() >= self.config.catalog_resync_interval {
                     self.reload_catalog(r).await?;
+                } else if r.last_live.elapsed() >= self.config.catalog_refresh_interval {
+                    self.reload_live(r).await?;
                 }
             }
         }
@@ -1229,6 +1272,14 @@ impl SharedSnapshot {
         }
         let aggregates = self.store.list_aggregates().await?;
         let cells = self.store.list_cells().await?;
+        let building = self.building_counts().await?;
+        bump(&self.counters.catalog_reloads, 1);
+        Ok((hosts, aggregates, cells, building))
+    }
+
+    /// BUILDING instances per host, from the store with `count_building_from_store`, else
+    /// none (io_ops then count this process's own claims since this read).
+    async fn building_counts(&self) -> Result<HashMap<String, u32>> {
         let mut building: HashMap<String, u32> = HashMap::new();
         if self.config.count_building_from_store {
             for scope in self.scopes() {
@@ -1259,8 +1310,39 @@ impl SharedSnapshot {
                 }
             }
         }
-        bump(&self.counters.catalog_reloads, 1);
-        Ok((hosts, aggregates, cells, building))
+        Ok(building)
+    }
+
+    /// Re-reads what changes without a catalog write: every host's heartbeat and building
+    /// count. Applied in place (no new view: the host set and classes are unchanged).
+    async fn reload_live(&self, r: &mut Refresher) -> Result<()> {
+        let mut beats: HashMap<String, Timestamp> = HashMap::new();
+        for scope in self.scopes() {
+            match self.store.host_heartbeats(scope).await {
+                Ok(b) => beats.extend(b),
+                // As in a catalog load: a cell that does not answer keeps its last values.
+                Err(e) if e.is_retryable() && scope.is_some() => {
+                    tracing::warn!(cell = ?scope, error = %e, "cannot read a cell's heartbeats; kept the last ones");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let building = self.building_counts().await?;
+        r.last_live = Instant::now();
+        let view = self.view();
+        for rec in view.hosts.iter().flatten() {
+            if let Some(at) = beats.get(rec.name()) {
+                rec.d.heartbeat_us.fetch_max(at.as_micros(), Ordering::Relaxed);
+            }
+            let io = building.get(rec.name()).copied().unwrap_or(0);
+            if rec.d.io_ops.swap(io, Ordering::Relaxed) != io {
+                self.rekey(&view, rec);
+            }
+        }
+        let max = view.hosts.iter().flatten().map(|h| h.d.io_ops.load(Ordering::Relaxed)).max().unwrap_or(0);
+        self.io_max.store(max, Ordering::Relaxed);
+        bump(&self.counters.heartbeat_reads, 1);
+        Ok(())
     }
 
     async fn full_reload(&self, r: &mut Refresher) -> Result<()> {
@@ -1337,6 +1419,8 @@ impl SharedSnapshot {
         self.publish(view);
         r.cursor = cursor;
         r.last_catalog = Instant::now();
+        r.last_live = r.last_catalog;
+        r.catalog_due = false;
         bump(&self.counters.full_reloads, 1);
         tracing::debug!(hosts = self.known_hosts(), "scheduler snapshot loaded");
         Ok(())
@@ -1344,7 +1428,11 @@ impl SharedSnapshot {
 
     async fn reload_catalog(&self, r: &mut Refresher) -> Result<()> {
         let (hosts, aggregates, cells, building) = self.load_catalog().await?;
+        // Announcements read so far are covered: this read started after them (and no
+        // feed read runs meanwhile: both hold the refresher).
+        r.catalog_due = false;
         r.last_catalog = Instant::now();
+        r.last_live = r.last_catalog;
         let old = self.view();
         let mut b = Builder::new(self, r, &old);
         b.aggregates = aggregates.into_iter().map(|a| (a.id, a)).collect();

@@ -7,10 +7,10 @@
 //! a long-lived server (`unicell computes`, `unicell serve`) keeps its hosts up with Nova's
 //! default settings instead of stretching `service_down_time`.
 //!
-//! A report reads the host record and writes it back with `last_heartbeat` set to now. The
-//! store has no compare-and-set for host records, so an operator's change (disabling the
-//! host) made between the read and the write of one report is lost; the window is one round
-//! trip per report, as it is for Nova's own service record saves.
+//! A report is the store's [`report_host`](crate::store::Catalog::report_host): one write of
+//! the heartbeat alone, as Nova's service report is one UPDATE. It leaves the rest of the
+//! record alone (an operator disabling the host meanwhile keeps their change) and is not a
+//! catalog change, so a cloud's reports do not make every scheduler re-read the catalog.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,14 +123,9 @@ impl Heartbeat {
     }
 }
 
-/// One report: the host record read back with `last_heartbeat` set to now.
+/// One report: the host's heartbeat set to now.
 async fn report(store: Arc<dyn Store>, name: String) -> (String, Result<()>) {
-    let outcome = async {
-        let mut host = store.get_host(&name).await?;
-        host.last_heartbeat = Timestamp::now();
-        store.put_host(&host).await
-    }
-    .await;
+    let outcome = store.report_host(&name, Timestamp::now()).await;
     (name, outcome)
 }
 
@@ -185,5 +180,36 @@ mod tests {
         assert!(stats.rounds >= 2, "{stats:?}");
         assert_eq!(stats.reports, 3 * stats.rounds);
         assert_eq!(stats.failures, stats.rounds);
+    }
+
+    #[tokio::test]
+    async fn reports_are_not_catalog_changes_and_keep_an_operators_write() {
+        let mut cloud = Cloud::new(Arc::new(MemoryStore::new())).await.unwrap();
+        cloud.add_hosts(2, HostSpec::default()).await.unwrap();
+        let cursor = cloud.store.change_cursor().await.unwrap();
+        let mut disabled = cloud.store.get_host(&cloud.hosts[0].name).await.unwrap();
+        let beat = Heartbeat::for_cloud(&cloud, Duration::from_secs(10));
+        assert_eq!(beat.beat().await.reported, 2);
+        // An operator's write made with the record read before the reports: the heartbeat
+        // the reports wrote stays, the operator's change too.
+        disabled.enabled = false;
+        cloud.store.put_host(&disabled).await.unwrap();
+        let after = cloud.store.get_host(&disabled.name).await.unwrap();
+        assert!(!after.enabled);
+        assert!(after.last_heartbeat > disabled.last_heartbeat);
+        let next = match cloud.store.changes_since(&cursor).await.unwrap() {
+            crate::model::Changes::Trees { catalog, next, .. } => {
+                assert!(catalog, "the operator's write is announced");
+                next
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(beat.beat().await.reported, 2);
+        match cloud.store.changes_since(&next).await.unwrap() {
+            crate::model::Changes::Trees { catalog, roots, .. } => {
+                assert!(!catalog && roots.is_empty(), "reports are not announced: {catalog} {roots:?}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

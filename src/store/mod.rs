@@ -13,8 +13,8 @@ use crate::error::Result;
 use crate::model::{
     Aggregate, AggregateId, Cell, CellId, ChangeCursor, Changes, Claim, ClaimRequest, ConsumerId, Flavor, FlavorId,
     GroupId, Host, Instance, InstanceId, InstancePage, InstancePatch, InstanceStub, Inventory, InventoryWrite,
-    ListQuery, NewProvider, ProviderId, ProviderTree, Released, RequestSpec, ResourceClass, ServerGroup, Trait,
-    TreeAllocation,
+    ListQuery, NewProvider, ProviderId, ProviderTree, Released, RequestSpec, ResourceClass, ServerGroup, Timestamp,
+    Trait, TreeAllocation,
 };
 
 pub mod audit;
@@ -112,7 +112,15 @@ pub(crate) use self::url::{is_secret_key, percent_decode_lossy, split_host_list}
 ///
 /// 12. Cells, hosts, flavors and aggregates are upserted by id (`put_*`); server groups are
 ///     created once ([`Error::AlreadyExists`](crate::Error::AlreadyExists) otherwise); request
-///     specs are stored per instance. Reads of missing ids give `NotFound`.
+///     specs are stored per instance. Reads of missing ids give `NotFound`. A host's
+///     `last_heartbeat` never goes back: it is the latest of the values
+///     [`put_host`](Catalog::put_host) and [`report_host`](Catalog::report_host) wrote.
+///     Every completed [`put_cell`](Catalog::put_cell), [`put_host`](Catalog::put_host) and
+///     [`put_aggregate`](Catalog::put_aggregate) sets [`Changes::Trees::catalog`] in the
+///     answer of a later `changes_since` from a cursor taken before it; a heartbeat does not.
+///     A writer that stops between its write and the feed entry (the two are one atomic
+///     step only where the backend says so) leaves the write unannounced: readers keep a
+///     slow periodic catalog read as the safety net.
 ///
 /// # Instances
 ///
@@ -379,6 +387,19 @@ pub trait Catalog: Send + Sync {
     async fn get_host(&self, name: &str) -> Result<Host>;
     /// All hosts, or those of one cell.
     async fn list_hosts(&self, cell: Option<CellId>) -> Result<Vec<Host>>;
+    /// A compute service's report: the host's `last_heartbeat` becomes `at` unless it is
+    /// already later; nothing else of the record changes (so a report cannot undo an
+    /// operator's concurrent `put_host`). `NotFound` for an unknown host.
+    ///
+    /// Why apart from `put_host`: a cloud's computes report every 10 s each, and a report is
+    /// not a catalog change. It does not enter the change feed, so schedulers re-read
+    /// heartbeats on a timer ([`host_heartbeats`](Catalog::host_heartbeats)) instead of the
+    /// whole catalog on every report.
+    async fn report_host(&self, name: &str, at: Timestamp) -> Result<()>;
+    /// The `last_heartbeat` of the hosts of `cell` (every cell: `None`), by host name,
+    /// without the rest of the records. A backend that cannot select by cell cheaply may
+    /// add hosts of other cells; readers ignore names they do not know.
+    async fn host_heartbeats(&self, cell: Option<CellId>) -> Result<Vec<(String, Timestamp)>>;
 
     /// Creates or replaces a flavor.
     async fn put_flavor(&self, flavor: &Flavor) -> Result<()>;

@@ -304,6 +304,15 @@ impl Catalog for FaultyStore {
         self.faults.check("list_hosts")?;
         self.inner.list_hosts(cell).await
     }
+    async fn report_host(&self, name: &str, at: Timestamp) -> Result<()> {
+        self.faults.check("report_host")?;
+        let r = self.inner.report_host(name, at).await;
+        self.faults.ack("report_host", r)
+    }
+    async fn host_heartbeats(&self, cell: Option<CellId>) -> Result<Vec<(String, Timestamp)>> {
+        self.faults.check("host_heartbeats")?;
+        self.inner.host_heartbeats(cell).await
+    }
     async fn put_flavor(&self, flavor: &Flavor) -> Result<()> {
         self.faults.check("put_flavor")?;
         let r = self.inner.put_flavor(flavor).await;

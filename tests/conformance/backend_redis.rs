@@ -1,6 +1,6 @@
 //! Redis-specific trials beyond the shared suite, on one server and on a cluster:
-//! `backend::<target>::*` (change-feed trimming, crash leftovers of the consumer index,
-//! sharded listings against the memory store, an unreachable server), and
+//! `backend::<target>::*` (change-feed trimming, catalog writes in the feed, crash leftovers
+//! of the consumer index, sharded listings against the memory store, an unreachable server), and
 //! `differential::<target>::matches_memory_store` (random operation sequences compared step
 //! by step with the memory store).
 
@@ -23,6 +23,7 @@ pub fn trials(single: &Arc<Redis>, cluster: &Arc<Redis>) -> Vec<Trial> {
         ("feed_resync_after_trim", |u| Box::pin(feed_resync_after_trim(u))),
         ("stale_index_member_ignored_then_cleaned", |u| Box::pin(stale_index_member(u))),
         ("sharded_listing_matches_memory_store", |u| Box::pin(sharded_listing(u))),
+        ("catalog_writes_announced_reports_not", |u| Box::pin(catalog_announced(u))),
     ];
     let mut out = Vec::new();
     for target in [single, cluster] {
@@ -105,6 +106,75 @@ async fn feed_resync_after_trim(url: String) -> Result<(), String> {
         Changes::Trees { roots, .. } if roots == vec![p.id] => Ok(()),
         other => Err(format!("expected exactly the new tree, got {other:?}")),
     }
+}
+
+/// On a store of its own: cell, host and aggregate writes set `catalog` in the feed, a
+/// heartbeat report and a claim do not (and the reserved root never shows as a tree).
+async fn catalog_announced(url: String) -> Result<(), String> {
+    use unicell::model::*;
+    let store = open_store(&url).await?;
+    let s = |e: unicell::Error| e.to_string();
+    let catalog_since = |cursor: ChangeCursor| {
+        let store = &store;
+        async move {
+            match store.changes_since(&cursor).await.map_err(s)? {
+                Changes::Trees { catalog, roots, next, .. } => Ok::<_, String>((catalog, roots, next)),
+                Changes::Resync => Err("unexpected resync".to_string()),
+            }
+        }
+    };
+    let start = store.change_cursor().await.map_err(s)?;
+    let cell = Cell { id: CellId::new_v4(), name: "c".into(), disabled: false };
+    store.put_cell(&cell).await.map_err(s)?;
+    let tree = NewProvider { cell: Some(cell.id), ..new_root("announced") };
+    store.create_provider(&tree).await.map_err(s)?;
+    let host = Host {
+        name: "compute-1".into(),
+        cell: cell.id,
+        root_provider: tree.id,
+        node: "node-1".into(),
+        enabled: true,
+        disabled_reason: None,
+        last_heartbeat: Timestamp::now(),
+        availability_zone: None,
+        capabilities: Default::default(),
+    };
+    store.put_host(&host).await.map_err(s)?;
+    let (catalog, roots, next) = catalog_since(start).await?;
+    if !catalog || roots != vec![tree.id] {
+        return Err(format!("cell and host writes: catalog {catalog}, roots {roots:?} (want true, the tree)"));
+    }
+    store.report_host(&host.name, Timestamp::now()).await.map_err(s)?;
+    let consumer = ConsumerId::new_v4();
+    store
+        .claim(&ClaimRequest {
+            consumer,
+            project_id: "p".into(),
+            user_id: "u".into(),
+            allocations: std::collections::BTreeMap::from([(
+                tree.id,
+                std::collections::BTreeMap::from([(ResourceClass::Vcpu, 1)]),
+            )]),
+            group: None,
+        })
+        .await
+        .map_err(s)?;
+    let (catalog, roots, next) = catalog_since(next).await?;
+    if catalog || roots != vec![tree.id] {
+        return Err(format!("a report and a claim: catalog {catalog}, roots {roots:?} (want false, the tree)"));
+    }
+    let aggregate = Aggregate {
+        id: AggregateId::new_v4(),
+        name: "a".into(),
+        availability_zone: None,
+        metadata: Default::default(),
+    };
+    store.put_aggregate(&aggregate).await.map_err(s)?;
+    let (catalog, roots, _) = catalog_since(next).await?;
+    if !catalog || !roots.is_empty() {
+        return Err(format!("an aggregate write: catalog {catalog}, roots {roots:?} (want true, none)"));
+    }
+    Ok(())
 }
 
 /// A consumer-index member whose claim never ran (what a crash between the index write and

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::fixtures::*;
 use super::harness::*;
@@ -15,7 +16,111 @@ pub(super) fn cases() -> Vec<Case> {
     vec![
         case!("catalog::cells_hosts_flavors_aggregates", cells_hosts_flavors_aggregates),
         case!("catalog::server_groups_and_request_specs", server_groups_and_request_specs),
+        case!("catalog::heartbeats_never_go_back", heartbeats_never_go_back),
+        case!("catalog::writes_are_announced_in_the_feed", writes_are_announced_in_the_feed),
     ]
+}
+
+/// A cell, a tree in it and a host record for the tree, heartbeat at `at`.
+async fn host_in_new_cell(store: &dyn Store, at: Timestamp) -> Result<(Cell, Host), Failure> {
+    let cell = Cell { id: CellId::new_v4(), name: unique("cell"), disabled: false };
+    store.put_cell(&cell).await?;
+    let f = make_tree(store, Some(cell.id), 8, 4096).await?;
+    let host = Host {
+        name: unique("compute"),
+        cell: cell.id,
+        root_provider: f.root,
+        node: unique("node"),
+        enabled: true,
+        disabled_reason: None,
+        last_heartbeat: at,
+        availability_zone: None,
+        capabilities: BTreeMap::new(),
+    };
+    store.put_host(&host).await?;
+    Ok((cell, host))
+}
+
+async fn heartbeats_never_go_back(store: Arc<dyn Store>) -> CaseResult {
+    let t0 = Timestamp::from_micros(1_790_000_000_000_000);
+    let (cell, host) = host_in_new_cell(&*store, t0).await?;
+    let later = t0.plus(Duration::from_secs(10));
+    store.report_host(&host.name, later).await?;
+    let reported = Host { last_heartbeat: later, ..host.clone() };
+    check!(store.get_host(&host.name).await? == reported, "a report must set last_heartbeat and nothing else");
+    store.report_host(&host.name, t0.plus(Duration::from_secs(5))).await?;
+    check!(
+        store.get_host(&host.name).await?.last_heartbeat == later,
+        "an older report must not move the heartbeat back"
+    );
+    // An operator's write carrying the heartbeat it read before the report: the record is
+    // replaced, the heartbeat stays the later one.
+    let disabled = Host { enabled: false, disabled_reason: Some("maintenance".into()), ..host.clone() };
+    store.put_host(&disabled).await?;
+    let expected = Host { last_heartbeat: later, ..disabled };
+    check!(store.get_host(&host.name).await? == expected, "put_host with an older heartbeat must keep the later one");
+    let listed = store.list_hosts(Some(cell.id)).await?;
+    check!(listed == vec![expected.clone()], "list_hosts(cell) after a report = {listed:?}");
+    for scope in [Some(cell.id), None] {
+        let beats = store.host_heartbeats(scope).await?;
+        let mine: Vec<_> = beats.iter().filter(|(n, _)| *n == host.name).collect();
+        check!(mine == vec![&(host.name.clone(), later)], "host_heartbeats({scope:?}) gives {mine:?} for the host");
+    }
+    let newer = later.plus(Duration::from_secs(10));
+    store.put_host(&Host { last_heartbeat: newer, ..expected.clone() }).await?;
+    check!(store.get_host(&host.name).await?.last_heartbeat == newer, "put_host with a later heartbeat must set it");
+    expect_err(store.report_host(&unique("nohost"), later).await, "a report of an unknown host", |e| {
+        matches!(e, Error::NotFound { kind: Kind::Host, .. })
+    })?;
+    Ok(())
+}
+
+/// `changes_since(cursor)` must say the catalog changed, and must not show the reserved root.
+async fn expect_catalog_change(store: &dyn Store, cursor: &ChangeCursor, what: &str) -> CaseResult {
+    match store.changes_since(cursor).await? {
+        Changes::Trees { catalog, roots, .. } => {
+            check!(catalog, "{what} must set `catalog` in the change feed");
+            check!(!roots.contains(&CATALOG_ROOT), "the feed must not give the reserved root as a tree: {roots:?}");
+            Ok(())
+        }
+        Changes::Resync => Err(Failure(format!("a fresh cursor must not need a resync (after {what})"))),
+    }
+}
+
+async fn writes_are_announced_in_the_feed(store: Arc<dyn Store>) -> CaseResult {
+    let cursor = store.change_cursor().await?;
+    let (cell, host) = host_in_new_cell(&*store, Timestamp::now()).await?;
+    expect_catalog_change(&*store, &cursor, "put_cell and put_host").await?;
+    let cursor = store.change_cursor().await?;
+    store.put_cell(&Cell { disabled: true, ..cell }).await?;
+    expect_catalog_change(&*store, &cursor, "put_cell").await?;
+    let cursor = store.change_cursor().await?;
+    store.put_host(&Host { enabled: false, ..host.clone() }).await?;
+    expect_catalog_change(&*store, &cursor, "put_host").await?;
+    let cursor = store.change_cursor().await?;
+    let aggregate = Aggregate {
+        id: AggregateId::new_v4(),
+        name: unique("agg"),
+        availability_zone: None,
+        metadata: BTreeMap::new(),
+    };
+    store.put_aggregate(&aggregate).await?;
+    expect_catalog_change(&*store, &cursor, "put_aggregate").await?;
+    // (That a report is *not* announced cannot be checked here: other cases write to the
+    // same store meanwhile. The backends' own tests check it on a store of their own.)
+    let nil = NewProvider {
+        id: CATALOG_ROOT,
+        name: unique("nil"),
+        parent: None,
+        cell: None,
+        inventories: BTreeMap::new(),
+        traits: Default::default(),
+        aggregates: Default::default(),
+    };
+    expect_err(store.create_provider(&nil).await, "a provider with the nil uuid", |e| {
+        matches!(e, Error::InvalidInput { .. })
+    })?;
+    Ok(())
 }
 
 async fn cells_hosts_flavors_aggregates(store: Arc<dyn Store>) -> CaseResult {

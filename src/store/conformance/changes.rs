@@ -112,7 +112,7 @@ async fn feed_entry(
     root: ProviderId,
 ) -> Result<(Option<u64>, Option<TreeUsage>, ChangeCursor), Failure> {
     match store.changes_since(cursor).await? {
-        Changes::Trees { roots, generations, usages, next } => {
+        Changes::Trees { roots, generations, usages, next, .. } => {
             check!(roots.contains(&root), "changed tree {root} missing from {roots:?}");
             for (r, u) in &usages {
                 check!(

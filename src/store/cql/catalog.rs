@@ -1,6 +1,9 @@
 //! Catalog: cells, hosts, flavors, aggregates, server groups and request specs, one small
 //! table each, every object stored as its JSON document under its id. Lists read the
-//! (small) table whole and sort like the reference store.
+//! (small) table whole and sort like the reference store. Heartbeats have a table of their
+//! own (`host_beats`), so that a report is one small write and liveness can be re-read
+//! without the records; cell, host and aggregate writes are announced in the change feed
+//! after the write, under the reserved root `CATALOG_ROOT`.
 
 use scylla::value::CqlValue;
 use serde::Serialize;
@@ -34,6 +37,19 @@ impl CqlStore {
         }
     }
 
+    /// A heartbeat, written with the heartbeat's own time as the write timestamp: the cell
+    /// keeps the latest of all writes, so a heartbeat never goes back, without a read or a
+    /// lightweight transaction (a report is one write, as it is one UPDATE in Nova).
+    async fn write_beat(&self, name: &str, at: Timestamp) -> Result<()> {
+        let micros = at.as_micros().max(0);
+        self.db
+            .exec(
+                "INSERT INTO host_beats (name, at) VALUES (?, ?) USING TIMESTAMP ?",
+                vec![text(name), big(micros), big(micros)],
+            )
+            .await
+    }
+
     async fn list_docs<T: DeserializeOwned>(&self, table: &str) -> Result<Vec<T>> {
         let rows = self.db.query(&format!("SELECT body FROM {table}"), vec![]).await?;
         rows.iter().filter_map(|r| get_text(r, 0)).map(|b| parse_json(&b)).collect()
@@ -46,7 +62,8 @@ impl Catalog for CqlStore {
         if cell.name.is_empty() {
             return Err(Error::invalid("cell.name", "must not be empty"));
         }
-        self.put_doc("cells", "id", uuid(cell.id.0), cell).await
+        self.put_doc("cells", "id", uuid(cell.id.0), cell).await?;
+        self.record_change(CATALOG_ROOT).await
     }
 
     async fn get_cell(&self, id: CellId) -> Result<Cell> {
@@ -68,18 +85,46 @@ impl Catalog for CqlStore {
                 "INSERT INTO hosts (name, cell, body) VALUES (?, ?, ?)",
                 vec![text(host.name.clone()), uuid(host.cell.0), json(host)?],
             )
-            .await
+            .await?;
+        self.write_beat(&host.name, host.last_heartbeat).await?;
+        self.record_change(CATALOG_ROOT).await
     }
 
     async fn get_host(&self, name: &str) -> Result<Host> {
-        self.get_doc("hosts", "name", text(name), Kind::Host, &name).await
+        let mut host: Host = self.get_doc("hosts", "name", text(name), Kind::Host, &name).await?;
+        let rows = self.db.query("SELECT at FROM host_beats WHERE name = ?", vec![text(name)]).await?;
+        if let Some(at) = rows.first().and_then(|r| get_i64(r, 0)) {
+            host.last_heartbeat = host.last_heartbeat.max(Timestamp::from_micros(at));
+        }
+        Ok(host)
     }
 
     async fn list_hosts(&self, cell: Option<CellId>) -> Result<Vec<Host>> {
         let mut v: Vec<Host> = self.list_docs("hosts").await?;
         v.retain(|h| cell.is_none_or(|c| h.cell == c));
+        let beats: std::collections::HashMap<String, Timestamp> =
+            self.host_heartbeats(cell).await?.into_iter().collect();
+        for h in &mut v {
+            if let Some(at) = beats.get(&h.name) {
+                h.last_heartbeat = h.last_heartbeat.max(*at);
+            }
+        }
         v.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(v)
+    }
+
+    async fn report_host(&self, name: &str, at: Timestamp) -> Result<()> {
+        // Hosts are never deleted, so a record seen here stays.
+        if self.db.query("SELECT name FROM hosts WHERE name = ?", vec![text(name)]).await?.is_empty() {
+            return Err(Error::not_found(Kind::Host, name));
+        }
+        self.write_beat(name, at).await
+    }
+
+    async fn host_heartbeats(&self, _cell: Option<CellId>) -> Result<Vec<(String, Timestamp)>> {
+        // `host_beats` does not know cells: every host's (the contract allows it).
+        let rows = self.db.query("SELECT name, at FROM host_beats", vec![]).await?;
+        Ok(rows.iter().filter_map(|r| Some((get_text(r, 0)?, Timestamp::from_micros(get_i64(r, 1)?)))).collect())
     }
 
     async fn put_flavor(&self, flavor: &Flavor) -> Result<()> {
@@ -98,7 +143,8 @@ impl Catalog for CqlStore {
     }
 
     async fn put_aggregate(&self, a: &Aggregate) -> Result<()> {
-        self.put_doc("aggregates", "id", uuid(a.id.0), a).await
+        self.put_doc("aggregates", "id", uuid(a.id.0), a).await?;
+        self.record_change(CATALOG_ROOT).await
     }
 
     async fn get_aggregate(&self, id: AggregateId) -> Result<Aggregate> {

@@ -80,11 +80,6 @@ impl ChangeFeed for CqlStore {
             roots.extend(rows.iter().filter_map(|r| get_uuid(r, 0)).map(ProviderId));
         }
         // Feed rows name trees, not generations: every reported tree is re-read.
-        Ok(Changes::Trees {
-            roots: roots.into_iter().collect(),
-            generations: Default::default(),
-            usages: Default::default(),
-            next: ChangeCursor(format!("{PREFIX}{now}")),
-        })
+        Ok(Changes::from_feed(roots, Default::default(), Default::default(), ChangeCursor(format!("{PREFIX}{now}"))))
     }
 }

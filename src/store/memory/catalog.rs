@@ -27,7 +27,9 @@ impl Catalog for MemoryStore {
         if cell.name.is_empty() {
             return Err(Error::invalid("cell.name", "must not be empty"));
         }
-        write(&self.catalog).cells.insert(cell.id, cell.clone());
+        let mut c = write(&self.catalog);
+        c.cells.insert(cell.id, cell.clone());
+        self.changes.record(CATALOG_ROOT, None);
         Ok(())
     }
 
@@ -43,8 +45,30 @@ impl Catalog for MemoryStore {
         if host.name.is_empty() || host.name.len() > 255 {
             return Err(Error::invalid("host.name", "must be 1 to 255 characters"));
         }
-        write(&self.catalog).hosts.insert(host.name.clone(), host.clone());
+        let mut c = write(&self.catalog);
+        let mut host = host.clone();
+        if let Some(old) = c.hosts.get(&host.name) {
+            host.last_heartbeat = host.last_heartbeat.max(old.last_heartbeat);
+        }
+        c.hosts.insert(host.name.clone(), host);
+        self.changes.record(CATALOG_ROOT, None);
         Ok(())
+    }
+
+    async fn report_host(&self, name: &str, at: Timestamp) -> Result<()> {
+        let mut c = write(&self.catalog);
+        let host = c.hosts.get_mut(name).ok_or_else(|| Error::not_found(Kind::Host, name))?;
+        host.last_heartbeat = host.last_heartbeat.max(at);
+        Ok(())
+    }
+
+    async fn host_heartbeats(&self, cell: Option<CellId>) -> Result<Vec<(String, Timestamp)>> {
+        Ok(read(&self.catalog)
+            .hosts
+            .values()
+            .filter(|h| cell.is_none_or(|c| h.cell == c))
+            .map(|h| (h.name.clone(), h.last_heartbeat))
+            .collect())
     }
 
     async fn get_host(&self, name: &str) -> Result<Host> {
@@ -70,7 +94,9 @@ impl Catalog for MemoryStore {
     }
 
     async fn put_aggregate(&self, aggregate: &Aggregate) -> Result<()> {
-        write(&self.catalog).aggregates.insert(aggregate.id, aggregate.clone());
+        let mut c = write(&self.catalog);
+        c.aggregates.insert(aggregate.id, aggregate.clone());
+        self.changes.record(CATALOG_ROOT, None);
         Ok(())
     }
 

@@ -5,7 +5,9 @@
 //! counter, then scans the shards; any write with a smaller `seq` either is already in its
 //! shard or is holding the shard's lock and will be seen when the reader gets it. So the
 //! counter read first is a safe next cursor: nothing below it can be missed. Each shard keeps
-//! the last [`SHARD_CAPACITY`] entries; an older cursor gets [`Changes::Resync`].
+//! the last [`SHARD_CAPACITY`] entries; an older cursor gets [`Changes::Resync`]. Catalog
+//! writes are entries of the reserved root `CATALOG_ROOT`, recorded under the catalog's
+//! lock, so they are announced exactly like tree writes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
@@ -74,12 +76,7 @@ impl ChangeLog {
             }
         }
         let generations = latest.iter().filter_map(|(r, g)| g.map(|g| (*r, g))).collect();
-        Ok(Changes::Trees {
-            roots: latest.into_keys().collect(),
-            generations,
-            usages: BTreeMap::new(),
-            next: ChangeCursor(format!("mem:{next}")),
-        })
+        Ok(Changes::from_feed(latest.into_keys(), generations, BTreeMap::new(), ChangeCursor(format!("mem:{next}"))))
     }
 }
 

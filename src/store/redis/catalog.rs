@@ -1,5 +1,8 @@
 //! The catalog on Redis: one hash per kind (cells, hosts, flavors, aggregates, server
-//! groups) of JSON records, and one key per request spec.
+//! groups) of JSON records, and one key per request spec. Host heartbeats have a hash of
+//! their own beside the hosts hash, so that a report writes one small field and a scheduler
+//! re-reads liveness without the records; cell, host and aggregate writes are announced in
+//! the change feed under the reserved root `CATALOG_ROOT`.
 
 use async_trait::async_trait;
 use redis::Value;
@@ -26,6 +29,35 @@ impl RedisStore {
         let v: Vec<String> = self.pool.query(redis::cmd("HVALS").arg(self.keys.catalog(what))).await?;
         v.iter().map(|s| from_json(s)).collect()
     }
+
+    /// Announces a catalog write in the change feed (after the write: a reader that sees
+    /// the entry reads the written record). The record and the entry live in different
+    /// slots, so they are two steps: a writer that dies between them leaves its write
+    /// unannounced until the readers' periodic catalog read.
+    async fn announce_catalog(&self) -> Result<()> {
+        let shard = self.keys.tree_shard(CATALOG_ROOT.0);
+        let cmd = self
+            .pool
+            .scripts
+            .feed_touch
+            .cmd(&[self.keys.chg(shard), self.keys.feed(shard)], &[CATALOG_ROOT.to_string()]);
+        self.pool.eval::<Value>(&cmd).await.map(|_| ())
+    }
+
+    /// Writes a host record (`record`) and/or its heartbeat (`record` empty: a report).
+    async fn host_put(&self, name: &str, at: Timestamp, record: String) -> Result<bool> {
+        let cmd = self.pool.scripts.host_put.cmd(
+            &[self.keys.catalog("hosts"), self.keys.host_beats()],
+            &[name.to_string(), at.as_micros().to_string(), record],
+        );
+        let done: i64 = self.pool.eval(&cmd).await?;
+        Ok(done == 1)
+    }
+
+    /// Every host's last report (µs), from the heartbeat hash.
+    async fn beats(&self) -> Result<std::collections::HashMap<String, i64>> {
+        self.pool.query(redis::cmd("HGETALL").arg(self.keys.host_beats())).await
+    }
 }
 
 #[async_trait]
@@ -34,7 +66,8 @@ impl Catalog for RedisStore {
         if cell.name.is_empty() {
             return Err(Error::invalid("cell.name", "must not be empty"));
         }
-        self.hash_put("cells", cell.id.to_string(), json(cell)?).await
+        self.hash_put("cells", cell.id.to_string(), json(cell)?).await?;
+        self.announce_catalog().await
     }
 
     async fn get_cell(&self, id: CellId) -> Result<Cell> {
@@ -51,18 +84,39 @@ impl Catalog for RedisStore {
         if host.name.is_empty() || host.name.len() > 255 {
             return Err(Error::invalid("host.name", "must be 1 to 255 characters"));
         }
-        self.hash_put("hosts", host.name.clone(), json(host)?).await
+        self.host_put(&host.name, host.last_heartbeat, json(host)?).await?;
+        self.announce_catalog().await
     }
 
     async fn get_host(&self, name: &str) -> Result<Host> {
-        self.hash_get("hosts", name.to_string(), Kind::Host).await
+        let mut host: Host = self.hash_get("hosts", name.to_string(), Kind::Host).await?;
+        let beat: Option<i64> = self.pool.query(redis::cmd("HGET").arg(self.keys.host_beats()).arg(name)).await?;
+        if let Some(at) = beat {
+            host.last_heartbeat = host.last_heartbeat.max(Timestamp::from_micros(at));
+        }
+        Ok(host)
     }
 
     async fn list_hosts(&self, cell: Option<CellId>) -> Result<Vec<Host>> {
         let mut v: Vec<Host> = self.hash_values("hosts").await?;
         v.retain(|h| cell.is_none_or(|c| h.cell == c));
+        let beats = self.beats().await?;
+        for h in &mut v {
+            if let Some(at) = beats.get(&h.name) {
+                h.last_heartbeat = h.last_heartbeat.max(Timestamp::from_micros(*at));
+            }
+        }
         v.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(v)
+    }
+
+    async fn report_host(&self, name: &str, at: Timestamp) -> Result<()> {
+        if self.host_put(name, at, String::new()).await? { Ok(()) } else { Err(Error::not_found(Kind::Host, name)) }
+    }
+
+    async fn host_heartbeats(&self, _cell: Option<CellId>) -> Result<Vec<(String, Timestamp)>> {
+        // The heartbeat hash does not know cells: every host's (the contract allows it).
+        Ok(self.beats().await?.into_iter().map(|(name, at)| (name, Timestamp::from_micros(at))).collect())
     }
 
     async fn put_flavor(&self, flavor: &Flavor) -> Result<()> {
@@ -81,7 +135,8 @@ impl Catalog for RedisStore {
     }
 
     async fn put_aggregate(&self, aggregate: &Aggregate) -> Result<()> {
-        self.hash_put("aggregates", aggregate.id.to_string(), json(aggregate)?).await
+        self.hash_put("aggregates", aggregate.id.to_string(), json(aggregate)?).await?;
+        self.announce_catalog().await
     }
 
     async fn get_aggregate(&self, id: AggregateId) -> Result<Aggregate> {

@@ -88,6 +88,8 @@ scripts! {
     lease_cas => "lease_cas.lua",
     placement_read => "placement_read.lua",
     replace_tree => "replace_tree.lua",
+    host_put => "host_put.lua",
+    feed_touch => "feed_touch.lua",
 }
 
 /// Maps a client error into the store's error: connection failures, cluster reconfiguration

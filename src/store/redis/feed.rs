@@ -88,12 +88,7 @@ impl ChangeFeed for RedisStore {
             }
             next.push(seq.max(since[s]).to_string());
         }
-        Ok(Changes::Trees {
-            roots: roots.into_iter().collect(),
-            generations,
-            usages,
-            next: ChangeCursor(format!("r1:{}", next.join(","))),
-        })
+        Ok(Changes::from_feed(roots, generations, usages, ChangeCursor(format!("r1:{}", next.join(",")))))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Nova's catalog on SQL: cell and host mappings, flavors, aggregates, server groups and
 //! request specs in the API database; compute nodes in their cell's database (so listing
-//! every host queries every cell, as Nova's scheduler does).
+//! every host queries every cell, as Nova's scheduler does). Cell, host and aggregate writes
+//! are announced in the change feed after they commit.
 
 use async_trait::async_trait;
 
@@ -8,7 +9,7 @@ use crate::error::{Error, Kind, Result};
 use crate::model::*;
 use crate::sql_args;
 use crate::store::prelude::*;
-use crate::store::sql::conn::{Row, is_unique_violation, map_err};
+use crate::store::sql::conn::{Row, Sql, is_unique_violation, map_err};
 use crate::store::sql::{DownCell, SqlStore, from_json, to_json};
 
 fn cell_from(r: &Row) -> Result<Cell> {
@@ -75,6 +76,57 @@ fn policy_from(s: &str) -> Result<GroupPolicy> {
     })
 }
 
+impl SqlStore {
+    /// `cols` of the compute nodes of `cell`, or of every cell: then every cell database is
+    /// asked concurrently (Nova's HostManager scatters over all cells too). A cell database
+    /// that is down or slower than `cell_timeout` must not stop scheduling in the others:
+    /// with `down_cell=skip` (the default, as Nova's HostManager skips cells that fail or
+    /// time out in its scatter-gather) its hosts are left out with a warning naming the
+    /// cell; with `down_cell=fail`, or when no cell answers, the first error is returned.
+    async fn compute_node_rows(&self, cols: &str, cell: Option<CellId>) -> Result<Vec<Row>> {
+        if let Some(c) = cell {
+            let slot = self.slot_of(c).await?;
+            let sql = self.stmts.adapt(&format!("SELECT {cols} FROM compute_nodes WHERE cell_uuid = ?"));
+            return self.cells[slot].pool.fetch_all(Sql::Dynamic(sql.into()), sql_args![c.to_string()]).await;
+        }
+        let sql: std::sync::Arc<str> = self.stmts.adapt(&format!("SELECT {cols} FROM compute_nodes")).into();
+        let timeout = self.opts.cell_timeout;
+        let futs = self.cells.iter().map(|c| {
+            let sql = sql.clone();
+            async move {
+                match tokio::time::timeout(timeout, c.pool.fetch_all(Sql::Dynamic(sql), vec![])).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Timeout {
+                        backend: "sql",
+                        message: format!("cell database {} did not answer within {timeout:?}", c.label),
+                    }),
+                }
+            }
+        });
+        let mut out = Vec::new();
+        let mut first_down = None;
+        let mut answered = 0usize;
+        for (c, rows) in self.cells.iter().zip(futures::future::join_all(futs).await) {
+            match rows {
+                Ok(rows) => {
+                    answered += 1;
+                    out.extend(rows);
+                }
+                Err(e) if e.is_retryable() && self.opts.down_cell == DownCell::Skip => {
+                    tracing::warn!(cell_database = %c.label, error = %e,
+                        "cell database did not respond; its compute hosts are left out of this listing");
+                    first_down.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match first_down.filter(|_| answered == 0) {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+}
+
 #[async_trait]
 impl Catalog for SqlStore {
     async fn put_cell(&self, cell: &Cell) -> Result<()> {
@@ -95,7 +147,7 @@ impl Catalog for SqlStore {
                 sql_args![cell.id.to_string(), &cell.name, cell.disabled, n],
             )
             .await?;
-        Ok(())
+        self.announce_catalog().await
     }
 
     async fn get_cell(&self, id: CellId) -> Result<Cell> {
@@ -148,14 +200,14 @@ impl Catalog for SqlStore {
                      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE cell_uuid = VALUES(cell_uuid), \
                      hypervisor_hostname = VALUES(hypervisor_hostname), root_provider_uuid = VALUES(root_provider_uuid), \
                      enabled = VALUES(enabled), disabled_reason = VALUES(disabled_reason), \
-                     last_heartbeat = VALUES(last_heartbeat), availability_zone = VALUES(availability_zone), \
+                     last_heartbeat = GREATEST(last_heartbeat, VALUES(last_heartbeat)), availability_zone = VALUES(availability_zone), \
                      capabilities = VALUES(capabilities)",
                     "INSERT INTO compute_nodes (host, cell_uuid, hypervisor_hostname, root_provider_uuid, \
                      enabled, disabled_reason, last_heartbeat, availability_zone, capabilities) \
                      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (host) DO UPDATE SET cell_uuid = EXCLUDED.cell_uuid, \
                      hypervisor_hostname = EXCLUDED.hypervisor_hostname, root_provider_uuid = EXCLUDED.root_provider_uuid, \
                      enabled = EXCLUDED.enabled, disabled_reason = EXCLUDED.disabled_reason, \
-                     last_heartbeat = EXCLUDED.last_heartbeat, availability_zone = EXCLUDED.availability_zone, \
+                     last_heartbeat = GREATEST(compute_nodes.last_heartbeat, EXCLUDED.last_heartbeat), availability_zone = EXCLUDED.availability_zone, \
                      capabilities = EXCLUDED.capabilities",
                 ),
                 args,
@@ -184,7 +236,7 @@ impl Catalog for SqlStore {
                 }
             }
         }
-        Ok(())
+        self.announce_catalog().await
     }
 
     async fn get_host(&self, name: &str) -> Result<Host> {
@@ -208,73 +260,36 @@ impl Catalog for SqlStore {
     }
 
     async fn list_hosts(&self, cell: Option<CellId>) -> Result<Vec<Host>> {
-        let mut hosts = Vec::new();
-        match cell {
-            Some(c) => {
-                let slot = self.slot_of(c).await?;
-                let sql = self
-                    .stmts
-                    .adapt(&format!("SELECT {HOST_COLS} FROM compute_nodes WHERE cell_uuid = ? ORDER BY host"));
-                for r in self.cells[slot]
-                    .pool
-                    .fetch_all(crate::store::sql::conn::Sql::Dynamic(sql.into()), sql_args![c.to_string()])
-                    .await?
-                {
-                    hosts.push(host_from(&r)?);
-                }
-            }
-            None => {
-                // Every cell, concurrently (Nova's HostManager scatters over all cells too).
-                let sql: std::sync::Arc<str> =
-                    self.stmts.adapt(&format!("SELECT {HOST_COLS} FROM compute_nodes")).into();
-                // A cell database that is down or slower than `cell_timeout` must not stop
-                // scheduling in the others: with `down_cell=skip` (the default, as Nova's
-                // HostManager skips cells that fail or time out in its scatter-gather) its
-                // hosts are left out with a warning naming the cell; with `down_cell=fail`,
-                // or when no cell answers, the first error is returned.
-                let timeout = self.opts.cell_timeout;
-                let futs = self.cells.iter().map(|c| {
-                    let sql = sql.clone();
-                    async move {
-                        match tokio::time::timeout(
-                            timeout,
-                            c.pool.fetch_all(crate::store::sql::conn::Sql::Dynamic(sql), vec![]),
-                        )
-                        .await
-                        {
-                            Ok(r) => r,
-                            Err(_) => Err(Error::Timeout {
-                                backend: "sql",
-                                message: format!("cell database {} did not answer within {timeout:?}", c.label),
-                            }),
-                        }
-                    }
-                });
-                let mut first_down = None;
-                let mut answered = 0usize;
-                for (c, rows) in self.cells.iter().zip(futures::future::join_all(futs).await) {
-                    match rows {
-                        Ok(rows) => {
-                            answered += 1;
-                            for r in rows {
-                                hosts.push(host_from(&r)?);
-                            }
-                        }
-                        Err(e) if e.is_retryable() && self.opts.down_cell == DownCell::Skip => {
-                            tracing::warn!(cell_database = %c.label, error = %e,
-                                "cell database did not respond; its compute hosts are left out of this listing");
-                            first_down.get_or_insert(e);
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                if let Some(e) = first_down.filter(|_| answered == 0) {
-                    return Err(e);
-                }
-                hosts.sort_by(|a, b| a.name.cmp(&b.name));
-            }
-        }
+        let rows = self.compute_node_rows(HOST_COLS, cell).await?;
+        let mut hosts = rows.iter().map(host_from).collect::<Result<Vec<_>>>()?;
+        hosts.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(hosts)
+    }
+
+    async fn report_host(&self, name: &str, at: Timestamp) -> Result<()> {
+        let m = self
+            .api
+            .fetch_optional("SELECT cell_uuid FROM host_mappings WHERE host = ?", sql_args![name])
+            .await?
+            .ok_or_else(|| Error::not_found(Kind::Host, name))?;
+        let slot = self.slot_of(CellId(m.uuid(0)?)).await?;
+        // Nova's service report is the same one-row UPDATE of the cell database.
+        self.cells[slot]
+            .pool
+            .execute(
+                "UPDATE compute_nodes SET last_heartbeat = GREATEST(last_heartbeat, ?) WHERE host = ?",
+                sql_args![at.as_micros(), name],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn host_heartbeats(&self, cell: Option<CellId>) -> Result<Vec<(String, Timestamp)>> {
+        self.compute_node_rows("host, last_heartbeat", cell)
+            .await?
+            .iter()
+            .map(|r| Ok((r.str(0)?, Timestamp::from_micros(r.i64(1)?))))
+            .collect()
     }
 
     async fn put_flavor(&self, f: &Flavor) -> Result<()> {
@@ -346,7 +361,7 @@ impl Catalog for SqlStore {
                 sql_args![a.id.to_string(), &a.name, a.availability_zone.clone(), to_json(&a.metadata)?],
             )
             .await?;
-        Ok(())
+        self.announce_catalog().await
     }
 
     async fn get_aggregate(&self, id: AggregateId) -> Result<Aggregate> {

@@ -2,7 +2,8 @@
 //! per shard and `tree_changes` one row per tree write, appended inside the write's own
 //! transaction (the shard row stays locked until commit, so a shard's entries commit in
 //! sequence order). A cursor is the vector of shard counters; old rows are pruned now and
-//! then, and a cursor older than what was pruned gets [`Changes::Resync`].
+//! then, and a cursor older than what was pruned gets [`Changes::Resync`]. Catalog writes
+//! are rows of the reserved root `CATALOG_ROOT` (`announce_catalog`).
 
 use std::collections::BTreeSet;
 
@@ -51,6 +52,34 @@ impl SqlStore {
             }
         }
         Ok(())
+    }
+
+    /// Announces a catalog write (cell, host record, aggregate) under `CATALOG_ROOT`, in a
+    /// transaction of its own after the write: host records live in the cell databases, so
+    /// the write and its entry cannot share a transaction in general. A writer that dies
+    /// between the two leaves the write unannounced until the readers' periodic catalog read.
+    pub(super) async fn announce_catalog(&self) -> Result<()> {
+        for attempt in 0..=self.opts.claim_retries {
+            if attempt > 0 {
+                super::backoff(attempt).await;
+            }
+            let entry: Result<(), Fail> = async {
+                let mut tx = self.api.begin().await?;
+                self.log_change(&mut tx, CATALOG_ROOT).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+            .await;
+            match entry {
+                Ok(()) => return Ok(()),
+                Err(Fail::Err(e)) => return Err(e),
+                Err(Fail::Retry) => {}
+            }
+        }
+        Err(Error::Timeout {
+            backend: "sql",
+            message: "announcing a catalog write in the change feed kept deadlocking".to_string(),
+        })
     }
 
     /// Now and then, drops old change-log rows of a shard (outside any claim transaction).
@@ -142,11 +171,6 @@ impl ChangeFeed for SqlStore {
             roots.insert(ProviderId(r.uuid(0)?));
         }
         // The feed's rows name trees, not generations: every reported tree is re-read.
-        Ok(Changes::Trees {
-            roots: roots.into_iter().collect(),
-            generations: Default::default(),
-            usages: Default::default(),
-            next,
-        })
+        Ok(Changes::from_feed(roots, Default::default(), Default::default(), next))
     }
 }
