@@ -176,9 +176,6 @@ struct Counters {
     views_published: AtomicU64,
 }
 
-/// How often the catalog is read again while a tree waits for its host record.
-const UNHOSTED_RECHECK: Duration = Duration::from_millis(250);
-
 /// The least time between two catalog reads the feed's announcements cause: computes
 /// registering by the thousand announce a write each, and a catalog read costs in
 /// proportion to the cloud; announcements that arrive sooner wait (`catalog_due`).
@@ -1125,11 +1122,11 @@ impl SharedSnapshot {
                     r.catalog_due = true;
                 }
                 let announced = r.catalog_due && r.last_catalog.elapsed() >= CATALOG_MIN_GAP;
-                // A tree without a host record is a compute registering: its record is
-                // announced when written, but a writer that stopped before announcing it
-                // would leave the tree waiting, so look again shortly too.
-                let waiting = !self.view.load().unhosted.is_empty() && r.last_catalog.elapsed() >= UNHOSTED_RECHECK;
-                if announced || unknown || waiting || r.last_catalog.elapsed() >= self.config.catalog_resync_interval {
+                // A new tree without a host record is a compute registering (its record
+                // comes next, announced) or a provider of Placement's alone: one read each.
+                // Trees left waiting are not polled for: a record is announced when written
+                // (a writer that stopped before announcing it is the resync's to find).
+                if announced || unknown || r.last_catalog.elapsed() >= self.config.catalog_resync_interval {
                     self.reload_catalog(r).await?;
                 } else if r.last_live.elapsed() >= self.config.catalog_refresh_interval {
                     self.reload_live(r).await?;

@@ -21,22 +21,27 @@ pub(super) fn cases() -> Vec<Case> {
     ]
 }
 
-/// A cell, a tree in it and a host record for the tree, heartbeat at `at`.
-async fn host_in_new_cell(store: &dyn Store, at: Timestamp) -> Result<(Cell, Host), Failure> {
-    let cell = Cell { id: CellId::new_v4(), name: unique("cell"), disabled: false };
-    store.put_cell(&cell).await?;
-    let f = make_tree(store, Some(cell.id), 8, 4096).await?;
-    let host = Host {
+/// An enabled host record for the tree at `root` in `cell`, heartbeat at `at`.
+fn host_record(cell: CellId, root: ProviderId, at: Timestamp) -> Host {
+    Host {
         name: unique("compute"),
-        cell: cell.id,
-        root_provider: f.root,
+        cell,
+        root_provider: root,
         node: unique("node"),
         enabled: true,
         disabled_reason: None,
         last_heartbeat: at,
         availability_zone: None,
         capabilities: BTreeMap::new(),
-    };
+    }
+}
+
+/// A cell, a tree in it and a host record for the tree, heartbeat at `at`.
+async fn host_in_new_cell(store: &dyn Store, at: Timestamp) -> Result<(Cell, Host), Failure> {
+    let cell = Cell { id: CellId::new_v4(), name: unique("cell"), disabled: false };
+    store.put_cell(&cell).await?;
+    let f = make_tree(store, Some(cell.id), 8, 4096).await?;
+    let host = host_record(cell.id, f.root, at);
     store.put_host(&host).await?;
     Ok((cell, host))
 }
@@ -137,15 +142,9 @@ async fn cells_hosts_flavors_aggregates(store: Arc<dyn Store>) -> CaseResult {
 
     let f = make_tree(&*store, Some(cell.id), 8, 4096).await?;
     let host = Host {
-        name: unique("compute"),
-        cell: cell.id,
-        root_provider: f.root,
-        node: unique("node"),
-        enabled: true,
-        disabled_reason: None,
-        last_heartbeat: Timestamp::from_micros(1_790_000_000_000_000),
         availability_zone: Some("az1".into()),
         capabilities: BTreeMap::from([("hypervisor_type".into(), "QEMU".into())]),
+        ..host_record(cell.id, f.root, Timestamp::from_micros(1_790_000_000_000_000))
     };
     store.put_host(&host).await?;
     check!(store.get_host(&host.name).await? == host, "host round trip");

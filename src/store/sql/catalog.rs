@@ -77,6 +77,17 @@ fn policy_from(s: &str) -> Result<GroupPolicy> {
 }
 
 impl SqlStore {
+    /// The cell database of a host, from its mapping in the API database (`NotFound` for
+    /// an unknown host).
+    async fn host_slot(&self, name: &str) -> Result<usize> {
+        let m = self
+            .api
+            .fetch_optional("SELECT cell_uuid FROM host_mappings WHERE host = ?", sql_args![name])
+            .await?
+            .ok_or_else(|| Error::not_found(Kind::Host, name))?;
+        self.slot_of(CellId(m.uuid(0)?)).await
+    }
+
     /// `cols` of the compute nodes of `cell`, or of every cell: then every cell database is
     /// asked concurrently (Nova's HostManager scatters over all cells too). A cell database
     /// that is down or slower than `cell_timeout` must not stop scheduling in the others:
@@ -240,12 +251,7 @@ impl Catalog for SqlStore {
     }
 
     async fn get_host(&self, name: &str) -> Result<Host> {
-        let m = self
-            .api
-            .fetch_optional("SELECT cell_uuid FROM host_mappings WHERE host = ?", sql_args![name])
-            .await?
-            .ok_or_else(|| Error::not_found(Kind::Host, name))?;
-        let slot = self.slot_of(CellId(m.uuid(0)?)).await?;
+        let slot = self.host_slot(name).await?;
         let r = self.cells[slot]
             .pool
             .fetch_optional(
@@ -267,12 +273,7 @@ impl Catalog for SqlStore {
     }
 
     async fn report_host(&self, name: &str, at: Timestamp) -> Result<()> {
-        let m = self
-            .api
-            .fetch_optional("SELECT cell_uuid FROM host_mappings WHERE host = ?", sql_args![name])
-            .await?
-            .ok_or_else(|| Error::not_found(Kind::Host, name))?;
-        let slot = self.slot_of(CellId(m.uuid(0)?)).await?;
+        let slot = self.host_slot(name).await?;
         // Nova's service report is the same one-row UPDATE of the cell database.
         self.cells[slot]
             .pool
