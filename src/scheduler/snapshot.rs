@@ -1253,20 +1253,30 @@ impl SharedSnapshot {
             .await
     }
 
-    async fn load_catalog(&self) -> Result<(Vec<Host>, Vec<Aggregate>, Vec<Cell>, HashMap<String, u32>)> {
-        let mut hosts = Vec::new();
+    /// `read` of every scope of the snapshot, concatenated. A cell whose part of the store
+    /// does not answer (a retryable error) is left out of this read with a warning naming
+    /// `what`: its hosts keep their last state until it answers again (Nova's HostManager
+    /// skips such a cell), and the other cells keep scheduling.
+    async fn read_scopes<T, F, Fut>(&self, what: &str, read: F) -> Result<Vec<T>>
+    where
+        F: Fn(Option<CellId>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<T>>>,
+    {
+        let mut out = Vec::new();
         for scope in self.scopes() {
-            match self.store.list_hosts(scope).await {
-                Ok(h) => hosts.extend(h),
-                // One cell's part of the store did not answer: its hosts are left out
-                // until it answers again (Nova's HostManager skips such a cell), and the
-                // other cells keep scheduling.
+            match read(scope).await {
+                Ok(items) => out.extend(items),
                 Err(e) if e.is_retryable() && scope.is_some() => {
-                    tracing::warn!(cell = ?scope, error = %e, "cannot read a cell's hosts; left out of this catalog load");
+                    tracing::warn!(cell = ?scope, error = %e, "cannot read a cell's {what}; left out of this read");
                 }
                 Err(e) => return Err(e),
             }
         }
+        Ok(out)
+    }
+
+    async fn load_catalog(&self) -> Result<(Vec<Host>, Vec<Aggregate>, Vec<Cell>, HashMap<String, u32>)> {
+        let hosts = self.read_scopes("hosts", |scope| self.store.list_hosts(scope)).await?;
         let aggregates = self.store.list_aggregates().await?;
         let cells = self.store.list_cells().await?;
         let building = self.building_counts().await?;
@@ -1313,17 +1323,8 @@ impl SharedSnapshot {
     /// Re-reads what changes without a catalog write: every host's heartbeat and building
     /// count. Applied in place (no new view: the host set and classes are unchanged).
     async fn reload_live(&self, r: &mut Refresher) -> Result<()> {
-        let mut beats: HashMap<String, Timestamp> = HashMap::new();
-        for scope in self.scopes() {
-            match self.store.host_heartbeats(scope).await {
-                Ok(b) => beats.extend(b),
-                // As in a catalog load: a cell that does not answer keeps its last values.
-                Err(e) if e.is_retryable() && scope.is_some() => {
-                    tracing::warn!(cell = ?scope, error = %e, "cannot read a cell's heartbeats; kept the last ones");
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let beats: HashMap<String, Timestamp> =
+            self.read_scopes("heartbeats", |scope| self.store.host_heartbeats(scope)).await?.into_iter().collect();
         let building = self.building_counts().await?;
         r.last_live = Instant::now();
         let view = self.view();

@@ -99,9 +99,8 @@ impl Catalog for RedisStore {
     }
 
     async fn list_hosts(&self, cell: Option<CellId>) -> Result<Vec<Host>> {
-        let mut v: Vec<Host> = self.hash_values("hosts").await?;
+        let (mut v, beats): (Vec<Host>, _) = futures::try_join!(self.hash_values("hosts"), self.beats())?;
         v.retain(|h| cell.is_none_or(|c| h.cell == c));
-        let beats = self.beats().await?;
         for h in &mut v {
             if let Some(at) = beats.get(&h.name) {
                 h.last_heartbeat = h.last_heartbeat.max(Timestamp::from_micros(*at));
